@@ -1,0 +1,134 @@
+"""The gateway's HTTP app: health, readiness and the REST API under /api/v1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from aiohttp import web
+from pydantic import ValidationError
+from sqlalchemy import text
+
+from shared import __version__
+from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
+from shared.runtime import Context
+
+log = logging.getLogger(__name__)
+
+SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
+
+
+@dataclass
+class Presence:
+    """The newest heartbeat of every service instance seen on the bus."""
+
+    interval: float
+    beats: dict[str, ServiceHeartbeat] = field(default_factory=dict)
+
+    def see(self, beat: ServiceHeartbeat) -> None:
+        self.beats[beat.instance] = beat
+
+    def view(self, now: datetime) -> list[dict[str, object]]:
+        rows = []
+        for beat in sorted(self.beats.values(), key=lambda b: (b.service, b.instance)):
+            age = (now - beat.sent_at).total_seconds()
+            up = beat.state != "stopping" and age <= 3 * self.interval
+            rows.append({**beat.model_dump(mode="json"), "age_s": round(age, 1), "up": up})
+        return rows
+
+
+CTX = web.AppKey("ctx", Context)
+PRESENCE = web.AppKey("presence", Presence)
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
+
+
+def problem(status: int, title: str, detail: str) -> web.Response:
+    return json_response({"status": status, "title": title, "detail": detail}, status)
+
+
+@web.middleware
+async def errors(
+    request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+) -> web.StreamResponse:
+    """Every error is JSON that says what was wrong; nothing leaks a stack trace."""
+    try:
+        return await handler(request)
+    except web.HTTPException as exc:
+        if exc.content_type == "application/json":
+            raise
+        return problem(exc.status, exc.reason, exc.text or exc.reason)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(body)"
+        return problem(422, "Unprocessable Entity", f"{where}: {err['msg']}")
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        return problem(500, "Internal Server Error", "see the gateway's log")
+
+
+async def healthz(_request: web.Request) -> web.Response:
+    return json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    problems: list[str] = []
+    if not ctx.bus.nc.is_connected:
+        problems.append("NATS is not connected")
+    try:
+        await asyncio.to_thread(_ping_db, ctx)
+    except Exception as exc:
+        problems.append(f"database unreachable: {exc}")
+    if problems:
+        return json_response({"status": "unavailable", "problems": problems}, 503)
+    return json_response({"status": "ready"})
+
+
+def _ping_db(ctx: Context) -> None:
+    with ctx.engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+
+
+async def api_root(_request: web.Request) -> web.Response:
+    return json_response({"name": "vSphere Backup Manager", "version": __version__, "api": "v1"})
+
+
+async def api_services(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    rows = request.app[PRESENCE].view(ctx.clock())
+    seen = {r["service"] for r in rows if r["up"]}
+    return json_response({"services": rows, "missing": [s for s in SERVICES if s not in seen]})
+
+
+async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:
+    ctx, presence = app[CTX], app[PRESENCE]
+
+    async def on_beat(msg: object) -> None:
+        with contextlib.suppress(ValidationError):
+            presence.see(ServiceHeartbeat.model_validate_json(msg.data))  # type: ignore[attr-defined]
+
+    sub = await ctx.bus.nc.subscribe(HEARTBEAT_WILDCARD, cb=on_beat)
+    await ctx.bus.nc.publish(PING_SUBJECT, b"")
+    yield
+    with contextlib.suppress(Exception):
+        await sub.unsubscribe()
+
+
+def create_app(ctx: Context) -> web.Application:
+    app = web.Application(middlewares=[errors])
+    app[CTX] = ctx
+    app[PRESENCE] = Presence(interval=ctx.settings.heartbeat_interval)
+    app.cleanup_ctx.append(_follow_heartbeats)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    app.router.add_get("/api/v1", api_root)
+    app.router.add_get("/api/v1/services", api_services)
+    return app

@@ -1,0 +1,11 @@
+"""The scheduler: turns job schedules into `vbm.job.requested` events (filled by the pipeline issue)."""
+
+from shared.runtime import Context, Parts, main
+
+
+async def wire(ctx: Context) -> Parts:
+    return Parts()
+
+
+if __name__ == "__main__":
+    main("scheduler", wire)

@@ -1,0 +1,3 @@
+"""vSphere Backup Manager: the library every vbm service shares."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,352 @@
+"""The bus: connect to NATS, declare the stream and consumers, publish, and run consumers.
+
+`run_consumer` is the one place in vbm that acks, naks and terms JetStream messages. Handlers are
+plain `async def handle(event, delivery) -> events`; they never touch the message. The policy:
+
+* the payload does not decode or validate -> term, publish `BusRejected` (dead letter);
+* the handler returns events -> publish them (deterministic `Nats-Msg-Id`), then ack;
+* the handler raises `Retryable` (or an unexpected error) -> nak with the consumer's backoff,
+  until `max_deliver` deliveries; then it is handled as permanent;
+* the handler raises `Permanent` -> term, publish the consumer's give-up events and `BusRejected`.
+
+While a handler runs, the runner tells the server the work is in progress every third of
+`ack_wait`, so long steps are not redelivered to another worker behind their back. Publishing
+before acking means a crash between the two redelivers the message and re-publishes the same
+message ids, which JetStream drops as duplicates: handlers must be idempotent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import nats
+import nats.errors
+import nats.js.errors
+from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    PubAck,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
+from nats.js.client import JetStreamContext
+from pydantic import ValidationError
+
+from shared.contracts import STREAM_NAME, STREAM_SUBJECTS, BusRejected, Event, Payload, Subject
+
+log = logging.getLogger(__name__)
+
+E = TypeVar("E", bound=Event)
+
+STREAM_MAX_AGE_S = 14 * 24 * 3600
+DUPLICATE_WINDOW_S = 15 * 60
+
+
+class BusUnavailable(Exception):
+    """NATS cannot be reached or has no JetStream; the message says where and what to do."""
+
+
+class Retryable(Exception):
+    """The step may work later (vCenter busy, storage throttling): redeliver with backoff."""
+
+
+class Permanent(Exception):
+    """The step can never work for this message: stop redelivering and report the failure."""
+
+
+@dataclass(frozen=True)
+class Delivery:
+    """What a handler may know about the message it is handling."""
+
+    consumer: str
+    subject: str
+    stream_seq: int
+    attempt: int
+    max_deliver: int
+
+    @property
+    def last_attempt(self) -> bool:
+        return self.attempt >= self.max_deliver
+
+
+Handler = Callable[[E, Delivery], Awaitable[Sequence[Event]]]
+GiveUp = Callable[[E, str], Sequence[Event]]
+
+
+@dataclass(frozen=True)
+class Consumer(Generic[E]):
+    """A durable pull consumer bound to one subject and one handler."""
+
+    durable: str
+    subject: Subject
+    event_type: type[E]
+    handler: Handler[E]
+    max_deliver: int = 5
+    backoff: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
+    ack_wait: float = 30.0
+    on_give_up: GiveUp[E] | None = None
+    fetch_timeout: float = 1.0
+
+    def config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            durable_name=self.durable,
+            filter_subject=self.subject.value,
+            ack_policy=AckPolicy.EXPLICIT,
+            deliver_policy=DeliverPolicy.ALL,
+            ack_wait=self.ack_wait,
+            max_deliver=self.max_deliver,
+            # No server-side backoff list: it would replace ack_wait per delivery and fight the
+            # nak delays below. A worker that dies silently is redelivered after ack_wait.
+            max_ack_pending=1000,
+        )
+
+    def nak_delay(self, attempt: int) -> float:
+        if not self.backoff:
+            return 0.0
+        return self.backoff[min(attempt - 1, len(self.backoff) - 1)]
+
+
+def stream_config(replicas: int = 1) -> StreamConfig:
+    return StreamConfig(
+        name=STREAM_NAME,
+        description="vbm durable events (see docs/design.md, Events)",
+        subjects=list(STREAM_SUBJECTS),
+        retention=RetentionPolicy.LIMITS,
+        storage=StorageType.FILE,
+        max_age=STREAM_MAX_AGE_S,
+        duplicate_window=DUPLICATE_WINDOW_S,
+        num_replicas=replicas,
+    )
+
+
+@dataclass
+class Bus:
+    """A connection to NATS with JetStream; build it with `Bus.connect`."""
+
+    nc: NATS
+    js: JetStreamContext
+    name: str
+    _subs: list[Any] = field(default_factory=list)
+
+    @classmethod
+    async def connect(cls, servers: str, name: str, *, timeout: float = 5.0) -> Bus:
+        """Connect, retrying until `timeout`; raise BusUnavailable with the URL if it fails."""
+        urls = [s.strip() for s in servers.split(",") if s.strip()]
+        deadline = asyncio.get_running_loop().time() + timeout
+        last: BaseException | None = None
+        while True:
+            remaining = max(0.5, deadline - asyncio.get_running_loop().time())
+            try:
+                connecting = nats.connect(
+                    urls,
+                    name=name,
+                    connect_timeout=min(2.0, timeout),
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=0.5,
+                    error_cb=_log_error,
+                    disconnected_cb=_log_disconnect,
+                    reconnected_cb=_log_reconnect,
+                )
+                # nats.connect never gives up on its own when reconnects are unlimited.
+                nc = await asyncio.wait_for(connecting, remaining)
+                break
+            except (OSError, nats.errors.Error, TimeoutError) as exc:
+                last = exc
+                if asyncio.get_running_loop().time() >= deadline:
+                    raise BusUnavailable(
+                        f"cannot reach NATS at {servers} ({exc or type(exc).__name__}): start it"
+                        " (`vbm up` starts one) or set VBM_NATS__URL"
+                    ) from last
+                await asyncio.sleep(0.3)
+        return cls(nc=nc, js=nc.jetstream(), name=name)
+
+    async def ensure_stream(self, replicas: int = 1) -> None:
+        """Declare the event stream, or bring an existing one to this version's config."""
+        jsm = self.nc.jsm()
+        wanted = stream_config(replicas)
+        try:
+            info = await jsm.stream_info(STREAM_NAME)
+        except nats.js.errors.NotFoundError:
+            try:
+                await jsm.add_stream(wanted)
+                return
+            except nats.js.errors.ServiceUnavailableError as exc:
+                raise BusUnavailable("NATS answers but JetStream is not enabled (-js)") from exc
+        except nats.errors.NoRespondersError as exc:
+            raise BusUnavailable("NATS answers but JetStream is not enabled (-js)") from exc
+        have = info.config
+        if sorted(have.subjects or []) != sorted(wanted.subjects or []) or (
+            have.duplicate_window != wanted.duplicate_window
+        ):
+            wanted.num_replicas = have.num_replicas  # replicas change only by an operator
+            await jsm.update_stream(wanted)
+
+    async def ensure_consumer(self, consumer: Consumer[Any]) -> None:
+        await self.nc.jsm().add_consumer(STREAM_NAME, consumer.config())
+
+    async def publish(self, event: Event, *, timeout: float = 5.0) -> PubAck:
+        """Publish a durable event with its deterministic message id."""
+        return await self.js.publish(
+            event.SUBJECT.value,
+            event.model_dump_json().encode(),
+            timeout=timeout,
+            stream=STREAM_NAME,
+            headers={"Nats-Msg-Id": event.msg_id()},
+        )
+
+    async def publish_live(self, subject: str, payload: Payload) -> None:
+        """Best-effort live message (heartbeats, progress); never stored."""
+        if self.nc.is_connected:
+            await self.nc.publish(subject, payload.model_dump_json().encode())
+
+    async def close(self) -> None:
+        """Drain: finish what is in flight, flush publishes, then close."""
+        if not self.nc.is_closed:
+            with contextlib.suppress(nats.errors.Error, TimeoutError):
+                await self.nc.drain()
+
+
+async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -> None:
+    """Fetch and handle messages one at a time until `stop` is set."""
+    await bus.ensure_consumer(consumer)
+    sub = await bus.js.pull_subscribe_bind(durable=consumer.durable, stream=STREAM_NAME)
+    log.info("consumer %s on %s started", consumer.durable, consumer.subject.value)
+    try:
+        while not stop.is_set():
+            try:
+                msgs = await sub.fetch(1, timeout=consumer.fetch_timeout)
+            except TimeoutError:
+                continue
+            except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
+                return
+            except nats.errors.Error as exc:
+                log.warning("consumer %s fetch failed: %s", consumer.durable, exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                await _process(bus, consumer, msg)
+    finally:
+        with contextlib.suppress(nats.errors.Error, TimeoutError):
+            await sub.unsubscribe()
+
+
+async def _process(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:
+    meta = msg.metadata
+    delivery = Delivery(
+        consumer=consumer.durable,
+        subject=msg.subject,
+        stream_seq=meta.sequence.stream,
+        attempt=meta.num_delivered,
+        max_deliver=consumer.max_deliver,
+    )
+    try:
+        event = consumer.event_type.model_validate_json(msg.data)
+    except ValidationError as exc:
+        reason = f"payload is not a valid {consumer.event_type.__name__}: {_first_error(exc)}"
+        await _reject(bus, msg, delivery, reason, ())
+        return
+
+    heartbeat = asyncio.create_task(_keep_alive(msg, consumer.ack_wait / 3))
+    try:
+        outputs = await consumer.handler(event, delivery)
+    except Permanent as exc:
+        await _give_up(bus, consumer, msg, delivery, event, str(exc) or type(exc).__name__)
+        return
+    except Exception as exc:
+        retryable = isinstance(exc, Retryable)
+        reason = str(exc) or type(exc).__name__
+        if not retryable:
+            log.exception("consumer %s: unexpected error on seq %s", consumer.durable, delivery.stream_seq)
+        if delivery.last_attempt:
+            await _give_up(
+                bus, consumer, msg, delivery, event, f"gave up after {delivery.attempt} attempts: {reason}"
+            )
+            return
+        delay = consumer.nak_delay(delivery.attempt)
+        log.info(
+            "consumer %s: attempt %d failed (%s), retry in %.1fs",
+            consumer.durable,
+            delivery.attempt,
+            reason,
+            delay,
+        )
+        with contextlib.suppress(nats.errors.Error):
+            await msg.nak(delay=delay)
+        return
+    finally:
+        heartbeat.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await heartbeat
+
+    for out in outputs:
+        await bus.publish(out)
+    try:
+        await msg.ack_sync(timeout=5.0)
+    except (nats.errors.Error, TimeoutError) as exc:
+        # The work is done and its events are out; a redelivery finds it done (idempotent).
+        log.warning(
+            "consumer %s: ack of seq %s not confirmed: %s", consumer.durable, delivery.stream_seq, exc
+        )
+
+
+async def _give_up(
+    bus: Bus, consumer: Consumer[Any], msg: Msg, delivery: Delivery, event: Event, reason: str
+) -> None:
+    extra: Sequence[Event] = ()
+    if consumer.on_give_up is not None:
+        extra = consumer.on_give_up(event, reason)
+    await _reject(bus, msg, delivery, reason, extra)
+
+
+async def _reject(bus: Bus, msg: Msg, delivery: Delivery, reason: str, extra: Sequence[Event]) -> None:
+    log.error("consumer %s: rejecting seq %s: %s", delivery.consumer, delivery.stream_seq, reason)
+    for out in extra:
+        await bus.publish(out)
+    await bus.publish(
+        BusRejected(
+            occurred_at=datetime.now(UTC),
+            consumer=delivery.consumer,
+            subject=delivery.subject,
+            stream_seq=delivery.stream_seq,
+            deliveries=delivery.attempt,
+            reason=reason[:2000],
+        )
+    )
+    with contextlib.suppress(nats.errors.Error):
+        await msg.term()
+
+
+async def _keep_alive(msg: Msg, every: float) -> None:
+    while True:
+        await asyncio.sleep(every)
+        with contextlib.suppress(nats.errors.Error):
+            await msg.in_progress()
+
+
+def _first_error(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(p) for p in err["loc"]) or "(body)"
+    return f"{where}: {err['msg']}"
+
+
+async def _log_error(exc: Exception) -> None:
+    log.warning("nats: %s", exc)
+
+
+async def _log_disconnect() -> None:
+    log.info("nats: disconnected")
+
+
+async def _log_reconnect() -> None:
+    log.info("nats: reconnected")

@@ -1,0 +1,89 @@
+"""`vbm`: the one command for people.
+
+vbm up                 every service in one supervised process tree (and NATS, and the lab)
+vbm lab ...            the vCenter simulator on its own, for demos
+vbm db upgrade|status  the database schema
+vbm config             the effective settings, secrets masked
+vbm version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from shared import __version__
+from shared.settings import ConfigError, load_settings, unknown_variables
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vbm", description="vSphere Backup Manager: backups of VMware vSphere VMs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run every service (and NATS and the lab when needed)")
+    up.add_argument("--no-lab", action="store_true", help="never start the lab simulator")
+
+    sub.add_parser("lab", help="run the vCenter simulator on its own (see `vbm lab --help`)", add_help=False)
+
+    db = sub.add_parser("db", help="the database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="bring the schema to the newest revision")
+    db_sub.add_parser("status", help="show the schema revision")
+
+    sub.add_parser("config", help="print the effective settings (secrets masked)")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["lab"]:
+        from lab.__main__ import main as lab_main
+
+        return lab_main(args_list[1:])
+    args = _parser().parse_args(args_list)
+    if args.command == "version":
+        print(f"vbm {__version__}")
+        return 0
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"vbm: {exc}", file=sys.stderr)
+        return 2
+    for name in unknown_variables():
+        print(f"vbm: warning: {name} configures nothing (a typo?)", file=sys.stderr)
+    if args.command == "config":
+        print(json.dumps(settings.public_dict(), indent=2, default=str))
+        return 0
+    if args.command == "db":
+        return _db(args.db_command, settings.db_url)
+    if args.command == "up":
+        from shared.runtime import setup_logging
+        from shared.supervisor import run_up
+
+        setup_logging(settings.log_level, "vbm-up")
+        return run_up(settings, with_lab=not args.no_lab)
+    raise AssertionError(args.command)
+
+
+def _db(action: str, url: str) -> int:
+    from shared.db import current_revision, head_revision, make_engine, upgrade
+
+    engine = make_engine(url)
+    try:
+        if action == "upgrade":
+            upgrade(engine)
+        have, want = current_revision(engine), head_revision()
+        safe_url = engine.url.render_as_string(hide_password=True)
+        print(f"database {safe_url}: revision {have or 'none'} (newest {want})")
+        return 0 if have == want else 1
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,229 @@
+"""The event contracts: every NATS subject vbm uses and the payload on it, in one place.
+
+These are public: external systems subscribe to them. Rules (see docs/design.md, "Events"):
+
+* Payloads are JSON objects of the pydantic models below: frozen, unknown fields refused, each
+  with a `schema_version`. A change that breaks a reader gets a new version, never a reuse.
+* Durable events go to the JetStream stream `VBM_EVENTS` and carry a deterministic
+  `Nats-Msg-Id` (`Event.msg_id()`), so a re-publish of the same fact is dropped as a duplicate.
+* Live events (heartbeats, progress) are plain NATS messages under `vbm.live.`: best effort,
+  never stored, never needed for correctness.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+STREAM_NAME = "VBM_EVENTS"
+LIVE_PREFIX = "vbm.live"
+
+Id = Annotated[str, Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9_.:-]+$")]
+
+
+class Subject(StrEnum):
+    """Durable subjects, all captured by the `VBM_EVENTS` stream."""
+
+    JOB_REQUESTED = "vbm.job.requested"
+    SNAPSHOT_READY = "vbm.snapshot.ready"
+    TRANSFER_DONE = "vbm.transfer.done"
+    VERIFY_DONE = "vbm.verify.done"
+    STEP_FAILED = "vbm.step.failed"
+    ALERT_RAISED = "vbm.alert.raised"
+    BUS_REJECTED = "vbm.bus.rejected"
+
+
+STREAM_SUBJECTS: tuple[str, ...] = tuple(s.value for s in Subject)
+
+
+def heartbeat_subject(service: str) -> str:
+    return f"{LIVE_PREFIX}.heartbeat.{service}"
+
+
+HEARTBEAT_WILDCARD = f"{LIVE_PREFIX}.heartbeat.*"
+# Any message here makes every running service send a heartbeat at once (the payload is ignored).
+PING_SUBJECT = f"{LIVE_PREFIX}.ping"
+
+
+class Payload(BaseModel):
+    """Base of every payload: frozen, strict about unknown fields, versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    schema_version: Literal[1] = 1
+
+
+class Event(Payload):
+    """A durable event: one subject, one deterministic message id."""
+
+    SUBJECT: ClassVar[Subject]
+    occurred_at: datetime
+
+    def msg_id(self) -> str:
+        raise NotImplementedError
+
+
+class JobRequested(Event):
+    """A run of a job was asked for (by the schedule, a person or the API).
+
+    Published by: scheduler, gateway. Consumed by: snapshotter.
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.JOB_REQUESTED
+    run_id: Id
+    job_id: Id
+    trigger: Literal["schedule", "manual", "api", "retry"]
+    slot: datetime | None = Field(default=None, description="The schedule slot, for scheduled runs")
+
+    def msg_id(self) -> str:
+        return f"job.requested:{self.run_id}"
+
+
+class DiskRef(Payload):
+    key: int = Field(description="The virtual disk's device key")
+    capacity_bytes: int = Field(ge=0)
+    datastore_path: str = Field(description="The snapshot's frozen disk, e.g. '[ds1] vm/disk.vmdk'")
+    change_id: str | None = Field(default=None, description="CBT changeId of the snapshot disk")
+
+
+class SnapshotReady(Event):
+    """A VM's backup snapshot exists and its disks can be read.
+
+    Published by: snapshotter. Consumed by: mover; notifier (arms the transfer deadline).
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.SNAPSHOT_READY
+    run_id: Id
+    task_id: Id
+    vcenter: str
+    vm_moref: Id
+    vm_name: str
+    snapshot_moref: Id
+    snapshot_name: str
+    disks: tuple[DiskRef, ...]
+    attempt: int = Field(default=1, ge=1)
+
+    def msg_id(self) -> str:
+        return f"snapshot.ready:{self.task_id}:{self.attempt}"
+
+
+class TransferDone(Event):
+    """A VM's disks are in the repository as a committed restore point.
+
+    Published by: mover. Consumed by: verifier; snapshotter (removes the snapshot).
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.TRANSFER_DONE
+    run_id: Id
+    task_id: Id
+    restore_point_id: Id
+    bytes_read: int = Field(ge=0)
+    bytes_stored: int = Field(ge=0)
+    attempt: int = Field(default=1, ge=1)
+
+    def msg_id(self) -> str:
+        return f"transfer.done:{self.task_id}:{self.attempt}"
+
+
+class VerifyDone(Event):
+    """A restore point was checked. Published by: verifier. Consumed by: notifier, gateway."""
+
+    SUBJECT: ClassVar[Subject] = Subject.VERIFY_DONE
+    run_id: Id
+    task_id: Id
+    restore_point_id: Id
+    ok: bool
+    problems: tuple[str, ...] = ()
+
+    def msg_id(self) -> str:
+        return f"verify.done:{self.task_id}:{self.restore_point_id}"
+
+
+Step = Literal["schedule", "snapshot", "transfer", "verify", "cleanup"]
+
+
+class StepFailed(Event):
+    """A step gave up. Published by: any worker (through the bus runner). Consumed by: notifier,
+    which removes the snapshot named here and raises an alert."""
+
+    SUBJECT: ClassVar[Subject] = Subject.STEP_FAILED
+    run_id: Id
+    task_id: Id | None = None
+    step: Step
+    reason: str
+    vcenter: str | None = None
+    vm_moref: Id | None = None
+    snapshot_moref: Id | None = None
+
+    def msg_id(self) -> str:
+        return f"step.failed:{self.run_id}:{self.task_id or '-'}:{self.step}"
+
+
+class AlertRaised(Event):
+    """Something a person must know. Published by: notifier. Consumed by: alert channels."""
+
+    SUBJECT: ClassVar[Subject] = Subject.ALERT_RAISED
+    alert_id: Id
+    severity: Literal["info", "warning", "error", "critical"]
+    kind: str = Field(min_length=1, max_length=64)
+    message: str
+    vm_name: str | None = None
+    run_id: Id | None = None
+
+    def msg_id(self) -> str:
+        return f"alert.raised:{self.alert_id}"
+
+
+class BusRejected(Event):
+    """A message the bus runner could not process and removed from redelivery (dead letter).
+
+    Published by: the bus runner of any service. Consumed by: notifier, operators.
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.BUS_REJECTED
+    consumer: str
+    subject: str
+    stream_seq: int = Field(ge=0)
+    deliveries: int = Field(ge=0)
+    reason: str
+
+    def msg_id(self) -> str:
+        return f"bus.rejected:{self.consumer}:{self.stream_seq}"
+
+
+class ServiceHeartbeat(Payload):
+    """Live: a service instance is up. Subject `vbm.live.heartbeat.<service>`, every few seconds."""
+
+    service: str
+    instance: str
+    pid: int
+    host: str
+    version: str
+    started_at: datetime
+    sent_at: datetime
+    state: Literal["starting", "ready", "stopping"]
+
+
+EVENT_TYPES: dict[str, type[Event]] = {
+    cls.SUBJECT.value: cls
+    for cls in (
+        JobRequested,
+        SnapshotReady,
+        TransferDone,
+        VerifyDone,
+        StepFailed,
+        AlertRaised,
+        BusRejected,
+    )
+}
+
+
+def event_type_for(subject: str) -> type[Event]:
+    """The payload model of a durable subject; KeyError names unknown subjects."""
+    try:
+        return EVENT_TYPES[subject]
+    except KeyError:
+        raise KeyError(f"no event contract for subject {subject!r}") from None

@@ -1,0 +1,16 @@
+"""The database: engine and sessions, the tables, and migrations (SQLite by default, PostgreSQL by URL)."""
+
+from shared.db.engine import make_engine, make_sessionmaker
+from shared.db.migrate import SchemaNotCurrent, current_revision, head_revision, upgrade
+from shared.db.models import Base, ServiceInstance
+
+__all__ = [
+    "Base",
+    "SchemaNotCurrent",
+    "ServiceInstance",
+    "current_revision",
+    "head_revision",
+    "make_engine",
+    "make_sessionmaker",
+    "upgrade",
+]

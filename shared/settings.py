@@ -1,0 +1,196 @@
+"""Settings: one model for every service, read from `VBM_*` variables and an optional TOML file.
+
+Precedence, highest first: values passed in code, environment variables (`VBM_` prefix, `__`
+between nested names, e.g. `VBM_GATEWAY__PORT=9000`), the TOML file named by `VBM_CONFIG`
+(default `<data_dir>/vbm.toml` when that exists), then the defaults below.
+
+Nothing here is read at import time: call `load_settings()` in a service's wiring function.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ConfigError(Exception):
+    """A setting is wrong; the message says which and what to do."""
+
+
+class VCenterSettings(BaseModel):
+    """One vCenter (or ESXi host) that jobs can back up from."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str = Field(description="SDK endpoint, e.g. https://vcsa.example.com/sdk")
+    username: str
+    password: SecretStr
+    verify_tls: bool = True
+
+    @field_validator("url")
+    @classmethod
+    def _url_scheme(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with https:// (or http:// for the lab), e.g. https://vcsa/sdk")
+        return value.rstrip("/")
+
+
+class GatewaySettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8420, ge=0, le=65535)
+
+
+class NatsSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    url: str | None = Field(
+        default=None,
+        description="NATS server(s), comma separated. Unset: `vbm up` runs an embedded server.",
+    )
+    embedded_port: int = Field(default=4223, ge=1, le=65535)
+    stream_replicas: int = Field(default=1, ge=1, le=5)
+    connect_timeout: float = Field(default=5.0, gt=0)
+
+    @field_validator("url")
+    @classmethod
+    def _nats_scheme(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for part in value.split(","):
+            if not part.strip().startswith(("nats://", "tls://")):
+                raise ValueError(f"{part.strip()!r} must start with nats:// or tls://")
+        return value
+
+    def server_url(self) -> str:
+        return self.url or f"nats://127.0.0.1:{self.embedded_port}"
+
+
+class LabSettings(BaseModel):
+    """The vCenter simulator `vbm up` starts when no vCenter is configured."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    port: int = Field(default=8989, ge=0, le=65535)
+    vms: int = Field(default=3, ge=1, le=50)
+    disks_per_vm: int = Field(default=2, ge=1, le=8)
+    disk_size_mib: int = Field(default=64, ge=1, le=65536)
+
+
+class Settings(BaseSettings):
+    """Everything a vbm process can be configured with."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="VBM_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        frozen=True,
+    )
+
+    data_dir: Path = Field(default=Path("var"), description="Where every piece of local state lives")
+    database_url: str = Field(
+        default="", description="SQLAlchemy URL; empty means SQLite at <data_dir>/vbm.db"
+    )
+    auto_migrate: bool = Field(
+        default=True, description="Bring the database schema to the newest revision on start"
+    )
+    log_level: LogLevel = "INFO"
+    heartbeat_interval: float = Field(default=5.0, gt=0, le=300)
+    shutdown_grace: float = Field(default=20.0, gt=0, le=600)
+    nats: NatsSettings = NatsSettings()
+    gateway: GatewaySettings = GatewaySettings()
+    lab: LabSettings = LabSettings()
+    vcenters: tuple[VCenterSettings, ...] = ()
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = config_file_path()
+        if path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        return tuple(sources)
+
+    @model_validator(mode="after")
+    def _unique_vcenters(self) -> Settings:
+        names = [vc.name for vc in self.vcenters]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"vcenters: names must be unique, repeated: {', '.join(duplicates)}")
+        return self
+
+    @property
+    def db_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'vbm.db').resolve()}"
+
+    def public_dict(self) -> dict[str, Any]:
+        """The settings as plain data with every secret masked (safe to print or log)."""
+        return self.model_dump(mode="json")
+
+
+def config_file_path() -> Path | None:
+    """The TOML file to read: `VBM_CONFIG` if set (it must exist), else `<data_dir>/vbm.toml`."""
+    named = os.environ.get("VBM_CONFIG")
+    if named:
+        path = Path(named)
+        if not path.is_file():
+            raise ConfigError(f"VBM_CONFIG names {path}, which is not a file: create it or unset it")
+        return path
+    data_dir = Path(os.environ.get("VBM_DATA_DIR", "var"))
+    default = data_dir / "vbm.toml"
+    return default if default.is_file() else None
+
+
+# VBM_ variables that are not settings but are read elsewhere (launchers, tests).
+OTHER_VARIABLES = frozenset({"VBM_CONFIG", "VBM_LAB_BIN_DIR", "VBM_TEST_PG_ADMIN_URL"})
+
+
+def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
+    """`VBM_*` variables that configure nothing, usually typos: callers warn about them."""
+    env = os.environ if environ is None else environ
+    known = {f"VBM_{name.upper()}" for name in Settings.model_fields}
+    return sorted(
+        key
+        for key in env
+        if key.startswith("VBM_") and key not in OTHER_VARIABLES and key.split("__")[0] not in known
+    )
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the settings, turning validation errors into one readable ConfigError."""
+    from pydantic import ValidationError
+
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            where = ".".join(str(p) for p in err["loc"]) or "(settings)"
+            env = "VBM_" + "__".join(str(p) for p in err["loc"]).upper()
+            lines.append(f"  {where}: {err['msg']} (set by {env} or the config file)")
+        raise ConfigError("invalid configuration:\n" + "\n".join(lines)) from None
+    except ValueError as exc:  # e.g. a TOML file that does not parse
+        raise ConfigError(f"invalid configuration: {exc}") from None

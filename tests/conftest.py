@@ -1,0 +1,11 @@
+"""Test-wide fixtures: each real component lives in its own plugin module under tests/plugins."""
+
+pytest_plugins = [
+    "tests.plugins.procs",
+    "tests.plugins.nats",
+    "tests.plugins.lab",
+    "tests.plugins.s3",
+    "tests.plugins.postgres",
+    "tests.plugins.smtp",
+    "tests.plugins.tmpfs",
+]
