@@ -1,0 +1,33 @@
+"""compose.yaml cannot run here (no Docker engine), so check its shape against the code."""
+
+from pathlib import Path
+
+import yaml
+
+from shared.settings import Settings
+from shared.supervisor import SERVICES
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load() -> dict:  # type: ignore[type-arg]
+    return yaml.safe_load((ROOT / "compose.yaml").read_text())
+
+
+def test_every_service_runs_its_module() -> None:
+    services = load()["services"]
+    for name in SERVICES:
+        assert services[name]["command"] == ["python", "-m", f"services.{name}"]
+        assert (ROOT / "services" / name / "__main__.py").is_file()
+    assert {"nats", "postgres"} <= set(services)
+
+
+def test_environment_names_real_settings() -> None:
+    services = load()["services"]
+    fields = set(Settings.model_fields)
+    for name in SERVICES:
+        for key in services[name]["environment"]:
+            assert key.startswith("VBM_")
+            assert key[4:].split("__")[0].lower() in fields, key
+    assert services["gateway"]["environment"]["VBM_GATEWAY__HOST"] == "0.0.0.0"
+    assert services["nats"]["command"][0] == "-js"
