@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from shared import __version__
+from shared import __version__, cli_repo
 from shared.settings import ConfigError, load_settings, unknown_variables
 
 
@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
     db_sub.add_parser("upgrade", help="bring the schema to the newest revision")
     db_sub.add_parser("status", help="show the schema revision")
+
+    cli_repo.add_parser(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -61,6 +63,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "db":
         return _db(args.db_command, settings.db_url)
+    if args.command == "repo":
+        return cli_repo.run(args, settings.repository_location)
     if args.command == "up":
         from shared.runtime import setup_logging
         from shared.supervisor import run_up

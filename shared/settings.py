@@ -106,6 +106,9 @@ class Settings(BaseSettings):
     database_url: str = Field(
         default="", description="SQLAlchemy URL; empty means SQLite at <data_dir>/vbm.db"
     )
+    repository: str = Field(
+        default="", description="Default repository location; empty means <data_dir>/repo"
+    )
     auto_migrate: bool = Field(
         default=True, description="Bring the database schema to the newest revision on start"
     )
@@ -145,6 +148,10 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'vbm.db').resolve()}"
+
+    @property
+    def repository_location(self) -> str:
+        return self.repository or str((self.data_dir / "repo").resolve())
 
     def public_dict(self) -> dict[str, Any]:
         """The settings as plain data with every secret masked (safe to print or log)."""

@@ -1,0 +1,62 @@
+"""The storage backend contract every repository location implements.
+
+Keys are `/`-separated relative names (`config`, `chunks/ab/ab12...`, `manifests/rp-...`). Objects
+are write-once: `put_if_absent` never replaces an existing object, and returns whether it wrote.
+A backend *must* make an object visible under its key only when it is complete (no reader ever
+sees a partial object under a real key). `flush()` makes every object this backend instance wrote
+or found existing durable, and *must* be called before writing an object that refers to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Protocol, runtime_checkable
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: datetime
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """Where a repository's objects live. All methods are safe to call concurrently."""
+
+    location: str
+
+    async def put_if_absent(self, key: str, data: bytes, *, durable: bool = False) -> bool:
+        """Store `data` under `key` unless the key exists; True when it wrote. With `durable`,
+        the object is on stable storage when this returns; else at the next `flush()`."""
+        ...
+
+    async def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        """The object's bytes (or `length` bytes from `offset`); ObjectMissing if absent."""
+        ...
+
+    async def exists(self, key: str) -> bool: ...
+
+    async def stat(self, key: str) -> ObjectInfo:
+        """Size and modification time; ObjectMissing if absent."""
+        ...
+
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every complete object whose key starts with `prefix`, in no particular order."""
+        ...
+
+    async def delete(self, key: str) -> None:
+        """Remove the object; deleting a missing object is not an error."""
+        ...
+
+    async def flush(self) -> None:
+        """Make every object written or found so far durable."""
+        ...
+
+    async def usage(self) -> tuple[int | None, int | None]:
+        """(total, free) bytes of the storage, where the backend knows them."""
+        ...
+
+    async def close(self) -> None: ...

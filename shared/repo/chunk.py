@@ -1,0 +1,110 @@
+"""Chunk objects: the bytes of one fixed window of a disk (or of a small file), framed.
+
+A chunk is named by the SHA-256 of its plain bytes (lower-case hex). Its stored form is a 16-byte
+header followed by the payload:
+
+    offset size field
+    0      4    magic b"VBMC"
+    4      1    format version, 1
+    5      1    compression: 0 none, 1 zstd (one frame)
+    6      2    flags, 0 (a reader refuses anything else)
+    8      4    plain length, little-endian u32
+    12     4    payload length, little-endian u32
+
+The payload is stored uncompressed when zstd does not make it smaller. Encoding and decoding are
+CPU work that releases the GIL (hashlib, zstandard), so callers run them in threads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+import threading
+
+import zstandard
+
+from shared.repo.errors import ChunkError
+
+MAGIC = b"VBMC"
+VERSION = 1
+HEADER = struct.Struct("<4sBBHII")
+NONE, ZSTD = 0, 1
+ZSTD_LEVEL = 1
+MAX_PLAIN = 64 * 1024 * 1024
+
+_local = threading.local()
+_zeros = bytes(4 * 1024 * 1024)
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    comp: zstandard.ZstdCompressor | None = getattr(_local, "c", None)
+    if comp is None:
+        comp = _local.c = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+    return comp
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    dec: zstandard.ZstdDecompressor | None = getattr(_local, "d", None)
+    if dec is None:
+        dec = _local.d = zstandard.ZstdDecompressor()
+    return dec
+
+
+def chunk_id(plain: bytes | memoryview) -> str:
+    return hashlib.sha256(plain).hexdigest()
+
+
+def is_zero(plain: bytes | memoryview) -> bool:
+    n = len(plain)
+    if n <= len(_zeros):
+        return plain == _zeros[:n]
+    return bytes(plain) == bytes(n)
+
+
+def zero_id(length: int) -> str:
+    """The id an all-zero window of `length` bytes would have (used by the tree digest)."""
+    return hashlib.sha256(bytes(length)).hexdigest()
+
+
+def encode(plain: bytes | memoryview) -> bytes:
+    if len(plain) > MAX_PLAIN:
+        raise ValueError(f"chunk of {len(plain)} bytes is larger than {MAX_PLAIN}")
+    packed = _compressor().compress(plain)
+    if len(packed) < len(plain):
+        return HEADER.pack(MAGIC, VERSION, ZSTD, 0, len(plain), len(packed)) + packed
+    return HEADER.pack(MAGIC, VERSION, NONE, 0, len(plain), len(plain)) + bytes(plain)
+
+
+def decode(stored: bytes, expected_id: str) -> bytes:
+    """The plain bytes of a stored chunk; ChunkError if it is truncated, malformed or altered."""
+    if len(stored) < HEADER.size:
+        raise ChunkError(expected_id, f"is truncated ({len(stored)} bytes, no complete header)")
+    magic, version, comp, flags, plain_len, payload_len = HEADER.unpack_from(stored)
+    if magic != MAGIC:
+        raise ChunkError(expected_id, "is not a vbm chunk (bad magic)")
+    if version != VERSION:
+        raise ChunkError(expected_id, f"has unknown chunk format version {version}")
+    if len(stored) != HEADER.size + payload_len:
+        raise ChunkError(expected_id, f"is truncated ({len(stored) - HEADER.size} of {payload_len} bytes)")
+    if flags:
+        raise ChunkError(expected_id, f"has unknown flags {flags:#x} (damaged header)")
+    if plain_len > MAX_PLAIN or (comp == NONE and plain_len != payload_len):
+        raise ChunkError(expected_id, f"has an impossible length {plain_len} (damaged header)")
+    payload = memoryview(stored)[HEADER.size :]
+    # zstd ignores the frame descriptor's unused bit (0x10); refuse it so no flip goes unseen.
+    if comp == ZSTD and len(payload) > 4 and payload[4] & 0x10:
+        raise ChunkError(expected_id, "has a damaged zstd frame header")
+    if comp == ZSTD:
+        try:
+            if zstandard.frame_content_size(payload) != plain_len:
+                raise ChunkError(expected_id, "has a zstd frame of the wrong size (damaged)")
+            plain = _decompressor().decompress(payload, max_output_size=plain_len)
+        except (zstandard.ZstdError, MemoryError) as exc:  # a damaged size field can ask for petabytes
+            raise ChunkError(expected_id, f"does not decompress ({exc})") from None
+    elif comp == NONE:
+        plain = bytes(payload)
+    else:
+        raise ChunkError(expected_id, f"has unknown compression {comp}")
+    if len(plain) != plain_len or chunk_id(plain) != expected_id:
+        raise ChunkError(expected_id, "is corrupt (SHA-256 of its content does not match its name)")
+    return plain

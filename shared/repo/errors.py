@@ -1,0 +1,42 @@
+"""Repository errors. Each message says what is wrong, where, and what to do."""
+
+from __future__ import annotations
+
+
+class RepoError(Exception):
+    """Base of every repository error."""
+
+
+class NotARepository(RepoError):
+    pass
+
+
+class UnsupportedVersion(RepoError):
+    pass
+
+
+class ObjectMissing(RepoError):
+    """A backend object does not exist."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"object {key} does not exist")
+        self.key = key
+
+
+class ChunkError(RepoError):
+    """A chunk is missing or damaged; names the chunk and the restore point that needs it."""
+
+    def __init__(self, chunk: str, problem: str, restore_point: str | None = None) -> None:
+        where = f" (needed by restore point {restore_point})" if restore_point else ""
+        super().__init__(f"chunk {chunk} {problem}{where}")
+        self.chunk = chunk
+        self.problem = problem
+        self.restore_point = restore_point
+
+
+class ManifestError(RepoError):
+    """A restore point's manifest is missing, unreadable or fails its checksum."""
+
+
+class StorageFull(RepoError):
+    """The backend has no space left; nothing partial was made visible."""

@@ -1,0 +1,164 @@
+"""A repository in a local directory (or an NFS mount).
+
+Writes go to a hidden temporary file in the target folder and are published with `link(2)`,
+which fails when the name exists: put-if-absent is atomic, and a crash leaves at most a
+`.tmp-*` file that no listing shows. Durability is batched: `flush()` fsyncs the files and folders
+touched since the last flush, so chunks cost no fsync each and a manifest is written only after
+its chunks are on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import errno
+import os
+import shutil
+import threading
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+from shared.repo.backend import ObjectInfo
+from shared.repo.errors import ObjectMissing, RepoError, StorageFull
+
+TMP_PREFIX = ".tmp-"
+
+
+class LocalBackend:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root).resolve()
+        self.location = str(self.root)
+        self._pending: set[Path] = set()
+        self._lock = threading.Lock()
+
+    def _path(self, key: str) -> Path:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad object key {key!r}")
+        return self.root / key
+
+    async def put_if_absent(self, key: str, data: bytes, *, durable: bool = False) -> bool:
+        return await asyncio.to_thread(self._put, key, data, durable)
+
+    def _put(self, key: str, data: bytes, durable: bool) -> bool:
+        path = self._path(key)
+        if path.exists() and path.stat().st_size > 0:
+            self._note(path)  # someone else's write: make sure it is durable before we rely on it
+            return False
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
+        try:
+            with open(tmp, "xb") as fh:
+                fh.write(data)
+                if durable:
+                    fh.flush()
+                    os.fsync(fh.fileno())
+            try:
+                os.link(tmp, path)
+            except FileExistsError:
+                if path.stat().st_size > 0:
+                    return False
+                os.replace(tmp, path)  # an empty object can only be a crash remnant: replace it
+                tmp = path
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise StorageFull(f"no space left in {self.root} while writing {key}") from None
+            raise RepoError(f"cannot write {key} in {self.root}: {exc.strerror}") from None
+        finally:
+            if tmp != path:
+                tmp.unlink(missing_ok=True)
+        if durable:
+            _fsync_dir(path.parent)
+        else:
+            self._note(path)
+        return True
+
+    def _note(self, path: Path) -> None:
+        with self._lock:
+            self._pending.add(path)
+
+    async def flush(self) -> None:
+        with self._lock:
+            pending, self._pending = self._pending, set()
+        if pending:
+            await asyncio.to_thread(self._fsync_all, pending)
+
+    @staticmethod
+    def _fsync_all(paths: set[Path]) -> None:
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        for folder in {p.parent for p in paths}:
+            _fsync_dir(folder)
+
+    async def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return await asyncio.to_thread(self._get, key, offset, length)
+
+    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+        try:
+            with open(self._path(key), "rb") as fh:
+                if offset:
+                    fh.seek(offset)
+                return fh.read() if length is None else fh.read(length)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._path(key).exists)
+
+    async def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = await asyncio.to_thread(self._path(key).stat)
+        except FileNotFoundError:
+            raise ObjectMissing(key) from None
+        return ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC))
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        infos = await asyncio.to_thread(self._scan, prefix)
+        for info in infos:
+            yield info
+
+    def _scan(self, prefix: str) -> builtins.list[ObjectInfo]:
+        base = self.root / prefix.rsplit("/", 1)[0] if "/" in prefix else self.root
+        out: list[ObjectInfo] = []
+        if not base.is_dir():
+            return out
+        for dirpath, _dirs, files in os.walk(base):
+            for name in files:
+                if name.startswith(TMP_PREFIX):
+                    continue
+                full = os.path.join(dirpath, name)
+                key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                if not key.startswith(prefix):
+                    continue
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    continue
+                out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+        return out
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(self._path(key).unlink, True)
+
+    async def usage(self) -> tuple[int | None, int | None]:
+        du = await asyncio.to_thread(shutil.disk_usage, self.root)
+        return du.total, du.free
+
+    async def close(self) -> None:
+        await self.flush()
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,211 @@
+"""Writing disks and small files into a repository, full or incremental, streaming.
+
+A disk is read window by window (the repository's chunk size, aligned to disk offsets). Each
+window is checked for zeros, hashed, and, when the repository lacks it, compressed and stored.
+A fixed number of workers each own one window at a time, so memory stays bounded whatever the
+disk size (about `workers` x 2 x chunk size). Hashing and compression run in a thread pool.
+
+An incremental starts from the parent restore point's chunk list and re-reads only the windows
+that the changed byte ranges touch; every other window is inherited by reference, so the new
+restore point is complete by itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import Callable, Coroutine, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+from shared.repo import chunk as chunks
+from shared.repo.errors import RepoError
+from shared.repo.manifest import DiskEntry, FileEntry, RestorePoint, compact, expand, tree_digest
+from shared.repo.repository import Repository, new_restore_point_id
+
+
+class DiskSource(Protocol):
+    """Where a disk's bytes come from (a snapshot over HTTP, a local file, ...)."""
+
+    async def read(self, offset: int, length: int) -> bytes: ...
+
+
+@dataclass
+class WriteStats:
+    windows_read: int = 0
+    bytes_read: int = 0
+    zero_windows: int = 0
+    chunks_written: int = 0
+    chunks_reused: int = 0
+    bytes_stored: int = 0
+
+    def add(self, other: WriteStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+Progress = Callable[[int], None]
+
+
+def _default_workers() -> int:
+    return max(2, min(8, (os.cpu_count() or 2) * 2))
+
+
+@dataclass
+class Writer:
+    """Writes into one repository; reuse it for all disks of a run (one thread pool)."""
+
+    repo: Repository
+    workers: int = field(default_factory=_default_workers)
+    _pool: ThreadPoolExecutor | None = None
+
+    def __post_init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max(1, os.cpu_count() or 1), thread_name_prefix="vbm-chunk")
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+
+    async def _store(self, data: bytes, stats: WriteStats) -> str | None:
+        loop = asyncio.get_running_loop()
+        cid = await loop.run_in_executor(self._pool, _zero_or_id, data)
+        if cid is None:
+            stats.zero_windows += 1
+            return None
+        if await self.repo.has_chunk(cid):
+            stats.chunks_reused += 1
+            return cid
+        stored = await loop.run_in_executor(self._pool, chunks.encode, data)
+        if await self.repo.put_chunk(cid, stored):
+            stats.chunks_written += 1
+            stats.bytes_stored += len(stored)
+        else:
+            stats.chunks_reused += 1
+        return cid
+
+    async def write_disk(
+        self,
+        source: DiskSource,
+        *,
+        key: int,
+        capacity: int,
+        file: str,
+        label: str = "",
+        change_id: str | None = None,
+        parent: DiskEntry | None = None,
+        parent_id: str | None = None,
+        changed: Sequence[tuple[int, int]] | None = None,
+        progress: Progress | None = None,
+    ) -> tuple[DiskEntry, WriteStats]:
+        """Back up one disk: all windows, or (with `parent` and `changed`) only touched ones."""
+        size = self.repo.chunk_size
+        count = -(-capacity // size)
+        incremental = (
+            parent is not None
+            and changed is not None
+            and parent.capacity == capacity
+            and parent.chunk_size == size
+        )
+        if incremental:
+            assert parent is not None and changed is not None
+            entries = expand(parent.chunks)
+            todo: Iterable[int] = touched_windows(changed, size, capacity)
+        else:
+            entries = [None] * count
+            todo = range(count)
+        stats = WriteStats()
+        indexes = iter(todo)
+
+        async def work() -> None:
+            for index in indexes:  # one iterator shared by the workers (single-threaded)
+                offset = index * size
+                length = min(size, capacity - offset)
+                data = await source.read(offset, length)
+                if len(data) != length:
+                    raise RepoError(f"short read of {file} at offset {offset}: {len(data)} of {length} bytes")
+                stats.windows_read += 1
+                stats.bytes_read += length
+                entries[index] = await self._store(data, stats)
+                if progress is not None:
+                    progress(length)
+
+        await _run_all([work() for _ in range(self.workers)])
+        disk = DiskEntry(
+            key=key,
+            label=label,
+            file=file,
+            capacity=capacity,
+            chunk_size=size,
+            chunks=compact(entries),
+            sha256_tree=tree_digest(entries, capacity, size),
+            change_id=change_id,
+            built_on=parent_id if incremental else None,
+            stored_windows=stats.windows_read,
+        )
+        return disk, stats
+
+    async def write_file(self, path: str, data: bytes) -> tuple[FileEntry, WriteStats]:
+        """Store a small file (vmx, nvram, descriptor) as chunks, with its whole SHA-256."""
+        stats = WriteStats()
+        size = self.repo.chunk_size
+        ids: list[str | None] = []
+        for offset in range(0, len(data), size):
+            piece = data[offset : offset + size]
+            stats.windows_read += 1
+            stats.bytes_read += len(piece)
+            ids.append(await self._store(piece, stats))
+        sha = chunks.chunk_id(data)
+        return FileEntry(path=path, size=len(data), sha256=sha, chunks=compact(ids)), stats
+
+
+def _zero_or_id(data: bytes) -> str | None:
+    return None if chunks.is_zero(data) else chunks.chunk_id(data)
+
+
+async def _run_all(coros: list[Coroutine[object, object, None]]) -> None:
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
+def touched_windows(ranges: Sequence[tuple[int, int]], size: int, capacity: int) -> list[int]:
+    """Window indexes that any (offset, length) range touches, sorted, each once."""
+    out: set[int] = set()
+    for offset, length in ranges:
+        if length <= 0:
+            continue
+        if offset < 0 or offset + length > capacity:
+            raise ValueError(f"changed range {offset}+{length} is outside the disk ({capacity})")
+        out.update(range(offset // size, (offset + length - 1) // size + 1))
+    return sorted(out)
+
+
+def restore_point(
+    *,
+    vm_name: str,
+    started: datetime,
+    finished: datetime,
+    disks: Sequence[DiskEntry],
+    files: Sequence[FileEntry] = (),
+    parent: str | None = None,
+    rp_id: str | None = None,
+    **meta: str | None,
+) -> RestorePoint:
+    return RestorePoint(
+        id=rp_id or new_restore_point_id(finished),
+        vm_name=vm_name,
+        started=started,
+        finished=finished,
+        parent=parent,
+        disks=tuple(disks),
+        files=tuple(files),
+        **meta,
+    )

@@ -1,0 +1,38 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from shared.repo import LocalBackend, StorageFull
+from tests.repo.contract import BackendContract
+
+
+class TestLocalContract(BackendContract):
+    @pytest.fixture
+    def backend(self, tmp_path: Path) -> LocalBackend:
+        return LocalBackend(tmp_path / "store")
+
+
+async def test_crash_leftovers_are_invisible_and_an_empty_object_is_replaced(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path)
+    (tmp_path / "k").mkdir()
+    (tmp_path / "k" / ".tmp-123").write_bytes(b"half")
+    (tmp_path / "k" / "obj").write_bytes(b"")  # what a power cut after link can leave
+    assert [i.key async for i in b.list("k/")] == ["k/obj"]
+    assert await b.put_if_absent("k/obj", b"whole")
+    assert await b.get("k/obj") == b"whole"
+
+
+async def test_disk_full_is_clear_and_leaves_nothing(small_fs: Path) -> None:
+    b = LocalBackend(small_fs)
+    big = os.urandom(1024 * 1024)
+    with pytest.raises(StorageFull, match="no space left"):
+        for i in range(64):
+            await b.put_if_absent(f"x/{i}", big)
+    assert all([i.size == len(big) async for i in b.list("x/")])
+    assert not [p for p in (small_fs / "x").iterdir() if p.name.startswith(".tmp-")]
+
+
+async def test_usage(tmp_path: Path) -> None:
+    total, free = await LocalBackend(tmp_path).usage()
+    assert total and free is not None and 0 <= free <= total
