@@ -57,7 +57,7 @@ async def test_dedup_across_disks_vms_and_runs(repo: Repository, writer: Writer)
     data = make_image(20 * CS, seed=2)
     await full(writer, data, vm="a")
     count = len(await chunk_objects(repo))
-    disk, stats = await writer.write_disk(BytesSource(data), key=2001, capacity=len(data),
+    _disk, stats = await writer.write_disk(BytesSource(data), key=2001, capacity=len(data),
                                           file="b/b-flat.vmdk")
     assert stats.chunks_written == 0 and stats.chunks_reused == 20 - stats.zero_windows
     assert len(await chunk_objects(repo)) == count
