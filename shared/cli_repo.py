@@ -61,7 +61,7 @@ def run(args: argparse.Namespace, default_location: str) -> int:
     location = args.repo or default_location
     try:
         return asyncio.run(_run(args, location))
-    except RepoError as exc:
+    except (RepoError, OSError) as exc:  # OSError: e.g. --repo or -o names a file/folder it cannot use
         print(f"vbm repo: {exc}", file=sys.stderr)
         return 1
 

@@ -46,9 +46,9 @@ class LocalBackend:
         if path.exists() and path.stat().st_size > 0:
             self._note(path)  # someone else's write: make sure it is durable before we rely on it
             return False
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
+            path.parent.mkdir(parents=True, exist_ok=True)  # can fail with ENOSPC too
             with open(tmp, "xb") as fh:
                 fh.write(data)
                 if durable:
@@ -107,11 +107,24 @@ class LocalBackend:
                 if offset:
                     fh.seek(offset)
                 return fh.read() if length is None else fh.read(length)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # NotADirectory: the root is a file
             raise ObjectMissing(key) from None
 
     async def exists(self, key: str) -> bool:
-        return await asyncio.to_thread(self._path(key).exists)
+        return await asyncio.to_thread(self._exists, key)
+
+    def _exists(self, key: str) -> bool:
+        """Whether a complete object is there. An empty file is a crash remnant that `_put`
+        replaces, so it does not count; an object found is made durable at the next `flush()`,
+        as `_put` does, since the caller will rely on it."""
+        path = self._path(key)
+        try:
+            if path.stat().st_size == 0:
+                return False
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        self._note(path)
+        return True
 
     async def stat(self, key: str) -> ObjectInfo:
         try:

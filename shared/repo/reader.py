@@ -31,7 +31,9 @@ async def read_disk(
     if offset < 0 or offset > disk.capacity:
         raise ValueError(f"offset {offset} is outside disk {disk.key} ({disk.capacity} bytes)")
     wanted = [
-        (w_off, w_len, cid) for w_off, w_len, cid in disk.windows() if w_off + w_len > offset and w_off < end
+        (w_off, w_len, cid)
+        for w_off, w_len, cid in disk.windows()
+        if w_off + w_len > offset and w_off < end and offset < end  # an empty range needs no chunk
     ]
     queue: asyncio.Queue[asyncio.Task[bytes] | None] = asyncio.Queue(maxsize=ahead)
 

@@ -139,7 +139,7 @@ async def test_corrupt_chunk_read_names_chunk_and_restore_point(
         await read_all(repo, rp_id)
     assert victim in str(exc.value) and rp_id in str(exc.value)
     path.unlink()
-    with pytest.raises(ChunkError, match=f"{victim} is missing .needed by restore point {rp_id}"):
+    with pytest.raises(ChunkError, match=rf"{victim} is missing \(needed by restore point {rp_id}\)"):
         await read_all(repo, rp_id)
 
 
@@ -155,7 +155,7 @@ async def test_commit_is_idempotent_but_never_overwrites(repo: Repository, write
 
 
 async def test_open_errors(tmp_path: Path) -> None:
-    with pytest.raises(NotARepository, match="not a vbm repository .no config object"):
+    with pytest.raises(NotARepository, match=r"not a vbm repository \(no config object"):
         await Repository.open(LocalBackend(tmp_path))
     repo = await Repository.init(LocalBackend(tmp_path))
     with pytest.raises(NotARepository, match="already a vbm repository"):
