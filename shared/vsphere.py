@@ -1,0 +1,412 @@
+"""The vSphere adapter: the only module that imports pyVmomi.
+
+Everything here is blocking (pyVmomi is synchronous); services call it through a thread. Nothing
+`vim.*` leaves this module: callers get the plain dataclasses below, and errors as `VSphereError`
+with the fault's name, a readable message and whether retrying could help. Every vSphere task is
+awaited to its end (or to a deadline, raising `TaskTimeout`, after which the work may still
+complete: callers that create things must be ready to find them later).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from pyVim.connect import Disconnect, SmartConnect
+from pyVmomi import vim, vmodl
+
+from shared.settings import VCenterSettings
+
+T = TypeVar("T")
+
+RETRYABLE_FAULTS = frozenset(
+    {
+        "TaskInProgress",
+        "ResourceInUse",
+        "ResourceBusy",
+        "HostCommunication",
+        "HostNotConnected",
+        "NotAuthenticated",
+        "SystemError",
+        "RequestCanceled",
+        "Timedout",
+        "ConcurrentAccess",
+    }
+)
+
+
+class VSphereError(Exception):
+    """A vSphere call failed. `fault` is the vim fault type (or a transport error's name)."""
+
+    def __init__(self, message: str, *, fault: str, retryable: bool) -> None:
+        super().__init__(message)
+        self.fault = fault
+        self.retryable = retryable
+
+
+class NotFound(VSphereError):
+    def __init__(self, what: str) -> None:
+        super().__init__(f"{what} does not exist", fault="ManagedObjectNotFound", retryable=False)
+
+
+class TaskTimeout(VSphereError):
+    def __init__(self, what: str, seconds: float) -> None:
+        super().__init__(
+            f"{what} did not finish within {seconds:.0f}s (it may still complete)",
+            fault="Timedout",
+            retryable=True,
+        )
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    key: int
+    label: str
+    capacity: int
+    file: str  # "[datastore] vm/vm.vmdk", the descriptor of this disk in this config
+    datastore: str
+    thin: bool
+    change_id: str | None
+
+    @property
+    def flat_path(self) -> str:
+        """The flat extent's path inside its datastore, as the /folder endpoint wants it."""
+        path = self.file.split("] ", 1)[1] if "] " in self.file else self.file
+        return path[: -len(".vmdk")] + "-flat.vmdk" if path.endswith(".vmdk") else path
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    name: str
+    moref: str
+    created: datetime | None
+    description: str = ""
+
+
+@dataclass(frozen=True)
+class VMInfo:
+    name: str
+    moref: str
+    uuid: str
+    power_state: str
+    cbt_enabled: bool
+    vmx_path: str
+    datacenter: str
+    disks: tuple[DiskInfo, ...]
+    snapshots: tuple[SnapshotInfo, ...]
+    datastores: tuple[str, ...]
+
+
+def _fault_name(exc: BaseException) -> str:
+    return type(exc).__name__.rsplit(".", 1)[-1]
+
+
+def _fault_message(exc: BaseException) -> str:
+    msg = getattr(exc, "msg", None) or str(exc) or _fault_name(exc)
+    return str(msg).strip()
+
+
+def translate(exc: BaseException, doing: str) -> VSphereError:
+    """Any pyVmomi or transport error -> VSphereError saying what we were doing."""
+    if isinstance(exc, VSphereError):
+        return exc
+    if isinstance(exc, vmodl.fault.ManagedObjectNotFound):
+        return NotFound(doing)
+    if isinstance(exc, (OSError, http.client.HTTPException, socket.timeout)):
+        return VSphereError(
+            f"{doing}: vCenter unreachable ({_fault_message(exc)})",
+            fault=_fault_name(exc),
+            retryable=True,
+        )
+    name = _fault_name(exc)
+    return VSphereError(
+        f"{doing}: {name}: {_fault_message(exc)}", fault=name, retryable=name in RETRYABLE_FAULTS
+    )
+
+
+class VCenter:
+    """A session with one vCenter (or ESXi host). Calls are serialised on one lock."""
+
+    def __init__(self, settings: VCenterSettings, *, timeout: float = 60.0) -> None:
+        self.settings = settings
+        self.timeout = timeout
+        self._si: Any = None
+        self._lock = threading.RLock()
+        parts = urlsplit(settings.url)
+        self.scheme = parts.scheme
+        self.host = parts.hostname or ""
+        self.port = parts.port or (443 if parts.scheme == "https" else 80)
+        self.path = parts.path or "/sdk"
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.scheme}://{self.host}:{self.port}"
+
+    # session
+    def connect(self) -> None:
+        with self._lock:
+            if self._si is not None:
+                return
+            try:
+                self._si = SmartConnect(
+                    protocol=self.scheme,
+                    host=self.host,
+                    port=self.port,
+                    path=self.path,
+                    user=self.settings.username,
+                    pwd=self.settings.password.get_secret_value(),
+                    disableSslCertValidation=not self.settings.verify_tls,
+                    connectionPoolTimeout=self.timeout,
+                )
+            except vim.fault.InvalidLogin:
+                raise VSphereError(
+                    f"vCenter {self.settings.name} refused the login of {self.settings.username}:"
+                    " check the username and password",
+                    fault="InvalidLogin",
+                    retryable=False,
+                ) from None
+            except Exception as exc:
+                err = translate(exc, f"connecting to vCenter {self.settings.name}")
+                if not isinstance(exc, vmodl.MethodFault):
+                    err.retryable = True  # pyVmomi says "is down or is not a VIM server"
+                raise err from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._si is not None:
+                with contextlib.suppress(Exception):  # the session is going anyway
+                    Disconnect(self._si)
+                self._si = None
+
+    def session_cookie(self) -> str:
+        """The `vmware_soap_session` cookie value, for datastore HTTP access."""
+        self.connect()
+        cookie: str = self._si._stub.cookie
+        return cookie.split("=", 1)[1].split(";", 1)[0] if "=" in cookie else cookie
+
+    def _call(self, doing: str, fn: Callable[[], T]) -> T:
+        """Run `fn` with a session; re-login once if the session expired."""
+        with self._lock:
+            for attempt in (1, 2):
+                self.connect()
+                try:
+                    return fn()
+                except vim.fault.NotAuthenticated:
+                    self._si = None
+                    if attempt == 2:
+                        raise VSphereError(
+                            f"{doing}: session lost", fault="NotAuthenticated", retryable=True
+                        ) from None
+                except Exception as exc:
+                    if isinstance(exc, (OSError, http.client.HTTPException)):
+                        self._si = None  # the connection is suspect: start a new session next time
+                    raise translate(exc, doing) from None
+        raise AssertionError("unreachable")
+
+    def _content(self) -> Any:
+        return self._si.RetrieveContent()
+
+    def _vm(self, moref: str) -> Any:
+        vm = vim.VirtualMachine(moref, self._si._stub)
+        try:
+            vm.name  # noqa: B018 - fetch once to prove it exists
+        except vmodl.fault.ManagedObjectNotFound:
+            raise NotFound(f"VM {moref}") from None
+        return vm
+
+    def _snapshot(self, moref: str) -> Any:
+        return vim.vm.Snapshot(moref, self._si._stub)
+
+    # inventory
+    def list_vms(self) -> list[VMInfo]:
+        def run() -> list[VMInfo]:
+            content = self._content()
+            view = content.viewManager.CreateContainerView(content.rootFolder, [vim.VirtualMachine], True)
+            try:
+                return [self._describe(vm) for vm in view.view if vm.config is not None]
+            finally:
+                view.Destroy()
+
+        return self._call("listing VMs", run)
+
+    def vm(self, moref: str) -> VMInfo:
+        return self._call(f"reading VM {moref}", lambda: self._describe(self._vm(moref)))
+
+    def find_vm(self, name: str) -> VMInfo:
+        for info in self.list_vms():
+            if info.name == name:
+                return info
+        raise NotFound(f"VM named {name!r} on {self.settings.name}")
+
+    def _describe(self, vm: Any) -> VMInfo:
+        config = vm.config
+        return VMInfo(
+            name=vm.name,
+            moref=vm._moId,
+            uuid=config.uuid or "",
+            power_state=str(vm.runtime.powerState),
+            cbt_enabled=bool(config.changeTrackingEnabled),
+            vmx_path=vm.summary.config.vmPathName or "",
+            datacenter=_datacenter_of(vm),
+            disks=tuple(_disks(config.hardware.device)),
+            snapshots=tuple(_walk_snapshots(vm.snapshot.rootSnapshotList if vm.snapshot else [])),
+            datastores=tuple(ds.name for ds in vm.datastore),
+        )
+
+    def datastore_free(self, names: tuple[str, ...]) -> dict[str, tuple[int, int]]:
+        """(capacity, free) bytes of the named datastores."""
+
+        def run() -> dict[str, tuple[int, int]]:
+            content = self._content()
+            view = content.viewManager.CreateContainerView(content.rootFolder, [vim.Datastore], True)
+            try:
+                return {
+                    ds.name: (int(ds.summary.capacity), int(ds.summary.freeSpace))
+                    for ds in view.view
+                    if ds.name in names
+                }
+            finally:
+                view.Destroy()
+
+        return self._call("reading datastore space", run)
+
+    # CBT and snapshots
+    def set_cbt(self, moref: str, enabled: bool, *, timeout: float | None = None) -> None:
+        def run() -> None:
+            vm = self._vm(moref)
+            spec = vim.vm.ConfigSpec(changeTrackingEnabled=enabled)
+            self._wait(
+                vm.ReconfigVM_Task(spec), f"turning CBT {'on' if enabled else 'off'} on {moref}", timeout
+            )
+
+        self._call(f"configuring CBT on VM {moref}", run)
+
+    def create_snapshot(
+        self,
+        moref: str,
+        name: str,
+        *,
+        description: str = "",
+        quiesce: bool = False,
+        memory: bool = False,
+        timeout: float | None = None,
+    ) -> SnapshotInfo:
+        def run() -> SnapshotInfo:
+            vm = self._vm(moref)
+            task = vm.CreateSnapshot_Task(name=name, description=description, memory=memory, quiesce=quiesce)
+            snap = self._wait(task, f"creating snapshot {name} of {moref}", timeout)
+            return SnapshotInfo(name=name, moref=snap._moId, created=None, description=description)
+
+        return self._call(f"snapshotting VM {moref}", run)
+
+    def snapshots(self, moref: str) -> list[SnapshotInfo]:
+        return list(self.vm(moref).snapshots)
+
+    def remove_snapshot(self, snapshot_moref: str, *, timeout: float | None = None) -> None:
+        """Remove one snapshot (consolidating its delta). A snapshot already gone is success."""
+
+        def run() -> None:
+            snap = self._snapshot(snapshot_moref)
+            try:
+                task = snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True)
+            except vmodl.fault.ManagedObjectNotFound:
+                return
+            self._wait(task, f"removing snapshot {snapshot_moref}", timeout)
+
+        self._call(f"removing snapshot {snapshot_moref}", run)
+
+    def snapshot_disks(self, snapshot_moref: str) -> list[DiskInfo]:
+        """The disks as frozen in the snapshot (their backing is the file to read)."""
+
+        def run() -> list[DiskInfo]:
+            snap = self._snapshot(snapshot_moref)
+            return list(_disks(snap.config.hardware.device))
+
+        return self._call(f"reading snapshot {snapshot_moref}", run)
+
+    def changed_areas(
+        self, vm_moref: str, snapshot_moref: str, disk_key: int, capacity: int, change_id: str
+    ) -> list[tuple[int, int]]:
+        """(offset, length) areas changed since `change_id` ('*': all allocated), all pages."""
+
+        def run() -> list[tuple[int, int]]:
+            vm = self._vm(vm_moref)
+            snap = self._snapshot(snapshot_moref)
+            out: list[tuple[int, int]] = []
+            start = 0
+            while start < capacity:
+                info = vm.QueryChangedDiskAreas(
+                    snapshot=snap, deviceKey=disk_key, startOffset=start, changeId=change_id
+                )
+                out.extend((int(a.start), int(a.length)) for a in info.changedArea or [])
+                covered = int(info.startOffset) + int(info.length)
+                if covered <= start:
+                    raise VSphereError(
+                        f"QueryChangedDiskAreas made no progress at offset {start}",
+                        fault="InvalidResponse",
+                        retryable=False,
+                    )
+                start = covered
+            return out
+
+        return self._call(f"querying changed areas of disk {disk_key} of {vm_moref}", run)
+
+    def _wait(self, task: Any, what: str, timeout: float | None) -> Any:
+        limit = self.timeout if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        delay = 0.05
+        while True:
+            info = task.info
+            if info.state == vim.TaskInfo.State.success:
+                return info.result
+            if info.state == vim.TaskInfo.State.error:
+                raise translate(info.error, what)
+            if time.monotonic() >= deadline:
+                raise TaskTimeout(what, limit)
+            time.sleep(delay)
+            delay = min(1.0, delay * 1.5)
+
+
+def _datacenter_of(entity: Any) -> str:
+    node = entity.parent
+    while node is not None and not isinstance(node, vim.Datacenter):
+        node = node.parent
+    return str(node.name) if node is not None else ""
+
+
+def _disks(devices: Any) -> Iterator[DiskInfo]:
+    for dev in devices or []:
+        if not isinstance(dev, vim.vm.device.VirtualDisk):
+            continue
+        backing = dev.backing
+        file = getattr(backing, "fileName", "") or ""
+        datastore = file[1 : file.index("]")] if file.startswith("[") and "]" in file else ""
+        capacity = int(dev.capacityInBytes or 0) or int(dev.capacityInKB) * 1024
+        yield DiskInfo(
+            key=int(dev.key),
+            label=dev.deviceInfo.label if dev.deviceInfo else "",
+            capacity=capacity,
+            file=file,
+            datastore=datastore,
+            thin=bool(getattr(backing, "thinProvisioned", False)),
+            change_id=getattr(backing, "changeId", None) or None,
+        )
+
+
+def _walk_snapshots(trees: Any) -> Iterator[SnapshotInfo]:
+    for node in trees or []:
+        yield SnapshotInfo(
+            name=node.name,
+            moref=node.snapshot._moId,
+            created=node.createTime,
+            description=node.description or "",
+        )
+        yield from _walk_snapshots(node.childSnapshotList)
