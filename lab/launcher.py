@@ -1,0 +1,293 @@
+"""Build and start the vSphere lab: govmomi's vCenter simulator extended by ``lab/vcsim``.
+
+``build_lab()`` compiles the Go program once per source change (offline, GOPATH mode, against
+Debian's govmomi); ``start_lab(spec, workdir)`` runs one private simulator and returns a ``Lab``
+with its address, inventory and a client for the control API (faults, guest writes).
+See docs/lab.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import json
+import os
+import selectors
+import signal
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any
+
+from lab.build import GOVMOMI_SRC, INSTALL_HINT, LabError, build_lab
+
+__all__ = [
+    "GOVMOMI_SRC",
+    "INSTALL_HINT",
+    "DiskSpec",
+    "Lab",
+    "LabError",
+    "LabSpec",
+    "VMSpec",
+    "build_lab",
+    "start_lab",
+]
+
+
+@dataclass(frozen=True)
+class DiskSpec:
+    size: int  # bytes, multiple of 1024
+    seed: int = 0
+    layout: str = "mixed"  # "mixed" (random/text/zero segments), "zero", "random"
+
+    def __post_init__(self) -> None:
+        if self.size <= 0 or self.size % 1024:
+            raise ValueError(f"disk size {self.size} is not a positive multiple of 1024")
+        if self.layout not in ("mixed", "zero", "random"):
+            raise ValueError(f"unknown disk layout {self.layout!r}")
+
+
+@dataclass(frozen=True)
+class VMSpec:
+    name: str
+    disks: tuple[DiskSpec, ...]
+    cbt: bool = False  # CBT initially enabled
+    power_on: bool = True
+
+
+@dataclass(frozen=True)
+class LabSpec:
+    vms: tuple[VMSpec, ...]
+    cbt_max_areas: int = 0  # 0 = no cap on areas per QueryChangedDiskAreas reply
+    username: str = "user"
+    password: str = "pass"
+
+
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover
+    _LIBC = None
+
+
+def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - in the child before exec
+    if _LIBC is not None:
+        _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
+    if os.getppid() != parent_pid:  # the parent died before prctl
+        os._exit(1)
+
+
+class Lab:
+    """A running lab: its address, inventory and control API (see docs/lab.md)."""
+
+    def __init__(
+        self, proc: subprocess.Popen[bytes], inventory: dict[str, Any], log: IO[bytes], log_path: Path
+    ) -> None:
+        self._proc = proc
+        self._log = log
+        self.log_path = log_path
+        self.inventory = inventory
+        self.url: str = inventory["url"]
+        self.sdk_url: str = inventory["sdk_url"]
+        self.host: str = inventory["host"]
+        self.port: int = int(inventory["port"])
+        self.username: str = inventory["username"]
+        self.password: str = inventory["password"]
+        self.datacenter: str = inventory["datacenter"]
+        self.datastore: str = inventory["datastore"]
+        self.datastore_dir = Path(inventory["datastore_dir"])
+        self.pid: int = proc.pid
+
+    def __repr__(self) -> str:
+        return f"<Lab {self.url} pid={self.pid}>"
+
+    def __enter__(self) -> Lab:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+    def vm(self, name: str) -> dict[str, Any]:
+        for vm in self.inventory["vms"]:
+            if vm["name"] == name:
+                return dict(vm)
+        raise KeyError(f"no VM {name!r} in the lab")
+
+    @property
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def wait(self, timeout: float | None = None) -> int:
+        return self._proc.wait(timeout)
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL (by pid) after `timeout`; idempotent."""
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self._close()
+
+    def kill(self) -> None:
+        if self._proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._proc.pid, signal.SIGKILL)
+            self._proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        for stream in (self._proc.stdin, self._proc.stdout):
+            if stream is not None:
+                with contextlib.suppress(OSError):
+                    stream.close()
+        self._log.close()
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    # ---------------------------------------------------------------- control API (urllib)
+
+    def _call(
+        self, method: str, path: str, body: Any = None, *, raw: bytes | None = None, timeout: float = 30
+    ) -> bytes:
+        data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+        req = urllib.request.Request(self.url + "/lab/" + path, data=data, method=method)
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        try:
+            with urllib.request.urlopen(req, timeout=timeout) as resp:
+                result: bytes = resp.read()
+                return result
+        except urllib.error.HTTPError as e:
+            detail = e.read().decode(errors="replace")
+            e.close()
+            with contextlib.suppress(ValueError, KeyError, TypeError):
+                detail = json.loads(detail)["error"]
+            raise LabError(f"lab {method} /lab/{path}: HTTP {e.code}: {detail}") from None
+        except (urllib.error.URLError, OSError) as e:
+            raise LabError(f"lab {method} /lab/{path}: {e}") from e
+
+    def _json(self, method: str, path: str, body: Any = None) -> Any:
+        return json.loads(self._call(method, path, body))
+
+    def state(self) -> dict[str, Any]:
+        """GET /lab/state: VMs (power, CBT, snapshots, disk chains) and armed faults."""
+        result: dict[str, Any] = self._json("GET", "state")
+        return result
+
+    def fault(
+        self,
+        method: str,
+        mode: str,
+        *,
+        count: int | None = None,
+        delay: float = 0,
+        fault: str = "SystemError",
+    ) -> None:
+        """Arm a fault for a SOAP method: soap-fault | task-error | delay | delay-response | hang."""
+        body = {"method": method, "mode": mode, "count": count or -1, "delay": delay, "fault": fault}
+        self._json("POST", "faults", body)
+
+    def download_fault(
+        self, mode: str, *, path: str = "", after_bytes: int = 0, status: int = 500, count: int | None = None
+    ) -> None:
+        """Break GET /folder/... downloads whose path contains `path`: fail | stall | cut."""
+        body = {
+            "mode": mode,
+            "path": path,
+            "after_bytes": after_bytes,
+            "status": status,
+            "count": count or -1,
+        }
+        self._json("POST", "download-faults", body)
+
+    def outage(self, seconds: float, mode: str = "503") -> None:
+        """Make the SOAP endpoint unavailable: "503", "reset" (connection reset) or "refuse"
+        (the port is closed: connection refused, control API included)."""
+        self._json("POST", "outage", {"seconds": seconds, "mode": mode})
+
+    def clear_faults(self) -> None:
+        """Disarm every fault; hung calls go on, stalled downloads resume, delays end."""
+        self._json("POST", "clear", {})
+
+    def _disk_path(self, vm: str, disk_key: int, op: str, **query: int) -> str:
+        q = urllib.parse.urlencode(query)
+        return f"vms/{urllib.parse.quote(vm, safe='')}/disks/{disk_key}/{op}?{q}"
+
+    def guest_write(self, vm: str, disk_key: int, offset: int, data: bytes) -> None:
+        """Write as the guest: to the disk, or to its delta while a snapshot exists (CBT-tracked)."""
+        self._call("POST", self._disk_path(vm, disk_key, "write", offset=offset), raw=bytes(data))
+
+    def guest_read(self, vm: str, disk_key: int, offset: int, length: int) -> bytes:
+        """The guest's current view (base + deltas)."""
+        return self._call("GET", self._disk_path(vm, disk_key, "read", offset=offset, length=length))
+
+    def snapshots(self, vm: str) -> list[str]:
+        """Names of the snapshots currently on the VM (tree order)."""
+        path = f"vms/{urllib.parse.quote(vm, safe='')}/snapshots"
+        return [s["name"] for s in self._json("GET", path)]
+
+
+def start_lab(
+    spec: LabSpec, workdir: Path, *, port: int = 0, binary: Path | None = None, timeout: float = 60
+) -> Lab:
+    """Start one simulator serving `spec`, its datastore under `workdir`; wait for its inventory."""
+    binary = binary or build_lab()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec_path = workdir / "lab-spec.json"
+    spec_path.write_text(json.dumps(asdict(spec)))
+    log_path = workdir / "vcsim.log"
+    log = open(log_path, "ab")  # noqa: SIM115 - owned by the Lab, closed by stop()
+    cmd = [str(binary), "-spec", str(spec_path), "-dir", str(workdir), "-port", str(port)]
+    try:
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            start_new_session=True,  # Ctrl-C goes to the parent, which stops the lab
+        )
+    except OSError as e:
+        log.close()
+        raise LabError(f"cannot run {binary}: {e}") from e
+    assert proc.stdout is not None
+    line = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(proc.stdout, selectors.EVENT_READ)
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not sel.select(left):
+                break
+            chunk = os.read(proc.stdout.fileno(), 65536)
+            if not chunk:
+                break
+            line += chunk
+    try:
+        inventory = json.loads(line)
+    except ValueError:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+        log.close()
+        lab_log = log_path.read_text(errors="replace")[-3000:]
+        raise LabError(f"the lab did not start (output {line[:200]!r}); its log:\n{lab_log}") from None
+    return Lab(proc, inventory, log, log_path)
