@@ -33,7 +33,7 @@ class RetryPolicy:
     max_delay: float = 10.0
 
     def delay(self, attempt: int) -> float:
-        return min(self.max_delay, self.first_delay * 2 ** (attempt - 1))
+        return float(min(self.max_delay, self.first_delay * 2.0 ** (attempt - 1)))
 
 
 class DatastoreHTTP:

@@ -20,8 +20,10 @@ from datetime import datetime
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
-from pyVim.connect import Disconnect, SmartConnect
+from pyVim import connect
 from pyVmomi import vim, vmodl
+from pyVmomi.SoapAdapter import SoapStubAdapter
+from pyVmomi.VmomiSupport import GetServiceVersions
 
 from shared.settings import VCenterSettings
 
@@ -155,18 +157,29 @@ class VCenter:
         with self._lock:
             if self._si is not None:
                 return
+            stub: Any = None
             try:
-                self._si = SmartConnect(
-                    protocol=self.scheme,
+                # SmartConnect's steps, done here so a failed login can close its connections.
+                ssl_ctx = connect.getSslContext(self.host, None, not self.settings.verify_tls)
+                version = _find_version(self.scheme, self.host, self.port, self.path, ssl_ctx)
+                stub = SoapStubAdapter(
                     host=self.host,
-                    port=self.port,
+                    port=self.port if self.scheme == "https" else -self.port,  # <0: plain HTTP
                     path=self.path,
-                    user=self.settings.username,
-                    pwd=self.settings.password.get_secret_value(),
-                    disableSslCertValidation=not self.settings.verify_tls,
+                    version=version,
+                    sslContext=ssl_ctx,
+                    httpConnectionTimeout=self.timeout,
                     connectionPoolTimeout=self.timeout,
                 )
+                si = vim.ServiceInstance("ServiceInstance", stub)
+                content = si.RetrieveContent()
+                assert content.sessionManager is not None
+                content.sessionManager.Login(
+                    self.settings.username, self.settings.password.get_secret_value(), None
+                )
+                self._si = si
             except vim.fault.InvalidLogin:
+                _drop(stub)
                 raise VSphereError(
                     f"vCenter {self.settings.name} refused the login of {self.settings.username}:"
                     " check the username and password",
@@ -174,6 +187,7 @@ class VCenter:
                     retryable=False,
                 ) from None
             except Exception as exc:
+                _drop(stub)
                 err = translate(exc, f"connecting to vCenter {self.settings.name}")
                 if not isinstance(exc, vmodl.MethodFault):
                     err.retryable = True  # pyVmomi says "is down or is not a VIM server"
@@ -183,7 +197,8 @@ class VCenter:
         with self._lock:
             if self._si is not None:
                 with contextlib.suppress(Exception):  # the session is going anyway
-                    Disconnect(self._si)
+                    self._si.content.sessionManager.Logout()
+                _drop(self._si._stub)
                 self._si = None
 
     def session_cookie(self) -> str:
@@ -200,6 +215,7 @@ class VCenter:
                 try:
                     return fn()
                 except vim.fault.NotAuthenticated:
+                    _drop(self._si._stub)
                     self._si = None
                     if attempt == 2:
                         raise VSphereError(
@@ -207,7 +223,8 @@ class VCenter:
                         ) from None
                 except Exception as exc:
                     if isinstance(exc, (OSError, http.client.HTTPException)):
-                        self._si = None  # the connection is suspect: start a new session next time
+                        _drop(self._si._stub)  # the connection is suspect: start a new session
+                        self._si = None
                     raise translate(exc, doing) from None
         raise AssertionError("unreachable")
 
@@ -373,6 +390,27 @@ class VCenter:
                 raise TaskTimeout(what, limit)
             time.sleep(delay)
             delay = min(1.0, delay * 1.5)
+
+
+def _find_version(scheme: str, host: str, port: int, path: str, ssl_ctx: Any) -> str:
+    """The newest API version both pyVmomi and the server speak (as SmartConnect finds it)."""
+    find = getattr(connect, "__FindSupportedVersion")
+    preferred = GetServiceVersions("vim25")
+    version = find(scheme, host, port, path, preferred, ssl_ctx, None, 80, None)
+    if version is None:
+        raise VSphereError(
+            f"{scheme}://{host}:{port}{path} is down or is not a vSphere API endpoint",
+            fault="NotVSphere",
+            retryable=True,
+        )
+    return str(version)
+
+
+def _drop(stub: Any) -> None:
+    """Close a stub's pooled connections (pyVmomi leaves them open on failed logins)."""
+    if stub is not None:
+        with contextlib.suppress(Exception):
+            stub.DropConnections()
 
 
 def _datacenter_of(entity: Any) -> str:
