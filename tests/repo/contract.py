@@ -65,9 +65,7 @@ class BackendContract:
         assert all(i.size == len(i.key) for i in listed)
         assert [i.key async for i in backend.list("many/0a/")] == sorted(
             k for k in keys if k.startswith("many/0a/")
-        ) or {i.key async for i in backend.list("many/0a/")} == {
-            k for k in keys if k.startswith("many/0a/")
-        }
+        ) or {i.key async for i in backend.list("many/0a/")} == {k for k in keys if k.startswith("many/0a/")}
 
     async def test_flush_and_durable_writes(self, backend: Backend) -> None:
         await backend.put_if_absent("f/1", b"1")

@@ -33,7 +33,8 @@ def test_zero_detection() -> None:
 
 
 @pytest.mark.parametrize(
-    "data", [b"text " * 1000, os.urandom(600), b"ab" * 20_000 + os.urandom(300)],
+    "data",
+    [b"text " * 1000, os.urandom(600), b"ab" * 20_000 + os.urandom(300)],
     ids=["zstd", "raw", "mixed"],
 )
 def test_every_single_bit_flip_is_detected(data: bytes) -> None:

@@ -13,9 +13,15 @@ NOW = datetime(2026, 11, 26, tzinfo=UTC)
 
 def disk(chunks: tuple, capacity: int = 4 * 10 + 2) -> m.DiskEntry:  # type: ignore[type-arg]
     entries = m.expand(chunks)
-    return m.DiskEntry(key=2000, file="vm/vm-flat.vmdk", capacity=capacity, chunk_size=4,
-                       chunks=chunks, sha256_tree=m.tree_digest(entries, capacity, 4),
-                       stored_windows=0)
+    return m.DiskEntry(
+        key=2000,
+        file="vm/vm-flat.vmdk",
+        capacity=capacity,
+        chunk_size=4,
+        chunks=chunks,
+        sha256_tree=m.tree_digest(entries, capacity, 4),
+        stored_windows=0,
+    )
 
 
 def test_compact_and_expand() -> None:
@@ -37,8 +43,9 @@ def test_tree_digest_depends_on_order_and_zero_length() -> None:
 
 
 def rp() -> m.RestorePoint:
-    return m.RestorePoint(id="rp-20261126T000000Z-0123abcd", vm_name="web", started=NOW,
-                          finished=NOW, disks=(disk((A, 9, B)),))
+    return m.RestorePoint(
+        id="rp-20261126T000000Z-0123abcd", vm_name="web", started=NOW, finished=NOW, disks=(disk((A, 9, B)),)
+    )
 
 
 def test_dump_load_round_trip() -> None:

@@ -27,8 +27,9 @@ CS = 64 * 1024
 
 
 async def full(writer: Writer, data: bytes, key: int = 2000, vm: str = "web") -> str:
-    disk, _ = await writer.write_disk(BytesSource(data), key=key, capacity=len(data),
-                                      file=f"{vm}/{vm}-flat.vmdk")
+    disk, _ = await writer.write_disk(
+        BytesSource(data), key=key, capacity=len(data), file=f"{vm}/{vm}-flat.vmdk"
+    )
     rp = restore_point(vm_name=vm, started=NOW, finished=NOW, disks=[disk])
     await writer.repo.commit(rp)
     return rp.id
@@ -57,8 +58,9 @@ async def test_dedup_across_disks_vms_and_runs(repo: Repository, writer: Writer)
     data = make_image(20 * CS, seed=2)
     await full(writer, data, vm="a")
     count = len(await chunk_objects(repo))
-    _disk, stats = await writer.write_disk(BytesSource(data), key=2001, capacity=len(data),
-                                          file="b/b-flat.vmdk")
+    _disk, stats = await writer.write_disk(
+        BytesSource(data), key=2001, capacity=len(data), file="b/b-flat.vmdk"
+    )
     assert stats.chunks_written == 0 and stats.chunks_reused == 20 - stats.zero_windows
     assert len(await chunk_objects(repo)) == count
 
@@ -71,16 +73,24 @@ async def test_incremental_reads_only_touched_windows(repo: Repository, writer: 
     for off, n in changes:
         base[off : off + n] = b"\xab" * n
     src = BytesSource(bytes(base))
-    disk, stats = await writer.write_disk(src, key=2000, capacity=len(base), file="web/web-flat.vmdk",
-                                          parent=parent, parent_id=rp1, changed=changes)
+    disk, stats = await writer.write_disk(
+        src,
+        key=2000,
+        capacity=len(base),
+        file="web/web-flat.vmdk",
+        parent=parent,
+        parent_id=rp1,
+        changed=changes,
+    )
     assert sorted(off // CS for off, _ in src.reads) == [5, 6, 31, 32]
     assert stats.windows_read == 4 and disk.built_on == rp1 and disk.stored_windows == 4
     rp2 = restore_point(vm_name="web", started=NOW, finished=NOW, disks=[disk], parent=rp1)
     await repo.commit(rp2)
     assert await read_all(repo, rp2.id) == bytes(base)
     # equal to a full read of the new image, and the parent is untouched
-    full_disk, _ = await writer.write_disk(BytesSource(bytes(base)), key=2000, capacity=len(base),
-                                           file="web/web-flat.vmdk")
+    full_disk, _ = await writer.write_disk(
+        BytesSource(bytes(base)), key=2000, capacity=len(base), file="web/web-flat.vmdk"
+    )
     assert full_disk.chunks == disk.chunks and full_disk.sha256_tree == disk.sha256_tree
     assert await read_all(repo, rp1) != bytes(base)
 
@@ -89,9 +99,15 @@ async def test_deleting_the_parent_never_breaks_a_child(repo: Repository, writer
     data = bytearray(make_image(8 * CS, seed=4))
     rp1 = await full(writer, bytes(data))
     data[0:10] = b"0123456789"
-    disk, _ = await writer.write_disk(BytesSource(bytes(data)), key=2000, capacity=len(data),
-                                      file="f", parent=(await repo.load(rp1)).disks[0],
-                                      parent_id=rp1, changed=[(0, 10)])
+    disk, _ = await writer.write_disk(
+        BytesSource(bytes(data)),
+        key=2000,
+        capacity=len(data),
+        file="f",
+        parent=(await repo.load(rp1)).disks[0],
+        parent_id=rp1,
+        changed=[(0, 10)],
+    )
     rp2 = restore_point(vm_name="web", started=NOW, finished=NOW, disks=[disk], parent=rp1)
     await repo.commit(rp2)
     await repo.forget(rp1)
@@ -103,9 +119,15 @@ async def test_resized_disk_makes_a_full(repo: Repository, writer: Writer) -> No
     data = make_image(8 * CS, seed=5)
     rp1 = await full(writer, data)
     bigger = data + make_image(2 * CS, seed=6)
-    disk, stats = await writer.write_disk(BytesSource(bigger), key=2000, capacity=len(bigger),
-                                          file="f", parent=(await repo.load(rp1)).disks[0],
-                                          parent_id=rp1, changed=[(0, 1)])
+    disk, stats = await writer.write_disk(
+        BytesSource(bigger),
+        key=2000,
+        capacity=len(bigger),
+        file="f",
+        parent=(await repo.load(rp1)).disks[0],
+        parent_id=rp1,
+        changed=[(0, 1)],
+    )
     assert stats.windows_read == 10 and disk.built_on is None
 
 
