@@ -63,7 +63,7 @@ async def read_disk(
                     yield bytes(piece)
                     n -= piece
             else:
-                yield data if (lo, hi) == (0, len(data)) else data[lo : hi + 1]
+                yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
     finally:
         producer.cancel()
         leftovers: list[asyncio.Future[Any]] = [producer]
