@@ -3,8 +3,9 @@
 A service module provides `wire(ctx) -> Parts`: the consumers it runs and its background tasks.
 `serve()` does the rest, the same way for all of them: read settings, set up logging, bring the
 database schema up to date, connect to NATS and declare the stream, announce the instance
-(a row in `service_instances` and a heartbeat on `vbm.live.heartbeat.<service>`), run until a
-signal, then stop: stop fetching, let the message in hand finish, drain NATS, record the stop.
+(a row in `service_instances` and a heartbeat on `vbm.live.heartbeat.<service>`), run the outbox
+relay (every service publishes the events it staged), run until a signal, then stop: stop
+fetching, let the message in hand finish, drain NATS, record the stop.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shared.bus import Bus, BusUnavailable, Consumer, run_consumer
 from shared.contracts import PING_SUBJECT, ServiceHeartbeat, heartbeat_subject
 from shared.db import ServiceInstance, make_engine, make_sessionmaker
 from shared.db.migrate import SchemaNotCurrent, check_current, upgrade
+from shared.outbox import Relay
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,7 @@ class Context:
     engine: Engine
     sessions: sessionmaker[Session]
     stop: asyncio.Event
+    relay: Relay
     clock: Clock = utcnow
 
 
@@ -108,14 +111,16 @@ async def serve(service: str, wire: Wiring, settings: Settings) -> None:
         await asyncio.to_thread(check_current, engine)
     instance = f"{service}-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     bus = await Bus.connect(settings.nats.server_url(), instance, timeout=settings.nats.connect_timeout)
+    sessions = make_sessionmaker(engine)
     ctx = Context(
         service=service,
         instance=instance,
         settings=settings,
         bus=bus,
         engine=engine,
-        sessions=make_sessionmaker(engine),
+        sessions=sessions,
         stop=stop,
+        relay=Relay(bus, sessions, utcnow),
     )
     started = ctx.clock()
     try:
@@ -124,6 +129,7 @@ async def serve(service: str, wire: Wiring, settings: Settings) -> None:
         await asyncio.to_thread(_record_start, ctx, started)
         workers = [asyncio.create_task(run_consumer(bus, c, stop)) for c in parts.consumers]
         workers += [asyncio.create_task(t()) for t in parts.tasks]
+        workers.append(asyncio.create_task(ctx.relay.run(stop)))
         beat = asyncio.create_task(_heartbeats(ctx, started))
         log.info("%s ready (instance %s, nats %s)", service, instance, settings.nats.server_url())
         await _wait_stop_or_crash(stop, workers)

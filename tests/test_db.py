@@ -88,3 +88,17 @@ def test_vbm_db_cli(tmp_path: Path) -> None:
     up = subprocess.run([*run, "upgrade"], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     assert up.returncode == 0, up.stderr
     assert f"revision {head_revision()} (newest {head_revision()})" in up.stdout
+
+
+def test_models_match_the_migrations(db_url: str) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from shared.db import Base
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    with engine.connect() as conn:
+        ctx = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(ctx, Base.metadata) == []
+    engine.dispose()

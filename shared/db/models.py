@@ -3,8 +3,21 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import DateTime, Integer, MetaData, String
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    Text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 NAMING = {
@@ -33,3 +46,174 @@ class ServiceInstance(Base):
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     state: Mapped[str] = mapped_column(String(16))
+
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def _ts() -> Mapped[datetime]:
+    return mapped_column(DateTime(timezone=True))
+
+
+def _ts_null() -> Mapped[datetime | None]:
+    return mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class VCenterRow(Base):
+    """A vCenter vbm backs up from. Passwords stay in the configuration, never in the database."""
+
+    __tablename__ = "vcenters"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    url: Mapped[str] = mapped_column(String(512))
+    username: Mapped[str] = mapped_column(String(255))
+    verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
+    updated_at: Mapped[datetime] = _ts()
+
+
+class Job(Base):
+    """What to back up, when, how and where."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    vcenter: Mapped[str] = mapped_column(String(64))
+    vms: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
+    options: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    repository: Mapped[str] = mapped_column(String(1024))
+    retention: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True)
+    last_slot: Mapped[datetime | None] = _ts_null()
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+
+
+class Run(Base):
+    """One execution of a job; its id is derived from the job and the schedule slot."""
+
+    __tablename__ = "runs"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
+    trigger: Mapped[str] = mapped_column(String(16))
+    slot: Mapped[datetime | None] = _ts_null()
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = _ts()
+    started_at: Mapped[datetime | None] = _ts_null()
+    finished_at: Mapped[datetime | None] = _ts_null()
+
+
+class Task(Base):
+    """One VM of a run. `generation` fences late workers: a write must name the current one."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(160), primary_key=True)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), index=True)
+    vcenter: Mapped[str] = mapped_column(String(64))
+    vm_moref: Mapped[str] = mapped_column(String(64))
+    vm_name: Mapped[str] = mapped_column(String(255))
+    phase: Mapped[str] = mapped_column(String(16))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    snapshot_moref: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    restore_point_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    kind: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_read: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)
+    rate: Mapped[float] = mapped_column(Float, default=0.0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+    deadline_at: Mapped[datetime | None] = _ts_null()
+    finished_at: Mapped[datetime | None] = _ts_null()
+
+
+class RestorePointRow(Base):
+    """The catalog: every committed restore point, for listing without reading the repository."""
+
+    __tablename__ = "restore_points"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    task_id: Mapped[str | None] = mapped_column(String(160), nullable=True, index=True)
+    run_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    vcenter: Mapped[str] = mapped_column(String(64))
+    vm_moref: Mapped[str] = mapped_column(String(64), index=True)
+    vm_name: Mapped[str] = mapped_column(String(255))
+    repository: Mapped[str] = mapped_column(String(1024))
+    kind: Mapped[str] = mapped_column(String(16))
+    parent: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    disks: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    logical_bytes: Mapped[int] = mapped_column(BigInteger)
+    bytes_read: Mapped[int] = mapped_column(BigInteger)
+    bytes_stored: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime] = _ts()
+    finished_at: Mapped[datetime] = _ts()
+    verify_state: Mapped[str] = mapped_column(String(16), default="pending")
+    verified_at: Mapped[datetime | None] = _ts_null()
+    verify_problems: Mapped[list[str]] = mapped_column(JSONType, default=list)
+
+
+class SnapshotLedger(Base):
+    """Every snapshot vbm ever asked for, recorded before it is requested."""
+
+    __tablename__ = "snapshot_ledger"
+
+    snapshot_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vcenter: Mapped[str] = mapped_column(String(64))
+    vm_moref: Mapped[str] = mapped_column(String(64), index=True)
+    vm_name: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[str] = mapped_column(String(128))
+    task_id: Mapped[str] = mapped_column(String(160))
+    snapshot_moref: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    requested_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime | None] = _ts_null()
+    removed_at: Mapped[datetime | None] = _ts_null()
+    next_attempt_at: Mapped[datetime | None] = _ts_null()
+
+
+class Alert(Base):
+    __tablename__ = "alerts"
+
+    id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(64))
+    severity: Mapped[str] = mapped_column(String(16))
+    message: Mapped[str] = mapped_column(Text)
+    vm_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    run_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    created_at: Mapped[datetime] = _ts()
+    acknowledged_at: Mapped[datetime | None] = _ts_null()
+
+
+class Outbox(Base):
+    """Events written in the same transaction as the state they report; a relay publishes them."""
+
+    __tablename__ = "outbox"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(128))
+    msg_id: Mapped[str] = mapped_column(String(255))
+    payload: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _ts()
+    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = _ts()
+    last_used_at: Mapped[datetime | None] = _ts_null()
+    revoked_at: Mapped[datetime | None] = _ts_null()

@@ -1,0 +1,138 @@
+"""Jobs and runs: the validated shape of a job, and asking for a run of it.
+
+`JobSpec` is what people send (REST body, `vbm job create`); `request_run` is the one way a run
+comes to exist (scheduler and gateway both use it): it inserts the run and stages its
+`JobRequested` event in the same transaction, and does nothing if that run id exists already.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.contracts import JobRequested
+from shared.db.models import Job, Run
+from shared.outbox import stage
+from shared.schedules import Schedule, run_id_for
+
+Trigger = Literal["schedule", "manual", "api", "retry"]
+
+
+class VMRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    moref: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _named(self) -> VMRef:
+        if not self.moref and not self.name:
+            raise ValueError("a VM needs a moref (e.g. vm-42) or a name")
+        return self
+
+
+class JobOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cbt: bool = Field(default=True, description="Enable and use Changed Block Tracking")
+    quiesce: bool = Field(
+        default=False, description="Quiesce the guest (VMware Tools), else crash-consistent"
+    )
+    quiesce_fallback: bool = Field(
+        default=True, description="If quiescing fails, take a crash-consistent snapshot instead"
+    )
+    min_free_percent: float = Field(
+        default=5.0, ge=0, le=90, description="Refuse to snapshot when a datastore has less free"
+    )
+
+
+class Retention(BaseModel):
+    """Placeholder until retention lands: stored with the job, not yet applied."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    keep_last: int | None = Field(default=None, ge=1)
+    keep_within_days: int | None = Field(default=None, ge=1)
+
+
+class JobSpec(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
+    vcenter: str = Field(min_length=1, max_length=64)
+    vms: tuple[VMRef, ...] = Field(min_length=1, max_length=500)
+    schedule: Schedule | None = None
+    options: JobOptions = JobOptions()
+    repository: str = Field(default="", description="Repository location; empty: the default")
+    retention: Retention = Retention()
+    enabled: bool = True
+
+    @field_validator("vms")
+    @classmethod
+    def _distinct(cls, vms: tuple[VMRef, ...]) -> tuple[VMRef, ...]:
+        keys = [v.moref or f"name:{v.name}" for v in vms]
+        if len(set(keys)) != len(keys):
+            raise ValueError("the same VM is listed twice")
+        return vms
+
+
+def new_job_id() -> str:
+    return f"job-{secrets.token_hex(4)}"
+
+
+def job_row(spec: JobSpec, job_id: str, now: datetime, default_repository: str) -> Job:
+    return Job(
+        id=job_id,
+        name=spec.name,
+        vcenter=spec.vcenter,
+        vms=[v.model_dump(exclude_none=True) for v in spec.vms],
+        schedule=spec.schedule.model_dump(exclude_none=True) if spec.schedule else None,
+        options=spec.options.model_dump(),
+        repository=spec.repository or default_repository,
+        retention=spec.retention.model_dump(exclude_none=True),
+        enabled=spec.enabled,
+        created_at=now,
+        updated_at=now,
+    )
+
+
+def request_run(
+    session: Session,
+    job: Job,
+    *,
+    trigger: Trigger,
+    now: datetime,
+    slot: datetime | None = None,
+) -> Run | None:
+    """Create the run of `job` for `slot` (or a manual run) and stage its JobRequested.
+
+    Returns None when the run exists already (a slot runs once, however often it is asked for).
+    """
+    nonce = "" if slot is not None else secrets.token_hex(2)
+    run_id = run_id_for(job.id, slot, now, nonce)
+    if session.get(Run, run_id) is not None:
+        return None
+    run = Run(
+        id=run_id,
+        job_id=job.id,
+        trigger=trigger,
+        slot=slot,
+        state="queued",
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:  # another scheduler or gateway created it first
+        return None
+    stage(
+        session,
+        JobRequested(occurred_at=now, run_id=run_id, job_id=job.id, trigger=trigger, slot=slot),
+        now,
+    )
+    return run
