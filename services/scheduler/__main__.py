@@ -1,10 +1,15 @@
-"""The scheduler: turns job schedules into `vbm.job.requested` events (filled by the pipeline issue)."""
+"""The scheduler: turns job schedules into `vbm.job.requested` events (see docs/design.md, Scheduling)."""
 
+from services.scheduler.planner import Planner
+from services.scheduler.service import JOBS_CHANGED_SUBJECT, SchedulerLoop
 from shared.runtime import Context, Parts, main
 
 
 async def wire(ctx: Context) -> Parts:
-    return Parts()
+    planner = Planner(ctx.sessions, ctx.clock)
+    loop = SchedulerLoop(planner, ctx.relay.kick, ctx.stop)
+    await ctx.bus.nc.subscribe(JOBS_CHANGED_SUBJECT, cb=loop.on_jobs_changed)
+    return Parts(tasks=[loop.run])
 
 
 if __name__ == "__main__":
