@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from shared import __version__, cli_repo
+from shared import __version__, cli_jobs, cli_repo
 from shared.settings import ConfigError, load_settings, unknown_variables
 
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     db_sub.add_parser("status", help="show the schema revision")
 
     cli_repo.add_parser(sub)
+    cli_jobs.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -63,6 +64,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if args.command == "db":
         return _db(args.db_command, settings.db_url)
+    if args.command in cli_jobs.COMMANDS:
+        return cli_jobs.run(args, settings)
     if args.command == "repo":
         return cli_repo.run(args, settings.repository_location)
     if args.command == "up":

@@ -1,10 +1,9 @@
-"""The gateway's HTTP app: health, readiness and the REST API under /api/v1."""
+"""The gateway's HTTP app: health, readiness and the REST API under /api/v1 (see docs/api.md)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -14,11 +13,17 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import text
 
+from services.gateway import api_jobs, api_runs, api_vms
+from services.gateway.auth import AUTH, KeyState, require_key
+from services.gateway.common import CTX, json_response, problem
 from shared import __version__
 from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
+from shared.jobstore import StoreError
 from shared.runtime import Context
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CTX", "PRESENCE", "create_app", "json_response", "problem"]
 
 SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
 
@@ -42,16 +47,7 @@ class Presence:
         return rows
 
 
-CTX = web.AppKey("ctx", Context)
 PRESENCE = web.AppKey("presence", Presence)
-
-
-def json_response(data: object, status: int = 200) -> web.Response:
-    return web.json_response(data, status=status, dumps=lambda d: json.dumps(d, default=str))
-
-
-def problem(status: int, title: str, detail: str) -> web.Response:
-    return json_response({"status": status, "title": title, "detail": detail}, status)
 
 
 @web.middleware
@@ -65,6 +61,8 @@ async def errors(
         if exc.content_type == "application/json":
             raise
         return problem(exc.status, exc.reason, exc.text or exc.reason)
+    except StoreError as exc:
+        return problem(exc.status, exc.title, str(exc))
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "(body)"
@@ -123,12 +121,15 @@ async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors])
+    app = web.Application(middlewares=[errors, require_key])
     app[CTX] = ctx
+    app[AUTH] = KeyState()
     app[PRESENCE] = Presence(interval=ctx.settings.heartbeat_interval)
     app.cleanup_ctx.append(_follow_heartbeats)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1", api_root)
     app.router.add_get("/api/v1/services", api_services)
+    for module in (api_jobs, api_runs, api_vms):
+        app.router.add_routes(module.routes)
     return app

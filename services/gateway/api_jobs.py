@@ -1,0 +1,111 @@
+"""/api/v1/jobs: list, create, read, replace, delete, run now, cancel."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from services.gateway.common import CTX, flag, in_session, json_response, read_json
+from shared import jobstore
+from shared.contracts import cancel_subject
+from shared.jobs import JobSpec
+from shared.runstore import run_view
+
+log = logging.getLogger(__name__)
+
+routes = web.RouteTableDef()
+
+
+async def publish_cancels(request: web.Request, run_ids: list[str]) -> None:
+    nc = request.app[CTX].bus.nc
+    for run_id in run_ids:
+        with contextlib.suppress(Exception):  # best effort: the database flag is what counts
+            await nc.publish(cancel_subject(run_id), b"")
+
+
+async def _resolved_spec(request: web.Request, job_id: str | None) -> JobSpec:
+    """Validate the body, check vcenter and name, then resolve the VMs against vCenter."""
+    spec = JobSpec.model_validate(await read_json(request))
+    ctx = request.app[CTX]
+    return await asyncio.to_thread(jobstore.check_spec, ctx.sessions, spec, ctx.settings, job_id)
+
+
+async def _job_id(request: web.Request) -> str:
+    ref = request.match_info["job_id"]
+    return await in_session(request, lambda s: jobstore.find_job(s, ref).id)
+
+
+@routes.get("/api/v1/jobs")
+async def list_jobs(request: web.Request) -> web.Response:
+    jobs = await in_session(request, lambda s: [jobstore.job_view(j) for j in jobstore.list_jobs(s)])
+    return json_response({"jobs": jobs, "total": len(jobs)})
+
+
+@routes.post("/api/v1/jobs")
+async def create_job(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    spec = await _resolved_spec(request, None)
+    default_repo = ctx.settings.repository_location
+    view = await in_session(
+        request,
+        lambda s: jobstore.job_view(jobstore.create_job(s, spec, ctx.clock(), default_repo)),
+        write=True,
+    )
+    log.info("job %s (%s) created", view["id"], view["name"])
+    return json_response(view, 201, headers={"Location": f"/api/v1/jobs/{view['id']}"})
+
+
+@routes.get("/api/v1/jobs/{job_id}")
+async def get_job(request: web.Request) -> web.Response:
+    ref = request.match_info["job_id"]
+    return json_response(await in_session(request, lambda s: jobstore.job_view(jobstore.find_job(s, ref))))
+
+
+@routes.put("/api/v1/jobs/{job_id}")
+async def replace_job(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    job_id = await _job_id(request)
+    spec = await _resolved_spec(request, job_id)
+    default_repo = ctx.settings.repository_location
+    view = await in_session(
+        request,
+        lambda s: jobstore.job_view(jobstore.replace_job(s, job_id, spec, ctx.clock(), default_repo)),
+        write=True,
+    )
+    return json_response(view)
+
+
+@routes.delete("/api/v1/jobs/{job_id}")
+async def delete_job(request: web.Request) -> web.Response:
+    force = flag(request, "force")
+    job_id = await _job_id(request)
+    gone = await in_session(request, lambda s: jobstore.delete_job(s, job_id, force=force), write=True)
+    await publish_cancels(request, gone)
+    log.info("job %s deleted%s", job_id, f" with unfinished runs {', '.join(gone)}" if gone else "")
+    return json_response({"deleted": job_id, "cancelled_runs": gone})
+
+
+@routes.post("/api/v1/jobs/{job_id}/run")
+async def run_job(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+
+    def start(session: Session) -> dict[str, object]:
+        job = jobstore.find_job(session, request.match_info["job_id"])
+        return run_view(jobstore.run_now(session, job, "api", ctx.clock()))
+
+    run = await in_session(request, start, write=True)
+    ctx.relay.kick()
+    location = f"/api/v1/runs/{run['id']}"
+    return json_response({"run_id": run["id"], "run": run}, 202, headers={"Location": location})
+
+
+@routes.post("/api/v1/jobs/{job_id}/cancel")
+async def cancel_job(request: web.Request) -> web.Response:
+    job_id = await _job_id(request)
+    runs = await in_session(request, lambda s: jobstore.cancel_job_runs(s, job_id), write=True)
+    await publish_cancels(request, runs)
+    return json_response({"job_id": job_id, "cancelled_runs": runs}, 202)

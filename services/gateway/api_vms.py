@@ -1,0 +1,42 @@
+"""/api/v1/vms: the VMs of every configured vCenter (or one, `?vcenter=NAME`), asked live."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from services.gateway.common import CTX, json_response
+from shared import jobstore
+
+if TYPE_CHECKING:
+    from shared.vsphere import VMInfo
+
+routes = web.RouteTableDef()
+
+
+def vm_view(vcenter: str, vm: VMInfo) -> dict[str, Any]:
+    return {
+        "vcenter": vcenter,
+        "name": vm.name,
+        "moref": vm.moref,
+        "uuid": vm.uuid,
+        "power_state": vm.power_state,
+        "cbt": vm.cbt_enabled,
+        "disks": [{"key": d.key, "label": d.label, "capacity": d.capacity} for d in vm.disks],
+        "snapshots": [
+            {"name": s.name, "moref": s.moref, "created": jobstore.iso(s.created)} for s in vm.snapshots
+        ],
+    }
+
+
+@routes.get("/api/v1/vms")
+async def list_vms(request: web.Request) -> web.Response:
+    settings = request.app[CTX].settings
+    name = request.query.get("vcenter")
+    vcenters = [jobstore.vcenter_of(settings, name)] if name else list(settings.vcenters)
+    found = await asyncio.gather(*(asyncio.to_thread(jobstore.list_vms, vc) for vc in vcenters))
+    vms = [vm_view(vc.name, vm) for vc, listed in zip(vcenters, found, strict=True) for vm in listed]
+    vms.sort(key=lambda v: (v["vcenter"], v["name"]))
+    return json_response({"vms": vms, "total": len(vms), "vcenters": [vc.name for vc in vcenters]})

@@ -1,0 +1,236 @@
+"""Jobs as people manage them (REST API and `vbm job`): create, replace, delete, run now, cancel.
+
+Every function takes an open session and leaves committing to the caller, so one request is one
+transaction. Errors are `StoreError`s carrying an HTTP-like status and a message that names the
+field or id at fault; nothing is written when one is raised.
+
+VMs named in a job are resolved against the job's vCenter when the job is created or replaced
+(`resolve_vms`, blocking: call it through a thread) and stored with both moref and name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.db.models import Job, Run
+from shared.jobs import JobSpec, Trigger, VMRef, job_row, new_job_id, request_run
+from shared.settings import Settings, VCenterSettings
+
+if TYPE_CHECKING:
+    from shared.vsphere import VMInfo
+
+FINISHED = ("succeeded", "failed", "partial", "cancelled")
+
+
+class StoreError(Exception):
+    status = 400
+    title = "Bad Request"
+
+
+class NotFound(StoreError):
+    status, title = 404, "Not Found"
+
+
+class Conflict(StoreError):
+    status, title = 409, "Conflict"
+
+
+class Invalid(StoreError):
+    """A value is wrong; the message starts with the field's path (e.g. `vms.0.name: ...`)."""
+
+    status, title = 422, "Unprocessable Entity"
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+
+
+class Unreachable(StoreError):
+    """A vCenter could not be asked (down, refused the login, answered nonsense)."""
+
+    status, title = 502, "Bad Gateway"
+
+
+Lister = Callable[[VCenterSettings], "list[VMInfo]"]
+
+
+def iso(when: datetime | None) -> str | None:
+    """RFC 3339 in UTC; SQLite hands back naive datetimes, which were written in UTC."""
+    if when is None:
+        return None
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.isoformat().replace("+00:00", "Z")
+
+
+def vcenter_of(settings: Settings, name: str, field: str = "vcenter") -> VCenterSettings:
+    for vc in settings.vcenters:
+        if vc.name == name:
+            return vc
+    known = ", ".join(vc.name for vc in settings.vcenters) or "none (set VBM_VCENTERS)"
+    raise Invalid(field, f"unknown vCenter {name!r} (configured: {known})")
+
+
+def list_vms(vc: VCenterSettings) -> list[VMInfo]:
+    """Every VM of one vCenter (blocking); Unreachable when vCenter cannot be asked."""
+    from shared.vsphere import VCenter, VSphereError
+
+    client = VCenter(vc, timeout=30)
+    try:
+        return client.list_vms()
+    except VSphereError as exc:
+        raise Unreachable(f"vCenter {vc.name} ({vc.url}) cannot be asked: {exc}") from None
+    finally:
+        client.close()
+
+
+def resolve_vms(spec: JobSpec, settings: Settings, lister: Lister = list_vms) -> JobSpec:
+    """The spec with every VM given by both moref and its current name, checked against vCenter."""
+    vc = vcenter_of(settings, spec.vcenter)
+    inventory = lister(vc)
+    by_moref = {vm.moref: vm for vm in inventory}
+    resolved: list[VMRef] = []
+    for i, ref in enumerate(spec.vms):
+        if ref.moref:
+            info = by_moref.get(ref.moref)
+            if info is None:
+                raise Invalid(f"vms.{i}.moref", f"no VM {ref.moref} on vCenter {vc.name}")
+        else:
+            named = [vm for vm in inventory if vm.name == ref.name]
+            if not named:
+                raise Invalid(f"vms.{i}.name", f"no VM named {ref.name!r} on vCenter {vc.name}")
+            if len(named) > 1:
+                morefs = ", ".join(vm.moref for vm in named)
+                raise Invalid(
+                    f"vms.{i}.name", f"{len(named)} VMs are named {ref.name!r} ({morefs}): give a moref"
+                )
+            info = named[0]
+        if any(r.moref == info.moref for r in resolved):
+            raise Invalid(f"vms.{i}", f"VM {info.name} ({info.moref}) is listed twice")
+        resolved.append(VMRef(moref=info.moref, name=info.name))
+    return spec.model_copy(update={"vms": tuple(resolved)})
+
+
+def check_spec(
+    sessions: sessionmaker[Session],
+    spec: JobSpec,
+    settings: Settings,
+    job_id: str | None = None,
+    lister: Lister = list_vms,
+) -> JobSpec:
+    """Everything before a create or replace (blocking): the vCenter is configured, the name is
+    free (for `job_id` itself when replacing), then the VMs resolved against vCenter."""
+    vcenter_of(settings, spec.vcenter)
+    with sessions() as session:
+        name_free(session, spec.name, job_id)
+    return resolve_vms(spec, settings, lister)
+
+
+def job_view(job: Job) -> dict[str, Any]:
+    return {
+        "id": job.id,
+        "name": job.name,
+        "vcenter": job.vcenter,
+        "vms": job.vms,
+        "schedule": job.schedule,
+        "options": job.options,
+        "repository": job.repository,
+        "retention": job.retention,
+        "enabled": job.enabled,
+        "last_slot": iso(job.last_slot),
+        "created_at": iso(job.created_at),
+        "updated_at": iso(job.updated_at),
+    }
+
+
+def list_jobs(session: Session) -> list[Job]:
+    return list(session.scalars(select(Job).order_by(Job.name)))
+
+
+def find_job(session: Session, ref: str) -> Job:
+    """A job by id, else by name; NotFound names what was asked for."""
+    job = session.get(Job, ref) or session.scalar(select(Job).where(Job.name == ref))
+    if job is None:
+        raise NotFound(f"no job with id or name {ref!r}")
+    return job
+
+
+def name_free(session: Session, name: str, job_id: str | None = None) -> None:
+    other = session.scalar(select(Job).where(Job.name == name))
+    if other is not None and other.id != job_id:
+        raise Conflict(f"a job named {name!r} exists already ({other.id})")
+
+
+def create_job(session: Session, spec: JobSpec, now: datetime, default_repository: str) -> Job:
+    """Insert a job from a resolved spec; Conflict when the name is taken."""
+    name_free(session, spec.name)
+    job = job_row(spec, new_job_id(), now, default_repository)
+    try:
+        with session.begin_nested():
+            session.add(job)
+    except IntegrityError:  # a concurrent request took the name between check and insert
+        raise Conflict(f"a job named {spec.name!r} exists already") from None
+    return job
+
+
+def replace_job(session: Session, job_id: str, spec: JobSpec, now: datetime, default_repository: str) -> Job:
+    """Replace a job's spec (PUT); its id, creation time and schedule position stay."""
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    name_free(session, spec.name, job_id)
+    fresh = job_row(spec, job_id, now, default_repository)
+    for column in ("name", "vcenter", "vms", "schedule", "options", "repository", "retention", "enabled"):
+        setattr(job, column, getattr(fresh, column))
+    job.updated_at = now
+    try:
+        session.flush()
+    except IntegrityError:
+        raise Conflict(f"a job named {spec.name!r} exists already") from None
+    return job
+
+
+def unfinished_runs(session: Session, job_id: str) -> list[Run]:
+    query = select(Run).where(Run.job_id == job_id, Run.state.not_in(FINISHED), Run.finished_at.is_(None))
+    return list(session.scalars(query.order_by(Run.created_at)))
+
+
+def delete_job(session: Session, job_id: str, *, force: bool = False) -> list[str]:
+    """Delete a job with its runs and tasks. Refused while a run is running, unless `force`.
+
+    Returns the ids of the unfinished runs that went with it (the caller tells movers to stop).
+    The snapshot ledger is kept, so the notifier still removes any snapshot those runs left.
+    """
+    job = session.get(Job, job_id)
+    if job is None:
+        raise NotFound(f"no job {job_id!r}")
+    open_runs = unfinished_runs(session, job_id)
+    running = [r.id for r in open_runs if r.state == "running"]
+    if running and not force:
+        raise Conflict(f"job {job_id} has a running run ({running[0]}): cancel it, or delete with force=true")
+    session.delete(job)
+    session.flush()
+    return [r.id for r in open_runs]
+
+
+def run_now(session: Session, job: Job, trigger: Trigger, now: datetime) -> Run:
+    """A run of `job` now; its JobRequested is staged in the same transaction."""
+    run = request_run(session, job, trigger=trigger, now=now)
+    if run is None:  # the same microsecond and nonce: vanishingly rare, safe to retry
+        raise Conflict(f"a run of job {job.id} was requested at the same instant: try again")
+    return run
+
+
+def cancel_job_runs(session: Session, job_id: str) -> list[str]:
+    """Ask every unfinished run of a job to stop; returns their ids."""
+    if session.get(Job, job_id) is None:
+        raise NotFound(f"no job {job_id!r}")
+    runs = unfinished_runs(session, job_id)
+    for run in runs:
+        run.cancel_requested = True
+    return [r.id for r in runs]

@@ -1,0 +1,89 @@
+"""The gateway app on a real Context: private NATS JetStream, a real database, the lab as vCenter."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from lab.launcher import Lab
+from services.gateway.app import create_app
+from shared import apikeys
+from shared.bus import Bus
+from shared.db import make_engine, make_sessionmaker, upgrade
+from shared.outbox import Relay
+from shared.runtime import Context, utcnow
+from shared.settings import Settings, VCenterSettings
+from tests.plugins.nats import NatsServer
+
+
+@dataclass
+class Api:
+    client: TestClient[Any, Any]
+    ctx: Context
+    key: str = ""
+
+    @property
+    def auth(self) -> dict[str, str]:
+        return {apikeys.HEADER: self.key}
+
+    async def call(self, method: str, path: str, **kwargs: Any) -> tuple[int, Any]:
+        headers = {**self.auth, **kwargs.pop("headers", {})}
+        async with self.client.request(method, f"/api/v1{path}", headers=headers, **kwargs) as resp:
+            return resp.status, await resp.json()
+
+    def new_key(self, name: str) -> str:
+        with self.ctx.sessions.begin() as s:
+            return apikeys.create(s, name, utcnow())[1]
+
+
+def lab_vcenter(lab: Lab, name: str = "lab") -> VCenterSettings:
+    return VCenterSettings(
+        name=name, url=lab.sdk_url, username=lab.username, password=lab.password, verify_tls=False
+    )
+
+
+MakeApi = Callable[..., Awaitable[Api]]
+
+
+@pytest.fixture
+async def make_api(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[MakeApi]:
+    """make_api(db_url, vcenters=(), with_key=True): a running app; everything stopped after."""
+    cleanups: list[Callable[[], Awaitable[None]]] = []
+
+    async def make(db_url: str, vcenters: tuple[VCenterSettings, ...] = (), with_key: bool = True) -> Api:
+        settings = Settings(data_dir=tmp_path / "data", database_url=db_url, vcenters=vcenters)
+        engine = make_engine(db_url)
+        await asyncio.to_thread(upgrade, engine)
+        bus = await Bus.connect(nats_server.url, "t")
+        await bus.ensure_stream()
+        sessions = make_sessionmaker(engine)
+        stop = asyncio.Event()
+        relay = Relay(bus, sessions, utcnow, interval=30)  # long interval: only kick() publishes fast
+        ctx = Context("gateway", "gateway-test", settings, bus, engine, sessions, stop, relay)
+        relay_task = asyncio.create_task(relay.run(stop))
+        client: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
+        await client.start_server()
+
+        async def close() -> None:
+            await client.close()
+            stop.set()
+            relay.kick()
+            await relay_task
+            await bus.close()
+            engine.dispose()
+
+        cleanups.append(close)
+        api = Api(client, ctx)
+        if with_key:
+            api.key = api.new_key("tests")
+        return api
+
+    yield make
+    for close in reversed(cleanups):
+        await close()

@@ -1,0 +1,171 @@
+"""`vbm job|run|backups|apikey` through real processes, on a real database and the lab."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from lab.launcher import Lab
+from shared import apikeys
+from shared.cli_jobs import parse_schedule
+from shared.db import make_engine, make_sessionmaker, upgrade
+from shared.db.models import Job, Outbox, RestorePointRow, Run, Task
+from shared.jobs import JobSpec, VMRef, job_row
+
+ROOT = Path(__file__).resolve().parent.parent
+T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
+
+
+def env_for(tmp_path: Path, db_url: str, lab: Lab | None = None) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VBM_")}
+    env.update({"VBM_DATA_DIR": str(tmp_path / "data"), "VBM_DATABASE_URL": db_url})
+    if lab is not None:
+        vc = {"name": "lab", "url": lab.sdk_url, "username": lab.username, "password": lab.password}
+        env["VBM_VCENTERS"] = json.dumps([{**vc, "verify_tls": False}])
+    return env
+
+
+def vbm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli_jobs", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def test_schedule_shorthands() -> None:
+    assert parse_schedule("cron:0 2 * * *") == {"kind": "cron", "cron": "0 2 * * *", "timezone": "UTC"}
+    assert parse_schedule("every:240")["every_minutes"] == 240
+    assert parse_schedule("weekly@03:15", "Europe/Berlin") == {
+        "kind": "preset", "preset": "weekly", "at": "03:15", "timezone": "Europe/Berlin"
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="whole minutes"):
+        parse_schedule("every:often")
+
+
+def test_apikey_create_list_revoke(tmp_path: Path, db_url: str) -> None:
+    env = env_for(tmp_path, db_url)
+    made = vbm(env, "apikey", "create", "ci")
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    assert key.startswith("vbm_") and "not shown again" in made.stderr
+    again = vbm(env, "apikey", "create", "ci")
+    assert again.returncode == 1 and "exists already" in again.stderr
+    listed = vbm(env, "apikey", "list")
+    assert listed.returncode == 0 and "ci" in listed.stdout and key.split("_", 2)[2] not in listed.stdout
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine).begin() as s:
+            assert apikeys.verify(s, key)[0] is not None
+        assert vbm(env, "apikey", "revoke", "ci").returncode == 0
+        with make_sessionmaker(engine).begin() as s:
+            assert "revoked" in apikeys.verify(s, key)[1]
+    finally:
+        engine.dispose()
+    gone = vbm(env, "apikey", "revoke", "nobody")
+    assert gone.returncode == 1 and "no API key named 'nobody'" in gone.stderr
+
+
+def test_job_create_list_run_and_catalog(tmp_path: Path, lab: Lab) -> None:
+    db_url = f"sqlite:///{tmp_path / 'cli.db'}"
+    env = env_for(tmp_path, db_url, lab)
+    vm2 = lab.vm("vm2")["moref"]
+    made = vbm(env, "job", "create", "--name", "nightly", "--vm", "vm1", "--vm", vm2,
+               "--schedule", "daily@02:30", "--quiesce", "--no-cbt")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert f"vm1 ({lab.vm('vm1')['moref']}), vm2 ({vm2})" in made.stdout
+    for args, error in [
+        (["--name", "nightly", "--vm", "vm1"], "a job named 'nightly' exists already"),
+        (["--name", "x", "--vm", "ghost"], "vms.0.name: no VM named 'ghost' on vCenter lab"),
+        (["--name", "x", "--vm", "vm1", "--vcenter", "vc9"], "vcenter: unknown vCenter 'vc9'"),
+        (["--name", "x", "--vm", "vm1", "--schedule", "cron:61 * * * *"], "schedule: Value error"),
+        (["--name", "bad/name", "--vm", "vm1"], "name: String should match pattern"),
+    ]:
+        failed = vbm(env, "job", "create", *args)
+        assert failed.returncode == 1 and error in failed.stderr, (args, failed.stderr)
+
+    listed = vbm(env, "job", "list")
+    assert listed.returncode == 0 and "nightly" in listed.stdout and "daily@02:30" in listed.stdout
+    started = vbm(env, "job", "run", "nightly")
+    assert started.returncode == 0, started.stderr
+    run_id = started.stdout.strip()
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            job = s.query(Job).one()
+            assert job.options["quiesce"] and not job.options["cbt"]
+            run = s.get(Run, run_id)
+            assert run is not None and run.trigger == "manual" and run.job_id == job.id
+            assert [o.msg_id for o in s.query(Outbox)] == [f"job.requested:{run_id}"]
+    finally:
+        engine.dispose()
+    assert run_id in vbm(env, "run", "list", "--job", "nightly").stdout
+    missing = vbm(env, "job", "run", "nope")
+    assert missing.returncode == 1 and "no job with id or name 'nope'" in missing.stderr
+    empty = vbm(env, "backups", "ls", "--job", "nightly")
+    assert empty.returncode == 0 and "0 of 0 restore points" in empty.stderr
+
+
+def test_run_watch_follows_progress_to_the_end(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'w.db'}"
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as s:
+        s.add(job_row(JobSpec(name="j", vcenter="lab", vms=(VMRef(moref="vm-1"),)), "job-w", T0, "/r"))
+        s.flush()
+        for run_id in ("job-w-1", "job-w-2"):
+            s.add(Run(id=run_id, job_id="job-w", trigger="api", state="running", created_at=T0))
+        s.flush()
+        s.add(
+            Task(id="job-w-1.vm-1", run_id="job-w-1", vcenter="lab", vm_moref="vm-1", vm_name="web",
+                 phase="transfer", state="running", bytes_total=8 << 20, created_at=T0, updated_at=T0)
+        )  # fmt: skip
+        s.get(Run, "job-w-2").state = "failed"  # type: ignore[union-attr]
+        s.add(
+            RestorePointRow(id="rp-20261126T090000Z-0000000a", job_id="job-w", vcenter="lab", vm_moref="vm-1",
+                            vm_name="web", repository="/r", kind="full", disks=[], logical_bytes=8 << 20,
+                            bytes_read=8 << 20, bytes_stored=3 << 20, started_at=T0, finished_at=T0,
+                            verify_problems=[])
+        )  # fmt: skip
+    env = env_for(tmp_path, db_url)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli_jobs", "run", "watch", "job-w-1"],
+        env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        time.sleep(1.5)
+        with sessions.begin() as s:
+            task = s.get(Task, "job-w-1.vm-1")
+            assert task is not None
+            task.bytes_done, task.rate = 4 << 20, 2 << 20
+        time.sleep(1.0)
+        with sessions.begin() as s:
+            s.get(Task, "job-w-1.vm-1").state = "succeeded"  # type: ignore[union-attr]
+            s.get(Run, "job-w-1").state = "succeeded"  # type: ignore[union-attr]
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    engine.dispose()
+    assert proc.returncode == 0, err
+    assert "run job-w-1 of job job-w: running" in out and "run job-w-1 of job job-w: succeeded" in out
+    assert "web" in out and "50%" in out and "4.0 MiB / 8.0 MiB" in out and "2.0 MiB/s  ETA 00:02" in out
+    failed = vbm(env, "run", "watch", "job-w-2")
+    assert failed.returncode == 1 and "failed" in failed.stdout
+    listed = vbm(env, "backups", "ls", "--job", "j")
+    assert listed.returncode == 0 and "1 of 1 restore points" in listed.stderr
+    row = listed.stdout.splitlines()[1].split()
+    assert row[:3] == ["rp-20261126T090000Z-0000000a", "web", "full"] and row[-1] == "pending"
+    assert "8.0 MiB    3.0 MiB" in listed.stdout
+    zero = vbm(env, "backups", "ls", "--limit", "0")
+    assert zero.returncode == 1 and "limit: must be between 1 and 500, not 0" in zero.stderr
+    unknown = vbm(env, "run", "watch", "nope")
+    assert unknown.returncode == 1 and "no run 'nope'" in unknown.stderr
