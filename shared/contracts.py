@@ -44,6 +44,17 @@ def heartbeat_subject(service: str) -> str:
 
 
 HEARTBEAT_WILDCARD = f"{LIVE_PREFIX}.heartbeat.*"
+
+
+def progress_subject(run_id: str) -> str:
+    return f"{LIVE_PREFIX}.progress.{run_id}"
+
+
+def cancel_subject(run_id: str) -> str:
+    """Any message here asks every worker of the run to stop at once (the database has the flag)."""
+    return f"{LIVE_PREFIX}.cancel.{run_id}"
+
+
 # Any message here makes every running service send a heartbeat at once (the payload is ignored).
 PING_SUBJECT = f"{LIVE_PREFIX}.ping"
 
@@ -99,8 +110,10 @@ class SnapshotReady(Event):
     run_id: Id
     task_id: Id
     vcenter: str
+    datacenter: str
     vm_moref: Id
     vm_name: str
+    vmx_path: str = Field(description="The VM's configuration file, e.g. '[ds1] web/web.vmx'")
     snapshot_moref: Id
     snapshot_name: str
     disks: tuple[DiskRef, ...]
@@ -205,6 +218,19 @@ class ServiceHeartbeat(Payload):
     started_at: datetime
     sent_at: datetime
     state: Literal["starting", "ready", "stopping"]
+
+
+class TaskProgress(Payload):
+    """Live: a task's progress, subject `vbm.live.progress.<run_id>`, about once a second."""
+
+    run_id: str
+    task_id: str
+    vm_name: str
+    phase: str
+    bytes_done: int
+    bytes_total: int
+    rate: float
+    sent_at: datetime
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -70,6 +70,40 @@ class DatastoreHTTP:
     def disk(self, datacenter: str, datastore: str, path: str, capacity: int) -> DatastoreDisk:
         return DatastoreDisk(self, self.url(datacenter, datastore, path), path, capacity)
 
+    async def get_file(
+        self, datacenter: str, datastore: str, path: str, limit: int = 64 << 20
+    ) -> bytes | None:
+        """A whole small file (vmx, nvram, descriptor); None if it does not exist."""
+        url = self.url(datacenter, datastore, path)
+        last = "no attempt"
+        for attempt in range(1, self.retry.attempts + 1):
+            if attempt > 1:
+                await asyncio.sleep(self.retry.delay(attempt - 1))
+            if self._cookie_value is None:
+                self._cookie_value = await self._cookie()
+            try:
+                headers = {"Cookie": f"vmware_soap_session={self._cookie_value}"}
+                async with self._session.get(url, headers=headers) as resp:
+                    if resp.status == 404:
+                        return None
+                    if resp.status in (401, 403):
+                        self._cookie_value = None
+                    if resp.status != 200:
+                        last = f"HTTP {resp.status}"
+                        continue
+                    if (resp.content_length or 0) > limit:
+                        raise DownloadError(f"{path} is larger than {limit} bytes", retryable=False)
+                    data = await resp.read()
+                    if resp.content_length is not None and len(data) != resp.content_length:
+                        last = f"short read: {len(data)} of {resp.content_length} bytes"
+                        continue
+                    return data
+            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
+                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+        raise DownloadError(
+            f"reading {path} failed after {self.retry.attempts} attempts: {last}", retryable=True
+        )
+
     async def get_range(self, url: str, name: str, offset: int, length: int) -> bytes:
         last = "no attempt"
         for attempt in range(1, self.retry.attempts + 1):

@@ -92,6 +92,24 @@ class LabSettings(BaseModel):
     disk_size_mib: int = Field(default=64, ge=1, le=65536)
 
 
+class PipelineSettings(BaseModel):
+    """Deadlines and retries of the backup pipeline (seconds)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    snapshot_timeout: float = Field(default=900, gt=0, description="Create or remove a snapshot")
+    transfer_stall: float = Field(
+        default=600, gt=0, description="A transfer with no progress for this long has failed"
+    )
+    verify_timeout: float = Field(default=4 * 3600, gt=0)
+    cleanup_attempts: int = Field(
+        default=5, ge=1, description="Snapshot removals tried before an alert names the VM"
+    )
+    cleanup_backoff: float = Field(default=30, gt=0, description="First retry delay, doubling")
+    watchdog_interval: float = Field(default=5, gt=0)
+    workers: int = Field(default=0, ge=0, description="Chunk workers per mover (0: by CPU count)")
+
+
 class Settings(BaseSettings):
     """Everything a vbm process can be configured with."""
 
@@ -118,6 +136,7 @@ class Settings(BaseSettings):
     nats: NatsSettings = NatsSettings()
     gateway: GatewaySettings = GatewaySettings()
     lab: LabSettings = LabSettings()
+    pipeline: PipelineSettings = PipelineSettings()
     vcenters: tuple[VCenterSettings, ...] = ()
 
     @classmethod

@@ -1,10 +1,54 @@
-"""The mover: reads snapshot disks and writes restore points to the repository (pipeline issue)."""
+"""The mover: reads snapshot disks (CBT ranges when it can) and commits restore points."""
 
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from functools import partial
+
+from services.mover.handlers import Deps, on_snapshot_ready
+from shared.bus import Consumer
+from shared.contracts import Event, SnapshotReady, StepFailed, Subject
+from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
 
 async def wire(ctx: Context) -> Parts:
-    return Parts()
+    deps = Deps(ctx, VCenters(ctx.settings))
+
+    def failed(event: SnapshotReady, reason: str) -> Sequence[Event]:
+        return [
+            StepFailed(
+                occurred_at=ctx.clock(),
+                run_id=event.run_id,
+                task_id=event.task_id,
+                step="transfer",
+                reason=reason,
+                vcenter=event.vcenter,
+                vm_moref=event.vm_moref,
+                snapshot_moref=event.snapshot_moref,
+            )
+        ]
+
+    async def close() -> None:
+        await deps.close()
+        await asyncio.to_thread(deps.vcenters.close)
+
+    return Parts(
+        consumers=[
+            Consumer(
+                "mover",
+                Subject.SNAPSHOT_READY,
+                SnapshotReady,
+                partial(on_snapshot_ready, deps=deps),
+                ack_wait=60,
+                max_deliver=4,
+                backoff=(2.0, 10.0, 30.0),
+                on_give_up=failed,
+            ),
+        ],
+        on_stop=[close],
+    )
 
 
 if __name__ == "__main__":

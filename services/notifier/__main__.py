@@ -1,10 +1,40 @@
-"""The notifier: deadline watchdogs, snapshot clean-up on failure, alerts (pipeline issue)."""
+"""The notifier: deadline watchdogs, snapshot clean-up on failure, alerts."""
 
+from __future__ import annotations
+
+import asyncio
+from functools import partial
+
+from services.notifier.handlers import Deps, on_bus_rejected, on_step_failed, watchdog
+from shared.bus import Consumer
+from shared.contracts import BusRejected, StepFailed, Subject
+from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
 
 async def wire(ctx: Context) -> Parts:
-    return Parts()
+    deps = Deps(ctx, VCenters(ctx.settings))
+
+    async def close() -> None:
+        await asyncio.to_thread(deps.vcenters.close)
+
+    return Parts(
+        consumers=[
+            Consumer(
+                "notifier",
+                Subject.STEP_FAILED,
+                StepFailed,
+                partial(on_step_failed, deps=deps),
+                ack_wait=60,
+                max_deliver=10,
+            ),
+            Consumer(
+                "notifier-rejected", Subject.BUS_REJECTED, BusRejected, partial(on_bus_rejected, deps=deps)
+            ),
+        ],
+        tasks=[partial(watchdog, deps)],
+        on_stop=[close],
+    )
 
 
 if __name__ == "__main__":

@@ -1,10 +1,47 @@
-"""The snapshotter: creates and removes backup snapshots in vCenter (filled by the pipeline issue)."""
+"""The snapshotter: creates backup snapshots in vCenter, and removes them once the data is safe."""
 
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from functools import partial
+
+from services.snapshotter.handlers import Deps, on_job_requested, on_transfer_done
+from shared.bus import Consumer
+from shared.contracts import Event, JobRequested, StepFailed, Subject, TransferDone
+from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
 
 async def wire(ctx: Context) -> Parts:
-    return Parts()
+    deps = Deps(ctx, VCenters(ctx.settings))
+
+    def run_failed(event: JobRequested, reason: str) -> Sequence[Event]:
+        return [StepFailed(occurred_at=ctx.clock(), run_id=event.run_id, step="snapshot", reason=reason)]
+
+    async def close() -> None:
+        await asyncio.to_thread(deps.vcenters.close)
+
+    return Parts(
+        consumers=[
+            Consumer(
+                "snapshotter",
+                Subject.JOB_REQUESTED,
+                JobRequested,
+                partial(on_job_requested, deps=deps),
+                ack_wait=60,
+                on_give_up=run_failed,
+            ),
+            Consumer(
+                "snapshotter-cleanup",
+                Subject.TRANSFER_DONE,
+                TransferDone,
+                partial(on_transfer_done, deps=deps),
+                ack_wait=60,
+            ),
+        ],
+        on_stop=[close],
+    )
 
 
 if __name__ == "__main__":

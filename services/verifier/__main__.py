@@ -1,10 +1,48 @@
-"""The verifier: checks restore points after each backup and on schedule (pipeline issue)."""
+"""The verifier: checks every new restore point (manifest, every chunk, sizes)."""
 
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from functools import partial
+
+from services.verifier.handlers import Deps, on_transfer_done
+from shared.bus import Consumer
+from shared.contracts import Event, StepFailed, Subject, TransferDone
+from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
 
 async def wire(ctx: Context) -> Parts:
-    return Parts()
+    deps = Deps(ctx, VCenters(ctx.settings))
+
+    def failed(event: TransferDone, reason: str) -> Sequence[Event]:
+        return [
+            StepFailed(
+                occurred_at=ctx.clock(),
+                run_id=event.run_id,
+                task_id=event.task_id,
+                step="verify",
+                reason=reason,
+            )
+        ]
+
+    async def close() -> None:
+        await asyncio.to_thread(deps.vcenters.close)
+
+    return Parts(
+        consumers=[
+            Consumer(
+                "verifier",
+                Subject.TRANSFER_DONE,
+                TransferDone,
+                partial(on_transfer_done, deps=deps),
+                ack_wait=60,
+                on_give_up=failed,
+            ),
+        ],
+        on_stop=[close],
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -16,6 +16,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    TypeDecorator,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -27,6 +28,23 @@ NAMING = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timestamps in UTC, aware on the way out on every engine (SQLite drops the zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            raise ValueError(f"naive datetime {value} given for a UTC timestamp")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is not None and value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value
 
 
 class Base(DeclarativeBase):
@@ -43,8 +61,8 @@ class ServiceInstance(Base):
     host: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int] = mapped_column(Integer)
     version: Mapped[str] = mapped_column(String(32))
-    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
-    stopped_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     state: Mapped[str] = mapped_column(String(16))
 
 
@@ -52,11 +70,11 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
 def _ts() -> Mapped[datetime]:
-    return mapped_column(DateTime(timezone=True))
+    return mapped_column(UTCDateTime())
 
 
 def _ts_null() -> Mapped[datetime | None]:
-    return mapped_column(DateTime(timezone=True), nullable=True)
+    return mapped_column(UTCDateTime(), nullable=True)
 
 
 class VCenterRow(Base):
@@ -166,9 +184,9 @@ class SnapshotLedger(Base):
 
     __tablename__ = "snapshot_ledger"
 
-    snapshot_name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    snapshot_name: Mapped[str] = mapped_column(String(160), primary_key=True)
+    vm_moref: Mapped[str] = mapped_column(String(64), primary_key=True)
     vcenter: Mapped[str] = mapped_column(String(64))
-    vm_moref: Mapped[str] = mapped_column(String(64), index=True)
     vm_name: Mapped[str] = mapped_column(String(255))
     run_id: Mapped[str] = mapped_column(String(128))
     task_id: Mapped[str] = mapped_column(String(160))
@@ -205,7 +223,7 @@ class Outbox(Base):
     msg_id: Mapped[str] = mapped_column(String(255))
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = _ts()
-    published_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True, index=True)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
 
 
 class ApiKey(Base):

@@ -126,7 +126,7 @@ def upgrade() -> None:
 
     op.create_table(
         "snapshot_ledger",
-        sa.Column("snapshot_name", sa.String(length=128), nullable=False),
+        sa.Column("snapshot_name", sa.String(length=160), nullable=False),
         sa.Column("vcenter", sa.String(length=64), nullable=False),
         sa.Column("vm_moref", sa.String(length=64), nullable=False),
         sa.Column("vm_name", sa.String(length=255), nullable=False),
@@ -140,11 +140,10 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("removed_at", sa.DateTime(timezone=True), nullable=True),
         sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=True),
-        sa.PrimaryKeyConstraint("snapshot_name", name=op.f("pk_snapshot_ledger")),
+        sa.PrimaryKeyConstraint("snapshot_name", "vm_moref", name=op.f("pk_snapshot_ledger")),
     )
     with op.batch_alter_table("snapshot_ledger", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_snapshot_ledger_state"), ["state"], unique=False)
-        batch_op.create_index(batch_op.f("ix_snapshot_ledger_vm_moref"), ["vm_moref"], unique=False)
 
     op.create_table(
         "vcenters",
@@ -222,7 +221,6 @@ def downgrade() -> None:
     op.drop_table("runs")
     op.drop_table("vcenters")
     with op.batch_alter_table("snapshot_ledger", schema=None) as batch_op:
-        batch_op.drop_index(batch_op.f("ix_snapshot_ledger_vm_moref"))
         batch_op.drop_index(batch_op.f("ix_snapshot_ledger_state"))
 
     op.drop_table("snapshot_ledger")

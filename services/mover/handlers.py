@@ -1,0 +1,465 @@
+"""Mover handler: read a snapshot's disks and commit a restore point.
+
+Per disk it asks CBT what changed since the VM's newest good restore point in the same
+repository and reads only those windows (an incremental); without a usable parent or change id
+(first backup, CBT reset, disk resized) it makes a full, reading only what CBT reports allocated
+when it can. The restore point is committed to the repository before the task moves on, and the
+task is fenced: a mover that was declared dead (deadline passed) cannot commit over it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import select
+
+from shared.bus import Delivery, Permanent, Retryable
+from shared.contracts import (
+    DiskRef,
+    Event,
+    SnapshotReady,
+    StepFailed,
+    TaskProgress,
+    TransferDone,
+    progress_subject,
+)
+from shared.datastore import DatastoreHTTP, DownloadError
+from shared.db.models import Job, RestorePointRow, Run, Task
+from shared.outbox import stage
+from shared.pipeline import state
+from shared.pipeline.vcenters import VCenters
+from shared.repo import (
+    DiskEntry,
+    FileEntry,
+    LocalBackend,
+    ManifestError,
+    NotARepository,
+    Repository,
+    RestorePoint,
+    Writer,
+    WriteStats,
+    restore_point,
+    touched_windows,
+)
+from shared.runtime import Context
+
+log = logging.getLogger(__name__)
+
+
+class Cancelled(Exception):
+    pass
+
+
+@dataclass
+class Deps:
+    ctx: Context
+    vcenters: VCenters
+    http: dict[str, DatastoreHTTP] = field(default_factory=dict)
+    writers: dict[str, Writer] = field(default_factory=dict)
+
+    def client(self, vcenter: str) -> DatastoreHTTP:
+        if vcenter not in self.http:
+            vc = self.vcenters.get(vcenter)
+
+            async def cookie() -> str:
+                return await asyncio.to_thread(vc.session_cookie)
+
+            self.http[vcenter] = DatastoreHTTP(vc.base_url, cookie, verify_tls=vc.settings.verify_tls)
+        return self.http[vcenter]
+
+    async def writer(self, location: str) -> Writer:
+        if location not in self.writers:
+            backend = LocalBackend(location)
+            try:
+                repo = await Repository.open(backend)
+            except NotARepository:
+                if not await asyncio.to_thread(_empty_or_missing, location):
+                    raise
+                repo = await Repository.init(backend)  # first backup to an empty location
+            workers = self.ctx.settings.pipeline.workers or None
+            self.writers[location] = Writer(repo, workers=workers) if workers else Writer(repo)
+        return self.writers[location]
+
+    async def close(self) -> None:
+        for client in self.http.values():
+            await client.close()
+        for writer in self.writers.values():
+            writer.close()
+
+
+def _empty_or_missing(location: str) -> bool:
+    if os.path.isdir(location) and os.listdir(location):
+        return False
+    os.makedirs(location, exist_ok=True)
+    return True
+
+
+@dataclass
+class Tracker:
+    """Counts bytes, reports progress (database and live subject) and notices cancellation."""
+
+    deps: Deps
+    event: SnapshotReady
+    total: int
+    done: int = 0
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+
+    async def run(self) -> None:
+        ctx = self.deps.ctx
+        started = asyncio.get_running_loop().time()
+        sub = await ctx.bus.nc.subscribe(f"vbm.live.cancel.{self.event.run_id}", cb=self._on_cancel)
+        try:
+            while True:
+                await asyncio.sleep(1.0)
+                elapsed = max(asyncio.get_running_loop().time() - started, 1e-3)
+                rate = self.done / elapsed
+                if await asyncio.to_thread(self._save, rate):
+                    self.cancelled.set()
+                now = ctx.clock()
+                with contextlib.suppress(Exception):
+                    await ctx.bus.publish_live(
+                        progress_subject(self.event.run_id),
+                        TaskProgress(
+                            run_id=self.event.run_id,
+                            task_id=self.event.task_id,
+                            vm_name=self.event.vm_name,
+                            phase="transfer",
+                            bytes_done=self.done,
+                            bytes_total=self.total,
+                            rate=rate,
+                            sent_at=now,
+                        ),
+                    )
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    async def _on_cancel(self, _msg: object) -> None:
+        self.cancelled.set()
+
+    def _save(self, rate: float) -> bool:
+        ctx = self.deps.ctx
+        now = ctx.clock()
+        with ctx.sessions.begin() as s:
+            task = s.get(Task, self.event.task_id)
+            run = s.get(Run, self.event.run_id)
+            if task is None or task.phase != "transfer" or task.state in state.FINAL:
+                return True  # someone else ended it: stop
+            task.bytes_done, task.bytes_total, task.rate = self.done, self.total, rate
+            task.updated_at = now
+            task.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
+            return bool(run is not None and run.cancel_requested)
+
+
+class CancellableDisk:
+    def __init__(self, inner: object, tracker: Tracker) -> None:
+        self.inner = inner
+        self.tracker = tracker
+
+    async def read(self, offset: int, length: int) -> bytes:
+        if self.tracker.cancelled.is_set():
+            raise Cancelled("cancelled")
+        return await self.inner.read(offset, length)  # type: ignore[attr-defined, no-any-return]
+
+
+def flat_of(datastore_path: str) -> tuple[str, str]:
+    """'[ds1] web/web.vmdk' -> ('ds1', 'web/web-flat.vmdk')."""
+    ds, _, path = datastore_path.partition("] ")
+    path = path[: -len(".vmdk")] + "-flat.vmdk" if path.endswith(".vmdk") else path
+    return ds.lstrip("["), path
+
+
+def split(datastore_path: str) -> tuple[str, str]:
+    ds, _, path = datastore_path.partition("] ")
+    return ds.lstrip("["), path
+
+
+async def on_snapshot_ready(event: SnapshotReady, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    ctx = deps.ctx
+    with ctx.sessions() as s:
+        task = s.get(Task, event.task_id)
+        if task is None or task.phase != "transfer" or task.state in state.FINAL:
+            return []  # stale: already moved on or ended
+        run = s.get(Run, event.run_id)
+        job = s.get(Job, run.job_id) if run else None
+        if job is None:
+            raise Permanent(f"job of run {event.run_id} no longer exists")
+        repository, use_cbt = job.repository, bool(job.options.get("cbt", True))
+        parents = list(
+            s.scalars(
+                select(RestorePointRow.id)
+                .where(
+                    RestorePointRow.vm_moref == event.vm_moref,
+                    RestorePointRow.vcenter == event.vcenter,
+                    RestorePointRow.repository == repository,
+                    RestorePointRow.verify_state != "failed",
+                )
+                .order_by(RestorePointRow.finished_at.desc())
+                .limit(3)
+            )
+        )
+    writer = await deps.writer(repository)
+    parent = await _usable_parent(writer.repo, parents)
+    try:
+        return await _transfer(deps, event, writer, parent, use_cbt, repository)
+    except Cancelled:
+        _end(deps, event, "cancelled", "cancelled by request")
+        return []
+    except state.Stale as exc:
+        log.warning("%s: %s; dropping this transfer", event.vm_name, exc)
+        return []
+    except DownloadError as exc:
+        if exc.retryable and not delivery.last_attempt:
+            raise Retryable(str(exc)) from exc
+        raise Permanent(str(exc)) from exc
+
+
+async def _usable_parent(repo: Repository, ids: list[str]) -> RestorePoint | None:
+    for rp_id in ids:
+        with contextlib.suppress(ManifestError):
+            return await repo.load(rp_id)
+    return None
+
+
+async def _transfer(
+    deps: Deps,
+    event: SnapshotReady,
+    writer: Writer,
+    parent: RestorePoint | None,
+    use_cbt: bool,
+    repository: str,
+) -> Sequence[Event]:
+    ctx = deps.ctx
+    started = ctx.clock()
+    http = deps.client(event.vcenter)
+    plans = []
+    for d in event.disks:
+        plans.append(await _plan(deps, event, d, parent, use_cbt, writer.repo.chunk_size))
+    total = sum(p[3] for p in plans)
+    tracker = Tracker(deps, event, total)
+    reporter = asyncio.create_task(tracker.run())
+    stats = WriteStats()
+    disks: list[DiskEntry] = []
+    files: list[FileEntry] = []
+    try:
+        for d, parent_disk, (changed, allocated), _ in plans:
+            ds, flat = flat_of(d.datastore_path)
+            source = CancellableDisk(http.disk(event.datacenter, ds, flat, d.capacity_bytes), tracker)
+            entry, st = await writer.write_disk(
+                source,
+                key=d.key,
+                capacity=d.capacity_bytes,
+                file=flat,
+                change_id=d.change_id,
+                parent=parent_disk,
+                parent_id=parent.id if parent and parent_disk else None,
+                changed=changed,
+                allocated=allocated,
+                progress=tracker,
+            )
+            stats.add(st)
+            disks.append(entry)
+            files.append(FileEntry(path=flat, size=d.capacity_bytes, disk_key=d.key))
+        for path in _small_files(event):
+            ds, rel = split(path)
+            data = await http.get_file(event.datacenter, ds, rel)
+            if data is None:
+                log.warning("%s: %s does not exist, not backed up", event.vm_name, path)
+                continue
+            entry_f, st = await writer.write_file(rel, data)
+            stats.add(st)
+            files.append(entry_f)
+    finally:
+        reporter.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reporter
+    if tracker.cancelled.is_set():
+        raise Cancelled()
+    rp = restore_point(
+        vm_name=event.vm_name,
+        started=started,
+        finished=ctx.clock(),
+        disks=disks,
+        files=files,
+        parent=parent.id if parent and any(d.built_on for d in disks) else None,
+        job_id=None,
+        run_id=event.run_id,
+        vcenter=event.vcenter,
+        vm_moref=event.vm_moref,
+        snapshot_name=event.snapshot_name,
+        snapshot_moref=event.snapshot_moref,
+    )
+    _still_ours(deps, event.task_id)
+    await writer.repo.commit(rp)
+    kind = "incremental" if rp.parent else "full"
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        run = s.get(Run, event.run_id)
+        s.add(
+            RestorePointRow(
+                id=rp.id,
+                task_id=event.task_id,
+                run_id=event.run_id,
+                job_id=run.job_id if run else None,
+                vcenter=event.vcenter,
+                vm_moref=event.vm_moref,
+                vm_name=event.vm_name,
+                repository=repository,
+                kind=kind,
+                parent=rp.parent,
+                disks=[
+                    {
+                        "key": d.key,
+                        "capacity": d.capacity,
+                        "change_id": d.change_id,
+                        "stored_windows": d.stored_windows,
+                    }
+                    for d in disks
+                ],
+                logical_bytes=sum(d.capacity for d in disks),
+                bytes_read=stats.bytes_read,
+                bytes_stored=stats.bytes_stored,
+                started_at=rp.started,
+                finished_at=rp.finished,
+                verify_state="pending",
+                verify_problems=[],
+            )
+        )
+        state.move(
+            s,
+            event.task_id,
+            expect="transfer",
+            now=now,
+            phase="verify",
+            restore_point_id=rp.id,
+            kind=kind,
+            bytes_done=tracker.done,
+            bytes_read=stats.bytes_read,
+            bytes_stored=stats.bytes_stored,
+            deadline_at=now + timedelta(seconds=ctx.settings.pipeline.verify_timeout),
+        )
+        stage(
+            s,
+            TransferDone(
+                occurred_at=now,
+                run_id=event.run_id,
+                task_id=event.task_id,
+                restore_point_id=rp.id,
+                bytes_read=stats.bytes_read,
+                bytes_stored=stats.bytes_stored,
+                attempt=event.attempt,
+            ),
+            now,
+        )
+    ctx.relay.kick()
+    log.info(
+        "%s: %s restore point %s, read %d bytes, stored %d",
+        event.vm_name,
+        kind,
+        rp.id,
+        stats.bytes_read,
+        stats.bytes_stored,
+    )
+    return []
+
+
+Ranges = list[tuple[int, int]] | None
+Plan = tuple[DiskRef, DiskEntry | None, tuple[Ranges, Ranges], int]
+
+
+async def _plan(
+    deps: Deps,
+    event: SnapshotReady,
+    d: DiskRef,
+    parent: RestorePoint | None,
+    use_cbt: bool,
+    chunk_size: int,
+) -> Plan:
+    """(disk, parent disk or None, (changed, allocated), bytes to read) for one disk."""
+    parent_disk = None
+    if parent is not None:
+        parent_disk = next((p for p in parent.disks if p.key == d.key), None)
+    changed = allocated = None
+    if use_cbt and d.change_id:
+        since = parent_disk.change_id if parent_disk is not None else None
+        if since and parent_disk is not None and parent_disk.capacity == d.capacity_bytes:
+            try:
+                changed = await deps.vcenters.call(
+                    event.vcenter,
+                    lambda vc: vc.changed_areas(
+                        event.vm_moref, event.snapshot_moref, d.key, d.capacity_bytes, since
+                    ),
+                )
+            except Permanent as exc:
+                log.warning(
+                    "%s disk %d: CBT cannot answer since %s (%s): full backup",
+                    event.vm_name,
+                    d.key,
+                    since,
+                    exc,
+                )
+        if changed is None:
+            allocated = await deps.vcenters.call(
+                event.vcenter,
+                lambda vc: vc.changed_areas(
+                    event.vm_moref, event.snapshot_moref, d.key, d.capacity_bytes, "*"
+                ),
+            )
+    if changed is None:
+        parent_disk = None
+    ranges = changed if changed is not None else allocated
+    if ranges is None:
+        reads = d.capacity_bytes
+    else:
+        windows = touched_windows(ranges, chunk_size, d.capacity_bytes)
+        reads = sum(min(chunk_size, d.capacity_bytes - i * chunk_size) for i in windows)
+    return d, parent_disk, (changed, allocated), reads
+
+
+def _small_files(event: SnapshotReady) -> list[str]:
+    ds, vmx = split(event.vmx_path)
+    folder = posixpath.dirname(vmx)
+    paths = [event.vmx_path, f"[{ds}] {posixpath.join(folder, posixpath.basename(vmx)[:-4] + '.nvram')}"]
+    paths += [d.datastore_path for d in event.disks]  # the descriptors
+    return paths
+
+
+def _still_ours(deps: Deps, task_id: str) -> None:
+    with deps.ctx.sessions() as s:
+        task = s.get(Task, task_id)
+        if task is None or task.phase != "transfer" or task.state in state.FINAL:
+            raise state.Stale(f"task {task_id} was ended while transferring")
+
+
+def _end(deps: Deps, event: SnapshotReady, how: str, reason: str) -> None:
+    ctx = deps.ctx
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        task = s.get(Task, event.task_id)
+        if task is not None:
+            state.end_task(s, task, how, now, reason)
+        stage(
+            s,
+            StepFailed(
+                occurred_at=now,
+                run_id=event.run_id,
+                task_id=event.task_id,
+                step="transfer",
+                reason=reason,
+                vcenter=event.vcenter,
+                vm_moref=event.vm_moref,
+                snapshot_moref=event.snapshot_moref,
+            ),
+            now,
+        )
+    ctx.relay.kick()

@@ -1,0 +1,160 @@
+"""Notifier: the watchdog that makes sure no snapshot is left behind, and the alerts.
+
+* `vbm.step.failed`: end the task as failed, remove its snapshot, raise an alert.
+* `vbm.bus.rejected`: a message no worker could process: raise an alert.
+* Watchdog (every `watchdog_interval`): a task past its deadline (no progress in transfer, a
+  snapshot create or a verify that takes too long, a frozen or dead worker) is failed the same
+  way; runs still queued after a minute are re-driven (the stream may have lost the event).
+* Sweeper: every open ledger entry whose task has ended is removed, with retries and backoff;
+  one that cannot be removed raises an alert naming the VM.
+All deadlines live in the database, so the notifier's own restarts lose nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import or_, select
+
+from shared.bus import Delivery
+from shared.contracts import BusRejected, Event, JobRequested, StepFailed
+from shared.db.models import Run, SnapshotLedger, Task
+from shared.outbox import stage
+from shared.pipeline import ledger, state
+from shared.pipeline.alerts import raise_alert
+from shared.pipeline.cleanup import remove_entries, remove_one
+from shared.pipeline.vcenters import VCenters
+from shared.runtime import Context
+
+log = logging.getLogger(__name__)
+
+REDRIVE_AFTER = timedelta(seconds=60)
+
+
+@dataclass
+class Deps:
+    ctx: Context
+    vcenters: VCenters
+
+
+async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    ctx = deps.ctx
+    now = ctx.clock()
+    vm_name = None
+    with ctx.sessions.begin() as s:
+        task = s.get(Task, event.task_id) if event.task_id else None
+        if task is not None:
+            vm_name = task.vm_name
+            cancelled = event.reason.startswith("cancelled")
+            state.end_task(s, task, "cancelled" if cancelled else "failed", now, event.reason)
+        elif event.task_id is None:
+            run = s.get(Run, event.run_id)
+            if run is not None and run.state in ("queued", "running"):
+                run.state, run.error, run.finished_at = "failed", event.reason[:4000], now
+        if not event.reason.startswith("cancelled"):
+            raise_alert(
+                s,
+                key=f"step-failed:{event.run_id}:{event.task_id}",
+                kind="backup-failed",
+                severity="error",
+                vm_name=vm_name,
+                run_id=event.run_id,
+                now=now,
+                message=f"backup of {vm_name or 'run ' + event.run_id} failed in {event.step}:"
+                f" {event.reason}",
+            )
+    ctx.relay.kick()
+    if event.task_id:
+        await remove_entries(ctx, deps.vcenters, task_id=event.task_id)
+    return []
+
+
+async def on_bus_rejected(event: BusRejected, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    ctx = deps.ctx
+    with ctx.sessions.begin() as s:
+        raise_alert(
+            s,
+            key=f"bus-rejected:{event.consumer}:{event.stream_seq}",
+            kind="bus-rejected",
+            severity="error",
+            now=ctx.clock(),
+            message=f"{event.consumer} gave up on message {event.stream_seq} ({event.subject})"
+            f" after {event.deliveries} deliveries: {event.reason}",
+        )
+    ctx.relay.kick()
+    return []
+
+
+async def watchdog(deps: Deps) -> None:
+    ctx = deps.ctx
+    while not ctx.stop.is_set():
+        try:
+            await asyncio.to_thread(overdue_tasks, ctx)
+            ctx.relay.kick()
+            await sweep(deps)
+        except Exception:
+            log.exception("watchdog round failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), ctx.settings.pipeline.watchdog_interval)
+
+
+def overdue_tasks(ctx: Context) -> int:
+    """Fail every task past its deadline (staging StepFailed); re-drive runs left queued."""
+    now = ctx.clock()
+    failed = 0
+    with ctx.sessions.begin() as s:
+        late = s.scalars(select(Task).where(Task.state.not_in(state.FINAL), Task.deadline_at < now)).all()
+        for task in late:
+            reason = (
+                f"deadline passed in phase {task.phase}: no progress since"
+                f" {task.updated_at:%Y-%m-%d %H:%M:%S} UTC (worker stopped, frozen or vCenter stuck)"
+            )
+            entries = ledger.open_entries(s, task.id)
+            stage(
+                s,
+                StepFailed(
+                    occurred_at=now,
+                    run_id=task.run_id,
+                    task_id=task.id,
+                    step="snapshot" if task.phase == "snapshot" else task.phase,
+                    reason=reason,
+                    vcenter=task.vcenter,
+                    vm_moref=task.vm_moref,
+                    snapshot_moref=entries[0].snapshot_moref if entries else None,
+                ),
+                now,
+            )
+            state.end_task(s, task, "failed", now, reason)
+            failed += 1
+        for run in s.scalars(select(Run).where(Run.state == "queued", Run.created_at < now - REDRIVE_AFTER)):
+            stage(
+                s,
+                JobRequested(
+                    occurred_at=now, run_id=run.id, job_id=run.job_id, trigger="retry", slot=run.slot
+                ),
+                now,
+            )
+    return failed
+
+
+async def sweep(deps: Deps) -> None:
+    """Remove the snapshots of ended tasks that are still open in the ledger."""
+    ctx = deps.ctx
+    now = ctx.clock()
+    with ctx.sessions() as s:
+        rows = s.execute(
+            select(SnapshotLedger.snapshot_name, SnapshotLedger.vm_moref)
+            .join(Task, Task.id == SnapshotLedger.task_id, isouter=True)
+            .where(
+                SnapshotLedger.state.in_(ledger.OPEN),
+                or_(SnapshotLedger.next_attempt_at.is_(None), SnapshotLedger.next_attempt_at <= now),
+                or_(Task.id.is_(None), Task.state.in_(state.FINAL), Task.phase.in_(("verify", "done"))),
+            )
+        ).all()
+    for name, moref in rows:
+        await remove_one(ctx, deps.vcenters, name, moref)

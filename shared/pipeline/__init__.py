@@ -1,0 +1,1 @@
+"""What the pipeline services share: vCenter sessions, task and run state, the snapshot ledger."""

@@ -1,0 +1,109 @@
+"""Removing backup snapshots: after a transfer, after a failure, and by the ledger sweeper.
+
+A snapshot is looked up on its VM by name as well as by moref, so one whose create timed out
+and completed later is found too. A removal that fails is retried with backoff; after
+`cleanup_attempts` failures the entry becomes `stuck` and an alert names the VM and the
+snapshot (the sweeper keeps trying, slowly).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from datetime import timedelta
+
+from shared.db.models import SnapshotLedger
+from shared.pipeline import ledger
+from shared.pipeline.alerts import raise_alert
+from shared.pipeline.vcenters import VCenters
+from shared.runtime import Context
+from shared.vsphere import NotFound, VCenter
+
+log = logging.getLogger(__name__)
+
+STUCK_RETRY = timedelta(minutes=15)
+
+
+async def remove_entries(ctx: Context, vcenters: VCenters, *, task_id: str) -> bool:
+    """Remove every open snapshot of a task; True when none is left."""
+    with ctx.sessions() as s:
+        keys = [(e.snapshot_name, e.vm_moref) for e in ledger.open_entries(s, task_id)]
+    results = [await remove_one(ctx, vcenters, name, moref) for name, moref in keys]
+    return all(results)
+
+
+async def remove_one(ctx: Context, vcenters: VCenters, name: str, vm_moref: str) -> bool:
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        entry = s.get(SnapshotLedger, (name, vm_moref))
+        if entry is None or entry.state not in ledger.OPEN:
+            return True
+        vcenter, known, requested_at = entry.vcenter, entry.snapshot_moref, entry.requested_at
+        if entry.state != "stuck":
+            entry.state = "removing"
+    timeout = ctx.settings.pipeline.snapshot_timeout
+    try:
+        removed = await asyncio.to_thread(_remove, vcenters.get(vcenter), vm_moref, name, known, timeout)
+    except Exception as exc:  # any failure (vSphere, network, a bug) is recorded and retried
+        _failed(ctx, name, vm_moref, str(exc))
+        return False
+    with ctx.sessions.begin() as s:
+        entry = s.get(SnapshotLedger, (name, vm_moref))
+        assert entry is not None
+        young = (now - requested_at).total_seconds() < timeout
+        if not removed and known is None and young:
+            # Asked for, not there yet: the create may still be running. Look again later.
+            entry.state = "requested"
+            entry.next_attempt_at = now + timedelta(seconds=ctx.settings.pipeline.cleanup_backoff)
+            return False
+        entry.state = "removed" if removed else "gone"
+        entry.removed_at = now
+        entry.last_error = None
+    log.info("snapshot %s of %s: %s", name, vm_moref, "removed" if removed else "not there")
+    return True
+
+
+def _remove(vc: VCenter, vm_moref: str, name: str, known: str | None, timeout: float) -> int:
+    """Remove every snapshot of the VM with this name (or moref); how many were removed."""
+    try:
+        snaps = vc.vm(vm_moref).snapshots
+    except NotFound:
+        return 0  # the VM is gone, and its snapshots with it
+    targets = [s.moref for s in snaps if s.name == name or s.moref == known]
+    for moref in targets:
+        vc.remove_snapshot(moref, timeout=timeout)
+    return len(targets)
+
+
+def _failed(ctx: Context, name: str, vm_moref: str, error: str) -> None:
+    now = ctx.clock()
+    limit = ctx.settings.pipeline.cleanup_attempts
+    with ctx.sessions.begin() as s:
+        entry = s.get(SnapshotLedger, (name, vm_moref))
+        assert entry is not None
+        entry.attempts += 1
+        entry.last_error = error[:2000]
+        delay = ctx.settings.pipeline.cleanup_backoff * 2 ** min(entry.attempts - 1, 6)
+        entry.next_attempt_at = now + timedelta(seconds=delay)
+        if entry.attempts >= limit:
+            entry.state = "stuck"
+            entry.next_attempt_at = now + STUCK_RETRY
+            raise_alert(
+                s,
+                key=f"snapshot-stuck:{name}:{vm_moref}",
+                kind="snapshot-left-behind",
+                severity="critical",
+                vm_name=entry.vm_name,
+                run_id=entry.run_id,
+                now=now,
+                message=(
+                    f"vbm could not remove its snapshot {name!r} of VM {entry.vm_name}"
+                    f" ({vm_moref}) on vCenter {entry.vcenter} after {entry.attempts} attempts:"
+                    f" {error}. It keeps trying every {STUCK_RETRY.seconds // 60} minutes; remove it"
+                    " in vCenter (Snapshots > Delete) if it persists."
+                ),
+            )
+        elif entry.state == "removing":
+            entry.state = "created" if entry.snapshot_moref else "requested"
+    ctx.relay.kick()
+    log.warning("removing snapshot %s of %s failed: %s", name, vm_moref, error)

@@ -1,0 +1,42 @@
+"""One VCenter session per configured vCenter, made on first use, closed at the end."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import TypeVar
+
+from shared.bus import Permanent, Retryable
+from shared.settings import Settings
+from shared.vsphere import VCenter, VSphereError
+
+T = TypeVar("T")
+
+
+class VCenters:
+    def __init__(self, settings: Settings) -> None:
+        self._settings = {vc.name: vc for vc in settings.vcenters}
+        self._open: dict[str, VCenter] = {}
+
+    def get(self, name: str) -> VCenter:
+        if name not in self._settings:
+            known = ", ".join(sorted(self._settings)) or "none"
+            raise Permanent(f"vCenter {name!r} is not configured (configured: {known})")
+        if name not in self._open:
+            self._open[name] = VCenter(self._settings[name])
+        return self._open[name]
+
+    async def call(self, name: str, fn: Callable[[VCenter], T]) -> T:
+        """Run a blocking adapter call in a thread; vSphere errors become Retryable/Permanent."""
+        vc = self.get(name)
+        try:
+            return await asyncio.to_thread(fn, vc)
+        except VSphereError as exc:
+            if exc.retryable:
+                raise Retryable(str(exc)) from exc
+            raise Permanent(str(exc)) from exc
+
+    def close(self) -> None:
+        for vc in self._open.values():
+            vc.close()
+        self._open.clear()

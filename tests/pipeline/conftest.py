@@ -1,0 +1,208 @@
+"""A whole pipeline for end-to-end tests: NATS, the lab, and the services as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from lab.launcher import DiskSpec, Lab, LabSpec, VMSpec
+from shared.bus import Bus
+from shared.db import make_engine, make_sessionmaker, upgrade
+from shared.db.models import Job, RestorePointRow, Run, SnapshotLedger, Task
+from shared.jobs import JobSpec, job_row, request_run
+from shared.outbox import Relay
+from shared.pipeline import ledger
+from shared.repo import LocalBackend, Repository, read_disk
+from tests.plugins.nats import NatsServer
+from tests.plugins.procs import ManagedProcess
+
+ROOT = Path(__file__).resolve().parents[2]
+MIB = 1024 * 1024
+SERVICES = ("snapshotter", "mover", "verifier", "notifier")
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class Pipeline:
+    lab: Lab
+    nats: NatsServer
+    data: Path
+    env: dict[str, str]
+    bus: Bus
+    procs: dict[str, ManagedProcess] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.engine = make_engine(f"sqlite:///{self.data / 'vbm.db'}")
+        upgrade(self.engine)
+        self.sessions = make_sessionmaker(self.engine)
+        self.relay = Relay(self.bus, self.sessions, now)
+        self.repo_dir = self.data / "repo"
+
+    def start(self, *names: str) -> None:
+        for name in names or SERVICES:
+            proc = ManagedProcess(
+                [sys.executable, "-m", f"services.{name}"],
+                name=name,
+                cwd=ROOT,
+                env=self.env,
+                log_path=self.data / f"{name}.log",
+            )
+            self.procs[name] = proc.start()
+
+    def stop(self) -> None:
+        for proc in self.procs.values():
+            if proc.alive:
+                proc.resume() if proc.paused else None
+                proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {n}\n{p.log_tail(40)}" for n, p in self.procs.items())
+
+    def create_job(self, name: str, vms: list[str], **spec: Any) -> str:
+        infos = [self.lab.vm(v) for v in vms]
+        body = JobSpec.model_validate(
+            {
+                "name": name,
+                "vcenter": "lab",
+                "vms": [{"moref": i["moref"], "name": i["name"]} for i in infos],
+                "repository": str(self.repo_dir),
+                **spec,
+            }
+        )
+        with self.sessions.begin() as s:
+            job = job_row(body, f"job-{name}", now(), str(self.repo_dir))
+            s.add(job)
+        return job.id
+
+    async def run_job(self, job_id: str) -> str:
+        with self.sessions.begin() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            run = request_run(s, job, trigger="manual", now=now())
+            assert run is not None
+            run_id = run.id
+        await self.relay.publish_pending()
+        return run_id
+
+    async def wait_run(self, run_id: str, timeout: float = 60) -> Run:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.sessions() as s:
+                run = s.get(Run, run_id)
+                if run is not None and run.state in ("succeeded", "failed", "partial", "cancelled"):
+                    return run
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"run {run_id} did not end in {timeout}s\n{self.dump(run_id)}\n{self.logs()}"
+                )
+            await asyncio.sleep(0.2)
+
+    async def wait_task(self, run_id: str, pred: Callable[[Task], bool], timeout: float = 30) -> Task:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.sessions() as s:
+                for task in s.scalars(select(Task).where(Task.run_id == run_id)):
+                    if pred(task):
+                        return task
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no task of {run_id} as expected\n{self.dump(run_id)}\n{self.logs()}")
+            await asyncio.sleep(0.1)
+
+    def tasks(self, run_id: str) -> list[Task]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Task).where(Task.run_id == run_id).order_by(Task.vm_name)))
+
+    def dump(self, run_id: str) -> str:
+        rows = [f"{t.vm_name} {t.phase} {t.state} {t.error}" for t in self.tasks(run_id)]
+        return "\n".join(rows)
+
+    def restore_points(self, run_id: str) -> list[RestorePointRow]:
+        with self.sessions() as s:
+            return list(s.scalars(select(RestorePointRow).where(RestorePointRow.run_id == run_id)))
+
+    async def read_back(self, rp_id: str, disk_key: int) -> bytes:
+        repo = await Repository.open(LocalBackend(self.repo_dir))
+        rp = await repo.load(rp_id)
+        return b"".join([p async for p in read_disk(repo, rp, rp.disk(disk_key))])
+
+    def open_ledger(self) -> list[SnapshotLedger]:
+        with self.sessions() as s:
+            return ledger.open_entries(s)
+
+    def guest_disk(self, vm: str, key: int) -> bytes:
+        disk = next(d for d in self.lab.vm(vm)["disks"] if d["key"] == key)
+        return self.lab.guest_read(vm, key, 0, disk["capacity"])
+
+    def assert_clean(self) -> None:
+        """The promise: no snapshot left on any VM, nothing open in the ledger."""
+        for vm in self.lab.inventory["vms"]:
+            assert self.lab.snapshots(vm["name"]) == [], f"{vm['name']} still has snapshots"
+        assert self.open_ledger() == []
+
+
+def default_spec() -> LabSpec:
+    return LabSpec(
+        vms=(
+            VMSpec("web", (DiskSpec(12 * MIB, seed=11), DiskSpec(5 * MIB + 3072, seed=12)), cbt=True),
+            VMSpec("db", (DiskSpec(9 * MIB, seed=13),), cbt=False),
+        ),
+        cbt_max_areas=4,
+    )
+
+
+@pytest.fixture
+async def pipeline_factory(
+    lab_factory: Callable[[LabSpec], Lab], nats_server: NatsServer, tmp_path: Path
+) -> AsyncIterator[Callable[..., Pipeline]]:
+    made: list[Pipeline] = []
+    bus = await Bus.connect(nats_server.url, "pipeline-test")
+    await bus.ensure_stream()
+
+    def make(spec: LabSpec | None = None, **settings: str) -> Pipeline:
+        lab = lab_factory(spec or default_spec())
+        data = tmp_path / "data"
+        data.mkdir(exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VBM_")}
+        env.update(
+            VBM_DATA_DIR=str(data),
+            VBM_NATS__URL=nats_server.url,
+            VBM_HEARTBEAT_INTERVAL="1",
+            VBM_VCENTERS=json.dumps(
+                [
+                    {
+                        "name": "lab",
+                        "url": lab.sdk_url,
+                        "username": lab.username,
+                        "password": lab.password,
+                        "verify_tls": False,
+                    }
+                ]
+            ),
+            VBM_PIPELINE__WATCHDOG_INTERVAL="0.5",
+            VBM_PIPELINE__CLEANUP_BACKOFF="0.5",
+            VBM_SHUTDOWN_GRACE="5",
+        )
+        env.update(settings)
+        p = Pipeline(lab=lab, nats=nats_server, data=data, env=env, bus=bus)
+        made.append(p)
+        return p
+
+    yield make
+    for p in made:
+        p.stop()
+        p.engine.dispose()
+    await bus.close()
