@@ -1,6 +1,6 @@
 """Chunk objects: the bytes of one fixed window of a disk (or of a small file), framed.
 
-A chunk is named by the SHA-256 of its plain bytes (lower-case hex). Its stored form is a 16-byte
+A chunk is named by the SHA-256 of its plain bytes (lower-case hex). Its stored form is a 20-byte
 header followed by the payload:
 
     offset size field
@@ -10,6 +10,7 @@ header followed by the payload:
     6      2    flags, 0 (a reader refuses anything else)
     8      4    plain length, little-endian u32
     12     4    payload length, little-endian u32
+    16     4    CRC-32 (zlib's) of bytes 0-15 and the payload, little-endian u32
 
 The payload is stored uncompressed when zstd does not make it smaller. Encoding and decoding are
 CPU work that releases the GIL (hashlib, zstandard), so callers run them in threads.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import struct
 import threading
+import zlib
 
 import zstandard
 
@@ -28,6 +30,8 @@ from shared.repo.errors import ChunkError
 MAGIC = b"VBMC"
 VERSION = 1
 HEADER = struct.Struct("<4sBBHII")
+CRC = struct.Struct("<I")
+FRAME = HEADER.size + CRC.size
 NONE, ZSTD = 0, 1
 ZSTD_LEVEL = 1
 MAX_PLAIN = 64 * 1024 * 1024
@@ -71,29 +75,37 @@ def encode(plain: bytes | memoryview) -> bytes:
         raise ValueError(f"chunk of {len(plain)} bytes is larger than {MAX_PLAIN}")
     packed = _compressor().compress(plain)
     if len(packed) < len(plain):
-        return HEADER.pack(MAGIC, VERSION, ZSTD, 0, len(plain), len(packed)) + packed
-    return HEADER.pack(MAGIC, VERSION, NONE, 0, len(plain), len(plain)) + bytes(plain)
+        return _frame(HEADER.pack(MAGIC, VERSION, ZSTD, 0, len(plain), len(packed)), packed)
+    return _frame(HEADER.pack(MAGIC, VERSION, NONE, 0, len(plain), len(plain)), bytes(plain))
+
+
+def _frame(header: bytes, payload: bytes) -> bytes:
+    # The CRC covers the stored bytes, so a flip in a bit zstd would ignore is still seen.
+    crc = zlib.crc32(payload, zlib.crc32(header))
+    return b"".join((header, CRC.pack(crc), payload))
 
 
 def decode(stored: bytes, expected_id: str) -> bytes:
     """The plain bytes of a stored chunk; ChunkError if it is truncated, malformed or altered."""
-    if len(stored) < HEADER.size:
+    if len(stored) < FRAME:
         raise ChunkError(expected_id, f"is truncated ({len(stored)} bytes, no complete header)")
     magic, version, comp, flags, plain_len, payload_len = HEADER.unpack_from(stored)
     if magic != MAGIC:
         raise ChunkError(expected_id, "is not a vbm chunk (bad magic)")
     if version != VERSION:
         raise ChunkError(expected_id, f"has unknown chunk format version {version}")
-    if len(stored) != HEADER.size + payload_len:
-        raise ChunkError(expected_id, f"is truncated ({len(stored) - HEADER.size} of {payload_len} bytes)")
+    if len(stored) != FRAME + payload_len:
+        raise ChunkError(expected_id, f"is truncated ({len(stored) - FRAME} of {payload_len} bytes)")
     if flags:
         raise ChunkError(expected_id, f"has unknown flags {flags:#x} (damaged header)")
+    if comp not in (NONE, ZSTD):
+        raise ChunkError(expected_id, f"has unknown compression {comp}")
     if plain_len > MAX_PLAIN or (comp == NONE and plain_len != payload_len):
         raise ChunkError(expected_id, f"has an impossible length {plain_len} (damaged header)")
-    payload = memoryview(stored)[HEADER.size :]
-    # zstd ignores the frame descriptor's unused bit (0x10); refuse it so no flip goes unseen.
-    if comp == ZSTD and len(payload) > 4 and payload[4] & 0x10:
-        raise ChunkError(expected_id, "has a damaged zstd frame header")
+    payload = memoryview(stored)[FRAME:]
+    (crc,) = CRC.unpack_from(stored, HEADER.size)
+    if zlib.crc32(payload, zlib.crc32(memoryview(stored)[: HEADER.size])) != crc:
+        raise ChunkError(expected_id, "is corrupt (its stored bytes fail their CRC-32)")
     if comp == ZSTD:
         try:
             if zstandard.frame_content_size(payload) != plain_len:

@@ -40,12 +40,17 @@ async def read_disk(
     async def fetch_zero(n: int) -> bytes:
         return b""
 
+    in_hand: list[asyncio.Task[bytes]] = []  # started, but not in the queue yet
+
     async def produce() -> None:
         for _w_off, w_len, cid in wanted:
             if cid is None:
-                await queue.put(asyncio.ensure_future(fetch_zero(w_len)))
+                task = asyncio.ensure_future(fetch_zero(w_len))
             else:
-                await queue.put(asyncio.ensure_future(repo.get_chunk(cid, rp.id)))
+                task = asyncio.ensure_future(repo.get_chunk(cid, rp.id))
+            in_hand.append(task)
+            await queue.put(task)  # waits while the queue is full
+            in_hand.pop()
         await queue.put(None)
 
     producer = asyncio.ensure_future(produce())
@@ -66,10 +71,13 @@ async def read_disk(
                 yield data if (lo, hi) == (0, len(data)) else data[lo:hi]
     finally:
         producer.cancel()
-        leftovers: list[asyncio.Future[Any]] = [producer]
+        await asyncio.gather(producer, return_exceptions=True)
+        leftovers: list[asyncio.Future[Any]] = [*in_hand]  # else it may fail with no one to see
+        for started in in_hand:
+            started.cancel()
         while not queue.empty():
-            pending = queue.get_nowait()
-            if pending is not None:
-                pending.cancel()
-                leftovers.append(pending)
+            queued = queue.get_nowait()
+            if queued is not None:
+                queued.cancel()
+                leftovers.append(queued)
         await asyncio.gather(*leftovers, return_exceptions=True)

@@ -98,9 +98,14 @@ class Writer:
         parent: DiskEntry | None = None,
         parent_id: str | None = None,
         changed: Sequence[tuple[int, int]] | None = None,
+        allocated: Sequence[tuple[int, int]] | None = None,
         progress: Progress | None = None,
     ) -> tuple[DiskEntry, WriteStats]:
-        """Back up one disk: all windows, or (with `parent` and `changed`) only touched ones."""
+        """Back up one disk: all windows, or (with `parent` and `changed`) only touched ones.
+
+        For a full, `allocated` (CBT's answer for '*') limits reading to the windows it touches;
+        the others are unallocated, which reads as zeros, and are recorded as zero windows.
+        """
         size = self.repo.chunk_size
         count = -(-capacity // size)
         incremental = (
@@ -115,7 +120,7 @@ class Writer:
             todo: Iterable[int] = touched_windows(changed, size, capacity)
         else:
             entries = [None] * count
-            todo = range(count)
+            todo = range(count) if allocated is None else touched_windows(allocated, size, capacity)
         stats = WriteStats()
         indexes = iter(todo)
 

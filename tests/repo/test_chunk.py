@@ -23,7 +23,7 @@ def test_compressible_is_compressed_and_random_is_stored_raw() -> None:
     assert len(c.encode(text)) < len(text) // 10
     rnd = os.urandom(100_000)
     assert c.HEADER.unpack_from(c.encode(rnd))[2] == c.NONE
-    assert len(c.encode(rnd)) == len(rnd) + c.HEADER.size
+    assert len(c.encode(rnd)) == len(rnd) + c.FRAME
 
 
 def test_zero_detection() -> None:
