@@ -13,13 +13,16 @@ import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.bus import Bus
 from shared.contracts import Event, event_type_for
 from shared.db.models import Outbox
+
+if TYPE_CHECKING:  # the CLI stages events without loading the NATS client
+    from shared.bus import Bus
 
 log = logging.getLogger(__name__)
 

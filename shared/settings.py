@@ -205,12 +205,26 @@ def unknown_variables(environ: Mapping[str, str] | None = None) -> list[str]:
     )
 
 
+def runtime_lab_file(data_dir: Path) -> Path:
+    """Where a running `vbm up` leaves the connection of the lab it started."""
+    return data_dir / "lab" / "vcenter.json"
+
+
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning validation errors into one readable ConfigError."""
+    """Read the settings, turning validation errors into one readable ConfigError.
+
+    With no vCenter configured, the lab of a `vbm up` running on the same data directory is used
+    (it leaves its connection in `<data_dir>/lab/vcenter.json` while it runs).
+    """
     from pydantic import ValidationError
 
     try:
-        return Settings(**overrides)
+        settings = Settings(**overrides)
+        lab_file = runtime_lab_file(settings.data_dir)
+        if not settings.vcenters and lab_file.is_file():
+            lab = VCenterSettings.model_validate_json(lab_file.read_text())
+            settings = settings.model_copy(update={"vcenters": (lab,)})
+        return settings
     except ValidationError as exc:
         lines = []
         for err in exc.errors():

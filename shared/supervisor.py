@@ -22,7 +22,7 @@ from typing import Any
 
 from shared.db import make_engine, upgrade
 from shared.procutil import find_program, set_pdeathsig, tcp_reachable
-from shared.settings import ConfigError, Settings
+from shared.settings import ConfigError, Settings, runtime_lab_file
 
 log = logging.getLogger("vbm.up")
 
@@ -186,15 +186,18 @@ class Supervisor:
         workdir = self.data_dir / "lab"
         workdir.mkdir(parents=True, exist_ok=True)
         self.lab = await asyncio.to_thread(start_lab, spec, workdir, port=lab_cfg.port, binary=binary)
-        return [
-            {
-                "name": "lab",
-                "url": self.lab.sdk_url,
-                "username": self.lab.username,
-                "password": self.lab.password,
-                "verify_tls": False,
-            }
-        ]
+        lab_vc = {
+            "name": "lab",
+            "url": self.lab.sdk_url,
+            "username": self.lab.username,
+            "password": self.lab.password,
+            "verify_tls": False,
+        }
+        # Other vbm commands on this data directory (`vbm job create --vcenter lab`) find it here.
+        runtime_file = runtime_lab_file(self.data_dir)
+        runtime_file.write_text(json.dumps(lab_vc))
+        runtime_file.chmod(0o600)
+        return [lab_vc]
 
     def _child_env(self, nats_url: str, vcenters: list[dict[str, Any]]) -> dict[str, str]:
         env = dict(os.environ)
@@ -256,6 +259,7 @@ class Supervisor:
         grace = self.settings.shutdown_grace
         await asyncio.gather(*(c.stop(grace) for c in self.children.values()))
         if self.lab is not None:
+            runtime_lab_file(self.data_dir).unlink(missing_ok=True)
             await asyncio.to_thread(self.lab.stop)
         if self.nats is not None:
             await self.nats.stop(10)
