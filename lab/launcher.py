@@ -9,8 +9,6 @@ See docs/lab.md.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import functools
 import json
 import os
 import selectors
@@ -26,6 +24,7 @@ from types import TracebackType
 from typing import IO, Any
 
 from lab.build import GOVMOMI_SRC, INSTALL_HINT, LabError, build_lab
+from shared.procutil import die_with_parent
 
 __all__ = [
     "GOVMOMI_SRC",
@@ -67,19 +66,6 @@ class LabSpec:
     cbt_max_areas: int = 0  # 0 = no cap on areas per QueryChangedDiskAreas reply
     username: str = "user"
     password: str = "pass"
-
-
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover
-    _LIBC = None
-
-
-def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - in the child before exec
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG
-    if os.getppid() != parent_pid:  # the parent died before prctl
-        os._exit(1)
 
 
 class Lab:
@@ -259,7 +245,7 @@ def start_lab(
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,
-            preexec_fn=functools.partial(_die_with_parent, os.getpid()),
+            preexec_fn=die_with_parent(),
             start_new_session=True,  # Ctrl-C goes to the parent, which stops the lab
         )
     except OSError as e:

@@ -5,22 +5,41 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
+import os
 import shutil
 import signal
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
+
+# Loaded once in the parent: between fork and exec the child should do as little as possible.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:  # pragma: no cover - every Linux libc has prctl
+    _LIBC = None
 
 
 class MissingProgram(Exception):
     """A program vbm needs is not installed; the message names the install step."""
 
 
-def set_pdeathsig(sig: int = signal.SIGKILL) -> None:
-    """In a child (as preexec_fn): die with `sig` when the parent dies, so nothing is orphaned."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, sig)
+def _die_with_parent(parent_pid: int) -> None:  # pragma: no cover - runs in the child
+    if _LIBC is not None:
+        _LIBC.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent_pid:  # the parent died between fork and prctl
+        os._exit(1)
+
+
+def die_with_parent() -> Callable[[], None]:
+    """A `preexec_fn` that makes the child die (SIGKILL) when this process dies.
+
+    The signal fires when the *thread* that started the child exits: start children from a
+    thread that lives as long as they should (the main thread or the event loop's).
+    """
+    return functools.partial(_die_with_parent, os.getpid())
 
 
 def find_program(name: str, install_hint: str) -> str:

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from shared.db import make_engine, upgrade
-from shared.procutil import find_program, set_pdeathsig, tcp_reachable
+from shared.procutil import die_with_parent, find_program, tcp_reachable
 from shared.settings import ConfigError, Settings, runtime_lab_file
 
 log = logging.getLogger("vbm.up")
@@ -50,7 +50,7 @@ class Child:
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=set_pdeathsig,
+            preexec_fn=die_with_parent(),
         )
         self.pump = asyncio.create_task(self._pump())
 

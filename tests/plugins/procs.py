@@ -16,9 +16,7 @@ The plugin also stops, at the end of the session, every ``ManagedProcess`` a fix
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import functools
 import os
 import shutil
 import signal
@@ -32,6 +30,8 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+
+from shared.procutil import die_with_parent
 
 __all__ = [
     "ManagedProcess",
@@ -47,14 +47,6 @@ __all__ = [
     "wait_for_port",
     "wait_until",
 ]
-
-_PR_SET_PDEATHSIG = 1
-
-# Loaded once in the parent: the child between fork and exec should do as little as possible.
-try:
-    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
-except OSError:  # pragma: no cover - every Linux libc has prctl
-    _LIBC = None
 
 
 class ProcessError(RuntimeError):
@@ -162,15 +154,6 @@ def find_binary(name: str, install_hint: str) -> str:
 # ----------------------------------------------------------------------------------- processes
 
 
-def _child_setup(parent_pid: int) -> None:  # pragma: no cover - runs in the child before exec
-    """preexec_fn: die with SIGKILL when the parent (pytest) dies, even if it is SIGKILLed."""
-    if _LIBC is not None:
-        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    # The parent may have died between fork() and prctl(): then we were re-parented already.
-    if os.getppid() != parent_pid:
-        os._exit(1)
-
-
 _LIVE: weakref.WeakSet[ManagedProcess] = weakref.WeakSet()
 
 
@@ -225,7 +208,7 @@ class ManagedProcess:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
-                    preexec_fn=functools.partial(_child_setup, os.getpid()),
+                    preexec_fn=die_with_parent(),
                     start_new_session=True,  # a terminal's Ctrl-C reaches pytest, which stops us
                     close_fds=True,
                 )
