@@ -110,6 +110,8 @@ class Tracker:
     total: int
     done: int = 0
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    ended: bool = False  # the task was ended by someone else (watchdog): drop the work
+    saved: int = -1  # bytes done at the last extension of the deadline
 
     def __call__(self, n: int) -> None:
         self.done += n
@@ -125,6 +127,7 @@ class Tracker:
                 rate = self.done / elapsed
                 if await asyncio.to_thread(self._save, rate):
                     self.cancelled.set()
+                    return
                 now = ctx.clock()
                 with contextlib.suppress(Exception):
                     await ctx.bus.publish_live(
@@ -154,10 +157,13 @@ class Tracker:
             task = s.get(Task, self.event.task_id)
             run = s.get(Run, self.event.run_id)
             if task is None or task.phase != "transfer" or task.state in state.FINAL:
-                return True  # someone else ended it: stop
+                self.ended = True  # someone else ended it: stop
+                return True
             task.bytes_done, task.bytes_total, task.rate = self.done, self.total, rate
-            task.updated_at = now
-            task.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
+            if self.done != self.saved:  # only progress extends the deadline: a stall must trip it
+                self.saved = self.done
+                task.updated_at = now
+                task.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
             return bool(run is not None and run.cancel_requested)
 
 
@@ -251,7 +257,8 @@ async def _transfer(
     stats = WriteStats()
     disks: list[DiskEntry] = []
     files: list[FileEntry] = []
-    try:
+
+    async def copy() -> None:
         for d, parent_disk, (changed, allocated), _ in plans:
             ds, flat = flat_of(d.datastore_path)
             source = CancellableDisk(http.disk(event.datacenter, ds, flat, d.capacity_bytes), tracker)
@@ -279,10 +286,20 @@ async def _transfer(
             entry_f, st = await writer.write_file(rel, data)
             stats.add(st)
             files.append(entry_f)
+
+    work = asyncio.create_task(copy())
+    stop = asyncio.create_task(tracker.cancelled.wait())
+    try:
+        # A cancel (or the watchdog ending the task) aborts a read in flight, even a hung one.
+        await asyncio.wait((work, stop), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        reporter.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await reporter
+        for t in (stop, reporter, work):
+            t.cancel()
+        for t in (stop, reporter, work):  # `work` last: its error, if any, is the one raised
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+    if tracker.ended:
+        raise state.Stale(f"task {event.task_id} was ended while transferring")
     if tracker.cancelled.is_set():
         raise Cancelled()
     rp = restore_point(

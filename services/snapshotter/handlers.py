@@ -48,6 +48,12 @@ async def on_job_requested(event: JobRequested, delivery: Delivery, deps: Deps) 
             continue
         except Permanent as exc:
             _fail(deps, task_id, str(exc))
+        except Retryable as exc:
+            if not delivery.last_attempt:
+                raise
+            # The runner's give-up only fails the run: end the task here, so its snapshot
+            # intent is swept and the run ends with the reason.
+            _fail(deps, task_id, f"gave up after {delivery.attempt} attempts: {exc}")
     return []
 
 

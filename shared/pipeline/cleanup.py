@@ -3,7 +3,7 @@
 A snapshot is looked up on its VM by name as well as by moref, so one whose create timed out
 and completed later is found too. A removal that fails is retried with backoff; after
 `cleanup_attempts` failures the entry becomes `stuck` and an alert names the VM and the
-snapshot (the sweeper keeps trying, slowly).
+snapshot (the sweeper keeps trying, the backoff doubling up to STUCK_RETRY).
 """
 
 from __future__ import annotations
@@ -50,7 +50,9 @@ async def remove_one(ctx: Context, vcenters: VCenters, name: str, vm_moref: str)
     with ctx.sessions.begin() as s:
         entry = s.get(SnapshotLedger, (name, vm_moref))
         assert entry is not None
-        young = (now - requested_at).total_seconds() < timeout
+        # A create may be asked for until the task's deadline (snapshot_timeout after the intent)
+        # and is waited for snapshot_timeout more: until then, "not there" may be "not yet".
+        young = (now - requested_at).total_seconds() < 2 * timeout
         if not removed and known is None and young:
             # Asked for, not there yet: the create may still be running. Look again later.
             entry.state = "requested"
@@ -87,7 +89,8 @@ def _failed(ctx: Context, name: str, vm_moref: str, error: str) -> None:
         entry.next_attempt_at = now + timedelta(seconds=delay)
         if entry.attempts >= limit:
             entry.state = "stuck"
-            entry.next_attempt_at = now + STUCK_RETRY
+            # The backoff keeps doubling, up to STUCK_RETRY between attempts.
+            entry.next_attempt_at = now + min(STUCK_RETRY, timedelta(seconds=delay))
             raise_alert(
                 s,
                 key=f"snapshot-stuck:{name}:{vm_moref}",
@@ -99,8 +102,8 @@ def _failed(ctx: Context, name: str, vm_moref: str, error: str) -> None:
                 message=(
                     f"vbm could not remove its snapshot {name!r} of VM {entry.vm_name}"
                     f" ({vm_moref}) on vCenter {entry.vcenter} after {entry.attempts} attempts:"
-                    f" {error}. It keeps trying every {STUCK_RETRY.seconds // 60} minutes; remove it"
-                    " in vCenter (Snapshots > Delete) if it persists."
+                    f" {error}. It keeps trying, at least every {STUCK_RETRY.seconds // 60} minutes;"
+                    " remove it in vCenter (Snapshots > Delete) if it persists."
                 ),
             )
         elif entry.state == "removing":

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from lab.launcher import DiskSpec, Lab, LabSpec, VMSpec
 from shared.bus import Bus
 from shared.db import make_engine, make_sessionmaker, upgrade
-from shared.db.models import Job, RestorePointRow, Run, SnapshotLedger, Task
+from shared.db.models import Alert, Job, RestorePointRow, Run, SnapshotLedger, Task
 from shared.jobs import JobSpec, job_row, request_run
 from shared.outbox import Relay
 from shared.pipeline import ledger
@@ -146,6 +146,36 @@ class Pipeline:
     def guest_disk(self, vm: str, key: int) -> bytes:
         disk = next(d for d in self.lab.vm(vm)["disks"] if d["key"] == key)
         return self.lab.guest_read(vm, key, 0, disk["capacity"])
+
+    def alerts(self) -> list[Alert]:
+        with self.sessions() as s:
+            return list(s.scalars(select(Alert).order_by(Alert.created_at)))
+
+    def snapshots_of(self, vm: str) -> list[str]:
+        return self.lab.snapshots(vm)
+
+    async def check_repository(self, content: dict[tuple[str, int], bytes]) -> list[str]:
+        """Every restore point the repository shows reads back as `content` ((vm, disk key) ->
+        bytes); at most one per task, in the repository and in the catalog. Returns their ids."""
+        if not (self.repo_dir / "config").exists():
+            return []
+        repo = await Repository.open(LocalBackend(self.repo_dir))
+        ids = await repo.restore_point_ids()
+        seen: dict[tuple[str | None, str | None], str] = {}
+        for rp_id in ids:
+            rp = await repo.load(rp_id)
+            key = (rp.run_id, rp.vm_moref)
+            assert key not in seen, f"two restore points for one task: {seen[key]} and {rp_id}"
+            seen[key] = rp_id
+            for disk in rp.disks:
+                data = b"".join([p async for p in read_disk(repo, rp, disk)])
+                assert data == content[(rp.vm_name, disk.key)], f"{rp_id} disk {disk.key} differs"
+        with self.sessions() as s:
+            rows = list(s.scalars(select(RestorePointRow)))
+        tasks = [r.task_id for r in rows]
+        assert len(tasks) == len(set(tasks)), f"duplicate restore points in the catalog: {tasks}"
+        assert {r.id for r in rows} <= set(ids), "the catalog names a restore point the repository lacks"
+        return ids
 
     def assert_clean(self) -> None:
         """The promise: no snapshot left on any VM, nothing open in the ledger."""
