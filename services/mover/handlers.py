@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import posixpath
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from sqlalchemy import select
 
@@ -217,6 +218,11 @@ async def on_snapshot_ready(event: SnapshotReady, delivery: Delivery, deps: Deps
     writer = await deps.writer(repository)
     parent = await _usable_parent(writer.repo, parents)
     try:
+        earlier = await _committed_earlier(writer.repo, event)
+        if earlier is not None:
+            log.info("%s: restore point %s was committed by an earlier attempt", event.vm_name, earlier.id)
+            _record(deps, event, earlier, repository, WriteStats(), 0)
+            return []
         return await _transfer(deps, event, writer, parent, use_cbt, repository)
     except Cancelled:
         _end(deps, event, "cancelled", "cancelled by request")
@@ -302,10 +308,12 @@ async def _transfer(
         raise state.Stale(f"task {event.task_id} was ended while transferring")
     if tracker.cancelled.is_set():
         raise Cancelled()
+    finished = ctx.clock()
     rp = restore_point(
+        rp_id=f"rp-{finished.astimezone(UTC):%Y%m%dT%H%M%SZ}-{_id_suffix(event.task_id)}",
         vm_name=event.vm_name,
         started=started,
-        finished=ctx.clock(),
+        finished=finished,
         disks=disks,
         files=files,
         parent=parent.id if parent and any(d.built_on for d in disks) else None,
@@ -318,6 +326,34 @@ async def _transfer(
     )
     _still_ours(deps, event.task_id)
     await writer.repo.commit(rp)
+    _record(deps, event, rp, repository, stats, tracker.done)
+    return []
+
+
+def _id_suffix(task_id: str) -> str:
+    """The last part of a restore point's id, derived from its task (instead of random), so a
+    retry finds what an earlier attempt committed before it died or failed to record it."""
+    return hashlib.sha256(task_id.encode()).hexdigest()[:8]
+
+
+async def _committed_earlier(repo: Repository, event: SnapshotReady) -> RestorePoint | None:
+    """A restore point of this task already in the repository (an earlier attempt committed it,
+    then died before the catalog knew): recording it is right, writing a second one is not."""
+    suffix = "-" + _id_suffix(event.task_id)
+    for rp_id in await repo.restore_point_ids():
+        if rp_id.endswith(suffix):
+            with contextlib.suppress(ManifestError):
+                rp = await repo.load(rp_id)
+                if rp.run_id == event.run_id and rp.vm_moref == event.vm_moref:
+                    return rp
+    return None
+
+
+def _record(
+    deps: Deps, event: SnapshotReady, rp: RestorePoint, repository: str, stats: WriteStats, done: int
+) -> None:
+    """In one transaction: the catalog row, the task's move to verify, `vbm.transfer.done`."""
+    ctx = deps.ctx
     kind = "incremental" if rp.parent else "full"
     now = ctx.clock()
     with ctx.sessions.begin() as s:
@@ -341,9 +377,9 @@ async def _transfer(
                         "change_id": d.change_id,
                         "stored_windows": d.stored_windows,
                     }
-                    for d in disks
+                    for d in rp.disks
                 ],
-                logical_bytes=sum(d.capacity for d in disks),
+                logical_bytes=sum(d.capacity for d in rp.disks),
                 bytes_read=stats.bytes_read,
                 bytes_stored=stats.bytes_stored,
                 started_at=rp.started,
@@ -360,7 +396,7 @@ async def _transfer(
             phase="verify",
             restore_point_id=rp.id,
             kind=kind,
-            bytes_done=tracker.done,
+            bytes_done=done,
             bytes_read=stats.bytes_read,
             bytes_stored=stats.bytes_stored,
             deadline_at=now + timedelta(seconds=ctx.settings.pipeline.verify_timeout),
@@ -387,7 +423,6 @@ async def _transfer(
         stats.bytes_read,
         stats.bytes_stored,
     )
-    return []
 
 
 Ranges = list[tuple[int, int]] | None

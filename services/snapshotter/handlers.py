@@ -114,7 +114,25 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
     name = ledger.snapshot_name(run_id)
     vm = await _check_vm(deps, vcenter, moref, name, options)
     if options.get("cbt", True) and not vm.cbt_enabled:
-        await deps.vcenters.call(vcenter, lambda vc: _enable_cbt(vc, vm))
+        # The stun cycle's snapshot is in the ledger too: if its removal fails (or we die), it is
+        # removed with the backup snapshot (the sweeper, after the task).
+        cycle = f"{name}-cbt"
+        with ctx.sessions.begin() as s:
+            ledger.record_intent(
+                s,
+                name=cycle,
+                vcenter=vcenter,
+                vm_moref=moref,
+                vm_name=vm.name,
+                run_id=run_id,
+                task_id=task_id,
+                now=ctx.clock(),
+            )
+        made = await deps.vcenters.call(vcenter, lambda vc: _enable_cbt(vc, vm, cycle))
+        with ctx.sessions.begin() as s:
+            entry = s.get(SnapshotLedger, (cycle, moref))
+            assert entry is not None
+            entry.state, entry.removed_at = "removed" if made else "gone", ctx.clock()
     with ctx.sessions.begin() as s:
         ledger.record_intent(
             s,
@@ -194,12 +212,15 @@ async def _check_vm(deps: Deps, vcenter: str, moref: str, name: str, options: di
     return vm
 
 
-def _enable_cbt(vc: VCenter, vm: VMInfo) -> None:
-    """Turn CBT on. Like vSphere, it takes effect after a stun cycle: a snapshot create+remove."""
+def _enable_cbt(vc: VCenter, vm: VMInfo, name: str) -> bool:
+    """Turn CBT on. Like vSphere, it takes effect after a stun cycle: a snapshot create+remove.
+    True if the cycle was done (it cannot be on a powered-off VM or one with snapshots)."""
     vc.set_cbt(vm.moref, True)
     if vm.power_state == "poweredOn" and not vm.snapshots:
-        cycle = vc.create_snapshot(vm.moref, "vbm-cbt-enable", description="vbm: CBT stun cycle")
+        cycle = vc.create_snapshot(vm.moref, name, description="vbm: CBT stun cycle")
         vc.remove_snapshot(cycle.moref)
+        return True
+    return False
 
 
 async def _create(deps: Deps, vcenter: str, vm: VMInfo, name: str, options: dict) -> SnapshotInfo:  # type: ignore[type-arg]
