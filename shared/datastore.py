@@ -74,47 +74,34 @@ class DatastoreHTTP:
         self, datacenter: str, datastore: str, path: str, limit: int = 64 << 20
     ) -> bytes | None:
         """A whole small file (vmx, nvram, descriptor); None if it does not exist."""
-        url = self.url(datacenter, datastore, path)
-        last = "no attempt"
-        for attempt in range(1, self.retry.attempts + 1):
-            if attempt > 1:
-                await asyncio.sleep(self.retry.delay(attempt - 1))
-            if self._cookie_value is None:
-                self._cookie_value = await self._cookie()
-            try:
-                headers = {"Cookie": f"vmware_soap_session={self._cookie_value}"}
-                async with self._session.get(url, headers=headers) as resp:
-                    if resp.status == 404:
-                        return None
-                    if resp.status in (401, 403):
-                        self._cookie_value = None
-                    if resp.status != 200:
-                        last = f"HTTP {resp.status}"
-                        continue
-                    if (resp.content_length or 0) > limit:
-                        raise DownloadError(f"{path} is larger than {limit} bytes", retryable=False)
-                    data = await resp.read()
-                    if resp.content_length is not None and len(data) != resp.content_length:
-                        last = f"short read: {len(data)} of {resp.content_length} bytes"
-                        continue
-                    return data
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-        raise DownloadError(
-            f"reading {path} failed after {self.retry.attempts} attempts: {last}", retryable=True
-        )
+        try:
+            data = await self._get(self.url(datacenter, datastore, path), path, None, limit)
+        except FileNotFoundError:
+            return None
+        return data
 
     async def get_range(self, url: str, name: str, offset: int, length: int) -> bytes:
+        try:
+            return await self._get(url, name, (offset, length), length)
+        except FileNotFoundError:
+            raise DownloadError(f"{name} does not exist on the datastore", retryable=False) from None
+
+    async def _get(self, url: str, name: str, span: tuple[int, int] | None, limit: int) -> bytes:
+        """GET a whole file or a (offset, length) range, retrying what may pass.
+
+        Retried: connection errors, stalls, 5xx and 429, an expired session (401/403, after a
+        new login), short answers. Raised at once: 404 (as FileNotFoundError), other statuses.
+        """
+        what = name if span is None else f"{name} bytes {span[0]}-{span[0] + span[1] - 1}"
         last = "no attempt"
         for attempt in range(1, self.retry.attempts + 1):
             if attempt > 1:
                 await asyncio.sleep(self.retry.delay(attempt - 1))
             if self._cookie_value is None:
                 self._cookie_value = await self._cookie()
-            headers = {
-                "Range": f"bytes={offset}-{offset + length - 1}",
-                "Cookie": f"vmware_soap_session={self._cookie_value}",
-            }
+            headers = {"Cookie": f"vmware_soap_session={self._cookie_value}"}
+            if span is not None:
+                headers["Range"] = f"bytes={span[0]}-{span[0] + span[1] - 1}"
             try:
                 async with self._session.get(url, headers=headers) as resp:
                     if resp.status in (401, 403):
@@ -122,25 +109,27 @@ class DatastoreHTTP:
                         last = f"HTTP {resp.status}"
                         continue
                     if resp.status == 404:
-                        raise DownloadError(f"{name} does not exist on the datastore", retryable=False)
+                        raise FileNotFoundError(name)
                     if resp.status >= 500 or resp.status == 429:
                         last = f"HTTP {resp.status}"
                         continue
                     if resp.status not in (200, 206):
-                        raise DownloadError(f"reading {name}: HTTP {resp.status}", retryable=False)
+                        raise DownloadError(f"reading {what}: HTTP {resp.status}", retryable=False)
+                    if (resp.content_length or 0) > limit and not (span and resp.status == 200):
+                        raise DownloadError(f"{name} is larger than {limit} bytes", retryable=False)
                     data = await resp.read()
-                    if resp.status == 200:  # a server that ignores Range sent the whole file
-                        data = data[offset : offset + length]
+                    expected = resp.content_length
             except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
                 last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
                 continue
-            if len(data) == length:
+            if span is not None and resp.status == 200:  # a server that ignored Range
+                data, expected = data[span[0] : span[0] + span[1]], span[1]
+            want = span[1] if span is not None else expected
+            if want is None or len(data) == want:
                 return data
-            last = f"short read: {len(data)} of {length} bytes"
+            last = f"short read: {len(data)} of {want} bytes"
         raise DownloadError(
-            f"reading {name} bytes {offset}-{offset + length - 1} failed after"
-            f" {self.retry.attempts} attempts: {last}",
-            retryable=True,
+            f"reading {what} failed after {self.retry.attempts} attempts: {last}", retryable=True
         )
 
 

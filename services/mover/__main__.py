@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from functools import partial
 
@@ -32,7 +31,7 @@ async def wire(ctx: Context) -> Parts:
 
     async def close() -> None:
         await deps.close()
-        await asyncio.to_thread(deps.vcenters.close)
+        await deps.vcenters.aclose()
 
     return Parts(
         consumers=[

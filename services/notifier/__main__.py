@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from functools import partial
 
 from services.notifier.handlers import Deps, on_bus_rejected, on_step_failed, watchdog
@@ -14,9 +13,6 @@ from shared.runtime import Context, Parts, main
 
 async def wire(ctx: Context) -> Parts:
     deps = Deps(ctx, VCenters(ctx.settings))
-
-    async def close() -> None:
-        await asyncio.to_thread(deps.vcenters.close)
 
     return Parts(
         consumers=[
@@ -33,7 +29,7 @@ async def wire(ctx: Context) -> Parts:
             ),
         ],
         tasks=[partial(watchdog, deps)],
-        on_stop=[close],
+        on_stop=[deps.vcenters.aclose],
     )
 
 

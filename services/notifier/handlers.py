@@ -22,7 +22,7 @@ from datetime import timedelta
 from sqlalchemy import or_, select
 
 from shared.bus import Delivery
-from shared.contracts import BusRejected, Event, JobRequested, StepFailed
+from shared.contracts import BusRejected, Event, JobRequested, Step, StepFailed
 from shared.db.models import Run, SnapshotLedger, Task
 from shared.outbox import stage
 from shared.pipeline import ledger, state
@@ -114,22 +114,9 @@ def overdue_tasks(ctx: Context) -> int:
                 f"deadline passed in phase {task.phase}: no progress since"
                 f" {task.updated_at:%Y-%m-%d %H:%M:%S} UTC (worker stopped, frozen or vCenter stuck)"
             )
-            entries = ledger.open_entries(s, task.id)
-            stage(
-                s,
-                StepFailed(
-                    occurred_at=now,
-                    run_id=task.run_id,
-                    task_id=task.id,
-                    step="snapshot" if task.phase == "snapshot" else task.phase,
-                    reason=reason,
-                    vcenter=task.vcenter,
-                    vm_moref=task.vm_moref,
-                    snapshot_moref=entries[0].snapshot_moref if entries else None,
-                ),
-                now,
-            )
-            state.end_task(s, task, "failed", now, reason)
+            phases: dict[str, Step] = {"transfer": "transfer", "verify": "verify"}
+            step = phases.get(task.phase, "snapshot")
+            state.fail_task(s, task, step=step, reason=reason, now=now)
             failed += 1
         for run in s.scalars(select(Run).where(Run.state == "queued", Run.created_at < now - REDRIVE_AFTER)):
             stage(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from functools import partial
 
@@ -18,9 +17,6 @@ async def wire(ctx: Context) -> Parts:
 
     def run_failed(event: JobRequested, reason: str) -> Sequence[Event]:
         return [StepFailed(occurred_at=ctx.clock(), run_id=event.run_id, step="snapshot", reason=reason)]
-
-    async def close() -> None:
-        await asyncio.to_thread(deps.vcenters.close)
 
     return Parts(
         consumers=[
@@ -40,7 +36,7 @@ async def wire(ctx: Context) -> Parts:
                 ack_wait=60,
             ),
         ],
-        on_stop=[close],
+        on_stop=[deps.vcenters.aclose],
     )
 
 

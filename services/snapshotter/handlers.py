@@ -15,7 +15,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from shared.bus import Delivery, Permanent, Retryable
-from shared.contracts import DiskRef, Event, JobRequested, SnapshotReady, StepFailed, TransferDone
+from shared.contracts import DiskRef, Event, JobRequested, SnapshotReady, TransferDone
 from shared.db.models import Job, Run, SnapshotLedger, Task
 from shared.outbox import stage
 from shared.pipeline import ledger, state
@@ -113,14 +113,13 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
         vcenter, moref, options = task.vcenter, task.vm_moref, dict(job.options)
     name = ledger.snapshot_name(run_id)
     vm = await _check_vm(deps, vcenter, moref, name, options)
-    if options.get("cbt", True) and not vm.cbt_enabled:
-        # The stun cycle's snapshot is in the ledger too: if its removal fails (or we die), it is
-        # removed with the backup snapshot (the sweeper, after the task).
-        cycle = f"{name}-cbt"
+
+    def intend(snapshot: str) -> None:
+        """Write the snapshot into the ledger before asking vCenter for it."""
         with ctx.sessions.begin() as s:
             ledger.record_intent(
                 s,
-                name=cycle,
+                name=snapshot,
                 vcenter=vcenter,
                 vm_moref=moref,
                 vm_name=vm.name,
@@ -128,22 +127,18 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
                 task_id=task_id,
                 now=ctx.clock(),
             )
+
+    if options.get("cbt", True) and not vm.cbt_enabled:
+        # The stun cycle's snapshot is in the ledger too: if its removal fails (or we die), it is
+        # removed with the backup snapshot (the sweeper, after the task).
+        cycle = f"{name}-cbt"
+        intend(cycle)
         made = await deps.vcenters.call(vcenter, lambda vc: _enable_cbt(vc, vm, cycle))
         with ctx.sessions.begin() as s:
             entry = s.get(SnapshotLedger, (cycle, moref))
             assert entry is not None
             entry.state, entry.removed_at = "removed" if made else "gone", ctx.clock()
-    with ctx.sessions.begin() as s:
-        ledger.record_intent(
-            s,
-            name=name,
-            vcenter=vcenter,
-            vm_moref=moref,
-            vm_name=vm.name,
-            run_id=run_id,
-            task_id=task_id,
-            now=ctx.clock(),
-        )
+    intend(name)
     snap = await _create(deps, vcenter, vm, name, options)
     disks = await deps.vcenters.call(vcenter, lambda vc: vc.snapshot_disks(snap.moref))
     now = ctx.clock()
@@ -250,22 +245,7 @@ def _fail(deps: Deps, task_id: str, reason: str) -> None:
         task = s.get(Task, task_id)
         if task is None:
             return
-        entries = ledger.open_entries(s, task_id)
-        stage(
-            s,
-            StepFailed(
-                occurred_at=now,
-                run_id=task.run_id,
-                task_id=task_id,
-                step="snapshot",
-                reason=reason,
-                vcenter=task.vcenter,
-                vm_moref=task.vm_moref,
-                snapshot_moref=entries[0].snapshot_moref if entries else None,
-            ),
-            now,
-        )
-        state.end_task(s, task, "failed", now, reason)
+        state.fail_task(s, task, step="snapshot", reason=reason, now=now)
     _sync(deps)
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from functools import partial
 
@@ -27,9 +26,6 @@ async def wire(ctx: Context) -> Parts:
             )
         ]
 
-    async def close() -> None:
-        await asyncio.to_thread(deps.vcenters.close)
-
     return Parts(
         consumers=[
             Consumer(
@@ -41,7 +37,7 @@ async def wire(ctx: Context) -> Parts:
                 on_give_up=failed,
             ),
         ],
-        on_stop=[close],
+        on_stop=[deps.vcenters.aclose],
     )
 
 

@@ -14,7 +14,9 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from shared.contracts import Step, StepFailed
 from shared.db.models import Run, Task
+from shared.outbox import stage
 
 FINAL = ("succeeded", "failed", "cancelled")
 
@@ -76,3 +78,25 @@ def finish_run_if_done(session: Session, run_id: str, now: datetime) -> Run | No
     if failed and not run.error:
         run.error = f"{len(failed)} of {len(states)} VMs did not back up"
     return run
+
+
+def fail_task(session: Session, task: Task, *, step: Step, reason: str, now: datetime) -> None:
+    """Stage `StepFailed` for the task (naming its open snapshot, for the clean-up) and end it."""
+    from shared.pipeline.ledger import open_entries
+
+    entries = open_entries(session, task.id)
+    stage(
+        session,
+        StepFailed(
+            occurred_at=now,
+            run_id=task.run_id,
+            task_id=task.id,
+            step=step,
+            reason=reason,
+            vcenter=task.vcenter,
+            vm_moref=task.vm_moref,
+            snapshot_moref=entries[0].snapshot_moref if entries else None,
+        ),
+        now,
+    )
+    end_task(session, task, "failed", now, reason)

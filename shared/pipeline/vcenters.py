@@ -40,3 +40,7 @@ class VCenters:
         for vc in self._open.values():
             vc.close()
         self._open.clear()
+
+    async def aclose(self) -> None:
+        """Log out of every vCenter (in a thread: logouts are SOAP calls)."""
+        await asyncio.to_thread(self.close)
