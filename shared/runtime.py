@@ -151,13 +151,19 @@ async def serve(service: str, wire: Wiring, settings: Settings) -> None:
 
 
 async def _wait_stop_or_crash(stop: asyncio.Event, workers: list[asyncio.Task[Any]]) -> None:
-    """Return on a stop signal; if a worker dies first, log it and stop the whole service."""
+    """Return on a stop signal; if a worker fails first, log it and stop the whole service.
+
+    A worker that simply finishes (a one-off task such as a start-up sweep) is not a failure.
+    """
     stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait([stopper, *workers], return_when=asyncio.FIRST_COMPLETED)
-    for task in done:
-        if task is not stopper and not task.cancelled() and task.exception() is not None:
-            log.error("worker failed, stopping service", exc_info=task.exception())
-    stop.set()
+    running: set[asyncio.Task[Any]] = set(workers)
+    while not stop.is_set():
+        done, _ = await asyncio.wait([stopper, *running], return_when=asyncio.FIRST_COMPLETED)
+        for task in done - {stopper}:
+            running.discard(task)
+            if not task.cancelled() and task.exception() is not None:
+                log.error("worker failed, stopping service", exc_info=task.exception())
+                stop.set()
     with contextlib.suppress(asyncio.CancelledError):
         await stopper
 

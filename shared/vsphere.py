@@ -333,10 +333,14 @@ class VCenter:
         def run() -> None:
             snap = self._snapshot(snapshot_moref)
             try:
+                vm = snap.vm
                 task = snap.RemoveSnapshot_Task(removeChildren=False, consolidate=True)
             except vmodl.fault.ManagedObjectNotFound:
                 return
             self._wait(task, f"removing snapshot {snapshot_moref}", timeout)
+            # A removal can leave delta disks behind ("consolidation needed"): finish the job.
+            if vm is not None and vm.runtime.consolidationNeeded:
+                self._wait(vm.ConsolidateVMDisks_Task(), f"consolidating the disks of {vm._moId}", timeout)
 
         self._call(f"removing snapshot {snapshot_moref}", run)
 

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from services.snapshotter.handlers import Deps, on_job_requested, on_transfer_done
+from services.snapshotter.orphans import sweep_orphans
 from shared.bus import Consumer
 from shared.contracts import Event, JobRequested, StepFailed, Subject, TransferDone
 from shared.pipeline.vcenters import VCenters
@@ -18,7 +19,11 @@ async def wire(ctx: Context) -> Parts:
     def run_failed(event: JobRequested, reason: str) -> Sequence[Event]:
         return [StepFailed(occurred_at=ctx.clock(), run_id=event.run_id, step="snapshot", reason=reason)]
 
+    async def orphans() -> None:
+        await sweep_orphans(ctx, deps.vcenters)
+
     return Parts(
+        tasks=[orphans],
         consumers=[
             Consumer(
                 "snapshotter",

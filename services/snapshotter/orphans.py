@@ -1,0 +1,101 @@
+"""On start: remove vbm snapshots that no live run owns.
+
+The ledger covers every snapshot this vbm asked for, but a database restored from an older copy,
+a crash of the whole host at the wrong moment or a manual import can leave `vbm-*` snapshots that
+no open ledger entry explains. At start the snapshotter looks at every VM of every configured
+vCenter: a snapshot named `vbm-...` whose ledger entry is missing, closed, or belongs to a task
+that has ended is removed (and recorded as removed). Snapshots with other names are never
+touched. A removal that fails raises an alert naming the VM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shared.db.models import SnapshotLedger, Task
+from shared.pipeline import ledger, state
+from shared.pipeline.alerts import raise_alert
+from shared.pipeline.vcenters import VCenters
+from shared.runtime import Context
+from shared.vsphere import VCenter, VMInfo, VSphereError
+
+log = logging.getLogger(__name__)
+
+PREFIX = "vbm-"
+
+
+def _owned(ctx: Context, name: str, vm_moref: str) -> bool:
+    """Whether a live task still owns this snapshot (then it is left to the pipeline)."""
+    with ctx.sessions() as s:
+        entry = s.get(SnapshotLedger, (name, vm_moref))
+        if entry is None or entry.state not in ledger.OPEN:
+            return False
+        task = s.get(Task, entry.task_id)
+        return task is not None and task.state not in state.FINAL
+
+
+def _record(ctx: Context, vcenter: str, vm: VMInfo, name: str, moref: str, error: str | None) -> None:
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        entry = s.get(SnapshotLedger, (name, vm.moref))
+        if entry is None:
+            entry = SnapshotLedger(
+                snapshot_name=name,
+                vm_moref=vm.moref,
+                vcenter=vcenter,
+                vm_name=vm.name,
+                run_id="-",
+                task_id="-",
+                snapshot_moref=moref,
+                state="requested",
+                requested_at=now,
+                attempts=0,
+            )
+            s.add(entry)
+        if error is None:
+            entry.state, entry.removed_at, entry.last_error = "removed", now, None
+            return
+        entry.attempts += 1
+        entry.last_error = error[:2000]
+        raise_alert(
+            s,
+            key=f"orphan:{name}:{vm.moref}",
+            kind="snapshot-left-behind",
+            severity="critical",
+            vm_name=vm.name,
+            now=now,
+            message=f"vbm found its snapshot {name!r} on VM {vm.name} ({vm.moref}) on vCenter"
+            f" {vcenter} with no backup running, and could not remove it: {error}."
+            " Remove it in vCenter (Snapshots > Delete).",
+        )
+
+
+async def sweep_orphans(ctx: Context, vcenters: VCenters) -> int:
+    """Remove orphaned vbm snapshots on every configured vCenter; how many were removed."""
+    removed = 0
+    timeout = ctx.settings.pipeline.snapshot_timeout
+    for vc_settings in ctx.settings.vcenters:
+        name = vc_settings.name
+        try:
+            vc: VCenter = vcenters.get(name)
+            vms = await asyncio.to_thread(vc.list_vms)
+        except VSphereError as exc:
+            log.warning("orphan sweep: vCenter %s unavailable (%s); skipped", name, exc)
+            continue
+        for vm in vms:
+            for snap in vm.snapshots:
+                if not snap.name.startswith(PREFIX):
+                    continue
+                if await asyncio.to_thread(_owned, ctx, snap.name, vm.moref):
+                    continue
+                try:
+                    await asyncio.to_thread(vc.remove_snapshot, snap.moref, timeout=timeout)
+                except VSphereError as exc:
+                    await asyncio.to_thread(_record, ctx, name, vm, snap.name, snap.moref, str(exc))
+                    continue
+                await asyncio.to_thread(_record, ctx, name, vm, snap.name, snap.moref, None)
+                log.warning("removed orphaned snapshot %s of VM %s", snap.name, vm.name)
+                removed += 1
+    ctx.relay.kick()
+    return removed
