@@ -107,6 +107,9 @@ class PipelineSettings(BaseModel):
     )
     cleanup_backoff: float = Field(default=30, gt=0, description="First retry delay, doubling")
     watchdog_interval: float = Field(default=5, gt=0)
+    ack_wait: float = Field(
+        default=60, gt=0, description="A silent worker's message is redelivered after this long"
+    )
     workers: int = Field(default=0, ge=0, description="Chunk workers per mover (0: by CPU count)")
 
 

@@ -40,7 +40,7 @@ async def wire(ctx: Context) -> Parts:
                 Subject.SNAPSHOT_READY,
                 SnapshotReady,
                 partial(on_snapshot_ready, deps=deps),
-                ack_wait=60,
+                ack_wait=ctx.settings.pipeline.ack_wait,
                 max_deliver=4,
                 backoff=(2.0, 10.0, 30.0),
                 on_give_up=failed,

@@ -21,6 +21,7 @@ from datetime import UTC, timedelta
 
 from sqlalchemy import select
 
+from services.mover.checkpoint import Checkpoint
 from shared.bus import Delivery, Permanent, Retryable
 from shared.contracts import (
     DiskRef,
@@ -113,6 +114,7 @@ class Tracker:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     ended: bool = False  # the task was ended by someone else (watchdog): drop the work
     saved: int = -1  # bytes done at the last extension of the deadline
+    checkpoints: list[Checkpoint] = field(default_factory=list)
 
     def __call__(self, n: int) -> None:
         self.done += n
@@ -126,6 +128,9 @@ class Tracker:
                 await asyncio.sleep(1.0)
                 elapsed = max(asyncio.get_running_loop().time() - started, 1e-3)
                 rate = self.done / elapsed
+                for cp in self.checkpoints:
+                    with contextlib.suppress(Exception):  # a checkpoint is an optimisation only
+                        await cp.save()
                 if await asyncio.to_thread(self._save, rate):
                     self.cancelled.set()
                     return
@@ -264,10 +269,18 @@ async def _transfer(
     disks: list[DiskEntry] = []
     files: list[FileEntry] = []
 
+    checkpoints: list[Checkpoint] = []
+
     async def copy() -> None:
         for d, parent_disk, (changed, allocated), _ in plans:
             ds, flat = flat_of(d.datastore_path)
             source = CancellableDisk(http.disk(event.datacenter, ds, flat, d.capacity_bytes), tracker)
+            cp = Checkpoint(writer.repo, event.task_id, d.key, event.snapshot_moref)
+            known = await cp.load()
+            if known:
+                log.info("%s disk %d: resuming, %d windows already stored", event.vm_name, d.key, len(known))
+            checkpoints.append(cp)
+            tracker.checkpoints = checkpoints
             entry, st = await writer.write_disk(
                 source,
                 key=d.key,
@@ -279,6 +292,8 @@ async def _transfer(
                 changed=changed,
                 allocated=allocated,
                 progress=tracker,
+                known=known,
+                on_window=cp.add,
             )
             stats.add(st)
             disks.append(entry)
@@ -301,9 +316,14 @@ async def _transfer(
     finally:
         for t in (stop, reporter, work):
             t.cancel()
-        for t in (stop, reporter, work):  # `work` last: its error, if any, is the one raised
+        for t in (stop, reporter):
             with contextlib.suppress(asyncio.CancelledError):
                 await t
+        for cp in checkpoints:  # what was stored so far is not read again by a retry
+            with contextlib.suppress(Exception):
+                await cp.save()
+        with contextlib.suppress(asyncio.CancelledError):
+            await work  # its error, if any, is the one raised
     if tracker.ended:
         raise state.Stale(f"task {event.task_id} was ended while transferring")
     if tracker.cancelled.is_set():
@@ -327,6 +347,9 @@ async def _transfer(
     _still_ours(deps, event.task_id)
     await writer.repo.commit(rp)
     _record(deps, event, rp, repository, stats, tracker.done)
+    for cp in checkpoints:
+        with contextlib.suppress(Exception):  # leftovers are harmless; GC removes them
+            await cp.clear()
     return []
 
 

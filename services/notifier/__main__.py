@@ -21,7 +21,7 @@ async def wire(ctx: Context) -> Parts:
                 Subject.STEP_FAILED,
                 StepFailed,
                 partial(on_step_failed, deps=deps),
-                ack_wait=60,
+                ack_wait=ctx.settings.pipeline.ack_wait,
                 max_deliver=10,
             ),
             Consumer(

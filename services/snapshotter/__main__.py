@@ -30,7 +30,7 @@ async def wire(ctx: Context) -> Parts:
                 Subject.JOB_REQUESTED,
                 JobRequested,
                 partial(on_job_requested, deps=deps),
-                ack_wait=60,
+                ack_wait=ctx.settings.pipeline.ack_wait,
                 on_give_up=run_failed,
             ),
             Consumer(
@@ -38,7 +38,7 @@ async def wire(ctx: Context) -> Parts:
                 Subject.TRANSFER_DONE,
                 TransferDone,
                 partial(on_transfer_done, deps=deps),
-                ack_wait=60,
+                ack_wait=ctx.settings.pipeline.ack_wait,
             ),
         ],
         on_stop=[deps.vcenters.aclose],

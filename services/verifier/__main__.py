@@ -33,7 +33,7 @@ async def wire(ctx: Context) -> Parts:
                 Subject.TRANSFER_DONE,
                 TransferDone,
                 partial(on_transfer_done, deps=deps),
-                ack_wait=60,
+                ack_wait=ctx.settings.pipeline.ack_wait,
                 on_give_up=failed,
             ),
         ],

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -100,11 +100,17 @@ class Writer:
         changed: Sequence[tuple[int, int]] | None = None,
         allocated: Sequence[tuple[int, int]] | None = None,
         progress: Progress | None = None,
+        known: Mapping[int, str | None] | None = None,
+        on_window: Callable[[int, str | None], None] | None = None,
     ) -> tuple[DiskEntry, WriteStats]:
         """Back up one disk: all windows, or (with `parent` and `changed`) only touched ones.
 
         For a full, `allocated` (CBT's answer for '*') limits reading to the windows it touches;
         the others are unallocated, which reads as zeros, and are recorded as zero windows.
+
+        Resuming: `known` gives windows an earlier attempt already stored (index -> chunk id, None
+        for zero); they are not read again. `on_window` hears of every window this call stores,
+        so the caller can checkpoint them.
         """
         size = self.repo.chunk_size
         count = -(-capacity // size)
@@ -122,6 +128,11 @@ class Writer:
             entries = [None] * count
             todo = range(count) if allocated is None else touched_windows(allocated, size, capacity)
         stats = WriteStats()
+        if known:
+            for index, cid in known.items():
+                if 0 <= index < count:
+                    entries[index] = cid
+            todo = [i for i in todo if i not in known]
         indexes = iter(todo)
 
         async def work() -> None:
@@ -134,6 +145,8 @@ class Writer:
                 stats.windows_read += 1
                 stats.bytes_read += length
                 entries[index] = await self._store(data, stats)
+                if on_window is not None:
+                    on_window(index, entries[index])
                 if progress is not None:
                     progress(length)
 
