@@ -102,3 +102,23 @@ def test_models_match_the_migrations(db_url: str) -> None:
         ctx = MigrationContext.configure(conn, opts={"compare_type": True})
         assert compare_metadata(ctx, Base.metadata) == []
     engine.dispose()
+
+
+def test_vcenter_rows_mirror_the_settings_without_passwords(db_url: str) -> None:
+    from shared.db.models import VCenterRow
+    from shared.pipeline.vcenters import sync_rows
+    from shared.settings import Settings
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    vc = {"name": "vc1", "url": "https://vc1/sdk", "username": "u", "password": "secret"}
+    now = datetime(2026, 11, 26, tzinfo=UTC)
+    for vcs in ([vc, {**vc, "name": "vc2"}], [vc]):
+        with sessions.begin() as s:
+            sync_rows(s, Settings(vcenters=vcs), now)
+    with sessions() as s:
+        rows = s.query(VCenterRow).all()
+        assert [(r.name, r.url, r.username) for r in rows] == [("vc1", "https://vc1/sdk", "u")]
+        assert not hasattr(rows[0], "password")
+    engine.dispose()

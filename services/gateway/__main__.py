@@ -2,17 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
 
 from services.gateway.app import create_app
+from shared.pipeline.vcenters import sync_rows
 from shared.runtime import Context, Parts, main
 
 log = logging.getLogger(__name__)
 
 
 async def wire(ctx: Context) -> Parts:
+    def sync() -> None:
+        with ctx.sessions.begin() as s:
+            sync_rows(s, ctx.settings, ctx.clock())
+
+    await asyncio.to_thread(sync)
     runner = web.AppRunner(create_app(ctx), access_log=None, handle_signals=False)
     await runner.setup()
     gw = ctx.settings.gateway

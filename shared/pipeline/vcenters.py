@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from datetime import datetime
 from typing import TypeVar
 
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
 from shared.bus import Permanent, Retryable
+from shared.db.models import VCenterRow
 from shared.settings import Settings
 from shared.vsphere import VCenter, VSphereError
 
@@ -44,3 +49,15 @@ class VCenters:
     async def aclose(self) -> None:
         """Log out of every vCenter (in a thread: logouts are SOAP calls)."""
         await asyncio.to_thread(self.close)
+
+
+def sync_rows(session: Session, settings: Settings, now: datetime) -> None:
+    """Mirror the configured vCenters into the `vcenters` table (never their passwords)."""
+    wanted = {vc.name: vc for vc in settings.vcenters}
+    for row in session.scalars(select(VCenterRow)):
+        if row.name not in wanted:
+            session.delete(row)
+    for name, vc in wanted.items():
+        row = session.get(VCenterRow, name) or VCenterRow(name=name)
+        row.url, row.username, row.verify_tls, row.updated_at = vc.url, vc.username, vc.verify_tls, now
+        session.add(row)

@@ -71,3 +71,26 @@ async def test_user_snapshot_is_refused_with_advice(pipeline_factory: Callable[.
     vc.remove_snapshot(user.moref)
     vc.close()
     p.assert_clean()
+
+
+async def test_zero_regions_take_no_space_and_are_not_read(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    from lab.launcher import DiskSpec, LabSpec, VMSpec
+
+    spec = LabSpec(
+        vms=(VMSpec("thin", (DiskSpec(8 * MIB, seed=1), DiskSpec(16 * MIB + 1024, layout="zero")), cbt=True),)
+    )
+    p = pipeline_factory(spec)
+    p.start()
+    run = await p.wait_run(await p.run_job(p.create_job("thin", ["thin"])))
+    assert run.state == "succeeded", p.dump(run.id)
+    (rp,) = p.restore_points(run.id)
+    zero = next(d for d in rp.disks if d["key"] == 2001)
+    assert zero["stored_windows"] == 0  # CBT reports nothing allocated: nothing is read
+    from shared.repo import LocalBackend, Repository
+
+    manifest = await (await Repository.open(LocalBackend(p.repo_dir))).load(rp.id)
+    assert manifest.disk(2001).chunks == (5,)  # five zero windows, no chunk stored
+    assert await p.read_back(rp.id, 2001) == bytes(16 * MIB + 1024)
+    p.assert_clean()
