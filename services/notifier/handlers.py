@@ -17,13 +17,14 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import or_, select
+from sqlalchemy.orm import Session
 
 from shared.bus import Delivery
-from shared.contracts import BusRejected, Event, JobRequested, Step, StepFailed
-from shared.db.models import Run, SnapshotLedger, Task
+from shared.contracts import BusRejected, Event, JobRequested, Step, StepFailed, Subject, event_type_for
+from shared.db.models import Outbox, Run, SnapshotLedger, Task
 from shared.outbox import stage
 from shared.pipeline import ledger, state
 from shared.pipeline.alerts import raise_alert
@@ -119,14 +120,53 @@ def overdue_tasks(ctx: Context) -> int:
             state.fail_task(s, task, step=step, reason=reason, now=now)
             failed += 1
         for run in s.scalars(select(Run).where(Run.state == "queued", Run.created_at < now - REDRIVE_AFTER)):
-            stage(
-                s,
-                JobRequested(
-                    occurred_at=now, run_id=run.id, job_id=run.job_id, trigger="retry", slot=run.slot
-                ),
-                now,
+            event = JobRequested(
+                occurred_at=now, run_id=run.id, job_id=run.job_id, trigger="retry", slot=run.slot
             )
+            last = _latest(s, Subject.JOB_REQUESTED, f'"run_id":"{run.id}"')
+            if last is None or last.created_at < now - REDRIVE_AFTER:
+                stage(s, event, now)
+        _redrive_tasks(ctx, s, now)
     return failed
+
+
+def _latest(s: Session, subject: Subject, needle: str) -> Outbox | None:
+    """The newest staged event on `subject` whose payload holds `needle`."""
+    query = select(Outbox).where(Outbox.subject == subject.value, Outbox.payload.contains(needle))
+    return s.scalars(query.order_by(Outbox.id.desc()).limit(1)).first()
+
+
+REDRIVE: dict[str, Subject] = {"transfer": Subject.SNAPSHOT_READY, "verify": Subject.TRANSFER_DONE}
+
+
+def _redrive_tasks(ctx: Context, s: Session, now: datetime) -> None:
+    """Re-send the event of a task that went quiet (the stream may have lost it).
+
+    A mover writes progress every second, so a task quiet for half its stall allowance (and
+    longer than a redelivery would take) has no worker: the event is staged again as a new
+    attempt. Handlers are fenced by phase, so a worker that was only slow loses nothing.
+    """
+    p = ctx.settings.pipeline
+    quiet = timedelta(seconds=max(p.transfer_stall / 2, 3 * p.ack_wait))
+    for task in s.scalars(
+        select(Task).where(
+            Task.state == "running", Task.phase.in_(list(REDRIVE)), Task.updated_at < now - quiet
+        )
+    ):
+        row = _latest(s, REDRIVE[task.phase], f'"task_id":"{task.id}"')
+        if row is None or row.created_at >= now - quiet:
+            continue  # nothing to re-send, or re-sent recently
+        event = event_type_for(row.subject).model_validate_json(row.payload)
+        attempt = int(getattr(event, "attempt", 1)) + 1
+        stage(s, event.model_copy(update={"attempt": attempt, "occurred_at": now}), now)
+        task.updated_at = now
+        log.warning(
+            "re-driving task %s in phase %s (attempt %d): no progress for %s",
+            task.id,
+            task.phase,
+            attempt,
+            quiet,
+        )
 
 
 async def sweep(deps: Deps) -> None:
