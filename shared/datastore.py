@@ -4,16 +4,27 @@ This is how vbm reads a snapshot's frozen flat disk: ranged GETs with the vCente
 `vmware_soap_session` cookie. A read that fails in a way that may pass (connection reset, cut
 short, 5xx, a stalled transfer past `stall_timeout`) is retried with backoff a bounded number of
 times; the bytes returned are always exactly the range asked for, or an error is raised.
+
+The exchanges themselves are blocking `http.client` requests run in a small thread pool of the
+client's own, one keep-alive connection per thread: the socket reads release the GIL (TLS
+decryption too), and `read_into` receives a range straight into the caller's buffer, so a
+4 MiB window costs no allocation and no copy in Python. Retries, backoff, re-login and
+cancellation stay on the event loop; cancelling a read shuts its socket down, so even a hung
+transfer ends at once and its thread is free again.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
+import socket
+import ssl
+import threading
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from urllib.parse import quote
-
-import aiohttp
+from urllib.parse import quote, urlsplit
 
 CookieSource = Callable[[], Awaitable[str]]
 
@@ -36,6 +47,46 @@ class RetryPolicy:
         return float(min(self.max_delay, self.first_delay * 2.0 ** (attempt - 1)))
 
 
+class _Again(Exception):
+    """One exchange failed in a way that may pass; the message says how."""
+
+
+class _Relogin(_Again):
+    """The session cookie was refused (expired): log in again, then retry."""
+
+
+class _Missing(Exception):
+    """404: the file does not exist (not an OSError, so no retry handler takes it)."""
+
+
+class _Exchange:
+    """One request in flight on a pool thread; `abort()` ends it from the event loop."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._conn: http.client.HTTPConnection | None = None
+        self.aborted = False
+
+    def attach(self, conn: http.client.HTTPConnection) -> None:
+        with self._lock:
+            self._conn = conn
+            if self.aborted:
+                _shutdown(conn)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            if self._conn is not None:
+                _shutdown(self._conn)
+
+
+def _shutdown(conn: http.client.HTTPConnection) -> None:
+    sock = conn.sock
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+
 class DatastoreHTTP:
     """One HTTP client per vCenter; open disks with `disk()`; close when done."""
 
@@ -45,21 +96,46 @@ class DatastoreHTTP:
         cookie: CookieSource,
         *,
         verify_tls: bool = True,
+        ca_file: str | None = None,
         connections: int = 4,
         stall_timeout: float = 60.0,
+        connect_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"datastore URL {base_url!r} is not an http(s) URL with a host")
+        self._https = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._https else 80)
+        self._prefix = parts.path
+        self._tls: ssl.SSLContext | None = None
+        if self._https:
+            if verify_tls:
+                self._tls = ssl.create_default_context(cafile=ca_file)
+            else:
+                self._tls = ssl._create_unverified_context()
         self._cookie = cookie
         self.retry = retry or RetryPolicy()
-        self._session = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=connections, ssl=verify_tls),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=30, sock_read=stall_timeout),
-        )
+        self.stall_timeout = stall_timeout
+        self.connect_timeout = connect_timeout
+        self._pool = ThreadPoolExecutor(max(1, connections), thread_name_prefix="vbm-http")
+        self._idle: list[http.client.HTTPConnection] = []
+        self._idle_lock = threading.Lock()
         self._cookie_value: str | None = None
+        self._active: set[_Exchange] = set()
+        self._closed = False
 
     async def close(self) -> None:
-        await self._session.close()
+        self._closed = True
+        for exchange in list(self._active):
+            exchange.abort()
+        await asyncio.get_running_loop().run_in_executor(None, self._pool.shutdown, True)
+        with self._idle_lock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def url(self, datacenter: str, datastore: str, path: str) -> str:
         return (
@@ -75,62 +151,194 @@ class DatastoreHTTP:
     ) -> bytes | None:
         """A whole small file (vmx, nvram, descriptor); None if it does not exist."""
         try:
-            data = await self._get(self.url(datacenter, datastore, path), path, None, limit)
+            data = await self._fetch(self.url(datacenter, datastore, path), path, None, limit, None)
         except FileNotFoundError:
             return None
+        assert data is not None
         return data
 
     async def get_range(self, url: str, name: str, offset: int, length: int) -> bytes:
         try:
-            return await self._get(url, name, (offset, length), length)
+            data = await self._fetch(url, name, (offset, length), length, None)
+        except FileNotFoundError:
+            raise DownloadError(f"{name} does not exist on the datastore", retryable=False) from None
+        assert data is not None
+        return data
+
+    async def read_range_into(self, url: str, name: str, offset: int, buf: memoryview) -> None:
+        """Fill `buf` with the bytes at `offset` (exactly len(buf) of them), or raise."""
+        try:
+            await self._fetch(url, name, (offset, len(buf)), len(buf), buf)
         except FileNotFoundError:
             raise DownloadError(f"{name} does not exist on the datastore", retryable=False) from None
 
-    async def _get(self, url: str, name: str, span: tuple[int, int] | None, limit: int) -> bytes:
+    async def _fetch(
+        self, url: str, name: str, span: tuple[int, int] | None, limit: int, into: memoryview | None
+    ) -> bytes | None:
         """GET a whole file or a (offset, length) range, retrying what may pass.
 
         Retried: connection errors, stalls, 5xx and 429, an expired session (401/403, after a
         new login), short answers. Raised at once: 404 (as FileNotFoundError), other statuses.
         """
         what = name if span is None else f"{name} bytes {span[0]}-{span[0] + span[1] - 1}"
+        target = url[len(self.base_url) :] if url.startswith(self.base_url) else url
+        loop = asyncio.get_running_loop()
         last = "no attempt"
         for attempt in range(1, self.retry.attempts + 1):
             if attempt > 1:
                 await asyncio.sleep(self.retry.delay(attempt - 1))
+            if self._closed:
+                raise DownloadError(
+                    f"reading {what}: stopped, the datastore client was closed", retryable=True
+                )
             if self._cookie_value is None:
                 self._cookie_value = await self._cookie()
             headers = {"Cookie": f"vmware_soap_session={self._cookie_value}"}
             if span is not None:
                 headers["Range"] = f"bytes={span[0]}-{span[0] + span[1] - 1}"
+            exchange = _Exchange()
+            self._active.add(exchange)
             try:
-                async with self._session.get(url, headers=headers) as resp:
-                    if resp.status in (401, 403):
-                        self._cookie_value = None  # session expired: log in again and retry
-                        last = f"HTTP {resp.status}"
-                        continue
-                    if resp.status == 404:
-                        raise FileNotFoundError(name)
-                    if resp.status >= 500 or resp.status == 429:
-                        last = f"HTTP {resp.status}"
-                        continue
-                    if resp.status not in (200, 206):
-                        raise DownloadError(f"reading {what}: HTTP {resp.status}", retryable=False)
-                    if (resp.content_length or 0) > limit and not (span and resp.status == 200):
-                        raise DownloadError(f"{name} is larger than {limit} bytes", retryable=False)
-                    data = await resp.read()
-                    expected = resp.content_length
-            except (aiohttp.ClientError, TimeoutError, ConnectionError) as exc:
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-                continue
-            if span is not None and resp.status == 200:  # a server that ignored Range
-                data, expected = data[span[0] : span[0] + span[1]], span[1]
-            want = span[1] if span is not None else expected
-            if want is None or len(data) == want:
-                return data
-            last = f"short read: {len(data)} of {want} bytes"
+                return await loop.run_in_executor(
+                    self._pool, self._exchange, target, headers, what, span, limit, into, exchange
+                )
+            except _Missing:
+                raise FileNotFoundError(name) from None
+            except asyncio.CancelledError:
+                exchange.abort()  # the thread's socket is shut down: it returns promptly
+                raise
+            except _Relogin as exc:
+                self._cookie_value = None
+                last = str(exc)
+            except _Again as exc:
+                last = str(exc)
+            finally:
+                self._active.discard(exchange)
         raise DownloadError(
             f"reading {what} failed after {self.retry.attempts} attempts: {last}", retryable=True
         )
+
+    # --- the blocking side, on the client's pool threads -----------------------------------
+
+    def _connection(self) -> http.client.HTTPConnection:
+        with self._idle_lock:
+            if self._idle:
+                return self._idle.pop()
+        if self._tls is not None:
+            return http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.connect_timeout, context=self._tls
+            )
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.connect_timeout)
+
+    def _release(self, conn: http.client.HTTPConnection) -> None:
+        if self._closed:
+            conn.close()
+            return
+        with self._idle_lock:
+            self._idle.append(conn)
+
+    def _exchange(
+        self,
+        target: str,
+        headers: dict[str, str],
+        what: str,
+        span: tuple[int, int] | None,
+        limit: int,
+        into: memoryview | None,
+        exchange: _Exchange,
+    ) -> bytes | None:
+        conn = self._connection()
+        reusable = False
+        try:
+            if conn.sock is None:
+                conn.connect()
+            exchange.attach(conn)
+            conn.sock.settimeout(self.stall_timeout)  # a transfer that goes quiet this long is stalled
+            conn.request("GET", self._prefix + target, headers=headers)
+            resp = conn.getresponse()
+            data, reusable = self._answer(resp, what, span, limit, into)
+            return data
+        except ssl.SSLCertVerificationError as exc:
+            raise DownloadError(
+                f"reading {what}: the TLS certificate of {self._host} is not trusted "
+                f"({exc.verify_message}); give the CA that signed it (ca_file) or set verify_tls = false",
+                retryable=False,
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            if exchange.aborted:
+                raise _Again("aborted") from None
+            kind = "stalled" if isinstance(exc, TimeoutError) else type(exc).__name__
+            raise _Again(f"{kind}: {exc}" if str(exc) else kind) from None
+        finally:
+            if reusable and not exchange.aborted:
+                self._release(conn)
+            else:
+                conn.close()
+
+    def _answer(
+        self,
+        resp: http.client.HTTPResponse,
+        what: str,
+        span: tuple[int, int] | None,
+        limit: int,
+        into: memoryview | None,
+    ) -> tuple[bytes | None, bool]:
+        status = resp.status
+        if status in (401, 403):
+            raise _Relogin(f"HTTP {status}")
+        if status == 404:
+            raise _Missing(what)
+        if status >= 500 or status == 429:
+            raise _Again(f"HTTP {status}")
+        if status not in (200, 206):
+            raise DownloadError(f"reading {what}: HTTP {status}", retryable=False)
+        length = resp.length  # from Content-Length; None when the server did not say
+        if span is not None and status == 200:  # a server that ignored Range: skip to the offset
+            return self._from_whole(resp, what, span, into), False
+        if length is not None and length > limit:
+            raise DownloadError(f"{what} is larger than {limit} bytes", retryable=False)
+        if span is not None:
+            answered = resp.getheader("Content-Range", "")
+            if not answered.startswith(f"bytes {span[0]}-"):
+                raise _Again(f"the server answered range {answered!r} to a request for {what}")
+        if into is not None:
+            got = _read_into(resp, into)
+            if got != len(into):
+                raise _Again(f"short read: {got} of {len(into)} bytes")
+            return None, not resp.will_close
+        data = resp.read(limit + 1)
+        if len(data) > limit:
+            raise DownloadError(f"{what} is larger than {limit} bytes", retryable=False)
+        want = span[1] if span is not None else length
+        if want is not None and len(data) != want:
+            raise _Again(f"short read: {len(data)} of {want} bytes")
+        return data, not resp.will_close
+
+    def _from_whole(
+        self, resp: http.client.HTTPResponse, what: str, span: tuple[int, int], into: memoryview | None
+    ) -> bytes | None:
+        offset, length = span
+        skip = offset
+        while skip:
+            got = len(resp.read(min(skip, 1 << 20)))
+            if got == 0:
+                raise _Again(f"short read: the file ended before offset {offset}")
+            skip -= got
+        buf = into if into is not None else memoryview(bytearray(length))
+        got = _read_into(resp, buf)
+        if got != length:
+            raise _Again(f"short read: {got} of {length} bytes")
+        return None if into is not None else bytes(buf)
+
+
+def _read_into(resp: http.client.HTTPResponse, buf: memoryview) -> int:
+    have = 0
+    while have < len(buf):
+        n = resp.readinto(buf[have:])
+        if not n:
+            break
+        have += n
+    return have
 
 
 @dataclass(frozen=True)
@@ -142,9 +350,17 @@ class DatastoreDisk:
     name: str
     capacity: int
 
-    async def read(self, offset: int, length: int) -> bytes:
+    def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.capacity:
             raise ValueError(f"range {offset}+{length} is outside {self.name} ({self.capacity})")
+
+    async def read(self, offset: int, length: int) -> bytes:
+        self._check(offset, length)
         if length == 0:
             return b""
         return await self.client.get_range(self.url, self.name, offset, length)
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        self._check(offset, len(buf))
+        if len(buf):
+            await self.client.read_range_into(self.url, self.name, offset, buf)

@@ -39,6 +39,7 @@ class VCenterSettings(BaseModel):
     username: str
     password: SecretStr
     verify_tls: bool = True
+    ca_file: str | None = None  # PEM of the CA that signed its certificate; default: the system's
 
     @field_validator("url")
     @classmethod

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import http.client
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -160,7 +161,10 @@ class VCenter:
             stub: Any = None
             try:
                 # SmartConnect's steps, done here so a failed login can close its connections.
-                ssl_ctx = connect.getSslContext(self.host, None, not self.settings.verify_tls)
+                if self.settings.verify_tls and self.settings.ca_file:
+                    ssl_ctx = ssl.create_default_context(cafile=self.settings.ca_file)
+                else:
+                    ssl_ctx = connect.getSslContext(self.host, None, not self.settings.verify_tls)
                 version = _find_version(self.scheme, self.host, self.port, self.path, ssl_ctx)
                 stub = SoapStubAdapter(
                     host=self.host,

@@ -73,7 +73,9 @@ class Deps:
             async def cookie() -> str:
                 return await asyncio.to_thread(vc.session_cookie)
 
-            self.http[vcenter] = DatastoreHTTP(vc.base_url, cookie, verify_tls=vc.settings.verify_tls)
+            self.http[vcenter] = DatastoreHTTP(
+                vc.base_url, cookie, verify_tls=vc.settings.verify_tls, ca_file=vc.settings.ca_file
+            )
         return self.http[vcenter]
 
     async def writer(self, location: str) -> Writer:
@@ -182,6 +184,11 @@ class CancellableDisk:
         if self.tracker.cancelled.is_set():
             raise Cancelled("cancelled")
         return await self.inner.read(offset, length)  # type: ignore[attr-defined, no-any-return]
+
+    async def read_into(self, offset: int, buf: memoryview) -> None:
+        if self.tracker.cancelled.is_set():
+            raise Cancelled("cancelled")
+        await self.inner.read_into(offset, buf)  # type: ignore[attr-defined]
 
 
 def flat_of(datastore_path: str) -> tuple[str, str]:

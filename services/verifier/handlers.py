@@ -1,7 +1,7 @@
 """Verifier handler: check a new restore point before the backup counts as good.
 
 Checks: the manifest loads and passes its checksum; every chunk exists and its content matches
-its SHA-256 (every chunk is read); each disk's tree digest matches its chunk list; each disk's
+its BLAKE3 digest (every chunk is read); each disk's tree digest matches its chunk list; each disk's
 capacity equals what vCenter reports now (a changed size is reported, not a failure).
 """
 
@@ -52,7 +52,7 @@ async def verify_restore_point(
 
     await asyncio.gather(*(one(cid) for cid in sorted(rp.chunk_ids())))
     for disk in rp.disks:
-        if tree_digest(expand(disk.chunks), disk.capacity, disk.chunk_size) != disk.sha256_tree:
+        if tree_digest(expand(disk.chunks), disk.capacity, disk.chunk_size) != disk.tree:
             problems.append(f"disk {disk.key}: tree digest does not match its chunk list")
     return problems, []
 

@@ -1,6 +1,6 @@
 """Restore point manifests: what a restore point holds, written last and never changed.
 
-Stored as the object `manifests/<id>`: one line with the lower-case hex SHA-256 of the rest of
+Stored as the object `manifests/<id>`: one line with the lower-case hex BLAKE3 digest of the rest of
 the object, a newline, then the manifest as UTF-8 JSON. A reader *must* refuse a manifest whose
 checksum does not match the bytes that follow it.
 
@@ -11,11 +11,11 @@ multiple of the chunk size is shorter.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from datetime import datetime
 from typing import Annotated, Literal
 
+from blake3 import blake3
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from shared.repo.chunk import zero_id
@@ -35,7 +35,7 @@ class FileEntry(Model):
 
     path: str
     size: int = Field(ge=0)
-    sha256: HexId | None = Field(default=None, description="Whole-file SHA-256 (small files)")
+    digest: HexId | None = Field(default=None, description="Whole-file BLAKE3 digest (small files)")
     chunks: tuple[ChunkEntry, ...] = ()
     disk_key: int | None = Field(default=None, description="For a flat disk image: its disk")
 
@@ -47,7 +47,7 @@ class DiskEntry(Model):
     capacity: int = Field(ge=0)
     chunk_size: int = Field(gt=0)
     chunks: tuple[ChunkEntry, ...]
-    sha256_tree: HexId = Field(description="SHA-256 over the ordered window ids (see design.md)")
+    tree: HexId = Field(description="BLAKE3 over the ordered window ids (see design.md)")
     change_id: str | None = None
     built_on: str | None = Field(default=None, description="Restore point this one inherited from")
     stored_windows: int = Field(ge=0, description="Windows read and written by this backup")
@@ -131,8 +131,8 @@ def expand(entries: tuple[ChunkEntry, ...]) -> list[str | None]:
 
 
 def tree_digest(entries: list[str | None], capacity: int, chunk_size: int) -> str:
-    """SHA-256 over the 32-byte ids of every window in order (zero windows by their zero id)."""
-    h = hashlib.sha256()
+    """BLAKE3 over the 32-byte ids of every window in order (zero windows by their zero id)."""
+    h = blake3()
     for index, entry in enumerate(entries):
         length = min(chunk_size, capacity - index * chunk_size)
         h.update(bytes.fromhex(entry if entry is not None else zero_id(length)))
@@ -141,14 +141,14 @@ def tree_digest(entries: list[str | None], capacity: int, chunk_size: int) -> st
 
 def dump(model: RestorePoint) -> bytes:
     body = model.model_dump_json(indent=1).encode()
-    return hashlib.sha256(body).hexdigest().encode() + b"\n" + body
+    return blake3(body).hexdigest().encode() + b"\n" + body
 
 
 def load(raw: bytes, rp_id: str) -> RestorePoint:
     head, sep, body = raw.partition(b"\n")
     if not sep or len(head) != 64:
         raise ManifestError(f"manifest of restore point {rp_id} is truncated or not a manifest")
-    if hashlib.sha256(body).hexdigest().encode() != head:
+    if blake3(body).hexdigest().encode() != head:
         raise ManifestError(f"manifest of restore point {rp_id} fails its checksum (damaged)")
     try:
         model = RestorePoint.model_validate_json(body)

@@ -1,6 +1,6 @@
 """Reading restore points back: a disk image (or a byte range of it), verified chunk by chunk.
 
-Every chunk is checked against its SHA-256 as it is read; a mismatch raises ChunkError naming the
+Every chunk is checked against its BLAKE3 digest as it is read; a mismatch raises ChunkError naming the
 chunk and the restore point, so a reader never hands out wrong bytes. Reads run a few chunks
 ahead (bounded) so decompression overlaps with the consumer.
 """

@@ -1,7 +1,7 @@
 """A repository: a config object, write-once chunks, and restore point manifests on a backend.
 
     config                      JSON: format, version, id, chunk size, hash, compression
-    chunks/<2 hex>/<64 hex>     chunk objects (see chunk.py), named by the SHA-256 of their content
+    chunks/<2 hex>/<64 hex>     chunk objects (see chunk.py), named by the BLAKE3 digest of their content
     manifests/<restore point>   restore point manifests (see manifest.py), written last
 
 Order of writes: chunks, then `flush()` (chunks durable), then the manifest, durably. A manifest
@@ -45,7 +45,7 @@ class RepoConfig(BaseModel):
     version: int = VERSION
     id: str
     chunk_size: int = DEFAULT_CHUNK_SIZE
-    hash: Literal["sha256"] = "sha256"
+    hash: Literal["blake3"] = "blake3"
     compression: Literal["zstd"] = "zstd"
     created: datetime
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -27,7 +27,11 @@ from shared.repo.repository import Repository, new_restore_point_id
 
 
 class DiskSource(Protocol):
-    """Where a disk's bytes come from (a snapshot over HTTP, a local file, ...)."""
+    """Where a disk's bytes come from (a snapshot over HTTP, a local file, ...).
+
+    A source may also offer `async read_into(offset, buf: memoryview) -> None`, which fills
+    `buf` exactly; the writer then reads every window into one reused buffer per worker.
+    """
 
     async def read(self, offset: int, length: int) -> bytes: ...
 
@@ -69,9 +73,9 @@ class Writer:
             self._pool.shutdown(wait=True)
             self._pool = None
 
-    async def _store(self, data: bytes, stats: WriteStats) -> str | None:
+    async def _store(self, data: bytes | memoryview, stats: WriteStats) -> str | None:
         loop = asyncio.get_running_loop()
-        cid = await loop.run_in_executor(self._pool, _zero_or_id, data)
+        cid = await loop.run_in_executor(self._pool, chunks.id_or_zero, data)
         if cid is None:
             stats.zero_windows += 1
             return None
@@ -134,12 +138,19 @@ class Writer:
                     entries[index] = cid
             todo = [i for i in todo if i not in known]
         indexes = iter(todo)
+        read_into: Callable[[int, memoryview], Awaitable[None]] | None = getattr(source, "read_into", None)
 
         async def work() -> None:
+            buf = memoryview(bytearray(size)) if read_into is not None else None
             for index in indexes:  # one iterator shared by the workers (single-threaded)
                 offset = index * size
                 length = min(size, capacity - offset)
-                data = await source.read(offset, length)
+                data: bytes | memoryview
+                if buf is not None and read_into is not None:
+                    data = buf[:length]
+                    await read_into(offset, data)  # the buffer is free again once _store returns
+                else:
+                    data = await source.read(offset, length)
                 if len(data) != length:
                     raise RepoError(f"short read of {file} at offset {offset}: {len(data)} of {length} bytes")
                 stats.windows_read += 1
@@ -158,7 +169,7 @@ class Writer:
             capacity=capacity,
             chunk_size=size,
             chunks=compact(entries),
-            sha256_tree=tree_digest(entries, capacity, size),
+            tree=tree_digest(entries, capacity, size),
             change_id=change_id,
             built_on=parent_id if incremental else None,
             stored_windows=stats.windows_read,
@@ -166,7 +177,7 @@ class Writer:
         return disk, stats
 
     async def write_file(self, path: str, data: bytes) -> tuple[FileEntry, WriteStats]:
-        """Store a small file (vmx, nvram, descriptor) as chunks, with its whole SHA-256."""
+        """Store a small file (vmx, nvram, descriptor) as chunks, with its whole BLAKE3 digest."""
         stats = WriteStats()
         size = self.repo.chunk_size
         ids: list[str | None] = []
@@ -175,12 +186,8 @@ class Writer:
             stats.windows_read += 1
             stats.bytes_read += len(piece)
             ids.append(await self._store(piece, stats))
-        sha = chunks.chunk_id(data)
-        return FileEntry(path=path, size=len(data), sha256=sha, chunks=compact(ids)), stats
-
-
-def _zero_or_id(data: bytes) -> str | None:
-    return None if chunks.is_zero(data) else chunks.chunk_id(data)
+        digest = chunks.chunk_id(data)
+        return FileEntry(path=path, size=len(data), digest=digest, chunks=compact(ids)), stats
 
 
 async def _run_all(coros: list[Coroutine[object, object, None]]) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -87,7 +86,7 @@ async def test_backups_catalog_and_manifest(make_api: MakeApi, db_url: str, tmp_
     repo = await Repository.init(LocalBackend(repo_dir))
     empty = DiskEntry(
         key=2000, file="vm1/vm1-flat.vmdk", capacity=0, chunk_size=repo.chunk_size, chunks=(),
-        sha256_tree=hashlib.sha256(b"").hexdigest(), stored_windows=0,
+        tree="0" * 64, stored_windows=0,
     )  # fmt: skip
     rp = restore_point(vm_name="vm1", started=T0, finished=T0, disks=[empty], job_id="job-a", vm_moref="vm-1")
     await repo.commit(rp)

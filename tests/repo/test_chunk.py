@@ -1,4 +1,5 @@
 import os
+import zlib
 
 import pytest
 
@@ -26,10 +27,17 @@ def test_compressible_is_compressed_and_random_is_stored_raw() -> None:
     assert len(c.encode(rnd)) == len(rnd) + c.FRAME
 
 
-def test_zero_detection() -> None:
-    assert c.is_zero(bytes(4 * 1024 * 1024))
-    assert c.is_zero(bytes(5 * 1024 * 1024))
-    assert not c.is_zero(bytes(1000) + b"\x01")
+def test_zero_detection_by_id() -> None:
+    assert c.id_or_zero(bytes(4 * 1024 * 1024)) is None
+    assert c.id_or_zero(memoryview(bytearray(5 * 1024 * 1024))) is None
+    almost = bytes(1000) + b"\x01"
+    assert c.id_or_zero(almost) == c.chunk_id(almost)
+    assert c.id_or_zero(b"") is None  # nothing is all zeros too
+
+
+def test_crc_is_zlibs_crc32() -> None:
+    data = os.urandom(100_003)
+    assert c.crc32(data, c.crc32(b"head", 0)) == zlib.crc32(data, zlib.crc32(b"head"))
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ def disk(chunks: tuple, capacity: int = 4 * 10 + 2) -> m.DiskEntry:  # type: ign
         capacity=capacity,
         chunk_size=4,
         chunks=chunks,
-        sha256_tree=m.tree_digest(entries, capacity, 4),
+        tree=m.tree_digest(entries, capacity, 4),
         stored_windows=0,
     )
 

@@ -91,7 +91,7 @@ async def test_incremental_reads_only_touched_windows(repo: Repository, writer: 
     full_disk, _ = await writer.write_disk(
         BytesSource(bytes(base)), key=2000, capacity=len(base), file="web/web-flat.vmdk"
     )
-    assert full_disk.chunks == disk.chunks and full_disk.sha256_tree == disk.sha256_tree
+    assert full_disk.chunks == disk.chunks and full_disk.tree == disk.tree
     assert await read_all(repo, rp1) != bytes(base)
 
 
