@@ -292,6 +292,16 @@ class Bench:
         sample, result = self.step(spec)
         sample.read = result["bytes_read"]
         self.record(round_, "raw download", sample)
+        if not self.args.restore_to_file:  # the limit of a restore: the datastore's write path
+            target = f"bench-restore/raw-r{r}.bin"
+            spec = {"kind": "raw_put", **self.common, "datastore": self.lab.datastore, "target_path": target}
+            spec["size"] = self.size
+            try:
+                sample, result = self.step(spec)
+            finally:
+                (self.lab.datastore_dir / target).unlink(missing_ok=True)
+            sample.read = result["bytes_written"]
+            self.record(round_, "raw upload", sample)
 
     def round_ours(self, r: int, round_: dict[str, Sample]) -> None:
         repo = self.tmp / f"r{r}" / "vbm"
@@ -607,6 +617,8 @@ def ratios(rounds: list[dict[str, Sample]], size: int) -> dict[str, list[float]]
         "no-CBT incr/raw": ("vbm incr no CBT", "raw download"),
         "nothing changed/raw": ("vbm nothing changed", "raw download"),
         "restore/raw": ("vbm restore", "raw download"),
+        "restore/raw upload": ("vbm restore", "raw upload"),
+        "raw upload/raw download": ("raw upload", "raw download"),
         "full/restic full": ("vbm full", "restic full"),
         "full/borg full": ("vbm full", "borg full"),
         "cbt incr/restic incr": ("vbm incr CBT", "restic incr"),

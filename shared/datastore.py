@@ -16,12 +16,13 @@ transfer ends at once and its thread is free again.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import http.client
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit
@@ -171,6 +172,118 @@ class DatastoreHTTP:
             await self._fetch(url, name, (offset, len(buf)), len(buf), buf)
         except FileNotFoundError:
             raise DownloadError(f"{name} does not exist on the datastore", retryable=False) from None
+
+    async def put_file(
+        self,
+        datacenter: str,
+        datastore: str,
+        path: str,
+        body: AsyncIterator[bytes | memoryview],
+        size: int,
+    ) -> None:
+        """Upload `size` bytes from `body` as the datastore file `path` (created or replaced).
+
+        One PUT with a Content-Length, streamed from a pool thread that pulls each piece from the
+        event loop (so memory stays at a piece or two). An upload cannot resume: a failure raises
+        DownloadError (retryable when it may pass) and the caller starts the file over. A body
+        that yields more or fewer than `size` bytes is an error, and the upload is abandoned.
+        """
+        url = self.url(datacenter, datastore, path)
+        target = url[len(self.base_url) :]
+        loop = asyncio.get_running_loop()
+        for attempt in (1, 2):  # a second try only when the cookie was refused (new login)
+            if self._cookie_value is None:
+                self._cookie_value = await self._cookie()
+            headers = {
+                "Cookie": f"vmware_soap_session={self._cookie_value}",
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+            }
+            exchange = _Exchange()
+            self._active.add(exchange)
+            try:
+                await loop.run_in_executor(
+                    self._pool, self._upload, target, headers, path, body, size, loop, exchange
+                )
+                return
+            except asyncio.CancelledError:
+                exchange.abort()
+                raise
+            except _Relogin as exc:
+                self._cookie_value = None
+                if attempt == 2:
+                    raise DownloadError(
+                        f"uploading {path}: {exc} (the session was refused)", retryable=True
+                    ) from None
+            except _Missing:
+                raise DownloadError(
+                    f"uploading {path}: the datastore or its folder does not exist", retryable=False
+                ) from None
+            except _Again as exc:
+                raise DownloadError(f"uploading {path}: {exc}", retryable=True) from None
+            finally:
+                self._active.discard(exchange)
+
+    def _upload(
+        self,
+        target: str,
+        headers: dict[str, str],
+        name: str,
+        body: AsyncIterator[bytes | memoryview],
+        size: int,
+        loop: asyncio.AbstractEventLoop,
+        exchange: _Exchange,
+    ) -> None:
+        conn = self._connection()
+        reusable = False
+        sent = 0
+        try:
+            if conn.sock is None:
+                conn.connect()
+            exchange.attach(conn)
+            conn.sock.settimeout(self.stall_timeout)
+            conn.putrequest("PUT", self._prefix + target, skip_accept_encoding=True)
+            for key, value in headers.items():
+                conn.putheader(key, value)
+            conn.endheaders()
+            while (piece := _pull(body, loop, exchange)) is not None:
+                sent += len(piece)
+                if sent > size:
+                    raise DownloadError(
+                        f"uploading {name}: the source gave more than {size} bytes", retryable=False
+                    )
+                conn.sock.sendall(piece)
+            if sent != size:
+                raise DownloadError(
+                    f"uploading {name}: the source gave {sent} of {size} bytes", retryable=False
+                )
+            resp = conn.getresponse()
+            resp.read(64 << 10)
+            if resp.status in (401, 403):
+                raise _Relogin(f"HTTP {resp.status}")
+            if resp.status == 404:
+                raise _Missing(name)
+            if resp.status >= 500 or resp.status == 429:
+                raise _Again(f"HTTP {resp.status}")
+            if resp.status not in (200, 201, 204):
+                raise DownloadError(f"uploading {name}: HTTP {resp.status} {resp.reason}", retryable=False)
+            reusable = not resp.will_close
+        except ssl.SSLCertVerificationError as exc:
+            raise DownloadError(
+                f"uploading {name}: the TLS certificate of {self._host} is not trusted "
+                f"({exc.verify_message}); give the CA that signed it (ca_file) or set verify_tls = false",
+                retryable=False,
+            ) from None
+        except (OSError, http.client.HTTPException) as exc:
+            if exchange.aborted:
+                raise _Again("aborted") from None
+            kind = "stalled" if isinstance(exc, TimeoutError) else type(exc).__name__
+            raise _Again(f"{kind} after {sent} of {size} bytes: {exc}") from None
+        finally:
+            if reusable and not exchange.aborted:
+                self._release(conn)
+            else:
+                conn.close()
 
     async def _fetch(
         self, url: str, name: str, span: tuple[int, int] | None, limit: int, into: memoryview | None
@@ -329,6 +442,24 @@ class DatastoreHTTP:
         if got != length:
             raise _Again(f"short read: {got} of {length} bytes")
         return None if into is not None else bytes(buf)
+
+
+async def _next(body: AsyncIterator[bytes | memoryview]) -> bytes | memoryview | None:
+    return await anext(body, None)
+
+
+def _pull(
+    body: AsyncIterator[bytes | memoryview], loop: asyncio.AbstractEventLoop, exchange: _Exchange
+) -> bytes | memoryview | None:
+    """The body's next piece (None at its end), from a pool thread; gives up once aborted."""
+    future = asyncio.run_coroutine_threadsafe(_next(body), loop)
+    while True:
+        try:
+            return future.result(timeout=1.0)
+        except concurrent.futures.TimeoutError:
+            if exchange.aborted:  # the loop may be gone: never wait on it forever
+                future.cancel()
+                raise OSError("aborted") from None
 
 
 def _read_into(resp: http.client.HTTPResponse, buf: memoryview) -> int:

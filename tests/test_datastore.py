@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import ssl
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -186,6 +188,7 @@ class TlsProxy:
         self.ca_file = tmp / "ca.pem"
         self.ca.cert_pem.write_to_path(str(self.ca_file))
         self.server: asyncio.Server | None = None
+        self.writers: list[asyncio.StreamWriter] = []
 
     async def start(self) -> str:
         self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0, ssl=self.ctx)
@@ -193,11 +196,13 @@ class TlsProxy:
         return f"https://127.0.0.1:{port}"
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.writers.append(writer)
         try:
             up_r, up_w = await asyncio.open_connection("127.0.0.1", self.lab.port)
         except OSError:
             writer.close()
             return
+        self.writers.append(up_w)
 
         async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
             with contextlib.suppress(OSError, ssl.SSLError):
@@ -211,6 +216,10 @@ class TlsProxy:
     async def stop(self) -> None:
         if self.server is not None:
             self.server.close()
+        for w in self.writers:
+            w.close()
+            with contextlib.suppress(OSError, ssl.SSLError):
+                await w.wait_closed()
 
 
 async def test_https_reads_and_certificate_checks(lab: Lab, tmp_path: Path) -> None:
@@ -242,3 +251,44 @@ async def test_https_reads_and_certificate_checks(lab: Lab, tmp_path: Path) -> N
             await c.close()
         vc.close()
         await proxy.stop()
+
+
+async def _pieces(data: bytes, size: int = MIB, delay: float = 0.0) -> AsyncIterator[bytes]:
+    for off in range(0, len(data), size):
+        if delay:
+            await asyncio.sleep(delay)
+        yield data[off : off + size]
+
+
+async def test_put_file_uploads_and_reads_back(lab: Lab) -> None:
+    http, vc = await client(lab)
+    data = os.urandom(3 * MIB + 5)
+    try:
+        await http.put_file("DC0", "LocalDS_0", "vm1/uploaded.bin", _pieces(data), len(data))
+        assert (Path(lab.datastore_dir) / "vm1" / "uploaded.bin").read_bytes() == data
+        disk = http.disk("DC0", "LocalDS_0", "vm1/uploaded.bin", len(data))
+        assert await disk.read(MIB, 10) == data[MIB : MIB + 10]
+        with pytest.raises(DownloadError, match="gave 3145733 of 4000000 bytes") as exc:
+            await http.put_file("DC0", "LocalDS_0", "vm1/short.bin", _pieces(data), 4_000_000)
+        assert not exc.value.retryable
+    finally:
+        await http.close()
+        vc.close()
+
+
+async def test_cancelling_an_upload_frees_its_thread(lab: Lab) -> None:
+    http, vc = await client(lab, connections=1)
+    data = bytes(8 * MIB)
+    try:
+        up = asyncio.create_task(
+            http.put_file("DC0", "LocalDS_0", "vm1/slow.bin", _pieces(data, delay=0.3), len(data))
+        )
+        await asyncio.sleep(0.5)
+        up.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await up
+        # the only pool thread is free for the next request
+        await asyncio.wait_for(http.put_file("DC0", "LocalDS_0", "vm1/ok.bin", _pieces(b"x" * 10), 10), 5)
+    finally:
+        await asyncio.wait_for(http.close(), 5)
+        vc.close()
