@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.metadata
 import json
 import os
 import platform
@@ -149,7 +150,9 @@ def machine() -> dict[str, str]:
         "nproc": str(os.cpu_count()),
         "cpu": model,
         "python": platform.python_version(),
-        "zstandard": f"{zstandard.__version__} (libzstd {zstandard.ZSTD_VERSION})",
+        "zstandard": f"{zstandard.__version__} (libzstd {'.'.join(map(str, zstandard.ZSTD_VERSION))})",
+        "blake3": importlib.metadata.version("blake3"),
+        "isal": importlib.metadata.version("isal"),
         "restic": _version(["restic", "version"]),
         "borg": _version(["borg", "--version"]),
         "kernel": platform.release(),

@@ -338,7 +338,7 @@ class _Breakdown:
 def _instrumented(bd: _Breakdown) -> Iterator[None]:
     """Wrap the stages of Writer.write_disk (test-style monkeypatching, this process only)."""
     stages: list[tuple[Any, str, str, bool]] = [
-        (chunk_mod, "id_or_zero", "SHA-256 + zero test (pool thread)", False),
+        (chunk_mod, "id_or_zero", "BLAKE3 + zero test (pool thread)", False),
         (chunk_mod, "encode", "zstd encode + CRC (pool thread)", False),
         (LocalBackend, "_put", "write chunk file (to_thread)", False),
         (LocalBackend, "_exists", "has_chunk stat (to_thread)", False),

@@ -30,7 +30,10 @@ class Subject(StrEnum):
     JOB_REQUESTED = "vbm.job.requested"
     SNAPSHOT_READY = "vbm.snapshot.ready"
     TRANSFER_DONE = "vbm.transfer.done"
+    VERIFY_REQUESTED = "vbm.verify.requested"
     VERIFY_DONE = "vbm.verify.done"
+    RESTORE_REQUESTED = "vbm.restore.requested"
+    RESTORE_DONE = "vbm.restore.done"
     STEP_FAILED = "vbm.step.failed"
     ALERT_RAISED = "vbm.alert.raised"
     BUS_REJECTED = "vbm.bus.rejected"
@@ -141,18 +144,84 @@ class TransferDone(Event):
         return f"transfer.done:{self.task_id}:{self.attempt}"
 
 
+class VerifyRequested(Event):
+    """Verify a restore point now (a person, the API or `vbm verify`).
+
+    Published by: gateway, CLI. Consumed by: verifier, which answers with `vbm.verify.done`.
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.VERIFY_REQUESTED
+    request_id: Id
+    restore_point_id: Id
+
+    def msg_id(self) -> str:
+        return f"verify.requested:{self.request_id}"
+
+
 class VerifyDone(Event):
-    """A restore point was checked. Published by: verifier. Consumed by: notifier, gateway."""
+    """A restore point was checked: after its backup (run_id, task_id), on request (request_id)
+    or by the scheduled re-verification (request_id 'scheduled-...').
+
+    Published by: verifier. Consumed by: notifier, gateway.
+    """
 
     SUBJECT: ClassVar[Subject] = Subject.VERIFY_DONE
-    run_id: Id
-    task_id: Id
+    run_id: Id | None = None
+    task_id: Id | None = None
+    request_id: Id | None = None
     restore_point_id: Id
     ok: bool
     problems: tuple[str, ...] = ()
+    notes: tuple[str, ...] = Field(default=(), description="Not failures: e.g. a disk resized since")
 
     def msg_id(self) -> str:
-        return f"verify.done:{self.task_id}:{self.restore_point_id}"
+        return f"verify.done:{self.task_id or self.request_id}:{self.restore_point_id}"
+
+
+class RestoreTarget(Payload):
+    """Where a restore as a new VM goes. Names as vCenter shows them; empty means the default."""
+
+    vcenter: str
+    datacenter: str
+    datastore: str
+    name: str = Field(min_length=1, max_length=80)
+    folder: str | None = Field(default=None, description="VM folder path in the datacenter")
+    resource_pool: str | None = Field(default=None, description="Host, cluster or pool name")
+    network: str | None = Field(default=None, description="Every NIC is connected to this network")
+    power_on: bool = False
+
+
+class RestoreRequested(Event):
+    """Restore a restore point as a new VM.
+
+    Published by: gateway, CLI. Consumed by: mover (checks, uploads, registers, powers on).
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.RESTORE_REQUESTED
+    restore_id: Id
+    restore_point_id: Id
+    attempt: int = Field(default=1, ge=1)
+
+    def msg_id(self) -> str:
+        return f"restore.requested:{self.restore_id}:{self.attempt}"
+
+
+class RestoreDone(Event):
+    """A restore ended: ok with the new VM, or failed/cancelled with everything it made removed.
+
+    Published by: mover, notifier (watchdog). Consumed by: notifier (alerts on failure).
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.RESTORE_DONE
+    restore_id: Id
+    restore_point_id: Id
+    state: Literal["succeeded", "failed", "cancelled"]
+    vm_name: str
+    vm_moref: Id | None = None
+    error: str | None = None
+
+    def msg_id(self) -> str:
+        return f"restore.done:{self.restore_id}"
 
 
 Step = Literal["schedule", "snapshot", "transfer", "verify", "cleanup"]
@@ -239,7 +308,10 @@ EVENT_TYPES: dict[str, type[Event]] = {
         JobRequested,
         SnapshotReady,
         TransferDone,
+        VerifyRequested,
         VerifyDone,
+        RestoreRequested,
+        RestoreDone,
         StepFailed,
         AlertRaised,
         BusRejected,

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import secrets
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.orm import Session
 
+from shared.contracts import VerifyRequested
 from shared.db.models import Job, RestorePointRow, Run, Task
 from shared.jobstore import FINISHED, Invalid, NotFound, iso
+from shared.outbox import stage
 
 MAX_LIMIT = 500
 
@@ -135,6 +139,9 @@ def backup_view(row: RestorePointRow) -> dict[str, Any]:
         "verify_state": row.verify_state,
         "verified_at": iso(row.verified_at),
         "verify_problems": row.verify_problems,
+        "verify_notes": row.verify_notes,
+        "verify_how": row.verify_how,
+        "verify_requested_at": iso(row.verify_requested_at),
     }
 
 
@@ -156,3 +163,12 @@ def get_backup(session: Session, rp_id: str) -> RestorePointRow:
     if row is None:
         raise NotFound(f"no restore point {rp_id!r}")
     return row
+
+
+def request_verify(session: Session, rp_id: str, now: datetime) -> str:
+    """Ask the verifier to check a restore point now; its VerifyRequested is staged here."""
+    row = get_backup(session, rp_id)
+    request_id = f"verify-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+    row.verify_requested_at = now
+    stage(session, VerifyRequested(occurred_at=now, request_id=request_id, restore_point_id=rp_id), now)
+    return request_id

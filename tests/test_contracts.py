@@ -26,6 +26,11 @@ SAMPLES: list[c.Event] = [
         occurred_at=NOW, run_id="run-1", task_id="t-1", restore_point_id="rp-1", bytes_read=1, bytes_stored=1
     ),
     c.VerifyDone(occurred_at=NOW, run_id="run-1", task_id="t-1", restore_point_id="rp-1", ok=True),
+    c.VerifyRequested(occurred_at=NOW, request_id="verify-1", restore_point_id="rp-1"),
+    c.RestoreRequested(occurred_at=NOW, restore_id="restore-1", restore_point_id="rp-1"),
+    c.RestoreDone(
+        occurred_at=NOW, restore_id="restore-1", restore_point_id="rp-1", state="failed", vm_name="x"
+    ),
     c.StepFailed(occurred_at=NOW, run_id="run-1", step="transfer", reason="cut"),
     c.AlertRaised(occurred_at=NOW, alert_id="a-1", severity="error", kind="snapshot", message="m"),
     c.BusRejected(occurred_at=NOW, consumer="mover", subject="vbm.x", stream_seq=3, deliveries=1, reason="r"),

@@ -221,7 +221,11 @@ func (l *lab) createVM(ctx context.Context, c *vim25.Client, spec *VMSpec, folde
 func writeVMX(path string, spec *VMSpec, vm *labVM) {
 	var b strings.Builder
 	fmt.Fprintf(&b, ".encoding = \"UTF-8\"\nconfig.version = \"8\"\nvirtualHW.version = \"13\"\n")
-	fmt.Fprintf(&b, "displayName = \"%s\"\nguestOS = \"other\"\nuuid.bios = \"%s\"\n", spec.Name, vm.uuid)
+	fmt.Fprintf(&b, "displayName = \"%s\"\nguestOS = \"otherGuest\"\nuuid.bios = \"%s\"\n", spec.Name, vm.uuid)
+	fmt.Fprintf(&b, "numvcpus = \"1\"\nmemsize = \"32\"\n")
+	fmt.Fprintf(&b, "ethernet0.present = \"TRUE\"\nethernet0.virtualDev = \"e1000\"\nethernet0.networkName = \"VM Network\"\n")
+	fmt.Fprintf(&b, "ethernet0.addressType = \"generated\"\nethernet0.generatedAddress = \"00:0c:29:%02x:%02x:%02x\"\n",
+		len(spec.Name), len(vm.disks), len(vm.uuid))
 	fmt.Fprintf(&b, "nvram = \"%s.nvram\"\nctkEnabled = \"%v\"\nscsi0.present = \"TRUE\"\nscsi0.virtualDev = \"pvscsi\"\n",
 		spec.Name, spec.CBT)
 	for i, d := range vm.disks {

@@ -25,7 +25,8 @@ import (
 
 // RegisterVM_Task in vcsim needs <name>.nvram and vmware.log to exist (so only the original
 // name works) and registers a VM without disks. The lab creates the missing files before the
-// call and, after it, attaches the disks the .vmx lists (capacity from their descriptors).
+// call and, after it, attaches the disks the .vmx lists (capacity from their descriptors), its
+// NICs (ethernetN.networkName) and sets its CPUs, memory and guest OS from the .vmx.
 
 var (
 	regPath   = regexp.MustCompile(`<path\b[^>]*>([^<]*)</path>`)
@@ -98,6 +99,22 @@ func (l *lab) attachDisks(vmRef types.ManagedObjectReference, vmx string) error 
 			values[strings.TrimSpace(kv[0])] = strings.Trim(strings.TrimSpace(kv[1]), `"`)
 		}
 	}
+	devices := object.VirtualDeviceList{}
+	for n := 0; n < 10; n++ { // NICs: ethernetN.present, .virtualDev, .networkName
+		prefix := fmt.Sprintf("ethernet%d", n)
+		if !strings.EqualFold(values[prefix+".present"], "TRUE") {
+			continue
+		}
+		backing := &types.VirtualEthernetCardNetworkBackingInfo{
+			VirtualDeviceDeviceBackingInfo: types.VirtualDeviceDeviceBackingInfo{DeviceName: values[prefix+".networkName"]},
+		}
+		nic, err := devices.CreateEthernetCard(values[prefix+".virtualDev"], backing)
+		if err != nil {
+			nic, _ = devices.CreateEthernetCard("vmxnet3", backing)
+		}
+		nic.GetVirtualDevice().Key = int32(4000 + n)
+		devices = append(devices, nic)
+	}
 	var disks []vmxDiskEntry
 	for k, v := range values {
 		m := vmxDisk.FindStringSubmatch(k)
@@ -109,14 +126,10 @@ func (l *lab) attachDisks(vmRef types.ManagedObjectReference, vmx string) error 
 		unit, _ := strconv.Atoi(m[2])
 		disks = append(disks, vmxDiskEntry{bus, unit, v})
 	}
-	if len(disks) == 0 {
-		return nil
-	}
 	sort.Slice(disks, func(a, b int) bool {
 		return disks[a].bus*100+disks[a].unit < disks[b].bus*100+disks[b].unit
 	})
 	dsDir := strings.TrimPrefix(filepath.Dir(vmx), l.dsDir)
-	devices := object.VirtualDeviceList{}
 	buses := map[int]bool{}
 	for i, d := range disks {
 		if !buses[d.bus] {
@@ -168,7 +181,13 @@ func (l *lab) attachDisks(vmRef types.ManagedObjectReference, vmx string) error 
 	if err != nil {
 		return err
 	}
-	spec := types.VirtualMachineConfigSpec{DeviceChange: changes}
+	spec := types.VirtualMachineConfigSpec{DeviceChange: changes, GuestId: values["guestOS"]}
+	if n, err := strconv.Atoi(values["numvcpus"]); err == nil && n > 0 {
+		spec.NumCPUs = int32(n)
+	}
+	if n, err := strconv.ParseInt(values["memsize"], 10, 64); err == nil && n > 0 {
+		spec.MemoryMB = n
+	}
 	if strings.EqualFold(values["ctkEnabled"], "TRUE") {
 		spec.ChangeTrackingEnabled = types.NewBool(true)
 	}

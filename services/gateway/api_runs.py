@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Any
 
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from services.gateway.common import in_session, json_response
+from services.gateway.common import CTX, in_session, json_response
 from shared import runstore
-from shared.repo import LocalBackend, RepoError, Repository
+from shared.repo import ChunkError, LocalBackend, ManifestError, RepoError, Repository, read_disk
 
+log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
@@ -62,3 +65,103 @@ async def get_backup(request: web.Request) -> web.Response:
     except (RepoError, OSError) as exc:
         error = str(exc)
     return json_response({**view, "manifest": manifest, "manifest_error": error})
+
+
+@routes.post("/api/v1/backups/{rp_id}/verify")
+async def verify_backup(request: web.Request) -> web.Response:
+    """Verify a restore point now (every chunk read); the result lands on the restore point."""
+    ctx = request.app[CTX]
+    rp_id = request.match_info["rp_id"]
+    request_id = await in_session(
+        request, lambda s: runstore.request_verify(s, rp_id, ctx.clock()), write=True
+    )
+    ctx.relay.kick()
+    return json_response(
+        {"request_id": request_id, "restore_point_id": rp_id, "status": "queued"},
+        202,
+        headers={"Location": f"/api/v1/backups/{rp_id}"},
+    )
+
+
+@routes.get("/api/v1/backups/{rp_id}/disks/{disk}")
+async def download_disk(request: web.Request) -> web.StreamResponse:
+    """A disk of a restore point as a raw image, streamed and verified chunk by chunk.
+
+    `{disk}` is the disk's key (e.g. 2000) or its index (0, 1, ...). Supports one `Range:
+    bytes=a-b` (also `a-` and `-n`) with 206; HEAD answers the size. Every chunk is checked as
+    it is read: a damaged chunk ends the transfer early (the client sees a short body).
+    """
+    rp_id = request.match_info["rp_id"]
+    try:
+        ref = int(request.match_info["disk"])
+    except ValueError:
+        raise web.HTTPNotFound(
+            text=f"disk {request.match_info['disk']!r} is not a disk key or index"
+        ) from None
+    row = await in_session(request, lambda s: runstore.backup_view(runstore.get_backup(s, rp_id)))
+    try:
+        repo = await Repository.open(LocalBackend(row["repository"]))
+        rp = await repo.load(rp_id)
+        disk = rp.disk(ref)
+    except ManifestError as exc:
+        raise web.HTTPNotFound(text=str(exc)) from None
+    except (RepoError, OSError) as exc:
+        raise web.HTTPServiceUnavailable(text=f"repository {row['repository']}: {exc}") from None
+    size = disk.capacity
+    span = _range(request.headers.get("Range"), size)
+    offset, length = span if span is not None else (0, size)
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Accept-Ranges": "bytes",
+        "Content-Length": str(length),
+        "Content-Disposition": f'attachment; filename="{rp.vm_name}-{rp_id}-disk{disk.key}.img"',
+    }
+    if span is not None:
+        headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
+    resp = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
+    await resp.prepare(request)
+    if request.method == "HEAD" or length == 0:
+        return resp
+    try:
+        async for piece in read_disk(repo, rp, disk, offset, length):
+            await resp.write(piece)
+    except ChunkError as exc:
+        # The status and length are sent already: cut the connection, so the client sees a short
+        # body (an error) rather than waiting, and never takes what it got for the whole disk.
+        log.error("download of %s disk %d stopped: %s", rp_id, disk.key, exc)
+        resp.force_close()
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
+    await resp.write_eof()
+    return resp
+
+
+def _unsatisfiable(size: int, detail: str) -> web.HTTPRequestRangeNotSatisfiable:
+    body = {"status": 416, "title": "Range Not Satisfiable", "detail": detail}
+    return web.HTTPRequestRangeNotSatisfiable(
+        text=json.dumps(body), content_type="application/json", headers={"Content-Range": f"bytes */{size}"}
+    )
+
+
+def _range(header: str | None, size: int) -> tuple[int, int] | None:
+    """(offset, length) of a single `bytes=` range; None for no header; 416 when unsatisfiable."""
+    if not header:
+        return None
+    unit, _, spec = header.partition("=")
+    if unit.strip() != "bytes" or "," in spec:
+        raise _unsatisfiable(size, "only one range in bytes is supported")
+    first, _, last = spec.strip().partition("-")
+    try:
+        if first == "":
+            n = int(last)
+            start, end = max(0, size - n), size - 1
+        else:
+            start = int(first)
+            end = int(last) if last else size - 1
+    except ValueError:
+        raise _unsatisfiable(size, f"range {header!r} is malformed") from None
+    end = min(end, size - 1)
+    if start >= size or start > end or start < 0:
+        raise _unsatisfiable(size, f"range {header!r} is outside the disk ({size} bytes)")
+    return start, end - start + 1

@@ -1,13 +1,14 @@
-"""The verifier: checks every new restore point (manifest, every chunk, sizes)."""
+"""The verifier: checks every new restore point (manifest, every chunk, sizes), restore points on
+request, and re-verifies every repository a slice of its chunks at a time."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
 
-from services.verifier.handlers import Deps, on_transfer_done
+from services.verifier.handlers import Deps, on_transfer_done, on_verify_requested
 from shared.bus import Consumer
-from shared.contracts import Event, StepFailed, Subject, TransferDone
+from shared.contracts import Event, StepFailed, Subject, TransferDone, VerifyDone, VerifyRequested
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
@@ -26,8 +27,27 @@ async def wire(ctx: Context) -> Parts:
             )
         ]
 
+    def request_failed(event: VerifyRequested, reason: str) -> Sequence[Event]:
+        return [
+            VerifyDone(
+                occurred_at=ctx.clock(),
+                request_id=event.request_id,
+                restore_point_id=event.restore_point_id,
+                ok=False,
+                problems=(f"the verification could not run: {reason}",),
+            )
+        ]
+
     return Parts(
         consumers=[
+            Consumer(
+                "verifier-requests",
+                Subject.VERIFY_REQUESTED,
+                VerifyRequested,
+                partial(on_verify_requested, deps=deps),
+                ack_wait=ctx.settings.pipeline.ack_wait,
+                on_give_up=request_failed,
+            ),
             Consumer(
                 "verifier",
                 Subject.TRANSFER_DONE,

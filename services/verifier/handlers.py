@@ -11,14 +11,18 @@ import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
 from shared.bus import Delivery
-from shared.contracts import Event, StepFailed, TransferDone, VerifyDone
+from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
 from shared.db.models import RestorePointRow, Task
 from shared.outbox import stage
 from shared.pipeline import state
+from shared.pipeline.alerts import raise_alert
 from shared.pipeline.vcenters import VCenters
 from shared.repo import ChunkError, LocalBackend, ManifestError, RepoError, Repository
+from shared.repo import chunk as chunks
 from shared.repo.manifest import expand, tree_digest
 from shared.runtime import Context
 from shared.vsphere import VSphereError
@@ -35,26 +39,138 @@ class Deps:
 async def verify_restore_point(
     repo: Repository, rp_id: str, parallel: int = 4
 ) -> tuple[list[str], list[str]]:
-    """(problems, notes) of one restore point; no problems means it restores byte-identical."""
+    """(problems, notes) of one restore point; no problems means it restores byte-identical.
+
+    Problems: the manifest missing, damaged or invalid; a chunk missing or damaged (every chunk
+    is read, its CRC and BLAKE3 digest checked); a disk's tree digest not matching its chunk
+    list; a small file (vmx, nvram, descriptor) whose size or whole-file digest differs.
+    """
     try:
         rp = await repo.load(rp_id)
     except ManifestError as exc:
         return [str(exc)], []
     problems: list[str] = []
     sem = asyncio.Semaphore(parallel)
+    plain: dict[str, bytes] = {}  # the small files' chunks, kept to check their digests
+    small = {e for f in rp.files for e in f.chunks if isinstance(e, str)}
 
     async def one(cid: str) -> None:
         async with sem:
             try:
-                await repo.get_chunk(cid, rp_id)
+                data = await repo.get_chunk(cid, rp_id)
             except ChunkError as exc:
                 problems.append(str(exc))
+                return
+            if cid in small:
+                plain[cid] = data
 
     await asyncio.gather(*(one(cid) for cid in sorted(rp.chunk_ids())))
     for disk in rp.disks:
         if tree_digest(expand(disk.chunks), disk.capacity, disk.chunk_size) != disk.tree:
             problems.append(f"disk {disk.key}: tree digest does not match its chunk list")
+    for f in rp.files:
+        if f.disk_key is not None or f.digest is None:
+            continue
+        ids = expand(f.chunks)
+        if any(cid is not None and cid not in plain for cid in ids):
+            continue  # a damaged chunk of it is reported above
+        size = repo.chunk_size
+        data = b"".join(
+            plain[cid] if cid is not None else bytes(min(size, f.size - i * size))
+            for i, cid in enumerate(ids)
+        )
+        if len(data) != f.size:
+            problems.append(f"file {f.path}: {len(data)} bytes stored, {f.size} recorded")
+        elif chunks.chunk_id(data) != f.digest:
+            problems.append(f"file {f.path}: its content does not match its recorded digest")
     return problems, []
+
+
+async def compare_sizes(deps: Deps, vcenter: str, vm_moref: str, disks: list[dict[str, Any]]) -> list[str]:
+    """Notes (never failures) where a disk's size in vCenter now differs from the backup's."""
+    notes: list[str] = []
+    try:
+        vm = await asyncio.to_thread(deps.vcenters.get(vcenter).vm, vm_moref)
+    except KeyError:
+        return [f"sizes not compared: vCenter {vcenter!r} is no longer configured"]
+    except VSphereError as exc:
+        return [f"sizes not compared with vCenter: {exc}"]
+    now_sizes = {d.key: d.capacity for d in vm.disks}
+    for d in disks:
+        if d["key"] not in now_sizes:
+            notes.append(f"disk {d['key']} is no longer attached to the VM in vCenter")
+        elif now_sizes[d["key"]] != d["capacity"]:
+            notes.append(
+                f"disk {d['key']} is now {now_sizes[d['key']]} bytes in vCenter,"
+                f" {d['capacity']} in the backup (resized since)"
+            )
+    return notes
+
+
+async def check(deps: Deps, row: RestorePointRow) -> tuple[list[str], list[str]]:
+    """Verify a catalogued restore point: repository contents, then sizes against vCenter."""
+    try:
+        repo = await Repository.open(LocalBackend(row.repository))
+        problems, notes = await verify_restore_point(repo, row.id)
+    except RepoError as exc:
+        problems, notes = [f"repository {row.repository}: {exc}"], []
+    notes += await compare_sizes(deps, row.vcenter, row.vm_moref, row.disks)
+    return problems, notes
+
+
+def record(row: RestorePointRow, problems: list[str], notes: list[str], how: str, now: datetime) -> None:
+    row.verify_state = "failed" if problems else "ok"
+    row.verified_at = now
+    row.verify_problems = problems
+    row.verify_notes = notes
+    row.verify_how = how
+
+
+async def on_verify_requested(event: VerifyRequested, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    """Verify on demand; the result is stored on the restore point and published."""
+    ctx = deps.ctx
+    with ctx.sessions() as s:
+        row = s.get(RestorePointRow, event.restore_point_id)
+        if row is None:
+            log.warning(
+                "verify %s: no restore point %s in the catalog", event.request_id, event.restore_point_id
+            )
+            return []
+        s.expunge(row)
+    problems, notes = await check(deps, row)
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        live = s.get(RestorePointRow, event.restore_point_id)
+        if live is None:
+            return []  # removed meanwhile (retention)
+        record(live, problems, notes, "on demand", now)
+        stage(
+            s,
+            VerifyDone(
+                occurred_at=now,
+                request_id=event.request_id,
+                restore_point_id=event.restore_point_id,
+                ok=not problems,
+                problems=tuple(problems),
+                notes=tuple(notes),
+            ),
+            now,
+        )
+        if problems:
+            raise_alert(
+                s,
+                key=f"verify-failed:{event.restore_point_id}:{event.request_id}",
+                kind="verify_failed",
+                severity="error",
+                message=(
+                    f"restore point {event.restore_point_id} of {live.vm_name} failed verification:"
+                    f" {problems[0]}" + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else "")
+                ),
+                now=now,
+                vm_name=live.vm_name,
+            )
+    ctx.relay.kick()
+    return []
 
 
 async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) -> Sequence[Event]:
@@ -64,32 +180,16 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
         row = s.get(RestorePointRow, event.restore_point_id)
         if task is None or row is None or task.phase != "verify" or task.state in state.FINAL:
             return []
-        location, vcenter, vm_moref, disks = row.repository, row.vcenter, row.vm_moref, row.disks
-    try:
-        repo = await Repository.open(LocalBackend(location))
-        problems, notes = await verify_restore_point(repo, event.restore_point_id)
-    except RepoError as exc:
-        problems, notes = [f"repository {location}: {exc}"], []
-    try:
-        vm = await asyncio.to_thread(deps.vcenters.get(vcenter).vm, vm_moref)
-        now_sizes = {d.key: d.capacity for d in vm.disks}
-        for d in disks:
-            if d["key"] in now_sizes and now_sizes[d["key"]] != d["capacity"]:
-                notes.append(
-                    f"disk {d['key']} is now {now_sizes[d['key']]} bytes in vCenter,"
-                    f" {d['capacity']} in the backup (resized since)"
-                )
-    except VSphereError as exc:
-        notes.append(f"sizes not compared with vCenter: {exc}")
+        vcenter, vm_moref = row.vcenter, row.vm_moref
+        s.expunge(row)
+    problems, notes = await check(deps, row)
     ok = not problems
     now = ctx.clock()
     with ctx.sessions.begin() as s:
         row = s.get(RestorePointRow, event.restore_point_id)
         task = s.get(Task, event.task_id)
         assert row is not None and task is not None
-        row.verify_state = "ok" if ok else "failed"
-        row.verified_at = now
-        row.verify_problems = problems + notes
+        record(row, problems, notes, "after backup", now)
         stage(
             s,
             VerifyDone(
@@ -98,7 +198,8 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
                 task_id=event.task_id,
                 restore_point_id=event.restore_point_id,
                 ok=ok,
-                problems=tuple(problems + notes),
+                problems=tuple(problems),
+                notes=tuple(notes),
             ),
             now,
         )

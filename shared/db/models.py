@@ -177,6 +177,54 @@ class RestorePointRow(Base):
     verify_state: Mapped[str] = mapped_column(String(16), default="pending")
     verified_at: Mapped[datetime | None] = _ts_null()
     verify_problems: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    verify_notes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    verify_how: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    verify_requested_at: Mapped[datetime | None] = _ts_null()
+
+
+class VerifyRound(Base):
+    """Scheduled re-verification of one repository: which slice of the chunk ids is read next.
+
+    A round reads every chunk once, a slice per cycle; when the last slice is done, every restore
+    point that existed when the round started has been re-verified.
+    """
+
+    __tablename__ = "verify_rounds"
+
+    repository: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    slices: Mapped[int] = mapped_column(Integer)
+    next_slice: Mapped[int] = mapped_column(Integer, default=0)
+    round_started_at: Mapped[datetime] = _ts()
+    last_cycle_at: Mapped[datetime | None] = _ts_null()
+    damaged: Mapped[list[str]] = mapped_column(JSONType, default=list)
+
+
+class Restore(Base):
+    """A restore (as a new VM): requested, then run by the mover, tracked like a backup task."""
+
+    __tablename__ = "restores"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    restore_point_id: Mapped[str] = mapped_column(String(64), index=True)
+    repository: Mapped[str] = mapped_column(String(1024))
+    vcenter: Mapped[str] = mapped_column(String(64))
+    mode: Mapped[str] = mapped_column(String(16))
+    target: Mapped[dict[str, Any]] = mapped_column(JSONType)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    phase: Mapped[str] = mapped_column(String(16))
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_done: Mapped[int] = mapped_column(BigInteger, default=0)
+    bytes_total: Mapped[int] = mapped_column(BigInteger, default=0)
+    rate: Mapped[float] = mapped_column(Float, default=0.0)
+    vm_moref: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = _ts()
+    started_at: Mapped[datetime | None] = _ts_null()
+    updated_at: Mapped[datetime] = _ts()
+    deadline_at: Mapped[datetime | None] = _ts_null()
+    finished_at: Mapped[datetime | None] = _ts_null()
 
 
 class SnapshotLedger(Base):
