@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -21,13 +22,14 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared import apikeys, jobstore
+from shared import apikeys, jobstore, runstore
 from shared.cli_runs import backups_ls, run_list, watch, when
 from shared.jobs import JobSpec
+from shared.jobstore import iso
 from shared.runtime import utcnow
 from shared.settings import Settings
 
-COMMANDS = ("job", "run", "backups", "apikey")
+COMMANDS = ("job", "run", "backups", "verify", "apikey")
 SCHEDULE_HELP = "'cron:0 2 * * *', 'every:240' (minutes), 'daily@02:30', 'weekly@03:00', 'monthly@..'"
 _MOREF = re.compile(r"^vm-\d+$")
 
@@ -62,12 +64,49 @@ def add_parsers(sub: Any) -> None:
     ls.add_argument("--vm", help="VM name or moref")
     ls.add_argument("--job", help="job id or name")
     ls.add_argument("--limit", type=int, default=50)
+    verify = b_acts.add_parser("verify", help="verify a restore point now (every chunk read)")
+    _verify_args(verify)
+    _verify_args(sub.add_parser("verify", help="verify a restore point now (same as: backups verify)"))
 
     key = sub.add_parser("apikey", help="REST API keys: create, list, revoke")
     k_acts = key.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
     k_acts.add_parser("create", help="create a key and print it (shown once)").add_argument("name")
     k_acts.add_parser("list", help="list keys (never their secrets)")
     k_acts.add_parser("revoke", help="revoke a key at once").add_argument("name")
+
+
+def _verify_args(p: Any) -> None:
+    p.add_argument("restore_point", metavar="RESTORE_POINT_ID")
+    p.add_argument("--wait", action="store_true", help="wait for the result; exit 1 if it failed")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
+
+
+def _verify(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
+    asked = utcnow()
+    with sessions.begin() as s:
+        request_id = runstore.request_verify(s, args.restore_point, asked)
+    print(request_id)
+    if not args.wait:
+        print(
+            f"verification of {args.restore_point} requested; a running vbm verifies it."
+            f" See the result with: vbm backups ls (or GET /api/v1/backups/{args.restore_point})",
+            file=sys.stderr,
+        )
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            row = runstore.get_backup(s, args.restore_point)
+            if row.verified_at is not None and row.verified_at >= asked:
+                print(f"{row.id}: {row.verify_state} ({row.verify_how}, {iso(row.verified_at)})")
+                for line in row.verify_problems:
+                    print(f"  problem: {line}")
+                for line in row.verify_notes:
+                    print(f"  note: {line}")
+                return 0 if row.verify_state == "ok" else 1
+        time.sleep(0.5)
+    print(f"vbm verify: no result within {args.timeout:.0f}s: is vbm running (vbm up)?", file=sys.stderr)
+    return 2
 
 
 def parse_schedule(text: str, timezone: str = "UTC") -> dict[str, Any]:
@@ -123,7 +162,7 @@ def _message(exc: Exception) -> str:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
-    action = getattr(args, f"{args.command}_command")
+    action = getattr(args, f"{args.command}_command", None)
     if args.command == "job":
         if action == "create":
             return _job_create(args, settings, sessions)
@@ -143,9 +182,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         if action == "watch":
             return watch(sessions, args.run_id)
         return run_list(sessions, args.job, args.limit)
+    if args.command == "verify" or (args.command == "backups" and action == "verify"):
+        return _verify(args, sessions)
     if args.command == "backups":
         return backups_ls(sessions, args.vm, args.job, args.limit)
-    return _apikey(action, args, sessions)
+    return _apikey(str(action), args, sessions)
 
 
 def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:

@@ -114,6 +114,20 @@ class PipelineSettings(BaseModel):
     workers: int = Field(default=0, ge=0, description="Chunk workers per mover (0: by CPU count)")
 
 
+class VerifySettings(BaseModel):
+    """Scheduled re-verification: every chunk of every repository re-read once per round."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    reverify: bool = Field(default=True, description="Re-verify restore points on a schedule")
+    round_cycles: int = Field(
+        default=30, ge=1, le=3650, description="Cycles per round: each reads 1/round_cycles of the chunks"
+    )
+    cycle_seconds: float = Field(
+        default=86400, gt=0, description="Seconds between cycles (a round takes round_cycles x this)"
+    )
+
+
 class Settings(BaseSettings):
     """Everything a vbm process can be configured with."""
 
@@ -141,6 +155,7 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     lab: LabSettings = LabSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    verify: VerifySettings = VerifySettings()
     vcenters: tuple[VCenterSettings, ...] = ()
 
     @classmethod

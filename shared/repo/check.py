@@ -46,14 +46,23 @@ def in_subset(chunk_id: str, start: float, fraction: float) -> bool:
     return lo <= pos < hi or (hi > 1 and pos < hi - 1)
 
 
+def slice_of(chunk_id: str, slices: int) -> int:
+    """Which of `slices` equal slices of the id space a chunk falls in (exact integer arithmetic,
+    so successive slices 0..slices-1 read every chunk exactly once)."""
+    return (int(chunk_id[:8], 16) * slices) >> 32
+
+
 async def check(
     repo: Repository,
     *,
     read_data: float = 0.0,
     start: float = 0.0,
+    part: tuple[int, int] | None = None,
     progress: Callable[[int], None] | None = None,
     parallel: int = 4,
 ) -> CheckReport:
+    """Structure always; data for the chunks in `part` = (k, n) (slice k of n) if given, else
+    for the fraction `read_data` of the id space from `start`."""
     report = CheckReport()
     users: dict[str, list[str]] = {}
     for rp_id in await repo.restore_point_ids():
@@ -76,9 +85,12 @@ async def check(
         elif present[cid] == 0:
             report.damaged_chunks[cid] = "is empty (0 bytes)"
 
-    to_read = [
-        cid for cid in sorted(users) if cid not in report.damaged_chunks and in_subset(cid, start, read_data)
-    ]
+    def wanted(cid: str) -> bool:
+        if part is not None:
+            return slice_of(cid, part[1]) == part[0]
+        return in_subset(cid, start, read_data)
+
+    to_read = [cid for cid in sorted(users) if cid not in report.damaged_chunks and wanted(cid)]
     sem = asyncio.Semaphore(parallel)
 
     async def verify(cid: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 
@@ -70,7 +71,17 @@ async def test_verify_on_demand_names_damage_and_resizes(pipeline_factory: Calla
     finally:
         disconnect(si)
 
-    row = await wait_verified(p, row.id, await request(p, row.id))
+    # `vbm verify --wait` asks, waits for the verifier and exits 1 naming what is wrong
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "verify", row.id, "--wait", "--timeout", "60",
+        env=p.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 1, (out, err)
+    assert f"{row.id}: failed (on demand" in out.decode() and f"problem: chunk {second}" in out.decode()
+    with p.sessions() as s:
+        row = s.get(RestorePointRow, row.id)
+        assert row is not None
     assert row.verify_state == "failed", row.verify_problems
     problems = "\n".join(row.verify_problems)
     assert f"chunk {first}" in problems and "CRC-32" in problems, problems
@@ -81,4 +92,24 @@ async def test_verify_on_demand_names_damage_and_resizes(pipeline_factory: Calla
     ]
     alerts = [a for a in p.alerts() if a.kind == "verify_failed"]
     assert len(alerts) == 1 and row.id in alerts[0].message and alerts[0].vm_name == "web"
+    p.assert_clean()
+
+
+async def test_the_verifier_reverifies_on_its_schedule(pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory(VBM_VERIFY__CYCLE_SECONDS="0.5", VBM_VERIFY__ROUND_CYCLES="2")
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    job = p.create_job("reverify", ["web"])
+    run = await p.run_job(job)
+    assert (await p.wait_run(run)).state == "succeeded", p.dump(run)
+    (row,) = p.restore_points(run)
+    deadline = time.monotonic() + 30
+    while True:  # a round starting after the backup ends two cycles later: about a second
+        with p.sessions() as s:
+            got = s.get(RestorePointRow, row.id)
+            assert got is not None
+            if got.verify_how == "scheduled":
+                break
+        assert time.monotonic() < deadline, f"not re-verified on schedule\n{p.logs()}"
+        await asyncio.sleep(0.2)
+    assert got.verify_state == "ok" and got.verified_at is not None and got.verified_at > row.verified_at
     p.assert_clean()
