@@ -182,7 +182,7 @@ class RestoreTarget(Payload):
     """Where a restore as a new VM goes. Names as vCenter shows them; empty means the default."""
 
     vcenter: str
-    datacenter: str
+    datacenter: str | None = Field(default=None, description="None: the original VM's, else the only one")
     datastore: str
     name: str = Field(min_length=1, max_length=80)
     folder: str | None = Field(default=None, description="VM folder path in the datacenter")

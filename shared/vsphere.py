@@ -95,6 +95,20 @@ class SnapshotInfo:
 
 
 @dataclass(frozen=True)
+class Placement:
+    """Where a restored VM goes, resolved and checked (morefs as strings)."""
+
+    datacenter: str
+    datastore: str
+    free: int
+    name: str
+    folder: str
+    pool: str
+    host: str | None
+    network: str | None
+
+
+@dataclass(frozen=True)
 class VMInfo:
     name: str
     moref: str
@@ -384,6 +398,223 @@ class VCenter:
 
         return self._call(f"querying changed areas of disk {disk_key} of {vm_moref}", run)
 
+    # restores
+    def placement(
+        self,
+        datacenter: str,
+        datastore: str,
+        name: str,
+        *,
+        folder: str | None = None,
+        resource_pool: str | None = None,
+        network: str | None = None,
+    ) -> Placement:
+        """Resolve and check where a restored VM goes; NotFound/VSphereError say what is wrong."""
+
+        def run() -> Placement:
+            content = self._content()
+            dcs = {dc.name: dc for dc in content.rootFolder.childEntity if isinstance(dc, vim.Datacenter)}
+            dc = dcs.get(datacenter)
+            if dc is None:
+                raise _bad(f"no datacenter {datacenter!r} on {self.settings.name} (there are: {_names(dcs)})")
+            stores = {ds.name: ds for ds in dc.datastore}
+            ds = stores.get(datastore)
+            if ds is None:
+                raise _bad(
+                    f"no datastore {datastore!r} in datacenter {datacenter} (there are: {_names(stores)})"
+                )
+            if not ds.summary.accessible:
+                raise _bad(f"datastore {datastore} is not accessible now", retryable=True)
+            view = content.viewManager.CreateContainerView(dc, [vim.VirtualMachine], True)
+            try:
+                same = [vm._moId for vm in view.view if vm.name == name]
+            finally:
+                view.Destroy()
+            if same:
+                raise _bad(
+                    f"a VM named {name!r} already exists in {datacenter} ({same[0]}): choose another name"
+                )
+            nets = {n.name: n for n in dc.network}
+            if network is not None and network not in nets:
+                raise _bad(f"no network {network!r} in datacenter {datacenter} (there are: {_names(nets)})")
+            target_folder = dc.vmFolder
+            for part in [p for p in (folder or "").split("/") if p]:
+                child = next(
+                    (f for f in target_folder.childEntity if isinstance(f, vim.Folder) and f.name == part),
+                    None,
+                )
+                if child is None:
+                    raise _bad(f"no VM folder {folder!r} in datacenter {datacenter} ({part!r} not found)")
+                target_folder = child
+            pool, host = self._pool(content, dc, datacenter, resource_pool)
+            return Placement(
+                datacenter=datacenter,
+                datastore=datastore,
+                free=int(ds.summary.freeSpace),
+                name=name,
+                folder=target_folder._moId,
+                pool=pool,
+                host=host,
+                network=network,
+            )
+
+        return self._call(f"checking where to restore {name!r}", run)
+
+    def _pool(self, content: Any, dc: Any, datacenter: str, wanted: str | None) -> tuple[str, str | None]:
+        """(resource pool moref, host moref or None) for a host, cluster or pool name."""
+        view = content.viewManager.CreateContainerView(
+            dc.hostFolder, [vim.ComputeResource, vim.ResourcePool, vim.HostSystem], True
+        )
+        try:
+            objs = list(view.view)
+        finally:
+            view.Destroy()
+        computes = [o for o in objs if isinstance(o, vim.ComputeResource)]
+        if wanted is None:
+            if not computes:
+                raise _bad(f"datacenter {datacenter} has no host or cluster to run the VM")
+            first: Any = computes[0]
+            return str(first.resourcePool._moId), None
+        o: Any
+        for o in objs:
+            if o.name != wanted:
+                continue
+            if isinstance(o, vim.ResourcePool):
+                return str(o._moId), None
+            if isinstance(o, vim.HostSystem):
+                parent: Any = o.parent
+                return str(parent.resourcePool._moId), str(o._moId)
+            return str(o.resourcePool._moId), None
+        names = sorted({o.name for o in objs})
+        raise _bad(
+            f"no host, cluster or resource pool {wanted!r} in {datacenter} (there are: {', '.join(names)})"
+        )
+
+    def register_vm(self, where: Placement, vmx_path: str, *, timeout: float | None = None) -> str:
+        """Register the uploaded `.vmx` ("[ds] name/name.vmx") as a VM named `where.name`."""
+
+        def run() -> str:
+            folder = vim.Folder(where.folder, self._si._stub)
+            pool = vim.ResourcePool(where.pool, self._si._stub)
+            host = vim.HostSystem(where.host, self._si._stub) if where.host else None
+            task = folder.RegisterVM_Task(
+                path=vmx_path, name=where.name, asTemplate=False, pool=pool, host=host
+            )
+            vm = self._wait(task, f"registering {vmx_path} as {where.name}", timeout)
+            return str(vm._moId)
+
+        return self._call(f"registering VM {where.name}", run)
+
+    def connect_nics(self, moref: str, network: str, *, timeout: float | None = None) -> int:
+        """Put every NIC of the VM on `network` (a standard or distributed port group)."""
+
+        def run() -> int:
+            vm = self._vm(moref)
+            net = (
+                next((n for n in vm.runtime.host.parent.network if n.name == network), None)
+                if (vm.runtime.host is not None)
+                else None
+            )
+            if net is None:
+                net = next((n for n in _datacenter(vm).network if n.name == network), None)
+            if net is None:
+                raise _bad(f"no network {network!r} for VM {moref}")
+            changes = []
+            for dev in vm.config.hardware.device:
+                if not isinstance(dev, vim.vm.device.VirtualEthernetCard):
+                    continue
+                if isinstance(net, vim.dvs.DistributedVirtualPortgroup):
+                    dvs: Any = net.config.distributedVirtualSwitch
+                    dev.backing = vim.vm.device.VirtualEthernetCard.DistributedVirtualPortBackingInfo(
+                        port=vim.dvs.PortConnection(portgroupKey=net.key, switchUuid=dvs.uuid)
+                    )
+                else:
+                    dev.backing = vim.vm.device.VirtualEthernetCard.NetworkBackingInfo(
+                        deviceName=network, network=net
+                    )
+                changes.append(vim.vm.device.VirtualDeviceSpec(operation="edit", device=dev))
+            if changes:
+                spec = vim.vm.ConfigSpec(deviceChange=changes)
+                self._wait(vm.ReconfigVM_Task(spec), f"connecting {moref} to {network}", timeout)
+            return len(changes)
+
+        return self._call(f"connecting VM {moref} to {network}", run)
+
+    def vm_hardware(self, moref: str) -> dict[str, Any]:
+        """CPUs, memory, guest id and each NIC's network: what a restore test compares."""
+
+        def run() -> dict[str, Any]:
+            vm = self._vm(moref)
+            nics = [
+                getattr(d.backing, "deviceName", None) or ""
+                for d in vm.config.hardware.device
+                if isinstance(d, vim.vm.device.VirtualEthernetCard)
+            ]
+            return {
+                "cpus": int(vm.config.hardware.numCPU),
+                "memory_mb": int(vm.config.hardware.memoryMB),
+                "guest_id": str(vm.config.guestId or ""),
+                "nics": nics,
+                "power_state": str(vm.runtime.powerState),
+                "vmx_path": vm.summary.config.vmPathName or "",
+            }
+
+        return self._call(f"reading VM {moref}", run)
+
+    def power_on(self, moref: str, *, timeout: float | None = None) -> None:
+        def run() -> None:
+            vm = self._vm(moref)
+            if str(vm.runtime.powerState) != "poweredOn":
+                self._wait(vm.PowerOnVM_Task(), f"powering on {moref}", timeout)
+
+        self._call(f"powering on VM {moref}", run)
+
+    def destroy_vm(self, moref: str, *, timeout: float | None = None) -> None:
+        """Power off (if on) and delete a VM with its files; a VM already gone is success."""
+
+        def run() -> None:
+            try:
+                vm = self._vm(moref)
+            except NotFound:
+                return
+            if str(vm.runtime.powerState) == "poweredOn":
+                self._wait(vm.PowerOffVM_Task(), f"powering off {moref}", timeout)
+            self._wait(vm.Destroy_Task(), f"deleting VM {moref}", timeout)
+
+        self._call(f"deleting VM {moref}", run)
+
+    def datacenters(self) -> list[str]:
+        def run() -> list[str]:
+            content = self._content()
+            return [dc.name for dc in content.rootFolder.childEntity if isinstance(dc, vim.Datacenter)]
+
+        return self._call("listing datacenters", run)
+
+    def make_directory(self, datacenter: str, path: str) -> None:
+        """Create "[ds] folder"; an existing one is an error (FileAlreadyExists, or CannotCreateFile)."""
+
+        def run() -> None:
+            content = self._content()
+            dc = _find_datacenter(content, datacenter)
+            content.fileManager.MakeDirectory(name=path, datacenter=dc, createParentDirectories=False)
+
+        self._call(f"creating {path}", run)
+
+    def delete_path(self, datacenter: str, path: str, *, timeout: float | None = None) -> None:
+        """Delete "[ds] folder" with what is in it; a path already gone is success."""
+
+        def run() -> None:
+            content = self._content()
+            dc = _find_datacenter(content, datacenter)
+            try:
+                task = content.fileManager.DeleteDatastoreFile_Task(name=path, datacenter=dc)
+                self._wait(task, f"deleting {path}", timeout)
+            except VSphereError as exc:
+                if exc.fault not in ("FileNotFound", "FileNotFoundFault"):
+                    raise
+
+        self._call(f"deleting {path}", run)
+
     def _wait(self, task: Any, what: str, timeout: float | None) -> Any:
         limit = self.timeout if timeout is None else timeout
         deadline = time.monotonic() + limit
@@ -398,6 +629,28 @@ class VCenter:
                 raise TaskTimeout(what, limit)
             time.sleep(delay)
             delay = min(1.0, delay * 1.5)
+
+
+def _bad(message: str, *, retryable: bool = False) -> VSphereError:
+    return VSphereError(message, fault="InvalidArgument", retryable=retryable)
+
+
+def _names(found: dict[str, Any]) -> str:
+    return ", ".join(sorted(found)) or "none"
+
+
+def _find_datacenter(content: Any, name: str) -> Any:
+    for dc in content.rootFolder.childEntity:
+        if isinstance(dc, vim.Datacenter) and dc.name == name:
+            return dc
+    raise _bad(f"no datacenter {name!r}")
+
+
+def _datacenter(entity: Any) -> Any:
+    node = entity.parent
+    while node is not None and not isinstance(node, vim.Datacenter):
+        node = node.parent
+    return node
 
 
 def _find_version(scheme: str, host: str, port: int, path: str, ssl_ctx: Any) -> str:

@@ -1,4 +1,5 @@
-"""The mover: reads snapshot disks (CBT ranges when it can) and commits restore points."""
+"""The mover: reads snapshot disks (CBT ranges when it can) and commits restore points; restores
+restore points as new VMs."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ from collections.abc import Sequence
 from functools import partial
 
 from services.mover.handlers import Deps, on_snapshot_ready
+from services.mover.restore import on_restore_requested
 from shared.bus import Consumer
-from shared.contracts import Event, SnapshotReady, StepFailed, Subject
+from shared.contracts import Event, RestoreRequested, SnapshotReady, StepFailed, Subject
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
@@ -44,6 +46,15 @@ async def wire(ctx: Context) -> Parts:
                 max_deliver=4,
                 backoff=(2.0, 10.0, 30.0),
                 on_give_up=failed,
+            ),
+            Consumer(  # a restore that keeps failing to start is ended by the notifier's watchdog
+                "mover-restores",
+                Subject.RESTORE_REQUESTED,
+                RestoreRequested,
+                partial(on_restore_requested, deps=deps),
+                ack_wait=ctx.settings.pipeline.ack_wait,
+                max_deliver=3,
+                backoff=(2.0, 10.0),
             ),
         ],
         on_stop=[close],

@@ -16,7 +16,7 @@ from shared.repo.errors import (
 )
 from shared.repo.local import LocalBackend
 from shared.repo.manifest import DiskEntry, FileEntry, RestorePoint
-from shared.repo.reader import read_disk
+from shared.repo.reader import read_disk, read_file
 from shared.repo.repository import Repository, new_restore_point_id
 from shared.repo.writer import DiskSource, Writer, WriteStats, restore_point, touched_windows
 
@@ -42,6 +42,7 @@ __all__ = [
     "check",
     "new_restore_point_id",
     "read_disk",
+    "read_file",
     "restore_point",
     "touched_windows",
 ]

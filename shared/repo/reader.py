@@ -11,7 +11,9 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from shared.repo.manifest import DiskEntry, RestorePoint
+from shared.repo.chunk import chunk_id
+from shared.repo.errors import ManifestError
+from shared.repo.manifest import DiskEntry, FileEntry, RestorePoint, expand
 from shared.repo.repository import Repository
 
 ZERO_PIECE = 1024 * 1024
@@ -81,3 +83,17 @@ async def read_disk(
                 queued.cancel()
                 leftovers.append(queued)
         await asyncio.gather(*leftovers, return_exceptions=True)
+
+
+async def read_file(repo: Repository, rp: RestorePoint, entry: FileEntry) -> bytes:
+    """A small file of a restore point (vmx, nvram, descriptor), checked against its digest."""
+    size = repo.chunk_size
+    parts: list[bytes] = []
+    for index, cid in enumerate(expand(entry.chunks)):
+        parts.append(
+            bytes(min(size, entry.size - index * size)) if cid is None else await repo.get_chunk(cid, rp.id)
+        )
+    data = b"".join(parts)
+    if len(data) != entry.size or (entry.digest is not None and chunk_id(data) != entry.digest):
+        raise ManifestError(f"file {entry.path} of restore point {rp.id} does not match its recorded digest")
+    return data

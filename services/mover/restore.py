@@ -1,0 +1,406 @@
+"""Restore as a new VM: check the target, upload the disks and files, register, power on.
+
+Steps (phases of the `restores` row, see docs/design.md "Restore"):
+
+1. checking: the restore point loads from its repository; the target resolves in vCenter
+   (datacenter, datastore, folder, resource pool, network) and no VM has the new name; the
+   datastore has room for the disks written in full; the folder `[ds] <name>/` is created (it
+   must not exist). From here on, what was created is recorded in the row *before* the next
+   step, so a crash or a failure can always remove it.
+2. uploading: per disk, the flat image streamed from the repository (every chunk verified)
+   with one HTTP PUT to `<name>[_N]-flat.vmdk`, then its descriptor pointing at it; then the
+   `.nvram` and the `.vmx`, rewritten for the new VM (name, disk and NVRAM files, no UUIDs or
+   generated MACs, CBT off, NICs on the chosen network). A cut upload is retried from the start
+   of that file (an HTTP upload cannot resume).
+3. registering: `RegisterVM_Task` into the folder and resource pool; the NICs are connected to
+   the chosen network through the API as well.
+4. powering_on, when asked.
+
+Any failure or a cancel removes what was made (the VM if registered, else the folder) and ends
+the restore `failed` (with the reason) or `cancelled`; a redelivered request (the mover died)
+removes the previous attempt's leftovers and starts over. Every write to the row is fenced by
+the attempt's generation, so a mover that was given up on cannot overwrite a newer attempt.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Coroutine, Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, TypeVar
+
+from services.mover.handlers import Deps
+from shared.bus import Delivery
+from shared.contracts import Event, RestoreDone, RestoreRequested, RestoreTarget
+from shared.datastore import DownloadError
+from shared.db.models import Restore
+from shared.outbox import stage
+from shared.pipeline.alerts import raise_alert
+from shared.repo import LocalBackend, RepoError, Repository, read_disk, read_file
+from shared.repo.manifest import DiskEntry, RestorePoint
+from shared.restores import FINAL
+from shared.vmx import descriptor, disk_files, restore_descriptor, restore_vmx
+from shared.vsphere import NotFound, Placement, VCenter, VSphereError
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+UPLOAD_ATTEMPTS = 3
+HEADROOM = 64 << 20  # beyond the disks: the small files and vSphere's own (logs, swap is not made)
+
+
+class RestoreFailed(Exception):
+    """The restore cannot go on; the message says why and what to do."""
+
+
+class Superseded(Exception):
+    """A newer attempt (or the watchdog) owns this restore now."""
+
+
+@dataclass
+class Attempt:
+    deps: Deps
+    restore_id: str
+    generation: int
+    total: int
+    done: int = 0
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    _last: tuple[float, int] = (0.0, 0)
+
+    def update(self, **values: Any) -> None:
+        """Write to the row if this attempt still owns it (else raise Superseded)."""
+        ctx = self.deps.ctx
+        with ctx.sessions.begin() as s:
+            row = s.get(Restore, self.restore_id)
+            if row is None or row.generation != self.generation or row.state in FINAL:
+                raise Superseded(self.restore_id)
+            now = ctx.clock()
+            for key, value in values.items():
+                setattr(row, key, value)
+            row.updated_at = now
+            row.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
+            if row.cancel_requested:
+                self.cancelled.set()
+
+    def created(self, what: str, value: str) -> None:
+        ctx = self.deps.ctx
+        with ctx.sessions.begin() as s:
+            row = s.get(Restore, self.restore_id)
+            if row is None or row.generation != self.generation:
+                raise Superseded(self.restore_id)
+            row.created = {**row.created, what: value}
+
+    async def report(self) -> None:
+        """Every second: progress, rate, deadline, and whether a cancel was asked for."""
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            last_t, last_done = self._last
+            rate = (self.done - last_done) / (now - last_t) if last_t else 0.0
+            self._last = (now, self.done)
+            await asyncio.to_thread(self.update, bytes_done=self.done, rate=max(0.0, rate))
+
+
+async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    ctx = deps.ctx
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        row = s.get(Restore, event.restore_id)
+        if row is None or row.state in FINAL:
+            return []
+        leftovers = dict(row.created)
+        row.generation += 1
+        row.state, row.phase = "running", "checking"
+        row.started_at = row.started_at or now
+        row.updated_at = now
+        row.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
+        generation, total = row.generation, row.bytes_total
+        target = RestoreTarget.model_validate(
+            {k: v for k, v in row.target.items() if k != "allow_unverified"}
+        )
+        rp_id, location = row.restore_point_id, row.repository
+    attempt = Attempt(deps, event.restore_id, generation, total)
+    try:
+        vc = deps.vcenters.get(target.vcenter)
+    except KeyError:
+        return _end(attempt, "failed", f"vCenter {target.vcenter!r} is not configured", target, rp_id)
+    if leftovers:  # an earlier attempt died mid-way: remove what it made, then start over
+        log.info("restore %s: removing the leftovers of an earlier attempt: %s", event.restore_id, leftovers)
+        await _clean(vc, leftovers)
+        with contextlib.suppress(Superseded):
+            await asyncio.to_thread(attempt.update, created={})
+    work = asyncio.create_task(_restore(attempt, vc, target, rp_id, location))
+    reporter = asyncio.create_task(attempt.report())
+    stop = asyncio.create_task(attempt.cancelled.wait())
+    try:
+        await asyncio.wait((work, stop, reporter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (stop, reporter, work):
+            t.cancel()
+        await asyncio.gather(stop, reporter, work, return_exceptions=True)
+    if reporter.done() and not reporter.cancelled() and isinstance(reporter.exception(), Superseded):
+        log.warning(
+            "restore %s: superseded (attempt %d); leaving it to the newer owner", event.restore_id, generation
+        )
+        return []
+    error: str | None = None
+    state = "succeeded"
+    vm_moref: str | None = None
+    if attempt.cancelled.is_set() and not (work.done() and not work.cancelled() and work.exception() is None):
+        state, error = "cancelled", "cancelled by request"
+    elif work.cancelled():
+        state, error = "cancelled", "cancelled"
+    elif (exc := work.exception()) is not None:
+        if isinstance(exc, Superseded):
+            return []
+        state, error = "failed", _reason(exc)
+    else:
+        vm_moref = work.result()
+    if state != "succeeded":
+        with contextlib.suppress(Superseded):
+            await asyncio.to_thread(attempt.update, phase="cleaning_up")
+        created = _created(attempt)
+        try:
+            await _clean(vc, created)
+        except VSphereError as exc:
+            error = f"{error}; and cleaning up failed: {exc} (remove {created} by hand)"
+    return _end(attempt, state, error, target, rp_id, vm_moref)
+
+
+def _created(attempt: Attempt) -> dict[str, str]:
+    with attempt.deps.ctx.sessions() as s:
+        row = s.get(Restore, attempt.restore_id)
+        return dict(row.created) if row is not None else {}
+
+
+async def _clean(vc: VCenter, created: dict[str, str]) -> None:
+    """Remove a half-made restore: the VM (with its files) if registered, then the folder."""
+    if created.get("vm"):
+        await asyncio.to_thread(vc.destroy_vm, created["vm"])
+    if created.get("folder"):
+        await asyncio.to_thread(vc.delete_path, created["datacenter"], created["folder"])
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RestoreFailed | VSphereError | DownloadError | RepoError):
+        return str(exc)
+    log.error("restore failed unexpectedly", exc_info=exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _end(
+    attempt: Attempt,
+    state: str,
+    error: str | None,
+    target: RestoreTarget,
+    rp_id: str,
+    vm_moref: str | None = None,
+) -> Sequence[Event]:
+    ctx = attempt.deps.ctx
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        row = s.get(Restore, attempt.restore_id)
+        if row is None or row.generation != attempt.generation or row.state in FINAL:
+            return []
+        row.state, row.phase, row.error = state, "done", error
+        row.vm_moref = vm_moref
+        row.finished_at = row.updated_at = now
+        row.bytes_done = attempt.done if state != "succeeded" else row.bytes_total
+        row.rate = 0.0
+        if state == "succeeded":
+            row.created = {}
+        else:
+            row.created = {}  # removed above (or named in the error)
+        stage(
+            s,
+            RestoreDone(
+                occurred_at=now,
+                restore_id=row.id,
+                restore_point_id=rp_id,
+                state=state,
+                vm_name=target.name,
+                vm_moref=vm_moref,
+                error=error,
+            ),
+            now,
+        )
+        if state == "failed":
+            raise_alert(
+                s,
+                key=f"restore-failed:{row.id}",
+                kind="restore_failed",
+                severity="error",
+                message=f"restore {row.id} of {rp_id} as VM {target.name!r} failed: {error}",
+                now=now,
+                vm_name=target.name,
+            )
+    ctx.relay.kick()
+    log.info("restore %s %s%s", attempt.restore_id, state, f": {error}" if error else "")
+    return []
+
+
+async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: str, location: str) -> str:
+    deps = attempt.deps
+    try:
+        repo = await Repository.open(LocalBackend(location))
+        rp = await repo.load(rp_id)
+    except RepoError as exc:
+        raise RestoreFailed(f"cannot read restore point {rp_id} from {location}: {exc}") from None
+    vmx_entry = next((f for f in rp.files if f.path.endswith(".vmx")), None)
+    if vmx_entry is None:
+        raise RestoreFailed(f"restore point {rp_id} holds no .vmx: it cannot be restored as a new VM")
+    datacenter = target.datacenter or await _datacenter_of(vc, rp)
+    where = await asyncio.to_thread(
+        vc.placement,
+        datacenter,
+        target.datastore,
+        target.name,
+        folder=target.folder,
+        resource_pool=target.resource_pool,
+        network=target.network,
+    )
+    need = sum(d.capacity for d in rp.disks) + sum(f.size for f in rp.files if f.disk_key is None) + HEADROOM
+    if where.free < need:
+        raise RestoreFailed(
+            f"datastore {where.datastore} has {_gib(where.free)} free; restoring {rp.vm_name} needs"
+            f" {_gib(need)} (its disks are written in full): free space or choose another datastore"
+        )
+    name = target.name
+    folder = f"[{where.datastore}] {name}"
+    try:
+        await asyncio.to_thread(vc.make_directory, datacenter, folder)
+    except VSphereError as exc:
+        raise RestoreFailed(
+            f"cannot create {folder}/ ({exc}): a folder of that name exists on the datastore;"
+            " choose another name or remove it"
+        ) from None
+    await asyncio.to_thread(attempt.created, "datacenter", datacenter)
+    await asyncio.to_thread(attempt.created, "folder", folder)
+
+    await asyncio.to_thread(attempt.update, phase="uploading")
+    http = deps.client(target.vcenter)
+    vmx_text = (await read_file(repo, rp, vmx_entry)).decode("utf-8", "replace")
+    listed = disk_files(vmx_text)
+    renames: dict[str, str] = {}
+    for index, disk in enumerate(sorted(rp.disks, key=lambda d: d.key)):
+        stem = name if index == 0 else f"{name}_{index}"
+        old_desc = _descriptor_path(disk)
+        renames[old_desc.rsplit("/", 1)[-1]] = f"{stem}.vmdk"
+        await _upload_disk(attempt, http, where, repo, rp, disk, f"{name}/{stem}-flat.vmdk")
+        entry = next((f for f in rp.files if f.path == old_desc), None)
+        if entry is not None:
+            text = restore_descriptor(
+                (await read_file(repo, rp, entry)).decode("utf-8", "replace"), f"{stem}-flat.vmdk"
+            )
+        else:
+            text = descriptor(disk.capacity, f"{stem}-flat.vmdk")
+        await _put_small(http, where, f"{name}/{stem}.vmdk", text.encode())
+    missing = {dev: f for dev, f in listed.items() if f.rsplit("/", 1)[-1] not in renames}
+    if missing:  # e.g. independent disks, which snapshots do not capture
+        log.warning(
+            "restore %s: the .vmx lists disks not in the backup, left out: %s", attempt.restore_id, missing
+        )
+    nvram_entry = next((f for f in rp.files if f.path.endswith(".nvram")), None)
+    if nvram_entry is not None:
+        await _put_small(http, where, f"{name}/{name}.nvram", await read_file(repo, rp, nvram_entry))
+    new_vmx = restore_vmx(vmx_text, name, renames, f"{name}.nvram", target.network, drop=tuple(missing))
+    await _put_small(http, where, f"{name}/{name}.vmx", new_vmx.encode())
+
+    await asyncio.to_thread(attempt.update, phase="registering")
+
+    async def register() -> str:
+        moref = await asyncio.to_thread(vc.register_vm, where, f"{folder}/{name}.vmx")
+        await asyncio.to_thread(attempt.created, "vm", moref)
+        return moref
+
+    # vCenter finishes a registration it started even if we stop waiting: a cancel waits for it,
+    # so the new VM is recorded and then removed, never left behind unrecorded.
+    moref = await _finish_even_if_cancelled(register())
+    if target.network:
+        await asyncio.to_thread(vc.connect_nics, moref, target.network)
+    if target.power_on:
+        await asyncio.to_thread(attempt.update, phase="powering_on")
+        await asyncio.to_thread(vc.power_on, moref)
+    return moref
+
+
+async def _finish_even_if_cancelled(coro: Coroutine[Any, Any, T]) -> T:
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await task
+        raise
+
+
+async def _datacenter_of(vc: VCenter, rp: RestorePoint) -> str:
+    if rp.vm_moref:
+        with contextlib.suppress(NotFound):
+            return (await asyncio.to_thread(vc.vm, rp.vm_moref)).datacenter
+    names = await asyncio.to_thread(vc.datacenters)
+    if len(names) == 1:
+        return names[0]
+    raise RestoreFailed(
+        f"the original VM is gone and there are several datacenters ({', '.join(names)}): give one"
+    )
+
+
+def _descriptor_path(disk: DiskEntry) -> str:
+    """'web/web-flat.vmdk' -> 'web/web.vmdk' (the descriptor stored beside the image)."""
+    file = disk.file
+    return file[: -len("-flat.vmdk")] + ".vmdk" if file.endswith("-flat.vmdk") else file
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.1f} GiB"
+
+
+async def _put_small(http: Any, where: Placement, path: str, data: bytes) -> None:
+    async def body() -> AsyncIterator[bytes]:
+        yield data
+
+    await _with_retries(
+        lambda: http.put_file(where.datacenter, where.datastore, path, body(), len(data)), path
+    )
+
+
+async def _upload_disk(
+    attempt: Attempt,
+    http: Any,
+    where: Placement,
+    repo: Repository,
+    rp: RestorePoint,
+    disk: DiskEntry,
+    path: str,
+) -> None:
+    start = attempt.done
+
+    async def body() -> AsyncIterator[bytes]:
+        async for piece in read_disk(repo, rp, disk):
+            attempt.done += len(piece)
+            yield piece
+
+    def again() -> Any:
+        attempt.done = start  # a retried upload starts the file over
+        return http.put_file(where.datacenter, where.datastore, path, body(), disk.capacity)
+
+    await _with_retries(again, path)
+
+
+async def _with_retries(make: Any, path: str) -> None:
+    for n in range(1, UPLOAD_ATTEMPTS + 1):
+        try:
+            await make()
+            return
+        except DownloadError as exc:
+            if not exc.retryable or n == UPLOAD_ATTEMPTS:
+                raise RestoreFailed(f"uploading {path} failed: {exc}") from None
+            log.warning(
+                "uploading %s (attempt %d of %d) failed, starting it over: %s", path, n, UPLOAD_ATTEMPTS, exc
+            )
+            await asyncio.sleep(min(10.0, 0.5 * 2**n))

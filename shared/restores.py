@@ -1,0 +1,154 @@
+"""Restores as people ask for them (REST API and `vbm restore`): request, list, show, cancel.
+
+A request is checked against the catalog and the configuration here (the restore point exists,
+the vCenter is configured, the name is a valid VM name, a restore point that failed verification
+is refused unless `allow_unverified`); everything that needs vCenter (datacenter, datastore and
+its free space, the name not taken, network, folder, resource pool) is checked by the mover
+before it writes anything, and a failure there ends the restore with that reason. Every function
+takes an open session and leaves committing to the caller.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.contracts import RestoreRequested, RestoreTarget
+from shared.db.models import Restore, RestorePointRow
+from shared.jobstore import Conflict, Invalid, NotFound, iso
+from shared.outbox import stage
+from shared.settings import Settings
+
+FINAL = ("succeeded", "failed", "cancelled")
+PHASES = ("queued", "checking", "uploading", "registering", "powering_on", "cleaning_up", "done")
+
+
+class RestoreRequest(BaseModel):
+    """The body of POST /api/v1/restores (a restore as a new VM)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    restore_point_id: str = Field(min_length=1, max_length=64)
+    name: str = Field(min_length=1, max_length=80, pattern=r"^[^/\\%]+$", description="The new VM's name")
+    datastore: str = Field(min_length=1, max_length=255)
+    vcenter: str | None = Field(default=None, description="Default: the vCenter the VM was backed up from")
+    datacenter: str | None = Field(
+        default=None, description="Default: the original VM's datacenter, else the only one"
+    )
+    folder: str | None = None
+    resource_pool: str | None = Field(default=None, description="A host, cluster or resource pool name")
+    network: str | None = Field(default=None, description="Connect every NIC to this network")
+    power_on: bool = False
+    allow_unverified: bool = Field(default=False, description="Restore even if verification failed")
+    mode: Literal["new_vm"] = "new_vm"
+
+
+def new_restore_id(now: datetime) -> str:
+    return f"restore-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+
+
+def request_restore(session: Session, body: RestoreRequest, settings: Settings, now: datetime) -> Restore:
+    """Create the restore (queued) and stage its RestoreRequested in the same transaction."""
+    rp = session.get(RestorePointRow, body.restore_point_id)
+    if rp is None:
+        raise NotFound(f"no restore point {body.restore_point_id!r}")
+    if rp.verify_state == "failed" and not body.allow_unverified:
+        first = rp.verify_problems[0] if rp.verify_problems else "see its verification"
+        raise Conflict(
+            f"restore point {rp.id} failed verification ({first}); verify it again"
+            " (POST /api/v1/backups/{id}/verify) or pass allow_unverified to restore it anyway"
+        )
+    vcenter = body.vcenter or rp.vcenter
+    if vcenter not in {v.name for v in settings.vcenters}:
+        names = ", ".join(v.name for v in settings.vcenters) or "none"
+        raise Invalid("vcenter", f"{vcenter!r} is not a configured vCenter (configured: {names})")
+    datacenter = body.datacenter
+    target = RestoreTarget(
+        vcenter=vcenter,
+        datacenter=datacenter,
+        datastore=body.datastore,
+        name=body.name,
+        folder=body.folder,
+        resource_pool=body.resource_pool,
+        network=body.network,
+        power_on=body.power_on,
+    )
+    busy = session.scalars(
+        select(Restore).where(Restore.state.not_in(FINAL), Restore.vcenter == vcenter)
+    ).all()
+    for other in busy:
+        if other.target.get("name") == body.name:
+            raise Conflict(f"restore {other.id} is already creating a VM named {body.name!r}")
+    row = Restore(
+        id=new_restore_id(now),
+        restore_point_id=rp.id,
+        repository=rp.repository,
+        vcenter=vcenter,
+        mode=body.mode,
+        target={**target.model_dump(mode="json"), "allow_unverified": body.allow_unverified},
+        state="queued",
+        phase="queued",
+        generation=0,
+        bytes_done=0,
+        bytes_total=sum(int(d.get("capacity", 0)) for d in rp.disks),
+        rate=0.0,
+        created={},
+        cancel_requested=False,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    stage(session, RestoreRequested(occurred_at=now, restore_id=row.id, restore_point_id=rp.id), now)
+    return row
+
+
+def get_restore(session: Session, restore_id: str) -> Restore:
+    row = session.get(Restore, restore_id)
+    if row is None:
+        raise NotFound(f"no restore {restore_id!r}")
+    return row
+
+
+def list_restores(session: Session, limit: int = 50, offset: int = 0) -> tuple[int, list[Restore]]:
+    rows = session.scalars(select(Restore).order_by(Restore.created_at.desc(), Restore.id.desc())).all()
+    return len(rows), list(rows[offset : offset + limit])
+
+
+def cancel_restore(session: Session, restore_id: str) -> Restore:
+    row = get_restore(session, restore_id)
+    if row.state in FINAL:
+        raise Conflict(f"restore {restore_id} has already ended ({row.state})")
+    row.cancel_requested = True
+    return row
+
+
+def restore_view(row: Restore) -> dict[str, Any]:
+    eta = None
+    if row.state == "running" and row.rate > 0 and row.bytes_total > row.bytes_done:
+        eta = round((row.bytes_total - row.bytes_done) / row.rate, 1)
+    return {
+        "id": row.id,
+        "restore_point_id": row.restore_point_id,
+        "repository": row.repository,
+        "vcenter": row.vcenter,
+        "mode": row.mode,
+        "target": row.target,
+        "state": row.state,
+        "phase": row.phase,
+        "bytes_done": row.bytes_done,
+        "bytes_total": row.bytes_total,
+        "rate": row.rate,
+        "eta_s": eta,
+        "vm_moref": row.vm_moref,
+        "error": row.error,
+        "cancel_requested": row.cancel_requested,
+        "created_at": iso(row.created_at),
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+    }

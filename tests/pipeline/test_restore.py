@@ -1,0 +1,166 @@
+"""Restore as a new VM on the lab: byte-identical disks, the new VM's hardware, and every fault
+(name taken, network missing, unverified point, cancel) ending with nothing half-made."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+
+from shared.db.models import Restore, RestorePointRow
+from shared.jobstore import Conflict
+from shared.restores import RestoreRequest, request_restore
+from shared.settings import Settings, VCenterSettings
+from shared.vsphere import VCenter
+from tests.pipeline.conftest import Pipeline, now
+
+
+def settings(p: Pipeline) -> Settings:
+    vc = VCenterSettings(
+        name="lab",
+        url=p.lab.sdk_url,
+        username=p.lab.username,
+        password=SecretStr(p.lab.password),
+        verify_tls=False,
+    )
+    return Settings(data_dir=p.data, vcenters=(vc,))
+
+
+def vcenter(p: Pipeline) -> VCenter:
+    return VCenter(settings(p).vcenters[0])
+
+
+async def backup(p: Pipeline) -> tuple[RestorePointRow, dict[int, bytes]]:
+    job = p.create_job("restore", ["web"])
+    content = {k: p.guest_disk("web", k) for k in (2000, 2001)}
+    run = await p.run_job(job)
+    assert (await p.wait_run(run)).state == "succeeded", p.dump(run)
+    (row,) = p.restore_points(run)
+    return row, content
+
+
+async def restore(p: Pipeline, **body: object) -> str:
+    with p.sessions.begin() as s:
+        row = request_restore(s, RestoreRequest.model_validate(body), settings(p), now())
+        restore_id = row.id
+    await p.relay.publish_pending()
+    return restore_id
+
+
+async def wait_restore(p: Pipeline, restore_id: str, timeout: float = 60) -> Restore:
+    deadline = time.monotonic() + timeout
+    while True:
+        with p.sessions() as s:
+            row = s.get(Restore, restore_id)
+            assert row is not None
+            if row.state in ("succeeded", "failed", "cancelled"):
+                return row
+        if time.monotonic() > deadline:
+            raise AssertionError(f"restore {restore_id} did not end\n{p.logs()}")
+        await asyncio.sleep(0.2)
+
+
+def folder(p: Pipeline, name: str) -> Path:
+    return p.lab.datastore_dir / name
+
+
+async def test_restore_as_new_vm_is_byte_identical(pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, content = await backup(p)
+    p.lab.guest_write("web", 2000, 0, b"changed after the backup")  # the original moves on
+
+    restore_id = await restore(
+        p,
+        restore_point_id=rp.id,
+        name="web-restored",
+        datastore="LocalDS_0",
+        network="VM Network",
+        power_on=True,
+    )
+    done = await wait_restore(p, restore_id)
+    assert done.state == "succeeded", (done.error, p.logs())
+    assert done.vm_moref and done.bytes_done == done.bytes_total == sum(content[k].__len__() for k in content)
+    assert (folder(p, "web-restored") / "web-restored-flat.vmdk").read_bytes() == content[2000]
+    assert (folder(p, "web-restored") / "web-restored_1-flat.vmdk").read_bytes() == content[2001]
+    vmx = (folder(p, "web-restored") / "web-restored.vmx").read_text()
+    assert 'displayName = "web-restored"' in vmx and "uuid.bios" not in vmx and "generatedAddress" not in vmx
+    assert (
+        'scsi0:0.fileName = "web-restored.vmdk"' in vmx and 'scsi0:1.fileName = "web-restored_1.vmdk"' in vmx
+    )
+    desc = (folder(p, "web-restored") / "web-restored_1.vmdk").read_text()
+    assert '"web-restored_1-flat.vmdk"' in desc
+    vc = vcenter(p)
+    try:
+        hw = vc.vm_hardware(done.vm_moref)
+        assert hw["power_state"] == "poweredOn" and hw["nics"] == ["VM Network"] and hw["cpus"] == 1
+        info = vc.vm(done.vm_moref)
+        assert info.name == "web-restored"
+        assert sorted(d.capacity for d in info.disks) == sorted(len(c) for c in content.values())
+    finally:
+        vc.close()
+    p.assert_clean()
+
+
+async def test_faults_end_clean(pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, _ = await backup(p)
+    before = sorted(x.name for x in p.lab.datastore_dir.iterdir())
+
+    # a name that exists: refused before anything is made
+    done = await wait_restore(p, await restore(p, restore_point_id=rp.id, name="db", datastore="LocalDS_0"))
+    assert done.state == "failed" and "a VM named 'db' already exists" in (done.error or "")
+    # a network that does not exist: the error lists the ones there are
+    done = await wait_restore(
+        p, await restore(p, restore_point_id=rp.id, name="web-x", datastore="LocalDS_0", network="nope")
+    )
+    assert done.state == "failed" and "no network 'nope'" in (done.error or "")
+    assert "VM Network" in (done.error or "")
+    # a datastore that does not exist
+    done = await wait_restore(p, await restore(p, restore_point_id=rp.id, name="web-y", datastore="NoDS"))
+    assert done.state == "failed" and "no datastore 'NoDS'" in (done.error or "")
+    assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == before  # nothing was made
+
+    # cancelled while vCenter registers the VM (slowly): the VM and its folder are removed
+    p.lab.fault("RegisterVM_Task", "delay", delay=3.0, count=1)
+    restore_id = await restore(p, restore_point_id=rp.id, name="web-c", datastore="LocalDS_0")
+    deadline = time.monotonic() + 30
+    while True:
+        with p.sessions.begin() as s:
+            row = s.get(Restore, restore_id)
+            assert row is not None
+            if row.phase == "registering":
+                row.cancel_requested = True
+                break
+        assert time.monotonic() < deadline, p.logs()
+        await asyncio.sleep(0.05)
+    done = await wait_restore(p, restore_id)
+    assert done.state == "cancelled", done.error
+    assert not folder(p, "web-c").exists()
+    vc = vcenter(p)
+    try:
+        assert "web-c" not in {v.name for v in vc.list_vms()}
+    finally:
+        vc.close()
+    assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == before
+
+    # a restore point that failed verification is refused unless asked
+    with p.sessions.begin() as s:
+        row = s.get(RestorePointRow, rp.id)
+        assert row is not None
+        row.verify_state, row.verify_problems = "failed", ["chunk 00ab is corrupt"]
+    with pytest.raises(Conflict, match="failed verification \\(chunk 00ab is corrupt\\)"):
+        await restore(p, restore_point_id=rp.id, name="web-z", datastore="LocalDS_0")
+    done = await wait_restore(
+        p,
+        await restore(p, restore_point_id=rp.id, name="web-z", datastore="LocalDS_0", allow_unverified=True),
+    )
+    assert done.state == "succeeded", done.error
+    failed_alerts = [a for a in p.alerts() if a.kind == "restore_failed"]
+    assert len(failed_alerts) == 3 and all("failed" in a.message for a in failed_alerts)
+    p.assert_clean()
