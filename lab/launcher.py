@@ -190,7 +190,8 @@ class Lab:
     def download_fault(
         self, mode: str, *, path: str = "", after_bytes: int = 0, status: int = 500, count: int | None = None
     ) -> None:
-        """Break GET /folder/... downloads whose path contains `path`: fail | stall | cut."""
+        """Break GET /folder/... downloads (fail | stall | cut) or PUT uploads (upload-fail | upload-cut)
+        whose path contains `path`."""
         body = {
             "mode": mode,
             "path": path,

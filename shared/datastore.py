@@ -246,18 +246,25 @@ class DatastoreHTTP:
             for key, value in headers.items():
                 conn.putheader(key, value)
             conn.endheaders()
+            early: http.client.HTTPResponse | None = None
             while (piece := _pull(body, loop, exchange)) is not None:
                 sent += len(piece)
                 if sent > size:
                     raise DownloadError(
                         f"uploading {name}: the source gave more than {size} bytes", retryable=False
                     )
-                conn.sock.sendall(piece)
-            if sent != size:
+                try:
+                    conn.sock.sendall(piece)
+                except OSError:
+                    early = _early_answer(conn)  # a server may refuse (503, 507) and close at once
+                    if early is None:
+                        raise
+                    break
+            if early is None and sent != size:
                 raise DownloadError(
                     f"uploading {name}: the source gave {sent} of {size} bytes", retryable=False
                 )
-            resp = conn.getresponse()
+            resp = early or conn.getresponse()
             resp.read(64 << 10)
             if resp.status in (401, 403):
                 raise _Relogin(f"HTTP {resp.status}")
@@ -267,6 +274,8 @@ class DatastoreHTTP:
                 raise _Again(f"HTTP {resp.status}")
             if resp.status not in (200, 201, 204):
                 raise DownloadError(f"uploading {name}: HTTP {resp.status} {resp.reason}", retryable=False)
+            if early is not None:
+                raise _Again(f"the server answered HTTP {resp.status} after {sent} of {size} bytes")
             reusable = not resp.will_close
         except ssl.SSLCertVerificationError as exc:
             raise DownloadError(
@@ -442,6 +451,16 @@ class DatastoreHTTP:
         if got != length:
             raise _Again(f"short read: {got} of {length} bytes")
         return None if into is not None else bytes(buf)
+
+
+def _early_answer(conn: http.client.HTTPConnection) -> http.client.HTTPResponse | None:
+    """The response a server sent before it stopped reading an upload, if there is one."""
+    try:
+        if conn.sock is not None:
+            conn.sock.settimeout(2.0)
+        return conn.getresponse()
+    except (OSError, http.client.HTTPException):
+        return None
 
 
 async def _next(body: AsyncIterator[bytes | memoryview]) -> bytes | memoryview | None:

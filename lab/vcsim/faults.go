@@ -26,7 +26,7 @@ type methodFault struct {
 // downloadFault breaks datastore downloads (GET /folder/...).
 type downloadFault struct {
 	ID         int    `json:"id"`
-	Mode       string `json:"mode"` // fail | stall | cut
+	Mode       string `json:"mode"` // fail | stall | cut (GET); upload-fail | upload-cut (PUT)
 	Path       string `json:"path"` // substring of the URL path; "" = any
 	AfterBytes int64  `json:"after_bytes"`
 	Status     int    `json:"status"`
@@ -76,7 +76,7 @@ func (f *faultStore) addMethod(m *methodFault) error {
 
 func (f *faultStore) addDownload(d *downloadFault) error {
 	switch d.Mode {
-	case "fail", "stall", "cut":
+	case "fail", "stall", "cut", "upload-fail", "upload-cut":
 	default:
 		return fmt.Errorf("unknown mode %q", d.Mode)
 	}
@@ -146,10 +146,22 @@ func (f *faultStore) takeMethod(method string) *methodFault {
 }
 
 func (f *faultStore) takeDownload(p string) *downloadFault {
+	return f.take(p, false)
+}
+
+// takeUpload returns an armed upload fault (upload-fail, upload-cut) for a PUT of path p.
+func (f *faultStore) takeUpload(p string) *downloadFault {
+	return f.take(p, true)
+}
+
+func (f *faultStore) take(p string, upload bool) *downloadFault {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	for i, d := range f.downloads {
 		if d.Path != "" && !strings.Contains(p, d.Path) {
+			continue
+		}
+		if strings.HasPrefix(d.Mode, "upload-") != upload {
 			continue
 		}
 		c := *d

@@ -105,8 +105,16 @@ func (l *lab) syncBackingsLocked(vm *simulator.VirtualMachine) {
 
 // onTask fixes tasks whose entity is a snapshot (RemoveSnapshot_Task, RevertToSnapshot_Task):
 // vSphere reports the VM, and pyVmomi's WaitForTask needs a managed entity there.
+//
+// Tasks of FileManager and VirtualDiskManager (DeleteDatastoreFile_Task, ...) name that manager
+// as their entity in vcsim, which is not a managed entity either: vSphere leaves it unset.
 func (l *lab) onTask(t *simulator.Task) {
 	e := t.Info.Entity
+	if e != nil && (e.Type == "FileManager" || e.Type == "VirtualDiskManager") {
+		t.Info.Entity = nil
+		t.Info.EntityName = ""
+		return
+	}
 	if e == nil || e.Type != "VirtualMachineSnapshot" {
 		return
 	}

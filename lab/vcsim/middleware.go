@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/xml"
 	"fmt"
+	"io"
 	"io/ioutil"
 	"net"
 	"net/http"
@@ -70,6 +71,8 @@ func (l *lab) middleware(mux http.Handler) http.Handler {
 			l.serveSOAP(mux, w, r)
 		case strings.HasPrefix(r.URL.Path, "/folder/") && (r.Method == http.MethodGet || r.Method == http.MethodHead):
 			l.serveDownload(mux, w, r)
+		case strings.HasPrefix(r.URL.Path, "/folder/") && r.Method == http.MethodPut:
+			l.serveUpload(mux, w, r)
 		default:
 			mux.ServeHTTP(w, r)
 		}
@@ -236,6 +239,28 @@ func innerTaskResult(rec *httptest.ResponseRecorder) (types.AnyType, types.BaseM
 		msg = string(m[1])
 	}
 	return nil, &types.SystemError{Reason: msg}
+}
+
+// serveUpload applies upload faults to PUT /folder/... requests: upload-fail answers Status
+// without storing anything; upload-cut reads AfterBytes of the body, then drops the connection.
+func (l *lab) serveUpload(mux http.Handler, w http.ResponseWriter, r *http.Request) {
+	f := l.faults.takeUpload(r.URL.Path)
+	if f == nil {
+		mux.ServeHTTP(w, r)
+		return
+	}
+	if f.Mode == "upload-fail" {
+		http.Error(w, fmt.Sprintf("lab: injected HTTP %d", f.Status), f.Status)
+		return
+	}
+	_, _ = io.CopyN(ioutil.Discard, r.Body, f.AfterBytes)
+	if hj, ok := w.(http.Hijacker); ok {
+		if conn, _, err := hj.Hijack(); err == nil {
+			_ = conn.Close()
+			return
+		}
+	}
+	panic(http.ErrAbortHandler)
 }
 
 // serveDownload applies download faults to GET /folder/... requests.

@@ -40,6 +40,7 @@ from shared.datastore import DownloadError
 from shared.db.models import Restore
 from shared.outbox import stage
 from shared.pipeline.alerts import raise_alert
+from shared.pipeline.restores import clean
 from shared.repo import LocalBackend, RepoError, Repository, read_disk, read_file
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.restores import FINAL
@@ -179,10 +180,9 @@ def _created(attempt: Attempt) -> dict[str, str]:
 
 async def _clean(vc: VCenter, created: dict[str, str]) -> None:
     """Remove a half-made restore: the VM (with its files) if registered, then the folder."""
-    if created.get("vm"):
-        await asyncio.to_thread(vc.destroy_vm, created["vm"])
-    if created.get("folder"):
-        await asyncio.to_thread(vc.delete_path, created["datacenter"], created["folder"])
+    removed = await asyncio.to_thread(clean, vc, created)
+    if removed:
+        log.info("restore clean-up removed %s", ", ".join(removed))
 
 
 def _reason(exc: BaseException) -> str:
@@ -311,6 +311,8 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
     await _put_small(http, where, f"{name}/{name}.vmx", new_vmx.encode())
 
     await asyncio.to_thread(attempt.update, phase="registering")
+
+    await asyncio.to_thread(attempt.created, "vmx", f"{folder}/{name}.vmx")
 
     async def register() -> str:
         moref = await asyncio.to_thread(vc.register_vm, where, f"{folder}/{name}.vmx")

@@ -23,14 +23,27 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from shared.bus import Delivery
-from shared.contracts import BusRejected, Event, JobRequested, Step, StepFailed, Subject, event_type_for
-from shared.db.models import Outbox, Run, SnapshotLedger, Task
+from shared.contracts import (
+    BusRejected,
+    Event,
+    JobRequested,
+    RestoreDone,
+    RestoreRequested,
+    Step,
+    StepFailed,
+    Subject,
+    event_type_for,
+)
+from shared.db.models import Outbox, Restore, Run, SnapshotLedger, Task
 from shared.outbox import stage
 from shared.pipeline import ledger, state
 from shared.pipeline.alerts import raise_alert
 from shared.pipeline.cleanup import remove_entries, remove_one
+from shared.pipeline.restores import clean as clean_restore
 from shared.pipeline.vcenters import VCenters
+from shared.restores import FINAL as RESTORE_FINAL
 from shared.runtime import Context
+from shared.vsphere import VSphereError
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +111,7 @@ async def watchdog(deps: Deps) -> None:
             await asyncio.to_thread(overdue_tasks, ctx)
             ctx.relay.kick()
             await sweep(deps)
+            await overdue_restores(deps)
         except Exception:
             log.exception("watchdog round failed")
         with contextlib.suppress(TimeoutError):
@@ -128,6 +142,73 @@ def overdue_tasks(ctx: Context) -> int:
                 stage(s, event, now)
         _redrive_tasks(ctx, s, now)
     return failed
+
+
+def _claim_overdue_restores(ctx: Context) -> list[tuple[str, int, str, dict[str, str], str, str, str]]:
+    """Take over restores past their deadline (generation + 1, so the old mover is fenced off);
+    re-send restores still queued after a minute (the mover may have missed them)."""
+    now = ctx.clock()
+    claimed = []
+    with ctx.sessions.begin() as s:
+        late = s.scalars(
+            select(Restore).where(Restore.state.not_in(RESTORE_FINAL), Restore.deadline_at < now)
+        )
+        for row in late.all():
+            reason = (
+                f"the mover stopped making progress in phase {row.phase} (last at"
+                f" {row.updated_at:%Y-%m-%d %H:%M:%S} UTC)"
+            )
+            row.generation += 1
+            row.phase = "cleaning_up"
+            row.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
+            claimed.append(
+                (row.id, row.generation, row.vcenter, dict(row.created), reason, row.restore_point_id,
+                 str(row.target.get("name", "")))
+            )  # fmt: skip
+        for row in s.scalars(
+            select(Restore).where(Restore.state == "queued", Restore.created_at < now - REDRIVE_AFTER)
+        ):
+            last = _latest(s, Subject.RESTORE_REQUESTED, f'"restore_id":"{row.id}"')
+            if last is None or last.created_at < now - REDRIVE_AFTER:
+                attempt = 1 + int(last.msg_id.rsplit(":", 1)[-1]) if last is not None else 1
+                again = RestoreRequested(
+                    occurred_at=now, restore_id=row.id, restore_point_id=row.restore_point_id, attempt=attempt
+                )
+                stage(s, again, now)
+    return claimed
+
+
+async def overdue_restores(deps: Deps) -> None:
+    """End restores whose mover went quiet: remove what they made, fail them, raise an alert."""
+    ctx = deps.ctx
+    for restore_id, generation, vcenter, created, reason, rp_id, name in await asyncio.to_thread(
+        _claim_overdue_restores, ctx
+    ):
+        error = reason
+        try:
+            await asyncio.to_thread(clean_restore, deps.vcenters.get(vcenter), created)
+        except (VSphereError, KeyError) as exc:
+            error = f"{reason}; cleaning up failed: {exc} (remove {created} by hand)"
+        now = ctx.clock()
+        with ctx.sessions.begin() as s:
+            row = s.get(Restore, restore_id)
+            if row is None or row.generation != generation or row.state in RESTORE_FINAL:
+                continue
+            row.state, row.phase, row.error, row.created = "failed", "done", error, {}
+            row.finished_at = row.updated_at = now
+            stage(s, RestoreDone(occurred_at=now, restore_id=restore_id, restore_point_id=rp_id,
+                                 state="failed", vm_name=name, error=error), now)  # fmt: skip
+            raise_alert(
+                s,
+                key=f"restore-failed:{restore_id}",
+                kind="restore_failed",
+                severity="error",
+                message=f"restore {restore_id} of {rp_id} as VM {name!r} failed: {error}",
+                now=now,
+                vm_name=name,
+            )
+        log.warning("restore %s failed by the watchdog: %s", restore_id, error)
+    ctx.relay.kick()
 
 
 def _latest(s: Session, subject: Subject, needle: str) -> Outbox | None:

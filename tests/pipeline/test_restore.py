@@ -164,3 +164,71 @@ async def test_faults_end_clean(pipeline_factory: Callable[..., Pipeline]) -> No
     failed_alerts = [a for a in p.alerts() if a.kind == "restore_failed"]
     assert len(failed_alerts) == 3 and all("failed" in a.message for a in failed_alerts)
     p.assert_clean()
+
+
+def vm_names(p: Pipeline) -> list[str]:
+    vc = vcenter(p)
+    try:
+        return sorted(v.name for v in vc.list_vms())
+    finally:
+        vc.close()
+
+
+async def test_cut_and_failing_uploads(pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, content = await backup(p)
+    before = sorted(x.name for x in p.lab.datastore_dir.iterdir())
+
+    # an upload cut after 1 MiB is started over, and the result is still byte-identical
+    p.lab.download_fault("upload-cut", path="web-u-flat.vmdk", after_bytes=1 << 20, count=1)
+    done = await wait_restore(
+        p, await restore(p, restore_point_id=rp.id, name="web-u", datastore="LocalDS_0")
+    )
+    assert done.state == "succeeded", done.error
+    assert (folder(p, "web-u") / "web-u-flat.vmdk").read_bytes() == content[2000]
+    assert "uploading web-u/web-u-flat.vmdk (attempt 1 of 3) failed" in p.procs["mover"].log_tail(200)
+
+    # an upload that keeps failing: the restore fails and leaves nothing behind
+    p.lab.download_fault("upload-fail", path="web-f_1-flat.vmdk", status=503)
+    done = await wait_restore(
+        p, await restore(p, restore_point_id=rp.id, name="web-f", datastore="LocalDS_0")
+    )
+    p.lab.clear_faults()
+    assert done.state == "failed" and "uploading web-f/web-f_1-flat.vmdk failed" in (done.error or "")
+    assert "HTTP 503" in (done.error or "")
+    assert not folder(p, "web-f").exists() and "web-f" not in vm_names(p)
+    assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == sorted([*before, "web-u"])
+    p.assert_clean()
+
+
+async def test_a_frozen_mover_is_fenced_and_its_restore_cleaned(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    p = pipeline_factory(VBM_PIPELINE__TRANSFER_STALL="3")
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, _ = await backup(p)
+    p.lab.fault("RegisterVM_Task", "delay", delay=1.0, count=1)
+    restore_id = await restore(p, restore_point_id=rp.id, name="web-s", datastore="LocalDS_0")
+    deadline = time.monotonic() + 30
+    while True:
+        with p.sessions() as s:
+            row = s.get(Restore, restore_id)
+            assert row is not None
+            if row.phase == "registering":
+                break
+        assert time.monotonic() < deadline, p.logs()
+        await asyncio.sleep(0.02)
+    p.procs["mover"].pause()  # frozen mid-registration: the watchdog must end it
+    try:
+        done = await wait_restore(p, restore_id, timeout=30)
+    finally:
+        p.procs["mover"].resume()
+    assert done.state == "failed" and "stopped making progress in phase registering" in (done.error or "")
+    await asyncio.sleep(2)  # the resumed mover finds itself fenced and changes nothing
+    with p.sessions() as s:
+        row = s.get(Restore, restore_id)
+        assert row is not None and row.state == "failed" and row.created == {}
+    assert "web-s" not in vm_names(p) and not folder(p, "web-s").exists()
+    assert [a.kind for a in p.alerts()].count("restore_failed") == 1
+    p.assert_clean()
