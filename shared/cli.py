@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from shared import __version__, cli_jobs, cli_repo
+from shared import __version__, cli_jobs, cli_repo, cli_restore
 from shared.settings import ConfigError, load_settings, unknown_variables
 
 
@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
 
     cli_repo.add_parser(sub)
     cli_jobs.add_parsers(sub)
+    cli_restore.add_parser(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -66,6 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _db(args.db_command, settings.db_url)
     if args.command in cli_jobs.COMMANDS:
         return cli_jobs.run(args, settings)
+    if args.command == "restore":
+        return cli_restore.run(args, settings)
     if args.command == "repo":
         return cli_repo.run(args, settings.repository_location)
     if args.command == "up":

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,15 @@ async def wait_restore(p: Pipeline, restore_id: str, timeout: float = 60) -> Res
         await asyncio.sleep(0.2)
 
 
+async def cli(p: Pipeline, *args: str) -> tuple[str, str, int]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", *args,
+        env=p.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 90)
+    return out.decode(), err.decode(), proc.returncode or 0
+
+
 def folder(p: Pipeline, name: str) -> Path:
     return p.lab.datastore_dir / name
 
@@ -112,9 +122,16 @@ async def test_faults_end_clean(pipeline_factory: Callable[..., Pipeline]) -> No
     rp, _ = await backup(p)
     before = sorted(x.name for x in p.lab.datastore_dir.iterdir())
 
-    # a name that exists: refused before anything is made
-    done = await wait_restore(p, await restore(p, restore_point_id=rp.id, name="db", datastore="LocalDS_0"))
-    assert done.state == "failed" and "a VM named 'db' already exists" in (done.error or "")
+    # a name that exists: refused before anything is made (asked through the CLI, which waits)
+    out, err, code = await cli(
+        p, "restore", "start", rp.id, "--name", "db", "--datastore", "LocalDS_0", "--wait"
+    )
+    assert code == 1 and "a VM named 'db' already exists" in err, (out, err)
+    restore_id = out.splitlines()[0]
+    out, _, code = await cli(p, "restore", "list")
+    assert code == 0 and restore_id in out and "failed" in out
+    out, _, code = await cli(p, "restore", "show", restore_id)
+    assert code == 0 and '"state": "failed"' in out
     # a network that does not exist: the error lists the ones there are
     done = await wait_restore(
         p, await restore(p, restore_point_id=rp.id, name="web-x", datastore="LocalDS_0", network="nope")
