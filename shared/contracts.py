@@ -183,8 +183,8 @@ class RestoreTarget(Payload):
 
     vcenter: str
     datacenter: str | None = Field(default=None, description="None: the original VM's, else the only one")
-    datastore: str
-    name: str = Field(min_length=1, max_length=80)
+    datastore: str = Field(description="new_vm: where the VM goes; in_place: unused ('')")
+    name: str = Field(min_length=1, max_length=80, description="new_vm: the new VM; in_place: the VM")
     folder: str | None = Field(default=None, description="VM folder path in the datacenter")
     resource_pool: str | None = Field(default=None, description="Host, cluster or pool name")
     network: str | None = Field(default=None, description="Every NIC is connected to this network")

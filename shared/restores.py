@@ -25,7 +25,10 @@ from shared.outbox import stage
 from shared.settings import Settings
 
 FINAL = ("succeeded", "failed", "cancelled")
-PHASES = ("queued", "checking", "uploading", "registering", "powering_on", "cleaning_up", "done")
+PHASES = (
+    "queued", "checking", "powering_off", "uploading", "registering", "resetting_cbt", "powering_on",
+    "cleaning_up", "done",
+)  # fmt: skip
 
 
 class RestoreRequest(BaseModel):
@@ -34,8 +37,19 @@ class RestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     restore_point_id: str = Field(min_length=1, max_length=64)
-    name: str = Field(min_length=1, max_length=80, pattern=r"^[^/\\%]+$", description="The new VM's name")
-    datastore: str = Field(min_length=1, max_length=255)
+    mode: Literal["new_vm", "in_place"] = "new_vm"
+    name: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=80,
+        pattern=r"^[^/\\%]+$",
+        description="new_vm: the new VM's name",
+    )
+    datastore: str | None = Field(default=None, min_length=1, max_length=255, description="new_vm: where to")
+    confirm: bool = Field(default=False, description="in_place: yes, overwrite the VM's disks")
+    method: Literal["full", "fast"] = Field(
+        default="full", description="in_place: write everything, or changes"
+    )
     vcenter: str | None = Field(default=None, description="Default: the vCenter the VM was backed up from")
     datacenter: str | None = Field(
         default=None, description="Default: the original VM's datacenter, else the only one"
@@ -45,7 +59,6 @@ class RestoreRequest(BaseModel):
     network: str | None = Field(default=None, description="Connect every NIC to this network")
     power_on: bool = False
     allow_unverified: bool = Field(default=False, description="Restore even if verification failed")
-    mode: Literal["new_vm"] = "new_vm"
 
 
 def new_restore_id(now: datetime) -> str:
@@ -57,6 +70,27 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
     rp = session.get(RestorePointRow, body.restore_point_id)
     if rp is None:
         raise NotFound(f"no restore point {body.restore_point_id!r}")
+    if body.mode == "new_vm":
+        if body.name is None:
+            raise Invalid("name", "a restore as a new VM needs the new VM's name")
+        if body.datastore is None:
+            raise Invalid("datastore", "a restore as a new VM needs the datastore to put it on")
+    else:
+        if not body.confirm:
+            raise Invalid(
+                "confirm",
+                f"an in-place restore powers off VM {rp.vm_name} ({rp.vm_moref}) and overwrites its disks"
+                " with the restore point: pass confirm: true",
+            )
+        if body.method == "fast":
+            raise Invalid(
+                "method",
+                "fast in-place restore (writing only the windows that differ, found through CBT) needs"
+                " block-level writes to the VM's disks (NFC or VDDK), which vbm does not have yet;"
+                " use method full",
+            )
+        if body.vcenter not in (None, rp.vcenter):
+            raise Invalid("vcenter", f"an in-place restore goes to the VM's own vCenter ({rp.vcenter})")
     if rp.verify_state == "failed" and not body.allow_unverified:
         first = rp.verify_problems[0] if rp.verify_problems else "see its verification"
         raise Conflict(
@@ -68,11 +102,12 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
         names = ", ".join(v.name for v in settings.vcenters) or "none"
         raise Invalid("vcenter", f"{vcenter!r} is not a configured vCenter (configured: {names})")
     datacenter = body.datacenter
+    name = body.name if body.mode == "new_vm" else rp.vm_name
     target = RestoreTarget(
         vcenter=vcenter,
         datacenter=datacenter,
-        datastore=body.datastore,
-        name=body.name,
+        datastore=body.datastore or "",
+        name=name or rp.vm_name,
         folder=body.folder,
         resource_pool=body.resource_pool,
         network=body.network,
@@ -82,15 +117,21 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
         select(Restore).where(Restore.state.not_in(FINAL), Restore.vcenter == vcenter)
     ).all()
     for other in busy:
-        if other.target.get("name") == body.name:
+        if body.mode == "new_vm" and other.target.get("name") == body.name:
             raise Conflict(f"restore {other.id} is already creating a VM named {body.name!r}")
+        if other.mode == "in_place" and other.target.get("vm_moref") == rp.vm_moref:
+            raise Conflict(f"restore {other.id} is already restoring VM {rp.vm_name} in place")
     row = Restore(
         id=new_restore_id(now),
         restore_point_id=rp.id,
         repository=rp.repository,
         vcenter=vcenter,
         mode=body.mode,
-        target={**target.model_dump(mode="json"), "allow_unverified": body.allow_unverified},
+        target={
+            **target.model_dump(mode="json"),
+            "allow_unverified": body.allow_unverified,
+            **({"vm_moref": rp.vm_moref, "method": body.method} if body.mode == "in_place" else {}),
+        },
         state="queued",
         phase="queued",
         generation=0,

@@ -561,6 +561,18 @@ class VCenter:
 
         return self._call(f"reading VM {moref}", run)
 
+    def power_off(self, moref: str, *, timeout: float | None = None) -> bool:
+        """Power a VM off (hard); True if it was on."""
+
+        def run() -> bool:
+            vm = self._vm(moref)
+            if str(vm.runtime.powerState) != "poweredOn":
+                return False
+            self._wait(vm.PowerOffVM_Task(), f"powering off {moref}", timeout)
+            return True
+
+        return self._call(f"powering off VM {moref}", run)
+
     def power_on(self, moref: str, *, timeout: float | None = None) -> None:
         def run() -> None:
             vm = self._vm(moref)

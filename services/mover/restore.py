@@ -121,9 +121,10 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         row.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
         generation, total = row.generation, row.bytes_total
         target = RestoreTarget.model_validate(
-            {k: v for k, v in row.target.items() if k != "allow_unverified"}
+            {k: v for k, v in row.target.items() if k in RestoreTarget.model_fields}
         )
-        rp_id, location = row.restore_point_id, row.repository
+        rp_id, location, mode = row.restore_point_id, row.repository, row.mode
+        original = str(row.target.get("vm_moref", ""))
     attempt = Attempt(deps, event.restore_id, generation, total)
     try:
         vc = deps.vcenters.get(target.vcenter)
@@ -134,7 +135,10 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         await _clean(vc, leftovers)
         with contextlib.suppress(Superseded):
             await asyncio.to_thread(attempt.update, created={})
-    work = asyncio.create_task(_restore(attempt, vc, target, rp_id, location))
+    if mode == "in_place":
+        work = asyncio.create_task(_in_place(attempt, vc, target, rp_id, location, original))
+    else:
+        work = asyncio.create_task(_restore(attempt, vc, target, rp_id, location))
     reporter = asyncio.create_task(attempt.report())
     stop = asyncio.create_task(attempt.cancelled.wait())
     try:
@@ -325,6 +329,67 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
     if target.network:
         await asyncio.to_thread(vc.connect_nics, moref, target.network)
     if target.power_on:
+        await asyncio.to_thread(attempt.update, phase="powering_on")
+        await asyncio.to_thread(vc.power_on, moref)
+    return moref
+
+
+async def _in_place(
+    attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: str, location: str, moref: str
+) -> str:
+    """Write the restore point's disks back over the original VM's (method full).
+
+    The VM is powered off first and must have no snapshots (its base disks are rewritten). The
+    writes bypass the VM, so CBT did not see them: CBT is turned off and on afterwards, which
+    starts a new change epoch, and the next backup of the VM is a full. The VM is powered on
+    again if it was on (or if asked). A failure after the first byte written leaves the VM off
+    with partly restored disks, and says so: nothing can be removed to undo it.
+    """
+    try:
+        repo = await Repository.open(LocalBackend(location))
+        rp = await repo.load(rp_id)
+    except RepoError as exc:
+        raise RestoreFailed(f"cannot read restore point {rp_id} from {location}: {exc}") from None
+    try:
+        vm = await asyncio.to_thread(vc.vm, moref)
+    except NotFound:
+        raise RestoreFailed(f"VM {target.name} ({moref}) no longer exists: restore it as a new VM") from None
+    if vm.snapshots:
+        names = ", ".join(sn.name for sn in vm.snapshots)
+        raise RestoreFailed(
+            f"VM {vm.name} has {len(vm.snapshots)} snapshot(s) ({names}): an in-place restore rewrites its"
+            " base disks; delete or consolidate the snapshots first"
+        )
+    now_disks = {d.key: d for d in vm.disks}
+    plan = []
+    for disk in sorted(rp.disks, key=lambda d: d.key):
+        current = now_disks.get(disk.key)
+        if current is None:
+            raise RestoreFailed(f"VM {vm.name} has no disk {disk.key} any more: restore it as a new VM")
+        if current.capacity != disk.capacity:
+            raise RestoreFailed(
+                f"disk {disk.key} of VM {vm.name} is {current.capacity} bytes now, {disk.capacity} in the"
+                " restore point (resized since): restore it as a new VM"
+            )
+        plan.append((disk, current))
+    await asyncio.to_thread(attempt.update, phase="powering_off")
+    was_on = await asyncio.to_thread(vc.power_off, moref)
+    await asyncio.to_thread(attempt.update, phase="uploading")
+    http = attempt.deps.client(target.vcenter)
+    try:
+        for disk, current in plan:
+            place = Placement(vm.datacenter, current.datastore, 0, vm.name, "", "", None, None)
+            await _upload_disk(attempt, http, place, repo, rp, disk, current.flat_path)
+    except (RestoreFailed, DownloadError, RepoError) as exc:
+        raise RestoreFailed(
+            f"{exc}; VM {vm.name}'s disks are partly overwritten and it is left powered off:"
+            " run the in-place restore again, or restore as a new VM"
+        ) from None
+    if vm.cbt_enabled:
+        await asyncio.to_thread(attempt.update, phase="resetting_cbt")
+        await asyncio.to_thread(vc.set_cbt, moref, False)
+        await asyncio.to_thread(vc.set_cbt, moref, True)
+    if was_on or target.power_on:
         await asyncio.to_thread(attempt.update, phase="powering_on")
         await asyncio.to_thread(vc.power_on, moref)
     return moref

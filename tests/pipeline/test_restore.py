@@ -249,3 +249,48 @@ async def test_a_frozen_mover_is_fenced_and_its_restore_cleaned(
     assert "web-s" not in vm_names(p) and not folder(p, "web-s").exists()
     assert [a.kind for a in p.alerts()].count("restore_failed") == 1
     p.assert_clean()
+
+
+async def test_in_place_restore_writes_the_disks_back_and_resets_cbt(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    from shared.jobstore import Invalid
+
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    job = p.create_job("inplace", ["web"])
+    content = {k: p.guest_disk("web", k) for k in (2000, 2001)}
+    run = await p.run_job(job)
+    assert (await p.wait_run(run)).state == "succeeded", p.dump(run)
+    (rp,) = p.restore_points(run)
+    p.lab.guest_write("web", 2000, 4096, b"ransomware was here" * 100)
+    p.lab.guest_write("web", 2001, 0, b"\xff" * 65536)
+    assert p.guest_disk("web", 2000) != content[2000]
+
+    with pytest.raises(Invalid, match=r"confirm: an in-place restore powers off VM web"):
+        await restore(p, restore_point_id=rp.id, mode="in_place")
+    with pytest.raises(Invalid, match=r"method: fast in-place restore .* needs block-level writes"):
+        await restore(p, restore_point_id=rp.id, mode="in_place", confirm=True, method="fast")
+    vc = vcenter(p)
+    try:
+        was = vc.vm_hardware(rp.vm_moref)["power_state"]
+    finally:
+        vc.close()
+    done = await wait_restore(p, await restore(p, restore_point_id=rp.id, mode="in_place", confirm=True))
+    assert done.state == "succeeded", (done.error, p.logs())
+    assert done.vm_moref == rp.vm_moref
+    for key, data in content.items():
+        assert p.guest_disk("web", key) == data, key
+    vc = vcenter(p)
+    try:
+        assert vc.vm_hardware(rp.vm_moref)["power_state"] == was  # back as it was
+    finally:
+        vc.close()
+    # CBT did not see the restore's writes: it was reset, so the next backup is a full
+    run = await p.run_job(job)
+    assert (await p.wait_run(run)).state == "succeeded", p.dump(run)
+    (after,) = p.restore_points(run)
+    assert after.kind == "full"
+    for key, data in content.items():
+        assert await p.read_back(after.id, key) == data
+    p.assert_clean()
