@@ -26,8 +26,10 @@ def add_parser(sub: Any) -> None:
     acts = p.add_subparsers(dest="restore_command", required=True, metavar="ACTION")
     start = acts.add_parser("start", help="restore as a new VM (left powered off unless --power-on)")
     start.add_argument("restore_point", metavar="RESTORE_POINT_ID")
-    start.add_argument("--name", required=True, help="the new VM's name (must not exist)")
-    start.add_argument("--datastore", required=True)
+    start.add_argument("--name", help="the new VM's name (must not exist)")
+    start.add_argument("--datastore", help="where the new VM goes")
+    start.add_argument("--in-place", action="store_true", help="over the original VM (powers it off)")
+    start.add_argument("--yes", action="store_true", help="confirm an in-place restore")
     start.add_argument("--vcenter", help="default: the one the VM was backed up from")
     start.add_argument("--datacenter", help="default: the original VM's, else the only one")
     start.add_argument("--folder", help="VM folder path in the datacenter, e.g. restores/2026")
@@ -74,6 +76,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
     if action == "start":
         body = restores.RestoreRequest(
             restore_point_id=args.restore_point,
+            mode="in_place" if args.in_place else "new_vm",
+            confirm=args.yes,
             name=args.name,
             datastore=args.datastore,
             vcenter=args.vcenter,
