@@ -37,6 +37,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_repo.add_parser(sub)
     cli_jobs.add_parsers(sub)
     cli_restore.add_parser(sub)
+    cli_restore.add_report_parser(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -69,6 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_jobs.run(args, settings)
     if args.command == "restore":
         return cli_restore.run(args, settings)
+    if args.command == "report":
+        return cli_restore.run_report(args, settings)
     if args.command == "repo":
         return cli_repo.run(args, settings.repository_location)
     if args.command == "up":

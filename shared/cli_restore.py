@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -30,6 +31,11 @@ def add_parser(sub: Any) -> None:
     start.add_argument("--datastore", help="where the new VM goes")
     start.add_argument("--in-place", action="store_true", help="over the original VM (powers it off)")
     start.add_argument("--yes", action="store_true", help="confirm an in-place restore")
+    start.add_argument(
+        "--test",
+        action="store_true",
+        help="a restore test: a temporary VM on --network, checked, removed, reported",
+    )
     start.add_argument("--vcenter", help="default: the one the VM was backed up from")
     start.add_argument("--datacenter", help="default: the original VM's, else the only one")
     start.add_argument("--folder", help="VM folder path in the datacenter, e.g. restores/2026")
@@ -46,6 +52,68 @@ def add_parser(sub: Any) -> None:
         ("cancel", "stop it"),
     ):
         acts.add_parser(name, help=text).add_argument("restore_id")
+
+
+def add_report_parser(sub: Any) -> None:
+    p = sub.add_parser("report", help="signed restore-test reports: list, show, public-key, verify")
+    acts = p.add_subparsers(dest="report_command", required=True, metavar="ACTION")
+    acts.add_parser("list", help="newest first").add_argument("--vm")
+    acts.add_parser("show", help="the signed report as JSON (give this to an auditor)").add_argument(
+        "report_id"
+    )
+    acts.add_parser("public-key", help="the PEM public key that verifies the reports")
+    v = acts.add_parser("verify", help="check a signed report file; exit 0 if it is genuine")
+    v.add_argument("file")
+    v.add_argument("--key", help="PEM public key file (default: this server's)")
+
+
+def run_report(args: argparse.Namespace, settings: Settings) -> int:
+    import json
+
+    from shared import reports
+    from shared.db import make_engine, make_sessionmaker, upgrade
+    from shared.db.models import RestoreReport
+
+    action = args.report_command
+    if action == "public-key":
+        print(reports.public_pem(reports.signing_key(settings.data_dir)), end="")
+        return 0
+    if action == "verify":
+        try:
+            signed = json.loads(Path(args.file).read_text(encoding="utf-8"))
+            if args.key:
+                pem = Path(args.key).read_text()
+            else:
+                pem = reports.public_pem(reports.signing_key(settings.data_dir))
+            report = reports.verify(signed, pem)
+        except (OSError, ValueError, reports.ReportError) as exc:
+            print(f"vbm report verify: NOT GENUINE or unreadable: {exc}", file=sys.stderr)
+            return 1
+        print(f"genuine: restore test {report.get('restore_id')} of {report['restore_point']['vm_name']}"
+              f" ({report['restore_point']['id']}): {report.get('result')}")  # fmt: skip
+        return 0
+    engine = make_engine(settings.db_url)
+    try:
+        upgrade(engine)
+        with make_sessionmaker(engine)() as s:
+            if action == "show":
+                row = s.get(RestoreReport, args.report_id)
+                if row is None:
+                    print(f"vbm report: no report {args.report_id!r}", file=sys.stderr)
+                    return 1
+                print(row.signed)
+                return 0
+            from sqlalchemy import select
+
+            query = select(RestoreReport).order_by(RestoreReport.created_at.desc())
+            if args.vm:
+                query = query.where(RestoreReport.vm_name == args.vm)
+            for r in s.scalars(query):
+                verdict = "passed" if r.ok else "FAILED"
+                print(f"{r.id}  {verdict}  {r.vm_name}  {r.restore_point_id}  {r.created_at}")
+        return 0
+    finally:
+        engine.dispose()
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -76,7 +144,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
     if action == "start":
         body = restores.RestoreRequest(
             restore_point_id=args.restore_point,
-            mode="in_place" if args.in_place else "new_vm",
+            mode="in_place" if args.in_place else "test" if args.test else "new_vm",
             confirm=args.yes,
             name=args.name,
             datastore=args.datastore,

@@ -27,7 +27,7 @@ from shared.settings import Settings
 FINAL = ("succeeded", "failed", "cancelled")
 PHASES = (
     "queued", "checking", "powering_off", "uploading", "registering", "resetting_cbt", "powering_on",
-    "cleaning_up", "done",
+    "testing", "cleaning_up", "done",
 )  # fmt: skip
 
 
@@ -37,7 +37,7 @@ class RestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     restore_point_id: str = Field(min_length=1, max_length=64)
-    mode: Literal["new_vm", "in_place"] = "new_vm"
+    mode: Literal["new_vm", "in_place", "test"] = "new_vm"
     name: str | None = Field(
         default=None,
         min_length=1,
@@ -70,7 +70,12 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
     rp = session.get(RestorePointRow, body.restore_point_id)
     if rp is None:
         raise NotFound(f"no restore point {body.restore_point_id!r}")
-    if body.mode == "new_vm":
+    if body.mode == "test":
+        if body.datastore is None:
+            raise Invalid("datastore", "a restore test needs a datastore for the test VM")
+        if body.network is None:
+            raise Invalid("network", "a restore test needs an isolated network to connect the test VM to")
+    elif body.mode == "new_vm":
         if body.name is None:
             raise Invalid("name", "a restore as a new VM needs the new VM's name")
         if body.datastore is None:
@@ -103,6 +108,8 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
         raise Invalid("vcenter", f"{vcenter!r} is not a configured vCenter (configured: {names})")
     datacenter = body.datacenter
     name = body.name if body.mode == "new_vm" else rp.vm_name
+    if body.mode == "test":  # a temporary name that cannot collide with a production VM
+        name = f"vbm-test-{rp.vm_name[:50]}-{secrets.token_hex(3)}"
     target = RestoreTarget(
         vcenter=vcenter,
         datacenter=datacenter,
@@ -111,7 +118,7 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
         folder=body.folder,
         resource_pool=body.resource_pool,
         network=body.network,
-        power_on=body.power_on,
+        power_on=body.power_on or body.mode == "test",
     )
     busy = session.scalars(
         select(Restore).where(Restore.state.not_in(FINAL), Restore.vcenter == vcenter)

@@ -112,6 +112,9 @@ class PipelineSettings(BaseModel):
         default=60, gt=0, description="A silent worker's message is redelivered after this long"
     )
     workers: int = Field(default=0, ge=0, description="Chunk workers per mover (0: by CPU count)")
+    restore_test_boot: float = Field(
+        default=300, gt=0, description="A restore test waits this long for the guest heartbeat"
+    )
 
 
 class VerifySettings(BaseModel):

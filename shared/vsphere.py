@@ -561,6 +561,21 @@ class VCenter:
 
         return self._call(f"reading VM {moref}", run)
 
+    def guest_status(self, moref: str) -> dict[str, str]:
+        """VMware Tools' view: tools status, running status and the guest heartbeat colour."""
+
+        def run() -> dict[str, str]:
+            vm = self._vm(moref)
+            guest = vm.guest
+            return {
+                "tools": str(getattr(guest, "toolsStatus", None) or "unknown"),
+                "tools_running": str(getattr(guest, "toolsRunningStatus", None) or "unknown"),
+                "heartbeat": str(vm.guestHeartbeatStatus or "gray"),
+                "ip": str(getattr(guest, "ipAddress", None) or ""),
+            }
+
+        return self._call(f"reading the guest of VM {moref}", run)
+
     def power_off(self, moref: str, *, timeout: float | None = None) -> bool:
         """Power a VM off (hard); True if it was on."""
 

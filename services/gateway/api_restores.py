@@ -1,12 +1,18 @@
-"""/api/v1/restores: restore a restore point as a new VM, follow it, cancel it."""
+"""/api/v1/restores and /api/v1/reports: restores (new VM, in place, test), their progress and
+cancel; the signed reports of restore tests and the key that verifies them."""
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, in_session, json_response, read_json
-from shared import restores
+from shared import reports, restores
+from shared.db.models import RestoreReport
+from shared.jobstore import NotFound, iso
 from shared.runstore import Page
 
 routes = web.RouteTableDef()
@@ -53,3 +59,42 @@ async def cancel_restore(request: web.Request) -> web.Response:
         request, lambda s: restores.restore_view(restores.cancel_restore(s, restore_id)), write=True
     )
     return json_response(view, 202)
+
+
+@routes.get("/api/v1/reports")
+async def list_reports(request: web.Request) -> web.Response:
+    """Restore-test reports, newest first (`?vm=` filters by VM name)."""
+    vm = request.query.get("vm")
+
+    def work(session: Session) -> list[dict[str, object]]:
+        query = select(RestoreReport).order_by(RestoreReport.created_at.desc())
+        if vm:
+            query = query.where(RestoreReport.vm_name == vm)
+        return [
+            {"id": r.id, "restore_point_id": r.restore_point_id, "vm_name": r.vm_name, "ok": r.ok,
+             "created_at": iso(r.created_at)}
+            for r in session.scalars(query.limit(500))
+        ]  # fmt: skip
+
+    return json_response({"reports": await in_session(request, work)})
+
+
+@routes.get("/api/v1/reports/public-key")
+async def report_key(request: web.Request) -> web.Response:
+    """The public key that verifies every report (PEM) and its key id."""
+    key = await asyncio.to_thread(reports.signing_key, request.app[CTX].settings.data_dir)
+    return json_response({"key_id": reports.key_id(key), "public_key_pem": reports.public_pem(key)})
+
+
+@routes.get("/api/v1/reports/{report_id}")
+async def get_report(request: web.Request) -> web.Response:
+    """A signed report as stored: {"report", "signature", "key_id"}; give it to an auditor."""
+    report_id = request.match_info["report_id"]
+
+    def work(session: Session) -> str:
+        row = session.get(RestoreReport, report_id)
+        if row is None:
+            raise NotFound(f"no report {report_id!r}")
+        return row.signed
+
+    return web.Response(text=await in_session(request, work), content_type="application/json")

@@ -227,6 +227,19 @@ class Restore(Base):
     finished_at: Mapped[datetime | None] = _ts_null()
 
 
+class RestoreReport(Base):
+    """The signed report of a restore test (`shared/reports.py`); `signed` is its JSON."""
+
+    __tablename__ = "restore_reports"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    restore_point_id: Mapped[str] = mapped_column(String(64))
+    vm_name: Mapped[str] = mapped_column(String(255), index=True)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    created_at: Mapped[datetime] = _ts()
+    signed: Mapped[str] = mapped_column(Text)
+
+
 class SnapshotLedger(Base):
     """Every snapshot vbm ever asked for, recorded before it is requested."""
 

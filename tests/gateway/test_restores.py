@@ -72,3 +72,35 @@ async def test_restore_requests(make_api: MakeApi, tmp_path: Path) -> None:
     assert status == 409 and "has already ended (cancelled)" in body["detail"]
     status, body = await api.call("GET", "/restores/restore-nope")
     assert status == 404 and body["detail"] == "no restore 'restore-nope'"
+
+
+async def test_reports_and_the_public_key(make_api: MakeApi, tmp_path: Path) -> None:
+    import json
+
+    from shared import reports
+    from shared.db.models import RestoreReport
+
+    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=(VC,))
+    status, key = await api.call("GET", "/reports/public-key")
+    assert status == 200 and key["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    signed = reports.sign(
+        reports.signing_key(api.ctx.settings.data_dir), {"restore_id": "restore-1", "result": "passed"}
+    )
+    assert signed["key_id"] == key["key_id"]
+    with api.ctx.sessions.begin() as s:
+        s.add(
+            RestoreReport(
+                id="restore-1", restore_point_id="rp-1", vm_name="web", ok=True, created_at=T0,
+                signed=json.dumps(signed),
+            )
+        )  # fmt: skip
+    status, listing = await api.call("GET", "/reports?vm=web")
+    assert status == 200 and [r["id"] for r in listing["reports"]] == ["restore-1"]
+    assert (await api.call("GET", "/reports?vm=db"))[1]["reports"] == []
+    status, got = await api.call("GET", "/reports/restore-1")
+    assert status == 200 and reports.verify(got, key["public_key_pem"]) == {
+        "restore_id": "restore-1",
+        "result": "passed",
+    }
+    status, problem = await api.call("GET", "/reports/nope")
+    assert status == 404 and problem["detail"] == "no report 'nope'"

@@ -294,3 +294,57 @@ async def test_in_place_restore_writes_the_disks_back_and_resets_cbt(
     for key, data in content.items():
         assert await p.read_back(after.id, key) == data
     p.assert_clean()
+
+
+async def test_restore_test_leaves_a_signed_report_and_no_vm(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    import json
+
+    from shared import reports
+    from shared.db.models import RestoreReport
+
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, _ = await backup(p)
+    before = sorted(x.name for x in p.lab.datastore_dir.iterdir())
+    names_before = vm_names(p)
+    done = await wait_restore(
+        p, await restore(p, restore_point_id=rp.id, mode="test", datastore="LocalDS_0", network="VM Network")
+    )
+    assert done.state == "succeeded", (done.error, p.logs())
+    assert done.target["name"].startswith("vbm-test-web-") and done.target["power_on"] is True
+    # the test VM is gone, and so are its files
+    assert vm_names(p) == names_before
+    assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == before
+
+    with p.sessions() as s:
+        row = s.get(RestoreReport, done.id)
+        assert row is not None and row.ok and row.vm_name == "web"
+        signed = json.loads(row.signed)
+    public = reports.public_pem(reports.signing_key(p.data))
+    report = reports.verify(signed, public)
+    assert report["result"] == "passed" and report["restore_point"]["id"] == rp.id
+    assert [c["check"] for c in report["checks"]] == [
+        "powered on",
+        "every NIC on VM Network",
+        "guest heartbeat",
+    ]
+    assert report["checks"][2]["ok"] is None and "not available" in report["checks"][2]["seen"]
+    assert {d["key"] for d in report["restore_point"]["disks"]} == {2000, 2001}
+    assert report["test_vm"]["removed"] is True and report["timings_s"]["total"] > 0
+
+    # an auditor's check: any change to the report breaks the signature
+    signed["report"]["result"] = "passed with flying colours"
+    with pytest.raises(reports.ReportError, match="changed after signing"):
+        reports.verify(signed, public)
+    # and the CLI says so too
+    good = p.data / "report.json"
+    good.write_text(row.signed)
+    out, err, code = await cli(p, "report", "verify", str(good))
+    assert code == 0 and f"genuine: restore test {done.id} of web" in out, err
+    bad = p.data / "bad.json"
+    bad.write_text(json.dumps(signed))
+    out, err, code = await cli(p, "report", "verify", str(bad))
+    assert code == 1 and "NOT GENUINE" in err
+    p.assert_clean()
