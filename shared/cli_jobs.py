@@ -46,6 +46,12 @@ def add_parsers(sub: Any) -> None:
     create.add_argument("--no-cbt", action="store_true", help="do not use Changed Block Tracking")
     create.add_argument("--quiesce", action="store_true", help="quiesce the guest (VMware Tools)")
     create.add_argument("--repository", default="", help="repository location (default: the setting)")
+    create.add_argument(
+        "--restore-test",
+        metavar="DATASTORE",
+        help="a restore-test job: test-restore the VMs' newest points there",
+    )
+    create.add_argument("--test-network", metavar="NETWORK", help="the isolated network of restore tests")
     acts.add_parser("list", help="list jobs")
     run_now = acts.add_parser("run", help="run a job now")
     run_now.add_argument("job", metavar="NAME_OR_ID")
@@ -204,6 +210,12 @@ def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionm
     }
     if args.schedule:
         body["schedule"] = parse_schedule(args.schedule, args.timezone)
+    if args.restore_test:
+        if not args.test_network:
+            raise jobstore.Invalid(
+                "test-network", "a restore-test job needs --test-network (an isolated network)"
+            )
+        body["options"]["restore_test"] = {"datastore": args.restore_test, "network": args.test_network}
     spec = jobstore.check_spec(sessions, JobSpec.model_validate(body), settings)
     with sessions.begin() as s:
         job = jobstore.create_job(s, spec, utcnow(), settings.repository_location)

@@ -36,6 +36,17 @@ class VMRef(BaseModel):
         return self
 
 
+class RestoreTestOptions(BaseModel):
+    """Makes a job a restore-test job: each run restores the newest restore point of each of its
+    VMs as a temporary VM on `network` (isolated), checks it, removes it and signs a report."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    datastore: str = Field(min_length=1, max_length=255)
+    network: str = Field(min_length=1, max_length=255, description="An isolated network")
+    datacenter: str | None = None
+
+
 class JobOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -48,6 +59,9 @@ class JobOptions(BaseModel):
     )
     min_free_percent: float = Field(
         default=5.0, ge=0, le=90, description="Refuse to snapshot when a datastore has less free"
+    )
+    restore_test: RestoreTestOptions | None = Field(
+        default=None, description="Set: the job tests restores of its VMs instead of backing them up"
     )
 
 
@@ -130,6 +144,11 @@ def request_run(
             session.add(run)
     except IntegrityError:  # another scheduler or gateway created it first
         return None
+    if (job.options or {}).get("restore_test"):
+        from shared.restores import start_restore_tests
+
+        start_restore_tests(session, job, run, now)
+        return run
     stage(
         session,
         JobRequested(occurred_at=now, run_id=run_id, job_id=job.id, trigger=trigger, slot=slot),

@@ -19,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.contracts import RestoreRequested, RestoreTarget
-from shared.db.models import Restore, RestorePointRow
+from shared.db.models import Job, Restore, RestorePointRow, Run
 from shared.jobstore import Conflict, Invalid, NotFound, iso
 from shared.outbox import stage
 from shared.settings import Settings
@@ -106,6 +106,17 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
     if vcenter not in {v.name for v in settings.vcenters}:
         names = ", ".join(v.name for v in settings.vcenters) or "none"
         raise Invalid("vcenter", f"{vcenter!r} is not a configured vCenter (configured: {names})")
+    return _create(session, body, rp, vcenter, now)
+
+
+def _create(
+    session: Session,
+    body: RestoreRequest,
+    rp: RestorePointRow,
+    vcenter: str,
+    now: datetime,
+    run_id: str | None = None,
+) -> Restore:
     datacenter = body.datacenter
     name = body.name if body.mode == "new_vm" else rp.vm_name
     if body.mode == "test":  # a temporary name that cannot collide with a production VM
@@ -149,11 +160,63 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
         cancel_requested=False,
         created_at=now,
         updated_at=now,
+        run_id=run_id,
     )
     session.add(row)
     session.flush()
     stage(session, RestoreRequested(occurred_at=now, restore_id=row.id, restore_point_id=rp.id), now)
     return row
+
+
+def start_restore_tests(session: Session, job: Job, run: Run, now: datetime) -> list[str]:
+    """A run of a restore-test job: one restore test per VM, of its newest restore point that
+    did not fail verification. The run is `running` at once and ends when its restores do."""
+    options = (job.options or {})["restore_test"]
+    run.state, run.started_at = "running", now
+    started: list[str] = []
+    missing: list[str] = []
+    for vm in job.vms:
+        query = select(RestorePointRow).where(RestorePointRow.verify_state != "failed")
+        query = (
+            query.where(RestorePointRow.vm_moref == vm["moref"])
+            if vm.get("moref")
+            else query.where(RestorePointRow.vm_name == vm["name"])
+        )
+        rp = session.scalars(query.order_by(RestorePointRow.finished_at.desc()).limit(1)).first()
+        if rp is None:
+            missing.append(vm.get("name") or vm.get("moref") or "?")
+            continue
+        body = RestoreRequest(
+            restore_point_id=rp.id,
+            mode="test",
+            datastore=options["datastore"],
+            network=options["network"],
+            datacenter=options.get("datacenter"),
+            vcenter=rp.vcenter,
+        )
+        row = _create(session, body, rp, rp.vcenter, now, run_id=run.id)
+        started.append(row.id)
+    if missing:
+        run.error = f"no restore point to test for: {', '.join(missing)}"
+    if not started:
+        run.state, run.finished_at = "failed", now
+    return started
+
+
+def finish_run(session: Session, restore: Restore, now: datetime) -> None:
+    """When `restore` belongs to a run of a restore-test job and was its last to end, end the
+    run: succeeded if every test passed, failed if none did, partial otherwise."""
+    if not restore.run_id:
+        return
+    run = session.get(Run, restore.run_id)
+    if run is None or run.state in ("succeeded", "failed", "partial", "cancelled"):
+        return
+    states = [r.state for r in session.scalars(select(Restore).where(Restore.run_id == restore.run_id))]
+    if any(st not in FINAL for st in states):
+        return
+    ok = sum(st == "succeeded" for st in states)
+    run.state = "succeeded" if ok == len(states) and not run.error else "failed" if ok == 0 else "partial"
+    run.finished_at = now
 
 
 def get_restore(session: Session, restore_id: str) -> Restore:

@@ -46,7 +46,7 @@ from shared.pipeline.restores import clean
 from shared.repo import LocalBackend, RepoError, Repository, read_disk, read_file
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.reports import sign, signing_key
-from shared.restores import FINAL
+from shared.restores import FINAL, finish_run
 from shared.vmx import descriptor, disk_files, restore_descriptor, restore_vmx
 from shared.vsphere import NotFound, Placement, VCenter, VSphereError
 
@@ -237,6 +237,7 @@ def _end(
             ),
             now,
         )
+        finish_run(s, row, now)
         if state == "failed":
             raise_alert(
                 s,

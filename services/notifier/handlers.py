@@ -42,6 +42,7 @@ from shared.pipeline.cleanup import remove_entries, remove_one
 from shared.pipeline.restores import clean as clean_restore
 from shared.pipeline.vcenters import VCenters
 from shared.restores import FINAL as RESTORE_FINAL
+from shared.restores import finish_run
 from shared.runtime import Context
 from shared.vsphere import VSphereError
 
@@ -196,6 +197,7 @@ async def overdue_restores(deps: Deps) -> None:
                 continue
             row.state, row.phase, row.error, row.created = "failed", "done", error, {}
             row.finished_at = row.updated_at = now
+            finish_run(s, row, now)
             stage(s, RestoreDone(occurred_at=now, restore_id=restore_id, restore_point_id=rp_id,
                                  state="failed", vm_name=name, error=error), now)  # fmt: skip
             raise_alert(

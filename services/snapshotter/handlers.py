@@ -69,6 +69,8 @@ async def _start_run(deps: Deps, event: JobRequested) -> list[str]:
             raise Permanent(f"job {run.job_id} of run {run.id} no longer exists")
         if run.state in ("succeeded", "failed", "partial", "cancelled"):
             return []
+        if (job.options or {}).get("restore_test"):
+            return []  # a restore-test job: its runs are restores (shared/restores.py), no snapshots
         if run.state == "queued":
             run.state, run.started_at = "running", now
         for vm in job.vms:

@@ -206,6 +206,7 @@ class Restore(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     restore_point_id: Mapped[str] = mapped_column(String(64), index=True)
+    run_id: Mapped[str | None] = mapped_column(String(128), nullable=True, index=True)
     repository: Mapped[str] = mapped_column(String(1024))
     vcenter: Mapped[str] = mapped_column(String(64))
     mode: Mapped[str] = mapped_column(String(16))

@@ -348,3 +348,36 @@ async def test_restore_test_leaves_a_signed_report_and_no_vm(
     out, err, code = await cli(p, "report", "verify", str(bad))
     assert code == 1 and "NOT GENUINE" in err
     p.assert_clean()
+
+
+async def test_a_restore_test_job_tests_each_vm_and_ends_its_run(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    from sqlalchemy import select
+
+    from shared.db.models import RestoreReport
+
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    backup_job = p.create_job("nightly", ["web", "db"])
+    run = await p.run_job(backup_job)
+    assert (await p.wait_run(run)).state == "succeeded", p.dump(run)
+    names_before = vm_names(p)
+
+    tests = p.create_job(
+        "weekly-tests",
+        ["web", "db"],
+        options={"restore_test": {"datastore": "LocalDS_0", "network": "VM Network"}},
+    )
+    run = await p.run_job(tests)
+    done = await p.wait_run(run, timeout=90)
+    assert done.state == "succeeded", (done.error, p.logs())
+    with p.sessions() as s:
+        restores_of_run = list(s.scalars(select(Restore).where(Restore.run_id == run)))
+        reports_ = {r.vm_name: r.ok for r in s.scalars(select(RestoreReport))}
+    assert sorted(r.mode for r in restores_of_run) == ["test", "test"]
+    assert all(r.state == "succeeded" for r in restores_of_run)
+    assert reports_ == {"web": True, "db": True}
+    assert p.tasks(run) == []  # nothing was snapshotted by a restore-test run
+    assert vm_names(p) == names_before
+    p.assert_clean()

@@ -1,4 +1,4 @@
-"""restore reports: signed evidence of restore tests
+"""restore reports: signed evidence of restore tests; restores of restore-test runs
 
 Revision ID: 0004
 Revises: 0003
@@ -30,8 +30,15 @@ def upgrade() -> None:
     with op.batch_alter_table("restore_reports", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_restore_reports_vm_name"), ["vm_name"], unique=False)
 
+    with op.batch_alter_table("restores", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("run_id", sa.String(length=128), nullable=True))
+        batch_op.create_index(batch_op.f("ix_restores_run_id"), ["run_id"], unique=False)
+
 
 def downgrade() -> None:
+    with op.batch_alter_table("restores", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_restores_run_id"))
+        batch_op.drop_column("run_id")
     with op.batch_alter_table("restore_reports", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_restore_reports_vm_name"))
     op.drop_table("restore_reports")
