@@ -10,7 +10,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -32,6 +32,9 @@ def add_parser(sub: Any) -> None:
     start.add_argument("--in-place", action="store_true", help="over the original VM (powers it off)")
     start.add_argument("--yes", action="store_true", help="confirm an in-place restore")
     start.add_argument(
+        "--instant", action="store_true", help="instant recovery: run the VM from the backup store"
+    )
+    start.add_argument(
         "--test",
         action="store_true",
         help="a restore test: a temporary VM on --network, checked, removed, reported",
@@ -50,8 +53,20 @@ def add_parser(sub: Any) -> None:
         ("show", "one restore, as JSON"),
         ("watch", "follow to the end"),
         ("cancel", "stop it"),
+        ("stop", "stop an instant VM: power off, remove, unmount"),
     ):
         acts.add_parser(name, help=text).add_argument("restore_id")
+    mig = acts.add_parser("migrate", help="move an instant VM to a production datastore, then unmount")
+    mig.add_argument("restore_id")
+    mig.add_argument("--datastore", required=True)
+
+
+def _mode(args: argparse.Namespace) -> Literal["new_vm", "in_place", "test", "instant"]:
+    if args.in_place:
+        return "in_place"
+    if args.test:
+        return "test"
+    return "instant" if args.instant else "new_vm"
 
 
 def add_report_parser(sub: Any) -> None:
@@ -144,7 +159,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
     if action == "start":
         body = restores.RestoreRequest(
             restore_point_id=args.restore_point,
-            mode="in_place" if args.in_place else "test" if args.test else "new_vm",
+            mode=_mode(args),
             confirm=args.yes,
             name=args.name,
             datastore=args.datastore,
@@ -181,6 +196,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         return 0
     if action == "watch":
         return watch(sessions, args.restore_id)
+    if action in ("migrate", "stop"):
+        with sessions.begin() as s:
+            restores.instant_action(s, args.restore_id, action, getattr(args, "datastore", None), utcnow())
+        print(f"{action} of {args.restore_id} requested; follow it with: vbm restore show {args.restore_id}")
+        return 0
     with sessions.begin() as s:
         restores.cancel_restore(s, args.restore_id)
     print(f"cancel of {args.restore_id} requested; the mover stops and removes what it made", file=sys.stderr)

@@ -201,9 +201,13 @@ class RestoreRequested(Event):
     restore_id: Id
     restore_point_id: Id
     attempt: int = Field(default=1, ge=1)
+    action: Literal["start", "migrate", "stop"] = Field(
+        default="start", description="instant recovery: migrate to `datastore`, or stop and clean up"
+    )
+    datastore: str | None = None
 
     def msg_id(self) -> str:
-        return f"restore.requested:{self.restore_id}:{self.attempt}"
+        return f"restore.requested:{self.restore_id}:{self.action}:{self.attempt}"
 
 
 class RestoreDone(Event):

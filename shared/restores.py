@@ -27,7 +27,8 @@ from shared.settings import Settings
 FINAL = ("succeeded", "failed", "cancelled")
 PHASES = (
     "queued", "checking", "powering_off", "uploading", "registering", "resetting_cbt", "powering_on",
-    "testing", "cleaning_up", "done",
+    "testing", "materializing", "mounting", "instant", "migrating", "migrated", "stopping", "stopped",
+    "cleaning_up", "done",
 )  # fmt: skip
 
 
@@ -37,7 +38,7 @@ class RestoreRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     restore_point_id: str = Field(min_length=1, max_length=64)
-    mode: Literal["new_vm", "in_place", "test"] = "new_vm"
+    mode: Literal["new_vm", "in_place", "test", "instant"] = "new_vm"
     name: str | None = Field(
         default=None,
         min_length=1,
@@ -75,6 +76,9 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
             raise Invalid("datastore", "a restore test needs a datastore for the test VM")
         if body.network is None:
             raise Invalid("network", "a restore test needs an isolated network to connect the test VM to")
+    elif body.mode == "instant":
+        if body.name is None:
+            raise Invalid("name", "instant recovery needs the name the VM runs under")
     elif body.mode == "new_vm":
         if body.name is None:
             raise Invalid("name", "a restore as a new VM needs the new VM's name")
@@ -118,7 +122,7 @@ def _create(
     run_id: str | None = None,
 ) -> Restore:
     datacenter = body.datacenter
-    name = body.name if body.mode == "new_vm" else rp.vm_name
+    name = body.name if body.mode in ("new_vm", "instant") else rp.vm_name
     if body.mode == "test":  # a temporary name that cannot collide with a production VM
         name = f"vbm-test-{rp.vm_name[:50]}-{secrets.token_hex(3)}"
     target = RestoreTarget(
@@ -135,7 +139,7 @@ def _create(
         select(Restore).where(Restore.state.not_in(FINAL), Restore.vcenter == vcenter)
     ).all()
     for other in busy:
-        if body.mode == "new_vm" and other.target.get("name") == body.name:
+        if body.mode in ("new_vm", "instant") and other.target.get("name") == body.name:
             raise Conflict(f"restore {other.id} is already creating a VM named {body.name!r}")
         if other.mode == "in_place" and other.target.get("vm_moref") == rp.vm_moref:
             raise Conflict(f"restore {other.id} is already restoring VM {rp.vm_name} in place")
@@ -217,6 +221,37 @@ def finish_run(session: Session, restore: Restore, now: datetime) -> None:
     ok = sum(st == "succeeded" for st in states)
     run.state = "succeeded" if ok == len(states) and not run.error else "failed" if ok == 0 else "partial"
     run.finished_at = now
+
+
+def instant_action(
+    session: Session, restore_id: str, action: str, datastore: str | None, now: datetime
+) -> Restore:
+    """Migrate an instantly recovered VM to `datastore`, or stop it (remove it, unmount)."""
+    row = get_restore(session, restore_id)
+    if row.mode != "instant":
+        raise Conflict(f"restore {restore_id} is not an instant recovery")
+    if row.state != "succeeded" or row.phase != "instant":
+        verb = "migrated" if action == "migrate" else "stopped"
+        raise Conflict(
+            f"restore {restore_id} is {row.state} in phase {row.phase}:"
+            f" only a running instant VM can be {verb}"
+        )
+    if action == "migrate" and not datastore:
+        raise Invalid("datastore", "migrating to production needs the datastore to move the VM to")
+    row.phase = "migrating" if action == "migrate" else "stopping"
+    row.updated_at = now
+    stage(
+        session,
+        RestoreRequested(
+            occurred_at=now,
+            restore_id=row.id,
+            restore_point_id=row.restore_point_id,
+            action="migrate" if action == "migrate" else "stop",
+            datastore=datastore,
+        ),
+        now,
+    )
+    return row
 
 
 def get_restore(session: Session, restore_id: str) -> Restore:

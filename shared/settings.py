@@ -131,6 +131,18 @@ class VerifySettings(BaseModel):
     )
 
 
+class InstantSettings(BaseModel):
+    """Instant recovery: where restore points are published for vCenter to mount."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    root: Path | None = Field(default=None, description="Default: <data_dir>/instant")
+    nfs_server: str | None = Field(
+        default=None,
+        description="The address ESXi mounts root's NFS export from; unset: a local datastore on root",
+    )
+
+
 class Settings(BaseSettings):
     """Everything a vbm process can be configured with."""
 
@@ -159,6 +171,12 @@ class Settings(BaseSettings):
     lab: LabSettings = LabSettings()
     pipeline: PipelineSettings = PipelineSettings()
     verify: VerifySettings = VerifySettings()
+    instant: InstantSettings = InstantSettings()
+
+    @property
+    def instant_root(self) -> Path:
+        return self.instant.root or self.data_dir / "instant"
+
     vcenters: tuple[VCenterSettings, ...] = ()
 
     @classmethod

@@ -418,12 +418,12 @@ class VCenter:
             if dc is None:
                 raise _bad(f"no datacenter {datacenter!r} on {self.settings.name} (there are: {_names(dcs)})")
             stores = {ds.name: ds for ds in dc.datastore}
-            ds = stores.get(datastore)
-            if ds is None:
+            ds = stores.get(datastore) if datastore else None
+            if datastore and ds is None:
                 raise _bad(
                     f"no datastore {datastore!r} in datacenter {datacenter} (there are: {_names(stores)})"
                 )
-            if not ds.summary.accessible:
+            if ds is not None and not ds.summary.accessible:
                 raise _bad(f"datastore {datastore} is not accessible now", retryable=True)
             view = content.viewManager.CreateContainerView(dc, [vim.VirtualMachine], True)
             try:
@@ -450,7 +450,7 @@ class VCenter:
             return Placement(
                 datacenter=datacenter,
                 datastore=datastore,
-                free=int(ds.summary.freeSpace),
+                free=int(ds.summary.freeSpace) if ds is not None else 0,
                 name=name,
                 folder=target_folder._moId,
                 pool=pool,
@@ -560,6 +560,58 @@ class VCenter:
             }
 
         return self._call(f"reading VM {moref}", run)
+
+    def _host_for(self, where: Placement) -> Any:
+        if where.host:
+            return vim.HostSystem(where.host, self._si._stub)
+        pool: Any = vim.ResourcePool(where.pool, self._si._stub)
+        owner: Any = pool.owner
+        if not owner.host:
+            raise _bad(f"resource pool {where.pool} has no host to mount a datastore on")
+        return owner.host[0]
+
+    def mount_datastore(self, where: Placement, name: str, path: str, nfs_server: str | None) -> str:
+        """Mount `path` as datastore `name` on the placement's host: an NFS export of `nfs_server`
+        (the backup host), or, without one, a local datastore (vCenter and vbm share the disk:
+        the lab). Returns the datastore's moref."""
+
+        def run() -> str:
+            system = self._host_for(where).configManager.datastoreSystem
+            if nfs_server:
+                spec = vim.host.NasVolume.Specification(
+                    remoteHost=nfs_server, remotePath=path, localPath=name, accessMode="readWrite", type="NFS"
+                )
+                ds = system.CreateNasDatastore(spec=spec)
+            else:
+                ds = system.CreateLocalDatastore(name=name, path=path)
+            return str(ds._moId)
+
+        return self._call(f"mounting {path} as datastore {name}", run)
+
+    def unmount_datastore(self, where: Placement, name: str) -> None:
+        """Remove datastore `name` from the host; one already gone is success."""
+
+        def run() -> None:
+            host = self._host_for(where)
+            for ds in host.datastore:
+                if ds.name == name:
+                    host.configManager.datastoreSystem.RemoveDatastore(datastore=ds)
+                    return
+
+        self._call(f"unmounting datastore {name}", run)
+
+    def relocate(self, moref: str, datastore: str, *, timeout: float | None = None) -> None:
+        """Move a VM's files to `datastore` (Storage vMotion when it runs)."""
+
+        def run() -> None:
+            vm = self._vm(moref)
+            target = next((d for d in _datacenter(vm).datastore if d.name == datastore), None)
+            if target is None:
+                raise _bad(f"no datastore {datastore!r} in the VM's datacenter")
+            spec = vim.vm.RelocateSpec(datastore=target)
+            self._wait(vm.RelocateVM_Task(spec=spec), f"moving {moref} to {datastore}", timeout)
+
+        self._call(f"moving VM {moref} to {datastore}", run)
 
     def guest_status(self, moref: str) -> dict[str, str]:
         """VMware Tools' view: tools status, running status and the guest heartbeat colour."""

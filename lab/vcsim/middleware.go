@@ -120,6 +120,14 @@ func (l *lab) dispatch(mux http.Handler, w http.ResponseWriter, r *http.Request,
 		l.registerVM(mux, w, r, body, call)
 		return
 	}
+	if call.method == "RelocateVM_Task" {
+		l.relocateVM(mux, w, r, body, call)
+		return
+	}
+	if call.method == "RemoveDatastore" {
+		l.removeDatastore(mux, w, r, body)
+		return
+	}
 	l.forwardSOAP(mux, w, r, body, call)
 }
 

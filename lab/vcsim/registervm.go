@@ -35,14 +35,35 @@ var (
 	extentRow = regexp.MustCompile(`(?m)^RW (\d+) `)
 )
 
-// localPath maps "[LocalDS_0] dir/file" to the lab datastore's directory ("" if elsewhere).
+// localPath maps "[datastore] dir/file" to a file of the lab: the lab's datastore, or any
+// datastore a client added (CreateLocalDatastore: its path is its URL). "" if unknown.
 func (l *lab) localPath(dsPath string) string {
-	prefix := "[" + l.dsName + "]"
-	if !strings.HasPrefix(dsPath, prefix) {
+	name, rel := splitDsPath(dsPath)
+	root := l.datastoreRoot(name)
+	if root == "" {
 		return ""
 	}
-	rel := strings.TrimSpace(strings.TrimPrefix(dsPath, prefix))
-	return filepath.Join(l.dsDir, filepath.FromSlash(path.Clean("/"+rel)))
+	return filepath.Join(root, filepath.FromSlash(path.Clean("/"+rel)))
+}
+
+func splitDsPath(dsPath string) (string, string) {
+	if !strings.HasPrefix(dsPath, "[") || !strings.Contains(dsPath, "]") {
+		return "", dsPath
+	}
+	end := strings.Index(dsPath, "]")
+	return dsPath[1:end], strings.TrimSpace(dsPath[end+1:])
+}
+
+func (l *lab) datastoreRoot(name string) string {
+	if name == l.dsName {
+		return l.dsDir
+	}
+	for _, e := range simulator.Map.All("Datastore") {
+		if ds, ok := e.(*simulator.Datastore); ok && ds.Name == name {
+			return ds.Info.GetDatastoreInfo().Url
+		}
+	}
+	return ""
 }
 
 func (l *lab) registerVM(mux http.Handler, w http.ResponseWriter, r *http.Request, body []byte, call soapCall) {
@@ -129,7 +150,15 @@ func (l *lab) attachDisks(vmRef types.ManagedObjectReference, vmx string) error 
 	sort.Slice(disks, func(a, b int) bool {
 		return disks[a].bus*100+disks[a].unit < disks[b].bus*100+disks[b].unit
 	})
-	dsDir := strings.TrimPrefix(filepath.Dir(vmx), l.dsDir)
+	dsName, dsRoot := l.dsName, l.dsDir
+	for _, e := range simulator.Map.All("Datastore") {
+		if ds, ok := e.(*simulator.Datastore); ok {
+			if root := ds.Info.GetDatastoreInfo().Url; root != "" && strings.HasPrefix(vmx, root+string(filepath.Separator)) {
+				dsName, dsRoot = ds.Name, root
+			}
+		}
+	}
+	dsDir := strings.TrimPrefix(filepath.Dir(vmx), dsRoot)
 	buses := map[int]bool{}
 	for i, d := range disks {
 		if !buses[d.bus] {
@@ -159,7 +188,7 @@ func (l *lab) attachDisks(vmRef types.ManagedObjectReference, vmx string) error 
 				UnitNumber:    &unit,
 				Backing: &types.VirtualDiskFlatVer2BackingInfo{
 					VirtualDeviceFileBackingInfo: types.VirtualDeviceFileBackingInfo{
-						FileName: l.dsPath(strings.TrimPrefix(path.Join(filepath.ToSlash(dsDir), d.file), "/")),
+						FileName: "[" + dsName + "] " + strings.TrimPrefix(path.Join(filepath.ToSlash(dsDir), d.file), "/"),
 					},
 					DiskMode:        string(types.VirtualDiskModePersistent),
 					ThinProvisioned: types.NewBool(true),

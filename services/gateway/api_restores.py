@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from services.gateway.common import CTX, in_session, json_response, read_json
 from shared import reports, restores
 from shared.db.models import RestoreReport
-from shared.jobstore import NotFound, iso
+from shared.jobstore import Invalid, NotFound, iso
 from shared.runstore import Page
 
 routes = web.RouteTableDef()
@@ -98,3 +98,37 @@ async def get_report(request: web.Request) -> web.Response:
         return row.signed
 
     return web.Response(text=await in_session(request, work), content_type="application/json")
+
+
+@routes.post("/api/v1/restores/{restore_id}/migrate")
+async def migrate_instant(request: web.Request) -> web.Response:
+    """Move an instantly recovered VM to a production datastore (Storage vMotion), then unmount."""
+    ctx = request.app[CTX]
+    restore_id = request.match_info["restore_id"]
+    body = await read_json(request)
+    datastore = body.get("datastore") if isinstance(body, dict) else None
+    if not isinstance(datastore, str) or not datastore:
+        raise Invalid("datastore", "the datastore to move the VM to is required")
+    view = await in_session(
+        request,
+        lambda s: restores.restore_view(
+            restores.instant_action(s, restore_id, "migrate", datastore, ctx.clock())
+        ),
+        write=True,
+    )
+    ctx.relay.kick()
+    return json_response(view, 202)
+
+
+@routes.post("/api/v1/restores/{restore_id}/stop")
+async def stop_instant(request: web.Request) -> web.Response:
+    """Stop an instantly recovered VM: power off, remove it, unmount the published restore point."""
+    ctx = request.app[CTX]
+    restore_id = request.match_info["restore_id"]
+    view = await in_session(
+        request,
+        lambda s: restores.restore_view(restores.instant_action(s, restore_id, "stop", None, ctx.clock())),
+        write=True,
+    )
+    ctx.relay.kick()
+    return json_response(view, 202)

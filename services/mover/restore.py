@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ class Attempt:
 
 
 async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    if event.action != "start":
+        return await instant_action(event, deps)
     ctx = deps.ctx
     now = ctx.clock()
     with ctx.sessions.begin() as s:
@@ -142,6 +145,8 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         work = asyncio.create_task(_in_place(attempt, vc, target, rp_id, location, original))
     elif mode == "test":
         work = asyncio.create_task(_restore_test(attempt, vc, target, rp_id, location))
+    elif mode == "instant":
+        work = asyncio.create_task(_instant(attempt, vc, target, rp_id, location))
     else:
         work = asyncio.create_task(_restore(attempt, vc, target, rp_id, location))
     reporter = asyncio.create_task(attempt.report())
@@ -178,7 +183,7 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
             await _clean(vc, created)
         except VSphereError as exc:
             error = f"{error}; and cleaning up failed: {exc} (remove {created} by hand)"
-    return _end(attempt, state, error, target, rp_id, vm_moref)
+    return _end(attempt, state, error, target, rp_id, vm_moref, instant=mode == "instant")
 
 
 def _created(attempt: Attempt) -> dict[str, str]:
@@ -208,6 +213,8 @@ def _end(
     target: RestoreTarget,
     rp_id: str,
     vm_moref: str | None = None,
+    *,
+    instant: bool = False,
 ) -> Sequence[Event]:
     ctx = attempt.deps.ctx
     now = ctx.clock()
@@ -215,15 +222,18 @@ def _end(
         row = s.get(Restore, attempt.restore_id)
         if row is None or row.generation != attempt.generation or row.state in FINAL:
             return []
-        row.state, row.phase, row.error = state, "done", error
+        row.state, row.phase, row.error = (
+            state,
+            "instant" if instant and state == "succeeded" else "done",
+            error,
+        )
         row.vm_moref = vm_moref
         row.finished_at = row.updated_at = now
         row.bytes_done = attempt.done if state != "succeeded" else row.bytes_total
         row.rate = 0.0
-        if state == "succeeded":
-            row.created = {}
-        else:
-            row.created = {}  # removed above (or named in the error)
+        if not (instant and state == "succeeded"):
+            row.created = {}  # done, or removed above (or named in the error)
+        # a running instant VM keeps `created`: stopping it removes those things
         stage(
             s,
             RestoreDone(
@@ -494,6 +504,162 @@ def _sign_and_store(ctx: Any, report: dict[str, Any], vm_name: str, rp_id: str, 
             )
         )
     return str(signed["key_id"])
+
+
+async def _instant(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: str, location: str) -> str:
+    """Instant recovery: publish the restore point's files in a directory that vCenter mounts as a
+    datastore, register the VM from there and power it on; no disk is copied to production.
+
+    The directory (`<instant root>/<restore id>/<name>/`) holds the disks materialized sparsely
+    (only non-zero windows are written; the rest are holes), their descriptors, the NVRAM and the
+    rewritten `.vmx`. It is mounted as `vbm-instant-<id>`: an NFS export when `instant.nfs_server`
+    is set, else a local datastore (vCenter sees vbm's disk: the lab). The VM then runs on the
+    backup host's storage until it is migrated to production (Storage vMotion, RelocateVM_Task)
+    or stopped (powered off, removed, the datastore unmounted, the directory deleted).
+    """
+    ctx = attempt.deps.ctx
+    try:
+        repo = await Repository.open(LocalBackend(location))
+        rp = await repo.load(rp_id)
+    except RepoError as exc:
+        raise RestoreFailed(f"cannot read restore point {rp_id} from {location}: {exc}") from None
+    vmx_entry = next((f for f in rp.files if f.path.endswith(".vmx")), None)
+    if vmx_entry is None:
+        raise RestoreFailed(f"restore point {rp_id} holds no .vmx: it cannot be recovered as a VM")
+    datacenter = target.datacenter or await _datacenter_of(vc, rp)
+    where = await asyncio.to_thread(
+        vc.placement, datacenter, "", target.name,
+        folder=target.folder, resource_pool=target.resource_pool, network=target.network,
+    )  # fmt: skip
+    name = target.name
+    root = ctx.settings.instant_root / attempt.restore_id
+    await asyncio.to_thread(attempt.created, "instant_dir", str(root))
+    await asyncio.to_thread(attempt.update, phase="materializing")
+    folder = root / name
+    await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
+    vmx_text = (await read_file(repo, rp, vmx_entry)).decode("utf-8", "replace")
+    listed = disk_files(vmx_text)
+    renames: dict[str, str] = {}
+    for index, disk in enumerate(sorted(rp.disks, key=lambda d: d.key)):
+        stem = name if index == 0 else f"{name}_{index}"
+        old_desc = _descriptor_path(disk)
+        renames[old_desc.rsplit("/", 1)[-1]] = f"{stem}.vmdk"
+        await _materialize(attempt, repo, rp, disk, folder / f"{stem}-flat.vmdk")
+        entry = next((f for f in rp.files if f.path == old_desc), None)
+        if entry is not None:
+            text = restore_descriptor(
+                (await read_file(repo, rp, entry)).decode("utf-8", "replace"), f"{stem}-flat.vmdk"
+            )
+        else:
+            text = descriptor(disk.capacity, f"{stem}-flat.vmdk")
+        await asyncio.to_thread((folder / f"{stem}.vmdk").write_text, text)
+    nvram_entry = next((f for f in rp.files if f.path.endswith(".nvram")), None)
+    if nvram_entry is not None:
+        await asyncio.to_thread(
+            (folder / f"{name}.nvram").write_bytes, await read_file(repo, rp, nvram_entry)
+        )
+    missing = tuple(dev for dev, f in listed.items() if f.rsplit("/", 1)[-1] not in renames)
+    new_vmx = restore_vmx(vmx_text, name, renames, f"{name}.nvram", target.network, drop=missing)
+    await asyncio.to_thread((folder / f"{name}.vmx").write_text, new_vmx)
+
+    await asyncio.to_thread(attempt.update, phase="mounting")
+    ds_name = f"vbm-instant-{attempt.restore_id.rsplit('-', 1)[-1]}"
+    for key, value in (
+        ("datacenter", datacenter),
+        ("instant_pool", where.pool),
+        ("instant_host", where.host or ""),
+    ):
+        await asyncio.to_thread(attempt.created, key, value)
+    await asyncio.to_thread(attempt.created, "instant_datastore", ds_name)
+    await asyncio.to_thread(vc.mount_datastore, where, ds_name, str(root), ctx.settings.instant.nfs_server)
+    vmx_path = f"[{ds_name}] {name}/{name}.vmx"
+    await asyncio.to_thread(attempt.created, "vmx", vmx_path)
+    await asyncio.to_thread(attempt.update, phase="registering")
+
+    async def register() -> str:
+        moref = await asyncio.to_thread(vc.register_vm, where, vmx_path)
+        await asyncio.to_thread(attempt.created, "vm", moref)
+        return moref
+
+    moref = await _finish_even_if_cancelled(register())
+    if target.network:
+        await asyncio.to_thread(vc.connect_nics, moref, target.network)
+    await asyncio.to_thread(attempt.update, phase="powering_on")
+    await asyncio.to_thread(vc.power_on, moref)
+    return moref
+
+
+async def _materialize(
+    attempt: Attempt, repo: Repository, rp: RestorePoint, disk: DiskEntry, path: Any
+) -> None:
+    """Write a disk image as a sparse file: its size set, only non-zero windows written."""
+    fd = await asyncio.to_thread(os.open, str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+    try:
+        await asyncio.to_thread(os.ftruncate, fd, disk.capacity)
+        sem = asyncio.Semaphore(4)
+
+        async def one(offset: int, length: int, cid: str | None) -> None:
+            if cid is not None:
+                async with sem:
+                    data = await repo.get_chunk(cid, rp.id)
+                    await asyncio.to_thread(os.pwrite, fd, data, offset)
+            attempt.done += length
+
+        await asyncio.gather(*(one(o, n, c) for o, n, c in disk.windows()))
+        await asyncio.to_thread(os.fsync, fd)
+    finally:
+        await asyncio.to_thread(os.close, fd)
+
+
+async def instant_action(event: RestoreRequested, deps: Deps) -> Sequence[Event]:
+    """Migrate a running instant VM to production, or stop it; the restore row says the outcome."""
+    ctx = deps.ctx
+    with ctx.sessions() as s:
+        row = s.get(Restore, event.restore_id)
+        if row is None or row.mode != "instant" or row.phase not in ("migrating", "stopping"):
+            return []
+        created, vcenter, moref, name = (
+            dict(row.created),
+            row.vcenter,
+            row.vm_moref,
+            str(row.target.get("name")),
+        )
+    vc = deps.vcenters.get(vcenter)
+    error: str | None = None
+    try:
+        if event.action == "migrate" and moref and event.datastore:
+            await asyncio.to_thread(vc.relocate, moref, event.datastore)
+            # the VM's files are on production now: only the published copy and its mount remain
+            created = {k: v for k, v in created.items() if k not in ("vm", "vmx")}
+        await asyncio.to_thread(clean, vc, created)
+    except (VSphereError, OSError) as exc:
+        error = str(exc)
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        row = s.get(Restore, event.restore_id)
+        if row is None:
+            return []
+        if error is None:
+            row.phase = "migrated" if event.action == "migrate" else "stopped"
+            row.created = {}
+            if event.action == "stop":
+                row.vm_moref = None
+        else:
+            row.phase = "instant"  # still running from the backup store; the error says why
+            row.error = f"{event.action} failed: {error}"
+            raise_alert(
+                s,
+                key=f"instant-{event.action}:{row.id}:{now.isoformat()}",
+                kind="restore_failed",
+                severity="error",
+                message=f"instant VM {name}: {event.action} failed: {error}",
+                now=now,
+                vm_name=name,
+            )
+        row.updated_at = now
+    ctx.relay.kick()
+    log.info("instant recovery %s: %s %s", event.restore_id, event.action, "done" if error is None else error)
+    return []
 
 
 async def _finish_even_if_cancelled(coro: Coroutine[Any, Any, T]) -> T:

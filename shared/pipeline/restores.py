@@ -8,11 +8,18 @@ its path even if the mover died before recording its moref; things already gone 
 
 from __future__ import annotations
 
-from shared.vsphere import VCenter
+import shutil
+
+from shared.vsphere import Placement, VCenter
 
 
 def clean(vc: VCenter, created: dict[str, str]) -> list[str]:
-    """Remove a half-made restore (blocking); returns what was removed, for the log."""
+    """Remove a half-made restore (blocking); returns what was removed, for the log.
+
+    Instant recovery also records the datastore it mounted (`instant_datastore`, with the
+    `instant_pool`/`instant_host` it was mounted on) and the published directory
+    (`instant_dir`): the datastore is unmounted after the VM is gone, then the directory removed.
+    """
     removed: list[str] = []
     vms = [created["vm"]] if created.get("vm") else []
     if created.get("vmx"):
@@ -23,4 +30,14 @@ def clean(vc: VCenter, created: dict[str, str]) -> list[str]:
     if created.get("folder") and created.get("datacenter"):
         vc.delete_path(created["datacenter"], created["folder"])
         removed.append(created["folder"])
+    if created.get("instant_datastore"):
+        where = Placement(
+            created.get("datacenter", ""), "", 0, "", "", created.get("instant_pool", ""),
+            created.get("instant_host") or None, None,
+        )  # fmt: skip
+        vc.unmount_datastore(where, created["instant_datastore"])
+        removed.append(f"datastore {created['instant_datastore']}")
+    if created.get("instant_dir"):
+        shutil.rmtree(created["instant_dir"], ignore_errors=True)
+        removed.append(created["instant_dir"])
     return removed

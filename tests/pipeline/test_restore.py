@@ -381,3 +381,83 @@ async def test_a_restore_test_job_tests_each_vm_and_ends_its_run(
     assert p.tasks(run) == []  # nothing was snapshotted by a restore-test run
     assert vm_names(p) == names_before
     p.assert_clean()
+
+
+def datastores(p: Pipeline) -> list[str]:
+    from tests.plugins.lab import connect, disconnect
+
+    si = connect(p.lab)
+    try:
+        return sorted(ds.name for dc in si.content.rootFolder.childEntity for ds in dc.datastore)
+    finally:
+        disconnect(si)
+
+
+async def wait_phase(p: Pipeline, restore_id: str, phase: str, timeout: float = 60) -> Restore:
+    deadline = time.monotonic() + timeout
+    while True:
+        with p.sessions() as s:
+            row = s.get(Restore, restore_id)
+            assert row is not None
+            if row.phase == phase:
+                return row
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                f"restore {restore_id} never reached {phase}: {row.phase} {row.error}\n{p.logs()}"
+            )
+        await asyncio.sleep(0.2)
+
+
+async def test_instant_recovery_runs_from_the_store_then_migrates_or_stops(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    from shared.restores import instant_action
+
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, content = await backup(p)
+    stores_before = datastores(p)
+
+    restore_id = await restore(
+        p, restore_point_id=rp.id, mode="instant", name="web-now", network="VM Network"
+    )
+    done = await wait_restore(p, restore_id)
+    assert (done.state, done.phase) == ("succeeded", "instant"), (done.error, p.logs())
+    published = p.data / "instant" / restore_id / "web-now"
+    for i, key in enumerate((2000, 2001)):
+        flat = published / (f"web-now_{i}-flat.vmdk" if i else "web-now-flat.vmdk")
+        assert flat.read_bytes() == content[key]
+    vc = vcenter(p)
+    try:
+        hw = vc.vm_hardware(done.vm_moref)
+        assert hw["power_state"] == "poweredOn" and hw["vmx_path"].startswith("[vbm-instant-")
+    finally:
+        vc.close()
+    instant_ds = hw["vmx_path"][1 : hw["vmx_path"].index("]")]
+    assert instant_ds in datastores(p)
+
+    # migrate to production: the VM's files move to LocalDS_0, the published copy is unmounted
+    with p.sessions.begin() as s:
+        instant_action(s, restore_id, "migrate", "LocalDS_0", now())
+    await p.relay.publish_pending()
+    row = await wait_phase(p, restore_id, "migrated")
+    assert row.error is None
+    vc = vcenter(p)
+    try:
+        hw = vc.vm_hardware(row.vm_moref or "")
+        assert hw["vmx_path"] == "[LocalDS_0] web-now/web-now.vmx" and hw["power_state"] == "poweredOn"
+    finally:
+        vc.close()
+    assert (folder(p, "web-now") / "web-now-flat.vmdk").read_bytes() == content[2000]
+    assert not (p.data / "instant" / restore_id).exists() and datastores(p) == stores_before
+
+    # another instant VM, stopped: nothing of it is left
+    second = await restore(p, restore_point_id=rp.id, mode="instant", name="web-brief")
+    assert (await wait_restore(p, second)).phase == "instant"
+    with p.sessions.begin() as s:
+        instant_action(s, second, "stop", None, now())
+    await p.relay.publish_pending()
+    row = await wait_phase(p, second, "stopped")
+    assert "web-brief" not in vm_names(p) and not (p.data / "instant" / second).exists()
+    assert datastores(p) == stores_before
+    p.assert_clean()
