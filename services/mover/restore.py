@@ -605,8 +605,9 @@ async def _materialize(
                     await asyncio.to_thread(os.pwrite, fd, data, offset)
             attempt.done += length
 
+        # no fsync: the published copy is a working copy the VM runs from until it is migrated or
+        # stopped; a crash of the backup host ends that VM anyway, and the restore point is intact
         await asyncio.gather(*(one(o, n, c) for o, n, c in disk.windows()))
-        await asyncio.to_thread(os.fsync, fd)
     finally:
         await asyncio.to_thread(os.close, fd)
 
