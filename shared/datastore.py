@@ -277,22 +277,12 @@ class DatastoreHTTP:
             if early is not None:
                 raise _Again(f"the server answered HTTP {resp.status} after {sent} of {size} bytes")
             reusable = not resp.will_close
-        except ssl.SSLCertVerificationError as exc:
-            raise DownloadError(
-                f"uploading {name}: the TLS certificate of {self._host} is not trusted "
-                f"({exc.verify_message}); give the CA that signed it (ca_file) or set verify_tls = false",
-                retryable=False,
-            ) from None
         except (OSError, http.client.HTTPException) as exc:
-            if exchange.aborted:
-                raise _Again("aborted") from None
-            kind = "stalled" if isinstance(exc, TimeoutError) else type(exc).__name__
-            raise _Again(f"{kind} after {sent} of {size} bytes: {exc}") from None
+            raise self._failure(
+                exc, exchange, f"uploading {name}", f" after {sent} of {size} bytes"
+            ) from None
         finally:
-            if reusable and not exchange.aborted:
-                self._release(conn)
-            else:
-                conn.close()
+            self._done_with(conn, reusable and not exchange.aborted)
 
     async def _fetch(
         self, url: str, name: str, span: tuple[int, int] | None, limit: int, into: memoryview | None
@@ -380,22 +370,29 @@ class DatastoreHTTP:
             resp = conn.getresponse()
             data, reusable = self._answer(resp, what, span, limit, into)
             return data
-        except ssl.SSLCertVerificationError as exc:
-            raise DownloadError(
-                f"reading {what}: the TLS certificate of {self._host} is not trusted "
-                f"({exc.verify_message}); give the CA that signed it (ca_file) or set verify_tls = false",
-                retryable=False,
-            ) from None
         except (OSError, http.client.HTTPException) as exc:
-            if exchange.aborted:
-                raise _Again("aborted") from None
-            kind = "stalled" if isinstance(exc, TimeoutError) else type(exc).__name__
-            raise _Again(f"{kind}: {exc}" if str(exc) else kind) from None
+            raise self._failure(exc, exchange, f"reading {what}") from None
         finally:
-            if reusable and not exchange.aborted:
-                self._release(conn)
-            else:
-                conn.close()
+            self._done_with(conn, reusable and not exchange.aborted)
+
+    def _failure(self, exc: Exception, exchange: _Exchange, doing: str, where: str = "") -> Exception:
+        """What a transport error means: an untrusted certificate is final, the rest may pass."""
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return DownloadError(
+                f"{doing}: the TLS certificate of {self._host} is not trusted ({exc.verify_message});"
+                " give the CA that signed it (ca_file) or set verify_tls = false",
+                retryable=False,
+            )
+        if exchange.aborted:
+            return _Again("aborted")
+        kind = "stalled" if isinstance(exc, TimeoutError) else type(exc).__name__
+        return _Again(f"{kind}{where}: {exc}" if str(exc) else f"{kind}{where}")
+
+    def _done_with(self, conn: http.client.HTTPConnection, reusable: bool) -> None:
+        if reusable:
+            self._release(conn)
+        else:
+            conn.close()
 
     def _answer(
         self,

@@ -22,6 +22,7 @@ from shared.contracts import RestoreRequested, RestoreTarget
 from shared.db.models import Job, Restore, RestorePointRow, Run
 from shared.jobstore import Conflict, Invalid, NotFound, iso
 from shared.outbox import stage
+from shared.pipeline.alerts import raise_alert
 from shared.settings import Settings
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -252,6 +253,20 @@ def instant_action(
         now,
     )
     return row
+
+
+def alert_failed(session: Session, restore: Restore, error: str | None, now: datetime) -> None:
+    """The `restore_failed` alert of a restore that ended failed (once per restore)."""
+    name = restore.target.get("name")
+    raise_alert(
+        session,
+        key=f"restore-failed:{restore.id}",
+        kind="restore_failed",
+        severity="error",
+        message=f"restore {restore.id} of {restore.restore_point_id} as VM {name!r} failed: {error}",
+        now=now,
+        vm_name=str(name),
+    )
 
 
 def get_restore(session: Session, restore_id: str) -> Restore:

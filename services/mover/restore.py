@@ -47,7 +47,7 @@ from shared.pipeline.restores import clean
 from shared.repo import LocalBackend, RepoError, Repository, read_disk, read_file
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.reports import sign, signing_key
-from shared.restores import FINAL, finish_run
+from shared.restores import FINAL, alert_failed, finish_run
 from shared.vmx import descriptor, disk_files, restore_descriptor, restore_vmx
 from shared.vsphere import NotFound, Placement, VCenter, VSphereError
 
@@ -249,30 +249,60 @@ def _end(
         )
         finish_run(s, row, now)
         if state == "failed":
-            raise_alert(
-                s,
-                key=f"restore-failed:{row.id}",
-                kind="restore_failed",
-                severity="error",
-                message=f"restore {row.id} of {rp_id} as VM {target.name!r} failed: {error}",
-                now=now,
-                vm_name=target.name,
-            )
+            alert_failed(s, row, error, now)
     ctx.relay.kick()
     log.info("restore %s %s%s", attempt.restore_id, state, f": {error}" if error else "")
     return []
 
 
-async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: str, location: str) -> str:
-    deps = attempt.deps
+async def _open_point(rp_id: str, location: str) -> tuple[Repository, RestorePoint]:
     try:
         repo = await Repository.open(LocalBackend(location))
-        rp = await repo.load(rp_id)
+        return repo, await repo.load(rp_id)
     except RepoError as exc:
         raise RestoreFailed(f"cannot read restore point {rp_id} from {location}: {exc}") from None
+
+
+@dataclass
+class VMFiles:
+    """The files of a restored copy, named for it: per disk (in key order) the flat file and the
+    descriptor (with its text), then the NVRAM (if backed up) and the rewritten `.vmx`."""
+
+    disks: list[tuple[DiskEntry, str, str, str]]
+    nvram: bytes | None
+    vmx: str
+
+
+async def _vm_files(repo: Repository, rp: RestorePoint, name: str, network: str | None) -> VMFiles:
     vmx_entry = next((f for f in rp.files if f.path.endswith(".vmx")), None)
     if vmx_entry is None:
-        raise RestoreFailed(f"restore point {rp_id} holds no .vmx: it cannot be restored as a new VM")
+        raise RestoreFailed(f"restore point {rp.id} holds no .vmx: it cannot be restored as a VM")
+    vmx_text = (await read_file(repo, rp, vmx_entry)).decode("utf-8", "replace")
+    renames: dict[str, str] = {}
+    disks = []
+    for index, disk in enumerate(sorted(rp.disks, key=lambda d: d.key)):
+        stem = name if index == 0 else f"{name}_{index}"
+        old_desc = _descriptor_path(disk)
+        renames[old_desc.rsplit("/", 1)[-1]] = f"{stem}.vmdk"
+        entry = next((f for f in rp.files if f.path == old_desc), None)
+        if entry is not None:
+            raw = (await read_file(repo, rp, entry)).decode("utf-8", "replace")
+            text = restore_descriptor(raw, f"{stem}-flat.vmdk")
+        else:
+            text = descriptor(disk.capacity, f"{stem}-flat.vmdk")
+        disks.append((disk, f"{stem}-flat.vmdk", f"{stem}.vmdk", text))
+    nvram_entry = next((f for f in rp.files if f.path.endswith(".nvram")), None)
+    nvram = await read_file(repo, rp, nvram_entry) if nvram_entry is not None else None
+    listed = disk_files(vmx_text)
+    missing = tuple(dev for dev, f in listed.items() if f.rsplit("/", 1)[-1] not in renames)
+    if missing:  # e.g. independent disks, which snapshots do not capture
+        log.warning("restore of %s: the .vmx lists disks not in the backup, left out: %s", rp.id, missing)
+    return VMFiles(disks, nvram, restore_vmx(vmx_text, name, renames, f"{name}.nvram", network, drop=missing))
+
+
+async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: str, location: str) -> str:
+    deps = attempt.deps
+    repo, rp = await _open_point(rp_id, location)
     datacenter = target.datacenter or await _datacenter_of(vc, rp)
     where = await asyncio.to_thread(
         vc.placement,
@@ -289,6 +319,7 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
             f"datastore {where.datastore} has {_gib(where.free)} free; restoring {rp.vm_name} needs"
             f" {_gib(need)} (its disks are written in full): free space or choose another datastore"
         )
+    files = await _vm_files(repo, rp, target.name, target.network)
     name = target.name
     folder = f"[{where.datastore}] {name}"
     try:
@@ -303,32 +334,12 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
 
     await asyncio.to_thread(attempt.update, phase="uploading")
     http = deps.client(target.vcenter)
-    vmx_text = (await read_file(repo, rp, vmx_entry)).decode("utf-8", "replace")
-    listed = disk_files(vmx_text)
-    renames: dict[str, str] = {}
-    for index, disk in enumerate(sorted(rp.disks, key=lambda d: d.key)):
-        stem = name if index == 0 else f"{name}_{index}"
-        old_desc = _descriptor_path(disk)
-        renames[old_desc.rsplit("/", 1)[-1]] = f"{stem}.vmdk"
-        await _upload_disk(attempt, http, where, repo, rp, disk, f"{name}/{stem}-flat.vmdk")
-        entry = next((f for f in rp.files if f.path == old_desc), None)
-        if entry is not None:
-            text = restore_descriptor(
-                (await read_file(repo, rp, entry)).decode("utf-8", "replace"), f"{stem}-flat.vmdk"
-            )
-        else:
-            text = descriptor(disk.capacity, f"{stem}-flat.vmdk")
-        await _put_small(http, where, f"{name}/{stem}.vmdk", text.encode())
-    missing = {dev: f for dev, f in listed.items() if f.rsplit("/", 1)[-1] not in renames}
-    if missing:  # e.g. independent disks, which snapshots do not capture
-        log.warning(
-            "restore %s: the .vmx lists disks not in the backup, left out: %s", attempt.restore_id, missing
-        )
-    nvram_entry = next((f for f in rp.files if f.path.endswith(".nvram")), None)
-    if nvram_entry is not None:
-        await _put_small(http, where, f"{name}/{name}.nvram", await read_file(repo, rp, nvram_entry))
-    new_vmx = restore_vmx(vmx_text, name, renames, f"{name}.nvram", target.network, drop=tuple(missing))
-    await _put_small(http, where, f"{name}/{name}.vmx", new_vmx.encode())
+    for disk, flat, desc, text in files.disks:
+        await _upload_disk(attempt, http, where, repo, rp, disk, f"{name}/{flat}")
+        await _put_small(http, where, f"{name}/{desc}", text.encode())
+    if files.nvram is not None:
+        await _put_small(http, where, f"{name}/{name}.nvram", files.nvram)
+    await _put_small(http, where, f"{name}/{name}.vmx", files.vmx.encode())
 
     await asyncio.to_thread(attempt.update, phase="registering")
 
@@ -361,11 +372,7 @@ async def _in_place(
     again if it was on (or if asked). A failure after the first byte written leaves the VM off
     with partly restored disks, and says so: nothing can be removed to undo it.
     """
-    try:
-        repo = await Repository.open(LocalBackend(location))
-        rp = await repo.load(rp_id)
-    except RepoError as exc:
-        raise RestoreFailed(f"cannot read restore point {rp_id} from {location}: {exc}") from None
+    repo, rp = await _open_point(rp_id, location)
     try:
         vm = await asyncio.to_thread(vc.vm, moref)
     except NotFound:
@@ -431,8 +438,7 @@ async def _restore_test(
     await asyncio.to_thread(attempt.update, phase="cleaning_up")
     await _clean(vc, _created(attempt))
     await asyncio.to_thread(attempt.update, created={})
-    repo = await Repository.open(LocalBackend(location))
-    rp = await repo.load(rp_id)
+    _, rp = await _open_point(rp_id, location)
     ok = all(c["ok"] is not False for c in checks)
     report = {
         "kind": "vbm restore test",
@@ -518,14 +524,8 @@ async def _instant(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
     or stopped (powered off, removed, the datastore unmounted, the directory deleted).
     """
     ctx = attempt.deps.ctx
-    try:
-        repo = await Repository.open(LocalBackend(location))
-        rp = await repo.load(rp_id)
-    except RepoError as exc:
-        raise RestoreFailed(f"cannot read restore point {rp_id} from {location}: {exc}") from None
-    vmx_entry = next((f for f in rp.files if f.path.endswith(".vmx")), None)
-    if vmx_entry is None:
-        raise RestoreFailed(f"restore point {rp_id} holds no .vmx: it cannot be recovered as a VM")
+    repo, rp = await _open_point(rp_id, location)
+    files = await _vm_files(repo, rp, target.name, target.network)
     datacenter = target.datacenter or await _datacenter_of(vc, rp)
     where = await asyncio.to_thread(
         vc.placement, datacenter, "", target.name,
@@ -537,30 +537,12 @@ async def _instant(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
     await asyncio.to_thread(attempt.update, phase="materializing")
     folder = root / name
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
-    vmx_text = (await read_file(repo, rp, vmx_entry)).decode("utf-8", "replace")
-    listed = disk_files(vmx_text)
-    renames: dict[str, str] = {}
-    for index, disk in enumerate(sorted(rp.disks, key=lambda d: d.key)):
-        stem = name if index == 0 else f"{name}_{index}"
-        old_desc = _descriptor_path(disk)
-        renames[old_desc.rsplit("/", 1)[-1]] = f"{stem}.vmdk"
-        await _materialize(attempt, repo, rp, disk, folder / f"{stem}-flat.vmdk")
-        entry = next((f for f in rp.files if f.path == old_desc), None)
-        if entry is not None:
-            text = restore_descriptor(
-                (await read_file(repo, rp, entry)).decode("utf-8", "replace"), f"{stem}-flat.vmdk"
-            )
-        else:
-            text = descriptor(disk.capacity, f"{stem}-flat.vmdk")
-        await asyncio.to_thread((folder / f"{stem}.vmdk").write_text, text)
-    nvram_entry = next((f for f in rp.files if f.path.endswith(".nvram")), None)
-    if nvram_entry is not None:
-        await asyncio.to_thread(
-            (folder / f"{name}.nvram").write_bytes, await read_file(repo, rp, nvram_entry)
-        )
-    missing = tuple(dev for dev, f in listed.items() if f.rsplit("/", 1)[-1] not in renames)
-    new_vmx = restore_vmx(vmx_text, name, renames, f"{name}.nvram", target.network, drop=missing)
-    await asyncio.to_thread((folder / f"{name}.vmx").write_text, new_vmx)
+    for disk, flat, desc, text in files.disks:
+        await _materialize(attempt, repo, rp, disk, folder / flat)
+        await asyncio.to_thread((folder / desc).write_text, text)
+    if files.nvram is not None:
+        await asyncio.to_thread((folder / f"{name}.nvram").write_bytes, files.nvram)
+    await asyncio.to_thread((folder / f"{name}.vmx").write_text, files.vmx)
 
     await asyncio.to_thread(attempt.update, phase="mounting")
     ds_name = f"vbm-instant-{attempt.restore_id.rsplit('-', 1)[-1]}"

@@ -42,7 +42,7 @@ from shared.pipeline.cleanup import remove_entries, remove_one
 from shared.pipeline.restores import clean as clean_restore
 from shared.pipeline.vcenters import VCenters
 from shared.restores import FINAL as RESTORE_FINAL
-from shared.restores import finish_run
+from shared.restores import alert_failed, finish_run
 from shared.runtime import Context
 from shared.vsphere import VSphereError
 
@@ -200,15 +200,7 @@ async def overdue_restores(deps: Deps) -> None:
             finish_run(s, row, now)
             stage(s, RestoreDone(occurred_at=now, restore_id=restore_id, restore_point_id=rp_id,
                                  state="failed", vm_name=name, error=error), now)  # fmt: skip
-            raise_alert(
-                s,
-                key=f"restore-failed:{restore_id}",
-                kind="restore_failed",
-                severity="error",
-                message=f"restore {restore_id} of {rp_id} as VM {name!r} failed: {error}",
-                now=now,
-                vm_name=name,
-            )
+            alert_failed(s, row, error, now)
         log.warning("restore %s failed by the watchdog: %s", restore_id, error)
     ctx.relay.kick()
 
