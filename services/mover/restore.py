@@ -674,7 +674,7 @@ def _descriptor_path(disk: DiskEntry) -> str:
 
 
 def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.1f} GiB"
+    return f"{n / (1 << 30):.1f} GiB" if n >= 1 << 30 else f"{n / (1 << 20):.0f} MiB"
 
 
 async def _put_small(http: Any, where: Placement, path: str, data: bytes) -> None:

@@ -461,3 +461,31 @@ async def test_instant_recovery_runs_from_the_store_then_migrates_or_stops(
     assert "web-brief" not in vm_names(p) and not (p.data / "instant" / second).exists()
     assert datastores(p) == stores_before
     p.assert_clean()
+
+
+async def test_a_datastore_without_room_is_refused_before_anything_is_written(
+    pipeline_factory: Callable[..., Pipeline], tmp_path: Path
+) -> None:
+    from tests.plugins.tmpfs import mount_tmpfs, unmount
+
+    small = mount_tmpfs(tmp_path / "lab0", "72m")  # the lab's datastore: its VMs take ~27 MB
+    p = pipeline_factory()
+    try:
+        p.start("snapshotter", "mover", "verifier", "notifier")
+        rp, _ = await backup(p)
+        before = sorted(x.name for x in p.lab.datastore_dir.iterdir())
+        done = await wait_restore(
+            p, await restore(p, restore_point_id=rp.id, name="web-big", datastore="LocalDS_0")
+        )
+        assert done.state == "failed", done.error
+        assert "datastore LocalDS_0 has" in (done.error or "") and "free; restoring web needs" in (
+            done.error or ""
+        )
+        assert "choose another datastore" in (done.error or "")
+        assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == before
+        p.assert_clean()
+    finally:
+        for proc in p.procs.values():
+            proc.stop()
+        p.lab.stop()
+        unmount(small)
