@@ -30,14 +30,19 @@ class Backend(Protocol):
 
     async def put_if_absent(self, key: str, data: bytes, *, durable: bool = False) -> bool:
         """Store `data` under `key` unless the key exists; True when it wrote. With `durable`,
-        the object is on stable storage when this returns; else at the next `flush()`."""
+        the object is on stable storage when this returns; else at the next `flush()`. An object
+        that exists already has its modification time refreshed (see `exists`)."""
         ...
 
     async def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
         """The object's bytes (or `length` bytes from `offset`); ObjectMissing if absent."""
         ...
 
-    async def exists(self, key: str) -> bool: ...
+    async def exists(self, key: str) -> bool:
+        """Whether a complete object is there; one that is has its modification time refreshed,
+        because the caller is about to rely on it (garbage collection spares objects modified
+        after its cut-off: `shared/repo/gc.py`)."""
+        ...
 
     async def stat(self, key: str) -> ObjectInfo:
         """Size and modification time; ObjectMissing if absent."""

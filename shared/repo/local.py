@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import contextlib
 import errno
 import os
 import shutil
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,11 +28,18 @@ TMP_PREFIX = ".tmp-"
 
 
 class LocalBackend:
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, clock: Callable[[], float] | None = None) -> None:
         self.root = Path(root).resolve()
         self.location = str(self.root)
         self._pending: set[Path] = set()
         self._lock = threading.Lock()
+        self._clock = clock  # tests: the time written as objects' modification time
+
+    def _touch(self, path: Path) -> None:
+        """Mark an object as needed now (its mtime): garbage collection never removes an object
+        touched after its cut-off, which is how a running backup's reused chunks stay safe."""
+        with contextlib.suppress(FileNotFoundError):
+            os.utime(path, None if self._clock is None else (self._clock(), self._clock()))
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith("/") or ".." in key.split("/"):
@@ -45,6 +53,7 @@ class LocalBackend:
         path = self._path(key)
         if path.exists() and path.stat().st_size > 0:
             self._note(path)  # someone else's write: make sure it is durable before we rely on it
+            self._touch(path)
             return False
         tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
@@ -54,10 +63,13 @@ class LocalBackend:
                 if durable:
                     fh.flush()
                     os.fsync(fh.fileno())
+            if self._clock is not None:
+                os.utime(tmp, (self._clock(), self._clock()))
             try:
                 os.link(tmp, path)
             except FileExistsError:
                 if path.stat().st_size > 0:
+                    self._touch(path)
                     return False
                 os.replace(tmp, path)  # an empty object can only be a crash remnant: replace it
                 tmp = path
@@ -124,6 +136,7 @@ class LocalBackend:
         except (FileNotFoundError, NotADirectoryError):
             return False
         self._note(path)
+        self._touch(path)
         return True
 
     async def stat(self, key: str) -> ObjectInfo:

@@ -1,0 +1,102 @@
+"""Garbage collection: remove the chunks no restore point references, never one still needed.
+
+Pruning removes manifests only (`Repository.forget`); GC reclaims their chunks. It is a mark and
+sweep (as Proxmox Backup Server's, with modification times instead of access times):
+
+1. **mark**: load every manifest; the union of their chunk ids is what is referenced. A manifest
+   that does not load stops the GC before anything is deleted (its chunks are unknown).
+2. **sweep**: list the chunk objects; delete those not referenced *and* last modified before the
+   cut-off. Backends refresh an object's modification time whenever a writer finds it present
+   and relies on it (`exists`, `put_if_absent`), and a chunk a writer stores is new; so chunks
+   that a running backup wrote or reused but has not yet referenced in a committed manifest are
+   modified after that backup started. The caller therefore passes a cut-off no later than the
+   start of the oldest running writer (and of this GC), minus a margin for clock skew.
+
+One GC at a time per repository: the object `locks/gc` is created with put-if-absent and removed
+at the end; a lock older than `stale_after` (a GC that died) is taken over.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from shared.repo.errors import ManifestError, ObjectMissing, RepoError
+from shared.repo.repository import Repository
+
+LOCK_KEY = "locks/gc"
+
+
+class GCBusy(RepoError):
+    """Another GC holds the repository's lock."""
+
+
+@dataclass
+class GCReport:
+    restore_points: int = 0
+    chunks_referenced: int = 0
+    chunks_seen: int = 0
+    chunks_removed: int = 0
+    bytes_removed: int = 0
+    chunks_spared_young: int = 0
+    bytes_kept: int = 0
+    removed: list[str] = field(default_factory=list)
+
+
+async def collect(
+    repo: Repository,
+    *,
+    cutoff: datetime,
+    now: datetime | None = None,
+    stale_after: timedelta = timedelta(hours=6),
+    dry_run: bool = False,
+) -> GCReport:
+    """Remove unreferenced chunks last modified before `cutoff`; see the module's docstring."""
+    now = now or datetime.now(UTC)
+    await _lock(repo, now, stale_after)
+    try:
+        report = GCReport()
+        referenced: set[str] = set()
+        for rp_id in await repo.restore_point_ids():
+            try:
+                rp = await repo.load(rp_id)
+            except ManifestError as exc:
+                raise RepoError(f"garbage collection stopped, nothing deleted: {exc}") from None
+            referenced |= rp.chunk_ids()
+            report.restore_points += 1
+        report.chunks_referenced = len(referenced)
+        async for info in repo.backend.list("chunks/"):
+            report.chunks_seen += 1
+            cid = info.key.rsplit("/", 1)[-1]
+            if cid in referenced:
+                report.bytes_kept += info.size
+                continue
+            if info.modified >= cutoff:
+                report.chunks_spared_young += 1
+                report.bytes_kept += info.size
+                continue
+            if not dry_run:
+                await repo.backend.delete(info.key)
+            report.chunks_removed += 1
+            report.bytes_removed += info.size
+            report.removed.append(cid)
+        return report
+    finally:
+        await repo.backend.delete(LOCK_KEY)
+
+
+async def _lock(repo: Repository, now: datetime, stale_after: timedelta) -> None:
+    body = json.dumps({"since": now.isoformat()}).encode()
+    if await repo.backend.put_if_absent(LOCK_KEY, body, durable=True):
+        return
+    try:
+        held = json.loads(await repo.backend.get(LOCK_KEY))
+        since = datetime.fromisoformat(held["since"])
+    except (ObjectMissing, ValueError, KeyError, TypeError):
+        since = now - stale_after - timedelta(seconds=1)  # unreadable: treat as stale
+    if now - since <= stale_after:
+        raise GCBusy(f"another garbage collection of {repo.backend.location} runs since {since.isoformat()}")
+    await repo.backend.delete(LOCK_KEY)  # a GC that died: take over
+    if not await repo.backend.put_if_absent(LOCK_KEY, body, durable=True):
+        raise GCBusy(f"another garbage collection of {repo.backend.location} just started")

@@ -1,0 +1,112 @@
+"""Retention as Proxmox Backup Server's prune decides it: rule order, periods, covered periods."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+from shared.retention import Point, Policy, plan
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def kept(points: list[Point], now: str = "2026-01-01T00:00", **rules: int) -> list[str]:
+    return [d.id for d in plan(points, Policy(**rules), at(now)) if d.keep]
+
+
+def pts(*times: str) -> list[Point]:
+    return [Point(t, at(t)) for t in times]
+
+
+def test_no_rule_keeps_everything() -> None:
+    points = pts("2025-01-01T10:00", "2025-01-02T10:00")
+    assert kept(points) == ["2025-01-02T10:00", "2025-01-01T10:00"]
+
+
+def test_keep_last() -> None:
+    points = pts(*(f"2025-03-0{d}T10:00" for d in range(1, 6)))
+    assert kept(points, keep_last=3) == ["2025-03-05T10:00", "2025-03-04T10:00", "2025-03-03T10:00"]
+
+
+def test_keep_daily_keeps_the_newest_of_each_day_and_days_without_backups_do_not_count() -> None:
+    points = pts(
+        "2025-03-05T22:00", "2025-03-05T12:00", "2025-03-05T02:00",
+        "2025-03-03T22:00", "2025-03-03T12:00",  # no backup on the 4th
+        "2025-03-02T22:00",
+    )  # fmt: skip
+    assert kept(points, keep_daily=2) == ["2025-03-05T22:00", "2025-03-03T22:00"]
+
+
+def test_a_later_rule_only_considers_older_backups() -> None:
+    points = pts("2025-03-05T22:00", "2025-03-05T12:00", "2025-03-04T22:00", "2025-03-03T22:00")
+    # keep-last takes the newest; its day is covered, so keep-daily's 2 go to the 4th and the 3rd
+    assert kept(points, keep_last=1, keep_daily=2) == [
+        "2025-03-05T22:00",
+        "2025-03-04T22:00",
+        "2025-03-03T22:00",
+    ]
+
+
+def test_iso_weeks_at_the_end_of_the_year() -> None:
+    # Mon 2024-12-30 and Thu 2025-01-02 are both in ISO week 2025-W01; Sun 2024-12-29 is 2024-W52
+    points = pts("2025-01-02T10:00", "2024-12-30T10:00", "2024-12-29T10:00", "2024-12-22T10:00")
+    assert kept(points, keep_weekly=2) == ["2025-01-02T10:00", "2024-12-29T10:00"]
+
+
+def test_a_point_a_rule_removed_is_not_kept_by_a_coarser_rule() -> None:
+    # Mon 2025-09-29 and Wed 2025-10-01 share ISO week 40 but not the month: keep-weekly keeps
+    # October 1st and removes September 29th, so keep-monthly takes September 15th for September
+    points = pts("2025-10-01T10:00", "2025-09-29T10:00", "2025-09-15T10:00", "2025-08-20T10:00")
+    assert kept(points, keep_weekly=1, keep_monthly=2) == [
+        "2025-10-01T10:00",
+        "2025-09-15T10:00",
+        "2025-08-20T10:00",
+    ]
+    why = {
+        d.id: d.reason for d in plan(points, Policy(keep_weekly=1, keep_monthly=2), at("2026-01-01T00:00"))
+    }
+    assert why["2025-09-29T10:00"].startswith("keep-weekly: a newer point of 2025-W40 is kept")
+    assert (
+        why["2025-09-15T10:00"] == "keep-monthly (2025-09)"
+        and why["2025-08-20T10:00"] == "keep-monthly (2025-08)"
+    )
+
+
+def test_gfs_over_a_year_of_daily_backups() -> None:
+    start = at("2025-01-01T02:00")
+    points = [Point(f"p{i}", start + timedelta(days=i)) for i in range(400)]
+    now = start + timedelta(days=399, hours=1)
+    decisions = plan(points, Policy(keep_daily=7, keep_weekly=4, keep_monthly=6, keep_yearly=2), now)
+    keep = [d for d in decisions if d.keep]
+    assert [d.id for d in keep[:7]] == [f"p{i}" for i in range(399, 392, -1)]  # the last 7 days
+    assert sum(d.reason.startswith("keep-weekly") for d in keep) == 4
+    assert sum(d.reason.startswith("keep-monthly") for d in keep) == 6
+    # 2026 and 2025 both hold points kept by finer rules: keep-yearly finds no uncovered year
+    assert sum(d.reason.startswith("keep-yearly") for d in keep) == 0
+    assert len(keep) == 17
+    months = [d.time.strftime("%Y-%m") for d in keep if d.reason.startswith("keep-monthly")]
+    assert months == ["2025-12", "2025-11", "2025-10", "2025-09", "2025-08", "2025-07"]
+
+
+def test_keep_within_days() -> None:
+    points = pts("2025-12-31T10:00", "2025-12-28T10:00", "2025-12-20T10:00")
+    assert kept(points, now="2026-01-01T00:00", keep_within_days=5) == [
+        "2025-12-31T10:00",
+        "2025-12-28T10:00",
+    ]
+
+
+def test_safety_rules_always_win() -> None:
+    points = [
+        Point("new", at("2025-03-05T10:00"), verified_ok=False),
+        Point("good", at("2025-03-04T10:00"), verified_ok=True),
+        Point("pinned", at("2025-01-01T10:00"), pinned=True),
+        Point("reading", at("2024-06-01T10:00"), in_use=True),
+        Point("old", at("2024-01-01T10:00"), verified_ok=True),
+    ]
+    decisions = {d.id: d for d in plan(points, Policy(keep_last=1), at("2026-01-01T00:00"))}
+    assert decisions["new"].keep and decisions["new"].reason == "keep-last"
+    assert decisions["good"].keep and decisions["good"].reason == "newest verified-good restore point"
+    assert decisions["pinned"].keep and decisions["reading"].keep
+    assert not decisions["old"].keep
