@@ -252,9 +252,19 @@ class ManagedProcess:
         return popen.returncode
 
     def pause(self) -> None:
-        """SIGSTOP: the process keeps its sockets but answers nothing (a hung server)."""
+        """SIGSTOP: the process keeps its sockets but answers nothing (a hung server).
+
+        Returns once every thread of the process is stopped: kill(2) only queues the signal, and
+        on a busy machine a thread could still accept a connection and answer in between.
+        """
         self._signal(signal.SIGSTOP)
         self.paused = True
+        popen = self._popen
+        if popen is None:
+            return
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and not _all_stopped(popen.pid):
+            time.sleep(0.005)
 
     def resume(self) -> None:
         """SIGCONT after ``pause()``."""
@@ -316,6 +326,23 @@ class ManagedProcess:
         except OSError as exc:
             if exc.errno != errno.ESRCH:
                 raise
+
+
+def _all_stopped(pid: int) -> bool:
+    """Whether every thread of `pid` is in the stopped state (T), per /proc."""
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return True  # gone: nothing left to wait for
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as fh:
+                state = fh.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if state not in ("T", "t"):
+            return False
+    return True
 
 
 @contextlib.contextmanager
