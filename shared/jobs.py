@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from shared.contracts import JobRequested
 from shared.db.models import Job, Run
 from shared.outbox import stage
+from shared.retention import Policy
 from shared.schedules import Schedule, run_id_for
 
 Trigger = Literal["schedule", "manual", "api", "retry"]
@@ -65,13 +66,7 @@ class JobOptions(BaseModel):
     )
 
 
-class Retention(BaseModel):
-    """Placeholder until retention lands: stored with the job, not yet applied."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    keep_last: int | None = Field(default=None, ge=1)
-    keep_within_days: int | None = Field(default=None, ge=1)
+Retention = Policy  # a job's retention: shared/retention.py (empty: the global default applies)
 
 
 class JobSpec(BaseModel):

@@ -131,6 +131,20 @@ class VerifySettings(BaseModel):
     )
 
 
+class RetentionDefault(BaseModel):
+    """The same rules as a job's retention (shared/retention.Policy), as the global default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_within_days: int | None = Field(default=None, ge=1)
+    keep_last: int | None = Field(default=None, ge=1)
+    keep_hourly: int | None = Field(default=None, ge=1)
+    keep_daily: int | None = Field(default=None, ge=1)
+    keep_weekly: int | None = Field(default=None, ge=1)
+    keep_monthly: int | None = Field(default=None, ge=1)
+    keep_yearly: int | None = Field(default=None, ge=1)
+
+
 class InstantSettings(BaseModel):
     """Instant recovery: where restore points are published for vCenter to mount."""
 
@@ -171,6 +185,10 @@ class Settings(BaseSettings):
     lab: LabSettings = LabSettings()
     pipeline: PipelineSettings = PipelineSettings()
     verify: VerifySettings = VerifySettings()
+    retention: RetentionDefault = Field(
+        default_factory=lambda: RetentionDefault(keep_last=14),
+        description="Retention of jobs that set none (shared/retention.py rules)",
+    )
     instant: InstantSettings = InstantSettings()
 
     @property

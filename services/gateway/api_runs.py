@@ -7,10 +7,12 @@ import logging
 from typing import Any
 
 from aiohttp import web
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.gateway.common import CTX, in_session, json_response
-from shared import runstore
+from services.gateway.common import CTX, flag, in_session, json_response
+from shared import prune, runstore
+from shared.db.models import RestorePointRow
 from shared.repo import ChunkError, LocalBackend, ManifestError, RepoError, Repository, read_disk
 
 log = logging.getLogger(__name__)
@@ -165,3 +167,56 @@ def _range(header: str | None, size: int) -> tuple[int, int] | None:
     if start >= size or start > end or start < 0:
         raise _unsatisfiable(size, f"range {header!r} is outside the disk ({size} bytes)")
     return start, end - start + 1
+
+
+@routes.get("/api/v1/prune")
+async def prune_preview(request: web.Request) -> web.Response:
+    """Every restore point (of `?job=`, `?vm=`, or all): keep or remove now, and the rule."""
+    ctx = request.app[CTX]
+    job, vm = request.query.get("job"), request.query.get("vm")
+
+    def work(session: Session) -> list[dict[str, Any]]:
+        decided = prune.preview(session, ctx.settings, ctx.clock(), job_id=job, vm=vm)
+        return [prune.view(row, d) for row, d, _ in decided]
+
+    return json_response({"restore_points": await in_session(request, work)})
+
+
+@routes.post("/api/v1/prune")
+async def prune_now(request: web.Request) -> web.Response:
+    """Remove what the preview removes (manifests and catalog rows; `POST /api/v1/gc` after)."""
+    ctx = request.app[CTX]
+    job, vm = request.query.get("job"), request.query.get("vm")
+    done = await prune.apply(ctx.sessions, ctx.settings, ctx.clock(), job_id=job, vm=vm)
+    return json_response({"removed": [{"id": rp_id, "rule": reason} for rp_id, reason in done]})
+
+
+@routes.post("/api/v1/gc")
+async def gc_now(request: web.Request) -> web.Response:
+    """Garbage-collect `?repository=` (default: every repository in the catalog); `?dry_run=true`."""
+    ctx = request.app[CTX]
+    dry = flag(request, "dry_run")
+    wanted = request.query.get("repository")
+
+    def repositories(session: Session) -> list[str]:
+        return sorted(set(session.scalars(select(RestorePointRow.repository).distinct())))
+
+    locations = [wanted] if wanted else await in_session(request, repositories)
+    out = []
+    for location in locations:
+        try:
+            r = await prune.collect_garbage(ctx.sessions, location, ctx.clock(), dry_run=dry)
+        except RepoError as exc:
+            raise web.HTTPConflict(text=f"{location}: {exc}") from None
+        out.append(
+            {
+                "repository": location,
+                "restore_points": r.restore_points,
+                "chunks_referenced": r.chunks_referenced,
+                "chunks_removed": r.chunks_removed,
+                "bytes_removed": r.bytes_removed,
+                "chunks_spared_young": r.chunks_spared_young,
+                "dry_run": dry,
+            }
+        )
+    return json_response({"repositories": out})

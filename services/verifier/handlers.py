@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from shared import prune
 from shared.bus import Delivery
 from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
 from shared.db.models import RestorePointRow, Task
@@ -203,6 +204,7 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
             ),
             now,
         )
+        job_id = row.job_id
         if ok:
             state.end_task(s, task, "succeeded", now)
         else:
@@ -222,4 +224,12 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
             )
             state.end_task(s, task, "failed", now, reason)
     ctx.relay.kick()
+    if ok:  # a new good restore point: retention may let older ones go now
+        try:
+            pruned = await prune.apply(ctx.sessions, ctx.settings, now, job_id=job_id, vm=vm_moref)
+        except Exception:
+            log.exception("pruning after %s failed (the backup itself is fine)", event.restore_point_id)
+        else:
+            for rp_id, reason in pruned:
+                log.info("pruned %s of %s: %s", rp_id, vm_moref, reason)
     return []

@@ -17,6 +17,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
@@ -178,8 +179,23 @@ class RestorePointRow(Base):
     verified_at: Mapped[datetime | None] = _ts_null()
     verify_problems: Mapped[list[str]] = mapped_column(JSONType, default=list)
     verify_notes: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     verify_how: Mapped[str | None] = mapped_column(String(16), nullable=True)
     verify_requested_at: Mapped[datetime | None] = _ts_null()
+
+
+class Pruned(Base):
+    """A restore point removed by retention: what, when and which rule let it go."""
+
+    __tablename__ = "pruned"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    vm_name: Mapped[str] = mapped_column(String(255))
+    repository: Mapped[str] = mapped_column(String(1024))
+    finished_at: Mapped[datetime] = _ts()
+    pruned_at: Mapped[datetime] = _ts()
+    reason: Mapped[str] = mapped_column(Text)
 
 
 class VerifyRound(Base):

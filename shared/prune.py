@@ -1,0 +1,159 @@
+"""Pruning restore points by retention, and garbage collection, over the catalog and repositories.
+
+A prune group is one VM's restore points of one job in one repository (a VM backed up by two
+jobs has two groups). Its policy is the job's retention, or the global default
+(`settings.retention`) when the job sets none. `preview` decides every point of every group
+(keep or remove, and the rule); `apply` removes what the preview removes: each point's manifest
+first (`Repository.forget`), then its catalog row, then a `pruned` log row; a crash in between
+leaves a catalog row whose manifest is gone, which the next prune removes. Chunks are reclaimed
+by garbage collection (`shared/repo/gc.py`), with the cut-off `gc_cutoff` gives: five minutes
+before the oldest backup still running (or before now).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.db.models import Job, Pruned, Restore, RestorePointRow, Task
+from shared.jobstore import iso
+from shared.pipeline.state import FINAL as TASK_FINAL
+from shared.restores import FINAL as RESTORE_FINAL
+from shared.retention import Decision, Point, Policy, plan
+from shared.settings import Settings
+
+GC_MARGIN = timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class Group:
+    repository: str
+    job_id: str | None
+    vm_moref: str
+
+
+def policy_for(job: Job | None, settings: Settings) -> Policy:
+    own = Policy.model_validate(job.retention or {}) if job is not None else Policy()
+    return Policy.model_validate(settings.retention.model_dump()) if own.empty() else own
+
+
+def preview(
+    session: Session, settings: Settings, now: datetime, *, job_id: str | None = None, vm: str | None = None
+) -> list[tuple[RestorePointRow, Decision, Policy]]:
+    """Every restore point (of a job, a VM, or all) with the decision retention makes now."""
+    query = select(RestorePointRow)
+    if job_id:
+        query = query.where(RestorePointRow.job_id == job_id)
+    if vm:
+        query = query.where((RestorePointRow.vm_name == vm) | (RestorePointRow.vm_moref == vm))
+    rows = list(session.scalars(query))
+    reading = {
+        r.restore_point_id
+        for r in session.scalars(select(Restore).where(Restore.state.not_in(RESTORE_FINAL)))
+    }
+    groups: dict[Group, list[RestorePointRow]] = defaultdict(list)
+    for row in rows:
+        groups[Group(row.repository, row.job_id, row.vm_moref)].append(row)
+    out: list[tuple[RestorePointRow, Decision, Policy]] = []
+    for group, members in groups.items():
+        policy = policy_for(session.get(Job, group.job_id) if group.job_id else None, settings)
+        points = [
+            Point(r.id, _aware(r.finished_at), verified_ok=r.verify_state == "ok", pinned=r.pinned,
+                  in_use=r.id in reading)
+            for r in members
+        ]  # fmt: skip
+        by_id = {r.id: r for r in members}
+        out += [(by_id[d.id], d, policy) for d in plan(points, policy, now)]
+    return out
+
+
+def view(row: RestorePointRow, decision: Decision) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "job_id": row.job_id,
+        "vm_name": row.vm_name,
+        "finished_at": iso(row.finished_at),
+        "verify_state": row.verify_state,
+        "pinned": row.pinned,
+        "action": "keep" if decision.keep else "remove",
+        "rule": decision.reason,
+    }
+
+
+def removals(
+    session: Session, settings: Settings, now: datetime, *, job_id: str | None = None, vm: str | None = None
+) -> list[tuple[str, str, str]]:
+    """(restore point, repository, rule) of every point retention removes now."""
+    decided = preview(session, settings, now, job_id=job_id, vm=vm)
+    return [(row.id, row.repository, d.reason) for row, d, _ in decided if not d.keep]
+
+
+def record_pruned(session: Session, rp_id: str, reason: str, now: datetime) -> None:
+    """Drop the catalog row of a restore point whose manifest is gone, and log it."""
+    row = session.get(RestorePointRow, rp_id)
+    if row is None:
+        return
+    session.merge(
+        Pruned(
+            id=row.id, job_id=row.job_id, vm_name=row.vm_name, repository=row.repository,
+            finished_at=row.finished_at, pruned_at=now, reason=reason,
+        )
+    )  # fmt: skip
+    session.delete(row)
+
+
+def gc_cutoff(session: Session, now: datetime) -> datetime:
+    """Five minutes before the oldest backup task still running (or before now)."""
+    running = session.scalars(select(Task.created_at).where(Task.state.not_in(TASK_FINAL))).all()
+    oldest = min([now, *(_aware(t) for t in running)])
+    return oldest - GC_MARGIN
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+async def apply(
+    sessions: Any, settings: Settings, now: datetime, *, job_id: str | None = None, vm: str | None = None
+) -> list[tuple[str, str]]:
+    """Remove what retention removes now; returns (restore point, rule) of each one removed."""
+    import asyncio
+
+    from shared.repo import LocalBackend, Repository
+
+    def decide() -> list[tuple[str, str, str]]:
+        with sessions() as s:
+            return removals(s, settings, now, job_id=job_id, vm=vm)
+
+    done: list[tuple[str, str]] = []
+    for rp_id, location, reason in await asyncio.to_thread(decide):
+        repo = await Repository.open(LocalBackend(location))
+        await repo.forget(rp_id)
+
+        def record(rp_id: str = rp_id, reason: str = reason) -> None:
+            with sessions.begin() as s:
+                record_pruned(s, rp_id, reason, now)
+
+        await asyncio.to_thread(record)
+        done.append((rp_id, reason))
+    return done
+
+
+async def collect_garbage(sessions: Any, location: str, now: datetime, *, dry_run: bool = False) -> Any:
+    """GC of one repository with the cut-off of the oldest running backup (see gc_cutoff)."""
+    import asyncio
+
+    from shared.repo import LocalBackend, Repository
+    from shared.repo.gc import collect
+
+    def cutoff() -> datetime:
+        with sessions() as s:
+            return gc_cutoff(s, now)
+
+    repo = await Repository.open(LocalBackend(location))
+    return await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)
