@@ -123,6 +123,13 @@ class VerifySettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     reverify: bool = Field(default=True, description="Re-verify restore points on a schedule")
+    usage_seconds: float = Field(default=300, gt=0, description="How often repository usage is sampled")
+    usage_alert_percent: float = Field(
+        default=80,
+        gt=0,
+        le=100,
+        description="Alert when a repository's storage is this full (once per crossing)",
+    )
     round_cycles: int = Field(
         default=30, ge=1, le=3650, description="Cycles per round: each reads 1/round_cycles of the chunks"
     )

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, flag, in_session, json_response
-from shared import prune, runstore
+from shared import prune, runstore, usage
 from shared.db.models import RestorePointRow
 from shared.repo import ChunkError, LocalBackend, ManifestError, RepoError, Repository, read_disk
 
@@ -219,4 +219,34 @@ async def gc_now(request: web.Request) -> web.Response:
                 "dry_run": dry,
             }
         )
+    return json_response({"repositories": out})
+
+
+@routes.get("/api/v1/repositories")
+async def repositories(request: web.Request) -> web.Response:
+    """Every repository in the catalog: used, free, stored vs logical, per VM and per job, and
+    the daily samples (growth). Measured now (the chunk objects are listed)."""
+    ctx = request.app[CTX]
+
+    def names(session: Session) -> list[str]:
+        return sorted(set(session.scalars(select(RestorePointRow.repository).distinct())))
+
+    out = []
+    for location in await in_session(request, names):
+        try:
+            measured = await usage.measure(location)
+        except (RepoError, OSError) as exc:
+            out.append({"repository": location, "error": str(exc)})
+            continue
+
+        def view(
+            session: Session, location: str = location, measured: dict[str, int | None] = measured
+        ) -> Any:
+            info = usage.record(
+                session, location, measured, ctx.settings.verify.usage_alert_percent, ctx.clock()
+            )
+            return {**info, "samples": usage.samples(session, location)}
+
+        out.append(await in_session(request, view, write=True))
+    ctx.relay.kick()
     return json_response({"repositories": out})

@@ -160,3 +160,34 @@ async def reverify_loop(deps: Deps) -> None:
             log.exception("re-verification cycle failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.stop.wait(), tick)
+
+
+async def usage_loop(deps: Deps) -> None:
+    """The verifier's other background task: sample every repository's storage, alert at the
+    threshold (shared/usage.py)."""
+    from shared import usage
+
+    ctx = deps.ctx
+    while not ctx.stop.is_set():
+        try:
+            locations = set(await asyncio.to_thread(repositories, ctx)) | {ctx.settings.repository_location}
+            for location in sorted(locations):
+                try:
+                    measured = await usage.measure(location)
+                except (RepoError, OSError):
+                    continue  # not a repository (yet): the first backup makes it
+                now = ctx.clock()
+
+                await asyncio.to_thread(_store_usage, ctx, location, measured, now)
+            ctx.relay.kick()
+        except Exception:
+            log.exception("storage usage sampling failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), ctx.settings.verify.usage_seconds)
+
+
+def _store_usage(ctx: Context, location: str, measured: dict[str, int | None], now: datetime) -> None:
+    from shared import usage
+
+    with ctx.sessions.begin() as s:
+        usage.record(s, location, measured, ctx.settings.verify.usage_alert_percent, now)

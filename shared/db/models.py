@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -196,6 +197,31 @@ class Pruned(Base):
     finished_at: Mapped[datetime] = _ts()
     pruned_at: Mapped[datetime] = _ts()
     reason: Mapped[str] = mapped_column(Text)
+
+
+class UsageSample(Base):
+    """One sample a day per repository (the last of the day wins): growth over time."""
+
+    __tablename__ = "usage_samples"
+
+    repository: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    free: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    stored: Mapped[int] = mapped_column(BigInteger)
+    logical: Mapped[int] = mapped_column(BigInteger)
+    sampled_at: Mapped[datetime] = _ts()
+
+
+class UsageState(Base):
+    """Whether a repository's storage is above the alert threshold (an alert per crossing)."""
+
+    __tablename__ = "usage_state"
+
+    repository: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    above: Mapped[bool] = mapped_column(Boolean)
+    percent: Mapped[float] = mapped_column(Float)
+    changed_at: Mapped[datetime] = _ts()
 
 
 class VerifyRound(Base):

@@ -213,3 +213,22 @@ async def test_verify_request_is_queued(make_api: MakeApi, tmp_path: Path) -> No
     assert detail["verify_requested_at"] is not None and detail["verify_state"] == "pending"
     status, problem = await api.call("POST", "/backups/rp-nope/verify")
     assert status == 404 and problem["detail"] == "no restore point 'rp-nope'"
+
+
+async def test_prune_preview_and_repository_usage(make_api: MakeApi, tmp_path: Path) -> None:
+    import os
+
+    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}")
+    rp_id, repo_dir = await _one_point(api, tmp_path, os.urandom(100 * 1024))
+    status, body = await api.call("GET", "/prune?vm=vm1")
+    assert status == 200
+    assert [(p["id"], p["action"]) for p in body["restore_points"]] == [(rp_id, "keep")]
+    assert body["restore_points"][0]["rule"] == "keep-last"  # the default policy: keep_last 14
+    status, body = await api.call("GET", "/repositories")
+    assert status == 200
+    (repo,) = body["repositories"]
+    assert repo["repository"] == str(repo_dir) and repo["restore_points"] == 1
+    assert repo["stored"] > 100 * 1024 and repo["logical"] == 100 * 1024 and repo["total"] > 0
+    assert repo["samples"][0]["stored"] == repo["stored"]
+    status, body = await api.call("POST", "/gc?dry_run=true")
+    assert status == 200 and body["repositories"][0]["chunks_removed"] == 0
