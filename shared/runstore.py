@@ -142,6 +142,7 @@ def backup_view(row: RestorePointRow) -> dict[str, Any]:
         "verify_notes": row.verify_notes,
         "verify_how": row.verify_how,
         "verify_requested_at": iso(row.verify_requested_at),
+        "pinned": row.pinned,
     }
 
 

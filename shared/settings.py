@@ -124,6 +124,9 @@ class VerifySettings(BaseModel):
 
     reverify: bool = Field(default=True, description="Re-verify restore points on a schedule")
     usage_seconds: float = Field(default=300, gt=0, description="How often repository usage is sampled")
+    gc_seconds: float = Field(
+        default=86400, gt=0, description="How often each repository is garbage-collected"
+    )
     usage_alert_percent: float = Field(
         default=80,
         gt=0,

@@ -250,3 +250,25 @@ async def repositories(request: web.Request) -> web.Response:
         out.append(await in_session(request, view, write=True))
     ctx.relay.kick()
     return json_response({"repositories": out})
+
+
+@routes.post("/api/v1/backups/{rp_id}/pin")
+async def pin_backup(request: web.Request) -> web.Response:
+    """Pin a restore point: retention never removes it (until unpinned)."""
+    return await _pin(request, True)
+
+
+@routes.post("/api/v1/backups/{rp_id}/unpin")
+async def unpin_backup(request: web.Request) -> web.Response:
+    return await _pin(request, False)
+
+
+async def _pin(request: web.Request, pinned: bool) -> web.Response:
+    rp_id = request.match_info["rp_id"]
+
+    def work(session: Session) -> dict[str, Any]:
+        row = runstore.get_backup(session, rp_id)
+        row.pinned = pinned
+        return runstore.backup_view(row)
+
+    return json_response(await in_session(request, work, write=True))

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from functools import partial
 
 from services.verifier.handlers import Deps, on_transfer_done, on_verify_requested
-from services.verifier.reverify import reverify_loop, usage_loop
+from services.verifier.reverify import gc_loop, reverify_loop, usage_loop
 from shared.bus import Consumer
 from shared.contracts import Event, StepFailed, Subject, TransferDone, VerifyDone, VerifyRequested
 from shared.pipeline.vcenters import VCenters
@@ -58,7 +58,7 @@ async def wire(ctx: Context) -> Parts:
                 on_give_up=failed,
             ),
         ],
-        tasks=[partial(reverify_loop, deps), partial(usage_loop, deps)],
+        tasks=[partial(reverify_loop, deps), partial(usage_loop, deps), partial(gc_loop, deps)],
         on_stop=[deps.vcenters.aclose],
     )
 

@@ -162,6 +162,33 @@ async def reverify_loop(deps: Deps) -> None:
             await asyncio.wait_for(ctx.stop.wait(), tick)
 
 
+async def gc_loop(deps: Deps) -> None:
+    """The verifier's scheduled garbage collection: each repository every `verify.gc_seconds`
+    (a GC already running elsewhere, GCBusy, is skipped until the next time)."""
+    from shared import prune
+    from shared.repo.gc import GCBusy
+
+    ctx = deps.ctx
+    while True:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ctx.stop.wait(), ctx.settings.verify.gc_seconds)
+        if ctx.stop.is_set():
+            return
+        for location in await asyncio.to_thread(repositories, ctx):
+            try:
+                report = await prune.collect_garbage(ctx.sessions, location, ctx.clock())
+            except GCBusy as exc:
+                log.info("scheduled GC skipped: %s", exc)
+                continue
+            except (RepoError, OSError) as exc:
+                log.error("scheduled GC of %s failed: %s", location, exc)
+                continue
+            log.info(
+                "GC %s: freed %d chunks (%d bytes), %d spared as recent",
+                location, report.chunks_removed, report.bytes_removed, report.chunks_spared_young,
+            )  # fmt: skip
+
+
 async def usage_loop(deps: Deps) -> None:
     """The verifier's other background task: sample every repository's storage, alert at the
     threshold (shared/usage.py)."""

@@ -232,3 +232,28 @@ async def test_prune_preview_and_repository_usage(make_api: MakeApi, tmp_path: P
     assert repo["samples"][0]["stored"] == repo["stored"]
     status, body = await api.call("POST", "/gc?dry_run=true")
     assert status == 200 and body["repositories"][0]["chunks_removed"] == 0
+
+
+async def test_pin_and_unpin(make_api: MakeApi, tmp_path: Path) -> None:
+    from shared.db.models import RestorePointRow as Row
+
+    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}")
+    rp_id, _ = await _one_point(api, tmp_path, b"y" * 5000)
+    status, body = await api.call("POST", f"/backups/{rp_id}/pin")
+    assert status == 200 and body["pinned"] is True
+    with api.ctx.sessions.begin() as s:  # an older point of the same VM that retention would remove
+        s.add(
+            Row(
+                id="rp-20261120T090000Z-00000009", vcenter="lab", vm_moref="vm-1", vm_name="vm1",
+                repository=str(tmp_path / "repo"), kind="full", disks=[], logical_bytes=0, bytes_read=0,
+                bytes_stored=0, started_at=T0 - timedelta(days=6), finished_at=T0 - timedelta(days=6),
+                verify_problems=[], pinned=True,
+            )
+        )  # fmt: skip
+    status, body = await api.call("GET", "/prune?vm=vm1")
+    rules = {p["id"]: p["rule"] for p in body["restore_points"]}
+    assert rules["rp-20261120T090000Z-00000009"] in ("keep-last", "pinned")
+    status, body = await api.call("POST", f"/backups/{rp_id}/unpin")
+    assert status == 200 and body["pinned"] is False
+    status, _ = await api.call("POST", "/backups/rp-nope/pin")
+    assert status == 404
