@@ -37,10 +37,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "prune":
             if args.dry_run:
                 with sessions() as s:
-                    for row, decision, _ in prune.preview(s, settings, now, job_id=args.job, vm=args.vm):
-                        v = prune.view(row, decision)
+                    for v in prune.with_expiry(s, settings, now, job_id=args.job, vm=args.vm):
+                        until = (
+                            f"until {v['expires_at']}" if v["action"] == "keep" and v["expires_at"] else ""
+                        )
                         print(
-                            f"{v['action']:<6} {v['id']}  {v['vm_name']:<20} {v['finished_at']}  {v['rule']}"
+                            f"{v['action']:<6} {v['id']}  {v['vm_name']:<20} {v['finished_at']}"
+                            f"  {v['rule']}  {until}".rstrip()
                         )
                 return 0
             done = asyncio.run(prune.apply(sessions, settings, now, job_id=args.job, vm=args.vm))

@@ -24,7 +24,7 @@ from shared.db.models import Job, Pruned, Restore, RestorePointRow, Task
 from shared.jobstore import iso
 from shared.pipeline.state import FINAL as TASK_FINAL
 from shared.restores import FINAL as RESTORE_FINAL
-from shared.retention import Decision, Point, Policy, plan
+from shared.retention import Decision, Point, Policy, expiries, plan
 from shared.settings import Settings
 
 GC_MARGIN = timedelta(minutes=5)
@@ -69,6 +69,52 @@ def preview(
         ]  # fmt: skip
         by_id = {r.id: r for r in members}
         out += [(by_id[d.id], d, policy) for d in plan(points, policy, now)]
+    return out
+
+
+def future_backups(
+    job: Job | None, last: datetime, now: datetime, horizon_days: int = 3 * 366
+) -> list[datetime]:
+    """When the job is expected to back up next: its schedule's slots, else daily (manual jobs)."""
+    from shared.schedules import Schedule
+
+    end = now + timedelta(days=horizon_days)
+    out: list[datetime] = []
+    schedule = Schedule.model_validate(job.schedule) if job is not None and job.schedule else None
+    t = max(now, last)
+    while len(out) < 2000:
+        t = schedule.next_slot(t) if schedule is not None else t + timedelta(days=1)
+        if t > end:
+            break
+        out.append(t)
+    return out
+
+
+def with_expiry(
+    session: Session, settings: Settings, now: datetime, *, job_id: str | None = None, vm: str | None = None
+) -> list[dict[str, Any]]:
+    """The preview, with `expires_at` for kept points: when retention is expected to let each one
+    go if the job keeps backing up on schedule (the jobs dashboard's retention countdown)."""
+    decided = preview(session, settings, now, job_id=job_id, vm=vm)
+    groups: dict[Group, list[tuple[RestorePointRow, Decision, Policy]]] = defaultdict(list)
+    for row, d, policy in decided:
+        groups[Group(row.repository, row.job_id, row.vm_moref)].append((row, d, policy))
+    out: list[dict[str, Any]] = []
+    for group, members in groups.items():
+        policy = members[0][2]
+        kept = [(r, d) for r, d, _ in members if d.keep]
+        points = [
+            Point(r.id, _aware(r.finished_at), verified_ok=r.verify_state == "ok", pinned=r.pinned)
+            for r, _ in kept
+        ]
+        job = session.get(Job, group.job_id) if group.job_id else None
+        last = max((p.time for p in points), default=now)
+        when = expiries(points, policy, now, future_backups(job, last, now))
+        for r, d, _ in members:
+            item = view(r, d)
+            expiry = when.get(r.id) if d.keep else now
+            item["expires_at"] = iso(expiry)
+            out.append(item)
     return out
 
 

@@ -123,3 +123,23 @@ def _mark(
             break
         kept.add(key)
         marks[p.id] = (True, "keep-last" if label == "keep-last" else f"{label} ({key})")
+
+
+def expiries(
+    points: Sequence[Point], policy: Policy, now: datetime, future: Sequence[datetime]
+) -> dict[str, datetime | None]:
+    """When each point is expected to go: retention applied after each future backup in
+    `future` (assumed to succeed and verify), removed points staying removed. None: not within
+    the horizon `future` covers (or never: pinned, or no rule set)."""
+    current = list(points)
+    gone: dict[str, datetime | None] = {p.id: None for p in points}
+    if policy.empty():
+        return gone
+    for n, when in enumerate(future):
+        current.append(Point(f"\0future-{n}", when, verified_ok=True))
+        keep = {d.id for d in plan(current, policy, when) if d.keep}
+        for p in current:
+            if p.id not in keep and p.id in gone and gone[p.id] is None:
+                gone[p.id] = when
+        current = [p for p in current if p.id in keep]
+    return gone

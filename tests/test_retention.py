@@ -110,3 +110,18 @@ def test_safety_rules_always_win() -> None:
     assert decisions["good"].keep and decisions["good"].reason == "newest verified-good restore point"
     assert decisions["pinned"].keep and decisions["reading"].keep
     assert not decisions["old"].keep
+
+
+def test_expected_expiry_if_backups_go_on() -> None:
+    from shared.retention import expiries
+
+    start = at("2025-03-01T02:00")
+    points = [Point(f"d{i}", start + timedelta(days=i), verified_ok=True) for i in range(10)]
+    points.append(Point("pinned", start - timedelta(days=30), pinned=True))
+    now = start + timedelta(days=9, hours=1)
+    future = [start + timedelta(days=10 + i) for i in range(30)]
+    when = expiries(points, Policy(keep_last=3), now, future)
+    # keep-last 3 keeps d9, d8, d7 today; each later backup lets the oldest of them go
+    assert when["d7"] == future[0] and when["d8"] == future[1] and when["d9"] == future[2]
+    assert when["pinned"] is None
+    assert expiries(points, Policy(), now, future)["d9"] is None  # no rule: nothing expires

@@ -176,8 +176,7 @@ async def prune_preview(request: web.Request) -> web.Response:
     job, vm = request.query.get("job"), request.query.get("vm")
 
     def work(session: Session) -> list[dict[str, Any]]:
-        decided = prune.preview(session, ctx.settings, ctx.clock(), job_id=job, vm=vm)
-        return [prune.view(row, d) for row, d, _ in decided]
+        return prune.with_expiry(session, ctx.settings, ctx.clock(), job_id=job, vm=vm)
 
     return json_response({"restore_points": await in_session(request, work)})
 

@@ -224,6 +224,8 @@ async def test_prune_preview_and_repository_usage(make_api: MakeApi, tmp_path: P
     assert status == 200
     assert [(p["id"], p["action"]) for p in body["restore_points"]] == [(rp_id, "keep")]
     assert body["restore_points"][0]["rule"] == "keep-last"  # the default policy: keep_last 14
+    # no schedule: expected to go after 14 more daily backups
+    assert body["restore_points"][0]["expires_at"].startswith("2026-")
     status, body = await api.call("GET", "/repositories")
     assert status == 200
     (repo,) = body["repositories"]
