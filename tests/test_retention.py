@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
+
 from shared.retention import Point, Policy, plan
 
 
@@ -125,3 +127,49 @@ def test_expected_expiry_if_backups_go_on() -> None:
     assert when["d7"] == future[0] and when["d8"] == future[1] and when["d9"] == future[2]
     assert when["pinned"] is None
     assert expiries(points, Policy(), now, future)["d9"] is None  # no rule: nothing expires
+
+
+# The cases of Proxmox Backup Server's own prune tests (its tests/prune.rs), as data: the
+# snapshots, the options, and which snapshots PBS keeps (K) or removes (R).
+ELSA_HOURS = ["2019-11-15T09:39:15", "2019-11-15T10:49:15", "2019-11-15T10:59:15",
+              "2019-11-15T11:39:15", "2019-11-15T11:49:15", "2019-11-15T11:59:15"]  # fmt: skip
+ELSA_DAYS = ["2018-11-15T11:59:15", "2019-11-15T11:59:15", "2019-11-21T11:59:15", "2019-11-22T11:59:15",
+             "2019-11-29T11:59:15", "2019-12-01T11:59:15", "2019-12-02T11:59:15", "2019-12-03T11:59:15",
+             "2019-12-04T11:59:15"]  # fmt: skip
+ELSA_WEEK = ["2019-12-02T11:59:15", "2019-12-03T11:59:15", "2019-12-04T11:59:15", "2019-12-04T12:59:15"]
+THREE = ["2019-12-02T11:59:15", "2019-12-03T11:59:15", "2019-12-04T11:59:15"]
+
+PBS_CASES = [
+    (ELSA_HOURS, {"keep_hourly": 3}, "R",
+     ["2019-11-15T10:49:15", "2019-11-15T11:39:15", "2019-11-15T11:49:15"]),
+    (ELSA_HOURS, {"keep_hourly": 2}, "K", ["2019-11-15T10:59:15", "2019-11-15T11:59:15"]),
+    (ELSA_DAYS, {"keep_daily": 1}, "K", ["2019-12-04T11:59:15"]),
+    (ELSA_DAYS, {"keep_last": 1, "keep_daily": 1}, "K", ["2019-12-03T11:59:15", "2019-12-04T11:59:15"]),
+    (ELSA_DAYS, {"keep_daily": 1, "keep_weekly": 1}, "K", ["2019-12-01T11:59:15", "2019-12-04T11:59:15"]),
+    (ELSA_DAYS, {"keep_daily": 1, "keep_weekly": 1, "keep_monthly": 1}, "K",
+     ["2019-11-22T11:59:15", "2019-12-01T11:59:15", "2019-12-04T11:59:15"]),
+    (ELSA_DAYS, {"keep_monthly": 1, "keep_yearly": 1}, "K", ["2018-11-15T11:59:15", "2019-12-04T11:59:15"]),
+    (ELSA_WEEK, {"keep_last": 4}, "R", []),
+    (ELSA_WEEK, {"keep_last": 3}, "R", ["2019-12-02T11:59:15"]),
+    (ELSA_WEEK, {"keep_last": 2}, "R", ["2019-12-02T11:59:15", "2019-12-03T11:59:15"]),
+    (ELSA_WEEK, {"keep_last": 1}, "R", THREE),
+    (ELSA_WEEK, {"keep_last": 2, "keep_daily": 2}, "R", []),
+    (ELSA_WEEK, {"keep_daily": 3}, "R", ["2019-12-04T11:59:15"]),
+    (ELSA_WEEK, {"keep_daily": 2}, "R", ["2019-12-02T11:59:15", "2019-12-04T11:59:15"]),
+    (ELSA_WEEK, {"keep_weekly": 5}, "R", THREE),
+    (ELSA_WEEK, {"keep_daily": 1, "keep_weekly": 5}, "R",
+     THREE),
+    (ELSA_WEEK, {"keep_monthly": 6}, "R", THREE),
+    (ELSA_WEEK, {"keep_yearly": 7}, "R", THREE),
+    (ELSA_WEEK, {"keep_weekly": 5, "keep_monthly": 6, "keep_yearly": 7}, "R",
+     THREE),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("times", "rules", "which", "expected"), PBS_CASES)
+def test_the_cases_of_proxmox_backup_servers_prune_tests(
+    times: list[str], rules: dict[str, int], which: str, expected: list[str]
+) -> None:
+    decisions = plan(pts(*times), Policy(**rules), at("2026-01-01T00:00"))
+    picked = sorted(d.id for d in decisions if d.keep == (which == "K"))
+    assert picked == sorted(expected)
