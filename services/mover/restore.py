@@ -119,6 +119,20 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         row = s.get(Restore, event.restore_id)
         if row is None or row.state in FINAL:
             return []
+        if row.cancel_requested and not row.created:  # cancelled before it started: nothing to undo
+            row.state, row.phase, row.error = "cancelled", "done", "cancelled before it started"
+            row.finished_at = row.updated_at = now
+            stage(
+                s,
+                RestoreDone(
+                    occurred_at=now, restore_id=row.id, restore_point_id=row.restore_point_id,
+                    state="cancelled", vm_name=str(row.target.get("name", "")), error=row.error,
+                ),
+                now,
+            )  # fmt: skip
+            finish_run(s, row, now)
+            ctx.relay.kick()
+            return []
         leftovers = dict(row.created)
         row.generation += 1
         row.state, row.phase = "running", "checking"

@@ -489,3 +489,37 @@ async def test_a_datastore_without_room_is_refused_before_anything_is_written(
             proc.stop()
         p.lab.stop()
         unmount(small)
+
+
+async def test_cancel_while_queued_and_while_uploading(pipeline_factory: Callable[..., Pipeline]) -> None:
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, _ = await backup(p)
+    before = sorted(x.name for x in p.lab.datastore_dir.iterdir())
+
+    # queued: the mover is down when the restore is asked for and cancelled; it does nothing later
+    p.procs["mover"].stop()
+    restore_id = await restore(p, restore_point_id=rp.id, name="web-q", datastore="LocalDS_0")
+    with p.sessions.begin() as s:
+        row = s.get(Restore, restore_id)
+        assert row is not None
+        row.cancel_requested = True
+    p.procs["mover"].start()
+    done = await wait_restore(p, restore_id)
+    assert done.state == "cancelled" and done.error == "cancelled before it started"
+
+    # uploading: each upload of the first disk is cut, and the restore is cancelled between tries
+    p.lab.download_fault("upload-cut", path="web-u2-flat.vmdk", after_bytes=1 << 20)
+    restore_id = await restore(p, restore_point_id=rp.id, name="web-u2", datastore="LocalDS_0")
+    await wait_phase(p, restore_id, "uploading")
+    await asyncio.sleep(0.3)  # the first try is cut; the mover waits before the next
+    with p.sessions.begin() as s:
+        row = s.get(Restore, restore_id)
+        assert row is not None
+        row.cancel_requested = True
+    done = await wait_restore(p, restore_id, timeout=30)
+    p.lab.clear_faults()
+    assert done.state == "cancelled", done.error
+    assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == before
+    assert "web-u2" not in vm_names(p)
+    p.assert_clean()
