@@ -56,6 +56,11 @@ class Backend(Protocol):
         """Remove the object; deleting a missing object is not an error."""
         ...
 
+    async def delete_if_unused_since(self, key: str, cutoff: datetime) -> int | None:
+        """Delete the object unless it was modified (or refreshed by `exists`/`put_if_absent`)
+        at or after `cutoff`, atomically with respect to such refreshes; its size if deleted."""
+        ...
+
     async def flush(self) -> None:
         """Make every object written or found so far durable."""
         ...

@@ -6,8 +6,11 @@ sweep (as Proxmox Backup Server's, with modification times instead of access tim
 1. **mark**: load every manifest; the union of their chunk ids is what is referenced. A manifest
    that does not load stops the GC before anything is deleted (its chunks are unknown).
 2. **sweep**: list the chunk objects; delete those not referenced *and* last modified before the
-   cut-off. Backends refresh an object's modification time whenever a writer finds it present
-   and relies on it (`exists`, `put_if_absent`), and a chunk a writer stores is new; so chunks
+   cut-off, checked again at the moment of deleting (`delete_if_unused_since`: the local backend
+   renames the object aside, then looks at its mtime, and puts it back if a writer refreshed it;
+   a writer's refresh that finds it renamed reports it absent, so the writer stores it again).
+   Backends refresh an object's modification time whenever a writer finds it present and
+   relies on it (`exists`, `put_if_absent`), and a chunk a writer stores is new; so chunks
    that a running backup wrote or reused but has not yet referenced in a committed manifest are
    modified after that backup started. The caller therefore passes a cut-off no later than the
    start of the oldest running writer (and of this GC), minus a margin for clock skew.
@@ -77,7 +80,12 @@ async def collect(
                 report.bytes_kept += info.size
                 continue
             if not dry_run:
-                await repo.backend.delete(info.key)
+                # checked again at the moment of deleting: a backup may have started since the
+                # listing and refreshed it (then it is kept); the backend makes it atomic
+                freed = await repo.backend.delete_if_unused_since(info.key, cutoff)
+                if freed is None:
+                    report.chunks_spared_young += 1
+                    continue
             report.chunks_removed += 1
             report.bytes_removed += info.size
             report.removed.append(cid)

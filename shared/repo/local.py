@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-import contextlib
 import errno
 import os
 import shutil
@@ -35,11 +34,15 @@ class LocalBackend:
         self._lock = threading.Lock()
         self._clock = clock  # tests: the time written as objects' modification time
 
-    def _touch(self, path: Path) -> None:
+    def _touch(self, path: Path) -> bool:
         """Mark an object as needed now (its mtime): garbage collection never removes an object
-        touched after its cut-off, which is how a running backup's reused chunks stay safe."""
-        with contextlib.suppress(FileNotFoundError):
+        touched after its cut-off, which is how a running backup's reused chunks stay safe.
+        False when the object is gone (garbage collection took it a moment ago)."""
+        try:
             os.utime(path, None if self._clock is None else (self._clock(), self._clock()))
+        except FileNotFoundError:
+            return False
+        return True
 
     def _path(self, key: str) -> Path:
         if not key or key.startswith("/") or ".." in key.split("/"):
@@ -51,9 +54,8 @@ class LocalBackend:
 
     def _put(self, key: str, data: bytes, durable: bool) -> bool:
         path = self._path(key)
-        if path.exists() and path.stat().st_size > 0:
+        if path.exists() and path.stat().st_size > 0 and self._touch(path):
             self._note(path)  # someone else's write: make sure it is durable before we rely on it
-            self._touch(path)
             return False
         tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
@@ -68,8 +70,7 @@ class LocalBackend:
             try:
                 os.link(tmp, path)
             except FileExistsError:
-                if path.stat().st_size > 0:
-                    self._touch(path)
+                if path.stat().st_size > 0 and self._touch(path):
                     return False
                 os.replace(tmp, path)  # an empty object can only be a crash remnant: replace it
                 tmp = path
@@ -135,8 +136,9 @@ class LocalBackend:
                 return False
         except (FileNotFoundError, NotADirectoryError):
             return False
+        if not self._touch(path):
+            return False
         self._note(path)
-        self._touch(path)
         return True
 
     async def stat(self, key: str) -> ObjectInfo:
@@ -173,6 +175,27 @@ class LocalBackend:
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(self._path(key).unlink, True)
+
+    async def delete_if_unused_since(self, key: str, cutoff: datetime) -> int | None:
+        return await asyncio.to_thread(self._delete_if_unused, key, cutoff.timestamp())
+
+    def _delete_if_unused(self, key: str, cutoff: float) -> int | None:
+        """Move the object aside first (a writer's touch now finds it gone and stores it again),
+        then look at its modification time: touched since the cut-off, it is put back."""
+        path = self._path(key)
+        aside = path.parent / f"{TMP_PREFIX}gc-{uuid.uuid4().hex}"
+        try:
+            os.rename(path, aside)
+        except FileNotFoundError:
+            return None
+        st = aside.stat()
+        if st.st_mtime >= cutoff:
+            with contextlib.suppress(FileExistsError):  # else a writer stored it again meanwhile
+                os.link(aside, path)  # still needed: back where it was
+            aside.unlink()
+            return None
+        aside.unlink()
+        return st.st_size
 
     async def usage(self) -> tuple[int | None, int | None]:
         du = await asyncio.to_thread(shutil.disk_usage, self.root)
