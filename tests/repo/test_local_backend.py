@@ -36,3 +36,23 @@ async def test_disk_full_is_clear_and_leaves_nothing(small_fs: Path) -> None:
 async def test_usage(tmp_path: Path) -> None:
     total, free = await LocalBackend(tmp_path).usage()
     assert total and free is not None and 0 <= free <= total
+
+
+async def test_delete_if_unused_since_spares_what_was_refreshed(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    now = [1_000_000.0]
+    backend = LocalBackend(tmp_path, clock=lambda: now[0])
+    await backend.put_if_absent("chunks/aa/old", b"x" * 10)
+    cutoff = datetime.fromtimestamp(now[0] + 50, UTC)
+    now[0] += 100
+    await backend.put_if_absent("chunks/aa/young", b"y" * 10)
+    assert await backend.delete_if_unused_since("chunks/aa/young", cutoff) is None
+    assert await backend.exists("chunks/aa/young")
+    assert await backend.exists("chunks/aa/old")  # a writer relies on it: refreshed now
+    assert await backend.delete_if_unused_since("chunks/aa/old", cutoff) is None
+    now[0] += 1000
+    assert await backend.delete_if_unused_since("chunks/aa/old", datetime.fromtimestamp(now[0], UTC)) == 10
+    assert not await backend.exists("chunks/aa/old")
+    assert await backend.delete_if_unused_since("chunks/aa/gone", cutoff) is None
+    assert [o.key for o in [x async for x in backend.list("chunks/")]] == ["chunks/aa/young"]
