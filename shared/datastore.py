@@ -191,38 +191,39 @@ class DatastoreHTTP:
         url = self.url(datacenter, datastore, path)
         target = url[len(self.base_url) :]
         loop = asyncio.get_running_loop()
-        for attempt in (1, 2):  # a second try only when the cookie was refused (new login)
-            if self._cookie_value is None:
-                self._cookie_value = await self._cookie()
-            headers = {
-                "Cookie": f"vmware_soap_session={self._cookie_value}",
-                "Content-Type": "application/octet-stream",
-                "Content-Length": str(size),
-            }
-            exchange = _Exchange()
-            self._active.add(exchange)
-            try:
-                await loop.run_in_executor(
-                    self._pool, self._upload, target, headers, path, body, size, loop, exchange
-                )
-                return
-            except asyncio.CancelledError:
-                exchange.abort()
-                raise
-            except _Relogin as exc:
-                self._cookie_value = None
-                if attempt == 2:
-                    raise DownloadError(
-                        f"uploading {path}: {exc} (the session was refused)", retryable=True
-                    ) from None
-            except _Missing:
-                raise DownloadError(
-                    f"uploading {path}: the datastore or its folder does not exist", retryable=False
-                ) from None
-            except _Again as exc:
-                raise DownloadError(f"uploading {path}: {exc}", retryable=True) from None
-            finally:
-                self._active.discard(exchange)
+        if self._cookie_value is None:
+            self._cookie_value = await self._cookie()
+        headers = {
+            "Cookie": f"vmware_soap_session={self._cookie_value}",
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(size),
+        }
+        exchange = _Exchange()
+        self._active.add(exchange)
+        try:
+            await loop.run_in_executor(
+                self._pool, self._upload, target, headers, path, body, size, loop, exchange
+            )
+            return
+        except asyncio.CancelledError:
+            exchange.abort()
+            raise
+        except _Relogin as exc:
+            # the body is spent: forget the cookie (the next call logs in again) and let the
+            # caller start the file over with a fresh body
+            self._cookie_value = None
+            raise DownloadError(
+                f"uploading {path}: {exc}: the session expired; log in again and start the file over",
+                retryable=True,
+            ) from None
+        except _Missing:
+            raise DownloadError(
+                f"uploading {path}: the datastore or its folder does not exist", retryable=False
+            ) from None
+        except _Again as exc:
+            raise DownloadError(f"uploading {path}: {exc}", retryable=True) from None
+        finally:
+            self._active.discard(exchange)
 
     def _upload(
         self,
@@ -265,7 +266,7 @@ class DatastoreHTTP:
                     f"uploading {name}: the source gave {sent} of {size} bytes", retryable=False
                 )
             resp = early or conn.getresponse()
-            resp.read(64 << 10)
+            resp.read()  # vCenter's answers to an upload are small; read to the end to reuse it
             if resp.status in (401, 403):
                 raise _Relogin(f"HTTP {resp.status}")
             if resp.status == 404:
@@ -276,7 +277,7 @@ class DatastoreHTTP:
                 raise DownloadError(f"uploading {name}: HTTP {resp.status} {resp.reason}", retryable=False)
             if early is not None:
                 raise _Again(f"the server answered HTTP {resp.status} after {sent} of {size} bytes")
-            reusable = not resp.will_close
+            reusable = resp.isclosed() and not resp.will_close
         except (OSError, http.client.HTTPException) as exc:
             raise self._failure(
                 exc, exchange, f"uploading {name}", f" after {sent} of {size} bytes"
@@ -424,14 +425,14 @@ class DatastoreHTTP:
             got = _read_into(resp, into)
             if got != len(into):
                 raise _Again(f"short read: {got} of {len(into)} bytes")
-            return None, not resp.will_close
+            return None, resp.isclosed() and not resp.will_close  # reuse only a fully read answer
         data = resp.read(limit + 1)
         if len(data) > limit:
             raise DownloadError(f"{what} is larger than {limit} bytes", retryable=False)
         want = span[1] if span is not None else length
         if want is not None and len(data) != want:
             raise _Again(f"short read: {len(data)} of {want} bytes")
-        return data, not resp.will_close
+        return data, resp.isclosed() and not resp.will_close
 
     def _from_whole(
         self, resp: http.client.HTTPResponse, what: str, span: tuple[int, int], into: memoryview | None

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 
 from shared.contracts import RestoreRequested, RestoreTarget
 from shared.db.models import Job, Restore, RestorePointRow, Run
-from shared.jobstore import Conflict, Invalid, NotFound, iso
+from shared.jobstore import Conflict, Invalid, NotFound, StoreError, iso
 from shared.outbox import stage
 from shared.pipeline.alerts import raise_alert
 from shared.settings import Settings
@@ -142,7 +142,11 @@ def _create(
     for other in busy:
         if body.mode in ("new_vm", "instant") and other.target.get("name") == body.name:
             raise Conflict(f"restore {other.id} is already creating a VM named {body.name!r}")
-        if other.mode == "in_place" and other.target.get("vm_moref") == rp.vm_moref:
+        if (
+            body.mode == "in_place"
+            and other.mode == "in_place"
+            and other.target.get("vm_moref") == rp.vm_moref
+        ):
             raise Conflict(f"restore {other.id} is already restoring VM {rp.vm_name} in place")
     row = Restore(
         id=new_restore_id(now),
@@ -199,10 +203,14 @@ def start_restore_tests(session: Session, job: Job, run: Run, now: datetime) -> 
             datacenter=options.get("datacenter"),
             vcenter=rp.vcenter,
         )
-        row = _create(session, body, rp, rp.vcenter, now, run_id=run.id)
+        try:
+            row = _create(session, body, rp, rp.vcenter, now, run_id=run.id)
+        except StoreError as exc:  # never let one VM stop the run (or the scheduler's slot)
+            missing.append(f"{vm.get('name') or vm.get('moref')} ({exc})")
+            continue
         started.append(row.id)
     if missing:
-        run.error = f"no restore point to test for: {', '.join(missing)}"
+        run.error = f"no restore test started for: {', '.join(missing)}"
     if not started:
         run.state, run.finished_at = "failed", now
     return started

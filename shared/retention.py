@@ -81,14 +81,16 @@ def plan(points: Sequence[Point], policy: Policy, now: datetime) -> list[Decisio
     if policy.keep_within_days is not None:
         since = now - timedelta(days=policy.keep_within_days)
         for p in ordered:
-            if p.time >= since:
+            if p.time >= since and not p.pinned:
                 marks[p.id] = (True, f"keep-within {policy.keep_within_days} days")
+    # pinned points are PBS's "protected": no rule counts them or treats their period as covered
+    ruled = [p for p in ordered if not p.pinned]
     if policy.keep_last is not None:
-        _mark(ordered, marks, policy.keep_last, lambda p: p.id, "keep-last")
+        _mark(ruled, marks, policy.keep_last, lambda p: p.id, "keep-last")
     for field, label, period in PERIODS:
         count = getattr(policy, field)
         if count is not None:
-            _mark(ordered, marks, count, lambda p, f=period: f(p.time), f"keep-{label}")  # type: ignore[misc]
+            _mark(ruled, marks, count, lambda p, f=period: f(p.time), f"keep-{label}")  # type: ignore[misc]
     out = []
     for p in ordered:
         keep, reason = marks.get(p.id, (False, "no rule keeps it"))

@@ -173,3 +173,12 @@ def test_the_cases_of_proxmox_backup_servers_prune_tests(
     decisions = plan(pts(*times), Policy(**rules), at("2026-01-01T00:00"))
     picked = sorted(d.id for d in decisions if d.keep == (which == "K"))
     assert picked == sorted(expected)
+
+
+def test_pinned_points_are_not_counted_by_any_rule() -> None:
+    # as PBS's protected snapshots: keep-last 2 with the newest pinned keeps the next two as well
+    points = [Point("d0", at("2025-03-05T10:00"), pinned=True), *pts("2025-03-04T10:00", "2025-03-03T10:00",
+              "2025-03-02T10:00")]  # fmt: skip
+    decisions = {d.id: d for d in plan(points, Policy(keep_last=2), at("2026-01-01T00:00"))}
+    assert decisions["d0"].keep and decisions["d0"].reason == "pinned"
+    assert [d for d, x in decisions.items() if x.keep] == ["d0", "2025-03-04T10:00", "2025-03-03T10:00"]

@@ -32,7 +32,7 @@ import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from services.mover.handlers import Deps
@@ -74,6 +74,7 @@ class Attempt:
     total: int
     done: int = 0
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _last: tuple[float, int] = (0.0, 0)
 
     def update(self, **values: Any) -> None:
@@ -89,7 +90,7 @@ class Attempt:
             row.updated_at = now
             row.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
             if row.cancel_requested:
-                self.cancelled.set()
+                self.loop.call_soon_threadsafe(self.cancelled.set)
 
     def created(self, what: str, value: str) -> None:
         ctx = self.deps.ctx
@@ -119,6 +120,8 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         row = s.get(Restore, event.restore_id)
         if row is None or row.state in FINAL:
             return []
+        if row.state == "running" and row.deadline_at is not None and _aware(row.deadline_at) > now:
+            return []  # another mover runs it and is alive (a duplicate or re-sent request)
         if row.cancel_requested and not row.created:  # cancelled before it started: nothing to undo
             row.state, row.phase, row.error = "cancelled", "done", "cancelled before it started"
             row.finished_at = row.updated_at = now
@@ -171,7 +174,8 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         for t in (stop, reporter, work):
             t.cancel()
         await asyncio.gather(stop, reporter, work, return_exceptions=True)
-    if reporter.done() and not reporter.cancelled() and isinstance(reporter.exception(), Superseded):
+    reporter_error = reporter.exception() if reporter.done() and not reporter.cancelled() else None
+    if isinstance(reporter_error, Superseded):
         log.warning(
             "restore %s: superseded (attempt %d); leaving it to the newer owner", event.restore_id, generation
         )
@@ -179,7 +183,11 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
     error: str | None = None
     state = "succeeded"
     vm_moref: str | None = None
-    if attempt.cancelled.is_set() and not (work.done() and not work.cancelled() and work.exception() is None):
+    if reporter_error is not None and not (work.done() and not work.cancelled() and work.exception() is None):
+        state, error = "failed", f"progress could not be recorded: {reporter_error}"
+    elif attempt.cancelled.is_set() and not (
+        work.done() and not work.cancelled() and work.exception() is None
+    ):
         state, error = "cancelled", "cancelled by request"
     elif work.cancelled():
         state, error = "cancelled", "cancelled"
@@ -197,7 +205,16 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
             await _clean(vc, created)
         except VSphereError as exc:
             error = f"{error}; and cleaning up failed: {exc} (remove {created} by hand)"
+    if mode == "in_place" and state != "succeeded" and error and "partly overwritten" not in error:
+        error += (
+            f"; VM {target.name}'s disks may be partly overwritten and it may be left powered off"
+            " (and CBT off): run the in-place restore again, or restore as a new VM"
+        )
     return _end(attempt, state, error, target, rp_id, vm_moref, instant=mode == "instant")
+
+
+def _aware(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _created(attempt: Attempt) -> dict[str, str]:
@@ -590,22 +607,33 @@ async def _materialize(
 ) -> None:
     """Write a disk image as a sparse file: its size set, only non-zero windows written."""
     fd = await asyncio.to_thread(os.open, str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        await asyncio.to_thread(os.ftruncate, fd, disk.capacity)
-        sem = asyncio.Semaphore(4)
+    windows = iter(disk.windows())
 
-        async def one(offset: int, length: int, cid: str | None) -> None:
+    async def worker() -> None:
+        for offset, length, cid in windows:  # one iterator shared by the workers
             if cid is not None:
-                async with sem:
-                    data = await repo.get_chunk(cid, rp.id)
-                    await asyncio.to_thread(os.pwrite, fd, data, offset)
+                data = await repo.get_chunk(cid, rp.id)
+                await asyncio.to_thread(os.pwrite, fd, data, offset)
             attempt.done += length
 
-        # no fsync: the published copy is a working copy the VM runs from until it is migrated or
-        # stopped; a crash of the backup host ends that VM anyway, and the restore point is intact
-        await asyncio.gather(*(one(o, n, c) for o, n, c in disk.windows()))
+    # no fsync: the published copy is a working copy the VM runs from until it is migrated or
+    # stopped; a crash of the backup host ends that VM anyway, and the restore point is intact
+    workers = [asyncio.ensure_future(worker()) for _ in range(4)]
+    try:
+        await asyncio.to_thread(os.ftruncate, fd, disk.capacity)
+        await asyncio.gather(*workers)
     finally:
+        for w in workers:  # every write ends before the file descriptor is closed
+            w.cancel()
+        await asyncio.gather(*workers, return_exceptions=True)
         await asyncio.to_thread(os.close, fd)
+
+
+def _set_created(ctx: Any, restore_id: str, created: dict[str, str], phase: str) -> None:
+    with ctx.sessions.begin() as s:
+        row = s.get(Restore, restore_id)
+        if row is not None:
+            row.created, row.phase = created, phase
 
 
 async def instant_action(event: RestoreRequested, deps: Deps) -> Sequence[Event]:
@@ -621,16 +649,18 @@ async def instant_action(event: RestoreRequested, deps: Deps) -> Sequence[Event]
             row.vm_moref,
             str(row.target.get("name")),
         )
-    vc = deps.vcenters.get(vcenter)
     error: str | None = None
     try:
+        vc = deps.vcenters.get(vcenter)
         if event.action == "migrate" and moref and event.datastore:
             await asyncio.to_thread(vc.relocate, moref, event.datastore)
-            # the VM's files are on production now: only the published copy and its mount remain
+            # the VM's files are on production now: only the published copy and its mount remain,
+            # and that is recorded at once, so no later clean-up can touch the migrated VM
             created = {k: v for k, v in created.items() if k not in ("vm", "vmx")}
+            await asyncio.to_thread(_set_created, ctx, event.restore_id, created, "migrating")
         await asyncio.to_thread(clean, vc, created)
-    except (VSphereError, OSError) as exc:
-        error = str(exc)
+    except Exception as exc:  # any failure must leave the row in a usable phase
+        error = str(exc) or type(exc).__name__
     now = ctx.clock()
     with ctx.sessions.begin() as s:
         row = s.get(Restore, event.restore_id)
@@ -642,8 +672,15 @@ async def instant_action(event: RestoreRequested, deps: Deps) -> Sequence[Event]
             if event.action == "stop":
                 row.vm_moref = None
         else:
-            row.phase = "instant"  # still running from the backup store; the error says why
-            row.error = f"{event.action} failed: {error}"
+            migrated = event.action == "migrate" and "vm" not in row.created
+            # still running from the backup store (or, once moved, only the copy is left to
+            # remove: a stop then only unmounts); the error says why
+            row.phase = "instant"
+            row.error = f"{event.action} failed: {error}" + (
+                "; the VM is on production storage already, a stop now only removes the published copy"
+                if migrated
+                else ""
+            )
             raise_alert(
                 s,
                 key=f"instant-{event.action}:{row.id}:{now.isoformat()}",

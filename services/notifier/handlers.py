@@ -44,7 +44,6 @@ from shared.pipeline.vcenters import VCenters
 from shared.restores import FINAL as RESTORE_FINAL
 from shared.restores import alert_failed, finish_run
 from shared.runtime import Context
-from shared.vsphere import VSphereError
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +158,11 @@ def _claim_overdue_restores(ctx: Context) -> list[tuple[str, int, str, dict[str,
                 f"the mover stopped making progress in phase {row.phase} (last at"
                 f" {row.updated_at:%Y-%m-%d %H:%M:%S} UTC)"
             )
+            if row.mode == "in_place":
+                reason += (
+                    f"; VM {row.target.get('name')}'s disks may be partly overwritten and it may be left"
+                    " powered off: run the in-place restore again, or restore as a new VM"
+                )
             row.generation += 1
             row.phase = "cleaning_up"
             row.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
@@ -188,7 +192,7 @@ async def overdue_restores(deps: Deps) -> None:
         error = reason
         try:
             await asyncio.to_thread(clean_restore, deps.vcenters.get(vcenter), created)
-        except (VSphereError, KeyError) as exc:
+        except Exception as exc:  # any failure: the restore still ends, and the error says what is left
             error = f"{reason}; cleaning up failed: {exc} (remove {created} by hand)"
         now = ctx.clock()
         with ctx.sessions.begin() as s:
