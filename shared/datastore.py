@@ -419,7 +419,7 @@ class DatastoreHTTP:
             raise DownloadError(f"{what} is larger than {limit} bytes", retryable=False)
         if span is not None:
             answered = resp.getheader("Content-Range", "")
-            if not answered.startswith(f"bytes {span[0]}-"):
+            if not answered.startswith(f"bytes {span[0]}-{span[0] + span[1] - 1}/"):
                 raise _Again(f"the server answered range {answered!r} to a request for {what}")
         if into is not None:
             got = _read_into(resp, into)
