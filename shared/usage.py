@@ -21,10 +21,13 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import RestorePointRow, UsageSample, UsageState
 from shared.pipeline.alerts import raise_alert
-from shared.repo import LocalBackend, Repository
+from shared.repo import LocalBackend, RepoError, Repository
 
 
 async def measure(location: str) -> dict[str, int | None]:
+    """Sizes of one repository: `stored` (chunk objects), `unique` (the plain bytes of the chunks
+    its restore points use, each once), `referenced` (the non-zero windows of every restore
+    point: what a restore reads from chunks), and the storage's `total` and `free`."""
     repo = await Repository.open(LocalBackend(location))
     total, free = await repo.backend.usage()
     stored = 0
@@ -32,7 +35,22 @@ async def measure(location: str) -> dict[str, int | None]:
     async for info in repo.backend.list("chunks/"):
         stored += info.size
         chunks += 1
-    return {"total": total, "free": free, "stored": stored, "chunks": chunks}
+    plain: dict[str, int] = {}
+    referenced = 0
+    for rp_id in await repo.restore_point_ids():
+        try:
+            rp = await repo.load(rp_id)
+        except RepoError:
+            continue  # reported by verification; sizes are best effort
+        for disk in rp.disks:
+            for _offset, length, cid in disk.windows():
+                if cid is not None:
+                    plain[cid] = length
+                    referenced += length
+    return {
+        "total": total, "free": free, "stored": stored, "chunks": chunks,
+        "unique": sum(plain.values()), "referenced": referenced,
+    }  # fmt: skip
 
 
 def record(
@@ -87,6 +105,10 @@ def record(
         "stored": stored,
         "logical": logical,
         "reduction": round(logical / stored, 2) if stored else None,
+        # deduplication: every restore point's data against the unique chunks it is made of;
+        # compression: those unique chunks' plain bytes against what they take on storage
+        "dedup_ratio": _ratio(measured.get("referenced"), measured.get("unique")),
+        "compression_ratio": _ratio(measured.get("unique"), stored),
         "restore_points": len(rows),
         "per_vm": dict(per_vm),
         "per_job": dict(per_job),
@@ -99,6 +121,10 @@ def samples(session: Session, location: str, days: int = 90) -> list[dict[str, A
         {"day": s.day.isoformat(), "total": s.total, "free": s.free, "stored": s.stored, "logical": s.logical}
         for s in session.scalars(query.limit(days))
     ]
+
+
+def _ratio(a: int | None, b: int | None) -> float | None:
+    return round(a / b, 2) if a and b else None
 
 
 def _size(n: int) -> str:

@@ -232,6 +232,7 @@ async def test_prune_preview_and_repository_usage(make_api: MakeApi, tmp_path: P
     assert repo["repository"] == str(repo_dir) and repo["restore_points"] == 1
     assert repo["stored"] > 100 * 1024 and repo["logical"] == 100 * 1024 and repo["total"] > 0
     assert repo["samples"][0]["stored"] == repo["stored"]
+    assert repo["dedup_ratio"] == 1.0 and 0.9 < repo["compression_ratio"] <= 1.0  # random data
     status, body = await api.call("POST", "/gc?dry_run=true")
     assert status == 200 and body["repositories"][0]["chunks_removed"] == 0
 
