@@ -120,8 +120,12 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         row = s.get(Restore, event.restore_id)
         if row is None or row.state in FINAL:
             return []
-        if row.state == "running" and row.deadline_at is not None and _aware(row.deadline_at) > now:
-            return []  # another mover runs it and is alive (a duplicate or re-sent request)
+        alive = timedelta(seconds=ctx.settings.pipeline.ack_wait / 2)
+        if row.state == "running" and _aware(row.updated_at) > now - alive:
+            # another attempt updates the row every second: this is a duplicate or re-sent
+            # request. The bus redelivers a request only `ack_wait` after its mover went quiet,
+            # so a redelivery after a crash finds the row quiet for longer, and takes over.
+            return []
         if row.cancel_requested and not row.created:  # cancelled before it started: nothing to undo
             row.state, row.phase, row.error = "cancelled", "done", "cancelled before it started"
             row.finished_at = row.updated_at = now

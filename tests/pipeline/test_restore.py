@@ -523,3 +523,22 @@ async def test_cancel_while_queued_and_while_uploading(pipeline_factory: Callabl
     assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == before
     assert "web-u2" not in vm_names(p)
     p.assert_clean()
+
+
+async def test_a_mover_killed_mid_restore_is_taken_over_cleanly(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    p = pipeline_factory(VBM_PIPELINE__ACK_WAIT="2")
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, content = await backup(p)
+    p.lab.fault("RegisterVM_Task", "delay", delay=1.0, count=1)
+    restore_id = await restore(p, restore_point_id=rp.id, name="web-k", datastore="LocalDS_0")
+    await wait_phase(p, restore_id, "registering")
+    p.procs["mover"].kill()  # vCenter still registers the VM a second later: a VM nobody recorded
+    p.procs["mover"].start()
+    done = await wait_restore(p, restore_id, timeout=60)
+    assert done.state == "succeeded", (done.error, p.logs())
+    assert vm_names(p).count("web-k") == 1  # the orphan registration was found and removed
+    assert (folder(p, "web-k") / "web-k-flat.vmdk").read_bytes() == content[2000]
+    assert "removing the leftovers of an earlier attempt" in p.procs["mover"].log_tail(200)
+    p.assert_clean()
