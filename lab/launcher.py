@@ -66,6 +66,7 @@ class LabSpec:
     cbt_max_areas: int = 0  # 0 = no cap on areas per QueryChangedDiskAreas reply
     username: str = "user"
     password: str = "pass"
+    tools_boot_seconds: float = 0  # > 0: VMware Tools simulated, heartbeat green that long after power-on
 
 
 class Lab:

@@ -45,6 +45,9 @@ type LabSpec struct {
 	CBTMaxAreas int      `json:"cbt_max_areas"`
 	Username    string   `json:"username"`
 	Password    string   `json:"password"`
+	// ToolsBootSeconds > 0: VMware Tools are simulated in every VM: that long after a power-on,
+	// tools run and the guest heartbeat turns green (as a booted guest); gray again when off.
+	ToolsBootSeconds float64 `json:"tools_boot_seconds"`
 }
 
 func main() {

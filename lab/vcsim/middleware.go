@@ -129,6 +129,15 @@ func (l *lab) dispatch(mux http.Handler, w http.ResponseWriter, r *http.Request,
 		return
 	}
 	l.forwardSOAP(mux, w, r, body, call)
+	if l.spec.ToolsBootSeconds > 0 && call.this.Type == "VirtualMachine" {
+		switch call.method {
+		case "PowerOnVM_Task":
+			l.setTools(call.this, false, 0) // installed, not running until the guest has booted
+			go l.setTools(call.this, true, time.Duration(l.spec.ToolsBootSeconds*float64(time.Second)))
+		case "PowerOffVM_Task":
+			l.setTools(call.this, false, 0)
+		}
+	}
 }
 
 // forwardSOAP hands a SOAP request to vcsim (re-addressing CBT queries), then runs afterCall.
@@ -323,4 +332,28 @@ func (fw *faultyWriter) Write(p []byte) (int, error) {
 		}
 	}
 	panic(http.ErrAbortHandler) // closes the connection mid-body
+}
+
+// setTools simulates VMware Tools in a guest: running with a green heartbeat `after` a power-on
+// (if the VM is still on by then), not running and gray when it is powered off.
+func (l *lab) setTools(ref types.ManagedObjectReference, on bool, after time.Duration) {
+	time.Sleep(after)
+	vm := vmObject(ref)
+	if vm == nil {
+		return
+	}
+	simulator.Map.WithLock(vm, func() {
+		if on && vm.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOn {
+			return
+		}
+		status, running, beat := types.VirtualMachineToolsStatusToolsNotRunning, "guestToolsNotRunning",
+			types.ManagedEntityStatusGray
+		if on {
+			status, running, beat = types.VirtualMachineToolsStatusToolsOk, "guestToolsRunning",
+				types.ManagedEntityStatusGreen
+		}
+		vm.Guest.ToolsStatus, vm.Guest.ToolsRunningStatus = status, running
+		vm.GuestHeartbeatStatus = beat
+		vm.Summary.QuickStats.GuestHeartbeatStatus = beat
+	})
 }

@@ -542,3 +542,31 @@ async def test_a_mover_killed_mid_restore_is_taken_over_cleanly(
     assert (folder(p, "web-k") / "web-k-flat.vmdk").read_bytes() == content[2000]
     assert "removing the leftovers of an earlier attempt" in p.procs["mover"].log_tail(200)
     p.assert_clean()
+
+
+async def test_restore_test_sees_the_guest_heartbeat_when_tools_run(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    import dataclasses
+    import json
+
+    from shared import reports
+    from shared.db.models import RestoreReport
+    from tests.pipeline.conftest import default_spec
+
+    p = pipeline_factory(dataclasses.replace(default_spec(), tools_boot_seconds=1.0))
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, _ = await backup(p)
+    done = await wait_restore(
+        p, await restore(p, restore_point_id=rp.id, mode="test", datastore="LocalDS_0", network="VM Network")
+    )
+    assert done.state == "succeeded", (done.error, p.logs())
+    with p.sessions() as s:
+        row = s.get(RestoreReport, done.id)
+        assert row is not None
+        report = reports.verify(json.loads(row.signed), reports.public_pem(reports.signing_key(p.data)))
+    heartbeat = report["checks"][2]
+    assert heartbeat["check"] == "guest heartbeat" and heartbeat["ok"] is True
+    assert heartbeat["seen"] == "green, tools guestToolsRunning"
+    assert report["timings_s"]["checks"] >= 1.0  # it waited for the guest to boot
+    p.assert_clean()
