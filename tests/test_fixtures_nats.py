@@ -187,10 +187,14 @@ async def test_r3_stream_survives_losing_one_node(nats_cluster: NatsCluster) -> 
     nc = await _connect(*nats_cluster.urls)
     try:
         js = nc.jetstream(timeout=5)
-        await js.add_stream(name=stream, subjects=[subject], num_replicas=3)
+        # A new cluster may still be settling (R3 assets need the meta leader and a quorum): both
+        # calls are idempotent, so they are retried until it answers, as the services do.
+        settle = time.monotonic() + 30
+        await _retry(lambda: js.add_stream(name=stream, subjects=[subject], num_replicas=3), settle)
         # The durable consumer exists before the failure, as the services' consumers do; it is
         # replicated like its stream.
-        await js.add_consumer(stream, ConsumerConfig(durable_name="r3-reader", num_replicas=3))
+        config = ConsumerConfig(durable_name="r3-reader", num_replicas=3)
+        await _retry(lambda: js.add_consumer(stream, config), settle)
         for i in range(10):
             await js.publish(subject, f"a{i}".encode())
         info = await js.stream_info(stream)
