@@ -39,7 +39,7 @@ class Group:
 
 def policy_for(job: Job | None, settings: Settings) -> Policy:
     own = Policy.model_validate(job.retention or {}) if job is not None else Policy()
-    return Policy.model_validate(settings.retention.model_dump()) if own.empty() else own
+    return settings.retention if own.empty() else own
 
 
 def preview(

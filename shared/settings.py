@@ -22,6 +22,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
+from shared.retention import Policy
+
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
@@ -141,20 +143,6 @@ class VerifySettings(BaseModel):
     )
 
 
-class RetentionDefault(BaseModel):
-    """The same rules as a job's retention (shared/retention.Policy), as the global default."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    keep_within_days: int | None = Field(default=None, ge=1)
-    keep_last: int | None = Field(default=None, ge=1)
-    keep_hourly: int | None = Field(default=None, ge=1)
-    keep_daily: int | None = Field(default=None, ge=1)
-    keep_weekly: int | None = Field(default=None, ge=1)
-    keep_monthly: int | None = Field(default=None, ge=1)
-    keep_yearly: int | None = Field(default=None, ge=1)
-
-
 class InstantSettings(BaseModel):
     """Instant recovery: where restore points are published for vCenter to mount."""
 
@@ -195,8 +183,8 @@ class Settings(BaseSettings):
     lab: LabSettings = LabSettings()
     pipeline: PipelineSettings = PipelineSettings()
     verify: VerifySettings = VerifySettings()
-    retention: RetentionDefault = Field(
-        default_factory=lambda: RetentionDefault(keep_last=14),
+    retention: Policy = Field(
+        default_factory=lambda: Policy(keep_last=14),
         description="Retention of jobs that set none (shared/retention.py rules)",
     )
     instant: InstantSettings = InstantSettings()
