@@ -44,6 +44,7 @@ class DiskSpec:
     size: int  # bytes, multiple of 1024
     seed: int = 0
     layout: str = "mixed"  # "mixed" (random/text/zero segments), "zero", "random"
+    thick: bool = False  # the descriptor then does not say ddb.thinProvisioned = "1"
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.size % 1024:

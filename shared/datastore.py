@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import hashlib
 import http.client
 import socket
 import ssl
@@ -25,6 +26,7 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import quote, urlsplit
 
 CookieSource = Callable[[], Awaitable[str]]
@@ -88,6 +90,22 @@ def _shutdown(conn: http.client.HTTPConnection) -> None:
             sock.shutdown(socket.SHUT_RDWR)
 
 
+class _PinnedHTTPSConnection(http.client.HTTPSConnection):
+    """TLS to a host whose certificate is known by its fingerprint (an ESXi host's NFC)."""
+
+    def __init__(self, pin: str, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._pin = pin
+
+    def connect(self) -> None:
+        super().connect()
+        der = self.sock.getpeercert(binary_form=True) or b""
+        algorithm = "sha1" if len(self._pin) == 40 else "sha256"
+        if hashlib.new(algorithm, der).hexdigest() != self._pin:
+            self.close()
+            raise ssl.SSLError(f"{self.host}'s certificate does not match the thumbprint vCenter gave")
+
+
 class DatastoreHTTP:
     """One HTTP client per vCenter; open disks with `disk()`; close when done."""
 
@@ -102,7 +120,11 @@ class DatastoreHTTP:
         stall_timeout: float = 60.0,
         connect_timeout: float = 30.0,
         retry: RetryPolicy | None = None,
+        thumbprint: str | None = None,
     ) -> None:
+        """`thumbprint` pins the server's certificate by its SHA-1 or SHA-256 fingerprint (hex,
+        colons optional), as vSphere hands them out for an ESXi host's NFC URLs; the certificate
+        chain is then not checked, the fingerprint is."""
         self.base_url = base_url.rstrip("/")
         parts = urlsplit(self.base_url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
@@ -112,8 +134,12 @@ class DatastoreHTTP:
         self._port = parts.port or (443 if self._https else 80)
         self._prefix = parts.path
         self._tls: ssl.SSLContext | None = None
+        self.verify_tls, self.ca_file = verify_tls, ca_file
+        self._pin = thumbprint.replace(":", "").lower() if thumbprint else None
         if self._https:
-            if verify_tls:
+            if self._pin:
+                self._tls = ssl._create_unverified_context()
+            elif verify_tls:
                 self._tls = ssl.create_default_context(cafile=ca_file)
             else:
                 self._tls = ssl._create_unverified_context()
@@ -127,6 +153,10 @@ class DatastoreHTTP:
         self._cookie_value: str | None = None
         self._active: set[_Exchange] = set()
         self._closed = False
+
+    @property
+    def cookie_source(self) -> CookieSource:
+        return self._cookie
 
     async def close(self) -> None:
         self._closed = True
@@ -188,7 +218,14 @@ class DatastoreHTTP:
         DownloadError (retryable when it may pass) and the caller starts the file over. A body
         that yields more or fewer than `size` bytes is an error, and the upload is abandoned.
         """
-        url = self.url(datacenter, datastore, path)
+        await self.put_url(self.url(datacenter, datastore, path), path, body, size)
+
+    async def put_url(self, url: str, name: str, body: AsyncIterator[bytes | memoryview], size: int) -> None:
+        """Upload `size` bytes to a URL of this client's host (a datastore file, an NFC lease's
+        disk); what `put_file` says holds here too. `name` names it in errors."""
+        if not url.startswith(self.base_url + "/"):
+            raise ValueError(f"{url} is not on {self.base_url}")
+        path = name
         target = url[len(self.base_url) :]
         loop = asyncio.get_running_loop()
         if self._cookie_value is None:
@@ -337,6 +374,10 @@ class DatastoreHTTP:
         with self._idle_lock:
             if self._idle:
                 return self._idle.pop()
+        if self._tls is not None and self._pin:
+            return _PinnedHTTPSConnection(
+                self._pin, self._host, self._port, timeout=self.connect_timeout, context=self._tls
+            )
         if self._tls is not None:
             return http.client.HTTPSConnection(
                 self._host, self._port, timeout=self.connect_timeout, context=self._tls

@@ -130,7 +130,7 @@ func generate(path string, size int64, seed int64, layout string) error {
 }
 
 // writeDescriptor writes a VMware text descriptor for a flat (base) or sparse (delta) disk.
-func writeDescriptor(path string, capacity int64, extent string, parent string, cid uint32, uuid string) error {
+func writeDescriptor(path string, capacity int64, extent string, parent string, cid uint32, uuid string, thin bool) error {
 	sectors := capacity / 512
 	createType, extentType, parentCID, hint := "vmfs", "VMFS", "ffffffff", ""
 	if parent != "" {
@@ -139,6 +139,10 @@ func writeDescriptor(path string, capacity int64, extent string, parent string, 
 		hint = fmt.Sprintf("parentFileNameHint=\"%s\"\n", parent)
 	}
 	cyl := sectors / (255 * 63)
+	thinLine := ""
+	if thin {
+		thinLine = "ddb.thinProvisioned = \"1\"\n"
+	}
 	text := fmt.Sprintf(`# Disk DescriptorFile
 version=1
 encoding="UTF-8"
@@ -157,9 +161,8 @@ ddb.geometry.cylinders = "%d"
 ddb.geometry.heads = "255"
 ddb.geometry.sectors = "63"
 ddb.longContentID = "%08x%08x%08x%08x"
-ddb.thinProvisioned = "1"
-ddb.uuid = "%s"
+%sddb.uuid = "%s"
 ddb.virtualHWVersion = "13"
-`, cid, parentCID, createType, hint, sectors, extentType, extent, cyl, cid, cid, cid, cid, uuid)
+`, cid, parentCID, createType, hint, sectors, extentType, extent, cyl, cid, cid, cid, cid, thinLine, uuid)
 	return ioutil.WriteFile(path, []byte(text), 0o644)
 }

@@ -105,7 +105,7 @@ func (s *diskStore) create(local, rel string, spec DiskSpec) (*disk, error) {
 	if err := generate(local+"-flat.vmdk", spec.Size, spec.Seed, spec.Layout); err != nil {
 		return nil, err
 	}
-	if err := writeDescriptor(local+".vmdk", spec.Size, path.Base(rel)+"-flat.vmdk", "", d.cid, d.uuid); err != nil {
+	if err := writeDescriptor(local+".vmdk", spec.Size, path.Base(rel)+"-flat.vmdk", "", d.cid, d.uuid, !spec.Thick); err != nil {
 		return nil, err
 	}
 	d.levels = []*level{{num: 0, name: rel + ".vmdk", data: local + "-flat.vmdk"}}

@@ -31,6 +31,7 @@ type DiskSpec struct {
 	Size   int64  `json:"size"`
 	Seed   int64  `json:"seed"`
 	Layout string `json:"layout"`
+	Thick  bool   `json:"thick"` // eager: the descriptor does not say ddb.thinProvisioned
 }
 
 type VMSpec struct {
@@ -126,6 +127,7 @@ type lab struct {
 	disks    *diskStore
 	faults   *faultStore
 	conns    *connTracker
+	nfc      nfcImports
 }
 
 func newLab(spec *LabSpec, dir string) (*lab, error) {
@@ -137,7 +139,8 @@ func newLab(spec *LabSpec, dir string) (*lab, error) {
 		return nil, err
 	}
 	l := &lab{spec: spec, dsName: "LocalDS_0", dsDir: dsDir, dcName: "DC0",
-		disks: newDiskStore(spec.CBTMaxAreas), faults: newFaultStore(), conns: newConnTracker()}
+		disks: newDiskStore(spec.CBTMaxAreas), faults: newFaultStore(), conns: newConnTracker(),
+		nfc: nfcImports{leases: map[string]map[string]string{}}}
 	m := simulator.VPX()
 	m.Machine = 0   // the lab defines its own VMs
 	m.Datastore = 0 // and its own datastore directory

@@ -73,6 +73,8 @@ func (l *lab) middleware(mux http.Handler) http.Handler {
 			l.serveDownload(mux, w, r)
 		case strings.HasPrefix(r.URL.Path, "/folder/") && r.Method == http.MethodPut:
 			l.serveUpload(mux, w, r)
+		case strings.HasPrefix(r.URL.Path, "/nfc/"):
+			l.serveNFC(mux, w, r)
 		default:
 			mux.ServeHTTP(w, r)
 		}
@@ -118,6 +120,10 @@ func (l *lab) serveSOAP(mux http.Handler, w http.ResponseWriter, r *http.Request
 func (l *lab) dispatch(mux http.Handler, w http.ResponseWriter, r *http.Request, body []byte, call soapCall) {
 	if call.method == "RegisterVM_Task" {
 		l.registerVM(mux, w, r, body, call)
+		return
+	}
+	if call.method == "ImportVApp" {
+		l.importVApp(mux, w, r, body, call)
 		return
 	}
 	if call.method == "RelocateVM_Task" {
@@ -258,7 +264,7 @@ func innerTaskResult(rec *httptest.ResponseRecorder) (types.AnyType, types.BaseM
 	return nil, &types.SystemError{Reason: msg}
 }
 
-// serveUpload applies upload faults to PUT /folder/... requests: upload-fail answers Status
+// serveUpload applies upload faults to PUT /folder/... (and /nfc/...) requests: upload-fail answers Status
 // without storing anything; upload-cut reads AfterBytes of the body, then drops the connection.
 func (l *lab) serveUpload(mux http.Handler, w http.ResponseWriter, r *http.Request) {
 	f := l.faults.takeUpload(r.URL.Path)
@@ -266,6 +272,10 @@ func (l *lab) serveUpload(mux http.Handler, w http.ResponseWriter, r *http.Reque
 		mux.ServeHTTP(w, r)
 		return
 	}
+	l.applyUploadFault(f, w, r)
+}
+
+func (l *lab) applyUploadFault(f *downloadFault, w http.ResponseWriter, r *http.Request) {
 	if f.Mode == "upload-fail" {
 		http.Error(w, fmt.Sprintf("lab: injected HTTP %d", f.Status), f.Status)
 		return

@@ -26,7 +26,8 @@ import (
 // RegisterVM_Task in vcsim needs <name>.nvram and vmware.log to exist (so only the original
 // name works) and registers a VM without disks. The lab creates the missing files before the
 // call and, after it, attaches the disks the .vmx lists (capacity from their descriptors), its
-// NICs (ethernetN.networkName) and sets its CPUs, memory and guest OS from the .vmx.
+// NICs (ethernetN.networkName) and sets its CPUs, memory and guest OS from the .vmx. A .vmx
+// that does not exist fails NotFound before vcsim sees it (vcsim would create its directory).
 
 var (
 	regPath   = regexp.MustCompile(`<path\b[^>]*>([^<]*)</path>`)
@@ -72,6 +73,16 @@ func (l *lab) registerVM(mux http.Handler, w http.ResponseWriter, r *http.Reques
 		vmx = l.localPath(html.UnescapeString(string(m[1])))
 	}
 	if vmx != "" {
+		if _, err := os.Stat(vmx); os.IsNotExist(err) {
+			// vSphere answers NotFound and leaves the datastore alone; vcsim would first create
+			// the VM's directory (and leave it behind).
+			t := l.newTask(call, func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
+				return nil, &types.NotFound{}
+			})
+			t.Run()
+			taskResponse(w, call.method, t.Self)
+			return
+		}
 		dir := filepath.Dir(vmx)
 		name := strings.TrimSuffix(filepath.Base(vmx), ".vmx")
 		if m := regName.FindSubmatch(body); m != nil && len(m[1]) > 0 {

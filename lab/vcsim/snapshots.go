@@ -43,7 +43,7 @@ func (s *diskStore) snapshot(snap, vm string) (map[int32]*snapDisk, error) {
 		}
 		d.cid++
 		parent := filepath.Base(d.levels[len(d.levels)-1].name)
-		if err := writeDescriptor(d.local+suffix+".vmdk", d.capacity, filepath.Base(lv.data), parent, d.cid, d.uuid); err != nil {
+		if err := writeDescriptor(d.local+suffix+".vmdk", d.capacity, filepath.Base(lv.data), parent, d.cid, d.uuid, !d.spec.Thick); err != nil {
 			return nil, err
 		}
 		d.levels = append(d.levels, lv)
@@ -129,5 +129,5 @@ func (s *diskStore) resizeLocked(d *disk, size int64) error {
 	}
 	d.capacity = size
 	d.cid++
-	return writeDescriptor(d.local+".vmdk", size, path.Base(d.baseName)+"-flat.vmdk", "", d.cid, d.uuid)
+	return writeDescriptor(d.local+".vmdk", size, path.Base(d.baseName)+"-flat.vmdk", "", d.cid, d.uuid, !d.spec.Thick)
 }

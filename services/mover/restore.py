@@ -48,6 +48,7 @@ from shared.repo import LocalBackend, RepoError, Repository, read_disk, read_fil
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.reports import sign, signing_key
 from shared.restores import FINAL, alert_failed, finish_run
+from shared.vmdk import GRAIN, StreamOptimized, grain_runs, grains_with_data
 from shared.vmx import descriptor, disk_files, restore_descriptor, restore_vmx
 from shared.vsphere import NotFound, Placement, VCenter, VSphereError
 
@@ -348,13 +349,21 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
         resource_pool=target.resource_pool,
         network=target.network,
     )
-    need = sum(d.capacity for d in rp.disks) + sum(f.size for f in rp.files if f.disk_key is None) + HEADROOM
+    files = await _vm_files(repo, rp, target.name, target.network)
+    thin = [d for d in files.disks if _thin(d[3])]
+    thick = [d for d in files.disks if not _thin(d[3])]
+    plans = {
+        d[0].key: StreamOptimized(d[0].capacity, grains_with_data(d[0].capacity, d[0].windows()))
+        for d in thin
+    }
+    data = sum(d[0].capacity for d in thick) + sum(len(p.grains) * GRAIN for p in plans.values())
+    need = data + sum(f.size for f in rp.files if f.disk_key is None) + HEADROOM
     if where.free < need:
+        how = "thin disks hold their data, thick ones" if thin else "its disks are thick: they are"
         raise RestoreFailed(
             f"datastore {where.datastore} has {_gib(where.free)} free; restoring {rp.vm_name} needs"
-            f" {_gib(need)} (its disks are written in full): free space or choose another datastore"
+            f" {_gib(need)} ({how} written in full): free space or choose another datastore"
         )
-    files = await _vm_files(repo, rp, target.name, target.network)
     name = target.name
     folder = f"[{where.datastore}] {name}"
     try:
@@ -369,7 +378,12 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
 
     await asyncio.to_thread(attempt.update, phase="uploading")
     http = deps.client(target.vcenter)
-    for disk, flat, desc, text in files.disks:
+    vmx_path = f"{folder}/{name}.vmx"
+    await asyncio.to_thread(attempt.created, "vmx", vmx_path)
+    if thin:
+        disks = [(d[0], f"{folder}/{d[2]}", plans[d[0].key]) for d in thin]
+        await _import_thin(attempt, vc, http, where, repo, rp, vmx_path, disks)
+    for disk, flat, desc, text in thick:
         await _upload_disk(attempt, http, where, repo, rp, disk, f"{name}/{flat}")
         await _put_small(http, where, f"{name}/{desc}", text.encode())
     if files.nvram is not None:
@@ -378,16 +392,7 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
 
     await asyncio.to_thread(attempt.update, phase="registering")
 
-    await asyncio.to_thread(attempt.created, "vmx", f"{folder}/{name}.vmx")
-
-    async def register() -> str:
-        moref = await asyncio.to_thread(vc.register_vm, where, f"{folder}/{name}.vmx")
-        await asyncio.to_thread(attempt.created, "vm", moref)
-        return moref
-
-    # vCenter finishes a registration it started even if we stop waiting: a cancel waits for it,
-    # so the new VM is recorded and then removed, never left behind unrecorded.
-    moref = await _finish_even_if_cancelled(register())
+    moref = await _register(attempt, vc, where, vmx_path)
     if target.network:
         await asyncio.to_thread(vc.connect_nics, moref, target.network)
     if target.power_on:
@@ -593,12 +598,7 @@ async def _instant(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
     await asyncio.to_thread(attempt.created, "vmx", vmx_path)
     await asyncio.to_thread(attempt.update, phase="registering")
 
-    async def register() -> str:
-        moref = await asyncio.to_thread(vc.register_vm, where, vmx_path)
-        await asyncio.to_thread(attempt.created, "vm", moref)
-        return moref
-
-    moref = await _finish_even_if_cancelled(register())
+    moref = await _register(attempt, vc, where, vmx_path)
     if target.network:
         await asyncio.to_thread(vc.connect_nics, moref, target.network)
     await asyncio.to_thread(attempt.update, phase="powering_on")
@@ -700,6 +700,32 @@ async def instant_action(event: RestoreRequested, deps: Deps) -> Sequence[Event]
     return []
 
 
+async def _register(attempt: Attempt, vc: VCenter, where: Placement, vmx_path: str) -> str:
+    """Register the uploaded .vmx and record the VM.
+
+    vCenter finishes a registration it started even if we stop waiting: a cancel waits for it,
+    so the new VM is recorded and then removed, never left behind unrecorded. If this attempt
+    was superseded meanwhile (the watchdog or a redelivery took over, and may already have
+    cleaned up), the registration is undone here: unregistered, not destroyed, as the files
+    now belong to whoever took over.
+    """
+
+    async def register() -> str:
+        moref = await asyncio.to_thread(vc.register_vm, where, vmx_path)
+        try:
+            await asyncio.to_thread(attempt.created, "vm", moref)
+        except Superseded:
+            log.warning(
+                "restore %s: superseded while registering %s; unregistering VM %s",
+                attempt.restore_id, vmx_path, moref,
+            )  # fmt: skip
+            await asyncio.to_thread(vc.unregister_vm, moref)
+            raise
+        return moref
+
+    return await _finish_even_if_cancelled(register())
+
+
 async def _finish_even_if_cancelled(coro: Coroutine[Any, Any, T]) -> T:
     task = asyncio.ensure_future(coro)
     try:
@@ -762,6 +788,121 @@ async def _upload_disk(
         return http.put_file(where.datacenter, where.datastore, path, body(), disk.capacity)
 
     await _with_retries(again, path)
+
+
+def _thin(descriptor_text: str) -> bool:
+    """Whether the backed-up disk was thin (its descriptor says ddb.thinProvisioned = "1")."""
+    return any(
+        line.replace(" ", "").lower() == 'ddb.thinprovisioned="1"' for line in descriptor_text.splitlines()
+    )
+
+
+async def _import_thin(
+    attempt: Attempt,
+    vc: VCenter,
+    http: Any,
+    where: Placement,
+    repo: Repository,
+    rp: RestorePoint,
+    vmx_path: str,
+    disks: list[tuple[DiskEntry, str, StreamOptimized]],
+) -> None:
+    """Write thin disks through NFC: import a placeholder VM that creates them (thin, at their
+    final paths), PUT each as a streamOptimized stream holding only the grains with data, complete
+    the lease, and unregister the placeholder (the restored .vmx is written over its own)."""
+    imp = await asyncio.to_thread(vc.import_disks, where, vmx_path, [(f, d.capacity) for d, f, _ in disks])
+    try:
+        await asyncio.to_thread(attempt.created, "vm", imp.vm)
+        total = sum(d.capacity for d, _, _ in disks)
+        keep_alive = asyncio.create_task(_keep_lease(vc, imp.lease, attempt, total))
+        try:
+            for (disk, file, plan), (url, thumbprint) in zip(disks, imp.urls, strict=True):
+                client = http if url.startswith(http.base_url + "/") else _host_client(http, url, thumbprint)
+                try:
+                    await _upload_stream(attempt, client, url, repo, rp, disk, file, plan)
+                finally:
+                    if client is not http:
+                        await client.close()
+                log.info(
+                    "restore %s: %s written thin: %d of %d grains sent (%s of %s)",
+                    attempt.restore_id, file, len(plan.grains), plan.total_grains,
+                    _gib(plan.size), _gib(disk.capacity),
+                )  # fmt: skip
+        finally:
+            keep_alive.cancel()
+            await asyncio.gather(keep_alive, return_exceptions=True)
+        await asyncio.to_thread(vc.lease_complete, imp.lease)
+    except BaseException as exc:
+        with contextlib.suppress(Exception):
+            await asyncio.shield(
+                asyncio.to_thread(vc.lease_abort, imp.lease, f"vbm: {exc or type(exc).__name__}")
+            )
+        raise
+    await asyncio.to_thread(vc.unregister_vm, imp.vm)
+
+
+async def _keep_lease(vc: VCenter, lease: str, attempt: Attempt, total: int) -> None:
+    start = attempt.done
+    while True:
+        await asyncio.sleep(20)
+        percent = min(99, int(100 * (attempt.done - start) / max(1, total)))
+        with contextlib.suppress(VSphereError):
+            await asyncio.to_thread(vc.lease_progress, lease, percent)
+
+
+def _host_client(http: Any, url: str, thumbprint: str | None) -> Any:
+    """A client for an ESXi host's NFC URL (vCenter hands out the host, and its thumbprint)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return type(http)(
+        f"{parts.scheme}://{parts.netloc}", http.cookie_source, thumbprint=thumbprint, verify_tls=False
+    )
+
+
+async def _upload_stream(
+    attempt: Attempt,
+    client: Any,
+    url: str,
+    repo: Repository,
+    rp: RestorePoint,
+    disk: DiskEntry,
+    file: str,
+    plan: StreamOptimized,
+) -> None:
+    start = attempt.done
+
+    async def grains() -> AsyncIterator[tuple[int, bytes | memoryview]]:
+        """(grain index, its bytes) for every grain of the plan, cut from the disk's windows."""
+        for first, end in grain_runs(plan.grains):
+            offset = first * GRAIN
+            index, pending = first, bytearray()
+            async for piece in read_disk(repo, rp, disk, offset, min(end * GRAIN, disk.capacity) - offset):
+                view = memoryview(piece)
+                if pending:
+                    take = GRAIN - len(pending)
+                    pending += view[:take]
+                    view = view[take:]
+                    if len(pending) < GRAIN:
+                        continue
+                    yield index, bytes(pending)
+                    pending = bytearray()
+                    index += 1
+                while len(view) >= GRAIN:
+                    yield index, view[:GRAIN]
+                    view = view[GRAIN:]
+                    index += 1
+                pending += view
+                attempt.done = start + min(disk.capacity, index * GRAIN)  # zeros skipped count as done
+            if pending:
+                yield index, bytes(pending)
+
+    def again() -> Any:
+        attempt.done = start
+        return client.put_url(url, file, plan.stream(grains()), plan.size)
+
+    await _with_retries(again, file)
+    attempt.done = start + disk.capacity
 
 
 async def _with_retries(make: Any, path: str) -> None:

@@ -6,6 +6,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import pytest
+from pyVmomi import vim
+
 from lab.launcher import Lab
 from tests.plugins.lab import disks_of, download, find_vm, folder_url, wait_task
 
@@ -45,3 +48,14 @@ def test_register_uploaded_vm_with_its_disks(lab: Lab, lab_si: Any) -> None:
         "[LocalDS_0] restored/restored_1.vmdk",
     ]
     assert download(lab, "restored/restored_1-flat.vmdk") == flats[1]
+
+
+def test_registering_a_missing_vmx_fails_and_creates_nothing(lab: Lab, lab_si: Any) -> None:
+    dc = lab_si.content.rootFolder.childEntity[0]
+    pool = find_vm(lab_si, "vm1").resourcePool
+    task = dc.vmFolder.RegisterVM_Task(
+        path="[LocalDS_0] gone/gone.vmx", name="gone", asTemplate=False, pool=pool
+    )
+    with pytest.raises(vim.fault.NotFound):
+        wait_task(task)
+    assert not (lab.datastore_dir / "gone").exists()  # vcsim alone would have made the directory

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import sqlite3
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -177,6 +178,28 @@ class Pipeline:
         assert {r.id for r in rows} <= set(ids), "the catalog names a restore point the repository lacks"
         return ids
 
+    def freeze(self, name: str) -> ManagedProcess:
+        """SIGSTOP a service at a moment it holds no write lock on the SQLite catalog.
+
+        A process frozen inside a write transaction blocks every other writer (SQLite has one
+        writer at a time): that is not the fault these tests simulate (a mover stuck on I/O or
+        on vCenter), so the freeze is retried until the catalog is writable."""
+        proc = self.procs[name]
+        deadline = time.monotonic() + 10
+        while True:
+            proc.pause()
+            db = sqlite3.connect(self.data / "vbm.db", timeout=0.2, isolation_level=None)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                db.execute("ROLLBACK")
+                return proc
+            except sqlite3.OperationalError:
+                proc.resume()
+                assert time.monotonic() < deadline, f"{name} holds the catalog's write lock for 10 s"
+                time.sleep(0.01)
+            finally:
+                db.close()
+
     def assert_clean(self) -> None:
         """The promise: no snapshot left on any VM, nothing open in the ledger."""
         for vm in self.lab.inventory["vms"]:
@@ -188,7 +211,7 @@ def default_spec() -> LabSpec:
     return LabSpec(
         vms=(
             VMSpec("web", (DiskSpec(12 * MIB, seed=11), DiskSpec(5 * MIB + 3072, seed=12)), cbt=True),
-            VMSpec("db", (DiskSpec(9 * MIB, seed=13),), cbt=False),
+            VMSpec("db", (DiskSpec(9 * MIB, seed=13, thick=True),), cbt=False),
         ),
         cbt_max_areas=4,
     )

@@ -191,8 +191,7 @@ async def test_frozen_mover_is_fenced(pipeline_factory: Callable[..., Pipeline])
     run_id = await p.run_job(job)
     await p.wait_task(run_id, transferring)
     await asyncio.sleep(0.5)
-    mover = p.procs["mover"]
-    mover.pause()
+    mover = p.freeze("mover")
     p.lab.clear_faults()
     run = await p.wait_run(run_id, timeout=30)
     assert run.state == "failed"
@@ -268,8 +267,7 @@ async def test_writes_during_the_snapshot_go_to_the_next_backup(
     p.lab.download_fault("stall", path="web-flat.vmdk", after_bytes=MIB, count=1)
     run_id = await p.run_job(job)
     await p.wait_task(run_id, transferring)
-    mover = p.procs["mover"]
-    mover.pause()
+    mover = p.freeze("mover")
     assert p.lab.snapshots("web") == [f"vbm-{run_id}"]
     p.lab.guest_write("web", 2000, 3 * MIB + 10, b"written during the backup" * 100)
     p.lab.guest_write("web", 2001, 0, os.urandom(8192))

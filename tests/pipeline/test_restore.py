@@ -17,7 +17,7 @@ from shared.jobstore import Conflict
 from shared.restores import RestoreRequest, request_restore
 from shared.settings import Settings, VCenterSettings
 from shared.vsphere import VCenter
-from tests.pipeline.conftest import Pipeline, now
+from tests.pipeline.conftest import MIB, Pipeline, now
 
 
 def settings(p: Pipeline) -> Settings:
@@ -81,6 +81,7 @@ def folder(p: Pipeline, name: str) -> Path:
 async def test_restore_as_new_vm_is_byte_identical(pipeline_factory: Callable[..., Pipeline]) -> None:
     p = pipeline_factory()
     p.start("snapshotter", "mover", "verifier", "notifier")
+    p.lab.guest_write("web", 2000, 4 * MIB, bytes(4 * MIB))  # a zero window, not to be written
     rp, content = await backup(p)
     p.lab.guest_write("web", 2000, 0, b"changed after the backup")  # the original moves on
 
@@ -104,6 +105,12 @@ async def test_restore_as_new_vm_is_byte_identical(pipeline_factory: Callable[..
     )
     desc = (folder(p, "web-restored") / "web-restored_1.vmdk").read_text()
     assert '"web-restored_1-flat.vmdk"' in desc
+    # the source disks are thin, so are the copies: written through NFC, the zero window skipped
+    log = p.procs["mover"].log_tail(50)
+    assert "web-restored.vmdk written thin: 128 of 192 grains sent" in log, log
+    assert "web-restored_1.vmdk written thin: 81 of 81 grains sent" in log, log
+    flat = (folder(p, "web-restored") / "web-restored-flat.vmdk").stat()
+    assert flat.st_size == 12 * MIB and flat.st_blocks * 512 <= 8 * MIB
     vc = vcenter(p)
     try:
         hw = vc.vm_hardware(done.vm_moref)
@@ -192,30 +199,48 @@ def vm_names(p: Pipeline) -> list[str]:
 
 
 async def test_cut_and_failing_uploads(pipeline_factory: Callable[..., Pipeline]) -> None:
+    """Thin disks (web) go through NFC, thick ones (db) through the datastore's /folder: on both
+    paths a cut upload is started over, and an upload that keeps failing leaves nothing."""
     p = pipeline_factory()
     p.start("snapshotter", "mover", "verifier", "notifier")
     rp, content = await backup(p)
+    db_content = p.guest_disk("db", 2000)
+    run = await p.run_job(p.create_job("restore-db", ["db"]))
+    assert (await p.wait_run(run)).state == "succeeded", p.dump(run)
+    (db_rp,) = p.restore_points(run)
     before = sorted(x.name for x in p.lab.datastore_dir.iterdir())
 
     # an upload cut after 1 MiB is started over, and the result is still byte-identical
-    p.lab.download_fault("upload-cut", path="web-u-flat.vmdk", after_bytes=1 << 20, count=1)
-    done = await wait_restore(
-        p, await restore(p, restore_point_id=rp.id, name="web-u", datastore="LocalDS_0")
-    )
-    assert done.state == "succeeded", done.error
+    p.lab.download_fault("upload-cut", path="/web-u.vmdk", after_bytes=1 << 20, count=1)
+    p.lab.download_fault("upload-cut", path="db-u-flat.vmdk", after_bytes=1 << 20, count=1)
+    for rp_id, name in ((rp.id, "web-u"), (db_rp.id, "db-u")):
+        done = await wait_restore(
+            p, await restore(p, restore_point_id=rp_id, name=name, datastore="LocalDS_0")
+        )
+        assert done.state == "succeeded", done.error
+    log = p.procs["mover"].log_tail(200)
+    assert "uploading [LocalDS_0] web-u/web-u.vmdk (attempt 1 of 3) failed" in log
+    assert "uploading db-u/db-u-flat.vmdk (attempt 1 of 3) failed" in log
     assert (folder(p, "web-u") / "web-u-flat.vmdk").read_bytes() == content[2000]
-    assert "uploading web-u/web-u-flat.vmdk (attempt 1 of 3) failed" in p.procs["mover"].log_tail(200)
+    flat = folder(p, "db-u") / "db-u-flat.vmdk"
+    assert flat.read_bytes() == db_content
+    assert flat.stat().st_blocks * 512 >= len(db_content)  # thick: written in full
+    assert "ddb.thinProvisioned" not in (folder(p, "db-u") / "db-u.vmdk").read_text()
 
     # an upload that keeps failing: the restore fails and leaves nothing behind
-    p.lab.download_fault("upload-fail", path="web-f_1-flat.vmdk", status=503)
-    done = await wait_restore(
-        p, await restore(p, restore_point_id=rp.id, name="web-f", datastore="LocalDS_0")
-    )
+    p.lab.download_fault("upload-fail", path="/web-f_1.vmdk", status=503)
+    p.lab.download_fault("upload-fail", path="db-f-flat.vmdk", status=503)
+    for rp_id, name, file in (
+        (rp.id, "web-f", "[LocalDS_0] web-f/web-f_1.vmdk"), (db_rp.id, "db-f", "db-f/db-f-flat.vmdk")
+    ):  # fmt: skip
+        done = await wait_restore(
+            p, await restore(p, restore_point_id=rp_id, name=name, datastore="LocalDS_0")
+        )
+        assert done.state == "failed" and f"uploading {file} failed" in (done.error or ""), done.error
+        assert "HTTP 503" in (done.error or "")
+        assert not folder(p, name).exists() and name not in vm_names(p)
     p.lab.clear_faults()
-    assert done.state == "failed" and "uploading web-f/web-f_1-flat.vmdk failed" in (done.error or "")
-    assert "HTTP 503" in (done.error or "")
-    assert not folder(p, "web-f").exists() and "web-f" not in vm_names(p)
-    assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == sorted([*before, "web-u"])
+    assert sorted(x.name for x in p.lab.datastore_dir.iterdir()) == sorted([*before, "web-u", "db-u"])
     p.assert_clean()
 
 
@@ -236,7 +261,7 @@ async def test_a_frozen_mover_is_fenced_and_its_restore_cleaned(
                 break
         assert time.monotonic() < deadline, p.logs()
         await asyncio.sleep(0.02)
-    p.procs["mover"].pause()  # frozen mid-registration: the watchdog must end it
+    p.freeze("mover")  # frozen mid-registration: the watchdog must end it
     try:
         done = await wait_restore(p, restore_id, timeout=30)
     finally:
@@ -246,9 +271,43 @@ async def test_a_frozen_mover_is_fenced_and_its_restore_cleaned(
     with p.sessions() as s:
         row = s.get(Restore, restore_id)
         assert row is not None and row.state == "failed" and row.created == {}
-    assert "web-s" not in vm_names(p) and not folder(p, "web-s").exists()
+    assert "web-s" not in vm_names(p), p.logs()
+    assert not folder(p, "web-s").exists(), p.logs()
     assert [a.kind for a in p.alerts()].count("restore_failed") == 1
     p.assert_clean()
+
+
+async def test_a_registration_that_ends_after_a_takeover_is_undone_by_the_old_mover(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    """The mover is superseded while vCenter registers its VM (nobody else can know that VM yet):
+    once the registration ends, it unregisters the VM and leaves the files to the new owner."""
+    p = pipeline_factory()
+    p.start("snapshotter", "mover", "verifier")
+    rp, _ = await backup(p)
+    p.lab.fault("RegisterVM_Task", "delay-response", delay=3.0, count=1)
+    restore_id = await restore(p, restore_point_id=rp.id, name="web-t", datastore="LocalDS_0")
+    deadline = time.monotonic() + 30
+    while True:
+        with p.sessions.begin() as s:
+            row = s.get(Restore, restore_id)
+            assert row is not None
+            if row.phase == "registering" and "vmx" in row.created:
+                row.generation += 1  # taken over, as the watchdog or a redelivery would
+                break
+        assert time.monotonic() < deadline, p.logs()
+        await asyncio.sleep(0.02)
+    mover = p.procs["mover"]
+    while "unregistering VM" not in mover.log_tail(100):
+        assert time.monotonic() < deadline + 10, p.logs()
+        await asyncio.sleep(0.1)
+    assert "web-t" not in vm_names(p)
+    assert (folder(p, "web-t") / "web-t.vmx").exists()  # the files are the new owner's to remove
+    with p.sessions() as s:
+        row = s.get(Restore, restore_id)
+        assert row is not None and row.state == "running"
+        registered = mover.log_tail(100).split("unregistering VM ", 1)[1].split()[0]
+        assert row.created.get("vm") != registered  # recorded by nobody: the old mover undid it
 
 
 async def test_in_place_restore_writes_the_disks_back_and_resets_cbt(
@@ -509,7 +568,7 @@ async def test_cancel_while_queued_and_while_uploading(pipeline_factory: Callabl
     assert done.state == "cancelled" and done.error == "cancelled before it started"
 
     # uploading: each upload of the first disk is cut, and the restore is cancelled between tries
-    p.lab.download_fault("upload-cut", path="web-u2-flat.vmdk", after_bytes=1 << 20)
+    p.lab.download_fault("upload-cut", path="/web-u2.vmdk", after_bytes=1 << 20)
     restore_id = await restore(p, restore_point_id=rp.id, name="web-u2", datastore="LocalDS_0")
     await wait_phase(p, restore_id, "uploading")
     await asyncio.sleep(0.3)  # the first try is cut; the mover waits before the next

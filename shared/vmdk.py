@@ -1,0 +1,179 @@
+"""streamOptimized VMDK, written as a stream: how a thin disk is uploaded through NFC.
+
+The format (VMware Virtual Disk Format 5.0, "stream-optimized compressed sparse extent"): a
+sparse header, the embedded descriptor, then one *grain* (64 KiB) per record: a 12-byte marker
+(the grain's first sector and the size of its compressed data) and the data as a zlib stream,
+padded to a sector. Grains that are not sent read as zeros, which is what makes the disk thin:
+vSphere allocates only what arrives. After the grains: a grain table (GT) per 32 MiB that holds
+any grain, the grain directory (GD), a footer (the header again, now with the GD's offset) and
+an end-of-stream marker; every table is preceded by its own marker.
+
+The grains are zlib streams of *stored* deflate blocks: no compression, so the disk moves at
+the speed of the wire rather than of zlib, and the stream's exact length is known before the
+first byte (an NFC upload is one PUT with a Content-Length). Which grains are sent is decided
+up front, from the restore point: every grain that overlaps a window holding data.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+import zlib
+from collections.abc import AsyncIterator, Iterable, Iterator
+
+SECTOR = 512
+GRAIN = 64 * 1024
+GRAIN_SECTORS = GRAIN // SECTOR
+GTES_PER_GT = 512
+GT_SECTORS = GTES_PER_GT * 4 // SECTOR
+GT_SPAN = GRAIN * GTES_PER_GT  # 32 MiB of disk per grain table
+MAGIC = 0x564D444B  # "KDMV"
+FLAGS = 1 | 1 << 16 | 1 << 17  # newline test valid, compressed grains, markers
+GD_AT_END = 0xFFFFFFFFFFFFFFFF
+MARKER_EOS, MARKER_GT, MARKER_GD, MARKER_FOOTER = 0, 1, 2, 3
+_STORED_MAX = 65535
+
+
+def _stored_zlib_size(n: int) -> int:
+    """Bytes of a zlib stream holding `n` bytes in stored deflate blocks."""
+    return 2 + n + 5 * max(1, math.ceil(n / _STORED_MAX)) + 4
+
+
+GRAIN_RECORD_SECTORS = math.ceil((12 + _stored_zlib_size(GRAIN)) / SECTOR)
+
+
+def grains_with_data(capacity: int, windows: Iterable[tuple[int, int, str | None]]) -> list[int]:
+    """Indexes of the grains overlapping a window that holds data (chunk id not None), in order."""
+    out: list[int] = []
+    for offset, length, cid in windows:
+        if cid is None or length <= 0:
+            continue
+        first, last = offset // GRAIN, min(offset + length, capacity) - 1
+        start = max(first, out[-1] + 1) if out else first
+        out.extend(range(start, last // GRAIN + 1))
+    return out
+
+
+def grain_runs(grains: list[int]) -> Iterator[tuple[int, int]]:
+    """Contiguous runs [first, end) of the grain list."""
+    if not grains:
+        return
+    first = prev = grains[0]
+    for g in grains[1:]:
+        if g != prev + 1:
+            yield first, prev + 1
+            first = g
+        prev = g
+    yield first, prev + 1
+
+
+class StreamOptimized:
+    """The layout of one disk's stream: its exact size, and its bytes from the grains' data."""
+
+    def __init__(self, capacity: int, grains: list[int], adapter: str = "lsilogic") -> None:
+        if capacity <= 0 or capacity % SECTOR:
+            raise ValueError(f"a disk's capacity must be a positive multiple of 512 bytes, not {capacity}")
+        self.capacity = capacity
+        self.grains = grains
+        self.sectors = capacity // SECTOR
+        self.total_grains = math.ceil(capacity / GRAIN)
+        self.tables = math.ceil(self.total_grains / GTES_PER_GT)
+        self.descriptor = self._descriptor(adapter).encode()
+        self.descriptor_sectors = math.ceil(len(self.descriptor) / SECTOR)
+        self.overhead = 1 + self.descriptor_sectors
+        self.gd_sectors = math.ceil(self.tables * 4 / SECTOR)
+        used_tables = len({g // GTES_PER_GT for g in grains})
+        self.size = SECTOR * (
+            self.overhead
+            + len(grains) * GRAIN_RECORD_SECTORS
+            + used_tables * (1 + GT_SECTORS)
+            + 1 + self.gd_sectors  # GD marker, GD
+            + 2  # footer marker, footer
+            + 1  # end of stream
+        )  # fmt: skip
+
+    def _descriptor(self, adapter: str) -> str:
+        cylinders = max(1, min(65535, self.sectors // (255 * 63)))
+        return (
+            '# Disk DescriptorFile\nversion=1\nCID=fffffffe\nparentCID=ffffffff\n'
+            'createType="streamOptimized"\n\n# Extent description\n'
+            f'RW {self.sectors} SPARSE "disk.vmdk"\n\n# The Disk Data Base\n#DDB\n\n'
+            f'ddb.adapterType = "{adapter}"\nddb.geometry.cylinders = "{cylinders}"\n'
+            'ddb.geometry.heads = "255"\nddb.geometry.sectors = "63"\nddb.virtualHWVersion = "4"\n'
+        )  # fmt: skip
+
+    def header(self, gd_offset: int) -> bytes:
+        head = struct.pack(
+            "<IIIQQQQIQQQB4sH",
+            MAGIC, 3, FLAGS, self.sectors, GRAIN_SECTORS, 1, self.descriptor_sectors, GTES_PER_GT,
+            0, gd_offset, self.overhead, 0, b"\n \r\n", 1,
+        )  # fmt: skip
+        return head.ljust(SECTOR, b"\0")
+
+    @staticmethod
+    def _marker(sectors: int, kind: int) -> bytes:
+        return struct.pack("<QII", sectors, 0, kind).ljust(SECTOR, b"\0")
+
+    async def stream(self, data: AsyncIterator[tuple[int, bytes | memoryview]]) -> AsyncIterator[bytes]:
+        """The stream's bytes, given (grain index, up to 64 KiB) for every grain in `self.grains`,
+        in order. Yields exactly `self.size` bytes, or raises ValueError."""
+        yield self.header(GD_AT_END) + self.descriptor.ljust(self.descriptor_sectors * SECTOR, b"\0")
+        at = self.overhead  # the next sector written
+        gd = [0] * self.tables
+        table: list[int] = [0] * GTES_PER_GT
+        table_index = -1
+        expected = iter(self.grains)
+        record = bytearray(GRAIN_RECORD_SECTORS * SECTOR)
+        async for index, piece in data:
+            if index != next(expected, None) or len(piece) > GRAIN:
+                raise ValueError(f"grain {index} was not expected here (or is larger than a grain)")
+            if index // GTES_PER_GT != table_index:
+                if table_index >= 0:
+                    yield self._table(table_index, table, at, gd)
+                    at += 1 + GT_SECTORS
+                    table = [0] * GTES_PER_GT
+                table_index = index // GTES_PER_GT
+            table[index % GTES_PER_GT] = at
+            yield self._grain(record, index, piece)
+            at += GRAIN_RECORD_SECTORS
+        if next(expected, None) is not None:
+            raise ValueError("the source ended before every grain was sent")
+        if table_index >= 0:
+            yield self._table(table_index, table, at, gd)
+            at += 1 + GT_SECTORS
+        gd_at = at + 1
+        yield self._marker(self.gd_sectors, MARKER_GD) + struct.pack(f"<{self.tables}I", *gd).ljust(
+            self.gd_sectors * SECTOR, b"\0"
+        )
+        yield self._marker(1, MARKER_FOOTER) + self.header(gd_at) + self._marker(0, MARKER_EOS)
+
+    @staticmethod
+    def _table(index: int, table: list[int], at: int, gd: list[int]) -> bytes:
+        gd[index] = at + 1  # the table itself follows its marker
+        return StreamOptimized._marker(GT_SECTORS, MARKER_GT) + struct.pack(f"<{GTES_PER_GT}I", *table)
+
+    @staticmethod
+    def _grain(record: bytearray, index: int, piece: bytes | memoryview) -> bytes:
+        """One grain record: marker, then `piece` padded to a grain in stored deflate blocks."""
+        data = memoryview(piece)
+        pad = GRAIN - len(data)
+        adler = zlib.adler32(data)
+        if pad:
+            adler = zlib.adler32(bytes(pad), adler)
+        size = _stored_zlib_size(GRAIN)
+        struct.pack_into("<QI", record, 0, index * GRAIN_SECTORS, size)
+        record[12:14] = b"\x78\x01"
+        at, pos = 14, 0
+        while pos < GRAIN:
+            n = min(_STORED_MAX, GRAIN - pos)
+            struct.pack_into("<BHH", record, at, 1 if pos + n == GRAIN else 0, n, n ^ 0xFFFF)
+            at += 5
+            have = max(0, min(n, len(data) - pos))
+            record[at : at + have] = data[pos : pos + have]
+            record[at + have : at + n] = bytes(n - have)
+            at += n
+            pos += n
+        struct.pack_into(">I", record, at, adler)
+        at += 4
+        record[at:] = bytes(len(record) - at)
+        return bytes(record)
