@@ -96,7 +96,7 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
             raise Invalid(
                 "method",
                 "fast in-place restore (writing only the windows that differ, found through CBT) needs"
-                " block-level writes to the VM's disks (NFC or VDDK), which vbm does not have yet;"
+                " block-level writes into the VM's existing disks (VDDK or hot-add), which vbm does not have yet;"
                 " use method full",
             )
         if body.vcenter not in (None, rp.vcenter):
