@@ -89,6 +89,8 @@ class Lab:
         self.datacenter: str = inventory["datacenter"]
         self.datastore: str = inventory["datastore"]
         self.datastore_dir = Path(inventory["datastore_dir"])
+        # hot-add: a disk attached to a VM is linked here as wwn-0x<uuid> (see docs/lab.md)
+        self.device_dir = self.datastore_dir.parent / "dev" / "disk" / "by-id"
         self.pid: int = proc.pid
 
     def __repr__(self) -> str:

@@ -92,12 +92,14 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
                 f"an in-place restore powers off VM {rp.vm_name} ({rp.vm_moref}) and overwrites its disks"
                 " with the restore point: pass confirm: true",
             )
-        if body.method == "fast":
+        if body.method == "fast" and not next(
+            (v.hotadd_proxy for v in settings.vcenters if v.name == rp.vcenter), None
+        ):
             raise Invalid(
                 "method",
-                "fast in-place restore (writing only the windows that differ, found through CBT) needs"
-                " block-level writes into the VM's existing disks (VDDK or hot-add), which vbm does not have yet;"
-                " use method full",
+                "a fast in-place restore (writing only the windows that differ) attaches the VM's disks"
+                f" to the VM vbm runs in (hot-add): set vcenters[{rp.vcenter}].hotadd_proxy to that VM's"
+                " name, or use method full",
             )
         if body.vcenter not in (None, rp.vcenter):
             raise Invalid("vcenter", f"an in-place restore goes to the VM's own vCenter ({rp.vcenter})")

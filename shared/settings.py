@@ -42,6 +42,11 @@ class VCenterSettings(BaseModel):
     password: SecretStr
     verify_tls: bool = True
     ca_file: str | None = None  # PEM of the CA that signed its certificate; default: the system's
+    hotadd_proxy: str | None = Field(
+        default=None,
+        description="Name or moref of the VM vbm runs in, in this vCenter: fast in-place restores"
+        " attach the target VM's disks to it (hot-add) and write only the windows that differ",
+    )
 
     @field_validator("url")
     @classmethod
@@ -143,6 +148,21 @@ class VerifySettings(BaseModel):
     )
 
 
+class HotAddSettings(BaseModel):
+    """Hot-add: how a disk attached to vbm's own VM is found in this machine's /dev."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    device_dir: Path = Field(
+        default=Path("/dev/disk/by-id"),
+        description="Where udev links a disk by its WWN (wwn-0x<vSphere disk UUID>); the proxy VM"
+        " needs disk.EnableUUID = TRUE for vSphere to show the UUID",
+    )
+    settle_seconds: float = Field(
+        default=30.0, gt=0, description="How long an attached disk may take to appear"
+    )
+
+
 class InstantSettings(BaseModel):
     """Instant recovery: where restore points are published for vCenter to mount."""
 
@@ -188,6 +208,7 @@ class Settings(BaseSettings):
         description="Retention of jobs that set none (shared/retention.py rules)",
     )
     instant: InstantSettings = InstantSettings()
+    hotadd: HotAddSettings = HotAddSettings()
 
     @property
     def instant_root(self) -> Path:

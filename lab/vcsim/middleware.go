@@ -122,6 +122,10 @@ func (l *lab) dispatch(mux http.Handler, w http.ResponseWriter, r *http.Request,
 		l.registerVM(mux, w, r, body, call)
 		return
 	}
+	if call.method == "ReconfigVM_Task" {
+		l.reconfigVM(mux, w, r, body, call)
+		return
+	}
 	if call.method == "ImportVApp" {
 		l.importVApp(mux, w, r, body, call)
 		return

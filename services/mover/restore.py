@@ -36,6 +36,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 from services.mover.handlers import Deps
+from services.mover.hotadd import HotAddError, Written, device_path, wait_device, write_differences
 from shared import __version__
 from shared.bus import Delivery
 from shared.contracts import Event, RestoreDone, RestoreRequested, RestoreTarget
@@ -153,6 +154,7 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         )
         rp_id, location, mode = row.restore_point_id, row.repository, row.mode
         original = str(row.target.get("vm_moref", ""))
+        method = str(row.target.get("method", "full"))
     attempt = Attempt(deps, event.restore_id, generation, total)
     try:
         vc = deps.vcenters.get(target.vcenter)
@@ -164,7 +166,7 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         with contextlib.suppress(Superseded):
             await asyncio.to_thread(attempt.update, created={})
     if mode == "in_place":
-        work = asyncio.create_task(_in_place(attempt, vc, target, rp_id, location, original))
+        work = asyncio.create_task(_in_place(attempt, vc, target, rp_id, location, original, method))
     elif mode == "test":
         work = asyncio.create_task(_restore_test(attempt, vc, target, rp_id, location))
     elif mode == "instant":
@@ -402,9 +404,17 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
 
 
 async def _in_place(
-    attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: str, location: str, moref: str
+    attempt: Attempt,
+    vc: VCenter,
+    target: RestoreTarget,
+    rp_id: str,
+    location: str,
+    moref: str,
+    method: str = "full",
 ) -> str:
-    """Write the restore point's disks back over the original VM's (method full).
+    """Write the restore point's disks back over the original VM's: in full through the datastore
+    HTTP API (method full), or only the windows that differ through hot-add (method fast,
+    `services/mover/hotadd.py`; what was written is recorded in the restore's `target.written`).
 
     The VM is powered off first and must have no snapshots (its base disks are rewritten). The
     writes bypass the VM, so CBT did not see them: CBT is turned off and on afterwards, which
@@ -435,15 +445,23 @@ async def _in_place(
                 " restore point (resized since): restore it as a new VM"
             )
         plan.append((disk, current))
+    proxy = ""
+    if method == "fast":
+        proxy = await _proxy(vc)
+        for _disk, current in plan:
+            device_path(attempt.deps.ctx.settings.hotadd.device_dir, current.uuid)  # fails early if none
     await asyncio.to_thread(attempt.update, phase="powering_off")
     was_on = await asyncio.to_thread(vc.power_off, moref)
     await asyncio.to_thread(attempt.update, phase="uploading")
     http = attempt.deps.client(target.vcenter)
     try:
-        for disk, current in plan:
-            place = Placement(vm.datacenter, current.datastore, 0, vm.name, "", "", None, None)
-            await _upload_disk(attempt, http, place, repo, rp, disk, current.flat_path)
-    except (RestoreFailed, DownloadError, RepoError) as exc:
+        if method == "fast":
+            await _in_place_fast(attempt, vc, proxy, repo, rp, plan)
+        else:
+            for disk, current in plan:
+                place = Placement(vm.datacenter, current.datastore, 0, vm.name, "", "", None, None)
+                await _upload_disk(attempt, http, place, repo, rp, disk, current.flat_path)
+    except (RestoreFailed, DownloadError, RepoError, HotAddError, VSphereError) as exc:
         raise RestoreFailed(
             f"{exc}; VM {vm.name}'s disks are partly overwritten and it is left powered off:"
             " run the in-place restore again, or restore as a new VM"
@@ -456,6 +474,59 @@ async def _in_place(
         await asyncio.to_thread(attempt.update, phase="powering_on")
         await asyncio.to_thread(vc.power_on, moref)
     return moref
+
+
+async def _proxy(vc: VCenter) -> str:
+    """The moref of this vCenter's hot-add proxy (vbm's own VM), which must be powered on."""
+    name = vc.settings.hotadd_proxy
+    if not name:
+        raise RestoreFailed(
+            f"a fast in-place restore needs vcenters[{vc.settings.name}].hotadd_proxy: the VM vbm runs in"
+        )
+    try:
+        info = await asyncio.to_thread(vc.vm if name.startswith("vm-") else vc.find_vm, name)
+    except NotFound:
+        raise RestoreFailed(f"hot-add proxy VM {name!r} is not in vCenter {vc.settings.name}") from None
+    if info.power_state != "poweredOn":
+        raise RestoreFailed(
+            f"hot-add proxy VM {info.name} is {info.power_state}: it must be the running VM vbm is in"
+        )
+    return info.moref
+
+
+async def _in_place_fast(
+    attempt: Attempt, vc: VCenter, proxy: str, repo: Repository, rp: RestorePoint, plan: list[Any]
+) -> None:
+    settings = attempt.deps.ctx.settings.hotadd
+    total = Written()
+    for disk, current in plan:
+        await asyncio.to_thread(attempt.created, "hotadd_proxy", proxy)
+        await asyncio.to_thread(attempt.created, "hotadd_disk", current.file)
+        await asyncio.to_thread(vc.attach_disk, proxy, current.file, disk.capacity)
+        try:
+            device = await wait_device(
+                device_path(settings.device_dir, current.uuid), settings.settle_seconds
+            )
+
+            def progress(n: int) -> None:
+                attempt.done += n
+
+            done = await write_differences(repo, rp, disk, device, progress)
+        finally:
+            await asyncio.shield(asyncio.to_thread(vc.detach_disk, proxy, current.file))
+        await asyncio.to_thread(attempt.update, created={})
+        log.info(
+            "restore %s: disk %d of %s: %d of %d windows differed and were written (%s)",
+            attempt.restore_id, disk.key, rp.vm_name, done.written, done.windows, _gib(done.bytes),
+        )  # fmt: skip
+        total.windows += done.windows
+        total.written += done.written
+        total.bytes += done.bytes
+    with attempt.deps.ctx.sessions.begin() as s:
+        row = s.get(Restore, attempt.restore_id)
+        if row is not None and row.generation == attempt.generation:
+            row.target = {**row.target, "written": {"windows": total.windows, "written": total.written,
+                                                    "bytes": total.bytes}}  # fmt: skip
 
 
 async def _restore_test(

@@ -2,7 +2,8 @@
 
 A restore records what it creates in its `restores.created` *before* the step that creates it
 (`datacenter`, `folder` "[ds] name", `vmx` "[ds] name/name.vmx" just before registering, `vm`
-once registered). Clean-up is idempotent: a VM registered from the recorded `.vmx` is found by
+once registered; for a fast in-place restore the disk attached to the hot-add proxy). Clean-up
+is idempotent: a VM registered from the recorded `.vmx` is found by
 its path even if the mover died before recording its moref; things already gone are success.
 """
 
@@ -21,6 +22,9 @@ def clean(vc: VCenter, created: dict[str, str]) -> list[str]:
     (`instant_dir`): the datastore is unmounted after the VM is gone, then the directory removed.
     """
     removed: list[str] = []
+    hotadd = created.get("hotadd_proxy"), created.get("hotadd_disk")
+    if hotadd[0] and hotadd[1] and vc.detach_disk(hotadd[0], hotadd[1]):  # first: it holds the disk
+        removed.append(f"{hotadd[1]} from hot-add proxy {hotadd[0]}")
     vms = [created["vm"]] if created.get("vm") else []
     if created.get("vmx"):
         vms += [v.moref for v in vc.list_vms() if v.vmx_path == created["vmx"] and v.moref not in vms]

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -12,12 +14,13 @@ from pathlib import Path
 import pytest
 from pydantic import SecretStr
 
+from lab.launcher import DiskSpec, VMSpec
 from shared.db.models import Restore, RestorePointRow
 from shared.jobstore import Conflict
 from shared.restores import RestoreRequest, request_restore
 from shared.settings import Settings, VCenterSettings
 from shared.vsphere import VCenter
-from tests.pipeline.conftest import MIB, Pipeline, now
+from tests.pipeline.conftest import MIB, Pipeline, default_spec, now
 
 
 def settings(p: Pipeline) -> Settings:
@@ -29,6 +32,21 @@ def settings(p: Pipeline) -> Settings:
         verify_tls=False,
     )
     return Settings(data_dir=p.data, vcenters=(vc,))
+
+
+def with_proxy(p: Pipeline, device_dir: Path, settle: float = 30) -> Settings:
+    """The pipeline's settings, with the lab VM `vbm-proxy` as the hot-add proxy (services too)."""
+    vcs = json.loads(p.env["VBM_VCENTERS"])
+    vcs[0]["hotadd_proxy"] = "vbm-proxy"
+    p.env.update(
+        VBM_VCENTERS=json.dumps(vcs),
+        VBM_HOTADD__DEVICE_DIR=str(device_dir),
+        VBM_HOTADD__SETTLE_SECONDS=str(settle),
+    )
+    base = settings(p)
+    return base.model_copy(
+        update={"vcenters": (base.vcenters[0].model_copy(update={"hotadd_proxy": "vbm-proxy"}),)}
+    )
 
 
 def vcenter(p: Pipeline) -> VCenter:
@@ -328,7 +346,7 @@ async def test_in_place_restore_writes_the_disks_back_and_resets_cbt(
 
     with pytest.raises(Invalid, match=r"confirm: an in-place restore powers off VM web"):
         await restore(p, restore_point_id=rp.id, mode="in_place")
-    with pytest.raises(Invalid, match=r"method: fast in-place restore .* needs block-level writes"):
+    with pytest.raises(Invalid, match=r"method: a fast in-place restore .* set vcenters\[lab\].hotadd_proxy"):
         await restore(p, restore_point_id=rp.id, mode="in_place", confirm=True, method="fast")
     vc = vcenter(p)
     try:
@@ -628,4 +646,61 @@ async def test_restore_test_sees_the_guest_heartbeat_when_tools_run(
     assert heartbeat["check"] == "guest heartbeat" and heartbeat["ok"] is True
     assert heartbeat["seen"] == "green, tools guestToolsRunning"
     assert report["timings_s"]["checks"] >= 1.0  # it waited for the guest to boot
+    p.assert_clean()
+
+
+async def test_fast_in_place_restore_writes_only_the_differing_windows_through_hot_add(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    spec = default_spec()
+    spec = dataclasses.replace(
+        spec, vms=(*spec.vms, VMSpec("vbm-proxy", (DiskSpec(1 * MIB, seed=5),), power_on=True))
+    )
+    p = pipeline_factory(spec)
+    config = with_proxy(p, p.lab.device_dir)
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    rp, content = await backup(p)
+    p.lab.guest_write("web", 2000, 0, b"changed after the backup")  # window 0 of 3
+    p.lab.guest_write("web", 2000, 9 * MIB, b"\x01" * 8192)  # window 2
+    p.lab.guest_write("web", 2001, MIB, b"\xff" * 65536)  # window 0 of 2
+
+    async def fast() -> Restore:
+        body = {"restore_point_id": rp.id, "mode": "in_place", "confirm": True, "method": "fast"}
+        with p.sessions.begin() as s:
+            restore_id = request_restore(s, RestoreRequest.model_validate(body), config, now()).id
+        await p.relay.publish_pending()
+        return await wait_restore(p, restore_id)
+
+    done = await fast()
+    assert done.state == "succeeded", (done.error, p.logs())
+    for key, data in content.items():
+        assert p.guest_disk("web", key) == data, key
+    assert done.target["method"] == "fast"
+    assert done.target["written"] == {"windows": 5, "written": 3, "bytes": 3 * 4 * MIB}
+    vc = vcenter(p)
+    try:
+        assert len(vc.find_vm("vbm-proxy").disks) == 1  # detached again
+    finally:
+        vc.close()
+    assert list(p.lab.device_dir.iterdir()) == []
+
+    # nothing differs now: nothing is written
+    done = await fast()
+    assert done.state == "succeeded" and done.target["written"]["written"] == 0
+
+    # the attached disk never shows up in the proxy: the restore fails, the disk is detached
+    p.procs["mover"].stop()
+    with_proxy(p, p.data / "no-such-dir", settle=1)
+    p.start("mover")
+    done = await fast()
+    assert done.state == "failed" and "did not appear as" in (done.error or "")
+    assert "disk.EnableUUID" in (done.error or "")
+    vc = vcenter(p)
+    try:
+        assert len(vc.find_vm("vbm-proxy").disks) == 1
+        assert vc.vm_hardware(rp.vm_moref)["power_state"] == "poweredOff"  # left off, as said
+    finally:
+        vc.close()
+    for key, data in content.items():
+        assert p.guest_disk("web", key) == data, key
     p.assert_clean()
