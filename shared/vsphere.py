@@ -383,13 +383,15 @@ class VCenter:
         return self._call(f"reading snapshot {snapshot_moref}", run)
 
     def changed_areas(
-        self, vm_moref: str, snapshot_moref: str, disk_key: int, capacity: int, change_id: str
+        self, vm_moref: str, snapshot_moref: str | None, disk_key: int, capacity: int, change_id: str
     ) -> list[tuple[int, int]]:
-        """(offset, length) areas changed since `change_id` ('*': all allocated), all pages."""
+        """(offset, length) areas changed since `change_id` ('*': all allocated), all pages; up to
+        the snapshot, or with `snapshot_moref` None up to the disk's current state (vSphere allows
+        that only while the VM is powered off)."""
 
         def run() -> list[tuple[int, int]]:
             vm = self._vm(vm_moref)
-            snap = self._snapshot(snapshot_moref)
+            snap = self._snapshot(snapshot_moref) if snapshot_moref else None
             out: list[tuple[int, int]] = []
             start = 0
             while start < capacity:

@@ -38,7 +38,7 @@ func (c *cbtEndpoint) QueryChangedDiskAreas(ctx *simulator.Context, req *types.Q
 // query answers QueryChangedDiskAreas for a VM from the lab's own CBT records.
 func (s *diskStore) query(vm string, req *types.QueryChangedDiskAreas) (*types.DiskChangeInfo, types.BaseMethodFault) {
 	if req.Snapshot == nil {
-		return nil, &types.InvalidArgument{InvalidProperty: "snapshot"}
+		return s.queryCurrent(vm, req)
 	}
 	var sd *snapDisk
 	var blocks []int64
@@ -157,4 +157,44 @@ func (s *diskStore) areas(blocks []int64, start, capacity int64) *types.DiskChan
 		out = append(out, types.DiskChangeExtent{Start: a, Length: e - a})
 	}
 	return &types.DiskChangeInfo{StartOffset: start, Length: covered - start, ChangedArea: out}
+}
+
+// queryCurrent answers a query without a snapshot: changes up to the disk's current state, which
+// vSphere allows only for a powered-off VM (InvalidState otherwise).
+func (s *diskStore) queryCurrent(vm string, req *types.QueryChangedDiskAreas) (*types.DiskChangeInfo, types.BaseMethodFault) {
+	ref := types.ManagedObjectReference{Type: "VirtualMachine", Value: vm}
+	if obj, ok := simulator.Map.Get(ref).(*simulator.VirtualMachine); !ok ||
+		obj.Runtime.PowerState != types.VirtualMachinePowerStatePoweredOff {
+		return nil, &types.InvalidState{}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	d := s.find(vm, req.DeviceKey)
+	if d == nil {
+		return nil, &types.InvalidArgument{InvalidProperty: "deviceKey"}
+	}
+	if req.StartOffset < 0 || req.StartOffset >= d.capacity {
+		return nil, &types.InvalidArgument{InvalidProperty: "startOffset"}
+	}
+	fileFault := &types.FileFault{File: "[LocalDS_0] " + d.baseName + ".vmdk"}
+	i := strings.LastIndex(req.ChangeId, "/")
+	if !d.cbtOn || i < 0 {
+		return nil, fileFault
+	}
+	seq, err := strconv.Atoi(req.ChangeId[i+1:])
+	if err != nil || req.ChangeId[:i] != d.epoch || seq < 1 || seq > d.gen {
+		return nil, fileFault // unknown or stale id (CBT reset, disk resized)
+	}
+	set := map[int64]bool{}
+	for g := seq + 1; g <= d.gen; g++ {
+		for b := range d.changed[g] {
+			set[b] = true
+		}
+	}
+	var blocks []int64
+	for b := range set {
+		blocks = append(blocks, b)
+	}
+	sort.Slice(blocks, func(a, b int) bool { return blocks[a] < blocks[b] })
+	return s.areas(blocks, req.StartOffset, d.capacity), nil
 }

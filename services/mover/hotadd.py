@@ -3,7 +3,10 @@
 The target VM is powered off; each of its disks is attached to the proxy VM (the VM vbm runs in,
 `vcenters[].hotadd_proxy`), where the guest sees it as a SCSI disk linked by udev at
 `<hotadd.device_dir>/wwn-0x<disk UUID>`. Every window of the disk is read from there and
-hashed (BLAKE3, as chunk ids are); a window whose hash differs from the restore point's id is
+hashed (BLAKE3, as chunk ids are), except windows that CBT says are unchanged since the
+restore point (`QueryChangedDiskAreas` without a snapshot, which vSphere answers for a
+powered-off VM, from the restore point's change id; any error there means every window is
+read); a window whose hash differs from the restore point's id is
 written back from the repository (zeros for a zero window). The disk is flushed and detached.
 Reads run at the speed of the proxy's own storage path; only the differing windows are written.
 What is attached is recorded first (`created`: `hotadd_proxy`, `hotadd_disk`) so that a failure,
@@ -30,9 +33,10 @@ class HotAddError(Exception):
 
 @dataclass
 class Written:
-    windows: int = 0
+    windows: int = 0  # compared (read and hashed)
     written: int = 0
     bytes: int = 0
+    skipped: int = 0  # not read: CBT says unchanged since the restore point
 
 
 def device_path(device_dir: Path, uuid: str | None) -> Path:
@@ -58,11 +62,18 @@ async def wait_device(path: Path, settle: float) -> Path:
 
 
 async def write_differences(
-    repo: Repository, rp: RestorePoint, disk: DiskEntry, device: Path, progress: Any
+    repo: Repository,
+    rp: RestorePoint,
+    disk: DiskEntry,
+    device: Path,
+    progress: Any,
+    changed: list[tuple[int, int]] | None = None,
 ) -> Written:
     """Make the device hold the restore point's disk, writing only windows that differ.
 
-    `progress(n)` is called with the bytes of each window done (compared, and written if needed).
+    `changed`: the areas CBT reports changed since the restore point (None: unknown): windows
+    outside them are equal to the restore point and are not even read. `progress(n)` is called
+    with the bytes of each window done (compared or skipped, and written if needed).
     """
     fd = await asyncio.to_thread(os.open, device, os.O_RDWR)
     done = Written()
@@ -71,6 +82,10 @@ async def write_differences(
         if size < disk.capacity:
             raise HotAddError(f"{device} holds {size} bytes, the disk {disk.capacity}: not the disk expected")
         for offset, length, cid in disk.windows():
+            if changed is not None and not any(a < offset + length and offset < a + n for a, n in changed):
+                done.skipped += 1
+                progress(length)
+                continue
             same = await asyncio.to_thread(_same, fd, offset, length, cid or zero_id(length))
             done.windows += 1
             if not same:

@@ -89,6 +89,26 @@ def test_since_change_id_lists_written_blocks_even_identical(lab: Lab) -> None:
         disconnect(si)
 
 
+def test_without_a_snapshot_a_powered_off_vm_answers_up_to_now(lab: Lab) -> None:
+    si = connect(lab)
+    key = 2001
+    try:
+        vm = find_vm(si, "vm1")
+        s1 = snapshot(vm, "s1")
+        cid1 = disks_of(s1.config)[key].backing.changeId
+        wait_task(s1.RemoveSnapshot_Task(False))
+        lab.guest_write("vm1", key, 5 * BLOCK + 1, b"y")
+        if vm.runtime.powerState != "poweredOn":
+            wait_task(vm.PowerOnVM_Task())
+        expect_fault(vim.fault.InvalidState, lambda: vm.QueryChangedDiskAreas(None, key, 0, cid1))
+        wait_task(vm.PowerOffVM_Task())
+        info = vm.QueryChangedDiskAreas(None, key, 0, cid1)
+        assert [(a.start, a.length) for a in info.changedArea] == [(5 * BLOCK, BLOCK)]
+        expect_fault(vim.fault.FileFault, lambda: vm.QueryChangedDiskAreas(None, key, 0, "bogus"))
+    finally:
+        disconnect(si)
+
+
 def test_replies_are_paged(lab_factory: Callable[[LabSpec], Lab]) -> None:
     lab = lab_factory(
         LabSpec(
