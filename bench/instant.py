@@ -3,12 +3,13 @@ services (NATS, the lab, snapshotter, mover, verifier, notifier as processes).
 
     .venv/bin/python -m bench.instant [--size 2G] [--reps 3]
 
-One lab VM with one disk of `--size` (the lab's "mixed" layout: 40% zeros), backed up once
-(full). Then, per round, interleaved: a restore as a new VM with power-on (request -> the VM
-registered and powered on: every byte uploaded to the datastore), and an instant recovery
-(request -> the VM powered on from the published restore point: only non-zero windows written,
-locally); each restored VM is removed (an instant one stopped) before the next. Prints medians
-with ranges and the ratio instant / full. Uses the test harness of tests/pipeline (a dev tool).
+Two lab VMs with one disk of `--size` each (the same content: the lab's "mixed" layout), one
+thin and one thick, backed up once (full). Then, per round, interleaved: a restore as a new VM
+with power-on of the thin one (request -> the VM registered and powered on: the disk written
+through NFC as a streamOptimized stream, zero windows left out) and of the thick one (every byte
+uploaded with a PUT to /folder), and an instant recovery (request -> the VM powered on from the
+published restore point: only non-zero windows written, locally); each restored VM is removed
+(an instant one stopped) before the next. Prints medians with ranges and the ratios. Uses the test harness of tests/pipeline (a dev tool).
 """
 
 from __future__ import annotations
@@ -36,7 +37,11 @@ async def main(size: int, reps: int) -> int:
     with tempfile.TemporaryDirectory(prefix="vbm-instant-") as tmp_name:
         tmp = Path(tmp_name)
         nats = NatsServer(tmp / "nats").start()
-        lab = start_lab(LabSpec(vms=(VMSpec("big", (DiskSpec(size, seed=3),), cbt=True),)), tmp / "lab")
+        lab = start_lab(
+            LabSpec(vms=(VMSpec("big", (DiskSpec(size, seed=3),), cbt=True),
+                         VMSpec("thick", (DiskSpec(size, seed=3, thick=True),), cbt=True))),
+            tmp / "lab",
+        )  # fmt: skip
         bus = await Bus.connect(nats.url, "bench-instant")
         await bus.ensure_stream()
         data = tmp / "data"
@@ -53,19 +58,20 @@ async def main(size: int, reps: int) -> int:
         p = Pipeline(lab=lab, nats=nats, data=data, env=env, bus=bus)
         try:
             p.start("snapshotter", "mover", "verifier", "notifier")
-            job = p.create_job("big", ["big"])
+            job = p.create_job("big", ["big", "thick"])
             t0 = time.monotonic()
             run = await p.run_job(job)
             assert (await p.wait_run(run, timeout=600)).state == "succeeded", p.dump(run)
             print(f"backup of {size >> 20} MiB: {time.monotonic() - t0:.1f} s", file=sys.stderr)
-            (rp,) = p.restore_points(run)
-            full: list[float] = []
-            instant: list[float] = []
+            points = {row.vm_name: row for row in p.restore_points(run)}
+            times: dict[str, list[float]] = {"full": [], "thick": [], "instant": []}
             for r in range(reps):
-                for kind in ("full", "instant") if r % 2 == 0 else ("instant", "full"):
+                order = ("full", "thick", "instant")
+                for kind in order if r % 2 == 0 else order[::-1]:
                     name = f"big-{kind}-{r}"
+                    rp = points["thick" if kind == "thick" else "big"]
                     body = {"restore_point_id": rp.id, "name": name, "power_on": True}
-                    if kind == "full":
+                    if kind in ("full", "thick"):
                         body["datastore"] = lab.datastore
                     else:
                         body["mode"] = "instant"
@@ -79,7 +85,7 @@ async def main(size: int, reps: int) -> int:
                     vc = vcenter(p)
                     try:
                         assert vc.vm_hardware(done.vm_moref or "")["power_state"] == "poweredOn"
-                        if kind == "full":
+                        if kind != "instant":
                             vc.destroy_vm(done.vm_moref or "")
                     finally:
                         vc.close()
@@ -88,7 +94,7 @@ async def main(size: int, reps: int) -> int:
                             instant_action(s, rid, "stop", None, now())
                         await p.relay.publish_pending()
                         await wait_phase(p, rid, "stopped", timeout=300)
-                    (full if kind == "full" else instant).append(took)
+                    times[kind].append(took)
                     with p.sessions() as s:
                         row = s.get(Restore, rid)
                     print(
@@ -105,12 +111,14 @@ async def main(size: int, reps: int) -> int:
     def fmt(v: list[float]) -> str:
         return f"{statistics.median(v):.2f} [{min(v):.2f}-{max(v):.2f}]"
 
-    ratios = [i / f for i, f in zip(instant, full, strict=True)]
+    full, thick, instant = times["full"], times["thick"], times["instant"]
     print(f"| time to a powered-on VM ({size >> 20} MiB disk, {reps} rounds) | seconds, median [range] |")
     print("|---|---|")
-    print(f"| restore as a new VM (upload every byte, register, power on) | {fmt(full)} |")
+    print(f"| restore as a new VM, thin source (NFC streamOptimized, zero windows left out) | {fmt(full)} |")
+    print(f"| restore as a new VM, thick source (every byte PUT to /folder) | {fmt(thick)} |")
     print(f"| instant recovery (sparse publish, mount, register, power on) | {fmt(instant)} |")
-    print(f"| instant / full | {fmt(ratios)} |")
+    print(f"| thin (NFC) / thick (/folder) | {fmt([a / b for a, b in zip(full, thick, strict=True)])} |")
+    print(f"| instant / thin | {fmt([a / b for a, b in zip(instant, full, strict=True)])} |")
     return 0
 
 

@@ -32,6 +32,7 @@ FLAGS = 1 | 1 << 16 | 1 << 17  # newline test valid, compressed grains, markers
 GD_AT_END = 0xFFFFFFFFFFFFFFFF
 MARKER_EOS, MARKER_GT, MARKER_GD, MARKER_FOOTER = 0, 1, 2, 3
 _STORED_MAX = 65535
+BATCH = 4 << 20  # the stream is yielded in pieces of about this size
 
 
 def _stored_zlib_size(n: int) -> int:
@@ -114,38 +115,42 @@ class StreamOptimized:
     def _marker(sectors: int, kind: int) -> bytes:
         return struct.pack("<QII", sectors, 0, kind).ljust(SECTOR, b"\0")
 
-    async def stream(self, data: AsyncIterator[tuple[int, bytes | memoryview]]) -> AsyncIterator[bytes]:
+    async def stream(self, data: AsyncIterator[tuple[int, bytes | memoryview]]) -> AsyncIterator[memoryview]:
         """The stream's bytes, given (grain index, up to 64 KiB) for every grain in `self.grains`,
-        in order. Yields exactly `self.size` bytes, or raises ValueError."""
-        yield self.header(GD_AT_END) + self.descriptor.ljust(self.descriptor_sectors * SECTOR, b"\0")
+        in order. Yields exactly `self.size` bytes, in pieces of about 4 MiB, or raises ValueError."""
+        out = bytearray(
+            self.header(GD_AT_END) + self.descriptor.ljust(self.descriptor_sectors * SECTOR, b"\0")
+        )
         at = self.overhead  # the next sector written
         gd = [0] * self.tables
         table: list[int] = [0] * GTES_PER_GT
         table_index = -1
         expected = iter(self.grains)
-        record = bytearray(GRAIN_RECORD_SECTORS * SECTOR)
         async for index, piece in data:
             if index != next(expected, None) or len(piece) > GRAIN:
                 raise ValueError(f"grain {index} was not expected here (or is larger than a grain)")
             if index // GTES_PER_GT != table_index:
                 if table_index >= 0:
-                    yield self._table(table_index, table, at, gd)
+                    out += self._table(table_index, table, at, gd)
                     at += 1 + GT_SECTORS
                     table = [0] * GTES_PER_GT
                 table_index = index // GTES_PER_GT
             table[index % GTES_PER_GT] = at
-            yield self._grain(record, index, piece)
+            self._grain(out, index, piece)
             at += GRAIN_RECORD_SECTORS
+            if len(out) >= BATCH:
+                yield memoryview(out)
+                out = bytearray()
         if next(expected, None) is not None:
             raise ValueError("the source ended before every grain was sent")
         if table_index >= 0:
-            yield self._table(table_index, table, at, gd)
+            out += self._table(table_index, table, at, gd)
             at += 1 + GT_SECTORS
         gd_at = at + 1
-        yield self._marker(self.gd_sectors, MARKER_GD) + struct.pack(f"<{self.tables}I", *gd).ljust(
-            self.gd_sectors * SECTOR, b"\0"
-        )
-        yield self._marker(1, MARKER_FOOTER) + self.header(gd_at) + self._marker(0, MARKER_EOS)
+        out += self._marker(self.gd_sectors, MARKER_GD)
+        out += struct.pack(f"<{self.tables}I", *gd).ljust(self.gd_sectors * SECTOR, b"\0")
+        out += self._marker(1, MARKER_FOOTER) + self.header(gd_at) + self._marker(0, MARKER_EOS)
+        yield memoryview(out)
 
     @staticmethod
     def _table(index: int, table: list[int], at: int, gd: list[int]) -> bytes:
@@ -153,27 +158,24 @@ class StreamOptimized:
         return StreamOptimized._marker(GT_SECTORS, MARKER_GT) + struct.pack(f"<{GTES_PER_GT}I", *table)
 
     @staticmethod
-    def _grain(record: bytearray, index: int, piece: bytes | memoryview) -> bytes:
-        """One grain record: marker, then `piece` padded to a grain in stored deflate blocks."""
+    def _grain(out: bytearray, index: int, piece: bytes | memoryview) -> None:
+        """Append one grain record: marker, then `piece` padded to a grain in stored deflate
+        blocks, then zeros to the end of the sector."""
         data = memoryview(piece)
-        pad = GRAIN - len(data)
+        start = len(out)
         adler = zlib.adler32(data)
-        if pad:
-            adler = zlib.adler32(bytes(pad), adler)
-        size = _stored_zlib_size(GRAIN)
-        struct.pack_into("<QI", record, 0, index * GRAIN_SECTORS, size)
-        record[12:14] = b"\x78\x01"
-        at, pos = 14, 0
+        if len(data) < GRAIN:
+            adler = zlib.adler32(bytes(GRAIN - len(data)), adler)
+        out += struct.pack("<QI", index * GRAIN_SECTORS, _stored_zlib_size(GRAIN))
+        out += b"\x78\x01"
+        pos = 0
         while pos < GRAIN:
             n = min(_STORED_MAX, GRAIN - pos)
-            struct.pack_into("<BHH", record, at, 1 if pos + n == GRAIN else 0, n, n ^ 0xFFFF)
-            at += 5
+            out += struct.pack("<BHH", 1 if pos + n == GRAIN else 0, n, n ^ 0xFFFF)
             have = max(0, min(n, len(data) - pos))
-            record[at : at + have] = data[pos : pos + have]
-            record[at + have : at + n] = bytes(n - have)
-            at += n
+            out += data[pos : pos + have]
+            if have < n:
+                out += bytes(n - have)
             pos += n
-        struct.pack_into(">I", record, at, adler)
-        at += 4
-        record[at:] = bytes(len(record) - at)
-        return bytes(record)
+        out += struct.pack(">I", adler)
+        out += bytes(GRAIN_RECORD_SECTORS * SECTOR - (len(out) - start))

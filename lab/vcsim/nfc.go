@@ -131,6 +131,9 @@ func writeStreamOptimized(body io.Reader, vmdk string) (int, error) {
 	}
 	grains := 0
 	buf := make([]byte, sector)
+	plain := make([]byte, grain)
+	src := bytes.NewReader(nil)
+	var zr io.ReadCloser
 	for {
 		if _, err = io.ReadFull(body, buf[:sector]); err != nil {
 			return grains, fmt.Errorf("reading a marker after %d grains: %w", grains, err)
@@ -153,14 +156,20 @@ func writeStreamOptimized(body io.Reader, vmdk string) (int, error) {
 		if _, err = io.ReadFull(body, buf[sector:record]); err != nil {
 			return grains, fmt.Errorf("reading grain at sector %d: %w", value, err)
 		}
-		zr, err := zlib.NewReader(bytes.NewReader(buf[12 : 12+size]))
+		src.Reset(buf[12 : 12+size])
+		if zr == nil {
+			zr, err = zlib.NewReader(src)
+		} else {
+			err = zr.(zlib.Resetter).Reset(src, nil)
+		}
 		if err != nil {
 			return grains, fmt.Errorf("grain at sector %d: %w", value, err)
 		}
-		data, err := ioutil.ReadAll(zr)
-		if err != nil {
+		n, err := io.ReadFull(zr, plain)
+		if err != nil && err != io.ErrUnexpectedEOF {
 			return grains, fmt.Errorf("grain at sector %d: %w", value, err)
 		}
+		data := plain[:n]
 		offset := int64(value) * sector
 		if int64(len(data)) > grain || offset >= capacity {
 			return grains, fmt.Errorf("grain at sector %d (%d bytes) is outside the disk", value, len(data))
@@ -174,8 +183,5 @@ func writeStreamOptimized(body io.Reader, vmdk string) (int, error) {
 		grains++
 	}
 	_, _ = io.Copy(ioutil.Discard, body)
-	if err = flat.Sync(); err != nil {
-		return grains, err
-	}
 	return grains, writeDescriptor(vmdk, capacity, path.Base(flatName), "", 1, "60 00 c2 9b 00 00 00 00-00 00 00 00 00 00 00 01", true)
 }
