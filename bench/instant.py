@@ -9,7 +9,8 @@ with power-on of the thin one (request -> the VM registered and powered on: the 
 through NFC as a streamOptimized stream, zero windows left out) and of the thick one (every byte
 uploaded with a PUT to /folder), and an instant recovery (request -> the VM powered on from the
 published restore point: only non-zero windows written, locally); each restored VM is removed
-(an instant one stopped) before the next. Prints medians with ranges and the ratios. Uses the test harness of tests/pipeline (a dev tool).
+(an instant one stopped) before the next. Prints medians with ranges and the ratios. Uses the
+test harness of tests/pipeline (a dev tool).
 """
 
 from __future__ import annotations
