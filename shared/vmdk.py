@@ -16,10 +16,12 @@ up front, from the restore point: every grain that overlaps a window holding dat
 
 from __future__ import annotations
 
+import asyncio
 import math
 import struct
 import zlib
 from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass, field
 
 SECTOR = 512
 GRAIN = 64 * 1024
@@ -66,6 +68,15 @@ def grain_runs(grains: list[int]) -> Iterator[tuple[int, int]]:
             first = g
         prev = g
     yield first, prev + 1
+
+
+@dataclass
+class _State:
+    out: bytearray
+    at: int  # the next sector written
+    gd: list[int]
+    table: list[int] = field(default_factory=list)
+    table_index: int = -1
 
 
 class StreamOptimized:
@@ -116,46 +127,51 @@ class StreamOptimized:
         return struct.pack("<QII", sectors, 0, kind).ljust(SECTOR, b"\0")
 
     async def stream(self, data: AsyncIterator[tuple[int, bytes | memoryview]]) -> AsyncIterator[memoryview]:
-        """The stream's bytes, given (grain index, up to 64 KiB) for every grain in `self.grains`,
-        in order. Yields exactly `self.size` bytes, in pieces of about 4 MiB, or raises ValueError."""
-        out = bytearray(
-            self.header(GD_AT_END) + self.descriptor.ljust(self.descriptor_sectors * SECTOR, b"\0")
-        )
-        at = self.overhead  # the next sector written
-        gd = [0] * self.tables
-        table: list[int] = [0] * GTES_PER_GT
-        table_index = -1
+        """The stream's bytes, given (first grain index, the bytes of one or more consecutive
+        grains: whole grains, except at the disk's end) for every grain in `self.grains`, in order.
+        Yields exactly `self.size` bytes, in pieces of about 4 MiB, or raises ValueError. The
+        records are assembled in a worker thread (memcpy and Adler-32 release the GIL)."""
+        state = _State(bytearray(self.header(GD_AT_END)), self.overhead, [0] * self.tables)
+        state.out += self.descriptor.ljust(self.descriptor_sectors * SECTOR, b"\0")
         expected = iter(self.grains)
         async for index, piece in data:
-            if index != next(expected, None) or len(piece) > GRAIN:
-                raise ValueError(f"grain {index} was not expected here (or is larger than a grain)")
-            if index // GTES_PER_GT != table_index:
-                if table_index >= 0:
-                    out += self._table(table_index, table, at, gd)
-                    at += 1 + GT_SECTORS
-                    table = [0] * GTES_PER_GT
-                table_index = index // GTES_PER_GT
-            table[index % GTES_PER_GT] = at
-            self._grain(out, index, piece)
-            at += GRAIN_RECORD_SECTORS
-            if len(out) >= BATCH:
-                yield memoryview(out)
-                out = bytearray()
+            count = -(-len(piece) // GRAIN)
+            if count == 0 or any(index + k != next(expected, None) for k in range(count)):
+                raise ValueError(f"grains {index}..{index + count - 1} were not expected here")
+            if len(piece) % GRAIN and index + count != self.total_grains:
+                raise ValueError(f"grains from {index}: only the disk's last grain may be partial")
+            await asyncio.to_thread(self._append, state, index, memoryview(piece))
+            if len(state.out) >= BATCH:
+                yield memoryview(state.out)
+                state.out = bytearray()
         if next(expected, None) is not None:
             raise ValueError("the source ended before every grain was sent")
-        if table_index >= 0:
-            out += self._table(table_index, table, at, gd)
-            at += 1 + GT_SECTORS
-        gd_at = at + 1
-        out += self._marker(self.gd_sectors, MARKER_GD)
-        out += struct.pack(f"<{self.tables}I", *gd).ljust(self.gd_sectors * SECTOR, b"\0")
-        out += self._marker(1, MARKER_FOOTER) + self.header(gd_at) + self._marker(0, MARKER_EOS)
-        yield memoryview(out)
+        if state.table_index >= 0:
+            state.out += self._table(state)
+        gd_at = state.at + 1
+        state.out += self._marker(self.gd_sectors, MARKER_GD)
+        state.out += struct.pack(f"<{self.tables}I", *state.gd).ljust(self.gd_sectors * SECTOR, b"\0")
+        state.out += self._marker(1, MARKER_FOOTER) + self.header(gd_at) + self._marker(0, MARKER_EOS)
+        yield memoryview(state.out)
+
+    def _append(self, state: _State, first: int, data: memoryview) -> None:
+        for k in range(-(-len(data) // GRAIN)):
+            index = first + k
+            if index // GTES_PER_GT != state.table_index:
+                if state.table_index >= 0:
+                    state.out += self._table(state)
+                state.table_index, state.table = index // GTES_PER_GT, [0] * GTES_PER_GT
+            state.table[index % GTES_PER_GT] = state.at
+            self._grain(state.out, index, data[k * GRAIN : (k + 1) * GRAIN])
+            state.at += GRAIN_RECORD_SECTORS
 
     @staticmethod
-    def _table(index: int, table: list[int], at: int, gd: list[int]) -> bytes:
-        gd[index] = at + 1  # the table itself follows its marker
-        return StreamOptimized._marker(GT_SECTORS, MARKER_GT) + struct.pack(f"<{GTES_PER_GT}I", *table)
+    def _table(state: _State) -> bytes:
+        """The current grain table, with its marker; the GD points at it. Advances `at`."""
+        state.gd[state.table_index] = state.at + 1  # the table itself follows its marker
+        table = StreamOptimized._marker(GT_SECTORS, MARKER_GT) + struct.pack(f"<{GTES_PER_GT}I", *state.table)
+        state.at += 1 + GT_SECTORS
+        return table
 
     @staticmethod
     def _grain(out: bytearray, index: int, piece: bytes | memoryview) -> None:

@@ -981,10 +981,11 @@ async def _upload_stream(
                     yield index, bytes(pending)
                     pending = bytearray()
                     index += 1
-                while len(view) >= GRAIN:
-                    yield index, view[:GRAIN]
-                    view = view[GRAIN:]
-                    index += 1
+                whole = len(view) // GRAIN
+                if whole:
+                    yield index, view[: whole * GRAIN]
+                    view = view[whole * GRAIN :]
+                    index += whole
                 pending += view
                 attempt.done = start + min(disk.capacity, index * GRAIN)  # zeros skipped count as done
             if pending:
