@@ -20,6 +20,7 @@ from typing import Any
 
 from shared.progress import Progress, human_bytes
 from shared.repo import LocalBackend, RepoError, Repository, check, read_disk
+from shared.repo.locations import open_backend
 
 
 def add_parser(sub: Any) -> None:
@@ -67,10 +68,11 @@ def run(args: argparse.Namespace, default_location: str) -> int:
 
 
 async def _run(args: argparse.Namespace, location: str) -> int:
-    backend = LocalBackend(location)
+    backend = open_backend(location)
     action = args.repo_command
     if action == "init":
-        os.makedirs(location, exist_ok=True)
+        if isinstance(backend, LocalBackend):
+            os.makedirs(location, exist_ok=True)
         repo = await Repository.init(backend)
         print(f"created repository {repo.config.id} at {location}")
         return 0

@@ -170,7 +170,8 @@ async def apply(
     """Remove what retention removes now; returns (restore point, rule) of each one removed."""
     import asyncio
 
-    from shared.repo import LocalBackend, Repository
+    from shared.repo import Repository
+    from shared.repo.locations import open_backend
 
     def decide() -> list[tuple[str, str, str]]:
         with sessions() as s:
@@ -178,7 +179,7 @@ async def apply(
 
     done: list[tuple[str, str]] = []
     for rp_id, location, reason in await asyncio.to_thread(decide):
-        repo = await Repository.open(LocalBackend(location))
+        repo = await Repository.open(open_backend(location))
         await repo.forget(rp_id)
 
         def record(rp_id: str = rp_id, reason: str = reason) -> None:
@@ -194,12 +195,13 @@ async def collect_garbage(sessions: Any, location: str, now: datetime, *, dry_ru
     """GC of one repository with the cut-off of the oldest running backup (see gc_cutoff)."""
     import asyncio
 
-    from shared.repo import LocalBackend, Repository
+    from shared.repo import Repository
     from shared.repo.gc import collect
+    from shared.repo.locations import open_backend
 
     def cutoff() -> datetime:
         with sessions() as s:
             return gc_cutoff(s, now)
 
-    repo = await Repository.open(LocalBackend(location))
+    repo = await Repository.open(open_backend(location))
     return await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)

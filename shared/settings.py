@@ -148,6 +148,15 @@ class VerifySettings(BaseModel):
     )
 
 
+class S3Settings(BaseModel):
+    """Credentials for repositories at s3:// locations (never logged, never in a location)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    access_key: str = ""
+    secret_key: SecretStr = SecretStr("")
+
+
 class HotAddSettings(BaseModel):
     """Hot-add: how a disk attached to vbm's own VM is found in this machine's /dev."""
 
@@ -190,7 +199,9 @@ class Settings(BaseSettings):
         default="", description="SQLAlchemy URL; empty means SQLite at <data_dir>/vbm.db"
     )
     repository: str = Field(
-        default="", description="Default repository location; empty means <data_dir>/repo"
+        default="",
+        description="Default repository location: a path, or s3://host[:port]/bucket[/prefix][?tls=false];"
+        " empty means <data_dir>/repo",
     )
     auto_migrate: bool = Field(
         default=True, description="Bring the database schema to the newest revision on start"
@@ -209,6 +220,7 @@ class Settings(BaseSettings):
     )
     instant: InstantSettings = InstantSettings()
     hotadd: HotAddSettings = HotAddSettings()
+    s3: S3Settings = S3Settings()
 
     @property
     def instant_root(self) -> Path:
@@ -301,6 +313,9 @@ def load_settings(**overrides: Any) -> Settings:
         if not settings.vcenters and lab_file.is_file():
             lab = VCenterSettings.model_validate_json(lab_file.read_text())
             settings = settings.model_copy(update={"vcenters": (lab,)})
+        from shared.repo.locations import configure
+
+        configure(settings.s3.access_key, settings.s3.secret_key.get_secret_value())
         return settings
     except ValidationError as exc:
         lines = []

@@ -21,14 +21,15 @@ from sqlalchemy.orm import Session
 
 from shared.db.models import RestorePointRow, UsageSample, UsageState
 from shared.pipeline.alerts import raise_alert
-from shared.repo import LocalBackend, RepoError, Repository
+from shared.repo import RepoError, Repository
+from shared.repo.locations import open_backend
 
 
 async def measure(location: str) -> dict[str, int | None]:
     """Sizes of one repository: `stored` (chunk objects), `unique` (the plain bytes of the chunks
     its restore points use, each once), `referenced` (the non-zero windows of every restore
     point: what a restore reads from chunks), and the storage's `total` and `free`."""
-    repo = await Repository.open(LocalBackend(location))
+    repo = await Repository.open(open_backend(location))
     total, free = await repo.backend.usage()
     stored = 0
     chunks = 0

@@ -13,7 +13,8 @@ from sqlalchemy.orm import Session
 from services.gateway.common import CTX, flag, in_session, json_response
 from shared import prune, runstore, usage
 from shared.db.models import RestorePointRow
-from shared.repo import ChunkError, LocalBackend, ManifestError, RepoError, Repository, read_disk
+from shared.repo import ChunkError, ManifestError, RepoError, Repository, read_disk
+from shared.repo.locations import open_backend
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -62,7 +63,7 @@ async def get_backup(request: web.Request) -> web.Response:
     manifest: dict[str, Any] | None = None
     error: str | None = None
     try:
-        repo = await Repository.open(LocalBackend(view["repository"]))
+        repo = await Repository.open(open_backend(view["repository"]))
         manifest = (await repo.load(rp_id)).model_dump(mode="json")
     except (RepoError, OSError) as exc:
         error = str(exc)
@@ -102,7 +103,7 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
         ) from None
     row = await in_session(request, lambda s: runstore.backup_view(runstore.get_backup(s, rp_id)))
     try:
-        repo = await Repository.open(LocalBackend(row["repository"]))
+        repo = await Repository.open(open_backend(row["repository"]))
         rp = await repo.load(rp_id)
         disk = rp.disk(ref)
     except ManifestError as exc:

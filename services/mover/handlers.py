@@ -15,9 +15,10 @@ import hashlib
 import logging
 import os
 import posixpath
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
+from typing import Any
 
 from sqlalchemy import select
 
@@ -50,6 +51,7 @@ from shared.repo import (
     restore_point,
     touched_windows,
 )
+from shared.repo.locations import open_backend
 from shared.runtime import Context
 
 log = logging.getLogger(__name__)
@@ -80,11 +82,15 @@ class Deps:
 
     async def writer(self, location: str) -> Writer:
         if location not in self.writers:
-            backend = LocalBackend(location)
+            backend = open_backend(location)
             try:
                 repo = await Repository.open(backend)
             except NotARepository:
-                if not await asyncio.to_thread(_empty_or_missing, location):
+                if isinstance(backend, LocalBackend):
+                    empty = await asyncio.to_thread(_empty_or_missing, location)
+                else:  # an object store: no object under the location's prefix
+                    empty = not [o async for o in _first(backend.list(""))]
+                if not empty:
                     raise
                 repo = await Repository.init(backend)  # first backup to an empty location
             workers = self.ctx.settings.pipeline.workers or None
@@ -545,3 +551,9 @@ def _end(deps: Deps, event: SnapshotReady, how: str, reason: str) -> None:
             now,
         )
     ctx.relay.kick()
+
+
+async def _first(objects: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    async for obj in objects:
+        yield obj
+        return

@@ -45,7 +45,8 @@ from shared.db.models import Restore, RestoreReport
 from shared.outbox import stage
 from shared.pipeline.alerts import raise_alert
 from shared.pipeline.restores import clean
-from shared.repo import LocalBackend, RepoError, Repository, read_disk, read_file
+from shared.repo import RepoError, Repository, read_disk, read_file
+from shared.repo.locations import open_backend
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.reports import sign, signing_key
 from shared.restores import FINAL, alert_failed, finish_run
@@ -295,7 +296,7 @@ def _end(
 
 async def _open_point(rp_id: str, location: str) -> tuple[Repository, RestorePoint]:
     try:
-        repo = await Repository.open(LocalBackend(location))
+        repo = await Repository.open(open_backend(location))
         return repo, await repo.load(rp_id)
     except RepoError as exc:
         raise RestoreFailed(f"cannot read restore point {rp_id} from {location}: {exc}") from None

@@ -22,8 +22,9 @@ from shared.outbox import stage
 from shared.pipeline import state
 from shared.pipeline.alerts import raise_alert
 from shared.pipeline.vcenters import VCenters
-from shared.repo import ChunkError, LocalBackend, ManifestError, RepoError, Repository
+from shared.repo import ChunkError, ManifestError, RepoError, Repository
 from shared.repo import chunk as chunks
+from shared.repo.locations import open_backend
 from shared.repo.manifest import expand, tree_digest
 from shared.runtime import Context
 from shared.vsphere import VSphereError
@@ -111,7 +112,7 @@ async def compare_sizes(deps: Deps, vcenter: str, vm_moref: str, disks: list[dic
 async def check(deps: Deps, row: RestorePointRow) -> tuple[list[str], list[str]]:
     """Verify a catalogued restore point: repository contents, then sizes against vCenter."""
     try:
-        repo = await Repository.open(LocalBackend(row.repository))
+        repo = await Repository.open(open_backend(row.repository))
         problems, notes = await verify_restore_point(repo, row.id)
     except RepoError as exc:
         problems, notes = [f"repository {row.repository}: {exc}"], []

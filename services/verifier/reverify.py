@@ -27,8 +27,9 @@ from sqlalchemy import select, update
 from services.verifier.handlers import Deps, record
 from shared.db.models import RestorePointRow, VerifyRound
 from shared.pipeline.alerts import raise_alert
-from shared.repo import LocalBackend, RepoError, Repository
+from shared.repo import RepoError, Repository
 from shared.repo.check import CheckReport, check
+from shared.repo.locations import open_backend
 from shared.runtime import Context
 
 log = logging.getLogger(__name__)
@@ -78,7 +79,7 @@ async def cycle(deps: Deps, location: str) -> CheckReport | None:
         return None
     k, n, started = claimed
     try:
-        repo = await Repository.open(LocalBackend(location))
+        repo = await Repository.open(open_backend(location))
         report = await check(repo, part=(k, n))
     except (RepoError, OSError) as exc:
         with ctx.sessions.begin() as s:

@@ -17,6 +17,7 @@ import pytest
 from shared.repo import LocalBackend, Repository, Writer, restore_point
 from shared.repo.check import in_subset
 from shared.repo.repository import chunk_key, manifest_key
+from tests.plugins.s3 import S3Server
 from tests.repo.conftest import BytesSource, make_image
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,9 +25,12 @@ NOW = datetime(2026, 11, 26, 8, 30, tzinfo=UTC)
 CS = 64 * 1024
 
 
-def vbm(tmp_path: Path, *args: str, repo: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+def vbm(
+    tmp_path: Path, *args: str, repo: Path | str | None = None, **extra_env: str
+) -> subprocess.CompletedProcess[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VBM_")}
     env["VBM_DATA_DIR"] = str(tmp_path / "data")
+    env.update(extra_env)
     where = ["--repo", str(repo)] if repo is not None else []
     return subprocess.run(
         [sys.executable, "-m", "shared.cli", "repo", *where, *args],
@@ -249,3 +253,18 @@ def test_clear_errors(tmp_path: Path, built: Built) -> None:
     assert built.other in err and "checksum" in err
     result = vbm(tmp_path, "check", repo=built.path)
     assert result.returncode == 1 and f"damaged restore point {built.other}:" in result.stdout.decode()
+
+
+def test_a_repository_on_s3(tmp_path: Path, s3_server: S3Server, s3_bucket: str) -> None:
+    where = f"s3://{s3_server.endpoint}/{s3_bucket}/r1?tls=false"
+    keys = {"VBM_S3__ACCESS_KEY": s3_server.access_key, "VBM_S3__SECRET_KEY": s3_server.secret_key}
+    assert "created repository" in ok(vbm(tmp_path, "init", repo=where, **keys))
+    info = json.loads(ok(vbm(tmp_path, "info", repo=where, **keys)))
+    assert info["location"] == where and info["restore_points"] == 0
+    assert "already a vbm repository" in failed(vbm(tmp_path, "init", repo=where, **keys))
+    err = failed(vbm(tmp_path, "info", repo=where))
+    assert "no S3 credentials are configured: set VBM_S3__ACCESS_KEY and VBM_S3__SECRET_KEY" in err
+    bad = {**keys, "VBM_S3__SECRET_KEY": "wrong-secret-123"}
+    err = failed(vbm(tmp_path, "info", repo=where, **bad))
+    assert "credentials were refused" in err and "wrong-secret-123" not in err
+    assert "ftp:// is not a supported location" in failed(vbm(tmp_path, "info", repo="ftp://x/y"))

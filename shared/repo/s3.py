@@ -1,0 +1,286 @@
+"""A repository in an S3 bucket (AWS S3, MinIO, SeaweedFS, Ceph RGW, ...), through `minio`.
+
+Location: `s3://<host[:port]>/<bucket>[/<prefix>]`, with `?tls=false` for plain HTTP and
+`?region=<name>` where the server needs one. Credentials are not part of the location: they come
+from the settings (`s3.access_key`, `s3.secret_key`, i.e. `VBM_S3__ACCESS_KEY`/`..._SECRET_KEY`)
+and appear in no log line or error. The bucket must exist (vbm does not create buckets: their
+policy, versioning and Object Lock are the admin's choice).
+
+How the contract (`shared/repo/backend.py`) maps onto S3:
+- `put_if_absent`: one PUT with `If-None-Match: *` (S3 answers 412 when the key exists; AWS since
+  2024, MinIO, SeaweedFS 3.97+). Objects are at most a chunk (64 MiB), so a single PUT, never a
+  multipart upload that could be left behind. S3 writes are durable when answered: `flush()`
+  has nothing to do, and an object is visible only when complete.
+- `exists` (and a 412 on put): HEAD; an object last modified more than `refresh_after` ago (1 h)
+  is *refreshed* (copied onto itself with new metadata), which is what tells garbage collection
+  that a running backup relies on it. GC's margin must exceed `refresh_after`.
+- `delete_if_unused_since`: HEAD, then DELETE with `If-Match: <ETag>`. S3 has no conditional
+  delete on modification time, and a refresh keeps the ETag, so unlike the local backend this is
+  not atomic against a refresh landing between the two requests (milliseconds): a backup that
+  deduplicated against that very chunk then misses it, and the verification that follows every
+  backup reports the restore point damaged (it never looks complete while it is not); the next
+  backup stores the chunk again.
+- Retries: urllib3 retries connection errors and 5xx/429 answers with backoff (5 tries); a
+  transfer that stalls longer than `timeout` is an error; refused credentials and a missing
+  bucket are errors at once, saying what to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import urllib3
+from minio import Minio
+from minio.commonconfig import REPLACE, CopySource
+from minio.error import S3Error
+from urllib3.exceptions import HTTPError as Urllib3Error
+
+from shared.repo.backend import ObjectInfo
+from shared.repo.errors import ObjectMissing, RepoError
+
+MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
+LIST_BATCH = 1000
+
+
+class S3Location:
+    """A parsed `s3://host[:port]/bucket[/prefix][?tls=false&region=r]`."""
+
+    def __init__(self, location: str) -> None:
+        parts = urlsplit(location)
+        path = parts.path.strip("/")
+        if parts.scheme != "s3" or not parts.netloc or not path:
+            raise ValueError(
+                f"{location!r} is not an S3 location: write s3://<host[:port]>/<bucket>[/<prefix>]"
+                " (add ?tls=false for plain HTTP)"
+            )
+        if "@" in parts.netloc:
+            raise ValueError(
+                "an S3 location carries no credentials: set VBM_S3__ACCESS_KEY and VBM_S3__SECRET_KEY"
+            )
+        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+        self.endpoint = parts.netloc
+        self.bucket, _, prefix = path.partition("/")
+        self.prefix = f"{prefix}/" if prefix else ""
+        self.secure = query.get("tls", "true").lower() not in ("false", "0", "no")
+        self.region = query.get("region")
+        self.location = location
+
+
+class S3Backend:
+    def __init__(
+        self,
+        location: str,
+        access_key: str,
+        secret_key: str,
+        *,
+        timeout: float = 60.0,
+        refresh_after: timedelta = timedelta(hours=1),
+        connections: int = 16,
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
+        self.where = S3Location(location)
+        self.location = location
+        self.refresh_after = refresh_after
+        self._clock = clock or (lambda: datetime.now(UTC))
+        self._http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=min(10.0, timeout), read=timeout),
+            maxsize=connections,
+            retries=urllib3.Retry(
+                total=5, backoff_factor=0.2, status_forcelist=[429, 500, 502, 503, 504], allowed_methods=None
+            ),
+        )
+        self._client = Minio(
+            self.where.endpoint,
+            access_key=access_key,
+            secret_key=secret_key,
+            secure=self.where.secure,
+            region=self.where.region,
+            http_client=self._http,
+        )
+
+    def _key(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad object key {key!r}")
+        return self.where.prefix + key
+
+    def _error(self, exc: Exception, doing: str) -> RepoError:
+        """A clear error for a failed call (never with the credentials in it)."""
+        where = f"s3://{self.where.endpoint}/{self.where.bucket}"
+        if isinstance(exc, S3Error):
+            if exc.code in DENIED:
+                return RepoError(
+                    f"{where}: {doing}: the credentials were refused ({exc.code}): check"
+                    " VBM_S3__ACCESS_KEY / VBM_S3__SECRET_KEY and the key's permissions on the bucket"
+                )
+            if exc.code == "NoSuchBucket":
+                return RepoError(
+                    f"{where}: bucket {self.where.bucket} does not exist: create it (vbm does not)"
+                )
+            return RepoError(f"{where}: {doing}: {exc.code} (HTTP {exc.response.status}): {exc.message}")
+        return RepoError(f"{where}: {doing}: cannot reach the S3 endpoint ({type(exc).__name__}: {exc})")
+
+    def _call(self, doing: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except S3Error as exc:
+            if exc.code in MISSING:
+                raise ObjectMissing(doing) from None
+            raise self._error(exc, doing) from None
+        except (Urllib3Error, OSError) as exc:
+            raise self._error(exc, doing) from None
+
+    # --- the contract -----------------------------------------------------------------------
+
+    async def put_if_absent(self, key: str, data: bytes, *, durable: bool = False) -> bool:
+        return await asyncio.to_thread(self._put, key, data)
+
+    def _put(self, key: str, data: bytes) -> bool:
+        name = self._key(key)
+        headers: dict[str, str | list[str] | tuple[str]] = {
+            "If-None-Match": "*",
+            "Content-Length": str(len(data)),
+        }
+        try:
+            self._client._put_object(self.where.bucket, name, data, headers=headers)
+            return True
+        except S3Error as exc:
+            if exc.code not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                raise self._error(exc, f"writing {key}") from None
+        except (Urllib3Error, OSError) as exc:
+            raise self._error(exc, f"writing {key}") from None
+        if not self._exists(key):  # 409: deleted while we wrote; 412: there: it is relied on now
+            return self._put(key, data)
+        return False
+
+    async def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        return await asyncio.to_thread(self._get, key, offset, length)
+
+    def _get(self, key: str, offset: int, length: int | None) -> bytes:
+        if length == 0:
+            return b""
+
+        def run() -> bytes:
+            try:
+                resp = self._client.get_object(
+                    self.where.bucket, self._key(key), offset=offset, length=length or 0
+                )
+            except S3Error as exc:
+                if exc.code == "InvalidRange":
+                    return b""  # from the end of the object on: nothing
+                raise
+            try:
+                return bytes(resp.read())
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        try:
+            return self._call(f"reading {key}", run)  # type: ignore[no-any-return]
+        except ObjectMissing:
+            raise ObjectMissing(key) from None
+
+    async def exists(self, key: str) -> bool:
+        return await asyncio.to_thread(self._exists, key)
+
+    def _exists(self, key: str) -> bool:
+        try:
+            st = self._call(
+                f"checking {key}", lambda: self._client.stat_object(self.where.bucket, self._key(key))
+            )
+        except ObjectMissing:
+            return False
+        if st.last_modified is not None and st.last_modified < self._clock() - self.refresh_after:
+            try:
+                self._refresh(key)
+            except ObjectMissing:
+                return False  # garbage collection took it a moment ago: the caller stores it again
+        return True
+
+    def _refresh(self, key: str) -> None:
+        name = self._key(key)
+        self._call(
+            f"refreshing {key}",
+            lambda: self._client.copy_object(
+                self.where.bucket, name, CopySource(self.where.bucket, name),
+                metadata={"vbm-refreshed": str(int(time.time()))}, metadata_directive=REPLACE,
+            ),
+        )  # fmt: skip
+
+    async def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = await asyncio.to_thread(
+                self._call,
+                f"checking {key}",
+                lambda: self._client.stat_object(self.where.bucket, self._key(key)),
+            )
+        except ObjectMissing:
+            raise ObjectMissing(key) from None
+        return ObjectInfo(key, int(st.size or 0), st.last_modified or datetime.fromtimestamp(0, UTC))
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object under `prefix`, listed page by page (the server's 1000 keys each) in a
+        worker thread, a batch at a time."""
+        objects: Iterator[Any] = self._client.list_objects(
+            self.where.bucket, prefix=self.where.prefix + prefix, recursive=True
+        )
+        cut = len(self.where.prefix)
+
+        def batch() -> list[ObjectInfo]:
+            out: list[ObjectInfo] = []
+            for obj in objects:
+                if obj.is_dir:
+                    continue
+                out.append(ObjectInfo(obj.object_name[cut:], int(obj.size or 0), obj.last_modified))
+                if len(out) >= LIST_BATCH:
+                    break
+            return out
+
+        while True:
+            infos = await asyncio.to_thread(self._call, f"listing {prefix}", batch)
+            for info in infos:
+                yield info
+            if len(infos) < LIST_BATCH:
+                return
+
+    async def delete(self, key: str) -> None:
+        await asyncio.to_thread(
+            self._call,
+            f"deleting {key}",
+            lambda: self._client.remove_object(self.where.bucket, self._key(key)),
+        )
+
+    async def delete_if_unused_since(self, key: str, cutoff: datetime) -> int | None:
+        return await asyncio.to_thread(self._delete_if_unused, key, cutoff)
+
+    def _delete_if_unused(self, key: str, cutoff: datetime) -> int | None:
+        name = self._key(key)
+        try:
+            st = self._call(f"checking {key}", lambda: self._client.stat_object(self.where.bucket, name))
+        except ObjectMissing:
+            return None
+        if st.last_modified is None or st.last_modified >= cutoff:
+            return None
+        try:
+            self._client._execute("DELETE", self.where.bucket, name, headers={"If-Match": f'"{st.etag}"'})
+        except S3Error as exc:
+            if exc.code in ("PreconditionFailed", *MISSING):
+                return None  # stored again with other content since, or gone
+            raise self._error(exc, f"deleting {key}") from None
+        except (Urllib3Error, OSError) as exc:
+            raise self._error(exc, f"deleting {key}") from None
+        return int(st.size or 0)
+
+    async def flush(self) -> None:
+        return None  # an answered PUT is durable
+
+    async def usage(self) -> tuple[int | None, int | None]:
+        return None, None  # a bucket has no capacity to report
+
+    async def close(self) -> None:
+        self._http.clear()
