@@ -81,6 +81,19 @@ class JobSpec(BaseModel):
     retention: Retention = Retention()
     enabled: bool = True
 
+    @field_validator("repository")
+    @classmethod
+    def _location(cls, value: str) -> str:
+        if value.startswith("s3://"):
+            from shared.repo.s3 import S3Location
+
+            S3Location(value)  # ValueError says how to write one
+        elif "://" in value:
+            raise ValueError(
+                f"{value.split('://', 1)[0]}:// is not a supported location: a path, or s3://..."
+            )
+        return value
+
     @field_validator("vms")
     @classmethod
     def _distinct(cls, vms: tuple[VMRef, ...]) -> tuple[VMRef, ...]:

@@ -61,6 +61,17 @@ async def test_create_list_get_and_reject_bad_input(make_api: MakeApi, db_url: s
         (body(name="x", colour="red"), 422, "colour: Extra inputs are not permitted"),
         (body(name="x", schedule={"kind": "cron", "cron": "61 * * * *"}), 422, "schedule: Value error"),
         ([1, 2], 422, "(body): Input should be a valid dictionary"),
+        (body(name="x", repository="ftp://h/r"), 422, "repository: Value error, ftp:// is not a supported"),
+        (
+            body(name="x", repository="s3://host"),
+            422,
+            "repository: Value error, 's3://host' is not an S3 location",
+        ),
+        (
+            body(name="x", repository="s3://k:s@h/b"),
+            422,
+            "repository: Value error, an S3 location carries no",
+        ),
     ]
     for sent, status_wanted, detail in bad:
         status, problem = await api.call("POST", "/jobs", json=sent)
