@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what vbm needs from Debian's packages, only when it is missing, and starts PostgreSQL
-# for the tests when none answers on 127.0.0.1:5432. Safe to run again; prints what it does.
+# Installs what vbm needs from Debian's packages (and, for the tests, Azurite from npm), only when
+# it is missing, and starts PostgreSQL for the tests when none answers on 127.0.0.1:5432. Safe to
+# run again; prints what it does.
 #   scripts/install-system-deps.sh [--for-tests]
 set -euo pipefail
 
@@ -29,6 +30,15 @@ missing=()
 command -v go >/dev/null 2>&1 || missing+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || missing+=(golang-github-vmware-govmomi-dev)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+
+# Azurite (Azure Blob for the tests) from the npm registry, into var/node; Node.js from Debian.
+if [ "$for_tests" = 1 ]; then
+  command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  if [ ! -x var/node/node_modules/.bin/azurite-blob ]; then
+    echo "install-system-deps: npm install azurite@3 into var/node"
+    npm install --prefix var/node --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
+  fi
+fi
 
 pg_up() { (exec 3<>/dev/tcp/127.0.0.1/5432) 2>/dev/null; }
 

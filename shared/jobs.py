@@ -88,9 +88,13 @@ class JobSpec(BaseModel):
             from shared.repo.s3 import S3Location
 
             S3Location(value)  # ValueError says how to write one
+        elif value.startswith("azure://"):
+            from shared.repo.azure import AzureLocation
+
+            AzureLocation(value)
         elif "://" in value:
             raise ValueError(
-                f"{value.split('://', 1)[0]}:// is not a supported location: a path, or s3://..."
+                f"{value.split('://', 1)[0]}:// is not a supported location: a path, s3://... or azure://..."
             )
         return value
 

@@ -157,6 +157,14 @@ class S3Settings(BaseModel):
     secret_key: SecretStr = SecretStr("")
 
 
+class AzureSettings(BaseModel):
+    """The storage account key for repositories at azure:// locations (never logged)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    account_key: SecretStr = SecretStr("")
+
+
 class HotAddSettings(BaseModel):
     """Hot-add: how a disk attached to vbm's own VM is found in this machine's /dev."""
 
@@ -221,6 +229,7 @@ class Settings(BaseSettings):
     instant: InstantSettings = InstantSettings()
     hotadd: HotAddSettings = HotAddSettings()
     s3: S3Settings = S3Settings()
+    azure: AzureSettings = AzureSettings()
 
     @property
     def instant_root(self) -> Path:
@@ -315,7 +324,11 @@ def load_settings(**overrides: Any) -> Settings:
             settings = settings.model_copy(update={"vcenters": (lab,)})
         from shared.repo.locations import configure
 
-        configure(settings.s3.access_key, settings.s3.secret_key.get_secret_value())
+        configure(
+            settings.s3.access_key,
+            settings.s3.secret_key.get_secret_value(),
+            settings.azure.account_key.get_secret_value(),
+        )
         return settings
     except ValidationError as exc:
         lines = []

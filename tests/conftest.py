@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.plugins.nats",
     "tests.plugins.lab",
     "tests.plugins.s3",
+    "tests.plugins.azurite",
     "tests.plugins.postgres",
     "tests.plugins.smtp",
     "tests.plugins.tmpfs",
