@@ -34,6 +34,8 @@ class Subject(StrEnum):
     VERIFY_DONE = "vbm.verify.done"
     RESTORE_REQUESTED = "vbm.restore.requested"
     RESTORE_DONE = "vbm.restore.done"
+    REPLICATE_REQUESTED = "vbm.replicate.requested"
+    REPLICATE_DONE = "vbm.replicate.done"
     STEP_FAILED = "vbm.step.failed"
     ALERT_RAISED = "vbm.alert.raised"
     BUS_REJECTED = "vbm.bus.rejected"
@@ -228,6 +230,41 @@ class RestoreDone(Event):
         return f"restore.done:{self.restore_id}"
 
 
+class ReplicateRequested(Event):
+    """Copy a verified restore point to a secondary repository (3-2-1): the chunks it lacks, the
+    manifest last, then check it there. `replication_id` is the `replications` row.
+
+    Published by: verifier (after a restore point verifies), notifier (retries). Consumed by: mover.
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.REPLICATE_REQUESTED
+    replication_id: Id
+    restore_point_id: Id
+    attempt: int = Field(default=1, ge=1)
+
+    def msg_id(self) -> str:
+        return f"replicate.requested:{self.replication_id}:{self.attempt}"
+
+
+class ReplicateDone(Event):
+    """A replication ended: ok (the restore point is complete on the target) or failed (why).
+
+    Published by: mover. Consumed by: notifier, gateway.
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.REPLICATE_DONE
+    replication_id: Id
+    restore_point_id: Id
+    target: str = Field(description="The secondary repository's location")
+    ok: bool
+    chunks_sent: int = Field(ge=0)
+    bytes_sent: int = Field(ge=0)
+    error: str | None = None
+
+    def msg_id(self) -> str:
+        return f"replicate.done:{self.replication_id}:{self.chunks_sent}:{int(self.ok)}"
+
+
 Step = Literal["schedule", "snapshot", "transfer", "verify", "cleanup"]
 
 
@@ -316,6 +353,8 @@ EVENT_TYPES: dict[str, type[Event]] = {
         VerifyDone,
         RestoreRequested,
         RestoreDone,
+        ReplicateRequested,
+        ReplicateDone,
         StepFailed,
         AlertRaised,
         BusRejected,

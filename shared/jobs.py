@@ -48,6 +48,26 @@ class RestoreTestOptions(BaseModel):
     datacenter: str | None = None
 
 
+def check_location(value: str) -> str:
+    """A repository location as jobs name them: a path, s3://... or azure://... (ValueError says
+    how to write one)."""
+    if value.startswith("s3://"):
+        from shared.repo.s3 import S3Location
+
+        S3Location(value)
+    elif value.startswith("azure://"):
+        from shared.repo.azure import AzureLocation
+
+        AzureLocation(value)
+    elif "://" in value:
+        raise ValueError(
+            f"{value.split('://', 1)[0]}:// is not a supported location: a path, s3://... or azure://..."
+        )
+    elif not value.strip():
+        raise ValueError("a repository location cannot be empty")
+    return value
+
+
 class JobOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -64,6 +84,20 @@ class JobOptions(BaseModel):
     restore_test: RestoreTestOptions | None = Field(
         default=None, description="Set: the job tests restores of its VMs instead of backing them up"
     )
+    replicate_to: tuple[str, ...] = Field(
+        default=(),
+        max_length=4,
+        description="Secondary repositories each verified restore point is copied to (3-2-1)",
+    )
+
+    @field_validator("replicate_to")
+    @classmethod
+    def _targets(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for location in value:
+            check_location(location)
+        if len(set(value)) != len(value):
+            raise ValueError("the same secondary repository is listed twice")
+        return value
 
 
 Retention = Policy  # a job's retention: shared/retention.py (empty: the global default applies)
@@ -84,19 +118,7 @@ class JobSpec(BaseModel):
     @field_validator("repository")
     @classmethod
     def _location(cls, value: str) -> str:
-        if value.startswith("s3://"):
-            from shared.repo.s3 import S3Location
-
-            S3Location(value)  # ValueError says how to write one
-        elif value.startswith("azure://"):
-            from shared.repo.azure import AzureLocation
-
-            AzureLocation(value)
-        elif "://" in value:
-            raise ValueError(
-                f"{value.split('://', 1)[0]}:// is not a supported location: a path, s3://... or azure://..."
-            )
-        return value
+        return check_location(value) if value else value
 
     @field_validator("vms")
     @classmethod

@@ -134,9 +134,19 @@ def view(row: RestorePointRow, decision: Decision) -> dict[str, Any]:
 def removals(
     session: Session, settings: Settings, now: datetime, *, job_id: str | None = None, vm: str | None = None
 ) -> list[tuple[str, str, str]]:
-    """(restore point, repository, rule) of every point retention removes now."""
+    """(restore point, repository, rule) of every point retention removes now; a point still
+    being copied to a secondary repository waits (replication reads it)."""
+    from shared.db.models import Replication
+
     decided = preview(session, settings, now, job_id=job_id, vm=vm)
-    return [(row.id, row.repository, d.reason) for row, d, _ in decided if not d.keep]
+    copying = set(
+        session.scalars(
+            select(Replication.restore_point_id).where(Replication.state.in_(("pending", "running")))
+        )
+    )
+    return [
+        (row.id, row.repository, d.reason) for row, d, _ in decided if not d.keep and row.id not in copying
+    ]
 
 
 def record_pruned(session: Session, rp_id: str, reason: str, now: datetime) -> None:
@@ -199,9 +209,13 @@ async def collect_garbage(sessions: Any, location: str, now: datetime, *, dry_ru
     from shared.repo.gc import collect
     from shared.repo.locations import open_backend
 
+    repo = await Repository.open(open_backend(location))
+    # an object store refreshes a reused chunk only when it is older than its refresh_after:
+    # the cut-off moves back by that much more, so a refreshed-then-reused chunk is never taken
+    extra: timedelta = getattr(repo.backend, "refresh_after", timedelta(0))
+
     def cutoff() -> datetime:
         with sessions() as s:
-            return gc_cutoff(s, now)
+            return gc_cutoff(s, now) - extra
 
-    repo = await Repository.open(open_backend(location))
     return await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)

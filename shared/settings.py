@@ -165,6 +165,14 @@ class AzureSettings(BaseModel):
     account_key: SecretStr = SecretStr("")
 
 
+class ReplicationSettings(BaseModel):
+    """Copies of restore points to secondary repositories (a job's options.replicate_to)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    bandwidth_mbps: float = Field(default=0, ge=0, description="Megabits a second per copy; 0: no limit")
+
+
 class HotAddSettings(BaseModel):
     """Hot-add: how a disk attached to vbm's own VM is found in this machine's /dev."""
 
@@ -230,6 +238,7 @@ class Settings(BaseSettings):
     hotadd: HotAddSettings = HotAddSettings()
     s3: S3Settings = S3Settings()
     azure: AzureSettings = AzureSettings()
+    replication: ReplicationSettings = ReplicationSettings()
 
     @property
     def instant_root(self) -> Path:

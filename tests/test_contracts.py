@@ -31,6 +31,16 @@ SAMPLES: list[c.Event] = [
     c.RestoreDone(
         occurred_at=NOW, restore_id="restore-1", restore_point_id="rp-1", state="failed", vm_name="x"
     ),
+    c.ReplicateRequested(occurred_at=NOW, replication_id="rep-1", restore_point_id="rp-1"),
+    c.ReplicateDone(
+        occurred_at=NOW,
+        replication_id="rep-1",
+        restore_point_id="rp-1",
+        target="s3://h/b",
+        ok=True,
+        chunks_sent=3,
+        bytes_sent=100,
+    ),
     c.StepFailed(occurred_at=NOW, run_id="run-1", step="transfer", reason="cut"),
     c.AlertRaised(occurred_at=NOW, alert_id="a-1", severity="error", kind="snapshot", message="m"),
     c.BusRejected(occurred_at=NOW, consumer="mover", subject="vbm.x", stream_seq=3, deliveries=1, reason="r"),

@@ -11,8 +11,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, flag, in_session, json_response
-from shared import prune, runstore, usage
-from shared.db.models import RestorePointRow
+from shared import prune, replication, runstore, usage
+from shared.db.models import Replication, RestorePointRow
+from shared.jobstore import Invalid
 from shared.repo import ChunkError, ManifestError, RepoError, Repository, read_disk
 from shared.repo.locations import open_backend
 
@@ -56,10 +57,42 @@ async def list_backups(request: web.Request) -> web.Response:
     return json_response({"backups": rows, **_paging(page, total)})
 
 
+@routes.get("/api/v1/replications")
+async def list_replications(request: web.Request) -> web.Response:
+    """Copies to secondary repositories, newest first; `?state=pending|running|done|failed`,
+    `?restore_point=<id>`."""
+    q = request.query
+    page = runstore.Page.parse(q.get("limit"), q.get("offset"))
+    state = q.get("state")
+    if state is not None and state not in ("pending", "running", "done", "failed"):
+        raise Invalid("state", f"{state!r} is not pending, running, done or failed")
+
+    def work(session: Session) -> tuple[int, list[dict[str, Any]]]:
+        query = select(Replication)
+        if state:
+            query = query.where(Replication.state == state)
+        if q.get("restore_point"):
+            query = query.where(Replication.restore_point_id == q["restore_point"])
+        total = len(session.scalars(query).all())
+        rows = session.scalars(
+            query.order_by(Replication.created_at.desc()).limit(page.limit).offset(page.offset)
+        ).all()
+        return total, [replication.view(r) for r in rows]
+
+    total, rows = await in_session(request, work)
+    return json_response({"replications": rows, **_paging(page, total)})
+
+
 @routes.get("/api/v1/backups/{rp_id}")
 async def get_backup(request: web.Request) -> web.Response:
     rp_id = request.match_info["rp_id"]
-    view = await in_session(request, lambda s: runstore.backup_view(runstore.get_backup(s, rp_id)))
+
+    def work(session: Session) -> dict[str, Any]:
+        view = runstore.backup_view(runstore.get_backup(session, rp_id))
+        reps = session.scalars(select(Replication).where(Replication.restore_point_id == rp_id))
+        return {**view, "replications": [replication.view(r) for r in reps]}
+
+    view = await in_session(request, work)
     manifest: dict[str, Any] | None = None
     error: str | None = None
     try:

@@ -1,5 +1,5 @@
 """The mover: reads snapshot disks (CBT ranges when it can) and commits restore points; restores
-restore points as new VMs."""
+restore points as new VMs; copies verified restore points to secondary repositories."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from functools import partial
 
 from services.mover.handlers import Deps, on_snapshot_ready
+from services.mover.replicate import on_replicate_requested
 from services.mover.restore import on_restore_requested
 from shared.bus import Consumer
-from shared.contracts import Event, RestoreRequested, SnapshotReady, StepFailed, Subject
+from shared.contracts import Event, ReplicateRequested, RestoreRequested, SnapshotReady, StepFailed, Subject
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
@@ -46,6 +47,15 @@ async def wire(ctx: Context) -> Parts:
                 max_deliver=4,
                 backoff=(2.0, 10.0, 30.0),
                 on_give_up=failed,
+            ),
+            Consumer(  # an attempt that fails is retried later by the notifier (shared/replication.py)
+                "mover-replicate",
+                Subject.REPLICATE_REQUESTED,
+                ReplicateRequested,
+                partial(on_replicate_requested, deps=deps),
+                ack_wait=ctx.settings.pipeline.ack_wait,
+                max_deliver=3,
+                backoff=(2.0, 10.0),
             ),
             Consumer(  # a restore that keeps failing to start is ended by the notifier's watchdog
                 "mover-restores",

@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from shared import replication
 from shared.bus import Delivery
 from shared.contracts import (
     BusRejected,
@@ -112,6 +113,7 @@ async def watchdog(deps: Deps) -> None:
             ctx.relay.kick()
             await sweep(deps)
             await overdue_restores(deps)
+            await asyncio.to_thread(_replications_due, ctx)
         except Exception:
             log.exception("watchdog round failed")
         with contextlib.suppress(TimeoutError):
@@ -207,6 +209,14 @@ async def overdue_restores(deps: Deps) -> None:
             alert_failed(s, row, error, now)
         log.warning("restore %s failed by the watchdog: %s", restore_id, error)
     ctx.relay.kick()
+
+
+def _replications_due(ctx: Context) -> None:
+    """Re-send replications whose retry time came, and those whose mover went quiet."""
+    stalled = timedelta(seconds=max(ctx.settings.pipeline.transfer_stall, 3 * ctx.settings.pipeline.ack_wait))
+    with ctx.sessions.begin() as s:
+        if replication.due(s, ctx.clock(), stalled):
+            ctx.relay.kick()
 
 
 def _latest(s: Session, subject: Subject, needle: str) -> Outbox | None:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from shared import prune
+from shared import prune, replication
 from shared.bus import Delivery
 from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
-from shared.db.models import RestorePointRow, Task
+from shared.db.models import Job, RestorePointRow, Task
 from shared.outbox import stage
 from shared.pipeline import state
 from shared.pipeline.alerts import raise_alert
@@ -208,6 +208,10 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
         job_id = row.job_id
         if ok:
             state.end_task(s, task, "succeeded", now)
+            job = s.get(Job, job_id) if job_id else None
+            for target in (job.options or {}).get("replicate_to", ()) if job is not None else ():
+                if target != row.repository:  # a copy of a repository onto itself is no copy
+                    replication.request(s, row.id, target, now)
         else:
             reason = f"restore point {event.restore_point_id} failed verification: {problems[0]}"
             stage(

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     TypeDecorator,
+    UniqueConstraint,
     false,
 )
 from sqlalchemy.dialects.postgresql import JSONB
@@ -268,6 +269,29 @@ class Restore(Base):
     updated_at: Mapped[datetime] = _ts()
     deadline_at: Mapped[datetime | None] = _ts_null()
     finished_at: Mapped[datetime | None] = _ts_null()
+
+
+class Replication(Base):
+    """A verified restore point's copy to one secondary repository (`services/mover/replicate.py`).
+
+    state: pending (requested, or waiting for `next_try_at` after a failure), running, done,
+    failed (gave up after the last attempt; an alert names it)."""
+
+    __tablename__ = "replications"
+    __table_args__ = (UniqueConstraint("restore_point_id", "target"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    restore_point_id: Mapped[str] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    chunks_sent: Mapped[int] = mapped_column(Integer, default=0)
+    bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = _ts()
+    finished_at: Mapped[datetime | None] = _ts_null()
+    next_try_at: Mapped[datetime | None] = _ts_null()
 
 
 class RestoreReport(Base):

@@ -260,3 +260,27 @@ async def test_pin_and_unpin(make_api: MakeApi, tmp_path: Path) -> None:
     assert status == 200 and body["pinned"] is False
     status, _ = await api.call("POST", "/backups/rp-nope/pin")
     assert status == 404
+
+
+async def test_replications_are_listed_and_filtered(make_api: MakeApi, db_url: str) -> None:
+    from shared import replication
+    from shared.db.models import Replication
+
+    api = await make_api(db_url)
+    with api.ctx.sessions.begin() as s:
+        for rp_id, target in (("rp-a", "s3://h/b"), ("rp-a", "azure://acct/c"), ("rp-b", "s3://h/b")):
+            replication.request(s, rp_id, target, T0)
+        done = s.get(Replication, replication.replication_id("rp-a", "s3://h/b"))
+        assert done is not None
+        done.state, done.chunks_sent, done.bytes_sent, done.finished_at = "done", 7, 7000, T0
+        replication.request(s, "rp-a", "s3://h/b", T0)  # asked again: the same one
+    status, body = await api.call("GET", "/replications")
+    assert status == 200 and body["total"] == 3
+    status, body = await api.call("GET", "/replications?state=done")
+    assert [(r["restore_point_id"], r["target"], r["bytes_sent"]) for r in body["replications"]] == [
+        ("rp-a", "s3://h/b", 7000)
+    ]
+    status, body = await api.call("GET", "/replications?restore_point=rp-b")
+    assert [r["state"] for r in body["replications"]] == ["pending"]
+    status, problem = await api.call("GET", "/replications?state=lost")
+    assert status == 422 and problem["detail"].startswith("state: 'lost' is not pending")
