@@ -59,9 +59,13 @@ def check_location(value: str) -> str:
         from shared.repo.azure import AzureLocation
 
         AzureLocation(value)
+    elif value.startswith("sftp://"):
+        from shared.repo.sftp import SFTPLocation
+
+        SFTPLocation(value)
     elif "://" in value:
         raise ValueError(
-            f"{value.split('://', 1)[0]}:// is not a supported location: a path, s3://... or azure://..."
+            f"{value.split('://', 1)[0]}:// is not a supported location: a path, s3://..., azure://... or sftp://..."
         )
     elif not value.strip():
         raise ValueError("a repository location cannot be empty")

@@ -165,6 +165,16 @@ class AzureSettings(BaseModel):
     account_key: SecretStr = SecretStr("")
 
 
+class SFTPSettings(BaseModel):
+    """How repositories at sftp:// locations log in (never logged)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    key_file: str | None = Field(default=None, description="Private key file (else the SSH agent's keys)")
+    password: SecretStr = SecretStr("")
+    known_hosts: str | None = Field(default=None, description="Default: ~/.ssh/known_hosts")
+
+
 class ReplicationSettings(BaseModel):
     """Copies of restore points to secondary repositories (a job's options.replicate_to)."""
 
@@ -239,6 +249,7 @@ class Settings(BaseSettings):
     s3: S3Settings = S3Settings()
     azure: AzureSettings = AzureSettings()
     replication: ReplicationSettings = ReplicationSettings()
+    sftp: SFTPSettings = SFTPSettings()
 
     @property
     def instant_root(self) -> Path:
@@ -337,6 +348,9 @@ def load_settings(**overrides: Any) -> Settings:
             settings.s3.access_key,
             settings.s3.secret_key.get_secret_value(),
             settings.azure.account_key.get_secret_value(),
+            sftp_key_file=settings.sftp.key_file,
+            sftp_password=settings.sftp.password.get_secret_value(),
+            sftp_known_hosts=settings.sftp.known_hosts,
         )
         return settings
     except ValidationError as exc:

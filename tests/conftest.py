@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.plugins.lab",
     "tests.plugins.s3",
     "tests.plugins.azurite",
+    "tests.plugins.sftp",
     "tests.plugins.postgres",
     "tests.plugins.smtp",
     "tests.plugins.tmpfs",

@@ -5,7 +5,9 @@
   process's S3 credentials (`configure`, called by `load_settings` from `s3.access_key` and
   `s3.secret_key`);
 - `azure://<account>/<container>[/<prefix>][?endpoint=<account URL>]`: `AzureBackend`, with the
-  process's `azure.account_key`.
+  process's `azure.account_key`;
+- `sftp://<user>@<host>[:port]/<absolute path>`: `SFTPBackend`, with the process's
+  `sftp.key_file` or `sftp.password`, and `sftp.known_hosts`.
 """
 
 from __future__ import annotations
@@ -16,13 +18,23 @@ from shared.repo.local import LocalBackend
 
 _s3: tuple[str, str] | None = None
 _azure: str | None = None
+_sftp: dict[str, str | None] = {}
 
 
-def configure(s3_access_key: str, s3_secret_key: str, azure_account_key: str = "") -> None:
-    """The credentials S3 and Azure locations are opened with (empty: none configured)."""
-    global _s3, _azure
+def configure(
+    s3_access_key: str,
+    s3_secret_key: str,
+    azure_account_key: str = "",
+    *,
+    sftp_key_file: str | None = None,
+    sftp_password: str | None = None,
+    sftp_known_hosts: str | None = None,
+) -> None:
+    """The credentials S3, Azure and SFTP locations are opened with (empty: none configured)."""
+    global _s3, _azure, _sftp
     _s3 = (s3_access_key, s3_secret_key) if s3_access_key else None
     _azure = azure_account_key or None
+    _sftp = {"key_file": sftp_key_file, "password": sftp_password or None, "known_hosts": sftp_known_hosts}
 
 
 def open_backend(location: str) -> Backend:
@@ -51,9 +63,21 @@ def open_backend(location: str) -> Backend:
             return AzureBackend(location, _azure)
         except ValueError as exc:
             raise RepoError(str(exc)) from None
+    if location.startswith("sftp://"):
+        from shared.repo.sftp import SFTPBackend
+
+        try:
+            return SFTPBackend(  # without a key or password: the SSH agent's keys
+                location,
+                key_file=_sftp.get("key_file"),
+                password=_sftp.get("password"),
+                known_hosts=_sftp.get("known_hosts"),
+            )
+        except ValueError as exc:
+            raise RepoError(str(exc)) from None
     if "://" in location:
         scheme = location.split("://", 1)[0]
         raise RepoError(
-            f"repository {location}: {scheme}:// is not a supported location (a path, s3:// or azure://)"
+            f"repository {location}: {scheme}:// is not a supported location (a path, s3://, azure:// or sftp://)"
         )
     return LocalBackend(location)

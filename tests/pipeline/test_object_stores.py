@@ -1,8 +1,9 @@
-"""The whole pipeline on object-store repositories (S3 on SeaweedFS, Azure Blob on Azurite):
+"""The whole pipeline on remote repositories (S3 on SeaweedFS, Azure Blob on Azurite, SFTP):
 full, CBT incremental (only the changed window sent), verify, restore."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable
 
 from sqlalchemy import select
@@ -11,10 +12,12 @@ from shared.db.models import RestorePointRow
 from shared.repo import Backend, Repository, read_disk
 from shared.repo.azure import AzureBackend
 from shared.repo.s3 import S3Backend
+from shared.repo.sftp import SFTPBackend
 from tests.pipeline.conftest import Pipeline
 from tests.pipeline.test_restore import folder, restore, wait_restore
 from tests.plugins.azurite import AzuriteServer
 from tests.plugins.s3 import S3Server
+from tests.plugins.sftp import SFTPServer
 
 
 async def test_full_and_incremental_to_s3_verify_and_restore(
@@ -43,6 +46,24 @@ async def test_full_and_incremental_to_azure_verify_and_restore(
         return {b.name for b in container.list_blobs(name_starts_with="vbm/chunks/")}
 
     await scenario(p, location, chunks, AzureBackend(location, azurite_server.key))
+
+
+async def test_full_and_incremental_to_sftp_verify_and_restore(
+    pipeline_factory: Callable[..., Pipeline], sftp_server: SFTPServer
+) -> None:
+    p = pipeline_factory(
+        VBM_SFTP__KEY_FILE=str(sftp_server.key_file), VBM_SFTP__KNOWN_HOSTS=str(sftp_server.known_hosts)
+    )
+    path = f"/vbm-{uuid.uuid4().hex[:8]}"
+    location = sftp_server.location(path)
+
+    def chunks() -> set[str]:
+        return {str(f) for f in (sftp_server.root / path.lstrip("/") / "chunks").rglob("*") if f.is_file()}
+
+    backend = SFTPBackend(
+        location, key_file=str(sftp_server.key_file), known_hosts=str(sftp_server.known_hosts)
+    )
+    await scenario(p, location, chunks, backend)
 
 
 async def scenario(p: Pipeline, location: str, chunks: Callable[[], set[str]], backend: Backend) -> None:

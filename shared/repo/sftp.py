@@ -1,0 +1,298 @@
+"""A repository on an SFTP server (OpenSSH's or any with its extensions), through `asyncssh`.
+
+Location: `sftp://<user>@<host>[:port]/<absolute path>`. The secret is not in the location: the
+process's `sftp.key_file` (a private key) or `sftp.password`; the server's host key must be in
+`sftp.known_hosts` (an OpenSSH known_hosts file; unset: `~/.ssh/known_hosts`), so a server
+that is not the one expected is refused. Nothing secret appears in a log line or an error.
+
+The contract, as the local backend keeps it (the same steps, over SFTP):
+- `put_if_absent`: written to `<folder>/.tmp-<random>`, fsynced (`fsync@openssh.com`), then
+  published with a hard link (`hardlink@openssh.com`), which fails when the name exists; the
+  temporary name is removed. Readers never see a partial object under a real key; listings skip
+  `.tmp-*` names. Every write is durable when it returns: `flush()` has nothing left to do.
+- `exists` (and put onto an existing key) refreshes the object's modification time (`utime`).
+- `delete_if_unused_since`: the object is renamed aside to a unique name first (a writer's
+  refresh then finds it gone and stores it again), then its modification time decides: touched
+  since the cut-off, it is linked back. Atomic against a refresh.
+- `usage`: `statvfs@openssh.com`.
+- Faults: a lost connection is reopened and the call retried (3 tries, 0.5-2 s apart); a
+  refused login or host key fails at once, saying what to check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import posixpath
+import stat as statmod
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import unquote, urlsplit
+
+import asyncssh
+
+from shared.repo.backend import ObjectInfo
+from shared.repo.errors import ObjectMissing, RepoError
+
+T = TypeVar("T")
+TMP_PREFIX = ".tmp-"
+ATTEMPTS = 3
+
+
+class SFTPLocation:
+    def __init__(self, location: str) -> None:
+        parts = urlsplit(location)
+        if (
+            parts.scheme != "sftp"
+            or not parts.hostname
+            or not parts.username
+            or not parts.path.startswith("/")
+        ):
+            raise ValueError(
+                f"{location!r} is not an SFTP location: write sftp://<user>@<host>[:port]/<absolute path>"
+            )
+        if parts.password is not None:
+            raise ValueError(
+                "an SFTP location carries no password: set VBM_SFTP__PASSWORD or VBM_SFTP__KEY_FILE"
+            )
+        self.user = unquote(parts.username)
+        self.host = parts.hostname
+        self.port = parts.port or 22
+        self.root = posixpath.normpath(unquote(parts.path))
+        self.location = location
+
+
+class SFTPBackend:
+    def __init__(
+        self,
+        location: str,
+        *,
+        key_file: str | None = None,
+        password: str | None = None,
+        known_hosts: str | None = None,
+        timeout: float = 30.0,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.where = SFTPLocation(location)
+        self.location = location
+        self._key_file, self._password = key_file, password
+        self._known_hosts = known_hosts or str(Path.home() / ".ssh" / "known_hosts")
+        self._timeout = timeout
+        self._clock = clock
+        self._conn: asyncssh.SSHClientConnection | None = None
+        self._sftp: asyncssh.SFTPClient | None = None
+        self._lock = asyncio.Lock()
+
+    def _path(self, key: str) -> str:
+        if not key or key.startswith("/") or ".." in key.split("/"):
+            raise ValueError(f"bad object key {key!r}")
+        return posixpath.join(self.where.root, key)
+
+    def _name(self) -> str:
+        return f"sftp://{self.where.user}@{self.where.host}:{self.where.port}{self.where.root}"
+
+    async def _client(self) -> asyncssh.SFTPClient:
+        async with self._lock:
+            if self._sftp is None:
+                try:
+                    self._conn = await asyncio.wait_for(
+                        asyncssh.connect(
+                            self.where.host, self.where.port, username=self.where.user,
+                            client_keys=[self._key_file] if self._key_file else None,
+                            password=self._password, known_hosts=self._known_hosts,
+                            keepalive_interval=15, login_timeout=self._timeout,
+                        ),
+                        self._timeout,
+                    )  # fmt: skip
+                    self._sftp = await self._conn.start_sftp_client()
+                except asyncssh.PermissionDenied:
+                    raise RepoError(
+                        f"{self._name()}: the login was refused: check VBM_SFTP__KEY_FILE or"
+                        " VBM_SFTP__PASSWORD and the user's authorized keys"
+                    ) from None
+                except asyncssh.HostKeyNotVerifiable:
+                    raise RepoError(
+                        f"{self._name()}: the server's host key is not the one in {self._known_hosts}:"
+                        " add it (ssh-keyscan) or check that this is the right server"
+                    ) from None
+                except (OSError, asyncssh.Error, TimeoutError) as exc:
+                    raise _Lost(f"cannot reach {self._name()} ({type(exc).__name__}: {exc})") from None
+            return self._sftp
+
+    async def _drop(self) -> None:
+        async with self._lock:
+            conn, self._conn, self._sftp = self._conn, None, None
+        if conn is not None:
+            conn.close()
+            with contextlib.suppress(Exception):
+                await conn.wait_closed()
+
+    async def _run(self, doing: str, fn: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
+        last = ""
+        for attempt in range(ATTEMPTS):
+            if attempt:
+                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+            try:
+                sftp = await self._client()
+                return await asyncio.wait_for(fn(sftp), self._timeout)
+            except _Lost as exc:
+                last = str(exc)
+            except asyncssh.SFTPNoSuchFile:
+                raise ObjectMissing(doing) from None
+            except asyncssh.SFTPError as exc:
+                raise RepoError(f"{self._name()}: {doing}: {exc.reason} (SFTP code {exc.code})") from None
+            except (OSError, asyncssh.Error, TimeoutError) as exc:
+                last = f"{type(exc).__name__}: {exc}"
+                await self._drop()
+        raise RepoError(f"{self._name()}: {doing}: the connection failed {ATTEMPTS} times ({last})")
+
+    def _now(self) -> tuple[float, float] | None:
+        t = datetime.now(UTC).timestamp() if self._clock is None else self._clock()
+        return (t, t)
+
+    # --- the contract -----------------------------------------------------------------------
+
+    async def put_if_absent(self, key: str, data: bytes, *, durable: bool = False) -> bool:
+        path = self._path(key)
+
+        async def run(sftp: asyncssh.SFTPClient) -> bool:
+            if await self._refresh(sftp, path):
+                return False
+            folder = posixpath.dirname(path)
+            tmp = posixpath.join(folder, f"{TMP_PREFIX}{uuid.uuid4().hex}")
+            try:
+                f = await sftp.open(tmp, "wb")
+            except asyncssh.SFTPNoSuchFile:
+                await sftp.makedirs(folder, exist_ok=True)
+                f = await sftp.open(tmp, "wb")
+            try:
+                async with f:
+                    await f.write(data)
+                    await f.fsync()
+                try:
+                    await sftp.link(tmp, path)
+                except asyncssh.SFTPError:
+                    if await sftp.exists(path):  # someone else's, whole (published the same way)
+                        return False
+                    raise
+                return True
+            finally:
+                with contextlib.suppress(asyncssh.SFTPError):
+                    await sftp.remove(tmp)
+
+        return await self._run(f"writing {key}", run)
+
+    async def _refresh(self, sftp: asyncssh.SFTPClient, path: str) -> bool:
+        """Touch an existing object (the caller relies on it now); False if there is none."""
+        try:
+            await sftp.utime(path, self._now())
+        except asyncssh.SFTPNoSuchFile:
+            return False
+        return True
+
+    async def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        async def run(sftp: asyncssh.SFTPClient) -> bytes:
+            async with sftp.open(self._path(key), "rb") as f:
+                if offset:
+                    await f.seek(offset)
+                data = await f.read(-1 if length is None else length)
+                assert isinstance(data, bytes)  # opened in binary mode
+                return data
+
+        try:
+            return await self._run(f"reading {key}", run)
+        except ObjectMissing:
+            raise ObjectMissing(key) from None
+
+    async def exists(self, key: str) -> bool:
+        path = self._path(key)
+        return await self._run(f"checking {key}", lambda sftp: self._refresh(sftp, path))
+
+    async def stat(self, key: str) -> ObjectInfo:
+        try:
+            attrs = await self._run(f"checking {key}", lambda sftp: sftp.stat(self._path(key)))
+        except ObjectMissing:
+            raise ObjectMissing(key) from None
+        return ObjectInfo(key, int(attrs.size or 0), datetime.fromtimestamp(attrs.mtime or 0, UTC))
+
+    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        base = posixpath.dirname(self._path(prefix.rstrip("/") + "/x")) if prefix else self.where.root
+        found: list[ObjectInfo] = []
+
+        async def walk(sftp: asyncssh.SFTPClient) -> None:
+            stack = [base]
+            while stack:
+                folder = stack.pop()
+                try:
+                    entries = await sftp.readdir(folder)
+                except asyncssh.SFTPNoSuchFile:
+                    continue
+                for entry in entries:
+                    name = str(entry.filename)
+                    if name in (".", "..") or name.startswith(TMP_PREFIX):
+                        continue
+                    full = posixpath.join(folder, name)
+                    if entry.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or (
+                        entry.attrs.permissions is not None and statmod.S_ISDIR(entry.attrs.permissions)
+                    ):
+                        stack.append(full)
+                        continue
+                    key = posixpath.relpath(full, self.where.root)
+                    if key.startswith(prefix):
+                        found.append(
+                            ObjectInfo(
+                                key,
+                                int(entry.attrs.size or 0),
+                                datetime.fromtimestamp(entry.attrs.mtime or 0, UTC),
+                            )
+                        )
+
+        await self._run(f"listing {prefix}", walk)
+        for info in found:
+            yield info
+
+    async def delete(self, key: str) -> None:
+        try:
+            await self._run(f"deleting {key}", lambda sftp: sftp.remove(self._path(key)))
+        except ObjectMissing:
+            return
+
+    async def delete_if_unused_since(self, key: str, cutoff: datetime) -> int | None:
+        path = self._path(key)
+        aside = posixpath.join(posixpath.dirname(path), f"{TMP_PREFIX}gc-{uuid.uuid4().hex}")
+
+        async def run(sftp: asyncssh.SFTPClient) -> int | None:
+            try:
+                await sftp.rename(path, aside)
+            except asyncssh.SFTPNoSuchFile:
+                return None
+            attrs = await sftp.stat(aside)
+            if (attrs.mtime or 0) >= cutoff.timestamp():
+                with contextlib.suppress(asyncssh.SFTPError):  # else a writer stored it again meanwhile
+                    await sftp.link(aside, path)  # still needed: back where it was
+                await sftp.remove(aside)
+                return None
+            await sftp.remove(aside)
+            return int(attrs.size or 0)
+
+        return await self._run(f"deleting {key}", run)
+
+    async def flush(self) -> None:
+        return None  # every write was fsynced before it was published
+
+    async def usage(self) -> tuple[int | None, int | None]:
+        try:
+            vfs = await self._run("reading its usage", lambda sftp: sftp.statvfs(self.where.root))
+        except RepoError:
+            return None, None
+        return int(vfs.blocks * vfs.frsize), int(vfs.bavail * vfs.frsize)
+
+    async def close(self) -> None:
+        await self._drop()
+
+
+class _Lost(Exception):
+    """The connection could not be opened or was lost: retried."""

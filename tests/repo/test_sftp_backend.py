@@ -1,0 +1,94 @@
+"""The SFTP backend against a real SFTP server (asyncssh's, in its own process)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import asyncssh
+import pytest
+
+from shared.repo import ObjectMissing, Repository
+from shared.repo.errors import RepoError
+from shared.repo.sftp import SFTPBackend
+from tests.plugins.sftp import SFTPServer
+from tests.repo.contract import BackendContract
+
+
+def backend_for(server: SFTPServer, path: str = "/repo", **kw: object) -> SFTPBackend:
+    return SFTPBackend(
+        server.location(path), key_file=str(server.key_file), known_hosts=str(server.known_hosts), **kw
+    )  # type: ignore[arg-type]
+
+
+class TestSFTPContract(BackendContract):
+    @pytest.fixture
+    async def backend(self, sftp_server: SFTPServer) -> AsyncIterator[SFTPBackend]:
+        b = backend_for(sftp_server, f"/t-{time.monotonic_ns()}")
+        yield b
+        await b.close()
+
+
+async def test_objects_are_published_whole_and_refreshed(sftp_server: SFTPServer) -> None:
+    b = backend_for(sftp_server, "/pub")
+    repo = await Repository.init(b)
+    assert (sftp_server.root / "pub" / "config").is_file()
+    assert not list((sftp_server.root / "pub").glob(".tmp-*"))  # the temporary names are gone
+    old = time.time() - 7200
+    import os
+
+    os.utime(sftp_server.root / "pub" / "config", (old, old))
+    assert await b.exists("config")  # relied on now: refreshed
+    assert (sftp_server.root / "pub" / "config").stat().st_mtime > old + 3600
+    cutoff = datetime.now(UTC) - timedelta(minutes=1)
+    assert await b.delete_if_unused_since("config", cutoff) is None
+    assert await b.delete_if_unused_since("config", datetime.now(UTC) + timedelta(minutes=1)) > 0
+    assert not (sftp_server.root / "pub" / "config").exists()
+    assert not [p for p in (sftp_server.root / "pub").iterdir() if p.name.startswith(".tmp-")]
+    total, free = await b.usage()
+    assert total and free is not None and total >= free
+    assert repo.config.chunk_size > 0
+    await b.close()
+
+
+async def test_a_refused_key_a_wrong_host_and_a_dead_server_say_what_to_do(
+    sftp_server: SFTPServer, private_sftp_server: SFTPServer, tmp_path: Path
+) -> None:
+    other = asyncssh.generate_private_key("ssh-ed25519")
+    (tmp_path / "other").write_bytes(other.export_private_key())
+    b = SFTPBackend(
+        sftp_server.location(), key_file=str(tmp_path / "other"), known_hosts=str(sftp_server.known_hosts)
+    )
+    with pytest.raises(RepoError, match="the login was refused: check VBM_SFTP__KEY_FILE"):
+        await b.exists("config")
+    (tmp_path / "known_hosts").write_text(
+        f"[127.0.0.1]:{sftp_server.port} {other.export_public_key().decode()}"
+    )
+    b = SFTPBackend(
+        sftp_server.location(), key_file=str(sftp_server.key_file), known_hosts=str(tmp_path / "known_hosts")
+    )
+    with pytest.raises(RepoError, match="host key is not the one in"):
+        await b.exists("config")
+    with pytest.raises(ValueError, match="carries no password"):
+        SFTPBackend("sftp://u:secret@h/r")
+
+    b = backend_for(private_sftp_server, timeout=3)
+    await b.put_if_absent("k", b"x")
+    private_sftp_server.kill()
+    t0 = time.monotonic()
+    with pytest.raises(RepoError, match="the connection failed 3 times"):
+        await b.get("k")
+    assert time.monotonic() - t0 < 30
+    private_sftp_server.start()  # back on the same port: the backend reconnects
+    assert await b.get("k") == b"x"
+    with pytest.raises(ObjectMissing):
+        await b.get("nothing")
+    await b.close()
+
+
+def test_locations_are_checked() -> None:
+    for bad in ("sftp://host/r", "sftp://u@host", "sftp:/x", "s3://a/b"):
+        with pytest.raises(ValueError, match="not an SFTP location"):
+            SFTPBackend(bad)
