@@ -21,6 +21,7 @@ from typing import Any
 from shared.progress import Progress, human_bytes
 from shared.repo import LocalBackend, RepoError, Repository, check, read_disk
 from shared.repo.locations import open_backend
+from shared.repo.repair import repair_from
 
 
 def add_parser(sub: Any) -> None:
@@ -42,6 +43,11 @@ def add_parser(sub: Any) -> None:
     )
     chk.add_argument(
         "--start", type=float, default=0.0, help="where in the chunk id space the fraction starts (0..1)"
+    )
+    chk.add_argument(
+        "--repair-from",
+        metavar="LOCATION",
+        help="replace damaged or missing chunks with good copies from this replica (a secondary repository)",
     )
     cat = actions.add_parser("cat-manifest", help="print a restore point's manifest")
     cat.add_argument("id")
@@ -82,7 +88,7 @@ async def _run(args: argparse.Namespace, location: str) -> int:
     if action == "ls":
         return await _ls(repo)
     if action == "check":
-        return await _check(repo, args.read_data, args.start)
+        return await _check(repo, args.read_data, args.start, args.repair_from)
     if action == "cat-manifest":
         rp = await repo.load(args.id)
         print(rp.model_dump_json(indent=2))
@@ -137,7 +143,7 @@ async def _ls(repo: Repository) -> int:
     return 0
 
 
-async def _check(repo: Repository, fraction: float, start: float) -> int:
+async def _check(repo: Repository, fraction: float, start: float, repair: str | None = None) -> int:
     bar = Progress("reading chunks", None, unit="chunks") if fraction else None
     report = await check(repo, read_data=fraction, start=start, progress=bar)
     if bar is not None:
@@ -152,6 +158,21 @@ async def _check(repo: Repository, fraction: float, start: float) -> int:
         print(f"damaged restore point {rp_id}:")
         for problem in problems:
             print(f"  {problem}")
+    if repair and report.damaged_chunks:
+        replica = open_backend(repair)
+        try:
+            fixed, failed = await repair_from(repo, replica, report.damaged_chunks)
+        finally:
+            await replica.close()
+        for cid in fixed:
+            print(f"repaired chunk {cid} from {repair}")
+        for cid, why in sorted(failed.items()):
+            print(f"could not repair chunk {cid}: {why}")
+        report = await check(repo, read_data=fraction, start=start)
+        print(
+            "after the repair: " + ("no problems found" if report.ok else "the repository still has problems")
+        )
+        return 0 if report.ok else 1
     print("no problems found" if report.ok else "repository has problems (see above)")
     return 0 if report.ok else 1
 

@@ -268,3 +268,31 @@ def test_a_repository_on_s3(tmp_path: Path, s3_server: S3Server, s3_bucket: str)
     err = failed(vbm(tmp_path, "info", repo=where, **bad))
     assert "credentials were refused" in err and "wrong-secret-123" not in err
     assert "ftp:// is not a supported location" in failed(vbm(tmp_path, "info", repo="ftp://x/y"))
+
+
+def test_check_repairs_damaged_and_missing_chunks_from_a_replica(tmp_path: Path, built: Built) -> None:
+    import shutil
+
+    replica = tmp_path / "replica"
+    shutil.copytree(built.path, replica)  # what replication leaves: the same objects
+    users = referenced(built)
+    damaged, missing, lost = sorted(users)[:3]
+    path = built.path / chunk_key(damaged)
+    raw = bytearray(path.read_bytes())
+    raw[len(raw) // 2] ^= 0x01
+    path.write_bytes(bytes(raw))
+    (built.path / chunk_key(missing)).unlink()
+    (built.path / chunk_key(lost)).unlink()
+    (replica / chunk_key(lost)).unlink()  # gone from both: cannot be repaired
+
+    result = vbm(tmp_path, "check", "--read-data", "--repair-from", str(replica), repo=built.path)
+    out = result.stdout.decode()
+    assert result.returncode == 1, out
+    assert f"repaired chunk {damaged} from {replica}" in out and f"repaired chunk {missing} from" in out
+    assert f"could not repair chunk {lost}: not in {replica} either" in out
+    assert "after the repair: the repository still has problems" in out
+    assert (built.path / chunk_key(damaged)).read_bytes() == (replica / chunk_key(damaged)).read_bytes()
+
+    (replica / chunk_key(lost)).write_bytes(b"not a chunk")  # damaged on the replica: not copied back
+    out = vbm(tmp_path, "check", "--repair-from", str(replica), repo=built.path).stdout.decode()
+    assert f"could not repair chunk {lost}: damaged in {replica} too" in out
