@@ -31,7 +31,9 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
 [ -d /usr/share/gocode/src/github.com/vmware/govmomi/simulator ] || missing+=(golang-github-vmware-govmomi-dev)
 [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
-# Azurite (Azure Blob for the tests) from the npm registry, into var/node; Node.js from Debian.
+# rclone (the rclone:// backend, and its tests' WebDAV server); Azurite (Azure Blob for the tests)
+# from the npm registry, into var/node; Node.js from Debian.
+command -v rclone >/dev/null 2>&1 || apt_install rclone
 if [ "$for_tests" = 1 ]; then
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   if [ ! -x var/node/node_modules/.bin/azurite-blob ]; then

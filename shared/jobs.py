@@ -63,9 +63,13 @@ def check_location(value: str) -> str:
         from shared.repo.sftp import SFTPLocation
 
         SFTPLocation(value)
+    elif value.startswith("rclone://"):
+        from shared.repo.rclone import RcloneLocation
+
+        RcloneLocation(value)
     elif "://" in value:
         raise ValueError(
-            f"{value.split('://', 1)[0]}:// is not a supported location: a path, s3://..., azure://... or sftp://..."
+            f"{value.split('://', 1)[0]}:// is not a supported location: a path, s3://, azure://, sftp:// or rclone://"
         )
     elif not value.strip():
         raise ValueError("a repository location cannot be empty")

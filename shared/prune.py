@@ -216,6 +216,16 @@ async def collect_garbage(sessions: Any, location: str, now: datetime, *, dry_ru
 
     def cutoff() -> datetime:
         with sessions() as s:
+            if (
+                not getattr(repo.backend, "refreshes", True)
+                and s.scalars(select(Task.id).where(Task.state.not_in(TASK_FINAL))).first()
+            ):
+                from shared.repo.gc import GCBusy
+
+                raise GCBusy(
+                    f"{location} cannot mark the chunks a running backup reuses (its provider keeps no"
+                    " settable modification times): it is collected when no backup runs; try later"
+                )
             return gc_cutoff(s, now) - extra
 
     return await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)

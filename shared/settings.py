@@ -175,6 +175,14 @@ class SFTPSettings(BaseModel):
     known_hosts: str | None = Field(default=None, description="Default: ~/.ssh/known_hosts")
 
 
+class RcloneSettings(BaseModel):
+    """Where rclone:// locations find their remotes (the provider credentials stay in it)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    config: str | None = Field(default=None, description="rclone config file; default: rclone's own")
+
+
 class ReplicationSettings(BaseModel):
     """Copies of restore points to secondary repositories (a job's options.replicate_to)."""
 
@@ -250,6 +258,7 @@ class Settings(BaseSettings):
     azure: AzureSettings = AzureSettings()
     replication: ReplicationSettings = ReplicationSettings()
     sftp: SFTPSettings = SFTPSettings()
+    rclone: RcloneSettings = RcloneSettings()
 
     @property
     def instant_root(self) -> Path:
@@ -351,6 +360,7 @@ def load_settings(**overrides: Any) -> Settings:
             sftp_key_file=settings.sftp.key_file,
             sftp_password=settings.sftp.password.get_secret_value(),
             sftp_known_hosts=settings.sftp.known_hosts,
+            rclone_config=settings.rclone.config,
         )
         return settings
     except ValidationError as exc:

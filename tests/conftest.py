@@ -7,6 +7,7 @@ pytest_plugins = [
     "tests.plugins.s3",
     "tests.plugins.azurite",
     "tests.plugins.sftp",
+    "tests.plugins.rclone",
     "tests.plugins.postgres",
     "tests.plugins.smtp",
     "tests.plugins.tmpfs",

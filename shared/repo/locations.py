@@ -7,7 +7,9 @@
 - `azure://<account>/<container>[/<prefix>][?endpoint=<account URL>]`: `AzureBackend`, with the
   process's `azure.account_key`;
 - `sftp://<user>@<host>[:port]/<absolute path>`: `SFTPBackend`, with the process's
-  `sftp.key_file` or `sftp.password`, and `sftp.known_hosts`.
+  `sftp.key_file` or `sftp.password`, and `sftp.known_hosts`;
+- `rclone://<remote>/<path>`: `RcloneBackend`, a remote of the rclone config file
+  (`rclone.config`; rclone's own by default), which holds the provider's credentials.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from shared.repo.local import LocalBackend
 _s3: tuple[str, str] | None = None
 _azure: str | None = None
 _sftp: dict[str, str | None] = {}
+_rclone_config: str | None = None
 
 
 def configure(
@@ -29,9 +32,12 @@ def configure(
     sftp_key_file: str | None = None,
     sftp_password: str | None = None,
     sftp_known_hosts: str | None = None,
+    rclone_config: str | None = None,
 ) -> None:
-    """The credentials S3, Azure and SFTP locations are opened with (empty: none configured)."""
-    global _s3, _azure, _sftp
+    """The credentials S3, Azure and SFTP locations are opened with (empty: none configured),
+    and the rclone config file rclone:// locations name their remotes in."""
+    global _s3, _azure, _sftp, _rclone_config
+    _rclone_config = rclone_config
     _s3 = (s3_access_key, s3_secret_key) if s3_access_key else None
     _azure = azure_account_key or None
     _sftp = {"key_file": sftp_key_file, "password": sftp_password or None, "known_hosts": sftp_known_hosts}
@@ -75,9 +81,17 @@ def open_backend(location: str) -> Backend:
             )
         except ValueError as exc:
             raise RepoError(str(exc)) from None
+    if location.startswith("rclone://"):
+        from shared.repo.rclone import RcloneBackend
+
+        try:
+            return RcloneBackend(location, config=_rclone_config)
+        except ValueError as exc:
+            raise RepoError(str(exc)) from None
     if "://" in location:
         scheme = location.split("://", 1)[0]
         raise RepoError(
-            f"repository {location}: {scheme}:// is not a supported location (a path, s3://, azure:// or sftp://)"
+            f"repository {location}: {scheme}:// is not a supported location"
+            " (a path, s3://, azure://, sftp:// or rclone://)"
         )
     return LocalBackend(location)

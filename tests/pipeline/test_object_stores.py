@@ -1,4 +1,5 @@
-"""The whole pipeline on remote repositories (S3 on SeaweedFS, Azure Blob on Azurite, SFTP):
+"""The whole pipeline on remote repositories (S3 on SeaweedFS, Azure Blob on Azurite, SFTP, rclone
+on a WebDAV server):
 full, CBT incremental (only the changed window sent), verify, restore."""
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from sqlalchemy import select
 from shared.db.models import RestorePointRow
 from shared.repo import Backend, Repository, read_disk
 from shared.repo.azure import AzureBackend
+from shared.repo.rclone import RcloneBackend
 from shared.repo.s3 import S3Backend
 from shared.repo.sftp import SFTPBackend
 from tests.pipeline.conftest import Pipeline
 from tests.pipeline.test_restore import folder, restore, wait_restore
 from tests.plugins.azurite import AzuriteServer
+from tests.plugins.rclone import WebDAVServer
 from tests.plugins.s3 import S3Server
 from tests.plugins.sftp import SFTPServer
 
@@ -64,6 +67,20 @@ async def test_full_and_incremental_to_sftp_verify_and_restore(
         location, key_file=str(sftp_server.key_file), known_hosts=str(sftp_server.known_hosts)
     )
     await scenario(p, location, chunks, backend)
+
+
+async def test_full_and_incremental_to_rclone_verify_and_restore(
+    pipeline_factory: Callable[..., Pipeline], webdav_server: WebDAVServer
+) -> None:
+    env = webdav_server.remote_env()
+    p = pipeline_factory(**env)  # the services' rclone finds the remote in its environment
+    path = f"vbm-{uuid.uuid4().hex[:8]}"
+    location = f"rclone://vbmdav/{path}"
+
+    def chunks() -> set[str]:
+        return {str(f) for f in (webdav_server.root / path / "chunks").rglob("*") if f.is_file()}
+
+    await scenario(p, location, chunks, RcloneBackend(location, env=env))
 
 
 async def scenario(p: Pipeline, location: str, chunks: Callable[[], set[str]], backend: Backend) -> None:

@@ -14,6 +14,17 @@ from shared.repo import Backend, ObjectMissing
 
 
 class BackendContract:
+    async def seed(self, backend: Backend, keys: set[str]) -> None:
+        """Store many objects (each holding its key) for the listing test; a backend whose
+        writes are slow one by one (rclone) may put them on its server directly."""
+        sem = asyncio.Semaphore(32)
+
+        async def put(key: str) -> None:
+            async with sem:
+                await backend.put_if_absent(key, key.encode())
+
+        await asyncio.gather(*(put(k) for k in keys))
+
     async def test_put_if_absent_writes_once(self, backend: Backend) -> None:
         assert await backend.put_if_absent("a/one", b"first")
         assert not await backend.put_if_absent("a/one", b"second")
@@ -52,13 +63,7 @@ class BackendContract:
 
     async def test_list_large_prefix(self, backend: Backend) -> None:
         keys = {f"many/{i % 16:02x}/{i:064x}" for i in range(2500)}
-        sem = asyncio.Semaphore(32)
-
-        async def put(key: str) -> None:
-            async with sem:
-                await backend.put_if_absent(key, key.encode())
-
-        await asyncio.gather(*(put(k) for k in keys))
+        await self.seed(backend, keys)
         await backend.put_if_absent("manyother/x", b"x")
         listed = [i async for i in backend.list("many/")]
         assert {i.key for i in listed} == keys
