@@ -219,7 +219,19 @@ class Bus:
 
 async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -> None:
     """Fetch and handle messages one at a time until `stop` is set."""
-    await bus.ensure_consumer(consumer)
+    delay = 0.5
+    while True:  # JetStream may still be settling (a restart, an election): keep asking
+        try:
+            await bus.ensure_consumer(consumer)
+            break
+        except (TimeoutError, nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+            if stop.is_set():
+                return
+            log.warning(
+                "consumer %s: JetStream did not answer (%s); asking again", consumer.durable, exc or "timeout"
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
     sub = await bus.js.pull_subscribe_bind(durable=consumer.durable, stream=STREAM_NAME)
     log.info("consumer %s on %s started", consumer.durable, consumer.subject.value)
     try:

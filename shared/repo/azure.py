@@ -41,10 +41,9 @@ from azure.core.exceptions import (
 )
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
-from shared.repo.backend import ObjectInfo
+from shared.repo.backend import ObjectInfo, listed_in_batches
 from shared.repo.errors import ObjectMissing, RepoError
 
-LIST_BATCH = 1000
 SINGLE_PUT = 128 << 20  # above the largest object (a 64 MiB chunk): never staged blocks
 
 
@@ -212,24 +211,14 @@ class AzureBackend:
             raise ObjectMissing(key) from None
         return ObjectInfo(key, int(props.size), props.last_modified)
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         blobs: Iterator[Any] = iter(self._client.list_blobs(name_starts_with=self.where.prefix + prefix))
         cut = len(self.where.prefix)
-
-        def batch() -> list[ObjectInfo]:
-            out: list[ObjectInfo] = []
-            for blob in blobs:
-                out.append(ObjectInfo(blob.name[cut:], int(blob.size), blob.last_modified))
-                if len(out) >= LIST_BATCH:
-                    break
-            return out
-
-        while True:
-            infos = await asyncio.to_thread(self._call, f"listing {prefix}", batch)
-            for info in infos:
-                yield info
-            if len(infos) < LIST_BATCH:
-                return
+        return listed_in_batches(
+            blobs,
+            lambda blob: ObjectInfo(blob.name[cut:], int(blob.size), blob.last_modified),
+            lambda batch: self._call(f"listing {prefix}", batch),
+        )
 
     async def delete(self, key: str) -> None:
         blob = self._client.get_blob_client(self._key(key))

@@ -9,10 +9,11 @@ or found existing durable, and *must* be called before writing an object that re
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 
 @dataclass(frozen=True)
@@ -70,3 +71,34 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+LIST_BATCH = 1000
+T = TypeVar("T")
+
+
+async def listed_in_batches(
+    items: Iterator[T],
+    convert: Callable[[T], ObjectInfo | None],
+    guard: Callable[[Callable[[], list[ObjectInfo]]], list[ObjectInfo]],
+) -> AsyncIterator[ObjectInfo]:
+    """Walk a client library's blocking, paging listing in a worker thread, LIST_BATCH items at a
+    time; `convert` makes an item an ObjectInfo (None: skip it); `guard` runs each batch and
+    turns the library's errors into the backend's."""
+
+    def batch() -> list[ObjectInfo]:
+        out: list[ObjectInfo] = []
+        for item in items:
+            info = convert(item)
+            if info is not None:
+                out.append(info)
+            if len(out) >= LIST_BATCH:
+                break
+        return out
+
+    while True:
+        infos = await asyncio.to_thread(guard, batch)
+        for info in infos:
+            yield info
+        if len(infos) < LIST_BATCH:
+            return

@@ -40,12 +40,11 @@ from minio.commonconfig import REPLACE, CopySource
 from minio.error import S3Error
 from urllib3.exceptions import HTTPError as Urllib3Error
 
-from shared.repo.backend import ObjectInfo
+from shared.repo.backend import ObjectInfo, listed_in_batches
 from shared.repo.errors import ObjectMissing, RepoError
 
 MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
 DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
-LIST_BATCH = 1000
 
 
 class S3Location:
@@ -223,30 +222,19 @@ class S3Backend:
             raise ObjectMissing(key) from None
         return ObjectInfo(key, int(st.size or 0), st.last_modified or datetime.fromtimestamp(0, UTC))
 
-    async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
-        """Every object under `prefix`, listed page by page (the server's 1000 keys each) in a
-        worker thread, a batch at a time."""
+    def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
+        """Every object under `prefix`, listed page by page (the server's 1000 keys each)."""
         objects: Iterator[Any] = self._client.list_objects(
             self.where.bucket, prefix=self.where.prefix + prefix, recursive=True
         )
         cut = len(self.where.prefix)
-
-        def batch() -> list[ObjectInfo]:
-            out: list[ObjectInfo] = []
-            for obj in objects:
-                if obj.is_dir:
-                    continue
-                out.append(ObjectInfo(obj.object_name[cut:], int(obj.size or 0), obj.last_modified))
-                if len(out) >= LIST_BATCH:
-                    break
-            return out
-
-        while True:
-            infos = await asyncio.to_thread(self._call, f"listing {prefix}", batch)
-            for info in infos:
-                yield info
-            if len(infos) < LIST_BATCH:
-                return
+        return listed_in_batches(
+            objects,
+            lambda o: (
+                None if o.is_dir else ObjectInfo(o.object_name[cut:], int(o.size or 0), o.last_modified)
+            ),
+            lambda batch: self._call(f"listing {prefix}", batch),
+        )
 
     async def delete(self, key: str) -> None:
         await asyncio.to_thread(

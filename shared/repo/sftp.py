@@ -194,6 +194,9 @@ class SFTPBackend:
         return True
 
     async def get(self, key: str, offset: int = 0, length: int | None = None) -> bytes:
+        if length == 0:
+            return b""
+
         async def run(sftp: asyncssh.SFTPClient) -> bytes:
             async with sftp.open(self._path(key), "rb") as f:
                 if offset:

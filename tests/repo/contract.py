@@ -44,6 +44,13 @@ class BackendContract:
         assert await backend.get("r", 16000) == data[16000:]
         assert await backend.get("r", len(data) - 3, 100) == data[-3:]
 
+    async def test_empty_ranges_and_ranges_of_missing_objects(self, backend: Backend) -> None:
+        with pytest.raises(ObjectMissing):
+            await backend.get("nothing", 5, 10)
+        await backend.put_if_absent("e", b"0123456789")
+        assert await backend.get("e", 10) == b""  # from the end on: nothing
+        assert await backend.get("e", 3, 0) == b""
+
     async def test_missing_objects(self, backend: Backend) -> None:
         with pytest.raises(ObjectMissing, match="nope"):
             await backend.get("nope")

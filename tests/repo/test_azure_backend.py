@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.repo import ObjectMissing, Repository
+from shared.repo import Repository
 from shared.repo.azure import AzureBackend, AzureLocation
 from shared.repo.errors import RepoError
 from tests.plugins.azurite import AzuriteServer
@@ -87,15 +87,6 @@ async def test_a_dead_or_stalled_endpoint_is_an_error(private_azurite_server: Az
     with pytest.raises(RepoError, match="cannot reach the Blob endpoint"):
         await b.get("k")
     assert time.monotonic() - t0 < 60
-
-
-async def test_missing_and_empty_ranges(azurite_server: AzuriteServer, azure_container: str) -> None:
-    b = backend_for(azurite_server, azure_container)
-    with pytest.raises(ObjectMissing):
-        await b.get("nothing", 5, 10)
-    await b.put_if_absent("r", b"0123456789")
-    assert await b.get("r", 10) == b""
-    assert await b.get("r", 3, 0) == b""
 
 
 def test_locations_are_checked() -> None:

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.repo import ObjectMissing, Repository
+from shared.repo import Repository
 from shared.repo.errors import RepoError
 from shared.repo.s3 import S3Backend
 from tests.plugins.s3 import S3Server
@@ -94,15 +94,6 @@ async def test_a_stalled_server_is_an_error_and_a_restart_is_survived(private_s3
     finally:
         private_s3_server.resume()
     assert await b.get("k") == data
-
-
-async def test_missing_and_empty_ranges(s3_server: S3Server, s3_bucket: str) -> None:
-    b = backend_for(s3_server, s3_bucket)
-    with pytest.raises(ObjectMissing):
-        await b.get("nothing", 5, 10)
-    await b.put_if_absent("r", b"0123456789")
-    assert await b.get("r", 10) == b""
-    assert await b.get("r", 3, 0) == b""
 
 
 def test_locations_are_checked() -> None:
