@@ -123,6 +123,11 @@ async def _info(repo: Repository) -> int:
                 "stored_bytes": stored,
                 "logical_bytes": logical,
                 "reduction": round(logical / stored, 2) if stored else None,
+                **(
+                    {"object_lock": await lock()}
+                    if (lock := getattr(repo.backend, "object_lock", None))
+                    else {}
+                ),
             },
             indent=2,
         )

@@ -5,13 +5,15 @@ jobs has two groups). Its policy is the job's retention, or the global default
 (`settings.retention`) when the job sets none. `preview` decides every point of every group
 (keep or remove, and the rule); `apply` removes what the preview removes: each point's manifest
 first (`Repository.forget`), then its catalog row, then a `pruned` log row; a crash in between
-leaves a catalog row whose manifest is gone, which the next prune removes. Chunks are reclaimed
-by garbage collection (`shared/repo/gc.py`), with the cut-off `gc_cutoff` gives: five minutes
-before the oldest backup still running (or before now).
+leaves a catalog row whose manifest is gone, which the next prune removes. A point whose manifest
+is still immutable (S3 Object Lock) is kept, catalog row and all, until a prune after that date.
+Chunks are reclaimed by garbage collection (`shared/repo/gc.py`), with the cut-off `gc_cutoff`
+gives: five minutes before the oldest backup still running (or before now).
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,6 +30,7 @@ from shared.retention import Decision, Point, Policy, expiries, plan
 from shared.settings import Settings
 
 GC_MARGIN = timedelta(minutes=5)
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -187,10 +190,17 @@ async def apply(
         with sessions() as s:
             return removals(s, settings, now, job_id=job_id, vm=vm)
 
+    from shared.repo.errors import ObjectLocked
+
     done: list[tuple[str, str]] = []
     for rp_id, location, reason in await asyncio.to_thread(decide):
         repo = await Repository.open(open_backend(location))
-        await repo.forget(rp_id)
+        try:
+            await repo.forget(rp_id)
+        except ObjectLocked as exc:
+            # immutable still (Object Lock): kept, catalog included; a later prune removes it
+            log.info("restore point %s is due for removal (%s) and kept: %s", rp_id, reason, exc)
+            continue
 
         def record(rp_id: str = rp_id, reason: str = reason) -> None:
             with sessions.begin() as s:

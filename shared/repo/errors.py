@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 
 class RepoError(Exception):
     """Base of every repository error."""
@@ -40,3 +42,13 @@ class ManifestError(RepoError):
 
 class StorageFull(RepoError):
     """The backend has no space left; nothing partial was made visible."""
+
+
+class ObjectLocked(RepoError):
+    """An object is immutable (S3 Object Lock) and cannot be removed before `until`."""
+
+    def __init__(self, key: str, until: datetime | None) -> None:
+        when = f"until {until:%Y-%m-%d %H:%M} UTC" if until else "by the bucket's retention rules"
+        super().__init__(f"object {key} is immutable {when} (Object Lock): it can be removed after that")
+        self.key = key
+        self.until = until

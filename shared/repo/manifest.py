@@ -91,6 +91,9 @@ class RestorePoint(Model):
     parent: str | None = None
     disks: tuple[DiskEntry, ...] = ()
     files: tuple[FileEntry, ...] = ()
+    immutable_until: datetime | None = Field(
+        default=None, description="Object Lock: every object of this point is retained at least until then"
+    )
 
     def chunk_ids(self) -> set[str]:
         ids: set[str] = set()

@@ -7,6 +7,10 @@
 Order of writes: chunks, then `flush()` (chunks durable), then the manifest, durably. A manifest
 therefore never names a chunk that a crash could have lost, and a restore point is visible only
 once it is complete.
+
+On a backend that keeps objects immutable (S3 Object Lock, `immutable_days` in the location), a
+commit also makes sure every object the restore point needs is retained for `immutable_days`
+from now, and records the date in the manifest (`immutable_until`); see `_keep_immutable`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,8 @@ import asyncio
 import json
 import secrets
 import uuid
-from datetime import UTC, datetime
-from typing import Literal
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -76,6 +80,7 @@ class Repository:
     async def init(cls, backend: Backend, chunk_size: int = DEFAULT_CHUNK_SIZE) -> Repository:
         if chunk_size <= 0 or chunk_size > chunks.MAX_PLAIN or chunk_size % 4096:
             raise ValueError(f"chunk size {chunk_size} must be a multiple of 4096 up to 64 MiB")
+        await _check_immutability(backend)
         config = RepoConfig(id=uuid.uuid4().hex, chunk_size=chunk_size, created=datetime.now(UTC))
         body = config.model_dump_json(indent=1).encode()
         if not await backend.put_if_absent(CONFIG_KEY, body, durable=True):
@@ -103,9 +108,11 @@ class Repository:
                 f" this vbm reads version {VERSION} only: use a vbm that knows that version"
             )
         try:
-            return cls(backend, RepoConfig.model_validate(data))
+            config = RepoConfig.model_validate(data)
         except ValidationError as exc:
             raise NotARepository(f"{backend.location}: bad config object: {exc.errors()[0]['msg']}") from None
+        await _check_immutability(backend)
+        return cls(backend, config)
 
     # chunks
     async def has_chunk(self, chunk_id: str) -> bool:
@@ -126,14 +133,44 @@ class Repository:
             raise ChunkError(chunk_id, exc.problem, restore_point) from None
 
     # restore points
-    async def commit(self, rp: RestorePoint) -> None:
-        """Make `rp` visible: its chunks durable first, then its manifest, durably."""
+    async def commit(self, rp: RestorePoint) -> RestorePoint:
+        """Make `rp` visible: its chunks durable first, then its manifest, durably. Returns it as
+        committed (with `immutable_until` on an immutable backend)."""
         await self.backend.flush()
+        if getattr(self.backend, "immutable_days", 0):
+            rp = await self._keep_immutable(rp)
         body = manifest.dump(rp)
         if not await self.backend.put_if_absent(manifest_key(rp.id), body, durable=True):
             existing = await self.backend.get(manifest_key(rp.id))
             if existing != body:
                 raise ManifestError(f"restore point {rp.id} already exists with other content")
+        return rp
+
+    async def _keep_immutable(self, rp: RestorePoint) -> RestorePoint:
+        """Every chunk a writer stored or relied on got at least `lock_until(started)` (see
+        shared/repo/s3.py); inherited windows have their parent's `immutable_until`. When the
+        lesser of those is N days from now or later, nothing more is needed; otherwise (a new
+        generation, a full, a parent from before immutability) every chunk of the point and the
+        config are extended to `lock_until(now)`."""
+        backend: Any = self.backend
+        now: datetime = backend.now()
+        need = now + timedelta(days=backend.immutable_days)
+        held: datetime | None = backend.lock_until(rp.started)
+        if rp.parent:
+            try:
+                parent = await self.load(rp.parent)
+            except ManifestError:
+                parent = None
+            inherited = parent.immutable_until if parent is not None else None
+            held = min(held, inherited) if held and inherited else None
+        else:
+            held = None  # a full: some windows may have been found stored by other chains
+        if held is not None and held >= need:
+            return rp.model_copy(update={"immutable_until": held})
+        until: datetime = backend.lock_until(now)
+        keys = [chunk_key(c) for c in sorted(rp.chunk_ids())]
+        await backend.retain([*keys, CONFIG_KEY], until)
+        return rp.model_copy(update={"immutable_until": until})
 
     async def restore_point_ids(self) -> list[str]:
         ids = [info.key.split("/", 1)[1] async for info in self.backend.list("manifests/")]
@@ -149,3 +186,9 @@ class Repository:
     async def forget(self, rp_id: str) -> None:
         """Remove a restore point's manifest (its chunks stay until garbage collection)."""
         await self.backend.delete(manifest_key(rp_id))
+
+
+async def _check_immutability(backend: Backend) -> None:
+    check = getattr(backend, "check_immutability", None)
+    if check is not None:
+        await check()

@@ -20,17 +20,38 @@ How the contract (`shared/repo/backend.py`) maps onto S3:
   deduplicated against that very chunk then misses it, and the verification that follows every
   backup reports the restore point damaged (it never looks complete while it is not); the next
   backup stores the chunk again.
+- Immutability (`?immutable_days=N[&lock_mode=governance]`, see "Object Lock" below).
 - Retries: urllib3 retries connection errors and 5xx/429 answers with backoff (5 tries); a
   transfer that stalls longer than `timeout` is an error; refused credentials and a missing
   bucket are errors at once, saying what to check.
+
+Object Lock. With `immutable_days=N` in the location, the bucket must have Object Lock enabled
+(checked when the repository is opened; a bucket without it is an error that says so). Chunks,
+manifests and the config object are then written with a retention date (COMPLIANCE mode unless
+`lock_mode=governance`) that nobody, vbm included, can shorten or delete before:
+- the date is `now + N days` rounded up to a *generation* boundary (min(N, 10) days, counted from
+  the epoch), so an object relied on again is extended at most once per generation;
+- `exists` (a writer relying on a chunk) extends the found version to the current generation
+  instead of refreshing it by a copy (a copy would make a new version in the versioned bucket);
+- a commit extends every chunk of the restore point when its parent's lock ends sooner than
+  N days from now (`Repository.commit`): in steady state once per generation per chain;
+- deletes remove the *version* (a plain DELETE would only add a delete marker); a locked one is
+  refused by the server: `delete` raises ObjectLocked, garbage collection leaves it for later.
+  Since a writer extends what it relies on before the server would let GC delete it, the race
+  described for `delete_if_unused_since` above cannot happen in a locked repository.
+- `locks/` objects (the GC lock) are written without retention.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import math
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -38,12 +59,16 @@ import urllib3
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
 from minio.error import S3Error
+from minio.retention import Retention
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from shared.repo.backend import ObjectInfo, listed_in_batches
-from shared.repo.errors import ObjectMissing, RepoError
+from shared.repo.errors import ObjectLocked, ObjectMissing, RepoError
 
 MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
+LOCKED_PREFIXES = ("chunks/", "manifests/")
+MAX_GENERATION_DAYS = 10
 DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
 
 
@@ -69,6 +94,17 @@ class S3Location:
         self.secure = query.get("tls", "true").lower() not in ("false", "0", "no")
         self.region = query.get("region")
         self.location = location
+        days = query.get("immutable_days", "0")
+        if not days.isdigit() or int(days) > 36500:
+            raise ValueError(
+                f"{location!r}: immutable_days must be a whole number of days (0: off), not {days!r}"
+            )
+        self.immutable_days = int(days)
+        self.lock_mode = query.get("lock_mode", "compliance").upper()
+        if self.lock_mode not in LOCK_MODES:
+            raise ValueError(
+                f"{location!r}: lock_mode must be compliance or governance, not {self.lock_mode!r}"
+            )
 
 
 class S3Backend:
@@ -86,6 +122,9 @@ class S3Backend:
         self.where = S3Location(location)
         self.location = location
         self.refresh_after = refresh_after
+        self.immutable_days = self.where.immutable_days
+        self.retained = 0  # retention extensions made (Object Lock)
+        self._lock_checked = False
         self._clock = clock or (lambda: datetime.now(UTC))
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(10.0, timeout), read=timeout),
@@ -145,6 +184,11 @@ class S3Backend:
             "If-None-Match": "*",
             "Content-Length": str(len(data)),
         }
+        until = self.lock_until() if self._locks(key) else None
+        if until is not None:
+            headers["x-amz-object-lock-mode"] = self.where.lock_mode
+            headers["x-amz-object-lock-retain-until-date"] = _iso(until)
+            headers["Content-MD5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
         try:
             self._client._put_object(self.where.bucket, name, data, headers=headers)
             return True
@@ -194,6 +238,16 @@ class S3Backend:
             )
         except ObjectMissing:
             return False
+        if self._locks(key):
+            want = self.lock_until()
+            assert want is not None
+            current = _retained_until(st)
+            if current is None or current < want:
+                try:
+                    self._retain_version(key, st.version_id, want)
+                except ObjectMissing:
+                    return False  # garbage collection took it a moment ago: the caller stores it again
+            return True
         if st.last_modified is not None and st.last_modified < self._clock() - self.refresh_after:
             try:
                 self._refresh(key)
@@ -237,11 +291,39 @@ class S3Backend:
         )
 
     async def delete(self, key: str) -> None:
+        if self.immutable_days:
+            await asyncio.to_thread(self._delete_version, key)
+            return
         await asyncio.to_thread(
             self._call,
             f"deleting {key}",
             lambda: self._client.remove_object(self.where.bucket, self._key(key)),
         )
+
+    def _delete_version(self, key: str) -> None:
+        """In a locked (so versioned) bucket: remove the object's versions, not hide them."""
+        name = self._key(key)
+        while True:
+            try:
+                st = self._call(f"checking {key}", lambda: self._client.stat_object(self.where.bucket, name))
+            except ObjectMissing:
+                return
+            version: str | None = st.version_id
+            try:
+                self._call(
+                    f"deleting {key}",
+                    partial(self._client.remove_object, self.where.bucket, name, version_id=version),
+                )
+            except ObjectMissing:
+                return
+            except RepoError:
+                until = _retained_until(st)
+                held = st.metadata.get("x-amz-object-lock-legal-hold") == "ON"
+                if held or (until is not None and until > self._clock()):
+                    raise ObjectLocked(key, until) from None
+                raise
+            if not st.version_id:
+                return
 
     async def delete_if_unused_since(self, key: str, cutoff: datetime) -> int | None:
         return await asyncio.to_thread(self._delete_if_unused, key, cutoff)
@@ -254,11 +336,22 @@ class S3Backend:
             return None
         if st.last_modified is None or st.last_modified >= cutoff:
             return None
+        query: dict[str, str | list[str] | tuple[str]] = {}
+        if self.immutable_days:
+            until = _retained_until(st)
+            if until is not None and until > self._clock():
+                return None  # immutable still (and so relied on: a writer extends what it reuses)
+            if st.version_id:
+                query["versionId"] = st.version_id  # remove it, not hide it behind a delete marker
         try:
-            self._client._execute("DELETE", self.where.bucket, name, headers={"If-Match": f'"{st.etag}"'})
+            self._client._execute(
+                "DELETE", self.where.bucket, name, headers={"If-Match": f'"{st.etag}"'}, query_params=query
+            )
         except S3Error as exc:
-            if exc.code in ("PreconditionFailed", *MISSING):
+            if exc.code in ("PreconditionFailed", *MISSING, "NoSuchVersion"):
                 return None  # stored again with other content since, or gone
+            if self.immutable_days and exc.code == "AccessDenied":
+                return None  # a writer extended its retention since the HEAD: it is relied on
             raise self._error(exc, f"deleting {key}") from None
         except (Urllib3Error, OSError) as exc:
             raise self._error(exc, f"deleting {key}") from None
@@ -267,8 +360,126 @@ class S3Backend:
     async def flush(self) -> None:
         return None  # an answered PUT is durable
 
+    # --- Object Lock ------------------------------------------------------------------------
+
+    def now(self) -> datetime:
+        """The time retention dates are counted from (the backend's clock)."""
+        return self._clock()
+
+    def _locks(self, key: str) -> bool:
+        return bool(self.immutable_days) and (key == "config" or key.startswith(LOCKED_PREFIXES))
+
+    def lock_until(self, now: datetime | None = None) -> datetime | None:
+        """The retention date objects written or relied on now get: `immutable_days` from now,
+        rounded up to the next generation boundary; None when the location asks for none."""
+        if not self.immutable_days:
+            return None
+        generation = min(self.immutable_days, MAX_GENERATION_DAYS) * 86400
+        end = ((now or self._clock()) + timedelta(days=self.immutable_days)).timestamp()
+        return datetime.fromtimestamp(math.ceil(end / generation) * generation, UTC)
+
+    def _retain_version(self, key: str, version_id: str | None, until: datetime) -> None:
+        self._call(
+            f"extending the retention of {key}",
+            lambda: self._client.set_object_retention(
+                self.where.bucket,
+                self._key(key),
+                Retention(self.where.lock_mode, until),
+                version_id=version_id,
+            ),
+        )
+        self.retained += 1
+
+    async def retain(self, keys: Sequence[str], until: datetime, concurrency: int = 16) -> int:
+        """Extend every object's retention to at least `until` (never shorten it); how many
+        were extended. A missing object is an error: the caller relies on all of them."""
+
+        def one(key: str) -> bool:
+            try:
+                st = self._call(
+                    f"checking {key}", lambda: self._client.stat_object(self.where.bucket, self._key(key))
+                )
+            except ObjectMissing:
+                raise RepoError(f"{self.location}: {key} is missing: it cannot be kept immutable") from None
+            current = _retained_until(st)
+            if current is not None and current >= until:
+                return False
+            self._retain_version(key, st.version_id, until)
+            return True
+
+        sem = asyncio.Semaphore(concurrency)
+
+        async def bounded(key: str) -> bool:
+            async with sem:
+                return await asyncio.to_thread(one, key)
+
+        return sum(await asyncio.gather(*(bounded(k) for k in keys)))
+
+    async def check_immutability(self) -> None:
+        """With `immutable_days`, the bucket must have Object Lock: RepoError saying so if not."""
+        if not self.immutable_days or self._lock_checked:
+            return
+        status = await self.object_lock()
+        if not status["bucket_lock"]:
+            raise RepoError(
+                f"s3://{self.where.endpoint}/{self.where.bucket}: the location asks for immutable restore"
+                f" points (immutable_days={self.immutable_days}), and {status['detail']}: use a bucket"
+                " created with Object Lock enabled (most servers cannot enable it later), or remove"
+                " immutable_days from the location"
+            )
+        self._lock_checked = True
+
+    async def object_lock(self) -> dict[str, Any]:
+        """What the bucket offers and what this location uses, for `vbm repo info`."""
+
+        def ask() -> dict[str, Any]:
+            out: dict[str, Any] = {
+                "immutable_days": self.immutable_days,
+                "mode": self.where.lock_mode if self.immutable_days else None,
+            }
+            try:
+                config = self._client.get_object_lock_config(self.where.bucket)
+            except S3Error as exc:
+                if exc.code in ("ObjectLockConfigurationNotFoundError", "InvalidRequest"):
+                    return {
+                        **out,
+                        "bucket_lock": False,
+                        "detail": f"bucket {self.where.bucket} has no Object Lock",
+                    }
+                if exc.code in ("NotImplemented", "MethodNotAllowed"):
+                    return {
+                        **out,
+                        "bucket_lock": False,
+                        "detail": "this S3 server does not support Object Lock",
+                    }
+                raise self._error(exc, "reading the bucket's Object Lock configuration") from None
+            except (Urllib3Error, OSError) as exc:
+                raise self._error(exc, "reading the bucket's Object Lock configuration") from None
+            default = f"{config.mode} {config.duration} {config.duration_unit}" if config.mode else None
+            detail = "bucket has Object Lock"
+            if default:
+                detail += f" with a default retention ({default}): every object is locked, vbm's GC lock too"
+            return {**out, "bucket_lock": True, "default_retention": default, "detail": detail}
+
+        return await asyncio.to_thread(ask)
+
     async def usage(self) -> tuple[int | None, int | None]:
         return None, None  # a bucket has no capacity to report
 
     async def close(self) -> None:
         self._http.clear()
+
+
+def _iso(when: datetime) -> str:
+    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _retained_until(st: Any) -> datetime | None:
+    """The retention date a HEAD answer carries (None: no retention)."""
+    raw = (st.metadata or {}).get("x-amz-object-lock-retain-until-date")
+    if not raw:
+        return None
+    try:
+        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        return None

@@ -1,0 +1,179 @@
+"""Immutable restore points on S3 Object Lock (SeaweedFS): detection, retention on every object a
+point needs, extension once per generation, deletes refused until the date, GC and prune waiting."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from minio.error import S3Error
+
+from shared.repo import ObjectLocked, RepoError, Repository, Writer, restore_point
+from shared.repo.gc import collect
+from shared.repo.manifest import DiskEntry
+from shared.repo.repository import CONFIG_KEY, chunk_key, manifest_key
+from shared.repo.s3 import S3Backend
+from tests.plugins.s3 import S3Server
+from tests.repo.conftest import BytesSource, make_image
+
+CS = 64 * 1024
+
+
+@pytest.fixture
+def locked_bucket(s3_server: S3Server) -> Iterator[str]:
+    """A bucket created with Object Lock (its locked objects outlive the test: the session's
+    server and its data dir are thrown away at the end)."""
+    name = f"vbm-lock-{uuid.uuid4().hex[:12]}"
+    s3_server.client().make_bucket(name, object_lock=True)
+    yield name
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def backend_for(server: S3Server, bucket: str, days: int = 1, **kw: object) -> S3Backend:
+    location = f"s3://{server.endpoint}/{bucket}/repo?tls=false&immutable_days={days}"
+    return S3Backend(location, server.access_key, server.secret_key, **kw)  # type: ignore[arg-type]
+
+
+def retained(server: S3Server, bucket: str, key: str) -> datetime:
+    r = server.client().get_object_retention(bucket, f"repo/{key}")
+    assert r is not None and r.mode == "COMPLIANCE", key
+    until = r.retain_until_date
+    assert until is not None
+    return until
+
+
+async def backup(
+    writer: Writer,
+    data: bytes,
+    clock: Clock,
+    parent: tuple[str, DiskEntry] | None = None,
+    changed: list[tuple[int, int]] | None = None,
+) -> tuple[str, DiskEntry]:
+    disk, _ = await writer.write_disk(
+        BytesSource(data), key=2000, capacity=len(data), file="web/web-flat.vmdk",
+        parent=parent[1] if parent else None, parent_id=parent[0] if parent else None, changed=changed,
+    )  # fmt: skip
+    rp = restore_point(
+        vm_name="web",
+        started=clock.now,
+        finished=clock.now,
+        disks=[disk],
+        parent=parent[0] if parent else None,
+    )
+    committed = await writer.repo.commit(rp)
+    assert committed.immutable_until is not None
+    assert committed.immutable_until >= clock.now + timedelta(days=1)
+    assert (await writer.repo.load(rp.id)).immutable_until == committed.immutable_until
+    return rp.id, disk
+
+
+async def test_a_bucket_without_object_lock_is_refused_and_info_says_what_it_offers(
+    s3_server: S3Server, s3_bucket: str, locked_bucket: str
+) -> None:
+    with pytest.raises(RepoError, match=rf"immutable_days=30\), and bucket {s3_bucket} has no Object Lock"):
+        await Repository.init(backend_for(s3_server, s3_bucket, days=30))
+    assert not list(s3_server.client().list_objects(s3_bucket, recursive=True))  # nothing written
+
+    plain = await backend_for(s3_server, s3_bucket, days=0).object_lock()
+    assert plain["bucket_lock"] is False and plain["immutable_days"] == 0
+    locked = await backend_for(s3_server, locked_bucket, days=7).object_lock()
+    assert locked == {
+        "immutable_days": 7, "mode": "COMPLIANCE", "bucket_lock": True, "default_retention": None,
+        "detail": "bucket has Object Lock",
+    }  # fmt: skip
+    with pytest.raises(ValueError, match="immutable_days must be a whole number"):
+        backend_for(s3_server, locked_bucket, days=-1)
+
+
+async def test_every_object_of_a_point_is_immutable_and_deletes_wait_for_the_date(
+    s3_server: S3Server, locked_bucket: str
+) -> None:
+    clock = Clock()
+    b = backend_for(s3_server, locked_bucket, clock=clock)
+    repo = await Repository.init(b, chunk_size=CS)
+    writer = Writer(repo)
+    try:
+        rp_id, _ = await backup(writer, make_image(8 * CS, seed=1), clock)
+    finally:
+        writer.close()
+    rp = await repo.load(rp_id)
+    floor = clock.now + timedelta(days=1)
+    keys = [chunk_key(c) for c in rp.chunk_ids()] + [manifest_key(rp_id), CONFIG_KEY]
+    assert len(keys) > 3
+    for key in keys:
+        assert retained(s3_server, locked_bucket, key) >= floor
+
+    client = s3_server.client()
+    victim = f"repo/{chunk_key(sorted(rp.chunk_ids())[0])}"
+    version = client.stat_object(locked_bucket, victim).version_id
+    with pytest.raises(S3Error) as refused:  # what ransomware with the keys would try
+        client.remove_object(locked_bucket, victim, version_id=version)
+    assert refused.value.code == "AccessDenied"
+
+    with pytest.raises(ObjectLocked, match=rf"object manifests/{rp_id} is immutable until 20"):
+        await repo.forget(rp_id)
+    assert await repo.restore_point_ids() == [rp_id]
+
+    # an orphan written without retention goes for good (no version left behind); a locked
+    # orphan waits for its date; the GC lock (never retained) is removed as always
+    orphan, locked_orphan = chunk_key("ab" * 32), chunk_key("cd" * 32)
+    client.put_object(locked_bucket, f"repo/{orphan}", io.BytesIO(b"x"), 1)
+    await b.put_if_absent(locked_orphan, b"y")
+    report = await collect(repo, cutoff=clock.now + timedelta(hours=1))
+    assert report.removed == ["ab" * 32] and report.chunks_spared_young == 1
+    assert [
+        v.version_id
+        for v in client.list_objects(locked_bucket, prefix=f"repo/{orphan}", include_version=True)
+    ] == []
+    assert not list(client.list_objects(locked_bucket, prefix="repo/locks/", include_version=True))
+    assert await b.exists(locked_orphan)
+
+
+async def test_reuse_within_a_generation_extends_nothing_and_a_new_generation_extends_all(
+    s3_server: S3Server, locked_bucket: str
+) -> None:
+    clock = Clock()
+    b = backend_for(s3_server, locked_bucket, clock=clock)  # 1 day: a generation is a day
+    repo = await Repository.init(b, chunk_size=CS)
+    writer = Writer(repo)
+    data = bytearray(make_image(16 * CS, seed=2))
+    try:
+        first = await backup(writer, bytes(data), clock)
+        before = b.retained
+        data[3 * CS : 3 * CS + 10] = b"0123456789"
+        second = await backup(writer, bytes(data), clock, parent=first, changed=[(3 * CS, 10)])
+        assert b.retained == before  # the inherited windows hold their parent's date: no request
+
+        clock.now += timedelta(days=1, seconds=1)  # the next generation
+        data[5 * CS : 5 * CS + 10] = b"9876543210"
+        third_id, third = await backup(writer, bytes(data), clock, parent=second, changed=[(5 * CS, 10)])
+    finally:
+        writer.close()
+    inherited = third.chunk_ids() & first[1].chunk_ids()
+    assert b.retained >= len(inherited) > 5
+    want = b.lock_until(clock.now)
+    assert want is not None
+    for cid in third.chunk_ids():
+        assert retained(s3_server, locked_bucket, chunk_key(cid)) == want
+    assert retained(s3_server, locked_bucket, CONFIG_KEY) == want
+    assert (await repo.load(third_id)).immutable_until == want
+
+
+def test_locations_are_checked() -> None:
+    with pytest.raises(ValueError, match="lock_mode must be compliance or governance"):
+        S3Backend("s3://h/b?immutable_days=3&lock_mode=strict", "a", "s")
+    b = S3Backend("s3://h/b?immutable_days=30&lock_mode=governance", "a", "s")
+    assert b.where.lock_mode == "GOVERNANCE"
+    until = b.lock_until(datetime(2026, 11, 26, 12, tzinfo=UTC))
+    assert until is not None and until >= datetime(2026, 12, 26, 12, tzinfo=UTC)
+    assert until.timestamp() % (10 * 86400) == 0  # generations of 10 days for long periods
