@@ -21,12 +21,14 @@ def add_parsers(sub: Any) -> None:
     p.add_argument("--vm", help="only this VM (name or moref)")
     g = sub.add_parser("gc", help="reclaim chunks no restore point references (after prune)")
     g.add_argument("--dry-run", action="store_true", help="count what would be freed, delete nothing")
-    g.add_argument("--repository", help="default: every repository in the catalog")
+    g.add_argument(
+        "--repository", help="default: every repository in the catalog, and the secondaries copies went to"
+    )
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from shared.db import make_engine, make_sessionmaker, upgrade
-    from shared.db.models import RestorePointRow
+    from shared.db.models import Replication, RestorePointRow
     from shared.repo import RepoError
 
     engine = make_engine(settings.db_url)
@@ -56,6 +58,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         with sessions() as s:
             locations = [args.repository] if args.repository else sorted(
                 set(s.scalars(select(RestorePointRow.repository).distinct()))
+                | set(s.scalars(select(Replication.target).distinct()))
             )  # fmt: skip
         for location in locations:
             try:

@@ -167,8 +167,13 @@ def record_pruned(session: Session, rp_id: str, reason: str, now: datetime) -> N
 
 
 def gc_cutoff(session: Session, now: datetime) -> datetime:
-    """Five minutes before the oldest backup task still running (or before now)."""
-    running = session.scalars(select(Task.created_at).where(Task.state.not_in(TASK_FINAL))).all()
+    """Five minutes before the oldest backup task or copy to a secondary still running (or now)."""
+    from shared.db.models import Replication
+
+    running = list(session.scalars(select(Task.created_at).where(Task.state.not_in(TASK_FINAL))))
+    running += session.scalars(
+        select(Replication.created_at).where(Replication.state.in_(("pending", "running")))
+    )
     oldest = min([now, *(_aware(t) for t in running)])
     return oldest - GC_MARGIN
 
@@ -208,7 +213,59 @@ async def apply(
 
         await asyncio.to_thread(record)
         done.append((rp_id, reason))
+    await forget_copies(sessions)
     return done
+
+
+async def forget_copies(sessions: Any) -> list[tuple[str, str]]:
+    """Copies follow their restore point: a copy (replication row) whose point left the catalog
+    is removed from its secondary repository, then its row; a copy still immutable there stays
+    for a later prune, a secondary that cannot be reached too. Returns (restore point, target)
+    of each copy removed."""
+    import asyncio
+
+    from shared.db.models import Replication
+    from shared.repo import Repository
+    from shared.repo.errors import ObjectLocked, RepoError
+    from shared.repo.locations import open_backend
+
+    def orphans() -> list[tuple[str, str, str, str]]:
+        with sessions() as s:
+            listed = set(s.scalars(select(RestorePointRow.id)))
+            rows = s.scalars(select(Replication).where(Replication.state.in_(("done", "failed"))))
+            return [
+                (r.id, r.restore_point_id, r.target, r.state)
+                for r in rows
+                if r.restore_point_id not in listed
+            ]
+
+    removed: list[tuple[str, str]] = []
+    for rep_id, rp_id, target, state in await asyncio.to_thread(orphans):
+        if state == "done":  # a failed copy has no manifest there; its chunks are GC's
+            try:
+                repo = await Repository.open(open_backend(target))
+                try:
+                    await repo.forget(rp_id)
+                finally:
+                    await repo.backend.close()
+            except ObjectLocked as exc:
+                log.info("the copy of %s in %s is due for removal and kept: %s", rp_id, target, exc)
+                continue
+            except (RepoError, OSError) as exc:
+                log.warning(
+                    "the copy of %s in %s could not be removed (next prune retries): %s", rp_id, target, exc
+                )
+                continue
+
+        def drop(rep_id: str = rep_id) -> None:
+            with sessions.begin() as s:
+                row = s.get(Replication, rep_id)
+                if row is not None:
+                    s.delete(row)
+
+        await asyncio.to_thread(drop)
+        removed.append((rp_id, target))
+    return removed
 
 
 async def collect_garbage(sessions: Any, location: str, now: datetime, *, dry_run: bool = False) -> Any:

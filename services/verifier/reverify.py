@@ -35,9 +35,16 @@ from shared.runtime import Context
 log = logging.getLogger(__name__)
 
 
-def repositories(ctx: Context) -> list[str]:
+def repositories(ctx: Context, copies: bool = False) -> list[str]:
+    """Every repository the catalog names; with `copies`, the secondaries copies went to too
+    (collected and measured, not re-read on schedule: an off-site read costs egress)."""
+    from shared.db.models import Replication
+
     with ctx.sessions() as s:
-        return sorted(set(s.scalars(select(RestorePointRow.repository).distinct())))
+        found = set(s.scalars(select(RestorePointRow.repository).distinct()))
+        if copies:
+            found |= set(s.scalars(select(Replication.target).distinct()))
+        return sorted(found)
 
 
 def claim(ctx: Context, location: str, now: datetime) -> tuple[int, int, datetime] | None:
@@ -175,7 +182,7 @@ async def gc_loop(deps: Deps) -> None:
             await asyncio.wait_for(ctx.stop.wait(), ctx.settings.verify.gc_seconds)
         if ctx.stop.is_set():
             return
-        for location in await asyncio.to_thread(repositories, ctx):
+        for location in await asyncio.to_thread(repositories, ctx, True):
             try:
                 report = await prune.collect_garbage(ctx.sessions, location, ctx.clock())
             except GCBusy as exc:
@@ -198,7 +205,9 @@ async def usage_loop(deps: Deps) -> None:
     ctx = deps.ctx
     while not ctx.stop.is_set():
         try:
-            locations = set(await asyncio.to_thread(repositories, ctx)) | {ctx.settings.repository_location}
+            locations = set(await asyncio.to_thread(repositories, ctx, True)) | {
+                ctx.settings.repository_location
+            }
             for location in sorted(locations):
                 try:
                     measured = await usage.measure(location)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 import time
 from collections.abc import Callable
 
@@ -148,4 +150,54 @@ async def test_a_mover_killed_mid_copy_is_taken_over_and_nothing_is_sent_twice(
     assert rep.chunks_sent == len(wanted) - partial  # the second attempt sent only what was missing
     copy = await Repository.open(S3Backend(s3, s3_server.access_key, s3_server.secret_key))
     assert (await copy.load(rp.id)).chunk_ids() == wanted
+    p.assert_clean()
+
+
+async def test_copies_follow_retention_and_gc_reclaims_the_secondary(
+    pipeline_factory: Callable[..., Pipeline],
+) -> None:
+    p = pipeline_factory()
+    secondary = p.repo_dir.parent / "secondary"
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    job = p.create_job(
+        "keep1", ["web"], retention={"keep_last": 1}, options={"replicate_to": [str(secondary)]}
+    )
+    run1 = await p.run_job(job)
+    assert (await p.wait_run(run1)).state == "succeeded", p.dump(run1)
+    (rp1,) = p.restore_points(run1)
+    await wait_replications(p, rp1.id, 1)
+    copy = await Repository.open(LocalBackend(secondary))
+    ids1 = (await copy.load(rp1.id)).chunk_ids()
+
+    p.lab.guest_write("web", 2000, 0, b"new data in the first window" * 1000)
+    run2 = await p.run_job(job)
+    assert (await p.wait_run(run2)).state == "succeeded", p.dump(run2)
+    (rp2,) = p.restore_points(run2)
+    await wait_replications(p, rp2.id, 1)
+    # the prune after rp2's verify, or at the latest this one, removes rp1 and then its copy
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "prune", env=p.env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert await copy.restore_point_ids() == [rp2.id]
+    with p.sessions() as s:
+        assert [r.restore_point_id for r in s.scalars(select(Replication))] == [rp2.id]
+
+    only1 = ids1 - (await copy.load(rp2.id)).chunk_ids()
+    assert only1
+    old = time.time() - 900  # as if the GC ran a quarter of an hour later
+    for f in (secondary / "chunks").rglob("*"):
+        os.utime(f, (old, old))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "gc", env=p.env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert (
+        f"{secondary}: 1 restore points, " in out.decode() and f"freed {len(only1)} chunks" in out.decode()
+    ), out
+    assert all(not (secondary / "chunks" / c[:2] / c).exists() for c in only1)
     p.assert_clean()
