@@ -3,7 +3,7 @@
 job create --name N --vcenter V --vm NAME_OR_MOREF... [--schedule S] [--no-cbt] [--quiesce]
 job list | job run NAME_OR_ID
 run list [--job J] | run watch RUN_ID     live progress until the run ends (exit 0: succeeded)
-backups ls [--vm VM] [--job J]
+backups ls [--vm VM] [--job J] | backups copies [--state S] [--restore-point ID]
 apikey create NAME | list | revoke NAME
 
 The same functions as the REST API (shared.jobstore, shared.runstore, shared.apikeys).
@@ -23,7 +23,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import apikeys, jobstore, runstore
-from shared.cli_runs import backups_ls, run_list, watch, when
+from shared.cli_runs import backups_ls, copies_ls, run_list, watch, when
 from shared.jobs import JobSpec
 from shared.jobstore import iso
 from shared.runtime import utcnow
@@ -70,6 +70,10 @@ def add_parsers(sub: Any) -> None:
     ls.add_argument("--vm", help="VM name or moref")
     ls.add_argument("--job", help="job id or name")
     ls.add_argument("--limit", type=int, default=50)
+    copies = b_acts.add_parser("copies", help="copies to secondary repositories (replication), newest first")
+    copies.add_argument("--state", choices=("pending", "running", "done", "failed"))
+    copies.add_argument("--restore-point", help="only the copies of this restore point")
+    copies.add_argument("--limit", type=int, default=50)
     verify = b_acts.add_parser("verify", help="verify a restore point now (every chunk read)")
     _verify_args(verify)
     _verify_args(sub.add_parser("verify", help="verify a restore point now (same as: backups verify)"))
@@ -190,6 +194,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         return run_list(sessions, args.job, args.limit)
     if args.command == "verify" or (args.command == "backups" and action == "verify"):
         return _verify(args, sessions)
+    if args.command == "backups" and action == "copies":
+        return copies_ls(sessions, args.state, args.restore_point, args.limit)
     if args.command == "backups":
         return backups_ls(sessions, args.vm, args.job, args.limit)
     return _apikey(str(action), args, sessions)

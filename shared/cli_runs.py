@@ -1,4 +1,4 @@
-"""`vbm run watch|list`, `vbm backups ls`: runs and the catalog on the terminal.
+"""`vbm run watch|list`, `vbm backups ls|copies`: runs and the catalog on the terminal.
 
 `vbm run watch RUN_ID` shows a run's tasks as progress bars, refreshed from the database.
 
@@ -112,3 +112,22 @@ def backups_ls(sessions: sessionmaker[Session], vm: str | None, job: str | None,
         )
     print(f"{len(views)} of {total} restore points", file=sys.stderr)
     return 0
+
+
+def copies_ls(sessions: sessionmaker[Session], state: str | None, rp: str | None, limit: int) -> int:
+    """Copies to secondary repositories: state, bytes sent, when; the error of a failed try."""
+    from shared import replication
+
+    with sessions() as s:
+        total, views = replication.listing(s, limit, state=state, restore_point=rp)
+    print(f"{'restore point':<32} {'state':<8} {'tries':>5} {'sent':>10} {'when':<21} target")
+    for c in views:
+        at = c["finished_at"] or c["next_try_at"] or c["updated_at"]
+        print(
+            f"{c['restore_point_id']:<32} {c['state']:<8} {c['attempts']:>5}"
+            f" {human_bytes(c['bytes_sent']):>10} {when(at):<21} {c['target']}"
+        )
+        if c["error"] and c["state"] != "done":
+            print(f"{'':<32} {'':<8} last error: {c['error']}")
+    print(f"{len(views)} of {total} copies", file=sys.stderr)
+    return 1 if any(c["state"] == "failed" for c in views) else 0

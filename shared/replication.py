@@ -16,7 +16,7 @@ import hashlib
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.contracts import ReplicateRequested
@@ -72,6 +72,31 @@ def due(session: Session, now: datetime, stalled: timedelta) -> int:
         stage(session, event, now)
         sent += 1
     return sent
+
+
+STATES = ("pending", "running", "done", "failed")
+
+
+def listing(
+    session: Session,
+    limit: int,
+    offset: int = 0,
+    *,
+    state: str | None = None,
+    restore_point: str | None = None,
+) -> tuple[int, list[dict[str, Any]]]:
+    """(total, views) of copies newest first, of one state and/or one restore point; the API's
+    `GET /api/v1/replications` and `vbm backups copies`."""
+    if state is not None and state not in STATES:
+        raise ValueError(f"{state!r} is not pending, running, done or failed")
+    query = select(Replication)
+    if state:
+        query = query.where(Replication.state == state)
+    if restore_point:
+        query = query.where(Replication.restore_point_id == restore_point)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Replication.created_at.desc()).limit(limit).offset(offset))
+    return total, [view(r) for r in rows]
 
 
 def view(rep: Replication) -> dict[str, Any]:

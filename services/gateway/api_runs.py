@@ -64,20 +64,13 @@ async def list_replications(request: web.Request) -> web.Response:
     q = request.query
     page = runstore.Page.parse(q.get("limit"), q.get("offset"))
     state = q.get("state")
-    if state is not None and state not in ("pending", "running", "done", "failed"):
+    if state is not None and state not in replication.STATES:
         raise Invalid("state", f"{state!r} is not pending, running, done or failed")
 
     def work(session: Session) -> tuple[int, list[dict[str, Any]]]:
-        query = select(Replication)
-        if state:
-            query = query.where(Replication.state == state)
-        if q.get("restore_point"):
-            query = query.where(Replication.restore_point_id == q["restore_point"])
-        total = len(session.scalars(query).all())
-        rows = session.scalars(
-            query.order_by(Replication.created_at.desc()).limit(page.limit).offset(page.offset)
-        ).all()
-        return total, [replication.view(r) for r in rows]
+        return replication.listing(
+            session, page.limit, page.offset, state=state, restore_point=q.get("restore_point")
+        )
 
     total, rows = await in_session(request, work)
     return json_response({"replications": rows, **_paging(page, total)})

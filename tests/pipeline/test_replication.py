@@ -110,6 +110,16 @@ async def test_a_target_that_refuses_writes_alerts_and_leaves_the_backup_alone(
     assert len(alerts) == 1 and rp.id in alerts[0].message and refusing in alerts[0].message
     assert "The backup itself is fine" in alerts[0].message
     assert rp.verify_state == "ok" and await p.read_back(rp.id, 2000) == content
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shared.cli", "backups", "copies", "--restore-point", rp.id, env=p.env,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err  # pending: not given up yet
+    lines = out.decode().splitlines()
+    assert lines[1].split()[:3] == [rp.id, "pending", "1"] and lines[1].endswith(refusing), out
+    assert "last error:" in lines[2] and "bucket vbm-no-such-bucket does not exist" in lines[2]
+    assert b"1 of 1 copies" in err
     p.assert_clean()
 
 
