@@ -21,9 +21,10 @@ How the contract (`shared/repo/backend.py`) maps onto S3:
   backup reports the restore point damaged (it never looks complete while it is not); the next
   backup stores the chunk again.
 - Immutability (`?immutable_days=N[&lock_mode=governance]`, see "Object Lock" below).
-- Retries: urllib3 retries connection errors and 5xx/429 answers with backoff (5 tries); a
-  transfer that stalls longer than `timeout` is an error; refused credentials and a missing
-  bucket are errors at once, saying what to check.
+- Retries: urllib3 retries connection errors and 5xx/429 answers (5 tries, `backoff` x 1, 2, 4,
+  8 s with jitter; a Retry-After is honoured), a GET whose body is cut or stalls after its
+  headers is read again (3 tries); a transfer quiet for longer than `timeout` is an error;
+  refused credentials and a missing bucket are errors at once, saying what to check.
 
 Object Lock. With `immutable_days=N` in the location, the bucket must have Object Lock enabled
 (checked when the repository is opened; a bucket without it is an error that says so). Chunks,
@@ -48,6 +49,7 @@ import asyncio
 import base64
 import hashlib
 import math
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -69,6 +71,7 @@ MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 LOCKED_PREFIXES = ("chunks/", "manifests/")
 MAX_GENERATION_DAYS = 10
+BODY_TRIES = 3  # reads of an object whose body was cut off or stalled after its headers
 DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
 
 
@@ -117,9 +120,11 @@ class S3Backend:
         timeout: float = 60.0,
         refresh_after: timedelta = timedelta(hours=1),
         connections: int = 16,
+        backoff: float = 0.2,
         clock: Callable[[], datetime] | None = None,
     ) -> None:
         self.where = S3Location(location)
+        self._backoff = backoff
         self.location = location
         self.refresh_after = refresh_after
         self.immutable_days = self.where.immutable_days
@@ -129,8 +134,13 @@ class S3Backend:
         self._http = urllib3.PoolManager(
             timeout=urllib3.Timeout(connect=min(10.0, timeout), read=timeout),
             maxsize=connections,
-            retries=urllib3.Retry(
-                total=5, backoff_factor=0.2, status_forcelist=[429, 500, 502, 503, 504], allowed_methods=None
+            retries=_Retry(
+                total=5,
+                read=2,
+                backoff_factor=backoff,
+                backoff_jitter=backoff / 2,
+                status_forcelist=[429, 500, 502, 503, 504],
+                allowed_methods=None,
             ),
         )
         self._client = Minio(
@@ -219,14 +229,26 @@ class S3Backend:
                 raise
             try:
                 return bytes(resp.read())
+            except (Urllib3Error, OSError) as exc:  # headers came, the body did not: safe to read again
+                raise _BodyCut(str(exc)) from None
             finally:
                 resp.close()
                 resp.release_conn()
 
-        try:
-            return self._call(f"reading {key}", run)  # type: ignore[no-any-return]
-        except ObjectMissing:
-            raise ObjectMissing(key) from None
+        for attempt in range(BODY_TRIES):
+            try:
+                return self._call(f"reading {key}", run)  # type: ignore[no-any-return]
+            except ObjectMissing:
+                raise ObjectMissing(key) from None
+            except _BodyCut as cut:
+                if attempt == BODY_TRIES - 1:
+                    raise RepoError(
+                        f"s3://{self.where.endpoint}/{self.where.bucket}: reading {key}: the transfer"
+                        f" stalled or was cut off {BODY_TRIES} times (last: {cut}): check the network"
+                        " to the endpoint and the server's health"
+                    ) from None
+                time.sleep(self._backoff * 2**attempt * random.uniform(1, 1.5))
+        raise AssertionError("unreachable")
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._exists, key)
@@ -468,6 +490,22 @@ class S3Backend:
 
     async def close(self) -> None:
         self._http.clear()
+
+
+class _BodyCut(Exception):
+    """A GET's body stopped (reset, stall past the timeout) after its headers: read it again."""
+
+
+class _Retry(urllib3.Retry):
+    """urllib3's retry, but the first retry waits too (urllib3 retries at once the first time):
+    backoff_factor x 2^(n-1) seconds, plus jitter, before the nth retry."""
+
+    def get_backoff_time(self) -> float:
+        errors = len(self.history)
+        if errors == 0:
+            return 0.0
+        value = self.backoff_factor * 2 ** (errors - 1) + random.random() * self.backoff_jitter
+        return float(min(self.backoff_max, value))
 
 
 def _iso(when: datetime) -> str:
