@@ -31,6 +31,10 @@ def add_parser(sub: Any) -> None:
     actions.add_parser("init", help="create a repository")
     actions.add_parser("info", help="format, counts and sizes")
     actions.add_parser("ls", help="list restore points")
+    actions.add_parser(
+        "undelete",
+        help="S3 with Object Lock: bring back objects someone deleted (remove their delete markers)",
+    )
     chk = actions.add_parser("check", help="check structure, and data with --read-data")
     chk.add_argument(
         "--read-data",
@@ -81,6 +85,15 @@ async def _run(args: argparse.Namespace, location: str) -> int:
             os.makedirs(location, exist_ok=True)
         repo = await Repository.init(backend)
         print(f"created repository {repo.config.id} at {location}")
+        return 0
+    if action == "undelete":
+        undelete = getattr(backend, "undelete", None)
+        if undelete is None:
+            raise RepoError(f"{location}: undelete is for S3 buckets with versioning (Object Lock) only")
+        back = await undelete()
+        for key in back:
+            print(f"brought back {key}")
+        print(f"{len(back)} object(s) brought back; now run: vbm repo check", file=sys.stderr)
         return 0
     repo = await Repository.open(backend)
     if action == "info":

@@ -437,6 +437,26 @@ class S3Backend:
 
         return sum(await asyncio.gather(*(bounded(k) for k in keys)))
 
+    async def undelete(self) -> Sequence[str]:
+        """Remove the delete markers under the location (someone deleted objects without their
+        version: in a versioned bucket the data stays behind a marker); the keys brought back."""
+
+        def run() -> Sequence[str]:
+            cut = len(self.where.prefix)
+            markers = [
+                (o.object_name, o.version_id)
+                for o in self._client.list_objects(
+                    self.where.bucket, prefix=self.where.prefix, recursive=True, include_version=True
+                )
+                if o.is_delete_marker and o.is_latest == "true"
+            ]
+            for name, version in markers:
+                self._client.remove_object(self.where.bucket, name, version_id=version)
+            return [str(name)[cut:] for name, _ in markers]
+
+        back: Sequence[str] = await asyncio.to_thread(self._call, "removing delete markers", run)
+        return back
+
     async def check_immutability(self) -> None:
         """With `immutable_days`, the bucket must have Object Lock: RepoError saying so if not."""
         if not self.immutable_days or self._lock_checked:

@@ -4,20 +4,23 @@ point needs, extension once per generation, deletes refused until the date, GC a
 from __future__ import annotations
 
 import io
+import json
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from minio.error import S3Error
 
-from shared.repo import ObjectLocked, RepoError, Repository, Writer, restore_point
+from shared.repo import NotARepository, ObjectLocked, RepoError, Repository, Writer, read_disk, restore_point
 from shared.repo.gc import collect
 from shared.repo.manifest import DiskEntry
 from shared.repo.repository import CONFIG_KEY, chunk_key, manifest_key
 from shared.repo.s3 import S3Backend
 from tests.plugins.s3 import S3Server
 from tests.repo.conftest import BytesSource, make_image
+from tests.repo.test_cli_repo import failed, ok, vbm
 
 CS = 64 * 1024
 
@@ -177,3 +180,35 @@ def test_locations_are_checked() -> None:
     until = b.lock_until(datetime(2026, 11, 26, 12, tzinfo=UTC))
     assert until is not None and until >= datetime(2026, 12, 26, 12, tzinfo=UTC)
     assert until.timestamp() % (10 * 86400) == 0  # generations of 10 days for long periods
+
+
+async def test_deletes_by_someone_with_the_keys_are_undone_with_repo_undelete(
+    s3_server: S3Server, locked_bucket: str, tmp_path: Path
+) -> None:
+    clock = Clock()
+    b = backend_for(s3_server, locked_bucket, clock=clock)
+    repo = await Repository.init(b, chunk_size=CS)
+    writer = Writer(repo)
+    data = make_image(6 * CS, seed=3)
+    try:
+        rp_id, _ = await backup(writer, data, clock)
+    finally:
+        writer.close()
+    client = s3_server.client()
+    names = [str(o.object_name) for o in client.list_objects(locked_bucket, prefix="repo/", recursive=True)]
+    for name in names:  # what an attacker with the keys can do: hide every object behind a marker
+        client.remove_object(locked_bucket, name)
+    with pytest.raises(NotARepository):
+        await Repository.open(backend_for(s3_server, locked_bucket))
+
+    env = {"VBM_S3__ACCESS_KEY": s3_server.access_key, "VBM_S3__SECRET_KEY": s3_server.secret_key}
+    location = b.location
+    result = vbm(tmp_path, "undelete", repo=location, **env)
+    assert f"{len(names)} object(s) brought back".encode() in result.stderr, result.stderr
+    info = json.loads(ok(vbm(tmp_path, "info", repo=location, **env)))
+    assert info["restore_points"] == 1 and info["object_lock"]["bucket_lock"] is True
+    assert info["object_lock"]["immutable_days"] == 1
+    again = await Repository.open(backend_for(s3_server, locked_bucket))
+    point = await again.load(rp_id)
+    assert b"".join([x async for x in read_disk(again, point, point.disk(2000))]) == data
+    failed(vbm(tmp_path, "undelete", repo=tmp_path / "local"))
