@@ -2,6 +2,7 @@
 
 pytest_plugins = [
     "tests.plugins.procs",
+    "tests.plugins.faultproxy",
     "tests.plugins.nats",
     "tests.plugins.lab",
     "tests.plugins.s3",
