@@ -1,16 +1,26 @@
 """The backend contract: every storage backend runs these tests against a real server.
 
-A test module subclasses `BackendContract` and provides a `backend` fixture (an empty location).
+A test module subclasses `BackendContract` and provides a `backend` fixture (an empty location);
+a remote backend's module also subclasses `FaultContract` (`HTTPFaultContract` over HTTP) for the
+network faults, through a fault proxy.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
+import re
+import time
 
 import pytest
 
 from shared.repo import Backend, ObjectMissing
+from shared.repo.errors import RepoError
+from tests.plugins.faultproxy import FOREVER, FaultProxy
+
+MiB = 1 << 20
+FAULT_TIMEOUT = 1.0  # the timeout of a backend made for the fault contract (seconds)
 
 
 class BackendContract:
@@ -89,3 +99,139 @@ class BackendContract:
         for key in ("", "/abs", "a/../b"):
             with pytest.raises(ValueError):
                 await backend.put_if_absent(key, b"x")
+
+
+class FaultContract:
+    """Network faults between a remote backend and its server (issue #8), through a FaultProxy
+    (`tests/plugins/faultproxy.py`). A test module subclasses it and provides:
+
+    - `faulty`: `(backend, proxy)`, the backend reaching its (empty) location through the proxy,
+      made with `timeout=FAULT_TIMEOUT` and short backoffs, so that faults cost seconds;
+    - `secrets`: strings that no error or log line may show (keys, passwords).
+
+    A read or a write cut by a reset is retried and comes back whole; a stalled transfer and
+    refused connections fail within `bound` seconds with a RepoError naming the location (`where`)
+    and saying what happened, and the backend works again once the fault is gone.
+    """
+
+    bound = 10.0  # seconds a failing call may take at most (a few timeouts, with the retries)
+
+    def where(self, backend: Backend) -> str:
+        """What an error must name: the location, without its query."""
+        return backend.location.split("?")[0]
+
+    def check_error(
+        self, err: BaseException, backend: Backend, secrets: list[str], caplog: pytest.LogCaptureFixture
+    ) -> str:
+        message = str(err)
+        assert self.where(backend) in message, message
+        for secret in secrets:
+            assert secret not in message and secret not in caplog.text
+        return message
+
+    async def test_a_reset_mid_read_is_retried(self, faulty: tuple[Backend, FaultProxy]) -> None:
+        backend, proxy = faulty
+        data = os.urandom(MiB)
+        assert await backend.put_if_absent("f/read", data)
+        proxy.reset(200_000, "down")
+        assert await backend.get("f/read") == data
+        assert proxy.faults == 1
+        proxy.reset(100_000, "down")
+        assert await backend.get("f/read", 1000, 500_000) == data[1000:501_000]
+
+    async def test_a_reset_mid_write_is_retried(self, faulty: tuple[Backend, FaultProxy]) -> None:
+        backend, proxy = faulty
+        data = os.urandom(MiB)
+        proxy.reset(200_000, "up")
+        await backend.put_if_absent("f/write", data)  # False only if an attempt wrote it whole
+        assert proxy.faults == 1
+        assert await backend.get("f/write") == data
+        assert [(i.key, i.size) async for i in backend.list("f/")] == [("f/write", MiB)]
+
+    async def test_a_stalled_transfer_fails_in_bounded_time(
+        self, faulty: tuple[Backend, FaultProxy], secrets: list[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        backend, proxy = faulty
+        caplog.set_level(logging.DEBUG)
+        data = os.urandom(MiB)
+        assert await backend.put_if_absent("f/stall", data)
+        proxy.stall(100_000, "down", count=FOREVER)
+        t0 = time.monotonic()
+        with pytest.raises(RepoError) as err:
+            await backend.get("f/stall")
+        assert time.monotonic() - t0 < self.bound
+        assert re.search(r"timed out|stalled", self.check_error(err.value, backend, secrets, caplog))
+        proxy.clear()
+        assert await backend.get("f/stall") == data
+
+    async def test_a_stalled_write_fails_in_bounded_time(
+        self, faulty: tuple[Backend, FaultProxy], secrets: list[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        backend, proxy = faulty
+        caplog.set_level(logging.DEBUG)
+        data = os.urandom(MiB)
+        proxy.stall(100_000, "up", count=FOREVER)
+        t0 = time.monotonic()
+        with pytest.raises(RepoError) as err:
+            await backend.put_if_absent("f/stalled", data)
+        assert time.monotonic() - t0 < self.bound
+        assert re.search(r"timed out|stalled", self.check_error(err.value, backend, secrets, caplog))
+        proxy.clear()
+        assert [i.key async for i in backend.list("f/")] == []  # nothing partial
+        await backend.put_if_absent("f/stalled", data)
+        assert await backend.get("f/stalled") == data
+
+    async def test_refused_connections_fail_in_bounded_time(
+        self, faulty: tuple[Backend, FaultProxy], secrets: list[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        backend, proxy = faulty
+        caplog.set_level(logging.DEBUG)
+        assert await backend.put_if_absent("f/ok", b"ok")
+        proxy.refuse(count=FOREVER)
+        t0 = time.monotonic()
+        with pytest.raises(RepoError) as err:
+            await backend.get("f/ok")
+        assert time.monotonic() - t0 < self.bound
+        assert proxy.faults >= 2  # retried
+        message = self.check_error(err.value, backend, secrets, caplog)
+        assert re.search(r"connection|reach", message), message
+        proxy.clear()
+        assert await backend.get("f/ok") == b"ok"
+
+
+class HTTPFaultContract(FaultContract):
+    """Faults only an HTTP server answers: throttling (503 SlowDown, 429) is retried after a
+    backoff of at least `min_backoff` seconds; persistent 500s fail clearly in bounded time."""
+
+    min_backoff = 0.05
+
+    @pytest.mark.parametrize(("status", "retry_after"), [(503, None), (429, 1)])
+    async def test_throttling_is_retried_with_backoff(
+        self, faulty: tuple[Backend, FaultProxy], status: int, retry_after: int | None
+    ) -> None:
+        backend, proxy = faulty
+        data = os.urandom(100_000)
+        proxy.http_status(status, count=2, retry_after=retry_after)
+        assert await backend.put_if_absent("f/slow", data)
+        assert proxy.faults == 2
+        assert proxy.fault_times[1] - proxy.fault_times[0] >= self.min_backoff
+        proxy.http_status(status, count=1, retry_after=retry_after)
+        assert await backend.get("f/slow") == data
+        assert proxy.faults == 3
+
+    async def test_persistent_server_errors_fail_in_bounded_time(
+        self, faulty: tuple[Backend, FaultProxy], secrets: list[str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        backend, proxy = faulty
+        caplog.set_level(logging.DEBUG)
+        proxy.http_status(500, count=FOREVER)
+        t0 = time.monotonic()
+        with pytest.raises(RepoError) as err:
+            await backend.put_if_absent("f/broken", os.urandom(100_000))
+        assert time.monotonic() - t0 < self.bound
+        assert proxy.faults >= 2  # retried
+        message = self.check_error(err.value, backend, secrets, caplog)
+        assert re.search(r"500|InternalError", message), message
+        proxy.clear()
+        assert not await backend.exists("f/broken")
+        assert [i.key async for i in backend.list("f/")] == []
