@@ -15,8 +15,11 @@ The contract, as the local backend keeps it (the same steps, over SFTP):
   refresh then finds it gone and stores it again), then its modification time decides: touched
   since the cut-off, it is linked back. Atomic against a refresh.
 - `usage`: `statvfs@openssh.com`.
-- Faults: a lost connection is reopened and the call retried (3 tries, 0.5-2 s apart); a
-  refused login or host key fails at once, saying what to check.
+- Faults: a lost connection, or one on which a call makes no progress for `timeout` (30 s; reads
+  and writes progress by the MiB), is aborted, opened again and the call retried (`attempts`: 3
+  tries, 0.5 then 1 s apart): every call is safe to repeat (a write that was published whole
+  meanwhile is found and refreshed). A refused login or host key fails at once, saying what to
+  check.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import posixpath
 import stat as statmod
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -40,6 +44,42 @@ from shared.repo.errors import ObjectMissing, RepoError
 T = TypeVar("T")
 TMP_PREFIX = ".tmp-"
 ATTEMPTS = 3
+PIECE = 1 << 20  # objects are read and written in pieces this big: each one is progress
+LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)  # SFTPErrors, but retried
+
+
+class _Watchdog:
+    """Aborts the connection when the call using it makes no progress for `timeout` seconds
+    (a stalled server or network): the call's pending requests then fail at once, instead of
+    waiting for answers, or for a clean close, that never come."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, timeout: float) -> None:
+        self._conn, self._timeout = conn, timeout
+        self._loop = asyncio.get_running_loop()
+        self.fired = False
+        self._timer = self._loop.call_later(timeout, self._fire)
+
+    def progress(self) -> None:
+        self._timer.cancel()
+        if not self.fired:
+            self._timer = self._loop.call_later(self._timeout, self._fire)
+
+    def _fire(self) -> None:
+        self.fired = True
+        self._conn.abort()
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
+_watch: ContextVar[_Watchdog | None] = ContextVar("sftp_watchdog", default=None)
+
+
+def _progress() -> None:
+    """The current call moved data: its watchdog waits `timeout` again."""
+    watch = _watch.get()
+    if watch is not None:
+        watch.progress()
 
 
 class SFTPLocation:
@@ -74,6 +114,8 @@ class SFTPBackend:
         password: str | None = None,
         known_hosts: str | None = None,
         timeout: float = 30.0,
+        attempts: int = ATTEMPTS,
+        backoff: float = 0.5,
         clock: Callable[[], float] | None = None,
     ) -> None:
         self.where = SFTPLocation(location)
@@ -81,6 +123,7 @@ class SFTPBackend:
         self._key_file, self._password = key_file, password
         self._known_hosts = known_hosts or str(Path.home() / ".ssh" / "known_hosts")
         self._timeout = timeout
+        self._attempts, self._backoff = attempts, backoff
         self._clock = clock
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
@@ -94,20 +137,13 @@ class SFTPBackend:
     def _name(self) -> str:
         return f"sftp://{self.where.user}@{self.where.host}:{self.where.port}{self.where.root}"
 
-    async def _client(self) -> asyncssh.SFTPClient:
+    async def _client(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
         async with self._lock:
-            if self._sftp is None:
+            if self._conn is not None and self._conn.is_closed():  # by the server or the network
+                self._conn, self._sftp = None, None
+            if self._conn is None or self._sftp is None:
                 try:
-                    self._conn = await asyncio.wait_for(
-                        asyncssh.connect(
-                            self.where.host, self.where.port, username=self.where.user,
-                            client_keys=[self._key_file] if self._key_file else None,
-                            password=self._password, known_hosts=self._known_hosts,
-                            keepalive_interval=15, login_timeout=self._timeout,
-                        ),
-                        self._timeout,
-                    )  # fmt: skip
-                    self._sftp = await self._conn.start_sftp_client()
+                    self._conn, self._sftp = await asyncio.wait_for(self._open(), self._timeout)
                 except asyncssh.PermissionDenied:
                     raise RepoError(
                         f"{self._name()}: the login was refused: check VBM_SFTP__KEY_FILE or"
@@ -118,36 +154,71 @@ class SFTPBackend:
                         f"{self._name()}: the server's host key is not the one in {self._known_hosts}:"
                         " add it (ssh-keyscan) or check that this is the right server"
                     ) from None
-                except (OSError, asyncssh.Error, TimeoutError) as exc:
-                    raise _Lost(f"cannot reach {self._name()} ({type(exc).__name__}: {exc})") from None
-            return self._sftp
+                except TimeoutError:
+                    raise _Lost(f"cannot connect: no answer within {self._timeout:g} s (timed out)") from None
+                except (OSError, asyncssh.Error) as exc:
+                    raise _Lost(f"cannot connect ({type(exc).__name__}: {exc})") from None
+            conn, sftp = self._conn, self._sftp
+            assert conn is not None and sftp is not None
+            return conn, sftp
 
-    async def _drop(self) -> None:
+    async def _open(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
+        conn = await asyncssh.connect(
+            self.where.host, self.where.port, username=self.where.user,
+            client_keys=[self._key_file] if self._key_file else None,
+            password=self._password, known_hosts=self._known_hosts,
+            keepalive_interval=15, login_timeout=self._timeout,
+        )  # fmt: skip
+        try:
+            return conn, await conn.start_sftp_client()
+        except BaseException:
+            conn.abort()
+            raise
+
+    async def _drop(self, conn: asyncssh.SSHClientConnection | None) -> None:
+        """Abort a connection that failed (no clean close: the other end may not be reading)."""
         async with self._lock:
-            conn, self._conn, self._sftp = self._conn, None, None
+            if self._conn is conn:
+                self._conn, self._sftp = None, None
         if conn is not None:
-            conn.close()
+            conn.abort()
             with contextlib.suppress(Exception):
-                await conn.wait_closed()
+                await asyncio.wait_for(conn.wait_closed(), 1)
 
     async def _run(self, doing: str, fn: Callable[[asyncssh.SFTPClient], Awaitable[T]]) -> T:
         last = ""
-        for attempt in range(ATTEMPTS):
+        for attempt in range(self._attempts):
             if attempt:
-                await asyncio.sleep(0.5 * 2 ** (attempt - 1))
+                await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+            conn: asyncssh.SSHClientConnection | None = None
+            watch: _Watchdog | None = None
             try:
-                sftp = await self._client()
-                return await asyncio.wait_for(fn(sftp), self._timeout)
+                conn, sftp = await self._client()
+                watch = _Watchdog(conn, self._timeout)
+                token = _watch.set(watch)
+                try:
+                    return await fn(sftp)
+                finally:
+                    watch.cancel()
+                    _watch.reset(token)
             except _Lost as exc:
                 last = str(exc)
             except asyncssh.SFTPNoSuchFile:
                 raise ObjectMissing(doing) from None
+            except LOST as exc:
+                last = self._lost(exc, watch)
+                await self._drop(conn)
             except asyncssh.SFTPError as exc:
                 raise RepoError(f"{self._name()}: {doing}: {exc.reason} (SFTP code {exc.code})") from None
             except (OSError, asyncssh.Error, TimeoutError) as exc:
-                last = f"{type(exc).__name__}: {exc}"
-                await self._drop()
-        raise RepoError(f"{self._name()}: {doing}: the connection failed {ATTEMPTS} times ({last})")
+                last = self._lost(exc, watch)
+                await self._drop(conn)
+        raise RepoError(f"{self._name()}: {doing}: the connection failed {self._attempts} times ({last})")
+
+    def _lost(self, exc: Exception, watch: _Watchdog | None) -> str:
+        if watch is not None and watch.fired:
+            return f"timed out: nothing moved for {self._timeout:g} s, a stalled server or network"
+        return f"{type(exc).__name__}: {exc}"
 
     def _now(self) -> tuple[float, float] | None:
         t = datetime.now(UTC).timestamp() if self._clock is None else self._clock()
@@ -170,7 +241,9 @@ class SFTPBackend:
                 f = await sftp.open(tmp, "wb")
             try:
                 async with f:
-                    await f.write(data)
+                    for start in range(0, len(data), PIECE):
+                        await f.write(data[start : start + PIECE], start)
+                        _progress()
                     await f.fsync()
                 try:
                     await sftp.link(tmp, path)
@@ -198,12 +271,17 @@ class SFTPBackend:
             return b""
 
         async def run(sftp: asyncssh.SFTPClient) -> bytes:
+            out = bytearray()
             async with sftp.open(self._path(key), "rb") as f:
-                if offset:
-                    await f.seek(offset)
-                data = await f.read(-1 if length is None else length)
-                assert isinstance(data, bytes)  # opened in binary mode
-                return data
+                while length is None or len(out) < length:
+                    want = PIECE if length is None else min(PIECE, length - len(out))
+                    data = await f.read(want, offset + len(out))
+                    assert isinstance(data, bytes)  # opened in binary mode
+                    _progress()
+                    out += data
+                    if len(data) < want:  # the end of the object
+                        break
+            return bytes(out)
 
         try:
             return await self._run(f"reading {key}", run)
@@ -233,6 +311,7 @@ class SFTPBackend:
                     entries = await sftp.readdir(folder)
                 except asyncssh.SFTPNoSuchFile:
                     continue
+                _progress()
                 for entry in entries:
                     name = str(entry.filename)
                     if name in (".", "..") or name.startswith(TMP_PREFIX):
@@ -294,7 +373,14 @@ class SFTPBackend:
         return int(vfs.blocks * vfs.frsize), int(vfs.bavail * vfs.frsize)
 
     async def close(self) -> None:
-        await self._drop()
+        async with self._lock:
+            conn, self._conn, self._sftp = self._conn, None, None
+        if conn is not None:
+            conn.close()
+            try:
+                await asyncio.wait_for(conn.wait_closed(), min(self._timeout, 5))
+            except (TimeoutError, OSError, asyncssh.Error):
+                conn.abort()
 
 
 class _Lost(Exception):

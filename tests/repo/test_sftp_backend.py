@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 import pytest
@@ -13,14 +14,15 @@ import pytest
 from shared.repo import ObjectMissing, Repository
 from shared.repo.errors import RepoError
 from shared.repo.sftp import SFTPBackend
+from tests.plugins.faultproxy import FaultProxy
 from tests.plugins.sftp import SFTPServer
-from tests.repo.contract import BackendContract
+from tests.repo.contract import FAULT_TIMEOUT, BackendContract, FaultContract
 
 
-def backend_for(server: SFTPServer, path: str = "/repo", **kw: object) -> SFTPBackend:
+def backend_for(server: SFTPServer, path: str = "/repo", **kw: Any) -> SFTPBackend:
     return SFTPBackend(
         server.location(path), key_file=str(server.key_file), known_hosts=str(server.known_hosts), **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 class TestSFTPContract(BackendContract):
@@ -28,6 +30,35 @@ class TestSFTPContract(BackendContract):
     async def backend(self, sftp_server: SFTPServer) -> AsyncIterator[SFTPBackend]:
         b = backend_for(sftp_server, f"/t-{time.monotonic_ns()}")
         yield b
+        await b.close()
+
+
+class TestSFTPFaults(FaultContract):
+    """The proxy sits in front of the SSH port: every fault hits the one SSH connection the
+    backend keeps, which is then opened again."""
+
+    @pytest.fixture
+    def secrets(self, sftp_server: SFTPServer) -> list[str]:
+        """The private key's lines (but the first, a header every such key has)."""
+        return sftp_server.key_file.read_text().splitlines()[2:-1]
+
+    @pytest.fixture
+    async def faulty(
+        self, sftp_server: SFTPServer, fault_proxy: Callable[[str, int], FaultProxy], tmp_path: Path
+    ) -> AsyncIterator[tuple[SFTPBackend, FaultProxy]]:
+        proxy = fault_proxy("127.0.0.1", sftp_server.port)
+        known_hosts = tmp_path / "known_hosts"  # the server's host key, under the proxy's port
+        known_hosts.write_text(
+            sftp_server.known_hosts.read_text().replace(f"]:{sftp_server.port} ", f"]:{proxy.port} ")
+        )
+        b = SFTPBackend(
+            f"sftp://vbm@{proxy.address}/f-{time.monotonic_ns()}",
+            key_file=str(sftp_server.key_file),
+            known_hosts=str(known_hosts),
+            timeout=FAULT_TIMEOUT,
+            backoff=0.1,
+        )
+        yield b, proxy
         await b.close()
 
 
@@ -44,7 +75,7 @@ async def test_objects_are_published_whole_and_refreshed(sftp_server: SFTPServer
     assert (sftp_server.root / "pub" / "config").stat().st_mtime > old + 3600
     cutoff = datetime.now(UTC) - timedelta(minutes=1)
     assert await b.delete_if_unused_since("config", cutoff) is None
-    assert await b.delete_if_unused_since("config", datetime.now(UTC) + timedelta(minutes=1)) > 0
+    assert (await b.delete_if_unused_since("config", datetime.now(UTC) + timedelta(minutes=1)) or 0) > 0
     assert not (sftp_server.root / "pub" / "config").exists()
     assert not [p for p in (sftp_server.root / "pub").iterdir() if p.name.startswith(".tmp-")]
     total, free = await b.usage()
