@@ -15,14 +15,17 @@ How the contract (`shared/repo/backend.py`) maps onto Blob storage:
 - `delete_if_unused_since`: properties, then Delete Blob with `If-Match: <ETag>`: a refresh in
   between changes the ETag, the delete is refused (412) and the blob kept: atomic, as the local
   backend's.
-- Retries: the SDK's exponential retry (4 more tries, ~1, 3, 5, 9 s apart) on connection errors,
-  5xx and 429; a read quiet for `timeout` fails; a refused key and a missing container fail at
-  once, saying what to check.
+- Retries: the SDK's exponential retry (4 more tries, ~3, 5, 9, 17 s apart: `backoff` x (1 + 2^n))
+  on connection errors, 5xx and 429 (the SDK alone would not retry a 429: Blob storage throttles
+  with 503, a gateway in front of it may answer 429); a body cut off mid-read is read again
+  (the SDK's downloader); a read quiet for `timeout` fails; a refused key and a missing
+  container fail at once, saying what to check.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -37,14 +40,29 @@ from azure.core.exceptions import (
     ResourceModifiedError,
     ResourceNotFoundError,
     ServiceRequestError,
+    ServiceRequestTimeoutError,
     ServiceResponseError,
+    ServiceResponseTimeoutError,
 )
+from azure.core.pipeline import PipelineResponse
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
 from shared.repo.backend import ObjectInfo, listed_in_batches
 from shared.repo.errors import ObjectMissing, RepoError
 
 SINGLE_PUT = 128 << 20  # above the largest object (a 64 MiB chunk): never staged blocks
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """Whether a timeout is what the error comes from (the SDK wraps it, sometimes twice)."""
+    seen: BaseException | None = exc
+    for _ in range(10):
+        if seen is None:
+            return False
+        if isinstance(seen, ServiceRequestTimeoutError | ServiceResponseTimeoutError | TimeoutError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 class AzureLocation:
@@ -69,6 +87,29 @@ class AzureLocation:
         self.location = location
 
 
+class _Backoff(ExponentialRetry):
+    """The SDK's exponential retry (initial 1 s, base 2: 1 + 2^n seconds before the nth retry),
+    scaled by `backoff`, with a jitter of +- backoff / 2 (the SDK's +- 1 s could make the first
+    retry of a throttled request immediate)."""
+
+    def __init__(self, backoff: float, retries: int) -> None:
+        super().__init__(initial_backoff=1, increment_base=2, retry_total=retries, random_jitter_range=1)
+        self.backoff = backoff
+
+    def get_backoff_time(self, settings: dict[str, Any]) -> float:
+        count = settings["count"]  # 1 before the first retry
+        base = self.backoff * (1 + (0 if count == 0 else 2**count))
+        return random.uniform(base - self.backoff / 2, base + self.backoff / 2)
+
+
+def _throttled_is_busy(response: PipelineResponse) -> None:  # type: ignore[type-arg]
+    """The SDK retries a 503 (Blob storage's throttling) but no 4xx: a 429 (from a gateway in
+    front of the storage) is marked the way its retry check knows a busy server. Called for
+    every answer, inside the retry loop (`raw_response_hook`)."""
+    if response.http_response.status_code == 429:
+        response.http_response.headers["x-ms-copy-source-error-code"] = "ServerBusy"
+
+
 class AzureBackend:
     def __init__(
         self,
@@ -77,6 +118,7 @@ class AzureBackend:
         *,
         timeout: float = 60.0,
         retries: int = 4,
+        backoff: float = 1.0,
         refresh_after: timedelta = timedelta(hours=1),
         clock: Callable[[], datetime] | None = None,
     ) -> None:
@@ -84,14 +126,14 @@ class AzureBackend:
         self.location = location
         self.refresh_after = refresh_after
         self._clock = clock or (lambda: datetime.now(UTC))
+        self._timeout = timeout
         self._client = ContainerClient(
             self.where.endpoint,
             self.where.container,
             credential={"account_name": self.where.account, "account_key": account_key},
             max_single_put_size=SINGLE_PUT,
-            retry_policy=ExponentialRetry(
-                initial_backoff=1, increment_base=2, retry_total=retries, random_jitter_range=1
-            ),
+            retry_policy=_Backoff(backoff, retries),
+            raw_response_hook=_throttled_is_busy,
             connection_timeout=min(10.0, timeout),
             read_timeout=timeout,
         )
@@ -116,9 +158,16 @@ class AzureBackend:
             return RepoError(
                 f"{where}: container {self.where.container} does not exist: create it (vbm does not)"
             )
-        if isinstance(exc, ServiceRequestError | ServiceResponseError):
-            return RepoError(f"{where}: {doing}: cannot reach the Blob endpoint ({type(exc).__name__})")
         status = getattr(exc, "status_code", None)
+        if _timed_out(exc):
+            return RepoError(
+                f"{where}: {doing}: cannot reach the Blob endpoint: it timed out (nothing for"
+                f" {self._timeout:g} s, retried): a stalled connection or server"
+            )
+        if isinstance(exc, ServiceRequestError | ServiceResponseError) or (
+            isinstance(exc, HttpResponseError) and status is None  # the answer broke off (download)
+        ):
+            return RepoError(f"{where}: {doing}: cannot reach the Blob endpoint ({type(exc).__name__})")
         return RepoError(f"{where}: {doing}: {code or type(exc).__name__} (HTTP {status})")
 
     def _call(self, doing: str, fn: Callable[[], Any]) -> Any:

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.repo import Repository
+from shared.repo import Backend, Repository
 from shared.repo.azure import AzureBackend, AzureLocation
 from shared.repo.errors import RepoError
 from tests.plugins.azurite import AzuriteServer
-from tests.repo.contract import BackendContract
+from tests.plugins.faultproxy import FaultProxy
+from tests.repo.contract import FAULT_TIMEOUT, BackendContract, HTTPFaultContract
 
 
 def backend_for(server: AzuriteServer, container: str, key: str | None = None, **kw: object) -> AzureBackend:
@@ -25,6 +27,35 @@ class TestAzureContract(BackendContract):
     @pytest.fixture
     def backend(self, azurite_server: AzuriteServer, azure_container: str) -> AzureBackend:
         return backend_for(azurite_server, azure_container)
+
+
+class TestAzureFaults(HTTPFaultContract):
+    def where(self, backend: Backend) -> str:
+        assert isinstance(backend, AzureBackend)
+        return f"azure://{backend.where.account}/{backend.where.container}"
+
+    @pytest.fixture
+    def secrets(self, azurite_server: AzuriteServer) -> list[str]:
+        return [azurite_server.key]
+
+    @pytest.fixture
+    async def faulty(
+        self,
+        azurite_server: AzuriteServer,
+        azure_container: str,
+        fault_proxy: Callable[[str, int], FaultProxy],
+    ) -> AsyncIterator[tuple[AzureBackend, FaultProxy]]:
+        proxy = fault_proxy(azurite_server.host, azurite_server.port)
+        endpoint = f"http://{proxy.address}/{azurite_server.account}"
+        b = AzureBackend(
+            f"azure://{azurite_server.account}/{azure_container}/repo?endpoint={endpoint}",
+            azurite_server.key,
+            timeout=FAULT_TIMEOUT,
+            retries=2,
+            backoff=0.1,
+        )
+        yield b, proxy
+        await b.close()
 
 
 async def test_a_repository_lives_under_the_prefix(
