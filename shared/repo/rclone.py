@@ -18,8 +18,12 @@ What rclone can and cannot promise (providers differ):
   backup runs (`shared/prune.py`).
   `delete_if_unused_since` moves the object aside first, then decides by its modification time
   (a writer's refresh in between finds it gone and stores it again).
-- Retries are rclone's own (`--retries`, `--low-level-retries`); a failed call says what rclone
-  said.
+- Faults: rclone retries a failing provider call itself (`retries` more tries: its
+  `--low-level-retries`, paced by its backoff for that provider); a provider quiet for `timeout`
+  is an error (`--timeout`, `--contimeout`), and so is a call rclone has not answered after all
+  its tries could take. A read whose stream rclone cuts off (the provider's connection reset or
+  stalled mid-transfer: rclone does not reopen it) is read again here (`attempts`: 3 tries, 0.5
+  then 1 s apart). A failed call says what rclone said, and what that means where it can tell.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import atexit
 import base64
 import contextlib
 import ctypes
+import http.client
 import json
 import os
 import posixpath
@@ -70,8 +75,8 @@ class RcloneLocation:
 class _Daemon:
     """One `rclone rcd` on a loopback port, started on first use, stopped with the process."""
 
-    def __init__(self, config: str | None, env: dict[str, str]) -> None:
-        self.config, self.env = config, env
+    def __init__(self, config: str | None, env: dict[str, str], flags: tuple[str, ...]) -> None:
+        self.config, self.env, self.flags = config, env, flags
         self.user, self.password = "vbm", secrets.token_hex(16)
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
@@ -89,7 +94,7 @@ class _Daemon:
             self.port = s.getsockname()[1]
         argv = [
             "rclone", "rcd", "--rc-addr", f"127.0.0.1:{self.port}", "--rc-user", self.user,
-            "--rc-pass", self.password, "--rc-serve", "--retries", "3", "--low-level-retries", "5",
+            "--rc-pass", self.password, "--rc-serve", *self.flags,
         ]  # fmt: skip
         if self.config:
             argv += ["--config", self.config]
@@ -125,15 +130,15 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-_daemons: dict[tuple[str | None, tuple[tuple[str, str], ...]], _Daemon] = {}
+_daemons: dict[tuple[str | None, tuple[tuple[str, str], ...], tuple[str, ...]], _Daemon] = {}
 _daemons_lock = threading.Lock()
 
 
-def _daemon(config: str | None, env: dict[str, str]) -> _Daemon:
-    key = (config, tuple(sorted(env.items())))
+def _daemon(config: str | None, env: dict[str, str], flags: tuple[str, ...]) -> _Daemon:
+    key = (config, tuple(sorted(env.items())), flags)
     with _daemons_lock:
         if key not in _daemons:
-            _daemons[key] = _Daemon(config, env)
+            _daemons[key] = _Daemon(config, env, flags)
         return _daemons[key]
 
 
@@ -152,12 +157,22 @@ class RcloneBackend:
         env: dict[str, str] | None = None,
         refresh_after: timedelta = timedelta(hours=1),
         timeout: float = 120.0,
+        retries: int = 4,
+        attempts: int = 3,
+        backoff: float = 0.5,
     ) -> None:
         self.where = RcloneLocation(location)
         self.location = location
         self.refresh_after = refresh_after
-        self._daemon = _daemon(config, env or {})
-        self._timeout = timeout
+        flags = (
+            "--timeout", f"{timeout:g}s", "--contimeout", f"{min(timeout, 60.0):g}s",
+            "--low-level-retries", str(retries + 1), "--retries", "3",
+        )  # fmt: skip
+        self._daemon = _daemon(config, env or {}, flags)
+        # rclone retries a failing provider call itself, each try quiet for up to `timeout`
+        self._provider_timeout = timeout
+        self._timeout = timeout * (retries + 2)
+        self._attempts, self._backoff = attempts, backoff
         self.refreshes = True  # False once a touch is seen not to move the modification time
 
     def _key(self, key: str) -> str:
@@ -180,21 +195,28 @@ class RcloneBackend:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 return json.loads(resp.read() or b"{}")  # type: ignore[no-any-return]
         except urllib.error.HTTPError as exc:
-            try:
-                message = str(json.loads(exc.read()).get("error", exc.reason))
-            except ValueError:
-                message = str(exc.reason)
+            message = _said(exc) or str(exc.reason)
             if any(m in message.lower() for m in MISSING):
                 raise ObjectMissing(doing) from None
-            raise RepoError(f"{self.location}: {doing}: rclone says: {message}") from None
-        except OSError as exc:
-            raise RepoError(f"{self.location}: {doing}: rclone rcd cannot be reached ({exc})") from None
+            raise RepoError(f"{self.location}: {doing}: {_meaning(message)}rclone says: {message}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(doing, exc) from None
+
+    def _unreachable(self, doing: str, exc: Exception) -> RepoError:
+        if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+            return RepoError(
+                f"{self.location}: {doing}: timed out: no answer within {self._timeout:g} s (rclone is"
+                f" still retrying a provider that stalls, each try quiet for {self._provider_timeout:g} s)"
+            )
+        return RepoError(
+            f"{self.location}: {doing}: rclone rcd cannot be reached ({type(exc).__name__}: {exc})"
+        )
 
     def _stat(self, key: str) -> dict[str, Any] | None:
         item = self._rc("operations/stat", f"checking {key}", fs=self.where.fs, remote=key).get("item")
         return item if isinstance(item, dict) else None
 
-    def _upload(self, folder: str, name: str, data: bytes) -> None:
+    def _upload(self, folder: str, name: str, data: bytes, doing: str) -> None:
         boundary = uuid.uuid4().hex
         body = (
             (
@@ -214,13 +236,10 @@ class RcloneBackend:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 resp.read()
         except urllib.error.HTTPError as exc:
-            raise RepoError(
-                f"{self.location}: writing {folder}/{name}: rclone says: {exc.read()[:300]!r}"
-            ) from None
-        except OSError as exc:
-            raise RepoError(
-                f"{self.location}: writing {folder}/{name}: rclone rcd cannot be reached ({exc})"
-            ) from None
+            message = _said(exc) or str(exc.reason)
+            raise RepoError(f"{self.location}: {doing}: {_meaning(message)}rclone says: {message}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._unreachable(doing, exc) from None
 
     def _touch(self, key: str) -> None:
         result = self._rc(
@@ -247,7 +266,7 @@ class RcloneBackend:
             return False
         folder = posixpath.dirname(key)
         tmp = f"{TMP_PREFIX}{uuid.uuid4().hex}"
-        self._upload(folder, tmp, data)
+        self._upload(folder, tmp, data, f"writing {key}")
         try:
             self._move(posixpath.join(folder, tmp), key, f"writing {key}")
         except RepoError:
@@ -270,6 +289,21 @@ class RcloneBackend:
     def _get(self, key: str, offset: int, length: int | None) -> bytes:
         if length == 0:
             return b""
+        last = ""
+        for attempt in range(self._attempts):
+            if attempt:
+                time.sleep(self._backoff * 2 ** (attempt - 1))
+            try:
+                return self._get_once(key, offset, length)
+            except _BrokeOff as exc:
+                last = str(exc)
+        raise RepoError(
+            f"{self.location}: reading {key}: the transfer broke off {self._attempts} times ({last}):"
+            f" the provider's connection was reset, or stalled (timed out: nothing for"
+            f" {self._provider_timeout:g} s)"
+        )
+
+    def _get_once(self, key: str, offset: int, length: int | None) -> bytes:
         url = f"{self._daemon.url()}/{quote(f'[{self.where.fs}]', safe='')}/{quote(key)}"
         headers = {"Authorization": self._auth()}
         if offset or length is not None:
@@ -286,9 +320,12 @@ class RcloneBackend:
                 raise ObjectMissing(key) from None
             if exc.code == 416:
                 return b""
-            raise RepoError(f"{self.location}: reading {key}: HTTP {exc.code} from rclone") from None
-        except OSError as exc:
-            raise RepoError(f"{self.location}: reading {key}: rclone rcd cannot be reached ({exc})") from None
+            said = _said(exc) or f"HTTP {exc.code}"
+            raise RepoError(f"{self.location}: reading {key}: {_meaning(said)}rclone says: {said}") from None
+        except (OSError, http.client.HTTPException) as exc:
+            if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
+                raise self._unreachable(f"reading {key}", exc) from None
+            raise _BrokeOff(f"{type(exc).__name__}: {str(exc)[:200]}") from None  # cut off mid-answer
 
     async def exists(self, key: str) -> bool:
         return await asyncio.to_thread(self._exists, self._key(key))
@@ -386,6 +423,36 @@ class RcloneBackend:
 
     async def close(self) -> None:
         return None  # the daemon is the process's, stopped at exit
+
+
+class _BrokeOff(Exception):
+    """A read's answer from rclone was cut off or could not be had: read again."""
+
+
+TIMED_OUT = ("timeout", "timed out", "deadline exceeded")
+CONNECTION = ("connection reset", "connection refused", "eof", "broken pipe", "no such host", "unreachable")
+
+
+def _meaning(message: str) -> str:
+    """What an rclone error means, where its text tells (said before rclone's own words)."""
+    low = message.lower()
+    if any(m in low for m in TIMED_OUT):
+        return "the provider timed out: "
+    if any(m in low for m in CONNECTION):
+        return "the provider's connection failed: "
+    return ""
+
+
+def _said(exc: urllib.error.HTTPError) -> str:
+    """What rclone's error answer says (JSON `error`, else its text), shortened."""
+    try:
+        body = exc.read(1 << 16)
+    except (OSError, http.client.HTTPException):
+        return ""
+    try:
+        return str(json.loads(body).get("error", ""))[:500]
+    except (ValueError, AttributeError):
+        return body.decode("utf-8", "replace").strip()[:500]
 
 
 def _time(item: dict[str, Any]) -> datetime:

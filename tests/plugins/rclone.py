@@ -33,9 +33,12 @@ class WebDAVServer:
             stop_timeout=3.0,
         )  # fmt: skip
 
-    def remote_env(self, name: str = "vbmdav", password: str | None = None) -> dict[str, str]:
+    def remote_env(
+        self, name: str = "vbmdav", password: str | None = None, address: str | None = None
+    ) -> dict[str, str]:
         """The variables that define rclone remote `name` for this server (rclone obscures the
-        password itself: `rclone obscure`)."""
+        password itself: `rclone obscure`); `address` (host:port) reaches it another way (a
+        fault proxy)."""
         import subprocess
 
         obscured = subprocess.run(
@@ -44,7 +47,7 @@ class WebDAVServer:
         up = name.upper()
         return {
             f"RCLONE_CONFIG_{up}_TYPE": "webdav",
-            f"RCLONE_CONFIG_{up}_URL": f"http://127.0.0.1:{self.port}",
+            f"RCLONE_CONFIG_{up}_URL": f"http://{address or f'127.0.0.1:{self.port}'}",
             f"RCLONE_CONFIG_{up}_VENDOR": "other",
             f"RCLONE_CONFIG_{up}_USER": self.user,
             f"RCLONE_CONFIG_{up}_PASS": obscured,
