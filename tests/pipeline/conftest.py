@@ -70,6 +70,15 @@ class Pipeline:
                 proc.resume() if proc.paused else None
                 proc.stop()
 
+    async def cli(self, *args: str, timeout: float = 90) -> tuple[str, str, int]:
+        """`vbm <args>` against this pipeline's settings: (stdout, stderr, exit code)."""
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "shared.cli", *args,
+            env=self.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+        return out.decode(), err.decode(), proc.returncode or 0
+
     def logs(self) -> str:
         return "\n".join(f"--- {n}\n{p.log_tail(40)}" for n, p in self.procs.items())
 

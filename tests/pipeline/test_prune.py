@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -61,13 +60,9 @@ async def test_prune_after_verify_then_gc_frees_exactly_the_removed_points_chunk
     for f in (p.repo_dir / "chunks").rglob("*"):
         os.utime(f, (old, old))
 
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "gc", env=p.env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err
-    assert f"freed {len(only_rp1)} chunks ({held} bytes)" in out.decode(), out
+    out, err, code = await p.cli("gc")
+    assert code == 0, err
+    assert f"freed {len(only_rp1)} chunks ({held} bytes)" in out, out
     assert before - chunk_bytes(p) == held
     for key, data in content.items():
         assert await p.read_back(rp2.id, key) == data

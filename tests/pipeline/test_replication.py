@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 import time
 from collections.abc import Callable
 
@@ -110,16 +109,12 @@ async def test_a_target_that_refuses_writes_alerts_and_leaves_the_backup_alone(
     assert len(alerts) == 1 and rp.id in alerts[0].message and refusing in alerts[0].message
     assert "The backup itself is fine" in alerts[0].message
     assert rp.verify_state == "ok" and await p.read_back(rp.id, 2000) == content
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "backups", "copies", "--restore-point", rp.id, env=p.env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err  # pending: not given up yet
-    lines = out.decode().splitlines()
+    out, err, code = await p.cli("backups", "copies", "--restore-point", rp.id)
+    assert code == 0, err  # pending: not given up yet
+    lines = out.splitlines()
     assert lines[1].split()[:3] == [rp.id, "pending", "1"] and lines[1].endswith(refusing), out
     assert "last error:" in lines[2] and "bucket vbm-no-such-bucket does not exist" in lines[2]
-    assert b"1 of 1 copies" in err
+    assert "1 of 1 copies" in err
     p.assert_clean()
 
 
@@ -185,12 +180,8 @@ async def test_copies_follow_retention_and_gc_reclaims_the_secondary(
     (rp2,) = p.restore_points(run2)
     await wait_replications(p, rp2.id, 1)
     # the prune after rp2's verify, or at the latest this one, removes rp1 and then its copy
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "prune", env=p.env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err
+    out, err, code = await p.cli("prune")
+    assert code == 0, err
     assert await copy.restore_point_ids() == [rp2.id]
     with p.sessions() as s:
         assert [r.restore_point_id for r in s.scalars(select(Replication))] == [rp2.id]
@@ -200,14 +191,8 @@ async def test_copies_follow_retention_and_gc_reclaims_the_secondary(
     old = time.time() - 900  # as if the GC ran a quarter of an hour later
     for f in (secondary / "chunks").rglob("*"):
         os.utime(f, (old, old))
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "gc", env=p.env,
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 0, err
-    assert (
-        f"{secondary}: 1 restore points, " in out.decode() and f"freed {len(only1)} chunks" in out.decode()
-    ), out
+    out, err, code = await p.cli("gc")
+    assert code == 0, err
+    assert f"{secondary}: 1 restore points, " in out and f"freed {len(only1)} chunks" in out, out
     assert all(not (secondary / "chunks" / c[:2] / c).exists() for c in only1)
     p.assert_clean()

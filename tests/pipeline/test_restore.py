@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -83,15 +82,6 @@ async def wait_restore(p: Pipeline, restore_id: str, timeout: float = 60) -> Res
         await asyncio.sleep(0.2)
 
 
-async def cli(p: Pipeline, *args: str) -> tuple[str, str, int]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", *args,
-        env=p.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await asyncio.wait_for(proc.communicate(), 90)
-    return out.decode(), err.decode(), proc.returncode or 0
-
-
 def folder(p: Pipeline, name: str) -> Path:
     return p.lab.datastore_dir / name
 
@@ -148,14 +138,14 @@ async def test_faults_end_clean(pipeline_factory: Callable[..., Pipeline]) -> No
     before = sorted(x.name for x in p.lab.datastore_dir.iterdir())
 
     # a name that exists: refused before anything is made (asked through the CLI, which waits)
-    out, err, code = await cli(
-        p, "restore", "start", rp.id, "--name", "db", "--datastore", "LocalDS_0", "--wait"
+    out, err, code = await p.cli(
+        "restore", "start", rp.id, "--name", "db", "--datastore", "LocalDS_0", "--wait"
     )
     assert code == 1 and "a VM named 'db' already exists" in err, (out, err)
     restore_id = out.splitlines()[0]
-    out, _, code = await cli(p, "restore", "list")
+    out, _, code = await p.cli("restore", "list")
     assert code == 0 and restore_id in out and "failed" in out
-    out, _, code = await cli(p, "restore", "show", restore_id)
+    out, _, code = await p.cli("restore", "show", restore_id)
     assert code == 0 and '"state": "failed"' in out
     # a network that does not exist: the error lists the ones there are
     done = await wait_restore(
@@ -418,11 +408,11 @@ async def test_restore_test_leaves_a_signed_report_and_no_vm(
     # and the CLI says so too
     good = p.data / "report.json"
     good.write_text(row.signed)
-    out, err, code = await cli(p, "report", "verify", str(good))
+    out, err, code = await p.cli("report", "verify", str(good))
     assert code == 0 and f"genuine: restore test {done.id} of web" in out, err
     bad = p.data / "bad.json"
     bad.write_text(json.dumps(signed))
-    out, err, code = await cli(p, "report", "verify", str(bad))
+    out, err, code = await p.cli("report", "verify", str(bad))
     assert code == 1 and "NOT GENUINE" in err
     p.assert_clean()
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import sys
 import time
 from collections.abc import Callable
 
@@ -72,13 +71,9 @@ async def test_verify_on_demand_names_damage_and_resizes(pipeline_factory: Calla
         disconnect(si)
 
     # `vbm verify --wait` asks, waits for the verifier and exits 1 naming what is wrong
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "shared.cli", "verify", row.id, "--wait", "--timeout", "60",
-        env=p.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    out, err = await proc.communicate()
-    assert proc.returncode == 1, (out, err)
-    assert f"{row.id}: failed (on demand" in out.decode() and f"problem: chunk {second}" in out.decode()
+    out, err, code = await p.cli("verify", row.id, "--wait", "--timeout", "60")
+    assert code == 1, (out, err)
+    assert f"{row.id}: failed (on demand" in out and f"problem: chunk {second}" in out
     with p.sessions() as s:
         row = s.get(RestorePointRow, row.id)
         assert row is not None
