@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -12,7 +13,7 @@ from shared.repo import Backend
 from shared.repo.s3 import S3Backend
 from tests.plugins.faultproxy import FaultProxy
 from tests.plugins.s3 import S3Server
-from tests.repo.contract import FAULT_TIMEOUT, HTTPFaultContract
+from tests.repo.contract import FAULT_TIMEOUT, HTTPFaultContract, MiB
 
 
 class TestS3Faults(HTTPFaultContract):
@@ -38,3 +39,22 @@ class TestS3Faults(HTTPFaultContract):
         )
         yield b, proxy
         await b.close()
+
+
+async def test_the_largest_object_is_one_put_and_a_cut_upload_leaves_no_multipart_upload(
+    s3_server: S3Server, s3_bucket: str, fault_proxy: Callable[[str, int], FaultProxy]
+) -> None:
+    proxy = fault_proxy(s3_server.host, s3_server.port)
+    b = S3Backend(
+        f"s3://{proxy.address}/{s3_bucket}/repo?tls=false", s3_server.access_key, s3_server.secret_key
+    )
+    data = os.urandom(64 * MiB + 20)  # the largest chunk object: 64 MiB of plain bytes and a header
+    proxy.reset(10 * MiB, "up")
+    try:
+        assert await b.put_if_absent("chunks/big", data)
+        assert proxy.faults == 1
+        assert await b.get("chunks/big", 64 * MiB) == data[64 * MiB :]
+    finally:
+        await b.close()
+    uploads = s3_server.client()._list_multipart_uploads(s3_bucket)
+    assert uploads.uploads == []  # never a multipart upload, so none is left behind
