@@ -7,8 +7,6 @@ import asyncio
 import sys
 from typing import Any
 
-from sqlalchemy import select
-
 from shared import prune
 from shared.runtime import utcnow
 from shared.settings import Settings
@@ -28,7 +26,6 @@ def add_parsers(sub: Any) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from shared.db import make_engine, make_sessionmaker, upgrade
-    from shared.db.models import Replication, RestorePointRow
     from shared.repo import RepoError
 
     engine = make_engine(settings.db_url)
@@ -56,10 +53,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 0
         with sessions() as s:
-            locations = [args.repository] if args.repository else sorted(
-                set(s.scalars(select(RestorePointRow.repository).distinct()))
-                | set(s.scalars(select(Replication.target).distinct()))
-            )  # fmt: skip
+            locations = [args.repository] if args.repository else prune.repositories(s)
         for location in locations:
             try:
                 report = asyncio.run(prune.collect_garbage(sessions, location, now, dry_run=args.dry_run))
@@ -72,6 +66,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 f" {report.chunks_referenced} chunks in use;"
                 f" {verb} {report.chunks_removed} chunks ({report.bytes_removed} bytes);"
                 f" {report.chunks_spared_young} unreferenced but too recent (a backup may be using them)"
+                + (
+                    f"; {report.leftovers_removed} leftovers of dead writes removed"
+                    if report.leftovers_removed
+                    else ""
+                )
+                + (
+                    f"; {report.chunks_put_back} chunks a dead GC had moved aside put back"
+                    if report.chunks_put_back
+                    else ""
+                )
             )
         return 0
     finally:

@@ -166,6 +166,16 @@ def record_pruned(session: Session, rp_id: str, reason: str, now: datetime) -> N
     session.delete(row)
 
 
+def repositories(session: Session, copies: bool = True) -> list[str]:
+    """Every repository the catalog names; with `copies`, also the secondaries copies went to."""
+    from shared.db.models import Replication
+
+    found = set(session.scalars(select(RestorePointRow.repository).distinct()))
+    if copies:
+        found |= set(session.scalars(select(Replication.target).distinct()))
+    return sorted(found)
+
+
 def gc_cutoff(session: Session, now: datetime) -> datetime:
     """Five minutes before the oldest backup task or copy to a secondary still running (or now)."""
     from shared.db.models import Replication

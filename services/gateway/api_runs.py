@@ -219,15 +219,13 @@ async def prune_now(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/gc")
 async def gc_now(request: web.Request) -> web.Response:
-    """Garbage-collect `?repository=` (default: every repository in the catalog); `?dry_run=true`."""
+    """Garbage-collect `?repository=` (default: every repository in the catalog, and the
+    secondaries copies went to); `?dry_run=true`."""
     ctx = request.app[CTX]
     dry = flag(request, "dry_run")
     wanted = request.query.get("repository")
 
-    def repositories(session: Session) -> list[str]:
-        return sorted(set(session.scalars(select(RestorePointRow.repository).distinct())))
-
-    locations = [wanted] if wanted else await in_session(request, repositories)
+    locations = [wanted] if wanted else await in_session(request, prune.repositories)
     out = []
     for location in locations:
         try:
@@ -242,6 +240,8 @@ async def gc_now(request: web.Request) -> web.Response:
                 "chunks_removed": r.chunks_removed,
                 "bytes_removed": r.bytes_removed,
                 "chunks_spared_young": r.chunks_spared_young,
+                "leftovers_removed": r.leftovers_removed,
+                "chunks_put_back": r.chunks_put_back,
                 "dry_run": dry,
             }
         )

@@ -36,15 +36,12 @@ log = logging.getLogger(__name__)
 
 
 def repositories(ctx: Context, copies: bool = False) -> list[str]:
-    """Every repository the catalog names; with `copies`, the secondaries copies went to too
-    (collected and measured, not re-read on schedule: an off-site read costs egress)."""
-    from shared.db.models import Replication
+    """The catalog's repositories; with `copies` the secondaries too (collected and measured,
+    not re-read on schedule: an off-site read costs egress)."""
+    from shared import prune
 
     with ctx.sessions() as s:
-        found = set(s.scalars(select(RestorePointRow.repository).distinct()))
-        if copies:
-            found |= set(s.scalars(select(Replication.target).distinct()))
-        return sorted(found)
+        return prune.repositories(s, copies)
 
 
 def claim(ctx: Context, location: str, now: datetime) -> tuple[int, int, datetime] | None:
@@ -192,8 +189,9 @@ async def gc_loop(deps: Deps) -> None:
                 log.error("scheduled GC of %s failed: %s", location, exc)
                 continue
             log.info(
-                "GC %s: freed %d chunks (%d bytes), %d spared as recent",
+                "GC %s: freed %d chunks (%d bytes), %d spared as recent, %d leftovers removed, %d put back",
                 location, report.chunks_removed, report.bytes_removed, report.chunks_spared_young,
+                report.leftovers_removed, report.chunks_put_back,
             )  # fmt: skip
 
 

@@ -10,6 +10,7 @@ or found existing durable, and *must* be called before writing an object that re
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -71,6 +72,38 @@ class Backend(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+TMP_PREFIX = ".tmp-"
+ASIDE_PREFIX = TMP_PREFIX + "gc-"
+
+
+def aside_name(name: str) -> str:
+    """The hidden name garbage collection moves object `name` to while it decides (the original
+    name stays readable in it, so that a GC that died in between can be undone)."""
+    return f"{ASIDE_PREFIX}{name}-{uuid.uuid4().hex[:8]}"
+
+
+def aside_original(name: str) -> str | None:
+    """The object name an aside name was made from; None for any other name."""
+    if not name.startswith(ASIDE_PREFIX) or "-" not in name[len(ASIDE_PREFIX) :]:
+        return None
+    return name[len(ASIDE_PREFIX) :].rsplit("-", 1)[0] or None
+
+
+@runtime_checkable
+class HasLeftovers(Protocol):
+    """A backend whose writes and GC deletes go through hidden `.tmp-*` names (local, SFTP,
+    rclone): a crash can leave them; garbage collection cleans them (`gc.clean_leftovers`)."""
+
+    async def leftovers(self) -> list[ObjectInfo]:
+        """Every hidden `.tmp-*` object, with its key and modification time."""
+        ...
+
+    async def put_back(self, aside: str, key: str) -> bool:
+        """Publish object `aside` under `key` unless `key` exists (True when it did), then
+        remove `aside`."""
+        ...
 
 
 LIST_BATCH = 1000

@@ -15,6 +15,12 @@ sweep (as Proxmox Backup Server's, with modification times instead of access tim
    modified after that backup started. The caller therefore passes a cut-off no later than the
    start of the oldest running writer (and of this GC), minus a margin for clock skew.
 
+3. **leftovers** (backends that write through hidden `.tmp-*` names: local, SFTP, rclone): an
+   object a dead GC left moved aside (`.tmp-gc-<name>-<random>`) is put back under its name
+   unless that name exists again (a writer may have relied on it just before the move: putting
+   it back is always safe, the next GC decides again); any other `.tmp-*` (a write that died)
+   last modified before the cut-off is removed.
+
 One GC at a time per repository: the object `locks/gc` is created with put-if-absent and removed
 at the end; a lock older than `stale_after` (a GC that died) is taken over.
 """
@@ -22,9 +28,11 @@ at the end; a lock older than `stale_after` (a GC that died) is taken over.
 from __future__ import annotations
 
 import json
+import posixpath
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from shared.repo.backend import Backend, HasLeftovers, aside_original
 from shared.repo.errors import ManifestError, ObjectMissing, RepoError
 from shared.repo.repository import Repository
 
@@ -45,6 +53,8 @@ class GCReport:
     chunks_spared_young: int = 0
     bytes_kept: int = 0
     removed: list[str] = field(default_factory=list)
+    leftovers_removed: int = 0
+    chunks_put_back: int = 0
 
 
 async def collect(
@@ -89,9 +99,30 @@ async def collect(
             report.chunks_removed += 1
             report.bytes_removed += info.size
             report.removed.append(cid)
+        if not dry_run:
+            report.leftovers_removed, report.chunks_put_back = await clean_leftovers(repo.backend, cutoff)
         return report
     finally:
         await repo.backend.delete(LOCK_KEY)
+
+
+async def clean_leftovers(backend: Backend, cutoff: datetime) -> tuple[int, int]:
+    """(removed, put back): see step 3 of the module's docstring."""
+    if not isinstance(backend, HasLeftovers):
+        return 0, 0
+    removed = put_back = 0
+    for info in await backend.leftovers():
+        folder, name = posixpath.split(info.key)
+        original = aside_original(name)
+        if original is not None:
+            if await backend.put_back(info.key, posixpath.join(folder, original) if folder else original):
+                put_back += 1
+            else:
+                removed += 1
+        elif info.modified < cutoff:
+            await backend.delete(info.key)
+            removed += 1
+    return removed, put_back
 
 
 async def _lock(repo: Repository, now: datetime, stale_after: timedelta) -> None:

@@ -21,10 +21,8 @@ from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
-from shared.repo.backend import ObjectInfo
+from shared.repo.backend import TMP_PREFIX, ObjectInfo, aside_name
 from shared.repo.errors import ObjectMissing, RepoError, StorageFull
-
-TMP_PREFIX = ".tmp-"
 
 
 class LocalBackend:
@@ -184,7 +182,7 @@ class LocalBackend:
         """Move the object aside first (a writer's touch now finds it gone and stores it again),
         then look at its modification time: touched since the cut-off, it is put back."""
         path = self._path(key)
-        aside = path.parent / f"{TMP_PREFIX}gc-{uuid.uuid4().hex}"
+        aside = path.parent / aside_name(path.name)
         try:
             os.rename(path, aside)
         except FileNotFoundError:
@@ -197,6 +195,37 @@ class LocalBackend:
             return None
         aside.unlink()
         return st.st_size
+
+    async def leftovers(self) -> builtins.list[ObjectInfo]:
+        def scan() -> builtins.list[ObjectInfo]:
+            out: list[ObjectInfo] = []
+            for dirpath, _dirs, files in os.walk(self.root):
+                for name in files:
+                    if name.startswith(TMP_PREFIX):
+                        full = os.path.join(dirpath, name)
+                        with contextlib.suppress(FileNotFoundError):
+                            st = os.stat(full)
+                            key = os.path.relpath(full, self.root).replace(os.sep, "/")
+                            out.append(ObjectInfo(key, st.st_size, datetime.fromtimestamp(st.st_mtime, UTC)))
+            return out
+
+        return await asyncio.to_thread(scan)
+
+    async def put_back(self, aside: str, key: str) -> bool:
+        def run() -> bool:
+            src, dst = self._path(aside), self._path(key)
+            try:
+                os.link(src, dst)
+                back = True
+                _fsync_dir(dst.parent)
+            except FileExistsError:
+                back = False
+            except FileNotFoundError:
+                return False
+            src.unlink(missing_ok=True)
+            return back
+
+        return await asyncio.to_thread(run)
 
     async def usage(self) -> tuple[int | None, int | None]:
         du = await asyncio.to_thread(shutil.disk_usage, self.root)

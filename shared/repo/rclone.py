@@ -31,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
+import builtins
 import contextlib
 import ctypes
 import http.client
@@ -51,10 +52,9 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.parse import quote, urlsplit
 
-from shared.repo.backend import ObjectInfo
+from shared.repo.backend import TMP_PREFIX, ObjectInfo, aside_name
 from shared.repo.errors import ObjectMissing, RepoError
 
-TMP_PREFIX = ".tmp-"
 MISSING = ("object not found", "directory not found", "not found")
 
 
@@ -392,7 +392,7 @@ class RcloneBackend:
         return await asyncio.to_thread(self._delete_if_unused, self._key(key), cutoff)
 
     def _delete_if_unused(self, key: str, cutoff: datetime) -> int | None:
-        aside = posixpath.join(posixpath.dirname(key), f"{TMP_PREFIX}gc-{uuid.uuid4().hex}")
+        aside = posixpath.join(posixpath.dirname(key), aside_name(posixpath.basename(key)))
         try:
             self._move(key, aside, f"deleting {key}")
         except ObjectMissing:
@@ -408,6 +408,35 @@ class RcloneBackend:
             return None
         self._rc("operations/deletefile", f"deleting {key}", fs=self.where.fs, remote=aside)
         return int(item.get("Size", 0))
+
+    async def leftovers(self) -> builtins.list[ObjectInfo]:
+        def run() -> builtins.list[ObjectInfo]:
+            try:
+                found = self._rc(
+                    "operations/list", "listing leftovers", fs=self.where.fs, remote="",
+                    opt={"recurse": True, "filesOnly": True},
+                ).get("list") or []  # fmt: skip
+            except ObjectMissing:
+                return []
+            return [
+                ObjectInfo(str(item["Path"]), int(item.get("Size", 0)), _time(item))
+                for item in found
+                if posixpath.basename(str(item["Path"])).startswith(TMP_PREFIX)
+            ]
+
+        return await asyncio.to_thread(run)
+
+    async def put_back(self, aside: str, key: str) -> bool:
+        def run() -> bool:
+            if self._stat(self._key(aside)) is None:
+                return False
+            if self._stat(self._key(key)) is None:
+                self._move(aside, key, f"putting back {key}")
+                return True
+            self._rc("operations/deletefile", f"deleting {aside}", fs=self.where.fs, remote=aside)
+            return False
+
+        return await asyncio.to_thread(run)
 
     async def flush(self) -> None:
         return None  # rclone returns when the provider acknowledged the write

@@ -25,6 +25,7 @@ The contract, as the local backend keeps it (the same steps, over SFTP):
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import posixpath
 import stat as statmod
@@ -38,11 +39,10 @@ from urllib.parse import unquote, urlsplit
 
 import asyncssh
 
-from shared.repo.backend import ObjectInfo
+from shared.repo.backend import TMP_PREFIX, ObjectInfo, aside_name
 from shared.repo.errors import ObjectMissing, RepoError
 
 T = TypeVar("T")
-TMP_PREFIX = ".tmp-"
 ATTEMPTS = 3
 PIECE = 1 << 20  # objects are read and written in pieces this big: each one is progress
 LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)  # SFTPErrors, but retried
@@ -344,7 +344,7 @@ class SFTPBackend:
 
     async def delete_if_unused_since(self, key: str, cutoff: datetime) -> int | None:
         path = self._path(key)
-        aside = posixpath.join(posixpath.dirname(path), f"{TMP_PREFIX}gc-{uuid.uuid4().hex}")
+        aside = posixpath.join(posixpath.dirname(path), aside_name(posixpath.basename(path)))
 
         async def run(sftp: asyncssh.SFTPClient) -> int | None:
             try:
@@ -361,6 +361,52 @@ class SFTPBackend:
             return int(attrs.size or 0)
 
         return await self._run(f"deleting {key}", run)
+
+    async def leftovers(self) -> builtins.list[ObjectInfo]:
+        found: builtins.list[ObjectInfo] = []
+
+        async def walk(sftp: asyncssh.SFTPClient) -> None:
+            stack = [self.where.root]
+            while stack:
+                folder = stack.pop()
+                try:
+                    entries = await sftp.readdir(folder)
+                except asyncssh.SFTPNoSuchFile:
+                    continue
+                _progress()
+                for entry in entries:
+                    name = str(entry.filename)
+                    full = posixpath.join(folder, name)
+                    if name in (".", ".."):
+                        continue
+                    if entry.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or (
+                        entry.attrs.permissions is not None and statmod.S_ISDIR(entry.attrs.permissions)
+                    ):
+                        stack.append(full)
+                    elif name.startswith(TMP_PREFIX):
+                        key = posixpath.relpath(full, self.where.root)
+                        when = datetime.fromtimestamp(entry.attrs.mtime or 0, UTC)
+                        found.append(ObjectInfo(key, int(entry.attrs.size or 0), when))
+
+        await self._run("listing leftovers", walk)
+        return found
+
+    async def put_back(self, aside: str, key: str) -> bool:
+        src, dst = self._path(aside), self._path(key)
+
+        async def run(sftp: asyncssh.SFTPClient) -> bool:
+            try:
+                await sftp.link(src, dst)
+                back = True
+            except asyncssh.SFTPNoSuchFile:
+                return False
+            except asyncssh.SFTPError:
+                back = False  # the name exists (stored again meanwhile)
+            with contextlib.suppress(asyncssh.SFTPNoSuchFile):
+                await sftp.remove(src)
+            return back
+
+        return await self._run(f"putting back {key}", run)
 
     async def flush(self) -> None:
         return None  # every write was fsynced before it was published

@@ -2,7 +2,8 @@
 
 A test module subclasses `BackendContract` and provides a `backend` fixture (an empty location);
 a remote backend's module also subclasses `FaultContract` (`HTTPFaultContract` over HTTP) for the
-network faults, through a fault proxy.
+network faults, through a fault proxy; one that writes through hidden `.tmp-*` names subclasses
+`LeftoverContract`.
 """
 
 from __future__ import annotations
@@ -12,11 +13,14 @@ import logging
 import os
 import re
 import time
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
 from shared.repo import Backend, ObjectMissing
+from shared.repo.backend import HasLeftovers, aside_name
 from shared.repo.errors import RepoError
+from shared.repo.gc import clean_leftovers
 from tests.plugins.faultproxy import FOREVER, FaultProxy
 
 MiB = 1 << 20
@@ -235,3 +239,28 @@ class HTTPFaultContract(FaultContract):
         proxy.clear()
         assert not await backend.exists("f/broken")
         assert [i.key async for i in backend.list("f/")] == []
+
+
+class LeftoverContract:
+    """Backends that write and GC-delete through hidden `.tmp-*` names (local, SFTP, rclone): what
+    a dead write or a dead GC left behind is cleaned by `gc.clean_leftovers`, and an object a
+    dead GC had moved aside comes back under its name (a backup may rely on it)."""
+
+    async def test_leftovers_of_a_dead_write_and_a_dead_gc_are_cleaned(self, backend: Backend) -> None:
+        assert isinstance(backend, HasLeftovers)
+        lost, kept = "ab" * 32, "cd" * 32
+        await backend.put_if_absent(f"chunks/ab/{aside_name(lost)}", b"lost chunk")  # GC died mid-decision
+        await backend.put_if_absent(f"chunks/cd/{kept}", b"stored again")
+        await backend.put_if_absent(f"chunks/cd/{aside_name(kept)}", b"stored again")
+        await backend.put_if_absent("chunks/ef/.tmp-0123abcd", b"a write that died")
+        assert [i.key async for i in backend.list("chunks/")] == [f"chunks/cd/{kept}"]
+        assert len(await backend.leftovers()) == 3
+
+        now = datetime.now(UTC)
+        assert await clean_leftovers(backend, now - timedelta(hours=1)) == (1, 1)  # the young write stays
+        assert await backend.get(f"chunks/ab/{lost}") == b"lost chunk"
+        assert await backend.get(f"chunks/cd/{kept}") == b"stored again"
+        assert [i.key for i in await backend.leftovers()] == ["chunks/ef/.tmp-0123abcd"]
+        assert await clean_leftovers(backend, now + timedelta(hours=1)) == (1, 0)
+        assert await backend.leftovers() == []
+        assert {i.key async for i in backend.list("chunks/")} == {f"chunks/ab/{lost}", f"chunks/cd/{kept}"}

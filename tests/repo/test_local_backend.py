@@ -1,13 +1,19 @@
 import os
+import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from shared.repo import LocalBackend, StorageFull
-from tests.repo.contract import BackendContract
+from shared.repo import LocalBackend, Repository, StorageFull, Writer, check, read_disk, restore_point
+from shared.repo.backend import aside_name
+from shared.repo.gc import collect
+from shared.repo.repository import chunk_key
+from tests.repo.conftest import BytesSource, make_image
+from tests.repo.contract import BackendContract, LeftoverContract
 
 
-class TestLocalContract(BackendContract):
+class TestLocalContract(BackendContract, LeftoverContract):
     @pytest.fixture
     def backend(self, tmp_path: Path) -> LocalBackend:
         return LocalBackend(tmp_path / "store")
@@ -56,3 +62,31 @@ async def test_delete_if_unused_since_spares_what_was_refreshed(tmp_path: Path) 
     assert not await backend.exists("chunks/aa/old")
     assert await backend.delete_if_unused_since("chunks/aa/gone", cutoff) is None
     assert [o.key for o in [x async for x in backend.list("chunks/")]] == ["chunks/aa/young"]
+
+
+async def test_gc_puts_back_a_chunk_a_dead_gc_left_aside_and_removes_dead_writes(tmp_path: Path) -> None:
+    repo = await Repository.init(LocalBackend(tmp_path / "r"), chunk_size=64 * 1024)
+    writer = Writer(repo)
+    data = make_image(4 * 64 * 1024, seed=5)
+    try:
+        disk, _ = await writer.write_disk(
+            BytesSource(data), key=2000, capacity=len(data), file="w/w-flat.vmdk"
+        )
+    finally:
+        writer.close()
+    now = datetime.now(UTC)
+    rp = restore_point(vm_name="w", started=now, finished=now, disks=[disk])
+    await repo.commit(rp)
+    victim = sorted(rp.chunk_ids())[0]
+    path = tmp_path / "r" / chunk_key(victim)
+    os.rename(path, path.parent / aside_name(victim))  # a GC killed between its move and its decision
+    (path.parent / ".tmp-0badc0de").write_bytes(b"a write killed half-way")
+    old = time.time() - 3600
+    os.utime(path.parent / ".tmp-0badc0de", (old, old))
+    assert not (await check(repo)).ok
+
+    report = await collect(repo, cutoff=now - timedelta(minutes=5))
+    assert (report.chunks_put_back, report.leftovers_removed, report.chunks_removed) == (1, 1, 0)
+    assert (await check(repo, read_data=1.0)).ok
+    assert b"".join([x async for x in read_disk(repo, rp, rp.disk(2000))]) == data
+    assert not [p for p in (tmp_path / "r").rglob(".tmp-*")]

@@ -14,14 +14,14 @@ from shared.repo.errors import RepoError
 from shared.repo.rclone import RcloneBackend
 from tests.plugins.faultproxy import FaultProxy
 from tests.plugins.rclone import WebDAVServer
-from tests.repo.contract import FAULT_TIMEOUT, BackendContract, HTTPFaultContract
+from tests.repo.contract import FAULT_TIMEOUT, BackendContract, HTTPFaultContract, LeftoverContract
 
 
 def backend_for(server: WebDAVServer, path: str, **kw: object) -> RcloneBackend:
     return RcloneBackend(f"rclone://vbmdav/{path}", env=server.remote_env(), **kw)  # type: ignore[arg-type]
 
 
-class TestRcloneContract(BackendContract):
+class TestRcloneContract(BackendContract, LeftoverContract):
     @pytest.fixture
     def backend(self, webdav_server: WebDAVServer) -> RcloneBackend:
         self.server = webdav_server

@@ -16,7 +16,7 @@ from shared.repo.errors import RepoError
 from shared.repo.sftp import SFTPBackend
 from tests.plugins.faultproxy import FaultProxy
 from tests.plugins.sftp import SFTPServer
-from tests.repo.contract import FAULT_TIMEOUT, BackendContract, FaultContract
+from tests.repo.contract import FAULT_TIMEOUT, BackendContract, FaultContract, LeftoverContract
 
 
 def backend_for(server: SFTPServer, path: str = "/repo", **kw: Any) -> SFTPBackend:
@@ -25,7 +25,7 @@ def backend_for(server: SFTPServer, path: str = "/repo", **kw: Any) -> SFTPBacke
     )
 
 
-class TestSFTPContract(BackendContract):
+class TestSFTPContract(BackendContract, LeftoverContract):
     @pytest.fixture
     async def backend(self, sftp_server: SFTPServer) -> AsyncIterator[SFTPBackend]:
         b = backend_for(sftp_server, f"/t-{time.monotonic_ns()}")
