@@ -1,6 +1,6 @@
 """The pipeline on an S3 bucket with Object Lock: every restore point is written immutable, retention
 that would remove one before its date keeps it, and a bucket without Object Lock fails the run
-saying so (snapshot removed)."""
+saying so (snapshot removed); copies to a locked secondary are immutable there too."""
 
 from __future__ import annotations
 
@@ -10,12 +10,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from minio.error import S3Error
+from sqlalchemy import select
 
-from shared.db.models import RestorePointRow
+from shared.db.models import Replication, RestorePointRow
 from shared.repo import Repository
 from shared.repo.repository import chunk_key, manifest_key
 from shared.repo.s3 import S3Backend
 from tests.pipeline.conftest import Pipeline
+from tests.pipeline.test_replication import wait_replications
 from tests.plugins.s3 import S3Server
 
 
@@ -79,4 +81,41 @@ async def test_a_bucket_without_object_lock_fails_the_run_clearly_and_leaves_no_
     assert done.state == "failed", p.dump(run)
     assert f"bucket {s3_bucket} has no Object Lock" in p.dump(run)
     assert p.restore_points(run) == []
+    p.assert_clean()
+
+
+async def test_copies_to_a_locked_bucket_are_immutable_and_outlive_retention(
+    pipeline_factory: Callable[..., Pipeline], s3_server: S3Server
+) -> None:
+    bucket = f"vbm-lock-{uuid.uuid4().hex[:12]}"
+    client = s3_server.client()
+    client.make_bucket(bucket, object_lock=True)
+    p = pipeline_factory(VBM_S3__ACCESS_KEY=s3_server.access_key, VBM_S3__SECRET_KEY=s3_server.secret_key)
+    offsite = f"s3://{s3_server.endpoint}/{bucket}/copy?tls=false&immutable_days=1"
+    p.start("snapshotter", "mover", "verifier", "notifier")
+    job = p.create_job("offsite", ["web"], retention={"keep_last": 1}, options={"replicate_to": [offsite]})
+    run1 = await p.run_job(job)
+    assert (await p.wait_run(run1)).state == "succeeded", p.dump(run1)
+    (rp1,) = p.restore_points(run1)
+    await wait_replications(p, rp1.id, 1)
+    p.lab.guest_write("web", 2000, 0, b"after the first backup" * 100)
+    run2 = await p.run_job(job)
+    assert (await p.wait_run(run2)).state == "succeeded", p.dump(run2)
+    (rp2,) = p.restore_points(run2)
+    await wait_replications(p, rp2.id, 1)
+
+    _, err, code = await p.cli("prune")  # rp1 leaves the primary; its copy is immutable: it stays
+    assert code == 0, err
+    with p.sessions() as s:
+        assert s.get(RestorePointRow, rp1.id) is None
+        assert sorted(r.restore_point_id for r in s.scalars(select(Replication))) == sorted([rp1.id, rp2.id])
+    copy = await Repository.open(S3Backend(offsite, s3_server.access_key, s3_server.secret_key))
+    assert await copy.restore_point_ids() == sorted([rp1.id, rp2.id])
+    floor = datetime.now(UTC) + timedelta(hours=23)
+    for rp_id in (rp1.id, rp2.id):
+        rp = await copy.load(rp_id)
+        for key in [manifest_key(rp_id), *(chunk_key(c) for c in rp.chunk_ids())]:
+            r = client.get_object_retention(bucket, f"copy/{key}")
+            assert r is not None and r.retain_until_date is not None and r.retain_until_date >= floor, key
+    await copy.backend.close()
     p.assert_clean()
