@@ -17,6 +17,7 @@ from shared.repo import Repository
 from shared.repo.repository import chunk_key, manifest_key
 from shared.repo.s3 import S3Backend
 from tests.pipeline.conftest import Pipeline
+from tests.pipeline.test_faults import eventually
 from tests.pipeline.test_replication import wait_replications
 from tests.plugins.s3 import S3Server
 
@@ -81,6 +82,11 @@ async def test_a_bucket_without_object_lock_fails_the_run_clearly_and_leaves_no_
     assert done.state == "failed", p.dump(run)
     assert f"bucket {s3_bucket} has no Object Lock" in p.dump(run)
     assert p.restore_points(run) == []
+    # the failed step's cleanup (the notifier) removes the snapshot right after the run ends
+    await eventually(
+        lambda: not p.open_ledger() and not p.lab.snapshots("web"),
+        what="the snapshot of the failed run removed",
+    )
     p.assert_clean()
 
 
