@@ -14,7 +14,7 @@ import json
 import sys
 from collections.abc import Sequence
 
-from shared import __version__, cli_jobs, cli_prune, cli_repo, cli_restore
+from shared import __version__, cli_alerts, cli_jobs, cli_prune, cli_repo, cli_restore
 from shared.settings import ConfigError, load_settings, unknown_variables
 
 
@@ -39,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_restore.add_parser(sub)
     cli_restore.add_report_parser(sub)
     cli_prune.add_parsers(sub)
+    cli_alerts.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -71,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return cli_jobs.run(args, settings)
     if args.command == "restore":
         return cli_restore.run(args, settings)
+    if args.command in cli_alerts.COMMANDS:
+        return cli_alerts.run(args, settings)
     if args.command in ("prune", "gc"):
         return cli_prune.run(args, settings)
     if args.command == "report":

@@ -52,6 +52,15 @@ def add_parsers(sub: Any) -> None:
         help="a restore-test job: test-restore the VMs' newest points there",
     )
     create.add_argument("--test-network", metavar="NETWORK", help="the isolated network of restore tests")
+    create.add_argument(
+        "--notify", action="append", default=[], metavar="CHANNEL", help="also tell this channel (repeatable)"
+    )
+    create.add_argument(
+        "--notify-on",
+        action="append",
+        choices=("success", "warning", "failure"),
+        help="outcomes of this job to send (repeatable; default: each channel's own)",
+    )
     acts.add_parser("list", help="list jobs")
     run_now = acts.add_parser("run", help="run a job now")
     run_now.add_argument("job", metavar="NAME_OR_ID")
@@ -211,7 +220,11 @@ def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionm
         "name": args.name,
         "vcenter": vcenter,
         "vms": [vm_ref(v) for v in args.vm],
-        "options": {"cbt": not args.no_cbt, "quiesce": args.quiesce},
+        "options": {
+            "cbt": not args.no_cbt,
+            "quiesce": args.quiesce,
+            "notify": {"channels": args.notify, "on": args.notify_on},
+        },
         "repository": args.repository,
     }
     if args.schedule:

@@ -37,6 +37,7 @@ class Subject(StrEnum):
     REPLICATE_REQUESTED = "vbm.replicate.requested"
     REPLICATE_DONE = "vbm.replicate.done"
     STEP_FAILED = "vbm.step.failed"
+    RUN_FINISHED = "vbm.run.finished"
     ALERT_RAISED = "vbm.alert.raised"
     BUS_REJECTED = "vbm.bus.rejected"
 
@@ -285,6 +286,21 @@ class StepFailed(Event):
         return f"step.failed:{self.run_id}:{self.task_id or '-'}:{self.step}"
 
 
+class RunFinished(Event):
+    """A run ended (every task or restore test of it has ended): what people are told about.
+
+    Published by: whichever service ended the run's last task. Consumed by: notifier (channels).
+    """
+
+    SUBJECT: ClassVar[Subject] = Subject.RUN_FINISHED
+    run_id: Id
+    job_id: Id
+    state: Literal["succeeded", "partial", "failed", "cancelled"]
+
+    def msg_id(self) -> str:
+        return f"run.finished:{self.run_id}"
+
+
 class AlertRaised(Event):
     """Something a person must know. Published by: notifier. Consumed by: alert channels."""
 
@@ -356,6 +372,7 @@ EVENT_TYPES: dict[str, type[Event]] = {
         ReplicateRequested,
         ReplicateDone,
         StepFailed,
+        RunFinished,
         AlertRaised,
         BusRejected,
     )

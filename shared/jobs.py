@@ -20,6 +20,7 @@ from shared.db.models import Job, Run
 from shared.outbox import stage
 from shared.retention import Policy
 from shared.schedules import Schedule, run_id_for
+from shared.settings import Outcome
 
 Trigger = Literal["schedule", "manual", "api", "retry"]
 
@@ -76,6 +77,16 @@ def check_location(value: str) -> str:
     return value
 
 
+class NotifyOptions(BaseModel):
+    """A job's notifications: channels it adds (by name, from `notifications.channels`) and,
+    when set, which of its outcomes are sent (instead of each channel's own `on`)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    channels: tuple[str, ...] = Field(default=(), max_length=16)
+    on: tuple[Outcome, ...] | None = Field(default=None, min_length=1)
+
+
 class JobOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -91,6 +102,9 @@ class JobOptions(BaseModel):
     )
     restore_test: RestoreTestOptions | None = Field(
         default=None, description="Set: the job tests restores of its VMs instead of backing them up"
+    )
+    notify: NotifyOptions = Field(
+        default_factory=NotifyOptions, description="Notification channels and outcomes of this job"
     )
     replicate_to: tuple[str, ...] = Field(
         default=(),

@@ -124,8 +124,17 @@ def check_spec(
     lister: Lister = list_vms,
 ) -> JobSpec:
     """Everything before a create or replace (blocking): the vCenter is configured, the name is
-    free (for `job_id` itself when replacing), then the VMs resolved against vCenter."""
+    free (for `job_id` itself when replacing), the notification channels it names exist, then
+    the VMs resolved against vCenter."""
     vcenter_of(settings, spec.vcenter)
+    unknown = [c for c in spec.options.notify.channels if settings.notifications.channel(c) is None]
+    if unknown:
+        known = ", ".join(c.name for c in settings.notifications.channels) or "none configured"
+        raise Invalid(
+            "options.notify.channels",
+            f"no notification channel named {', '.join(map(repr, unknown))}"
+            f" (notifications.channels: {known})",
+        )
     with sessions() as session:
         name_free(session, spec.name, job_id)
     return resolve_vms(spec, settings, lister)

@@ -23,6 +23,7 @@ from shared.db.models import Job, Restore, RestorePointRow, Run
 from shared.jobstore import Conflict, Invalid, NotFound, StoreError, iso
 from shared.outbox import stage
 from shared.pipeline.alerts import raise_alert
+from shared.pipeline.state import close_run
 from shared.settings import Settings
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -214,7 +215,7 @@ def start_restore_tests(session: Session, job: Job, run: Run, now: datetime) -> 
     if missing:
         run.error = f"no restore test started for: {', '.join(missing)}"
     if not started:
-        run.state, run.finished_at = "failed", now
+        close_run(session, run, "failed", now)
     return started
 
 
@@ -230,8 +231,12 @@ def finish_run(session: Session, restore: Restore, now: datetime) -> None:
     if any(st not in FINAL for st in states):
         return
     ok = sum(st == "succeeded" for st in states)
-    run.state = "succeeded" if ok == len(states) and not run.error else "failed" if ok == 0 else "partial"
-    run.finished_at = now
+    close_run(
+        session,
+        run,
+        "succeeded" if ok == len(states) and not run.error else "failed" if ok == 0 else "partial",
+        now,
+    )
 
 
 def instant_action(

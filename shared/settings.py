@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -191,6 +191,101 @@ class ReplicationSettings(BaseModel):
     bandwidth_mbps: float = Field(default=0, ge=0, description="Megabits a second per copy; 0: no limit")
 
 
+Outcome = Literal["success", "warning", "failure"]
+
+
+class SMTPSettings(BaseModel):
+    """The mail server email channels send through (the password is never logged)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = Field(default="", description="Empty: email channels cannot send")
+    port: int = Field(default=587, ge=1, le=65535)
+    security: Literal["starttls", "tls", "none"] = Field(
+        default="starttls", description="starttls (587), tls (implicit, 465) or none (a local relay)"
+    )
+    username: str = ""
+    password: SecretStr = SecretStr("")
+    sender: str = Field(default="vbm@localhost", description="The From address")
+    ca_file: str | None = Field(default=None, description="PEM of the server's CA; default: the system's")
+
+
+class ChannelSettings(BaseModel):
+    """Where people hear about runs and alerts: an email list, Slack, Teams or any HTTP endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    type: Literal["email", "slack", "teams", "webhook"]
+    to: tuple[str, ...] = Field(default=(), description="email: the recipients")
+    url: SecretStr = Field(default=SecretStr(""), description="slack, teams, webhook: the URL to POST to")
+    secret: SecretStr = Field(
+        default=SecretStr(""), description="webhook: HMAC-SHA256 key for the X-VBM-Signature header"
+    )
+    on: tuple[Outcome, ...] = Field(
+        default=("failure", "warning"), min_length=1, description="Which outcomes this channel hears of"
+    )
+    scope: Literal["all", "jobs"] = Field(
+        default="all", description="all: every job and alert; jobs: only jobs that name it (options.notify)"
+    )
+
+    @model_validator(mode="after")
+    def _complete(self) -> ChannelSettings:
+        if self.type == "email":
+            if not self.to:
+                raise ValueError(
+                    f"notification channel {self.name!r}: an email channel needs `to` (addresses)"
+                )
+            bad = [a for a in self.to if "@" not in a or any(c.isspace() for c in a)]
+            if bad:
+                raise ValueError(
+                    f"notification channel {self.name!r}: not an email address: {', '.join(bad)}"
+                )
+        else:
+            url = self.url.get_secret_value()
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"notification channel {self.name!r}: a {self.type} channel needs `url` (http:// or https://)"
+                )
+        return self
+
+
+class NotificationSettings(BaseModel):
+    """Channels that are told when runs end and alerts are raised (notifier service)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    smtp: SMTPSettings = SMTPSettings()
+    channels: tuple[ChannelSettings, ...] = ()
+    timeout: float = Field(default=15, gt=0, le=300, description="Seconds one delivery may take")
+    retry: tuple[Annotated[float, Field(gt=0)], ...] = Field(
+        default=(10, 60, 300, 900, 1800, 3600),
+        min_length=1,
+        max_length=20,
+        description="Seconds before each retry of a failed delivery; then it is given up (an alert)",
+    )
+    public_url: str = Field(
+        default="", description="The gateway's address as people reach it, for links in messages"
+    )
+
+    @model_validator(mode="after")
+    def _unique(self) -> NotificationSettings:
+        names = [c.name for c in self.channels]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(
+                f"notifications.channels: names must be unique, repeated: {', '.join(duplicates)}"
+            )
+        if any(c.type == "email" for c in self.channels) and not self.smtp.host:
+            raise ValueError(
+                "notifications: an email channel is configured but notifications.smtp.host is not"
+            )
+        return self
+
+    def channel(self, name: str) -> ChannelSettings | None:
+        return next((c for c in self.channels if c.name == name), None)
+
+
 class HotAddSettings(BaseModel):
     """Hot-add: how a disk attached to vbm's own VM is found in this machine's /dev."""
 
@@ -259,6 +354,7 @@ class Settings(BaseSettings):
     replication: ReplicationSettings = ReplicationSettings()
     sftp: SFTPSettings = SFTPSettings()
     rclone: RcloneSettings = RcloneSettings()
+    notifications: NotificationSettings = NotificationSettings()
 
     @property
     def instant_root(self) -> Path:

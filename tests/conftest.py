@@ -11,5 +11,6 @@ pytest_plugins = [
     "tests.plugins.rclone",
     "tests.plugins.postgres",
     "tests.plugins.smtp",
+    "tests.plugins.webhook",
     "tests.plugins.tmpfs",
 ]

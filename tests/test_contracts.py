@@ -42,6 +42,7 @@ SAMPLES: list[c.Event] = [
         bytes_sent=100,
     ),
     c.StepFailed(occurred_at=NOW, run_id="run-1", step="transfer", reason="cut"),
+    c.RunFinished(occurred_at=NOW, run_id="run-1", job_id="job-1", state="partial"),
     c.AlertRaised(occurred_at=NOW, alert_id="a-1", severity="error", kind="snapshot", message="m"),
     c.BusRejected(occurred_at=NOW, consumer="mover", subject="vbm.x", stream_seq=3, deliveries=1, reason="r"),
 ]

@@ -5,14 +5,18 @@ from __future__ import annotations
 from functools import partial
 
 from services.notifier.handlers import Deps, on_bus_rejected, on_step_failed, watchdog
+from services.notifier.notify import on_alert_raised, on_run_finished
 from shared.bus import Consumer
-from shared.contracts import BusRejected, StepFailed, Subject
+from shared.contracts import AlertRaised, BusRejected, RunFinished, StepFailed, Subject
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
+
+NOTIFY_ACK_WAIT = 120.0
 
 
 async def wire(ctx: Context) -> Parts:
     deps = Deps(ctx, VCenters(ctx.settings))
+    retry = tuple(ctx.settings.notifications.retry)
 
     return Parts(
         consumers=[
@@ -26,6 +30,25 @@ async def wire(ctx: Context) -> Parts:
             ),
             Consumer(
                 "notifier-rejected", Subject.BUS_REJECTED, BusRejected, partial(on_bus_rejected, deps=deps)
+            ),
+            # Channels: a failed delivery is retried after each of notifications.retry's delays.
+            Consumer(
+                "notifier-runs",
+                Subject.RUN_FINISHED,
+                RunFinished,
+                partial(on_run_finished, deps=deps),
+                max_deliver=len(retry) + 1,
+                backoff=retry,
+                ack_wait=NOTIFY_ACK_WAIT,
+            ),
+            Consumer(
+                "notifier-alerts",
+                Subject.ALERT_RAISED,
+                AlertRaised,
+                partial(on_alert_raised, deps=deps),
+                max_deliver=len(retry) + 1,
+                backoff=retry,
+                ack_wait=NOTIFY_ACK_WAIT,
             ),
         ],
         tasks=[partial(watchdog, deps)],

@@ -70,7 +70,8 @@ async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> S
         elif event.task_id is None:
             run = s.get(Run, event.run_id)
             if run is not None and run.state in ("queued", "running"):
-                run.state, run.error, run.finished_at = "failed", event.reason[:4000], now
+                run.error = event.reason[:4000]
+                state.close_run(s, run, "failed", now)
         if not event.reason.startswith("cancelled"):
             raise_alert(
                 s,

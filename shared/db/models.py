@@ -294,6 +294,27 @@ class Replication(Base):
     next_try_at: Mapped[datetime | None] = _ts_null()
 
 
+class Notification(Base):
+    """One message to one channel about one event (a run that ended, an alert); the delivery log.
+
+    state: sent, or failed (its last attempt failed; `error` says why; redeliveries try again
+    until the bus gives up). Its id is derived from the event and the channel, so a redelivered
+    event never sends a message twice."""
+
+    __tablename__ = "notifications"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event: Mapped[str] = mapped_column(String(255), index=True)
+    channel: Mapped[str] = mapped_column(String(64))
+    outcome: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(String(16), index=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[datetime] = _ts()
+    sent_at: Mapped[datetime | None] = _ts_null()
+
+
 class RestoreReport(Base):
     """The signed report of a restore test (`shared/reports.py`); `signed` is its JSON."""
 

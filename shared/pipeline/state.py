@@ -9,12 +9,12 @@ never treated as a lock.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from shared.contracts import Step, StepFailed
+from shared.contracts import RunFinished, Step, StepFailed
 from shared.db.models import Run, Task
 from shared.outbox import stage
 
@@ -66,18 +66,28 @@ def finish_run_if_done(session: Session, run_id: str, now: datetime) -> Run | No
     if not states or any(s not in FINAL for s in states):
         return None
     if all(s == "succeeded" for s in states):
-        run.state = "succeeded"
+        state: RunState = "succeeded"
     elif run.cancel_requested and all(s in ("cancelled", "succeeded") for s in states):
-        run.state = "cancelled"
+        state = "cancelled"
     elif any(s == "succeeded" for s in states):
-        run.state = "partial"
+        state = "partial"
     else:
-        run.state = "failed"
-    run.finished_at = now
+        state = "failed"
     failed = [s for s in states if s != "succeeded"]
     if failed and not run.error:
         run.error = f"{len(failed)} of {len(states)} VMs did not back up"
+    close_run(session, run, state, now)
     return run
+
+
+RunState = Literal["succeeded", "partial", "failed", "cancelled"]
+
+
+def close_run(session: Session, run: Run, state: RunState, now: datetime) -> None:
+    """End `run` in `state` and stage its `RunFinished` (notifications) in the same transaction."""
+    run.state = state
+    run.finished_at = now
+    stage(session, RunFinished(occurred_at=now, run_id=run.id, job_id=run.job_id, state=state), now)
 
 
 def fail_task(session: Session, task: Task, *, step: Step, reason: str, now: datetime) -> None:

@@ -53,11 +53,14 @@ MakeApi = Callable[..., Awaitable[Api]]
 
 @pytest.fixture
 async def make_api(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[MakeApi]:
-    """make_api(db_url, vcenters=(), with_key=True): a running app; everything stopped after."""
+    """make_api(db_url, vcenters=(), with_key=True, **settings): a running app; everything stopped
+    after."""
     cleanups: list[Callable[[], Awaitable[None]]] = []
 
-    async def make(db_url: str, vcenters: tuple[VCenterSettings, ...] = (), with_key: bool = True) -> Api:
-        settings = Settings(data_dir=tmp_path / "data", database_url=db_url, vcenters=vcenters)
+    async def make(
+        db_url: str, vcenters: tuple[VCenterSettings, ...] = (), with_key: bool = True, **extra: Any
+    ) -> Api:
+        settings = Settings(data_dir=tmp_path / "data", database_url=db_url, vcenters=vcenters, **extra)
         engine = make_engine(db_url)
         await asyncio.to_thread(upgrade, engine)
         bus = await Bus.connect(nats_server.url, "t")

@@ -1,0 +1,65 @@
+"""/api/v1/alerts (list, acknowledge) and /api/v1/notifications (channels, deliveries, test)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from services.gateway.common import CTX, flag, in_session, json_response, read_json
+from shared import notify
+from shared.jobstore import Invalid, NotFound
+from shared.pipeline.alerts import acknowledge, alert_view, list_alerts
+
+routes = web.RouteTableDef()
+
+
+def _limit(request: web.Request, default: int) -> int:
+    raw = request.query.get("limit", str(default))
+    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
+        raise Invalid("limit", f"{raw!r} is not a whole number from 1 to 1000")
+    return int(raw)
+
+
+@routes.get("/api/v1/alerts")
+async def get_alerts(request: web.Request) -> web.Response:
+    everything, limit = flag(request, "all"), _limit(request, 100)
+    total, rows = await in_session(request, lambda s: list_alerts(s, everything=everything, limit=limit))
+    return json_response({"alerts": [alert_view(a) for a in rows], "total": total})
+
+
+@routes.post("/api/v1/alerts/{alert_id}/ack")
+async def ack_alert(request: web.Request) -> web.Response:
+    alert_id, now = request.match_info["alert_id"], request.app[CTX].clock()
+
+    def work(s: Session) -> dict[str, object]:
+        alert = acknowledge(s, alert_id, now)
+        if alert is None:
+            raise NotFound(f"no alert {alert_id!r}")
+        return alert_view(alert)
+
+    return json_response(await in_session(request, work, write=True))
+
+
+@routes.get("/api/v1/notifications")
+async def get_notifications(request: web.Request) -> web.Response:
+    settings, limit = request.app[CTX].settings.notifications, _limit(request, 50)
+    rows = await in_session(request, lambda s: [notify.delivery_view(r) for r in notify.deliveries(s, limit)])
+    channels = [notify.channel_view(c, settings) for c in settings.channels]
+    return json_response({"channels": channels, "deliveries": rows})
+
+
+@routes.post("/api/v1/notifications/test")
+async def test_notifications(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json(request) if request.can_read_body else {}
+    name = body.get("channel") if isinstance(body, dict) else None
+    if name is not None and not isinstance(name, str):
+        raise Invalid("channel", "must be a channel's name")
+    try:
+        results = await notify.send_test(ctx.settings.notifications, ctx.clock(), name)
+    except KeyError:
+        known = ", ".join(c.name for c in ctx.settings.notifications.channels) or "none configured"
+        raise Invalid(
+            "channel", f"no notification channel named {name!r} (notifications.channels: {known})"
+        ) from None
+    return json_response({"results": results, "ok": all(r["ok"] for r in results)})

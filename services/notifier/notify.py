@@ -1,0 +1,108 @@
+"""The notifier's channels: each ended run and each alert told to the channels that want it.
+
+One `Notification` row per (event, channel) is the delivery log and the idempotency key: a
+redelivered event skips the channels it has reached. A channel that fails makes the handler raise
+`Retryable` (the bus redelivers with backoff; only the failed channels are tried again); after the
+last delivery the failure is given up on with a `notification_failed` alert, which is told over
+the channels that still work.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+from sqlalchemy.orm import Session
+
+from services.notifier.handlers import Deps
+from shared import notify
+from shared.bus import Delivery, Retryable
+from shared.contracts import AlertRaised, Event, RunFinished
+from shared.db.models import Notification
+from shared.notify import Message
+from shared.pipeline.alerts import raise_alert
+from shared.runtime import Context
+from shared.settings import ChannelSettings
+
+log = logging.getLogger(__name__)
+
+Built = tuple[Message, list[ChannelSettings]] | None
+
+
+async def on_run_finished(event: RunFinished, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    settings = deps.ctx.settings.notifications
+    return await _deliver(deps, delivery, lambda s: notify.for_run(s, event, settings), quiet=False)
+
+
+async def on_alert_raised(event: AlertRaised, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    settings = deps.ctx.settings.notifications
+    quiet = event.kind == notify.NOTIFICATION_FAILED  # its own failure raises nothing more
+    return await _deliver(deps, delivery, lambda s: notify.for_alert(s, event, settings), quiet=quiet)
+
+
+async def _deliver(
+    deps: Deps, delivery: Delivery, build: Callable[[Session], Built], *, quiet: bool
+) -> Sequence[Event]:
+    ctx = deps.ctx
+    settings = ctx.settings.notifications
+    if not settings.channels:
+        return []
+    with ctx.sessions() as s:
+        built = build(s)
+    if built is None:
+        return []
+    message, channels = built
+    failed: list[str] = []
+    for channel in channels:
+        nid = notify.notification_id(message.event, channel.name)
+        with ctx.sessions() as s:
+            row = s.get(Notification, nid)
+            if row is not None and row.state == "sent":
+                continue
+        error: str | None = None
+        try:
+            await notify.send(channel, message, settings)
+        except notify.NotifyError as exc:
+            error = str(exc)
+            failed.append(error)
+            log.warning("notification %s not delivered (attempt %d): %s", nid, delivery.attempt, error)
+        _record(ctx, nid, message, channel.name, error)
+    if not failed:
+        return []
+    if not delivery.last_attempt:
+        raise Retryable("; ".join(failed))
+    if not quiet:
+        with ctx.sessions.begin() as s:
+            raise_alert(
+                s,
+                key=f"notification-failed:{message.event}",
+                kind=notify.NOTIFICATION_FAILED,
+                severity="error",
+                now=ctx.clock(),
+                message=f"{message.title!r} could not be delivered after {delivery.attempt} attempts: "
+                + "; ".join(failed),
+            )
+        ctx.relay.kick()
+    return []
+
+
+def _record(ctx: Context, nid: str, message: Message, channel: str, error: str | None) -> None:
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        row = s.get(Notification, nid)
+        if row is None:
+            row = Notification(
+                id=nid,
+                event=message.event,
+                channel=channel,
+                outcome=message.outcome,
+                title=message.title[:2000],
+                state="pending",
+                attempts=0,
+                created_at=now,
+            )
+            s.add(row)
+        row.attempts += 1
+        row.state = "failed" if error else "sent"
+        row.error = error[:4000] if error else None
+        row.sent_at = None if error else now
