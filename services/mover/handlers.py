@@ -283,14 +283,17 @@ async def _transfer(
     files: list[FileEntry] = []
 
     checkpoints: list[Checkpoint] = []
+    resumed = False  # windows stored by an earlier attempt: their locks date from that attempt
 
     async def copy() -> None:
+        nonlocal resumed
         for d, parent_disk, (changed, allocated), _ in plans:
             ds, flat = flat_of(d.datastore_path)
             source = CancellableDisk(http.disk(event.datacenter, ds, flat, d.capacity_bytes), tracker)
             cp = Checkpoint(writer.repo, event.task_id, d.key, event.snapshot_moref)
             known = await cp.load()
             if known:
+                resumed = True
                 log.info("%s disk %d: resuming, %d windows already stored", event.vm_name, d.key, len(known))
             checkpoints.append(cp)
             tracker.checkpoints = checkpoints
@@ -358,7 +361,7 @@ async def _transfer(
         snapshot_moref=event.snapshot_moref,
     )
     _still_ours(deps, event.task_id)
-    await writer.repo.commit(rp)
+    await writer.repo.commit(rp, resumed=resumed)
     _record(deps, event, rp, repository, stats, tracker.done)
     for cp in checkpoints:
         with contextlib.suppress(Exception):  # leftovers are harmless; GC removes them

@@ -133,12 +133,13 @@ class Repository:
             raise ChunkError(chunk_id, exc.problem, restore_point) from None
 
     # restore points
-    async def commit(self, rp: RestorePoint) -> RestorePoint:
+    async def commit(self, rp: RestorePoint, *, resumed: bool = False) -> RestorePoint:
         """Make `rp` visible: its chunks durable first, then its manifest, durably. Returns it as
-        committed (with `immutable_until` on an immutable backend)."""
+        committed (with `immutable_until` on an immutable backend). `resumed`: some chunks were
+        stored by an earlier attempt (before `rp.started`), so their locks may be shorter."""
         await self.backend.flush()
         if getattr(self.backend, "immutable_days", 0):
-            rp = await self._keep_immutable(rp)
+            rp = await self._keep_immutable(rp, resumed)
         body = manifest.dump(rp)
         if not await self.backend.put_if_absent(manifest_key(rp.id), body, durable=True):
             existing = await self.backend.get(manifest_key(rp.id))
@@ -146,17 +147,17 @@ class Repository:
                 raise ManifestError(f"restore point {rp.id} already exists with other content")
         return rp
 
-    async def _keep_immutable(self, rp: RestorePoint) -> RestorePoint:
+    async def _keep_immutable(self, rp: RestorePoint, resumed: bool = False) -> RestorePoint:
         """Every chunk a writer stored or relied on got at least `lock_until(started)` (see
         shared/repo/s3.py); inherited windows have their parent's `immutable_until`. When the
         lesser of those is N days from now or later, nothing more is needed; otherwise (a new
-        generation, a full, a parent from before immutability) every chunk of the point and the
-        config are extended to `lock_until(now)`."""
+        generation, a full, a resumed write, a parent from before immutability) every chunk of
+        the point and the config are extended to `lock_until(now)`."""
         backend: Any = self.backend
         now: datetime = backend.now()
         need = now + timedelta(days=backend.immutable_days)
         held: datetime | None = backend.lock_until(rp.started)
-        if rp.parent:
+        if rp.parent and not resumed:
             try:
                 parent = await self.load(rp.parent)
             except ManifestError:
@@ -164,7 +165,7 @@ class Repository:
             inherited = parent.immutable_until if parent is not None else None
             held = min(held, inherited) if held and inherited else None
         else:
-            held = None  # a full: some windows may have been found stored by other chains
+            held = None  # a full (windows may have been found stored by other chains), or resumed
         if held is not None and held >= need:
             return rp.model_copy(update={"immutable_until": held})
         until: datetime = backend.lock_until(now)

@@ -172,6 +172,33 @@ async def test_reuse_within_a_generation_extends_nothing_and_a_new_generation_ex
     assert (await repo.load(third_id)).immutable_until == want
 
 
+async def test_a_resumed_write_extends_every_chunk_it_names(s3_server: S3Server, locked_bucket: str) -> None:
+    """Chunks a resumed incremental took from an earlier attempt's checkpoint were locked from that
+    attempt's start, not this one's: the parent's date cannot vouch for them, so all are extended."""
+    clock = Clock()
+    b = backend_for(s3_server, locked_bucket, clock=clock)
+    repo = await Repository.init(b, chunk_size=CS)
+    writer = Writer(repo)
+    data = bytearray(make_image(8 * CS, seed=3))
+    try:
+        first = await backup(writer, bytes(data), clock)
+        data[CS : CS + 10] = b"0123456789"
+        disk, _ = await writer.write_disk(
+            BytesSource(bytes(data)), key=2000, capacity=len(data), file="web/web-flat.vmdk",
+            parent=first[1], parent_id=first[0], changed=[(CS, 10)],
+        )  # fmt: skip
+        clock.now += timedelta(days=1, seconds=1)  # the retry runs in the next generation
+        rp = restore_point(
+            vm_name="web", started=clock.now, finished=clock.now, disks=[disk], parent=first[0]
+        )
+        committed = await repo.commit(rp, resumed=True)
+    finally:
+        writer.close()
+    assert committed.immutable_until == b.lock_until(clock.now)
+    for cid in disk.chunk_ids():  # the point's date holds for every chunk it names
+        assert retained(s3_server, locked_bucket, chunk_key(cid)) >= committed.immutable_until
+
+
 def test_locations_are_checked() -> None:
     with pytest.raises(ValueError, match="lock_mode must be compliance or governance"):
         S3Backend("s3://h/b?immutable_days=3&lock_mode=strict", "a", "s")
