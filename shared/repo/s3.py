@@ -67,7 +67,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from shared.repo.backend import ObjectInfo, listed_in_batches
 from shared.repo.errors import ObjectLocked, ObjectMissing, RepoError
 
-MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound")
+MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchVersion")  # gone, or its version is
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
 LOCKED_PREFIXES = ("chunks/", "manifests/")
 MAX_GENERATION_DAYS = 10
@@ -370,7 +370,7 @@ class S3Backend:
                 "DELETE", self.where.bucket, name, headers={"If-Match": f'"{st.etag}"'}, query_params=query
             )
         except S3Error as exc:
-            if exc.code in ("PreconditionFailed", *MISSING, "NoSuchVersion"):
+            if exc.code in ("PreconditionFailed", *MISSING):
                 return None  # stored again with other content since, or gone
             if self.immutable_days and exc.code == "AccessDenied":
                 return None  # a writer extended its retention since the HEAD: it is relied on
@@ -468,6 +468,14 @@ class S3Backend:
                 f" points (immutable_days={self.immutable_days}), and {status['detail']}: use a bucket"
                 " created with Object Lock enabled (most servers cannot enable it later), or remove"
                 " immutable_days from the location"
+            )
+        if status.get("default_retention"):
+            raise RepoError(
+                f"s3://{self.where.endpoint}/{self.where.bucket}: the bucket has a default retention"
+                f" ({status['default_retention']}), which locks every object, also the ones vbm must"
+                " remove (its GC lock, pruned manifests) for as long: vbm sets each object's retention"
+                " itself (immutable_days); remove the bucket's default retention"
+                " (`mc retention clear --default`, or PutObjectLockConfiguration without a rule)"
             )
         self._lock_checked = True
 

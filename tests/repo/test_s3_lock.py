@@ -11,7 +11,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from minio.commonconfig import GOVERNANCE
 from minio.error import S3Error
+from minio.objectlockconfig import DAYS, ObjectLockConfig
 
 from shared.repo import NotARepository, ObjectLocked, RepoError, Repository, Writer, read_disk, restore_point
 from shared.repo.gc import collect
@@ -96,6 +98,16 @@ async def test_a_bucket_without_object_lock_is_refused_and_info_says_what_it_off
     }  # fmt: skip
     with pytest.raises(ValueError, match="immutable_days must be a whole number"):
         backend_for(s3_server, locked_bucket, days=-1)
+
+    # a default retention would lock vbm's GC lock and pruned manifests too: refused, before writing
+    defaulted = f"vbm-lock-{uuid.uuid4().hex[:12]}"
+    s3_server.client().make_bucket(defaulted, object_lock=True)
+    s3_server.client().set_object_lock_config(defaulted, ObjectLockConfig(GOVERNANCE, 1, DAYS))
+    with pytest.raises(
+        RepoError, match=r"has a default retention \(GOVERNANCE 1 Days\).*remove the bucket's"
+    ):
+        await Repository.init(backend_for(s3_server, defaulted, days=7))
+    assert not list(s3_server.client().list_objects(defaulted, recursive=True))
 
 
 async def test_every_object_of_a_point_is_immutable_and_deletes_wait_for_the_date(
