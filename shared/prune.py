@@ -205,16 +205,22 @@ async def apply(
         with sessions() as s:
             return removals(s, settings, now, job_id=job_id, vm=vm)
 
-    from shared.repo.errors import ObjectLocked
+    from shared.repo.errors import ObjectLocked, RepoError
 
     done: list[tuple[str, str]] = []
     for rp_id, location, reason in await asyncio.to_thread(decide):
-        repo = await Repository.open(open_backend(location))
         try:
-            await repo.forget(rp_id)
+            repo = await Repository.open(open_backend(location))
+            try:
+                await repo.forget(rp_id)
+            finally:
+                await repo.backend.close()
         except ObjectLocked as exc:
             # immutable still (Object Lock): kept, catalog included; a later prune removes it
             log.info("restore point %s is due for removal (%s) and kept: %s", rp_id, reason, exc)
+            continue
+        except (RepoError, OSError) as exc:  # one repository that cannot be reached stops nothing else
+            log.warning("restore point %s is due for removal (%s) and kept for now: %s", rp_id, reason, exc)
             continue
 
         def record(rp_id: str = rp_id, reason: str = reason) -> None:
@@ -236,7 +242,7 @@ async def forget_copies(sessions: Any) -> list[tuple[str, str]]:
 
     from shared.db.models import Replication
     from shared.repo import Repository
-    from shared.repo.errors import ObjectLocked, RepoError
+    from shared.repo.errors import NotARepository, ObjectLocked, RepoError
     from shared.repo.locations import open_backend
 
     def orphans() -> list[tuple[str, str, str, str]]:
@@ -250,22 +256,26 @@ async def forget_copies(sessions: Any) -> list[tuple[str, str]]:
             ]
 
     removed: list[tuple[str, str]] = []
-    for rep_id, rp_id, target, state in await asyncio.to_thread(orphans):
-        if state == "done":  # a failed copy has no manifest there; its chunks are GC's
+    for rep_id, rp_id, target, _state in await asyncio.to_thread(orphans):
+        # a failed copy may have got as far as its manifest: removed too (a no-op when absent)
+        try:
             try:
                 repo = await Repository.open(open_backend(target))
+            except NotARepository:  # a first copy that failed before it made the repository
+                repo = None
+            if repo is not None:
                 try:
                     await repo.forget(rp_id)
                 finally:
                     await repo.backend.close()
-            except ObjectLocked as exc:
-                log.info("the copy of %s in %s is due for removal and kept: %s", rp_id, target, exc)
-                continue
-            except (RepoError, OSError) as exc:
-                log.warning(
-                    "the copy of %s in %s could not be removed (next prune retries): %s", rp_id, target, exc
-                )
-                continue
+        except ObjectLocked as exc:
+            log.info("the copy of %s in %s is due for removal and kept: %s", rp_id, target, exc)
+            continue
+        except (RepoError, OSError) as exc:
+            log.warning(
+                "the copy of %s in %s could not be removed (next prune retries): %s", rp_id, target, exc
+            )
+            continue
 
         def drop(rep_id: str = rep_id) -> None:
             with sessions.begin() as s:
@@ -291,17 +301,25 @@ async def collect_garbage(sessions: Any, location: str, now: datetime, *, dry_ru
     # the cut-off moves back by that much more, so a refreshed-then-reused chunk is never taken
     extra: timedelta = getattr(repo.backend, "refresh_after", timedelta(0))
 
+    probe = getattr(repo.backend, "probe_refreshes", None)
+    refreshes = await probe() if probe is not None else True
+
     def cutoff() -> datetime:
+        from shared.db.models import Replication
+
         with sessions() as s:
-            if (
-                not getattr(repo.backend, "refreshes", True)
-                and s.scalars(select(Task.id).where(Task.state.not_in(TASK_FINAL))).first()
-            ):
+            writing = (
+                s.scalars(select(Task.id).where(Task.state.not_in(TASK_FINAL))).first()
+                or s.scalars(
+                    select(Replication.id).where(Replication.state.in_(("pending", "running")))
+                ).first()
+            )
+            if not refreshes and writing:
                 from shared.repo.gc import GCBusy
 
                 raise GCBusy(
-                    f"{location} cannot mark the chunks a running backup reuses (its provider keeps no"
-                    " settable modification times): it is collected when no backup runs; try later"
+                    f"{location} cannot mark the chunks a running backup or copy reuses (its provider"
+                    " keeps no settable modification times): it is collected when none runs; try later"
                 )
             return gc_cutoff(s, now) - extra
 

@@ -174,6 +174,7 @@ class RcloneBackend:
         self._timeout = timeout * (retries + 2)
         self._attempts, self._backoff = attempts, backoff
         self.refreshes = True  # False once a touch is seen not to move the modification time
+        self._probed = False
 
     def _key(self, key: str) -> str:
         if not key or key.startswith("/") or ".." in key.split("/"):
@@ -352,6 +353,30 @@ class RcloneBackend:
                 self.refreshes = False
         return True
 
+    async def probe_refreshes(self) -> bool:
+        """Find out (once) whether the provider keeps the modification time a touch sets, by
+        touching the repository's `config`: garbage collection must know before it decides."""
+        if not self._probed:
+            await asyncio.to_thread(self._probe)
+            self._probed = True
+        return self.refreshes
+
+    def _probe(self) -> None:
+        key = self._key("config")
+        before = self._stat(key)
+        if before is None:
+            return
+        if _time(before) > datetime.now(UTC) - timedelta(seconds=2):
+            time.sleep(2.1)  # a touch within the timestamps' resolution would prove nothing
+        try:
+            self._touch(key)
+        except RepoError:
+            self.refreshes = False
+            return
+        after = self._stat(key)
+        if after is None or _time(after) <= _time(before):
+            self.refreshes = False
+
     async def stat(self, key: str) -> ObjectInfo:
         try:
             item = await asyncio.to_thread(self._stat, self._key(key))
@@ -432,6 +457,10 @@ class RcloneBackend:
                 return False
             if self._stat(self._key(key)) is None:
                 self._move(aside, key, f"putting back {key}")
+                # movefile overwrites: had a writer stored the same chunk in between, its fresh
+                # time would be lost to the aside's old one; a touch makes it fresh either way
+                with contextlib.suppress(RepoError):
+                    self._touch(self._key(key))
                 return True
             self._rc("operations/deletefile", f"deleting {aside}", fs=self.where.fs, remote=aside)
             return False

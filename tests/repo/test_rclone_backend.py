@@ -73,6 +73,8 @@ async def test_a_repository_refreshes_and_gc_deletes_aside(webdav_server: WebDAV
     assert await b.exists("config")
     # plain WebDAV keeps no settable modification time: the touch is noticed to do nothing
     assert (await b.stat("config")).modified == first and not b.refreshes
+    # a GC process asks before it decides (it calls no `exists` first)
+    assert await backend_for(webdav_server, "pub").probe_refreshes() is False
     assert await b.delete_if_unused_since("config", datetime.now(UTC) - timedelta(minutes=1)) is None
     assert (webdav_server.root / "pub" / "config").is_file()
     assert (await b.delete_if_unused_since("config", datetime.now(UTC) + timedelta(minutes=1)) or 0) > 0
