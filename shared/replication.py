@@ -62,6 +62,21 @@ def due(session: Session, now: datetime, stalled: timedelta) -> int:
         quiet = rep.state == "running" and _aware(rep.updated_at) < now - stalled
         if not (ready or quiet):
             continue
+        if quiet and rep.attempts >= MAX_ATTEMPTS:  # its last attempt died: give up, say so
+            from shared.pipeline.alerts import raise_alert
+
+            rep.state, rep.finished_at, rep.updated_at = "failed", now, now
+            rep.error = f"attempt {rep.attempts} of {MAX_ATTEMPTS} stopped answering (its mover died or hung)"
+            raise_alert(
+                session,
+                key=f"replication:{rep.id}:{rep.attempts}:quiet",
+                kind="replication_failed",
+                severity="error",
+                now=now,
+                message=f"restore point {rep.restore_point_id} could not be copied to {rep.target}:"
+                f" {rep.error}; gave up. The backup itself is fine.",
+            )
+            continue
         rep.state, rep.next_try_at, rep.updated_at = "pending", None, now
         event = ReplicateRequested(
             occurred_at=now,

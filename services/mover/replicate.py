@@ -184,9 +184,8 @@ async def copy_point(source: str, target: str, rp_id: str, copied: Copied, bandw
                 " a secondary repository needs the same format; use an empty location"
             )
         rp = await src.load(rp_id)
-        if await backend.exists(manifest_key(rp_id)):
-            await dst.load(rp_id)  # there and whole (its checksum): nothing to do
-            return
+        # A manifest there already (an earlier attempt got that far) is not taken as proof: every
+        # chunk is still looked for below, and what is missing is sent.
         throttle = Throttle(bandwidth_mbps * 125_000)
         sent: list[str] = []
         queue = sorted(rp.chunk_ids())
@@ -212,10 +211,15 @@ async def copy_point(source: str, target: str, rp_id: str, copied: Copied, bandw
                     sent.append(cid)
 
         await asyncio.gather(*(worker() for _ in range(PARALLEL)))
-        await backend.flush()
-        await backend.put_if_absent(
-            manifest_key(rp_id), await src.backend.get(manifest_key(rp_id)), durable=True
-        )
+        if getattr(backend, "immutable_days", 0) and not await backend.exists(manifest_key(rp_id)):
+            # an immutable secondary keeps the copy for its own period: every chunk and its
+            # config retained, the manifest saying until when (the primary's date is not its)
+            await dst.commit(rp)
+        else:
+            await backend.flush()
+            await backend.put_if_absent(
+                manifest_key(rp_id), await src.backend.get(manifest_key(rp_id)), durable=True
+            )
         # checked on the target: the manifest loads, every chunk is there, the new ones decode
         await dst.load(rp_id)
         for cid in queue:

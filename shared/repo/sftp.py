@@ -304,6 +304,7 @@ class SFTPBackend:
         found: list[ObjectInfo] = []
 
         async def walk(sftp: asyncssh.SFTPClient) -> None:
+            found.clear()  # a retry after a lost connection walks again from the start
             stack = [base]
             while stack:
                 folder = stack.pop()
@@ -353,8 +354,11 @@ class SFTPBackend:
                 return None
             attrs = await sftp.stat(aside)
             if (attrs.mtime or 0) >= cutoff.timestamp():
-                with contextlib.suppress(asyncssh.SFTPError):  # else a writer stored it again meanwhile
+                try:
                     await sftp.link(aside, path)  # still needed: back where it was
+                except asyncssh.SFTPError:
+                    if not await sftp.exists(path):  # not "stored again meanwhile": keep the aside
+                        raise  # (the next GC's clean-up puts it back)
                 await sftp.remove(aside)
                 return None
             await sftp.remove(aside)
@@ -366,6 +370,7 @@ class SFTPBackend:
         found: builtins.list[ObjectInfo] = []
 
         async def walk(sftp: asyncssh.SFTPClient) -> None:
+            found.clear()  # a retry after a lost connection walks again from the start
             stack = [self.where.root]
             while stack:
                 folder = stack.pop()
@@ -401,7 +406,9 @@ class SFTPBackend:
             except asyncssh.SFTPNoSuchFile:
                 return False
             except asyncssh.SFTPError:
-                back = False  # the name exists (stored again meanwhile)
+                if not await sftp.exists(dst):
+                    raise  # not "the name exists": keep the aside for the next try
+                back = False  # stored again meanwhile
             with contextlib.suppress(asyncssh.SFTPNoSuchFile):
                 await sftp.remove(src)
             return back

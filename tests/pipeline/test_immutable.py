@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from shared.db.models import Replication, RestorePointRow
 from shared.repo import Repository
-from shared.repo.repository import chunk_key, manifest_key
+from shared.repo.repository import CONFIG_KEY, chunk_key, manifest_key
 from shared.repo.s3 import S3Backend
 from tests.pipeline.conftest import Pipeline
 from tests.pipeline.test_faults import eventually
@@ -119,9 +119,11 @@ async def test_copies_to_a_locked_bucket_are_immutable_and_outlive_retention(
     assert await copy.restore_point_ids() == sorted([rp1.id, rp2.id])
     floor = datetime.now(UTC) + timedelta(hours=23)
     for rp_id in (rp1.id, rp2.id):
-        rp = await copy.load(rp_id)
-        for key in [manifest_key(rp_id), *(chunk_key(c) for c in rp.chunk_ids())]:
+        rp = await copy.load(rp_id)  # the copy says until when the secondary keeps it (its own date)
+        assert rp.immutable_until is not None and rp.immutable_until >= floor
+        for key in [CONFIG_KEY, manifest_key(rp_id), *(chunk_key(c) for c in rp.chunk_ids())]:
             r = client.get_object_retention(bucket, f"copy/{key}")
-            assert r is not None and r.retain_until_date is not None and r.retain_until_date >= floor, key
+            assert r is not None and r.retain_until_date is not None, key
+            assert r.retain_until_date >= rp.immutable_until - timedelta(seconds=1), key
     await copy.backend.close()
     p.assert_clean()
