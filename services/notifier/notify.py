@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 
 from sqlalchemy.orm import Session
 
@@ -26,15 +27,32 @@ from shared.settings import ChannelSettings
 
 log = logging.getLogger(__name__)
 
+# Older news is not sent: a notifier that starts on a stream holding days of events (a first start
+# after an upgrade, a long outage) does not flood people; the alerts stay listed in the API.
+STALE_AFTER = timedelta(hours=24)
+
 Built = tuple[Message, list[ChannelSettings]] | None
 
 
+def _stale(event: Event, deps: Deps) -> bool:
+    if event.occurred_at >= deps.ctx.clock() - STALE_AFTER:
+        return False
+    log.info(
+        "not sending %s: it happened at %s, more than %s ago", event.msg_id(), event.occurred_at, STALE_AFTER
+    )
+    return True
+
+
 async def on_run_finished(event: RunFinished, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    if _stale(event, deps):
+        return []
     settings = deps.ctx.settings.notifications
     return await _deliver(deps, delivery, lambda s: notify.for_run(s, event, settings), quiet=False)
 
 
 async def on_alert_raised(event: AlertRaised, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    if _stale(event, deps):
+        return []
     settings = deps.ctx.settings.notifications
     quiet = event.kind == notify.NOTIFICATION_FAILED  # its own failure raises nothing more
     return await _deliver(deps, delivery, lambda s: notify.for_alert(s, event, settings), quiet=quiet)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy import select
 
@@ -84,6 +85,12 @@ async def test_runs_and_alerts_reach_each_channel_once_retried_then_given_up(
         "sha256="
     )
     webhook_receiver.wait_for(3, path="/slack")
+    with p.sessions.begin() as s:  # news older than a day (a notifier that was down) is not sent
+        raise_alert(
+            s, key="old", kind="storage_usage", severity="warning", now=now() - timedelta(hours=25),
+            message="repository at 81% (yesterday)",
+        )  # fmt: skip
+    await p.relay.publish_pending()
     await asyncio.sleep(1.5)  # nothing more arrives (no alert repeats the run's news, no resend)
     assert len(smtp_server.received) == 1 and len(webhook_receiver.received) == 4
 
