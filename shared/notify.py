@@ -23,7 +23,7 @@ import json
 import smtplib
 import ssl
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from email.message import EmailMessage
 from email.utils import formatdate, make_msgid
 from typing import Any
@@ -209,6 +209,17 @@ def for_alert(
         failing = failing_channels(session)
         channels = [c for c in channels if c.name not in failing]
     return message, channels
+
+
+KEEP_LOG = timedelta(days=90)
+
+
+def trim_log(session: Session, now: datetime) -> int:
+    """Forget deliveries older than `KEEP_LOG` (the log is for recent trouble); how many."""
+    rows = session.scalars(select(Notification).where(Notification.created_at < now - KEEP_LOG)).all()
+    for row in rows:
+        session.delete(row)
+    return len(rows)
 
 
 def failing_channels(session: Session) -> set[str]:

@@ -6,7 +6,8 @@ from __future__ import annotations
 import hashlib
 import hmac
 import socket
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -168,3 +169,25 @@ def test_bad_channel_settings_say_what_to_fix() -> None:
     assert "https://x/1" not in repr(
         Settings(notifications={"channels": [{"name": "s", "type": "slack", "url": "https://x/1"}]})
     )
+
+
+def test_the_delivery_log_keeps_90_days(tmp_path: Path) -> None:
+    from shared.db import make_engine, make_sessionmaker, upgrade
+    from shared.db.models import Notification
+
+    engine = make_engine(f"sqlite:///{tmp_path / 'vbm.db'}")
+    upgrade(engine)
+    sessions = make_sessionmaker(engine)
+    with sessions.begin() as s:
+        for days in (1, 89, 91, 400):
+            s.add(
+                Notification(
+                    id=f"ntf-{days}", event=f"alert.raised:a{days}", channel="ops", outcome="failure",
+                    title="t", state="sent", attempts=1, created_at=NOW - timedelta(days=days),
+                )
+            )  # fmt: skip
+    with sessions.begin() as s:
+        assert notify.trim_log(s, NOW) == 2
+    with sessions() as s:
+        assert sorted(r.id for r in s.query(Notification)) == ["ntf-1", "ntf-89"]
+    engine.dispose()

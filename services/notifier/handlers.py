@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from shared import replication
+from shared import notify, replication
 from shared.bus import Delivery
 from shared.contracts import (
     BusRejected,
@@ -55,6 +55,7 @@ REDRIVE_AFTER = timedelta(seconds=60)
 class Deps:
     ctx: Context
     vcenters: VCenters
+    trimmed_at: datetime | None = None  # when the notification log was last trimmed
 
 
 async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> Sequence[Event]:
@@ -115,10 +116,21 @@ async def watchdog(deps: Deps) -> None:
             await sweep(deps)
             await overdue_restores(deps)
             await asyncio.to_thread(_replications_due, ctx)
+            now = ctx.clock()
+            if deps.trimmed_at is None or now - deps.trimmed_at > timedelta(hours=1):
+                await asyncio.to_thread(_trim_notifications, ctx)
+                deps.trimmed_at = now
         except Exception:
             log.exception("watchdog round failed")
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(ctx.stop.wait(), ctx.settings.pipeline.watchdog_interval)
+
+
+def _trim_notifications(ctx: Context) -> None:
+    with ctx.sessions.begin() as s:
+        gone = notify.trim_log(s, ctx.clock())
+    if gone:
+        log.info("notification log: %d deliveries older than %s forgotten", gone, notify.KEEP_LOG)
 
 
 def overdue_tasks(ctx: Context) -> int:
