@@ -33,8 +33,8 @@ import aiohttp
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.contracts import AlertRaised, RunFinished
-from shared.db.models import Job, Notification, Restore, Run, Task
+from shared.contracts import AlertRaised, RestoreDone, RunFinished
+from shared.db.models import Job, Notification, Restore, RestorePointRow, Run, Task
 from shared.progress import human_bytes
 from shared.settings import ChannelSettings, NotificationSettings, Outcome
 
@@ -220,6 +220,44 @@ def trim_log(session: Session, now: datetime) -> int:
     for row in rows:
         session.delete(row)
     return len(rows)
+
+
+RESTORE_OUTCOME: dict[str, Outcome] = {"succeeded": "success", "cancelled": "warning"}
+
+
+def for_restore(
+    session: Session, event: RestoreDone, settings: NotificationSettings
+) -> tuple[Message, list[ChannelSettings]] | None:
+    """A restore someone asked for ended: succeeded or cancelled (a failed one is told by its
+    `restore_failed` alert; restore tests by their run's message)."""
+    row = session.get(Restore, event.restore_id)
+    if row is None or row.run_id or event.state not in RESTORE_OUTCOME:
+        return None
+    rp = session.get(RestorePointRow, row.restore_point_id)
+    job = session.get(Job, rp.job_id) if rp is not None and rp.job_id else None
+    outcome = RESTORE_OUTCOME[event.state]
+    source = f"{rp.vm_name}, restore point {rp.id} of {_when(rp.finished_at)}" if rp else row.restore_point_id
+    title = f"[vbm] Restore {event.state}: {event.vm_name} ({row.mode})"
+    lines = [
+        f"Restore: {row.id} ({row.mode})",
+        f"From: {source}",
+        f"To: VM {event.vm_name}" + (f" ({event.vm_moref})" if event.vm_moref else ""),
+        f"Started: {_when(row.started_at or row.created_at)}; finished: {_when(row.finished_at)}"
+        f" ({_duration(row.started_at or row.created_at, row.finished_at)})",
+    ]
+    if event.error:
+        lines.append(f"Note: {event.error}")
+    data = event.model_dump(mode="json", exclude={"schema_version"})
+    message = Message(
+        event=event.msg_id(),
+        kind="restore.done",
+        outcome=outcome,
+        title=title,
+        lines=tuple(lines),
+        data=data,
+        link=_link(settings, f"/api/v1/restores/{row.id}"),
+    )
+    return message, channels_for(settings, job, outcome)
 
 
 def failing_channels(session: Session) -> set[str]:

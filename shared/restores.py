@@ -281,6 +281,7 @@ def alert_failed(session: Session, restore: Restore, error: str | None, now: dat
         message=f"restore {restore.id} of {restore.restore_point_id} as VM {name!r} failed: {error}",
         now=now,
         vm_name=str(name),
+        run_id=restore.run_id,  # a restore test's: its run's message tells it
     )
 
 

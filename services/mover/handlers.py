@@ -51,6 +51,7 @@ from shared.repo import (
     restore_point,
     touched_windows,
 )
+from shared.repo.errors import Misconfigured
 from shared.repo.locations import open_backend
 from shared.runtime import Context
 
@@ -233,7 +234,10 @@ async def on_snapshot_ready(event: SnapshotReady, delivery: Delivery, deps: Deps
                 .limit(3)
             )
         )
-    writer = await deps.writer(repository)
+    try:
+        writer = await deps.writer(repository)
+    except Misconfigured as exc:  # retrying cannot help: fail the task now, saying why
+        raise Permanent(str(exc)) from exc
     parent = await _usable_parent(writer.repo, parents)
     try:
         earlier = await _committed_earlier(writer.repo, event)

@@ -5,9 +5,9 @@ from __future__ import annotations
 from functools import partial
 
 from services.notifier.handlers import Deps, on_bus_rejected, on_step_failed, watchdog
-from services.notifier.notify import on_alert_raised, on_run_finished
+from services.notifier.notify import on_alert_raised, on_restore_done, on_run_finished
 from shared.bus import Consumer
-from shared.contracts import AlertRaised, BusRejected, RunFinished, StepFailed, Subject
+from shared.contracts import AlertRaised, BusRejected, RestoreDone, RunFinished, StepFailed, Subject
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
@@ -32,23 +32,21 @@ async def wire(ctx: Context) -> Parts:
                 "notifier-rejected", Subject.BUS_REJECTED, BusRejected, partial(on_bus_rejected, deps=deps)
             ),
             # Channels: a failed delivery is retried after each of notifications.retry's delays.
-            Consumer(
-                "notifier-runs",
-                Subject.RUN_FINISHED,
-                RunFinished,
-                partial(on_run_finished, deps=deps),
-                max_deliver=len(retry) + 1,
-                backoff=retry,
-                ack_wait=NOTIFY_ACK_WAIT,
-            ),
-            Consumer(
-                "notifier-alerts",
-                Subject.ALERT_RAISED,
-                AlertRaised,
-                partial(on_alert_raised, deps=deps),
-                max_deliver=len(retry) + 1,
-                backoff=retry,
-                ack_wait=NOTIFY_ACK_WAIT,
+            *(
+                Consumer(
+                    durable,
+                    subject,
+                    event_type,
+                    partial(handler, deps=deps),
+                    max_deliver=len(retry) + 1,
+                    backoff=retry,
+                    ack_wait=NOTIFY_ACK_WAIT,
+                )
+                for durable, subject, event_type, handler in (
+                    ("notifier-runs", Subject.RUN_FINISHED, RunFinished, on_run_finished),
+                    ("notifier-restores", Subject.RESTORE_DONE, RestoreDone, on_restore_done),
+                    ("notifier-alerts", Subject.ALERT_RAISED, AlertRaised, on_alert_raised),
+                )
             ),
         ],
         tasks=[partial(watchdog, deps)],

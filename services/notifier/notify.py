@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from services.notifier.handlers import Deps
 from shared import notify
 from shared.bus import Delivery, Retryable
-from shared.contracts import AlertRaised, Event, RunFinished
+from shared.contracts import AlertRaised, Event, RestoreDone, RunFinished
 from shared.db.models import Notification
 from shared.notify import Message
 from shared.pipeline.alerts import raise_alert
@@ -48,6 +48,13 @@ async def on_run_finished(event: RunFinished, delivery: Delivery, deps: Deps) ->
         return []
     settings = deps.ctx.settings.notifications
     return await _deliver(deps, delivery, lambda s: notify.for_run(s, event, settings), quiet=False)
+
+
+async def on_restore_done(event: RestoreDone, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    if _stale(event, deps):
+        return []
+    settings = deps.ctx.settings.notifications
+    return await _deliver(deps, delivery, lambda s: notify.for_restore(s, event, settings), quiet=False)
 
 
 async def on_alert_raised(event: AlertRaised, delivery: Delivery, deps: Deps) -> Sequence[Event]:

@@ -13,6 +13,11 @@ class NotARepository(RepoError):
     pass
 
 
+class Misconfigured(RepoError):
+    """The location cannot work as configured (a bucket without the Object Lock it asks for):
+    trying again changes nothing; a person must change the bucket or the location."""
+
+
 class UnsupportedVersion(RepoError):
     pass
 

@@ -65,7 +65,7 @@ from minio.retention import Retention
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from shared.repo.backend import ObjectInfo, listed_in_batches
-from shared.repo.errors import ObjectLocked, ObjectMissing, RepoError
+from shared.repo.errors import Misconfigured, ObjectLocked, ObjectMissing, RepoError
 
 MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchVersion")  # gone, or its version is
 LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
@@ -463,14 +463,14 @@ class S3Backend:
             return
         status = await self.object_lock()
         if not status["bucket_lock"]:
-            raise RepoError(
+            raise Misconfigured(
                 f"s3://{self.where.endpoint}/{self.where.bucket}: the location asks for immutable restore"
                 f" points (immutable_days={self.immutable_days}), and {status['detail']}: use a bucket"
                 " created with Object Lock enabled (most servers cannot enable it later), or remove"
                 " immutable_days from the location"
             )
         if status.get("default_retention"):
-            raise RepoError(
+            raise Misconfigured(
                 f"s3://{self.where.endpoint}/{self.where.bucket}: the bucket has a default retention"
                 f" ({status['default_retention']}), which locks every object, also the ones vbm must"
                 " remove (its GC lock, pruned manifests) for as long: vbm sets each object's retention"

@@ -20,6 +20,7 @@ from shared.restores import RestoreRequest, request_restore
 from shared.settings import Settings, VCenterSettings
 from shared.vsphere import VCenter
 from tests.pipeline.conftest import MIB, Pipeline, default_spec, now
+from tests.plugins.webhook import WebhookReceiver
 
 
 def settings(p: Pipeline) -> Settings:
@@ -86,8 +87,25 @@ def folder(p: Pipeline, name: str) -> Path:
     return p.lab.datastore_dir / name
 
 
-async def test_restore_as_new_vm_is_byte_identical(pipeline_factory: Callable[..., Pipeline]) -> None:
-    p = pipeline_factory()
+def success_hook(receiver: WebhookReceiver) -> str:
+    """Notification settings: one webhook that hears of successes only."""
+    return json.dumps(
+        {"channels": [{"name": "hook", "type": "webhook", "url": receiver.url(), "on": ["success"]}]}
+    )
+
+
+async def titles(receiver: WebhookReceiver, n: int) -> list[str]:
+    """The titles of the first `n` notifications, after making sure no more arrive."""
+    got = await asyncio.to_thread(receiver.wait_for, n)
+    await asyncio.sleep(1.0)
+    assert len(receiver.received) == n, [r.json()["title"] for r in receiver.received]
+    return [r.json()["title"] for r in got]
+
+
+async def test_restore_as_new_vm_is_byte_identical(
+    pipeline_factory: Callable[..., Pipeline], webhook_receiver: WebhookReceiver
+) -> None:
+    p = pipeline_factory(VBM_NOTIFICATIONS=success_hook(webhook_receiver))
     p.start("snapshotter", "mover", "verifier", "notifier")
     p.lab.guest_write("web", 2000, 4 * MIB, bytes(4 * MIB))  # a zero window, not to be written
     rp, content = await backup(p)
@@ -128,6 +146,10 @@ async def test_restore_as_new_vm_is_byte_identical(pipeline_factory: Callable[..
         assert sorted(d.capacity for d in info.disks) == sorted(len(c) for c in content.values())
     finally:
         vc.close()
+    assert await titles(webhook_receiver, 2) == [
+        "[vbm] Backup succeeded: restore (1 of 1 VMs ok)",
+        "[vbm] Restore succeeded: web-restored (new_vm)",
+    ]
     p.assert_clean()
 
 
@@ -418,13 +440,13 @@ async def test_restore_test_leaves_a_signed_report_and_no_vm(
 
 
 async def test_a_restore_test_job_tests_each_vm_and_ends_its_run(
-    pipeline_factory: Callable[..., Pipeline],
+    pipeline_factory: Callable[..., Pipeline], webhook_receiver: WebhookReceiver
 ) -> None:
     from sqlalchemy import select
 
     from shared.db.models import RestoreReport
 
-    p = pipeline_factory()
+    p = pipeline_factory(VBM_NOTIFICATIONS=success_hook(webhook_receiver))
     p.start("snapshotter", "mover", "verifier", "notifier")
     backup_job = p.create_job("nightly", ["web", "db"])
     run = await p.run_job(backup_job)
@@ -447,6 +469,11 @@ async def test_a_restore_test_job_tests_each_vm_and_ends_its_run(
     assert reports_ == {"web": True, "db": True}
     assert p.tasks(run) == []  # nothing was snapshotted by a restore-test run
     assert vm_names(p) == names_before
+    # one message per run; the test restores themselves are told by their run's
+    assert await titles(webhook_receiver, 2) == [
+        "[vbm] Backup succeeded: nightly (2 of 2 VMs ok)",
+        "[vbm] Restore test succeeded: weekly-tests (2 of 2 VMs ok)",
+    ]
     p.assert_clean()
 
 
