@@ -65,10 +65,11 @@ class Pipeline:
             self.procs[name] = proc.start()
 
     def stop(self) -> None:
-        for proc in self.procs.values():
-            if proc.alive:
-                proc.resume() if proc.paused else None
-                proc.stop()
+        live = [proc for proc in self.procs.values() if proc.alive]
+        for proc in live:  # all shut down together, not one after the other
+            proc.terminate()
+        for proc in live:
+            proc.stop()
 
     async def cli(self, *args: str, timeout: float = 90) -> tuple[str, str, int]:
         """`vbm <args>` against this pipeline's settings: (stdout, stderr, exit code)."""
