@@ -75,9 +75,13 @@ def test_apikey_create_list_revoke(tmp_path: Path, db_url: str) -> None:
 def test_job_create_list_run_and_catalog(tmp_path: Path, lab: Lab) -> None:
     db_url = f"sqlite:///{tmp_path / 'cli.db'}"
     env = env_for(tmp_path, db_url, lab)
+    env["VBM_NOTIFICATIONS__CHANNELS"] = json.dumps(
+        [{"name": "ops", "type": "slack", "url": "https://h.example/1"}]
+    )
     vm2 = lab.vm("vm2")["moref"]
     made = vbm(env, "job", "create", "--name", "nightly", "--vm", "vm1", "--vm", vm2,
-               "--schedule", "daily@02:30", "--quiesce", "--no-cbt")  # fmt: skip
+               "--schedule", "daily@02:30", "--quiesce", "--no-cbt", "--notify", "ops",
+               "--notify-on", "success", "--notify-on", "failure")  # fmt: skip
     assert made.returncode == 0, made.stderr
     assert f"vm1 ({lab.vm('vm1')['moref']}), vm2 ({vm2})" in made.stdout
     for args, error in [
@@ -86,6 +90,7 @@ def test_job_create_list_run_and_catalog(tmp_path: Path, lab: Lab) -> None:
         (["--name", "x", "--vm", "vm1", "--vcenter", "vc9"], "vcenter: unknown vCenter 'vc9'"),
         (["--name", "x", "--vm", "vm1", "--schedule", "cron:61 * * * *"], "schedule: Value error"),
         (["--name", "bad/name", "--vm", "vm1"], "name: String should match pattern"),
+        (["--name", "x", "--vm", "vm1", "--notify", "opz"], "no notification channel named 'opz'"),
     ]:
         failed = vbm(env, "job", "create", *args)
         assert failed.returncode == 1 and error in failed.stderr, (args, failed.stderr)
@@ -100,6 +105,7 @@ def test_job_create_list_run_and_catalog(tmp_path: Path, lab: Lab) -> None:
         with make_sessionmaker(engine)() as s:
             job = s.query(Job).one()
             assert job.options["quiesce"] and not job.options["cbt"]
+            assert job.options["notify"] == {"channels": ["ops"], "on": ["success", "failure"]}
             run = s.get(Run, run_id)
             assert run is not None and run.trigger == "manual" and run.job_id == job.id
             assert [o.msg_id for o in s.query(Outbox)] == [f"job.requested:{run_id}"]
