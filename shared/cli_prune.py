@@ -76,6 +76,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     if report.chunks_put_back
                     else ""
                 )
+                + ("; stopped early (its time was up): run vbm gc again" if report.stopped_early else "")
             )
         return 0
     finally:

@@ -242,6 +242,7 @@ async def gc_now(request: web.Request) -> web.Response:
                 "chunks_spared_young": r.chunks_spared_young,
                 "leftovers_removed": r.leftovers_removed,
                 "chunks_put_back": r.chunks_put_back,
+                "stopped_early": r.stopped_early,
                 "dry_run": dry,
             }
         )

@@ -189,9 +189,10 @@ async def gc_loop(deps: Deps) -> None:
                 log.error("scheduled GC of %s failed: %s", location, exc)
                 continue
             log.info(
-                "GC %s: freed %d chunks (%d bytes), %d spared as recent, %d leftovers removed, %d put back",
+                "GC %s: freed %d chunks (%d bytes), %d spared as recent, %d leftovers removed, %d put back%s",
                 location, report.chunks_removed, report.bytes_removed, report.chunks_spared_young,
                 report.leftovers_removed, report.chunks_put_back,
+                "; stopped early (its time was up): the next GC goes on" if report.stopped_early else "",
             )  # fmt: skip
 
 

@@ -22,13 +22,18 @@ sweep (as Proxmox Backup Server's, with modification times instead of access tim
    last modified before the cut-off is removed.
 
 One GC at a time per repository: the object `locks/gc` is created with put-if-absent and removed
-at the end; a lock older than `stale_after` (a GC that died) is taken over.
+at the end (only if it is still this GC's); a lock older than `stale_after` (a GC that died) is
+taken over. So that a live GC is never taken over, a GC stops itself after `LEASE_SHARE` of
+`stale_after` (the lock is never renewed): a sweep cut short reports `stopped_early`, keeps
+everything it has not reached, and the next GC goes on from the start.
 """
 
 from __future__ import annotations
 
 import json
 import posixpath
+import secrets
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
@@ -37,6 +42,7 @@ from shared.repo.errors import ManifestError, ObjectMissing, RepoError
 from shared.repo.repository import Repository
 
 LOCK_KEY = "locks/gc"
+LEASE_SHARE = 0.8  # of stale_after: a GC stops before another may take its lock over
 
 
 class GCBusy(RepoError):
@@ -55,6 +61,7 @@ class GCReport:
     removed: list[str] = field(default_factory=list)
     leftovers_removed: int = 0
     chunks_put_back: int = 0
+    stopped_early: bool = False  # its time was up (see LEASE_SHARE); the next GC goes on
 
 
 async def collect(
@@ -67,7 +74,9 @@ async def collect(
 ) -> GCReport:
     """Remove unreferenced chunks last modified before `cutoff`; see the module's docstring."""
     now = now or datetime.now(UTC)
-    await _lock(repo, now, stale_after)
+    token = secrets.token_hex(8)
+    await _lock(repo, now, stale_after, token)
+    ends = time.monotonic() + stale_after.total_seconds() * LEASE_SHARE
     try:
         report = GCReport()
         referenced: set[str] = set()
@@ -80,6 +89,9 @@ async def collect(
             report.restore_points += 1
         report.chunks_referenced = len(referenced)
         async for info in repo.backend.list("chunks/"):
+            if time.monotonic() >= ends:
+                report.stopped_early = True
+                return report
             report.chunks_seen += 1
             cid = info.key.rsplit("/", 1)[-1]
             if cid in referenced:
@@ -103,7 +115,7 @@ async def collect(
             report.leftovers_removed, report.chunks_put_back = await clean_leftovers(repo.backend, cutoff)
         return report
     finally:
-        await repo.backend.delete(LOCK_KEY)
+        await _unlock(repo, token)
 
 
 async def clean_leftovers(backend: Backend, cutoff: datetime) -> tuple[int, int]:
@@ -125,8 +137,18 @@ async def clean_leftovers(backend: Backend, cutoff: datetime) -> tuple[int, int]
     return removed, put_back
 
 
-async def _lock(repo: Repository, now: datetime, stale_after: timedelta) -> None:
-    body = json.dumps({"since": now.isoformat()}).encode()
+async def _unlock(repo: Repository, token: str) -> None:
+    try:
+        held = json.loads(await repo.backend.get(LOCK_KEY))
+    except (ObjectMissing, ValueError):
+        return
+    if isinstance(held, dict) and held.get("token") not in (token, None):
+        return  # taken over (this GC overran its lease): the lock is the other GC's now
+    await repo.backend.delete(LOCK_KEY)
+
+
+async def _lock(repo: Repository, now: datetime, stale_after: timedelta, token: str) -> None:
+    body = json.dumps({"since": now.isoformat(), "token": token}).encode()
     if await repo.backend.put_if_absent(LOCK_KEY, body, durable=True):
         return
     try:

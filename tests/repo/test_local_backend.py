@@ -1,3 +1,4 @@
+import json
 import os
 import time
 from datetime import UTC, datetime, timedelta
@@ -90,3 +91,27 @@ async def test_gc_puts_back_a_chunk_a_dead_gc_left_aside_and_removes_dead_writes
     assert (await check(repo, read_data=1.0)).ok
     assert b"".join([x async for x in read_disk(repo, rp, rp.disk(2000))]) == data
     assert not [p for p in (tmp_path / "r").rglob(".tmp-*")]
+
+    # a GC whose time is up stops before deleting anything more, and leaves no lock behind
+    await repo.forget(rp.id)
+    report = await collect(repo, cutoff=now + timedelta(minutes=5), stale_after=timedelta(0))
+    assert report.stopped_early and report.chunks_removed == 0
+    assert not (tmp_path / "r" / "locks" / "gc").exists()
+    assert len(list((tmp_path / "r" / "chunks").rglob("*"))) > 1
+    report = await collect(repo, cutoff=now + timedelta(minutes=5))
+    assert not report.stopped_early and report.chunks_removed == len(rp.chunk_ids())
+
+
+async def test_a_gc_that_was_taken_over_leaves_the_new_holders_lock(tmp_path: Path) -> None:
+    from shared.repo import gc
+
+    repo = await Repository.init(LocalBackend(tmp_path / "r"))
+    now = datetime.now(UTC)
+    await gc._lock(repo, now - timedelta(hours=7), timedelta(hours=6), "first")
+    await gc._lock(repo, now, timedelta(hours=6), "second")  # the first looks dead: taken over
+    with pytest.raises(gc.GCBusy, match="another garbage collection"):
+        await gc._lock(repo, now, timedelta(hours=6), "third")
+    await gc._unlock(repo, "first")  # the overrunning first ends: the lock is not its any more
+    assert json.loads(await repo.backend.get(gc.LOCK_KEY))["token"] == "second"
+    await gc._unlock(repo, "second")
+    assert not await repo.backend.exists(gc.LOCK_KEY)
