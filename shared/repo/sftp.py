@@ -48,23 +48,36 @@ PIECE = 1 << 20  # objects are read and written in pieces this big: each one is 
 LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)  # SFTPErrors, but retried
 
 
-class _Watchdog:
-    """Aborts the connection when the call using it makes no progress for `timeout` seconds
-    (a stalled server or network): the call's pending requests then fail at once, instead of
-    waiting for answers, or for a clean close, that never come."""
+class _Activity:
+    """When anything last moved on one connection (every call using it shares this)."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, timeout: float) -> None:
-        self._conn, self._timeout = conn, timeout
+    def __init__(self) -> None:
+        self.last = asyncio.get_running_loop().time()
+
+
+class _Watchdog:
+    """Aborts the connection when nothing has moved on it for `timeout` seconds while this call
+    waits (a stalled server or network): the pending requests then fail at once, instead of
+    waiting for answers, or for a clean close, that never come. Progress of any call on the
+    connection counts: many calls share it, and on a slow link each waits its turn."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection, timeout: float, activity: _Activity) -> None:
+        self._conn, self._timeout, self._activity = conn, timeout, activity
         self._loop = asyncio.get_running_loop()
         self.fired = False
         self._timer = self._loop.call_later(timeout, self._fire)
 
     def progress(self) -> None:
+        self._activity.last = self._loop.time()
         self._timer.cancel()
         if not self.fired:
             self._timer = self._loop.call_later(self._timeout, self._fire)
 
     def _fire(self) -> None:
+        idle = self._loop.time() - self._activity.last
+        if idle < self._timeout:  # another call moved data meanwhile: the link is alive
+            self._timer = self._loop.call_later(self._timeout - idle, self._fire)
+            return
         self.fired = True
         self._conn.abort()
 
@@ -127,6 +140,7 @@ class SFTPBackend:
         self._clock = clock
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
+        self._activity: _Activity | None = None  # of the current connection
         self._lock = asyncio.Lock()
 
     def _path(self, key: str) -> str:
@@ -144,6 +158,7 @@ class SFTPBackend:
             if self._conn is None or self._sftp is None:
                 try:
                     self._conn, self._sftp = await asyncio.wait_for(self._open(), self._timeout)
+                    self._activity = _Activity()
                 except asyncssh.PermissionDenied:
                     raise RepoError(
                         f"{self._name()}: the login was refused: check VBM_SFTP__KEY_FILE or"
@@ -194,7 +209,8 @@ class SFTPBackend:
             watch: _Watchdog | None = None
             try:
                 conn, sftp = await self._client()
-                watch = _Watchdog(conn, self._timeout)
+                assert self._activity is not None  # set with the connection
+                watch = _Watchdog(conn, self._timeout, self._activity)
                 token = _watch.set(watch)
                 try:
                     return await fn(sftp)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -123,3 +124,27 @@ def test_locations_are_checked() -> None:
     for bad in ("sftp://host/r", "sftp://u@host", "sftp:/x", "s3://a/b"):
         with pytest.raises(ValueError, match="not an SFTP location"):
             SFTPBackend(bad)
+
+
+async def test_the_stall_watchdog_counts_progress_of_every_call_on_the_connection() -> None:
+    """Many calls share one connection; on a slow link a call may wait its turn longer than the
+    timeout while the others move data: only a connection on which nothing moves is aborted."""
+    from shared.repo.sftp import _Activity, _Watchdog
+
+    class Conn:
+        aborted = False
+
+        def abort(self) -> None:
+            self.aborted = True
+
+    conn, activity = Conn(), _Activity()
+    waiting = _Watchdog(conn, 0.3, activity)  # type: ignore[arg-type]
+    busy = _Watchdog(conn, 0.3, activity)  # type: ignore[arg-type]
+    for _ in range(6):
+        await asyncio.sleep(0.1)
+        busy.progress()
+    assert not conn.aborted and not waiting.fired  # 0.6 s without its own progress: the link moved
+    busy.cancel()
+    await asyncio.sleep(0.5)
+    assert conn.aborted and waiting.fired  # nothing moved for 0.3 s: a stalled link
+    waiting.cancel()
