@@ -156,6 +156,9 @@ async def _lock(repo: Repository, now: datetime, stale_after: timedelta, token: 
         since = datetime.fromisoformat(held["since"])
     except (ObjectMissing, ValueError, KeyError, TypeError):
         since = now - stale_after - timedelta(seconds=1)  # unreadable: treat as stale
+    else:
+        if held.get("token") == token:
+            return  # ours: the PUT was retried after its answer was lost, and the retry found it
     if now - since <= stale_after:
         raise GCBusy(f"another garbage collection of {repo.backend.location} runs since {since.isoformat()}")
     await repo.backend.delete(LOCK_KEY)  # a GC that died: take over

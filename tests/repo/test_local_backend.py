@@ -115,3 +115,14 @@ async def test_a_gc_that_was_taken_over_leaves_the_new_holders_lock(tmp_path: Pa
     assert json.loads(await repo.backend.get(gc.LOCK_KEY))["token"] == "second"
     await gc._unlock(repo, "second")
     assert not await repo.backend.exists(gc.LOCK_KEY)
+
+
+async def test_a_gc_whose_lock_write_was_retried_after_a_lost_answer_holds_it(tmp_path: Path) -> None:
+    from shared.repo import gc
+
+    repo = await Repository.init(LocalBackend(tmp_path / "r"))
+    now = datetime.now(UTC)
+    await gc._lock(repo, now, timedelta(hours=6), "mine")
+    await gc._lock(repo, now, timedelta(hours=6), "mine")  # the retry finds its own lock: held
+    with pytest.raises(gc.GCBusy):
+        await gc._lock(repo, now, timedelta(hours=6), "another")
