@@ -339,13 +339,26 @@ class S3Backend:
             except ObjectMissing:
                 return
             except RepoError:
-                until = _retained_until(st)
-                held = st.metadata.get("x-amz-object-lock-legal-hold") == "ON"
-                if held or (until is not None and until > self._clock()):
-                    raise ObjectLocked(key, until) from None
+                locked = self._still_locked(key, name)  # asked again: a writer may have extended it
+                if locked is not False:
+                    raise ObjectLocked(key, locked if isinstance(locked, datetime) else None) from None
                 raise
             if not st.version_id:
                 return
+
+    def _still_locked(self, key: str, name: str) -> datetime | bool:
+        """After a refused delete: the object's retention date if it is in the future, True for
+        a legal hold (or when it cannot be asked), False when nothing holds it any more."""
+        try:
+            st = self._call(f"checking {key}", lambda: self._client.stat_object(self.where.bucket, name))
+        except ObjectMissing:
+            return False
+        except RepoError:
+            return True
+        if st.metadata.get("x-amz-object-lock-legal-hold") == "ON":
+            return True
+        until = _retained_until(st)
+        return until if until is not None and until > self._clock() else False
 
     async def delete_if_unused_since(self, key: str, cutoff: datetime) -> int | None:
         return await asyncio.to_thread(self._delete_if_unused, key, cutoff)
@@ -373,7 +386,13 @@ class S3Backend:
             if exc.code in ("PreconditionFailed", *MISSING):
                 return None  # stored again with other content since, or gone
             if self.immutable_days and exc.code == "AccessDenied":
-                return None  # a writer extended its retention since the HEAD: it is relied on
+                if self._still_locked(key, name) is not False:
+                    return None  # a writer extended its retention since the HEAD: it is relied on
+                raise RepoError(
+                    f"{self.location}: deleting {key}: access denied although its retention has passed:"
+                    " the key needs s3:DeleteObjectVersion (and s3:BypassGovernanceRetention for"
+                    " governance mode) to remove old versions"
+                ) from None
             raise self._error(exc, f"deleting {key}") from None
         except (Urllib3Error, OSError) as exc:
             raise self._error(exc, f"deleting {key}") from None
