@@ -124,9 +124,10 @@ def check_spec(
     lister: Lister = list_vms,
 ) -> JobSpec:
     """Everything before a create or replace (blocking): the vCenter is configured, the name is
-    free (for `job_id` itself when replacing), the notification channels it names exist, then
-    the VMs resolved against vCenter."""
+    free (for `job_id` itself when replacing), the notification channels it names exist, the
+    S3 buckets it asks to be immutable have Object Lock, then the VMs resolved against vCenter."""
     vcenter_of(settings, spec.vcenter)
+    check_immutable_locations(spec, settings)
     unknown = [c for c in spec.options.notify.channels if settings.notifications.channel(c) is None]
     if unknown:
         known = ", ".join(c.name for c in settings.notifications.channels) or "none configured"
@@ -138,6 +139,39 @@ def check_spec(
     with sessions() as session:
         name_free(session, spec.name, job_id)
     return resolve_vms(spec, settings, lister)
+
+
+def check_immutable_locations(spec: JobSpec, settings: Settings) -> None:
+    """An s3:// location with `immutable_days` (primary or secondary) on a bucket that cannot
+    keep it is refused now, not at the first run or copy; an endpoint that does not answer now is
+    left to the run (which says so)."""
+    import asyncio
+
+    from shared.repo.errors import Misconfigured, RepoError
+    from shared.repo.s3 import S3Backend
+
+    places = [("repository", spec.repository)]
+    places += [(f"options.replicate_to.{i}", loc) for i, loc in enumerate(spec.options.replicate_to)]
+    for field, location in places:
+        if not location.startswith("s3://") or "immutable_days=" not in location:
+            continue
+        try:
+            backend = S3Backend(location, settings.s3.access_key, settings.s3.secret_key.get_secret_value())
+        except ValueError as exc:
+            raise Invalid(field, str(exc)) from None
+
+        async def check(backend: S3Backend = backend) -> None:
+            try:
+                await backend.check_immutability()
+            finally:
+                await backend.close()
+
+        try:
+            asyncio.run(check())
+        except Misconfigured as exc:
+            raise Invalid(field, str(exc)) from None
+        except RepoError:
+            continue
 
 
 def job_view(job: Job) -> dict[str, Any]:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from lab.launcher import Lab
 from shared.contracts import JobRequested, cancel_subject
 from shared.db.models import Job, Run
 from tests.gateway.conftest import Api, MakeApi, lab_vcenter
+from tests.plugins.s3 import S3Server
 
 
 def body(**changes: Any) -> dict[str, Any]:
@@ -149,3 +151,28 @@ async def test_run_now_reaches_the_stream_and_cancel_stops_it(
     status, gone = await api.call("DELETE", f"/jobs/{job['id']}?force=true")
     assert status == 200 and gone["cancelled_runs"] == [run_id]
     assert (await api.call("GET", f"/runs/{run_id}"))[0] == 404
+
+
+async def test_an_immutable_location_on_a_bucket_without_object_lock_is_refused_at_once(
+    make_api: MakeApi, db_url: str, lab: Lab, s3_server: S3Server, s3_bucket: str
+) -> None:
+    api = await make_api(
+        db_url,
+        (lab_vcenter(lab),),
+        s3={"access_key": s3_server.access_key, "secret_key": s3_server.secret_key},
+    )
+    locked = f"vbm-lock-{uuid.uuid4().hex[:12]}"
+    s3_server.client().make_bucket(locked, object_lock=True)
+    unlocked = f"s3://{s3_server.endpoint}/{s3_bucket}/copy?tls=false&immutable_days=7"
+    status, err = await api.call("POST", "/jobs", json=body(options={"replicate_to": [unlocked]}))
+    assert status == 422
+    assert (
+        err["detail"].startswith("options.replicate_to.0: ")
+        and f"bucket {s3_bucket} has no Object Lock" in err["detail"]
+    )
+    status, err = await api.call("POST", "/jobs", json=body(repository=unlocked))
+    assert status == 422 and err["detail"].startswith("repository: ")
+    fine = f"s3://{s3_server.endpoint}/{locked}/copy?tls=false&immutable_days=7"
+    status, job = await api.call("POST", "/jobs", json=body(options={"replicate_to": [fine]}))
+    assert status == 201, job
+    assert not list(s3_server.client().list_objects(s3_bucket, recursive=True))  # nothing written
