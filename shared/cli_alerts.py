@@ -6,7 +6,7 @@ import argparse
 import asyncio
 from typing import Any
 
-from shared.runtime import utcnow
+from shared.clock import utcnow
 from shared.settings import Settings
 
 COMMANDS = ("alerts", "notify")

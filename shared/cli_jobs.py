@@ -24,9 +24,9 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import apikeys, jobstore, runstore
 from shared.cli_runs import backups_ls, copies_ls, run_list, watch, when
+from shared.clock import utcnow
 from shared.jobs import JobSpec
 from shared.jobstore import iso
-from shared.runtime import utcnow
 from shared.settings import Settings
 
 COMMANDS = ("job", "run", "backups", "verify", "apikey")

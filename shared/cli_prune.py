@@ -8,7 +8,7 @@ import sys
 from typing import Any
 
 from shared import prune
-from shared.runtime import utcnow
+from shared.clock import utcnow
 from shared.settings import Settings
 
 

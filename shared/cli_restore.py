@@ -17,8 +17,8 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import restores
+from shared.clock import utcnow
 from shared.jobstore import StoreError
-from shared.runtime import utcnow
 from shared.settings import Settings
 
 

@@ -20,7 +20,7 @@ import sys
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Engine
@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import __version__
 from shared.bus import Bus, BusUnavailable, Consumer, run_consumer
+from shared.clock import Clock, utcnow
 from shared.contracts import PING_SUBJECT, ServiceHeartbeat, heartbeat_subject
 from shared.db import ServiceInstance, make_engine, make_sessionmaker
 from shared.db.migrate import SchemaNotCurrent, check_current, upgrade
@@ -35,12 +36,6 @@ from shared.outbox import Relay
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
 
 log = logging.getLogger(__name__)
-
-Clock = Callable[[], datetime]
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 @dataclass
