@@ -317,7 +317,13 @@ class SFTPBackend:
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         base = posixpath.dirname(self._path(prefix.rstrip("/") + "/x")) if prefix else self.where.root
-        found: list[ObjectInfo] = []
+        for info in await self._files(base, f"listing {prefix}", hidden=False):
+            if info.key.startswith(prefix):
+                yield info
+
+    async def _files(self, base: str, doing: str, *, hidden: bool) -> builtins.list[ObjectInfo]:
+        """Every file under `base`: the hidden `.tmp-*` ones (`hidden`) or all the others."""
+        found: builtins.list[ObjectInfo] = []
 
         async def walk(sftp: asyncssh.SFTPClient) -> None:
             found.clear()  # a retry after a lost connection walks again from the start
@@ -331,27 +337,21 @@ class SFTPBackend:
                 _progress()
                 for entry in entries:
                     name = str(entry.filename)
-                    if name in (".", "..") or name.startswith(TMP_PREFIX):
+                    if name in (".", ".."):
                         continue
                     full = posixpath.join(folder, name)
                     if entry.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or (
                         entry.attrs.permissions is not None and statmod.S_ISDIR(entry.attrs.permissions)
                     ):
-                        stack.append(full)
-                        continue
-                    key = posixpath.relpath(full, self.where.root)
-                    if key.startswith(prefix):
-                        found.append(
-                            ObjectInfo(
-                                key,
-                                int(entry.attrs.size or 0),
-                                datetime.fromtimestamp(entry.attrs.mtime or 0, UTC),
-                            )
-                        )
+                        if hidden or not name.startswith(TMP_PREFIX):
+                            stack.append(full)
+                    elif name.startswith(TMP_PREFIX) == hidden:
+                        key = posixpath.relpath(full, self.where.root)
+                        when = datetime.fromtimestamp(entry.attrs.mtime or 0, UTC)
+                        found.append(ObjectInfo(key, int(entry.attrs.size or 0), when))
 
-        await self._run(f"listing {prefix}", walk)
-        for info in found:
-            yield info
+        await self._run(doing, walk)
+        return found
 
     async def delete(self, key: str) -> None:
         try:
@@ -383,34 +383,7 @@ class SFTPBackend:
         return await self._run(f"deleting {key}", run)
 
     async def leftovers(self) -> builtins.list[ObjectInfo]:
-        found: builtins.list[ObjectInfo] = []
-
-        async def walk(sftp: asyncssh.SFTPClient) -> None:
-            found.clear()  # a retry after a lost connection walks again from the start
-            stack = [self.where.root]
-            while stack:
-                folder = stack.pop()
-                try:
-                    entries = await sftp.readdir(folder)
-                except asyncssh.SFTPNoSuchFile:
-                    continue
-                _progress()
-                for entry in entries:
-                    name = str(entry.filename)
-                    full = posixpath.join(folder, name)
-                    if name in (".", ".."):
-                        continue
-                    if entry.attrs.type == asyncssh.FILEXFER_TYPE_DIRECTORY or (
-                        entry.attrs.permissions is not None and statmod.S_ISDIR(entry.attrs.permissions)
-                    ):
-                        stack.append(full)
-                    elif name.startswith(TMP_PREFIX):
-                        key = posixpath.relpath(full, self.where.root)
-                        when = datetime.fromtimestamp(entry.attrs.mtime or 0, UTC)
-                        found.append(ObjectInfo(key, int(entry.attrs.size or 0), when))
-
-        await self._run("listing leftovers", walk)
-        return found
+        return await self._files(self.where.root, "listing leftovers", hidden=True)
 
     async def put_back(self, aside: str, key: str) -> bool:
         src, dst = self._path(aside), self._path(key)
