@@ -228,6 +228,7 @@ def replace_job(session: Session, job_id: str, spec: JobSpec, now: datetime, def
         raise NotFound(f"no job {job_id!r}")
     name_free(session, spec.name, job_id)
     fresh = job_row(spec, job_id, now, default_repository)
+    before = set((job.options or {}).get("replicate_to", ()))
     for column in ("name", "vcenter", "vms", "schedule", "options", "repository", "retention", "enabled"):
         setattr(job, column, getattr(fresh, column))
     job.updated_at = now
@@ -235,7 +236,26 @@ def replace_job(session: Session, job_id: str, spec: JobSpec, now: datetime, def
         session.flush()
     except IntegrityError:
         raise Conflict(f"a job named {spec.name!r} exists already") from None
+    backfill_copies(session, job, [t for t in spec.options.replicate_to if t not in before], now)
     return job
+
+
+def backfill_copies(session: Session, job: Job, targets: list[str], now: datetime) -> int:
+    """A secondary added to a job also gets the job's verified restore points made before it
+    (as a backup copy job would): one pending copy each; how many were asked for."""
+    from shared import replication
+    from shared.db.models import RestorePointRow
+
+    asked = 0
+    points = session.scalars(
+        select(RestorePointRow).where(RestorePointRow.job_id == job.id, RestorePointRow.verify_state == "ok")
+    ).all()
+    for target in targets:
+        for row in points:
+            if target != row.repository:
+                replication.request(session, row.id, target, now)
+                asked += 1
+    return asked
 
 
 def unfinished_runs(session: Session, job_id: str) -> list[Run]:

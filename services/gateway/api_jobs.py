@@ -76,6 +76,7 @@ async def replace_job(request: web.Request) -> web.Response:
         lambda s: jobstore.job_view(jobstore.replace_job(s, job_id, spec, ctx.clock(), default_repo)),
         write=True,
     )
+    ctx.relay.kick()  # copies of earlier restore points to a secondary it added
     return json_response(view)
 
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
+
+from sqlalchemy import select
 
 from lab.launcher import Lab
 from shared.contracts import JobRequested, cancel_subject
-from shared.db.models import Job, Run
+from shared.db.models import Job, Outbox, Replication, RestorePointRow, Run
 from tests.gateway.conftest import Api, MakeApi, lab_vcenter
 from tests.plugins.s3 import S3Server
 
@@ -176,3 +180,32 @@ async def test_an_immutable_location_on_a_bucket_without_object_lock_is_refused_
     status, job = await api.call("POST", "/jobs", json=body(options={"replicate_to": [fine]}))
     assert status == 201, job
     assert not list(s3_server.client().list_objects(s3_bucket, recursive=True))  # nothing written
+
+
+async def test_a_secondary_added_to_a_job_gets_its_earlier_verified_points(
+    make_api: MakeApi, db_url: str, lab: Lab, tmp_path: Path
+) -> None:
+    api = await make_api(db_url, (lab_vcenter(lab),))
+    job = await make(api)
+    now = datetime.now(UTC)
+    with api.ctx.sessions.begin() as s:
+        for rp_id, verified in (("rp-a", "ok"), ("rp-b", "ok"), ("rp-c", "failed"), ("rp-d", "pending")):
+            s.add(
+                RestorePointRow(
+                    id=rp_id, job_id=job["id"], vcenter="lab", vm_moref="vm-1", vm_name="vm1",
+                    repository=str(tmp_path / "primary"), kind="full", disks=[], logical_bytes=0,
+                    bytes_read=0, bytes_stored=0, started_at=now, finished_at=now, verify_state=verified,
+                )
+            )  # fmt: skip
+    offsite = str(tmp_path / "offsite")
+    add = body(options={"replicate_to": [offsite]})
+    status, replaced = await api.call("PUT", f"/jobs/{job['id']}", json=add)
+    assert status == 200, replaced
+    with api.ctx.sessions() as s:
+        copies = sorted((r.restore_point_id, r.target, r.state) for r in s.scalars(select(Replication)))
+        asked = [o.msg_id for o in s.scalars(select(Outbox)) if o.subject == "vbm.replicate.requested"]
+    assert copies == [("rp-a", offsite, "pending"), ("rp-b", offsite, "pending")]  # verified ones only
+    assert len(asked) == 2
+    status, _ = await api.call("PUT", f"/jobs/{job['id']}", json=add)
+    with api.ctx.sessions() as s:
+        assert len(list(s.scalars(select(Replication)))) == 2  # nothing asked twice
