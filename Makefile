@@ -1,13 +1,14 @@
 # vSphere Backup Manager: the two commands are `make up` and `make test`.
+# Python packages come only from the lock (requirements/*.txt, hashes checked): see docs/testing.md.
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+export PYTHON VENV
 
-.PHONY: up test deps deps-test venv lab lint typecheck pytest format clean
+.PHONY: up test deps deps-test venv venv-runtime lab lint typecheck pytest format clean lock lock-upgrade outdated
 
-up: deps venv lab  ## install what is missing, then run every service (Ctrl-C stops)
+up: deps venv-runtime lab  ## install what is missing, then run every service (Ctrl-C stops)
 	$(BIN)/vbm up
 
 test: deps-test venv lab lint typecheck pytest  ## install what is missing, then the whole suite
@@ -18,15 +19,22 @@ deps:
 deps-test:
 	@scripts/install-system-deps.sh --for-tests
 
-venv: $(STAMP)
+venv:  ## .venv from requirements/dev.txt (made again when the lock changed)
+	@scripts/venv.sh dev
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
-	@touch $(STAMP)
+venv-runtime:
+	@scripts/venv.sh runtime
 
-lab: venv  ## build the vCenter simulator (cached by a hash of its sources)
+lock: venv  ## resolve what pyproject.toml changed into the lock, keeping every other pin
+	scripts/lock.sh
+
+lock-upgrade: venv  ## every package to the newest release its range allows (PACKAGE=name for one)
+	scripts/lock.sh $(if $(PACKAGE),--upgrade-package $(PACKAGE),--upgrade)
+
+outdated: venv  ## newer releases than the lock has (a refresh is `make lock-upgrade`, reviewed)
+	@$(BIN)/python -m pip list --outdated --disable-pip-version-check 2>/dev/null
+
+lab: venv-runtime  ## build the vCenter simulator (cached by a hash of its sources and Go's version)
 	$(BIN)/python -c "from lab.launcher import build_lab; print('lab binary:', build_lab())"
 
 lint: venv

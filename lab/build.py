@@ -1,7 +1,8 @@
 """Compile the lab's Go simulator (lab/vcsim) offline against Debian's govmomi, cached.
 
 The binary lands in ``$VBM_LAB_BIN_DIR`` (default ``<repo>/var/lab/bin``) named after a hash
-of the Go sources, so it is rebuilt only when they change.
+of the Go sources, the Go toolchain's version and govmomi's, so it is rebuilt only when one of
+them changes.
 """
 
 from __future__ import annotations
@@ -35,8 +36,31 @@ def _bin_dir() -> Path:
     return Path(os.environ.get("VBM_LAB_BIN_DIR") or REPO_ROOT / "var" / "lab" / "bin")
 
 
-def _source_hash() -> str:
-    h = hashlib.sha256()
+def _go_version(go: str) -> str:
+    proc = subprocess.run([go, "version"], capture_output=True, text=True, check=False)
+    return proc.stdout.strip() or proc.stderr.strip()
+
+
+def _govmomi_version() -> str:
+    """The Debian package's version of govmomi's source, else its go.sum (no version file ships)."""
+    proc = (
+        subprocess.run(
+            ["dpkg-query", "-W", "-f", "${Version}", "golang-github-vmware-govmomi-dev"],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if shutil.which("dpkg-query")
+        else None
+    )
+    if proc is not None and proc.returncode == 0 and proc.stdout.strip():
+        return proc.stdout.strip()
+    go_sum = GOVMOMI_SRC / "go.sum"
+    return go_sum.read_text(errors="replace") if go_sum.is_file() else ""
+
+
+def _source_hash(toolchain: str = "") -> str:
+    h = hashlib.sha256(toolchain.encode() + b"\0")
     for src in sorted(VCSIM_SRC.glob("*.go")):
         h.update(src.name.encode() + b"\0" + src.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -46,15 +70,15 @@ def build_lab(force: bool = False) -> Path:
     """Compile lab/vcsim into the cache dir (keyed by a hash of the Go sources) and return it."""
     if not any(VCSIM_SRC.glob("*.go")):
         raise LabError(f"no Go sources in {VCSIM_SRC}")
-    out_dir = _bin_dir()
-    binary = out_dir / f"vcsim-{_source_hash()}"
-    if binary.is_file() and not force:
-        return binary
     go = shutil.which("go") or (str(GO_FALLBACK) if GO_FALLBACK.is_file() else None)
     if go is None:
         raise LabError(f"the Go compiler (`go`) is not installed: {INSTALL_HINT}")
     if not (GOVMOMI_SRC / "simulator").is_dir():
         raise LabError(f"govmomi's source is missing ({GOVMOMI_SRC}): {INSTALL_HINT}")
+    out_dir = _bin_dir()
+    binary = out_dir / f"vcsim-{_source_hash(_go_version(go) + _govmomi_version())}"
+    if binary.is_file() and not force:
+        return binary
     out_dir.mkdir(parents=True, exist_ok=True)
     with open(out_dir / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one build at a time (parallel test runs)

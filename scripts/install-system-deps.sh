@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Installs what vbm needs from Debian's packages (and, for the tests, Azurite from npm), only when
-# it is missing, and starts PostgreSQL for the tests when none answers on 127.0.0.1:5432. Safe to
-# run again; prints what it does.
+# Installs what vbm needs from Debian's packages (and, for the tests, Azurite from npm, as
+# node/package-lock.json pins it), only when it is missing, and starts PostgreSQL for the tests
+# when none answers on 127.0.0.1:5432. Safe to run again; prints what it does. The packages and
+# their minimum versions: docs/testing.md, "What the install fetches".
 #   scripts/install-system-deps.sh [--for-tests]
 set -euo pipefail
 
@@ -36,9 +37,15 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v rclone >/dev/null 2>&1 || apt_install rclone
 if [ "$for_tests" = 1 ]; then
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
-  if [ ! -x var/node/node_modules/.bin/azurite-blob ]; then
-    echo "install-system-deps: npm install azurite@3 into var/node"
-    npm install --prefix var/node --no-audit --no-fund --loglevel=error azurite@3 >/dev/null
+  # Exactly what node/package-lock.json says (npm ci checks every package's integrity hash);
+  # again whenever the lock changes.
+  want=$(cat node/package.json node/package-lock.json | sha256sum | cut -c1-64)
+  if [ "$(cat var/node/.lock 2>/dev/null)" != "$want" ] || [ ! -x var/node/node_modules/.bin/azurite-blob ]; then
+    echo "install-system-deps: npm ci (node/package-lock.json) into var/node"
+    mkdir -p var/node
+    cp node/package.json node/package-lock.json var/node/
+    npm ci --prefix var/node --no-audit --no-fund --loglevel=error >/dev/null
+    echo "$want" > var/node/.lock
   fi
 fi
 
