@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 
 from shared import __version__, cli_alerts, cli_jobs, cli_prune, cli_repo, cli_restore
-from shared.settings import ConfigError, load_settings, unknown_variables
+from shared.db.existing import NoDatabase, open_existing
+from shared.settings import ConfigError, Settings, load_settings, unknown_variables
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,6 +49,14 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    old = os.umask(0o077)  # repositories, exports, keys made from the command line are private too
+    try:
+        return _main(argv)
+    finally:
+        os.umask(old)
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list[:1] == ["lab"]:
         from lab.__main__ import main as lab_main
@@ -66,8 +76,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config":
         print(json.dumps(settings.public_dict(), indent=2, default=str))
         return 0
+    try:
+        return _run(args, settings)
+    except NoDatabase as exc:
+        print(f"vbm {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "db":
-        return _db(args.db_command, settings.db_url)
+        return _db(args.db_command, settings)
     if args.command in cli_jobs.COMMANDS:
         return cli_jobs.run(args, settings)
     if args.command == "restore":
@@ -89,10 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     raise AssertionError(args.command)
 
 
-def _db(action: str, url: str) -> int:
+def _db(action: str, settings: Settings) -> int:
+    """`upgrade` creates the database if need be (as `vbm up` does); `status` only looks."""
     from shared.db import current_revision, head_revision, make_engine, upgrade
 
-    engine = make_engine(url)
+    if action == "upgrade":
+        engine = make_engine(settings.db_url)
+    else:
+        engine = open_existing(settings.db_url, settings.data_dir, migrate=False)
     try:
         if action == "upgrade":
             upgrade(engine)

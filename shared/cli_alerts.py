@@ -45,11 +45,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     if args.command == "notify" and args.notify_command == "test":
         return _test(args, settings)
-    from shared.db import make_engine, make_sessionmaker, upgrade
+    from shared.db import make_sessionmaker
+    from shared.db.existing import open_existing
 
-    engine = make_engine(settings.db_url)
+    engine = open_existing(settings.db_url, settings.data_dir)
     try:
-        upgrade(engine)
         sessions = make_sessionmaker(engine)
         if args.command == "notify":
             from shared.notify import deliveries

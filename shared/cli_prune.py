@@ -25,12 +25,12 @@ def add_parsers(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import make_engine, make_sessionmaker, upgrade
+    from shared.db import make_sessionmaker
+    from shared.db.existing import open_existing
     from shared.repo import RepoError
 
-    engine = make_engine(settings.db_url)
+    engine = open_existing(settings.db_url, settings.data_dir)
     try:
-        upgrade(engine)
         sessions = make_sessionmaker(engine)
         now = utcnow()
         if args.command == "prune":

@@ -32,6 +32,13 @@ def add_parser(sub: Any) -> None:
     start.add_argument("--in-place", action="store_true", help="over the original VM (powers it off)")
     start.add_argument("--yes", action="store_true", help="confirm an in-place restore")
     start.add_argument(
+        "--method",
+        choices=("full", "fast"),
+        default="full",
+        help="in place: full writes every disk whole; fast writes only the windows that differ"
+        " (hot-add through vcenters[].hotadd_proxy, CBT since the restore point)",
+    )
+    start.add_argument(
         "--instant", action="store_true", help="instant recovery: run the VM from the backup store"
     )
     start.add_argument(
@@ -86,7 +93,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     import json
 
     from shared import reports
-    from shared.db import make_engine, make_sessionmaker, upgrade
+    from shared.db import make_sessionmaker
+    from shared.db.existing import open_existing
     from shared.db.models import RestoreReport
 
     action = args.report_command
@@ -107,9 +115,8 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
         print(f"genuine: restore test {report.get('restore_id')} of {report['restore_point']['vm_name']}"
               f" ({report['restore_point']['id']}): {report.get('result')}")  # fmt: skip
         return 0
-    engine = make_engine(settings.db_url)
+    engine = open_existing(settings.db_url, settings.data_dir)
     try:
-        upgrade(engine)
         with make_sessionmaker(engine)() as s:
             if action == "show":
                 row = s.get(RestoreReport, args.report_id)
@@ -132,11 +139,11 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from shared.db import make_engine, make_sessionmaker, upgrade
+    from shared.db import make_sessionmaker
+    from shared.db.existing import open_existing
 
-    engine = make_engine(settings.db_url)
+    engine = open_existing(settings.db_url, settings.data_dir)
     try:
-        upgrade(engine)
         return _dispatch(args, settings, make_sessionmaker(engine))
     except StoreError as exc:
         print(f"vbm restore: {exc}", file=sys.stderr)
@@ -161,6 +168,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
             restore_point_id=args.restore_point,
             mode=_mode(args),
             confirm=args.yes,
+            method=args.method,
             name=args.name,
             datastore=args.datastore,
             vcenter=args.vcenter,

@@ -78,6 +78,7 @@ def setup_logging(level: str, service: str) -> None:
 def main(service: str, wire: Wiring) -> None:
     """Entry point of `python -m services.<service>`. Exit codes: 0 clean stop, 2 bad config,
     3 a dependency (NATS, database) unavailable."""
+    os.umask(0o077)  # the database, repositories, keys: every file this process makes is private
     try:
         settings = load_settings()
     except ConfigError as exc:

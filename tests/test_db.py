@@ -84,10 +84,13 @@ def test_vbm_db_cli(tmp_path: Path) -> None:
     env["VBM_DATA_DIR"] = str(tmp_path)
     run = [sys.executable, "-m", "shared.cli", "db"]
     status = subprocess.run([*run, "status"], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
-    assert status.returncode == 1 and "revision none" in status.stdout
+    assert status.returncode == 2 and f"no vbm database at {tmp_path / 'vbm.db'}" in status.stderr
+    assert not (tmp_path / "vbm.db").exists()  # looking creates nothing
     up = subprocess.run([*run, "upgrade"], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
     assert up.returncode == 0, up.stderr
     assert f"revision {head_revision()} (newest {head_revision()})" in up.stdout
+    status = subprocess.run([*run, "status"], env=env, cwd=ROOT, capture_output=True, text=True, check=False)
+    assert status.returncode == 0 and f"revision {head_revision()} (newest" in status.stdout
 
 
 def test_models_match_the_migrations(db_url: str) -> None:
