@@ -1,10 +1,11 @@
-"""`vbm job|run|backups|apikey ...`: jobs, runs, the catalog and API keys, straight on the database.
+"""`vbm job|run|backups|apikey|vm ...`: jobs, runs, the catalog, API keys and VMs.
 
-job create --name N --vcenter V --vm NAME_OR_MOREF... [--schedule S] [--no-cbt] [--quiesce]
-job list | job run NAME_OR_ID
-run list [--job J] | run watch RUN_ID     live progress until the run ends (exit 0: succeeded)
+job create --name N --vcenter V --vm NAME_OR_MOREF... [--schedule S] [--keep-daily N ...]
+job list | show J | run J | cancel J | edit J [...] | enable J | disable J | delete J [--force]
+run list [--job J] | run watch RUN_ID | run cancel RUN_ID
 backups ls [--vm VM] [--job J] | backups copies [--state S] [--restore-point ID]
 apikey create NAME | list | revoke NAME
+vm ls [--vcenter V]
 
 The same functions as the REST API (shared.jobstore, shared.runstore, shared.apikeys).
 """
@@ -12,7 +13,7 @@ The same functions as the REST API (shared.jobstore, shared.runstore, shared.api
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import sys
 import time
 from collections.abc import Sequence
@@ -23,47 +24,54 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared import apikeys, jobstore, runstore
+from shared import cli_jobspec as jobspec
 from shared.cli_runs import backups_ls, copies_ls, run_list, watch, when
 from shared.clock import utcnow
 from shared.jobs import JobSpec
 from shared.jobstore import iso
+from shared.progress import human_bytes
 from shared.settings import Settings
 
-COMMANDS = ("job", "run", "backups", "verify", "apikey")
-SCHEDULE_HELP = "'cron:0 2 * * *', 'every:240' (minutes), 'daily@02:30', 'weekly@03:00', 'monthly@..'"
-_MOREF = re.compile(r"^vm-\d+$")
+COMMANDS = ("job", "run", "backups", "verify", "apikey", "vm")
+parse_schedule = jobspec.parse_schedule  # the CLI's schedule syntax (tests and callers use it here)
 
 
 def add_parsers(sub: Any) -> None:
-    job = sub.add_parser("job", help="backup jobs: create, list, run now")
+    job = sub.add_parser("job", help="backup jobs: create, list, show, edit, run, cancel, delete")
     acts = job.add_subparsers(dest="job_command", required=True, metavar="ACTION")
     create = acts.add_parser("create", help="create a job (VMs are checked against vCenter)")
     create.add_argument("--name", required=True)
     create.add_argument("--vcenter", help="vCenter name (default: the only one configured)")
     create.add_argument("--vm", action="append", required=True, metavar="NAME_OR_MOREF", help="repeatable")
-    create.add_argument("--schedule", help=SCHEDULE_HELP)
-    create.add_argument("--timezone", default="UTC", help="of the schedule (IANA name, default UTC)")
-    create.add_argument("--no-cbt", action="store_true", help="do not use Changed Block Tracking")
-    create.add_argument("--quiesce", action="store_true", help="quiesce the guest (VMware Tools)")
-    create.add_argument("--repository", default="", help="repository location (default: the setting)")
+    jobspec.add_spec_args(create, editing=False)
     create.add_argument(
         "--restore-test",
         metavar="DATASTORE",
         help="a restore-test job: test-restore the VMs' newest points there",
     )
     create.add_argument("--test-network", metavar="NETWORK", help="the isolated network of restore tests")
-    create.add_argument(
-        "--notify", action="append", default=[], metavar="CHANNEL", help="also tell this channel (repeatable)"
-    )
-    create.add_argument(
-        "--notify-on",
-        action="append",
-        choices=("success", "warning", "failure"),
-        help="outcomes of this job to send (repeatable; default: each channel's own)",
-    )
+    create.add_argument("--disabled", action="store_true", help="create it disabled (no scheduled runs)")
     acts.add_parser("list", help="list jobs")
-    run_now = acts.add_parser("run", help="run a job now")
-    run_now.add_argument("job", metavar="NAME_OR_ID")
+    for name, text in (
+        ("show", "one job as JSON"),
+        ("run", "run a job now"),
+        ("cancel", "stop the job's running runs (snapshots are removed)"),
+        ("enable", "scheduled runs happen again"),
+        ("disable", "no scheduled runs (run it by hand still works)"),
+    ):
+        acts.add_parser(name, help=text).add_argument("job", metavar="NAME_OR_ID")
+    edit = acts.add_parser("edit", help="change a job: only what the options name")
+    edit.add_argument("job", metavar="NAME_OR_ID")
+    jobspec.add_spec_args(edit, editing=True)
+    delete = acts.add_parser("delete", help="delete a job (its restore points stay)")
+    delete.add_argument("job", metavar="NAME_OR_ID")
+    delete.add_argument("--force", action="store_true", help="even while it runs (the run is cancelled)")
+    delete.add_argument("--yes", action="store_true", help="do not ask")
+
+    vm = sub.add_parser("vm", help="VMs of the configured vCenters")
+    vm_acts = vm.add_subparsers(dest="vm_command", required=True, metavar="ACTION")
+    vm_ls = vm_acts.add_parser("ls", help="every VM, with its disks and whether a job protects it")
+    vm_ls.add_argument("--vcenter", help="only this vCenter")
 
     run = sub.add_parser("run", help="runs: list, watch live progress")
     run_acts = run.add_subparsers(dest="run_command", required=True, metavar="ACTION")
@@ -72,6 +80,7 @@ def add_parsers(sub: Any) -> None:
     listing.add_argument("--limit", type=int, default=20)
     w = run_acts.add_parser("watch", help="progress bars until the run ends; exit 0 if it succeeded")
     w.add_argument("run_id")
+    run_acts.add_parser("cancel", help="stop a run (its snapshots are removed)").add_argument("run_id")
 
     backups = sub.add_parser("backups", help="the restore point catalog")
     b_acts = backups.add_subparsers(dest="backups_command", required=True, metavar="ACTION")
@@ -128,33 +137,13 @@ def _verify(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
     return 2
 
 
-def parse_schedule(text: str, timezone: str = "UTC") -> dict[str, Any]:
-    """'cron:EXPR' | 'every:MINUTES' | 'PRESET@HH:MM' (or just 'PRESET') as a Schedule's data."""
-    kind, sep, rest = text.partition(":")
-    if sep and kind == "cron":
-        return {"kind": "cron", "cron": rest.strip(), "timezone": timezone}
-    if sep and kind == "every":
-        if not rest.strip().isdigit():
-            raise ValueError(f"schedule {text!r}: every: needs whole minutes, e.g. every:240")
-        return {"kind": "interval", "every_minutes": int(rest), "timezone": timezone}
-    preset, _, at = text.partition("@")
-    data: dict[str, Any] = {"kind": "preset", "preset": preset.strip(), "timezone": timezone}
-    if at:
-        data["at"] = at.strip()
-    return data
-
-
-def vm_ref(text: str) -> dict[str, str]:
-    return {"moref": text} if _MOREF.match(text) else {"name": text}
-
-
 def run(args: argparse.Namespace, settings: Settings) -> int:
     """Entry point for the four command groups; returns the exit code."""
-    from shared.db import make_engine, make_sessionmaker, upgrade
+    from shared.db import make_sessionmaker
+    from shared.db.existing import open_existing
 
-    engine = make_engine(settings.db_url)
+    engine = open_existing(settings.db_url, settings.data_dir)
     try:
-        upgrade(engine)
         sessions = make_sessionmaker(engine)
         return _dispatch(args, settings, sessions)
     except (jobstore.StoreError, apikeys.ApiKeyError, ValueError) as exc:
@@ -182,11 +171,26 @@ def _message(exc: Exception) -> str:
 
 def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     action = getattr(args, f"{args.command}_command", None)
+    if args.command == "vm":
+        return _vm_ls(args, settings, sessions)
     if args.command == "job":
         if action == "create":
             return _job_create(args, settings, sessions)
         if action == "list":
             return _job_list(sessions)
+        if action in ("edit", "enable", "disable"):
+            return _job_edit(args, settings, sessions)
+        if action == "show":
+            with sessions() as s:
+                print(json.dumps(jobstore.job_view(jobstore.find_job(s, args.job)), indent=2))
+            return 0
+        if action == "cancel":
+            with sessions.begin() as s:
+                runs = jobstore.cancel_job_runs(s, jobstore.find_job(s, args.job).id)
+            print(f"cancel requested for {len(runs)} run(s): {', '.join(runs) or 'none running'}")
+            return 0
+        if action == "delete":
+            return _job_delete(args, sessions)
         with sessions.begin() as s:
             new = jobstore.run_now(s, jobstore.find_job(s, args.job), "manual", utcnow())
             run_id, job_name = new.id, args.job
@@ -200,6 +204,11 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
     if args.command == "run":
         if action == "watch":
             return watch(sessions, args.run_id)
+        if action == "cancel":
+            with sessions.begin() as s:
+                jobstore.cancel_run(s, args.run_id)
+            print(f"cancel requested for run {args.run_id}; its movers stop within a second")
+            return 0
         return run_list(sessions, args.job, args.limit)
     if args.command == "verify" or (args.command == "backups" and action == "verify"):
         return _verify(args, sessions)
@@ -219,16 +228,12 @@ def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionm
     body: dict[str, Any] = {
         "name": args.name,
         "vcenter": vcenter,
-        "vms": [vm_ref(v) for v in args.vm],
-        "options": {
-            "cbt": not args.no_cbt,
-            "quiesce": args.quiesce,
-            "notify": {"channels": args.notify, "on": args.notify_on},
-        },
-        "repository": args.repository,
+        "vms": [jobspec.vm_ref(v) for v in args.vm],
+        "options": {},
+        "repository": "",
+        "enabled": not args.disabled,
     }
-    if args.schedule:
-        body["schedule"] = parse_schedule(args.schedule, args.timezone)
+    jobspec.apply_spec_args(body, args)
     if args.restore_test:
         if not args.test_network:
             raise jobstore.Invalid(
@@ -242,6 +247,74 @@ def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionm
     vms = ", ".join(f"{v['name']} ({v['moref']})" for v in view["vms"])
     print(f"created job {view['id']} {view['name']!r}: {vms}; repository {view['repository']}")
     return 0
+
+
+def _job_edit(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """edit, enable, disable: the job's spec as it is, changed where the command line says; then
+    the same checks and store function as `PUT /api/v1/jobs/{id}`."""
+    with sessions() as s:
+        view = jobstore.job_view(jobstore.find_job(s, args.job))
+    body = {
+        k: view[k] for k in ("name", "vcenter", "schedule", "options", "repository", "retention", "enabled")
+    }
+    if args.job_command == "edit":
+        body["vms"] = jobspec.edited_vms(view["vms"], args)
+        jobspec.apply_spec_args(body, args)
+        if args.new_name:
+            body["name"] = args.new_name
+    else:
+        body["vms"] = [{"moref": v["moref"]} for v in view["vms"]]
+        body["enabled"] = args.job_command == "enable"
+    spec = jobstore.check_spec(sessions, JobSpec.model_validate(body), settings, view["id"])
+    with sessions.begin() as s:
+        job = jobstore.replace_job(s, view["id"], spec, utcnow(), settings.repository_location)
+        after = jobstore.job_view(job)
+    state = "enabled" if after["enabled"] else "disabled"
+    print(f"job {after['id']} {after['name']!r} saved ({state}, {len(after['vms'])} VMs)")
+    return 0
+
+
+def _job_delete(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
+    with sessions() as s:
+        view = jobstore.job_view(jobstore.find_job(s, args.job))
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise jobstore.Invalid("yes", f"deleting job {view['name']!r} needs --yes (no terminal to ask)")
+        answer = input(f"delete job {view['name']!r} ({view['id']})? its restore points stay [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("not deleted")
+            return 1
+    with sessions.begin() as s:
+        gone = jobstore.delete_job(s, view["id"], force=args.force)
+    print(f"deleted job {view['id']} {view['name']!r}" + (f"; cancelled {', '.join(gone)}" if gone else ""))
+    return 0
+
+
+def _vm_ls(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """Every VM, asked of vCenter now; a vCenter that does not answer is named (exit 1)."""
+    vcenters = [jobstore.vcenter_of(settings, args.vcenter)] if args.vcenter else list(settings.vcenters)
+    if not vcenters:
+        raise jobstore.Invalid("vcenter", "no vCenter is configured (set VBM_VCENTERS, or run vbm up's lab)")
+    with sessions() as s:
+        protected = {(j.vcenter, v["moref"]) for j in jobstore.list_jobs(s) for v in j.vms}
+    print(f"{'vcenter':<12} {'vm':<32} {'moref':<10} {'power':<11} {'disks':>5} {'size':>10}  cbt  protected")
+    failed = 0
+    for vc in vcenters:
+        try:
+            listed = jobstore.list_vms(vc)
+        except jobstore.Unreachable as exc:
+            print(f"vbm vm ls: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for vm in sorted(listed, key=lambda v: v.name):
+            size = human_bytes(sum(d.capacity for d in vm.disks))
+            yes = "yes" if (vc.name, vm.moref) in protected else "no"
+            cbt = "on " if vm.cbt_enabled else "off"
+            print(
+                f"{vc.name[:12]:<12} {vm.name[:32]:<32} {vm.moref:<10} {vm.power_state[:11]:<11}"
+                f" {len(vm.disks):>5} {size:>10}  {cbt}  {yes}"
+            )
+    return 1 if failed else 0
 
 
 def _vcenter_names(settings: Settings) -> str:
@@ -294,6 +367,7 @@ def _apikey(action: str, args: argparse.Namespace, sessions: sessionmaker[Sessio
 
 def main(argv: Sequence[str] | None = None) -> int:
     """`python -m shared.cli_jobs ...`: these commands without the rest of `vbm`."""
+    from shared.db.existing import NoDatabase
     from shared.settings import ConfigError, load_settings
 
     parser = argparse.ArgumentParser(prog="vbm")
@@ -301,10 +375,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
-    except ConfigError as exc:
+        return run(args, settings)
+    except (ConfigError, NoDatabase) as exc:
         print(f"vbm: {exc}", file=sys.stderr)
         return 2
-    return run(args, settings)
 
 
 if __name__ == "__main__":

@@ -23,19 +23,27 @@ from shared.repo import LocalBackend, RepoError, Repository, check, read_disk
 from shared.repo.locations import open_backend
 from shared.repo.repair import repair_from
 
+LOCATION_HELP = "repository location: a path, s3://, azure://, sftp:// or rclone:// (default: the setting)"
+
 
 def add_parser(sub: Any) -> None:
     repo = sub.add_parser("repo", help="backup repositories: init, info, ls, check, export")
-    repo.add_argument("--repo", help="repository location (default: the `repository` setting)")
+    repo.add_argument("--repo", help=LOCATION_HELP)
+    # The location is accepted where people type it: `vbm repo --repo L init`, `vbm repo init
+    # --repo L`, and `vbm repo init L` for the actions that take no other argument.
+    where = argparse.ArgumentParser(add_help=False)
+    where.add_argument("--repo", dest="repo_here", default=argparse.SUPPRESS, help=LOCATION_HELP)
     actions = repo.add_subparsers(dest="repo_command", required=True, metavar="ACTION")
-    actions.add_parser("init", help="create a repository")
-    actions.add_parser("info", help="format, counts and sizes")
-    actions.add_parser("ls", help="list restore points")
-    actions.add_parser(
-        "undelete",
-        help="S3 with Object Lock: bring back objects someone deleted (remove their delete markers)",
-    )
-    chk = actions.add_parser("check", help="check structure, and data with --read-data")
+    for name, text in (
+        ("init", "create a repository"),
+        ("info", "format, counts and sizes"),
+        ("ls", "list restore points"),
+        ("undelete", "S3 with Object Lock: bring back objects someone deleted (remove their delete markers)"),
+    ):
+        act = actions.add_parser(name, help=text, parents=[where])
+        act.add_argument("location", nargs="?", metavar="LOCATION", help=LOCATION_HELP)
+    chk = actions.add_parser("check", help="check structure, and data with --read-data", parents=[where])
+    chk.add_argument("location", nargs="?", metavar="LOCATION", help=LOCATION_HELP)
     chk.add_argument(
         "--read-data",
         nargs="?",
@@ -53,9 +61,9 @@ def add_parser(sub: Any) -> None:
         metavar="LOCATION",
         help="replace damaged or missing chunks with good copies from this replica (a secondary repository)",
     )
-    cat = actions.add_parser("cat-manifest", help="print a restore point's manifest")
+    cat = actions.add_parser("cat-manifest", help="print a restore point's manifest", parents=[where])
     cat.add_argument("id")
-    exp = actions.add_parser("export", help="write a disk of a restore point as a raw image")
+    exp = actions.add_parser("export", help="write a disk of a restore point as a raw image", parents=[where])
     exp.add_argument("id")
     exp.add_argument("--disk", type=int, default=0, help="disk device key or index (default 0)")
     exp.add_argument("-o", "--output", default="-", help="file to write, or - for stdout")
@@ -69,7 +77,11 @@ def _fraction(text: str) -> float:
 
 
 def run(args: argparse.Namespace, default_location: str) -> int:
-    location = args.repo or default_location
+    given = [g for g in (args.repo, getattr(args, "repo_here", None), getattr(args, "location", None)) if g]
+    if len(set(given)) > 1:
+        print(f"vbm repo: two locations given ({', '.join(given)}): give one", file=sys.stderr)
+        return 2
+    location = given[0] if given else default_location
     try:
         return asyncio.run(_run(args, location))
     except (RepoError, OSError) as exc:  # OSError: e.g. --repo or -o names a file/folder it cannot use

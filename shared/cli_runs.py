@@ -35,7 +35,8 @@ def _eta(seconds: float | None) -> str:
 
 def task_line(task: Task) -> str:
     total, done = task.bytes_total, min(task.bytes_done, task.bytes_total or task.bytes_done)
-    frac = done / total if total else (1.0 if task.finished_at else 0.0)
+    moved = task.phase in ("verify", "done") or task.state == "succeeded"  # its transfer is over
+    frac = done / total if total else (1.0 if moved or task.finished_at else 0.0)
     bar = "#" * int(frac * BAR) + "-" * (BAR - int(frac * BAR))
     text = (
         f"{task.vm_name[:20]:<20} {task.phase[:10]:<10} {task.state[:10]:<10} [{bar}] {frac * 100:3.0f}%"

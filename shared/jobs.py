@@ -49,9 +49,16 @@ class RestoreTestOptions(BaseModel):
     datacenter: str | None = None
 
 
+MAX_LOCATION = 1024
+
+
 def check_location(value: str) -> str:
     """A repository location as jobs name them: a path, s3://... or azure://... (ValueError says
-    how to write one)."""
+    how to write one). What can never work is refused here, before it is stored."""
+    if len(value) > MAX_LOCATION:
+        raise ValueError(f"a repository location is at most {MAX_LOCATION} characters, not {len(value)}")
+    if any(ord(c) < 32 or ord(c) == 127 or "\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError("a repository location cannot hold control characters (NUL, newline...)")
     if value.startswith("s3://"):
         from shared.repo.s3 import S3Location
 

@@ -297,3 +297,14 @@ def cancel_job_runs(session: Session, job_id: str) -> list[str]:
     for run in runs:
         run.cancel_requested = True
     return [r.id for r in runs]
+
+
+def cancel_run(session: Session, run_id: str) -> Run:
+    """Ask one run to stop (movers notice within a second); Conflict when it has ended already."""
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run {run_id!r}")
+    if run.state in FINISHED or run.finished_at is not None:
+        raise Conflict(f"run {run_id} has ended already ({run.state})")
+    run.cancel_requested = True
+    return run

@@ -79,14 +79,22 @@ def future_backups(
     job: Job | None, last: datetime, now: datetime, horizon_days: int = 3 * 366
 ) -> list[datetime]:
     """When the job is expected to back up next: its schedule's slots, else daily (manual jobs)."""
-    from shared.schedules import Schedule
+    from pydantic import ValidationError
+
+    from shared.schedules import NeverFires, Schedule
 
     end = now + timedelta(days=horizon_days)
     out: list[datetime] = []
-    schedule = Schedule.model_validate(job.schedule) if job is not None and job.schedule else None
+    try:
+        schedule = Schedule.model_validate(job.schedule) if job is not None and job.schedule else None
+    except ValidationError:  # stored before vbm refused it (e.g. a cron that never fires): no runs
+        return out
     t = max(now, last)
     while len(out) < 2000:
-        t = schedule.next_slot(t) if schedule is not None else t + timedelta(days=1)
+        try:
+            t = schedule.next_slot(t) if schedule is not None else t + timedelta(days=1)
+        except NeverFires:
+            break
         if t > end:
             break
         out.append(t)

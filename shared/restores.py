@@ -14,7 +14,7 @@ import secrets
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -45,10 +45,19 @@ class RestoreRequest(BaseModel):
         default=None,
         min_length=1,
         max_length=80,
-        pattern=r"^[^/\\%]+$",
-        description="new_vm: the new VM's name",
+        description="new_vm, instant: the new VM's name",
     )
     datastore: str | None = Field(default=None, min_length=1, max_length=255, description="new_vm: where to")
+
+    @field_validator("name")
+    @classmethod
+    def _vm_name(cls, value: str | None) -> str | None:
+        if value is not None:
+            problem = vm_name_problem(value)
+            if problem:
+                raise ValueError(problem)
+        return value
+
     confirm: bool = Field(default=False, description="in_place: yes, overwrite the VM's disks")
     method: Literal["full", "fast"] = Field(
         default="full", description="in_place: write everything, or changes"
@@ -62,6 +71,24 @@ class RestoreRequest(BaseModel):
     network: str | None = Field(default=None, description="Connect every NIC to this network")
     power_on: bool = False
     allow_unverified: bool = Field(default=False, description="Restore even if verification failed")
+
+
+def vm_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a VM's name (it becomes the folder and file names on the datastore),
+    or None. vCenter takes up to 80 characters and escapes `%`, `/` and `\\` in file names; vbm
+    refuses those, control characters, names that are only dots, and blanks at either end."""
+    if not 1 <= len(name) <= 80:
+        return "a VM name has 1 to 80 characters"
+    if name.strip(".") == "":
+        return f"{name!r} cannot be a VM name (it is a folder of its own on the datastore)"
+    if name != name.strip():
+        return "a VM name cannot begin or end with a blank"
+    bad = sorted(
+        {c for c in name if c in "/\\%" or ord(c) < 32 or ord(c) == 127 or "\ud800" <= c <= "\udfff"}
+    )
+    if bad:
+        return f"a VM name cannot hold {', '.join(repr(c) for c in bad)}"
+    return None
 
 
 def new_restore_id(now: datetime) -> str:

@@ -21,17 +21,21 @@ from datetime import datetime, timedelta
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_KEEP = 100_000
+
 
 class Policy(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    keep_within_days: int | None = Field(default=None, ge=1)
-    keep_last: int | None = Field(default=None, ge=1)
-    keep_hourly: int | None = Field(default=None, ge=1)
-    keep_daily: int | None = Field(default=None, ge=1)
-    keep_weekly: int | None = Field(default=None, ge=1)
-    keep_monthly: int | None = Field(default=None, ge=1)
-    keep_yearly: int | None = Field(default=None, ge=1)
+    # Bounds: a century, and more points than anyone keeps; larger values are typos, and
+    # dates that far out overflow.
+    keep_within_days: int | None = Field(default=None, ge=1, le=36500)
+    keep_last: int | None = Field(default=None, ge=1, le=MAX_KEEP)
+    keep_hourly: int | None = Field(default=None, ge=1, le=MAX_KEEP)
+    keep_daily: int | None = Field(default=None, ge=1, le=MAX_KEEP)
+    keep_weekly: int | None = Field(default=None, ge=1, le=MAX_KEEP)
+    keep_monthly: int | None = Field(default=None, ge=1, le=MAX_KEEP)
+    keep_yearly: int | None = Field(default=None, ge=1, le=100)
 
     def empty(self) -> bool:
         return all(v is None for v in self.model_dump().values())

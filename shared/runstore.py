@@ -32,10 +32,9 @@ class Page:
 def _int(field: str, text: str | None, default: int, low: int, high: int) -> int:
     if text is None or text == "":
         return default
-    try:
-        value = int(text)
-    except ValueError:
-        raise Invalid(field, f"{text!r} is not an integer") from None
+    if not (text.isascii() and text.lstrip("-").isdigit()):
+        raise Invalid(field, f"{text!r} is not an integer")
+    value = int(text)
     if not low <= value <= high:
         raise Invalid(field, f"must be between {low} and {high}, not {value}")
     return value

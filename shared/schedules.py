@@ -36,6 +36,10 @@ PRESET_CRON: dict[str, str] = {
 INTERVAL_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
 
 
+class NeverFires(ValueError):
+    """A schedule has no next slot (e.g. cron `0 0 30 2 *`, which vbm refuses when it is given)."""
+
+
 class Schedule(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
@@ -61,9 +65,11 @@ class Schedule(BaseModel):
             if not self.cron:
                 raise ValueError("kind=cron needs `cron`, e.g. '0 2 * * *'")
             try:
-                CronTrigger.from_crontab(self.cron, timezone=self.timezone)
+                trigger = CronTrigger.from_crontab(self.cron, timezone=self.timezone)
             except ValueError as exc:
                 raise ValueError(f"cron {self.cron!r} is not valid: {exc}") from None
+            if trigger.get_next_fire_time(None, datetime.now(UTC)) is None:
+                raise ValueError(f"cron {self.cron!r} never fires (no such date): it would never back up")
         elif self.kind == "interval" and not self.every_minutes:
             raise ValueError("kind=interval needs `every_minutes`")
         elif self.kind == "preset" and not self.preset:
@@ -85,11 +91,19 @@ class Schedule(BaseModel):
         return CronTrigger.from_crontab(expr, timezone=self.timezone)
 
     def next_slot(self, after: datetime) -> datetime:
-        """The first slot strictly after `after`."""
+        """The first slot strictly after `after`; NeverFires when there is none."""
         trig = self.trigger()
         nxt: datetime | None = trig.get_next_fire_time(None, after + timedelta(microseconds=1))
-        assert nxt is not None
+        if nxt is None:
+            raise NeverFires(f"schedule {self.describe()} has no slot after {after:%Y-%m-%d %H:%M}")
         return nxt.astimezone(UTC)
+
+    def describe(self) -> str:
+        if self.kind == "cron":
+            return f"cron {self.cron!r}"
+        if self.kind == "interval":
+            return f"every {self.every_minutes} minutes"
+        return f"{self.preset} at {self.at}"
 
     def last_slot(self, at_or_before: datetime, *, not_before: datetime) -> datetime | None:
         """The newest slot in [not_before, at_or_before], or None: what a restart must catch up."""

@@ -11,7 +11,8 @@ an end-of-stream marker; every table is preceded by its own marker.
 The grains are zlib streams of *stored* deflate blocks: no compression, so the disk moves at
 the speed of the wire rather than of zlib, and the stream's exact length is known before the
 first byte (an NFC upload is one PUT with a Content-Length). Which grains are sent is decided
-up front, from the restore point: every grain that overlaps a window holding data.
+up front, from the restore point: every grain holding data (a window that holds data can hold
+zero grains too: a first pass over its chunks finds them, `grain_mask`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,35 @@ def grains_with_data(capacity: int, windows: Iterable[tuple[int, int, str | None
         start = max(first, out[-1] + 1) if out else first
         out.extend(range(start, last // GRAIN + 1))
     return out
+
+
+_ZERO_GRAIN = bytes(GRAIN)
+
+
+def grain_mask(plain: bytes) -> int:
+    """Bit k set when grain k of a window's plain bytes holds data (is not all zero). Checked
+    with `startswith` on the bytes: a memcmp without copying (~20 GB/s; a memoryview compares
+    item by item, 100x slower)."""
+    mask = 0
+    for k in range(-(-len(plain) // GRAIN)):
+        start = k * GRAIN
+        n = min(GRAIN, len(plain) - start)
+        if not plain.startswith(_ZERO_GRAIN if n == GRAIN else _ZERO_GRAIN[:n], start):
+            mask |= 1 << k
+    return mask
+
+
+def mask_runs(mask: int) -> Iterator[tuple[int, int]]:
+    """Contiguous runs [first, end) of set bits, lowest first."""
+    k = 0
+    while mask >> k:
+        if not (mask >> k) & 1:
+            k += 1
+            continue
+        first = k
+        while (mask >> k) & 1:
+            k += 1
+        yield first, k
 
 
 def grain_runs(grains: list[int]) -> Iterator[tuple[int, int]]:

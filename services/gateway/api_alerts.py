@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from services.gateway.common import CTX, flag, in_session, json_response, read_json
+from services.gateway.common import CTX, flag, in_session, json_response, query_int, read_json
 from shared import notify
 from shared.jobstore import Invalid, NotFound
 from shared.pipeline.alerts import acknowledge, alert_view, list_alerts
@@ -14,10 +14,7 @@ routes = web.RouteTableDef()
 
 
 def _limit(request: web.Request, default: int) -> int:
-    raw = request.query.get("limit", str(default))
-    if not raw.isdigit() or not 1 <= int(raw) <= 1000:
-        raise Invalid("limit", f"{raw!r} is not a whole number from 1 to 1000")
-    return int(raw)
+    return query_int(request, "limit", default, 1, 1000)
 
 
 @routes.get("/api/v1/alerts")

@@ -110,3 +110,12 @@ async def cancel_job(request: web.Request) -> web.Response:
     runs = await in_session(request, lambda s: jobstore.cancel_job_runs(s, job_id), write=True)
     await publish_cancels(request, runs)
     return json_response({"job_id": job_id, "cancelled_runs": runs}, 202)
+
+
+@routes.post("/api/v1/runs/{run_id}/cancel")
+async def cancel_run(request: web.Request) -> web.Response:
+    """Stop one run: its movers stop within a second, its snapshots are removed."""
+    run_id = request.match_info["run_id"]
+    run = await in_session(request, lambda s: run_view(jobstore.cancel_run(s, run_id)), write=True)
+    await publish_cancels(request, [run_id])
+    return json_response(run, 202)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 from sqlalchemy import select
@@ -13,6 +14,7 @@ from sqlalchemy.orm import Session
 from services.gateway.common import CTX, flag, in_session, json_response
 from shared import prune, replication, runstore, usage
 from shared.db.models import Replication, RestorePointRow
+from shared.jobs import check_location
 from shared.jobstore import Invalid
 from shared.repo import ChunkError, ManifestError, RepoError, Repository, read_disk
 from shared.repo.locations import open_backend
@@ -143,7 +145,7 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
         "Content-Type": "application/octet-stream",
         "Accept-Ranges": "bytes",
         "Content-Length": str(length),
-        "Content-Disposition": f'attachment; filename="{rp.vm_name}-{rp_id}-disk{disk.key}.img"',
+        "Content-Disposition": content_disposition(f"{rp.vm_name}-{rp_id}-disk{disk.key}.img"),
     }
     if span is not None:
         headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
@@ -164,6 +166,12 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
         return resp
     await resp.write_eof()
     return resp
+
+
+def content_disposition(filename: str) -> str:
+    """RFC 6266: an ASCII `filename` for old clients, the exact name as RFC 5987 `filename*`."""
+    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\/;' else "_" for c in filename)
+    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
 
 
 def _unsatisfiable(size: int, detail: str) -> web.HTTPRequestRangeNotSatisfiable:
@@ -225,6 +233,11 @@ async def gc_now(request: web.Request) -> web.Response:
     dry = flag(request, "dry_run")
     wanted = request.query.get("repository")
 
+    if wanted is not None:
+        try:
+            check_location(wanted)
+        except ValueError as exc:
+            raise Invalid("repository", str(exc)) from None
     locations = [wanted] if wanted else await in_session(request, prune.repositories)
     out = []
     for location in locations:

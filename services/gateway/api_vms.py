@@ -33,10 +33,26 @@ def vm_view(vcenter: str, vm: VMInfo) -> dict[str, Any]:
 
 @routes.get("/api/v1/vms")
 async def list_vms(request: web.Request) -> web.Response:
+    """Every VM of every vCenter; one that cannot be asked is named under `unreachable` (with
+    why) while the others' VMs are listed. Asked for by name (`?vcenter=`), it is a 502."""
     settings = request.app[CTX].settings
     name = request.query.get("vcenter")
     vcenters = [jobstore.vcenter_of(settings, name)] if name else list(settings.vcenters)
-    found = await asyncio.gather(*(asyncio.to_thread(jobstore.list_vms, vc) for vc in vcenters))
-    vms = [vm_view(vc.name, vm) for vc, listed in zip(vcenters, found, strict=True) for vm in listed]
+    found = await asyncio.gather(
+        *(asyncio.to_thread(jobstore.list_vms, vc) for vc in vcenters), return_exceptions=True
+    )
+    vms: list[dict[str, Any]] = []
+    unreachable: list[dict[str, str]] = []
+    for vc, listed in zip(vcenters, found, strict=True):
+        if isinstance(listed, jobstore.Unreachable):
+            if name:
+                raise listed
+            unreachable.append({"vcenter": vc.name, "url": vc.url, "error": str(listed)})
+        elif isinstance(listed, BaseException):
+            raise listed
+        else:
+            vms.extend(vm_view(vc.name, vm) for vm in listed)
     vms.sort(key=lambda v: (v["vcenter"], v["name"]))
-    return json_response({"vms": vms, "total": len(vms), "vcenters": [vc.name for vc in vcenters]})
+    return json_response(
+        {"vms": vms, "total": len(vms), "vcenters": [vc.name for vc in vcenters], "unreachable": unreachable}
+    )

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["CTX", "PRESENCE", "create_app", "json_response", "problem"]
 
+MAX_BODY = 1024 * 1024  # no request body vbm takes is near this
 SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
 
 
@@ -60,7 +61,7 @@ async def errors(
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             raise
-        return problem(exc.status, exc.reason, exc.text or exc.reason)
+        return problem(exc.status, exc.reason, _detail(request, exc))
     except StoreError as exc:
         return problem(exc.status, exc.title, str(exc))
     except ValidationError as exc:
@@ -70,6 +71,42 @@ async def errors(
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "see the gateway's log")
+
+
+def _detail(request: web.Request, exc: web.HTTPException) -> str:
+    """What went wrong, in words: the router's own 404/405/413 say only their status."""
+    where = f"{request.method} {request.path}"
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return f"{request.method} is not allowed on {request.path} (allowed: {allowed})"
+    if isinstance(exc, web.HTTPNotFound) and request.match_info.http_exception is not None:
+        return f"no such path: {where} (the REST API is under /api/v1; see docs/api.md)"
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return f"the body of {where} is larger than {MAX_BODY // 1024} KiB"
+    text = exc.text or ""
+    return text if text and text != f"{exc.status}: {exc.reason}" else f"{exc.reason}: {where}"
+
+
+async def root(request: web.Request) -> web.Response:
+    """`/`: where things are (a browser gets a short page, a client JSON), no key needed."""
+    info = {
+        "name": "vSphere Backup Manager",
+        "version": __version__,
+        "api": "/api/v1",
+        "health": "/healthz",
+        "docs": "docs/api.md in the source tree",
+        "ui": "not in this version: use the REST API or the vbm command",
+    }
+    if "text/html" not in request.headers.get("Accept", ""):
+        return json_response(info)
+    html = (
+        "<!doctype html><html lang=en><meta charset=utf-8><title>vSphere Backup Manager</title>"
+        f"<h1>vSphere Backup Manager {__version__}</h1>"
+        "<p>The REST API is at <a href=/api/v1>/api/v1</a> (send an <code>X-API-Key</code>; create"
+        " one with <code>vbm apikey create NAME</code>), described in <code>docs/api.md</code>."
+        " There is no web UI in this version: use the API or the <code>vbm</code> command.</p></html>"
+    )
+    return web.Response(text=html, content_type="text/html")
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -121,11 +158,12 @@ async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors, require_key])
+    app = web.Application(middlewares=[errors, require_key], client_max_size=MAX_BODY)
     app[CTX] = ctx
     app[AUTH] = KeyState()
     app[PRESENCE] = Presence(interval=ctx.settings.heartbeat_interval)
     app.cleanup_ctx.append(_follow_heartbeats)
+    app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1", api_root)

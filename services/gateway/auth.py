@@ -18,7 +18,7 @@ from shared import apikeys
 
 log = logging.getLogger(__name__)
 
-OPEN = frozenset({"/healthz", "/readyz"})
+OPEN = frozenset({"/", "/healthz", "/readyz"})
 BOOTSTRAP = frozenset({"/api/v1", "/api/v1/services"})
 
 
@@ -45,8 +45,8 @@ async def _keys_exist(request: web.Request) -> bool:
 async def require_key(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path in OPEN:
-        return await handler(request)
+    if request.path in OPEN or request.match_info.http_exception is not None:
+        return await handler(request)  # open, or no such route: its 404/405 tells nothing secret
     presented = request.headers.get(apikeys.HEADER)
     if presented is None and request.path in BOOTSTRAP and not await _keys_exist(request):
         state = request.app[AUTH]

@@ -10,6 +10,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy.orm import Session
 
+from shared.jobstore import Invalid
 from shared.runtime import Context
 
 T = TypeVar("T")
@@ -39,13 +40,62 @@ async def in_session(request: web.Request, work: Callable[[Session], T], *, writ
     return await asyncio.to_thread(run)
 
 
+MAX_DEPTH = 32  # objects and arrays nested deeper than this are refused (no body needs more)
+
+
 async def read_json(request: web.Request) -> Any:
-    """The request body as JSON; 400 when it is not."""
+    """The request body as JSON: 400 when it is not JSON or is nested absurdly deep, 422 when a
+    string holds what no database or file name can (a lone UTF-16 surrogate, a NUL). The body's
+    size is bounded by the app (`client_max_size`, 413 beyond it)."""
     raw = await request.read()
     try:
-        return json.loads(raw)
-    except ValueError:
-        raise web.HTTPBadRequest(reason="Bad Request", text="body is not valid JSON") from None
+        data = json.loads(raw)
+    except RecursionError:
+        raise web.HTTPBadRequest(
+            reason="Bad Request", text=f"body is nested deeper than {MAX_DEPTH} levels"
+        ) from None
+    except ValueError as exc:
+        raise web.HTTPBadRequest(reason="Bad Request", text=f"body is not valid JSON: {exc}") from None
+    _check_json(data, "", 0)
+    return data
+
+
+def _check_json(value: Any, where: str, depth: int) -> None:
+    if depth > MAX_DEPTH:
+        raise web.HTTPBadRequest(reason="Bad Request", text=f"body is nested deeper than {MAX_DEPTH} levels")
+    if isinstance(value, str):
+        bad = bad_character(value)
+        if bad:
+            raise Invalid(where or "(body)", bad)
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            bad = bad_character(key)
+            if bad:
+                raise Invalid(f"{where}.{key!r}".lstrip("."), f"a key: {bad}")
+            _check_json(item, f"{where}.{key}" if where else key, depth + 1)
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            _check_json(item, f"{where}.{i}" if where else str(i), depth + 1)
+
+
+def bad_character(text: str) -> str | None:
+    """Why `text` cannot be stored or used as a name, or None: lone surrogates and NUL."""
+    if "\x00" in text:
+        return "contains a NUL character"
+    if any("\ud800" <= c <= "\udfff" for c in text):
+        return "contains a lone UTF-16 surrogate (not a character): send valid Unicode"
+    return None
+
+
+def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
+    """An integer query parameter in [low, high]; 422 names it otherwise (ASCII digits only:
+    `"²".isdigit()` is true in Python, `int("²")` is not)."""
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
+        raise Invalid(name, f"{raw!r} is not a whole number from {low} to {high}")
+    return int(raw)
 
 
 def flag(request: web.Request, name: str) -> bool:

@@ -31,6 +31,7 @@ from shared.contracts import (
     StepFailed,
     TaskProgress,
     TransferDone,
+    cancel_subject,
     progress_subject,
 )
 from shared.datastore import DatastoreHTTP, DownloadError
@@ -131,8 +132,11 @@ class Tracker:
     async def run(self) -> None:
         ctx = self.deps.ctx
         started = asyncio.get_running_loop().time()
-        sub = await ctx.bus.nc.subscribe(f"vbm.live.cancel.{self.event.run_id}", cb=self._on_cancel)
+        sub = await ctx.bus.nc.subscribe(cancel_subject(self.event.run_id), cb=self._on_cancel)
         try:
+            if await asyncio.to_thread(self._save, 0.0):  # the plan's total shows at once
+                self.cancelled.set()
+                return
             while True:
                 await asyncio.sleep(1.0)
                 elapsed = max(asyncio.get_running_loop().time() - started, 1e-3)
@@ -366,7 +370,9 @@ async def _transfer(
     )
     _still_ours(deps, event.task_id)
     await writer.repo.commit(rp, resumed=resumed)
-    _record(deps, event, rp, repository, stats, tracker.done)
+    seconds = max((ctx.clock() - started).total_seconds(), 1e-3)
+    # Done: the whole plan (windows found all zero count as done), at the transfer's average rate.
+    _record(deps, event, rp, repository, stats, total, stats.bytes_read / seconds)
     for cp in checkpoints:
         with contextlib.suppress(Exception):  # leftovers are harmless; GC removes them
             await cp.clear()
@@ -393,7 +399,13 @@ async def _committed_earlier(repo: Repository, event: SnapshotReady) -> RestoreP
 
 
 def _record(
-    deps: Deps, event: SnapshotReady, rp: RestorePoint, repository: str, stats: WriteStats, done: int
+    deps: Deps,
+    event: SnapshotReady,
+    rp: RestorePoint,
+    repository: str,
+    stats: WriteStats,
+    done: int,
+    rate: float = 0.0,
 ) -> None:
     """In one transaction: the catalog row, the task's move to verify, `vbm.transfer.done`."""
     ctx = deps.ctx
@@ -440,6 +452,8 @@ def _record(
             restore_point_id=rp.id,
             kind=kind,
             bytes_done=done,
+            bytes_total=done,
+            rate=rate,
             bytes_read=stats.bytes_read,
             bytes_stored=stats.bytes_stored,
             deadline_at=now + timedelta(seconds=ctx.settings.pipeline.verify_timeout),

@@ -50,7 +50,7 @@ from shared.repo.locations import open_backend
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.reports import sign, signing_key
 from shared.restores import FINAL, alert_failed, finish_run
-from shared.vmdk import GRAIN, StreamOptimized, grain_runs, grains_with_data
+from shared.vmdk import GRAIN, StreamOptimized, grain_mask, grain_runs, grains_with_data, mask_runs
 from shared.vmx import descriptor, disk_files, restore_descriptor, restore_vmx
 from shared.vsphere import NotFound, Placement, VCenter, VSphereError
 
@@ -355,10 +355,7 @@ async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
     files = await _vm_files(repo, rp, target.name, target.network)
     thin = [d for d in files.disks if _thin(d[3])]
     thick = [d for d in files.disks if not _thin(d[3])]
-    plans = {
-        d[0].key: StreamOptimized(d[0].capacity, grains_with_data(d[0].capacity, d[0].windows()))
-        for d in thin
-    }
+    plans = {d[0].key: StreamOptimized(d[0].capacity, await _data_grains(repo, rp, d[0])) for d in thin}
     data = sum(d[0].capacity for d in thick) + sum(len(p.grains) * GRAIN for p in plans.values())
     need = data + sum(f.size for f in rp.files if f.disk_key is None) + HEADROOM
     if where.free < need:
@@ -670,6 +667,8 @@ async def _instant(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
     await asyncio.to_thread(attempt.created, "instant_dir", str(root))
     await asyncio.to_thread(attempt.update, phase="materializing")
     folder = root / name
+    if folder.resolve().parent != root.resolve():  # refused at the door too (restores.vm_name_problem)
+        raise RestoreFailed(f"{name!r} cannot be used as a folder name for instant recovery")
     await asyncio.to_thread(folder.mkdir, parents=True, exist_ok=True)
     for disk, flat, desc, text in files.disks:
         await _materialize(attempt, repo, rp, disk, folder / flat)
@@ -954,6 +953,31 @@ def _host_client(http: Any, url: str, thumbprint: str | None) -> Any:
     )
 
 
+async def _data_grains(repo: Repository, rp: RestorePoint, disk: DiskEntry) -> list[int]:
+    """Every grain of `disk` that holds data, in order. The stream's length must be known before
+    it starts, so each distinct chunk is read once first (a few at a time) to find the zero grains
+    inside windows that hold data: a thin disk comes back as thin as it was, not 4 MiB a window."""
+    if disk.chunk_size % GRAIN:  # windows not aligned to grains: send every grain of a window
+        return grains_with_data(disk.capacity, disk.windows())
+    ids = iter(sorted(disk.chunk_ids()))
+    masks: dict[str, int] = {}
+
+    async def worker() -> None:
+        for cid in ids:
+            plain = await repo.get_chunk(cid, rp.id)
+            masks[cid] = await asyncio.to_thread(grain_mask, plain)
+
+    await asyncio.gather(*(worker() for _ in range(4)))
+    per_window = disk.chunk_size // GRAIN
+    grains: list[int] = []
+    for offset, _length, cid in disk.windows():
+        if cid is not None:
+            base = offset // GRAIN
+            for first, end in mask_runs(masks[cid]):
+                grains.extend(range(base + first, base + min(end, per_window)))
+    return grains
+
+
 async def _upload_stream(
     attempt: Attempt,
     client: Any,
@@ -968,6 +992,10 @@ async def _upload_stream(
 
     async def grains() -> AsyncIterator[tuple[int, bytes | memoryview]]:
         """(grain index, its bytes) for every grain of the plan, cut from the disk's windows."""
+        if disk.chunk_size % GRAIN == 0:
+            async for item in _window_grains(repo, rp, disk, set(plan.grains), attempt, start):
+                yield item
+            return
         for first, end in grain_runs(plan.grains):
             offset = first * GRAIN
             index, pending = first, bytearray()
@@ -998,6 +1026,39 @@ async def _upload_stream(
 
     await _with_retries(again, file)
     attempt.done = start + disk.capacity
+
+
+async def _window_grains(
+    repo: Repository, rp: RestorePoint, disk: DiskEntry, wanted: set[int], attempt: Attempt, start: int
+) -> AsyncIterator[tuple[int, bytes | memoryview]]:
+    """The wanted grains window by window: each run of windows holding data is read once
+    (`read_disk` yields one piece per window), and its wanted grains cut from it in runs."""
+    per_window = disk.chunk_size // GRAIN
+    runs: list[tuple[int, int]] = []  # [first window, end window) of consecutive windows with data
+    for index, (_offset, _length, cid) in enumerate(disk.windows()):
+        if cid is None:
+            continue
+        if runs and runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], index + 1)
+        else:
+            runs.append((index, index + 1))
+    for first, end in runs:
+        offset = first * disk.chunk_size
+        window = first
+        async for piece in read_disk(repo, rp, disk, offset, end * disk.chunk_size - offset):
+            view, base = memoryview(piece), window * per_window
+            k = 0
+            while k < per_window and k * GRAIN < len(view):
+                if base + k not in wanted:
+                    k += 1
+                    continue
+                j = k
+                while j < per_window and j * GRAIN < len(view) and base + j in wanted:
+                    j += 1
+                yield base + k, view[k * GRAIN : j * GRAIN]
+                k = j
+            window += 1
+            attempt.done = start + min(disk.capacity, window * disk.chunk_size)  # zeros count as done
 
 
 async def _with_retries(make: Any, path: str) -> None:

@@ -50,6 +50,7 @@ import base64
 import hashlib
 import math
 import random
+import re
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
@@ -75,6 +76,9 @@ BODY_TRIES = 3  # reads of an object whose body was cut off or stalled after its
 DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
 
 
+BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
+
+
 class S3Location:
     """A parsed `s3://host[:port]/bucket[/prefix][?tls=false&region=r]`."""
 
@@ -93,6 +97,11 @@ class S3Location:
         query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
         self.endpoint = parts.netloc
         self.bucket, _, prefix = path.partition("/")
+        if not BUCKET.fullmatch(self.bucket) or ".." in self.bucket:
+            raise ValueError(
+                f"{location!r}: {self.bucket!r} is not a valid S3 bucket name (3 to 63 lower-case"
+                " letters, digits, dots and hyphens, beginning and ending with a letter or digit)"
+            )
         self.prefix = f"{prefix}/" if prefix else ""
         self.secure = query.get("tls", "true").lower() not in ("false", "0", "no")
         self.region = query.get("region")

@@ -124,7 +124,7 @@ async def test_backups_catalog_and_manifest(make_api: MakeApi, db_url: str, tmp_
     assert status == 404 and problem["detail"] == "no restore point 'rp-nope'"
 
 
-async def _one_point(api: Api, tmp_path: Path, image: bytes) -> tuple[str, Path]:
+async def _one_point(api: Api, tmp_path: Path, image: bytes, vm_name: str = "vm1") -> tuple[str, Path]:
     """A restore point with one disk holding `image`, in a real repository and the catalog."""
     from shared.repo import Writer
 
@@ -140,12 +140,12 @@ async def _one_point(api: Api, tmp_path: Path, image: bytes) -> tuple[str, Path]
         disk, _ = await writer.write_disk(Source(), key=2000, capacity=len(image), file="vm1/vm1-flat.vmdk")
     finally:
         writer.close()
-    rp = restore_point(vm_name="vm1", started=T0, finished=T0, disks=[disk], vm_moref="vm-1")
+    rp = restore_point(vm_name=vm_name, started=T0, finished=T0, disks=[disk], vm_moref="vm-1")
     await repo.commit(rp)
     with api.ctx.sessions.begin() as s:
         s.add(
             RestorePointRow(
-                id=rp.id, vcenter="lab", vm_moref="vm-1", vm_name="vm1", repository=str(repo_dir),
+                id=rp.id, vcenter="lab", vm_moref="vm-1", vm_name=vm_name, repository=str(repo_dir),
                 kind="full", disks=[{"key": 2000, "capacity": len(image)}], logical_bytes=len(image),
                 bytes_read=0, bytes_stored=0, started_at=T0, finished_at=T0, verify_problems=[],
             )
