@@ -181,3 +181,80 @@ def test_run_watch_follows_progress_to_the_end(tmp_path: Path) -> None:
     assert zero.returncode == 1 and "limit: must be between 1 and 500, not 0" in zero.stderr
     unknown = vbm(env, "run", "watch", "nope")
     assert unknown.returncode == 1 and "no run 'nope'" in unknown.stderr
+
+
+def test_an_admin_manages_jobs_from_the_cli(tmp_path: Path, lab: Lab) -> None:
+    """What the API does to jobs, the CLI does too: edit, enable/disable, cancel, delete, VMs."""
+    db_url = f"sqlite:///{tmp_path / 'admin.db'}"
+    env = env_for(tmp_path, db_url, lab)
+    second = tmp_path / "offsite"
+    made = vbm(env, "job", "create", "--name", "web", "--vm", "vm1", "--keep-daily", "7",
+               "--keep-monthly", "6", "--replicate-to", str(second), "--schedule", "daily@01:00")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+
+    def job() -> dict[str, object]:
+        shown = vbm(env, "job", "show", "web")
+        assert shown.returncode == 0, shown.stderr
+        return dict(json.loads(shown.stdout))
+
+    first = job()
+    assert first["retention"] == {"keep_daily": 7, "keep_monthly": 6}
+    assert first["options"]["replicate_to"] == [str(second)]  # type: ignore[index]
+    edited = vbm(env, "job", "edit", "web", "--add-vm", "vm2", "--keep-daily", "0", "--keep-last", "3",
+                 "--schedule", "weekly@03:00", "--no-replicate", "--name", "web-and-db")  # fmt: skip
+    assert edited.returncode == 0, edited.stderr
+    now = json.loads(vbm(env, "job", "show", "web-and-db").stdout)
+    assert [v["name"] for v in now["vms"]] == ["vm1", "vm2"] and now["id"] == first["id"]
+    assert now["retention"] == {"keep_monthly": 6, "keep_last": 3}
+    assert now["schedule"]["preset"] == "weekly" and now["options"]["replicate_to"] == []
+    assert vbm(env, "job", "edit", "web-and-db", "--remove-vm", "vm1").returncode == 0
+    assert [v["name"] for v in json.loads(vbm(env, "job", "show", first["id"]).stdout)["vms"]] == ["vm2"]
+    bad = vbm(env, "job", "edit", first["id"], "--remove-vm", "ghost")
+    assert bad.returncode == 1 and "the job holds no VM 'ghost'" in bad.stderr
+
+    assert vbm(env, "job", "disable", first["id"]).returncode == 0
+    assert json.loads(vbm(env, "job", "show", first["id"]).stdout)["enabled"] is False
+    assert vbm(env, "job", "enable", first["id"]).returncode == 0
+    assert json.loads(vbm(env, "job", "show", first["id"]).stdout)["enabled"] is True
+
+    run_id = vbm(env, "job", "run", first["id"]).stdout.strip()
+    cancelled = vbm(env, "run", "cancel", run_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            assert s.get(Run, run_id).cancel_requested  # type: ignore[union-attr]
+    finally:
+        engine.dispose()
+    assert "1 run(s)" in vbm(env, "job", "cancel", first["id"]).stdout
+    ended = vbm(env, "run", "cancel", "nope")
+    assert ended.returncode == 1 and "no run 'nope'" in ended.stderr
+
+    listed = vbm(env, "vm", "ls")
+    assert listed.returncode == 0, listed.stderr
+    rows = {line.split()[1]: line.split() for line in listed.stdout.splitlines()[1:]}
+    assert rows["vm1"][-1] == "no" and rows["vm2"][-1] == "yes"  # protected by a job
+
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine).begin() as s:
+            s.add(
+                RestorePointRow(id="rp-20261126T090000Z-0000000b", job_id=first["id"], vcenter="lab",
+                                vm_moref=lab.vm("vm2")["moref"], vm_name="vm2", repository="/r", kind="full",
+                                disks=[], logical_bytes=0, bytes_read=0, bytes_stored=0, started_at=T0,
+                                finished_at=T0, verify_problems=[])
+            )  # fmt: skip
+    finally:
+        engine.dispose()
+    fast = subprocess.run(
+        [sys.executable, "-m", "shared.cli", "restore", "start", "rp-20261126T090000Z-0000000b", "--in-place",
+         "--yes", "--method", "fast"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert fast.returncode == 1 and "method: a fast in-place restore" in fast.stderr, fast.stderr
+
+    refused = vbm(env, "job", "delete", first["id"])  # no terminal to ask: --yes is needed
+    assert refused.returncode == 1 and "needs --yes" in refused.stderr
+    gone = vbm(env, "job", "delete", first["id"], "--yes", "--force")
+    assert gone.returncode == 0 and "deleted job" in gone.stdout, gone.stderr
+    assert "web-and-db" not in vbm(env, "job", "list").stdout

@@ -46,6 +46,15 @@ async def test_full_then_incremental_batch_job(pipeline_factory: Callable[..., P
     # the first restore points are untouched
     for (vm, key), content in before.items():
         assert await p.read_back(rps[vm].id, key) == content
+    # finished tasks show their whole plan done (an incremental's plan is what it reads), at the
+    # transfer's average rate, and `vbm run watch` draws them full
+    for run, planned in ((run1, None), (run2, {"web": 2 * CHUNK, "db": CHUNK})):
+        for task in p.tasks(run):
+            assert task.bytes_done == task.bytes_total > 0 and task.rate > 0, task
+            if planned:
+                assert task.bytes_total == planned[task.vm_name], task
+        out, _, code = await p.cli("run", "watch", run)
+        assert code == 0 and out.count("100%") == 2 and " 0%" not in out, out
     p.assert_clean()
 
 
