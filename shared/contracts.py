@@ -64,6 +64,9 @@ def cancel_subject(run_id: str) -> str:
 # Any message here makes every running service send a heartbeat at once (the payload is ignored).
 PING_SUBJECT = f"{LIVE_PREFIX}.ping"
 
+# Jobs were created, replaced or deleted: the scheduler re-reads them at once (it polls anyway).
+JOBS_CHANGED_SUBJECT = f"{LIVE_PREFIX}.jobs.changed"
+
 
 class Payload(BaseModel):
     """Base of every payload: frozen, strict about unknown fields, versioned."""

@@ -1,4 +1,8 @@
+"""Event contracts: every subject has one frozen, versioned model, and docs/design.md says the same."""
+
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -84,3 +88,42 @@ def test_ids_are_checked() -> None:
 def test_unknown_subject() -> None:
     with pytest.raises(KeyError, match=r"vbm\.nope"):
         c.event_type_for("vbm.nope")
+
+
+def _design_rows() -> dict[str, list[str]]:
+    """The durable-subjects table of docs/design.md: subject -> its cells."""
+    text = (Path(__file__).resolve().parent.parent / "docs" / "design.md").read_text()
+    table = text.split("### Durable subjects", 1)[1].split("\n\n", 2)[1]
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in line.strip().strip("|").split(" | ")]
+        rows[cells[0].strip("`")] = cells
+    return rows
+
+
+def _field_names(cell: str) -> list[str]:
+    """'a, b[] (x, y), c (note)' -> ['a', 'b', 'c']: names at the top level, notes dropped."""
+    names, depth, token = [], 0, ""
+    for ch in cell + ",":
+        depth += (ch == "(") - (ch == ")")
+        if ch == "," and depth == 0:
+            names.append(re.split(r"[\s\[(]", token.strip(), maxsplit=1)[0])
+            token = ""
+        else:
+            token += ch
+    return names
+
+
+def test_design_md_lists_every_event_as_the_code_defines_it() -> None:
+    rows = _design_rows()
+    assert set(rows) == set(c.EVENT_TYPES), "docs/design.md's durable subjects differ from contracts.py"
+    for subject, cls in c.EVENT_TYPES.items():
+        _, payload, msg_id, _, fields = rows[subject]
+        assert payload == f"`{cls.__name__}`", subject
+        own = [f for f in cls.model_fields if f not in ("schema_version", "occurred_at")]
+        assert _field_names(fields) == own, (subject, fields)
+        placeholders = {f: f"<{f}>" for f in own}
+        expected = re.sub(r"<(\w+) or \w+>", r"<\1>", msg_id.strip("`"))
+        expected = expected.replace("<ok as 0 or 1>", "1")
+        built = cls.model_construct(**{**placeholders, "ok": True})
+        assert built.msg_id() == expected, subject

@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, flag, in_session, json_response, read_json
 from shared import jobstore
-from shared.contracts import cancel_subject
+from shared.contracts import JOBS_CHANGED_SUBJECT, cancel_subject
 from shared.jobs import JobSpec
 from shared.runstore import run_view
 
@@ -25,6 +25,12 @@ async def publish_cancels(request: web.Request, run_ids: list[str]) -> None:
     for run_id in run_ids:
         with contextlib.suppress(Exception):  # best effort: the database flag is what counts
             await nc.publish(cancel_subject(run_id), b"")
+
+
+async def jobs_changed(request: web.Request) -> None:
+    """Tell the scheduler at once (it would see the change within its 2 s poll anyway)."""
+    with contextlib.suppress(Exception):
+        await request.app[CTX].bus.nc.publish(JOBS_CHANGED_SUBJECT, b"")
 
 
 async def _resolved_spec(request: web.Request, job_id: str | None) -> JobSpec:
@@ -56,6 +62,7 @@ async def create_job(request: web.Request) -> web.Response:
         write=True,
     )
     log.info("job %s (%s) created", view["id"], view["name"])
+    await jobs_changed(request)
     return json_response(view, 201, headers={"Location": f"/api/v1/jobs/{view['id']}"})
 
 
@@ -77,6 +84,7 @@ async def replace_job(request: web.Request) -> web.Response:
         write=True,
     )
     ctx.relay.kick()  # copies of earlier restore points to a secondary it added
+    await jobs_changed(request)
     return json_response(view)
 
 
@@ -86,6 +94,7 @@ async def delete_job(request: web.Request) -> web.Response:
     job_id = await _job_id(request)
     gone = await in_session(request, lambda s: jobstore.delete_job(s, job_id, force=force), write=True)
     await publish_cancels(request, gone)
+    await jobs_changed(request)
     log.info("job %s deleted%s", job_id, f" with unfinished runs {', '.join(gone)}" if gone else "")
     return json_response({"deleted": job_id, "cancelled_runs": gone})
 

@@ -1,7 +1,8 @@
 """The scheduler: turns job schedules into `vbm.job.requested` events (see docs/design.md, Scheduling)."""
 
 from services.scheduler.planner import Planner
-from services.scheduler.service import JOBS_CHANGED_SUBJECT, SchedulerLoop
+from services.scheduler.service import SchedulerLoop
+from shared.contracts import JOBS_CHANGED_SUBJECT
 from shared.runtime import Context, Parts, main
 
 

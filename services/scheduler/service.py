@@ -22,7 +22,6 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 2.0
 MIN_SLEEP = 0.05
 # Best effort, like every live subject: polling alone is enough for correctness.
-JOBS_CHANGED_SUBJECT = "vbm.live.jobs.changed"
 
 
 class SchedulerLoop:

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from lab.launcher import Lab
-from shared.contracts import JobRequested, cancel_subject
+from shared.contracts import JOBS_CHANGED_SUBJECT, JobRequested, cancel_subject
 from shared.db.models import Job, Outbox, Replication, RestorePointRow, Run
 from tests.gateway.conftest import Api, MakeApi, lab_vcenter
 from tests.plugins.s3 import S3Server
@@ -92,8 +92,11 @@ async def test_create_list_get_and_reject_bad_input(make_api: MakeApi, db_url: s
 
 async def test_replace_and_delete(make_api: MakeApi, db_url: str, lab: Lab) -> None:
     api = await make_api(db_url, (lab_vcenter(lab),))
+    changed = await api.ctx.bus.nc.subscribe(JOBS_CHANGED_SUBJECT)  # the scheduler's wake-up call
     job = await make(api)
     other = await make(api, name="other", vms=[{"name": "vm2"}])
+    for _ in range(2):
+        await changed.next_msg(timeout=5)
     status, replaced = await api.call(
         "PUT",
         f"/jobs/{job['id']}",
@@ -114,6 +117,9 @@ async def test_replace_and_delete(make_api: MakeApi, db_url: str, lab: Lab) -> N
 
     status, gone = await api.call("DELETE", f"/jobs/{other['id']}")
     assert status == 200 and gone == {"deleted": other["id"], "cancelled_runs": []}
+    for _ in range(2):  # the replace, the delete
+        await changed.next_msg(timeout=5)
+    await changed.unsubscribe()
     assert (await api.call("GET", f"/jobs/{other['id']}"))[0] == 404
     assert (await api.call("DELETE", f"/jobs/{other['id']}"))[0] == 404
     status, problem = await api.call("DELETE", f"/jobs/{job['id']}?force=maybe")
