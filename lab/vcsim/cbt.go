@@ -54,6 +54,10 @@ func (s *diskStore) query(vm string, req *types.QueryChangedDiskAreas) (*types.D
 		sd = rec.disks[req.DeviceKey]
 		if sd == nil {
 			fault = &types.InvalidArgument{InvalidProperty: "deviceKey"}
+			if d := s.find(vm, req.DeviceKey); d != nil && d.independent() {
+				// an independent disk (or physical RDM) is not part of the snapshot
+				fault = &types.FileFault{File: d.dsPath(d.baseName + ".vmdk")}
+			}
 			return
 		}
 		if req.StartOffset < 0 || req.StartOffset >= sd.capacity {

@@ -160,7 +160,7 @@ func snapshotLabel(vmRef types.ManagedObjectReference, moref string) (string, st
 	return name, desc
 }
 
-var quiesceTrue = regexp.MustCompile(`<quiesce>\s*(true|1)\s*</quiesce>`)
+var quiesceTrue = regexp.MustCompile(`<quiesce\b[^>]*>\s*(true|1)\s*</quiesce>`)
 
 // quiesceFails answers CreateSnapshot_Task with quiesce=true on a powered-on VM whose spec says
 // quiesce_fails as vSphere does when VMware Tools cannot quiesce the guest: a task that ends in

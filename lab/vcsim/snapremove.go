@@ -31,10 +31,7 @@ import (
 
 const removerType = "VbmLabSnapshotRemover"
 
-var (
-	thisSnapshot   = regexp.MustCompile(`(<_this\b[^>]*?\btype=")(?:VirtualMachineSnapshot|VirtualMachine)(")`)
-	removeChildren = regexp.MustCompile(`<removeChildren>\s*(true|1)\s*</removeChildren>`)
-)
+var thisSnapshot = regexp.MustCompile(`(<_this\b[^>]*?\btype=")(?:VirtualMachineSnapshot|VirtualMachine)(")`)
 
 type snapRemover struct {
 	mo.ExtensibleManagedObject

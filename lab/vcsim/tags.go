@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io/ioutil"
 	"net/http"
 	"net/http/httptest"
 	"net/url"
@@ -18,7 +19,8 @@ import (
 // endpoints: cis/session, cis/tagging/category, tag, tag-association) mounted under /rest.
 // The spec's categories and tags are created at start and attached to the VMs through the
 // same endpoints. Two fixes over the simulator: the session POST checks the lab's credentials
-// (it took any), and an empty list answers {"value": []} (it answered {}).
+// (it took any), an empty list answers {"value": []} (it answered {} or null), and actions
+// without arguments take an empty body.
 
 type tagStore struct {
 	mu      sync.Mutex
@@ -129,6 +131,16 @@ func (t *tagStore) attach(vm types.ManagedObjectReference, refs []TagRef) error 
 	return nil
 }
 
+func restServe(h http.Handler, w http.ResponseWriter, r *http.Request) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			ok = false
+		}
+	}()
+	h.ServeHTTP(w, r)
+	return true
+}
+
 // serveREST passes /rest requests to the vAPI simulator, checking the credentials of a login
 // and answering empty lists as vCenter does.
 func (l *lab) serveREST(w http.ResponseWriter, r *http.Request) {
@@ -142,14 +154,33 @@ func (l *lab) serveREST(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	rec := httptest.NewRecorder()
-	t.handler.ServeHTTP(rec, r)
-	body := rec.Body.Bytes()
 	action := r.URL.Query().Get("~action")
+	if r.Method == http.MethodPost && action != "" {
+		// vCenter's actions without arguments (list-attached-objects) take no body; the
+		// simulator decodes one
+		raw, _ := ioutil.ReadAll(r.Body)
+		if len(bytes.TrimSpace(raw)) == 0 {
+			raw = []byte("{}")
+		}
+		r.Body = ioutil.NopCloser(bytes.NewReader(raw))
+	}
+	rec := httptest.NewRecorder()
+	if !restServe(t.handler, rec, r) { // the simulator panics on a missing argument
+		w.Header().Set("Content-Type", "application/json")
+		w.WriteHeader(http.StatusBadRequest)
+		fmt.Fprint(w, `{"type":"com.vmware.vapi.std.errors.invalid_argument","value":{"messages":[]}}`)
+		return
+	}
+	body := rec.Body.Bytes()
 	isList := r.Method == http.MethodGet && (strings.HasSuffix(r.URL.Path, "/tagging/category") ||
 		strings.HasSuffix(r.URL.Path, "/tagging/tag")) || strings.HasPrefix(action, "list-")
-	if rec.Code == http.StatusOK && isList && strings.TrimSpace(string(body)) == "{}" {
-		body = []byte(`{"value":[]}` + "\n")
+	if rec.Code == http.StatusOK && isList {
+		var v struct {
+			Value json.RawMessage `json:"value"`
+		}
+		if err := json.Unmarshal(body, &v); err == nil && (len(v.Value) == 0 || string(v.Value) == "null") {
+			body = []byte(`{"value":[]}` + "\n") // the simulator answered {} or {"value":null}
+		}
 	}
 	for k, v := range rec.Header() {
 		w.Header()[k] = v
