@@ -107,6 +107,12 @@ func (a *snapAccounting) reset() {
 
 func (a *snapAccounting) report() map[string]interface{} {
 	a.mu.Lock()
+	for moref, o := range a.open { // gone another way (its VM destroyed): not open any more
+		ref := types.ManagedObjectReference{Type: "VirtualMachineSnapshot", Value: moref}
+		if simulator.Map.Get(ref) == nil || vmObject(o.vm) == nil {
+			delete(a.open, moref)
+		}
+	}
 	list := make([]openSnap, 0, len(a.open))
 	for _, o := range a.open {
 		list = append(list, *o)

@@ -45,6 +45,9 @@ func (s *snapRemover) RemoveSnapshotTask(ctx *simulator.Context, req *types.Remo
 		return &methods.RemoveSnapshot_TaskBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: s.target})}
 	}
 	vm := vmObject(snap.Vm)
+	if vm == nil {
+		return &methods.RemoveSnapshot_TaskBody{Fault_: simulator.Fault("", &types.ManagedObjectNotFound{Obj: snap.Vm})}
+	}
 	target := s.target
 	t := simulator.CreateTask(vm, "removeSnapshot", func(*simulator.Task) (types.AnyType, types.BaseMethodFault) {
 		return nil, s.lab.removeSnapshots(snap.Vm, &target, req.RemoveChildren)

@@ -15,7 +15,7 @@ import (
 // createVM creates one VM of the spec with real disks, at start-up or later (POST /lab/vms):
 // its files on its datastore (<name>/<name>.vmx, disks <name>.vmdk, <name>_1.vmdk...), in its
 // folder, on its host and pool, with its tags attached, CBT and power state as asked.
-func (l *lab) createVM(ctx context.Context, c *vim25.Client, spec VMSpec) (*labVM, error) {
+func (l *lab) createVM(ctx context.Context, c *vim25.Client, spec VMSpec) (_ *labVM, err error) {
 	l.creating.Lock() // one at a time: names are checked, then taken
 	defer l.creating.Unlock()
 	if err := spec.normalize(l); err != nil {
@@ -29,7 +29,22 @@ func (l *lab) createVM(ctx context.Context, c *vim25.Client, spec VMSpec) (*labV
 		return nil, err
 	}
 	vm := &labVM{name: spec.Name, spec: spec, ds: l.datastore(spec.Datastore), place: place}
-	if err = os.MkdirAll(vm.ds.local(spec.Name), 0o755); err != nil {
+	var made []string // folders this call creates: removed again if it fails
+	mkdir := func(dir string) error {
+		if _, err := os.Stat(dir); err == nil {
+			return nil
+		}
+		made = append(made, dir)
+		return os.MkdirAll(dir, 0o755)
+	}
+	defer func() {
+		if err != nil && vm.ref.Value == "" {
+			for _, dir := range made {
+				_ = os.RemoveAll(dir)
+			}
+		}
+	}()
+	if err = mkdir(vm.ds.local(spec.Name)); err != nil {
 		return nil, err
 	}
 	devices := object.VirtualDeviceList{}
@@ -46,7 +61,7 @@ func (l *lab) createVM(ctx context.Context, c *vim25.Client, spec VMSpec) (*labV
 		}
 		rel := spec.Name + "/" + base
 		dstore := l.datastore(ds.Datastore)
-		if err = os.MkdirAll(dstore.local(spec.Name), 0o755); err != nil {
+		if err = mkdir(dstore.local(spec.Name)); err != nil {
 			return nil, err
 		}
 		d, err := l.disks.create(dstore, rel, ds)

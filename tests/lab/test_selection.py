@@ -168,6 +168,19 @@ def test_tags_through_the_rest_api(sel_lab: Lab) -> None:
         (tags["env", "prod"], [web1["moref"]])
     ]
     # without a session: 401
+    in_category = rest.value("POST", f"{TAGGING}/tag/id:{cats['env']['id']}?~action=list-tags-for-category")
+    assert in_category == [tags["env", "prod"]]
+    on_objects = rest.value(
+        "POST",
+        f"{ASSOC}?~action=list-attached-tags-on-objects",
+        {"object_ids": [{"type": "VirtualMachine", "id": web1["moref"]}]},
+    )
+    assert [(o["object_id"]["id"], sorted(o["tag_ids"])) for o in on_objects] == [
+        (web1["moref"], sorted([tags["backup-policy", "gold"], tags["env", "prod"]]))
+    ]
+    # logged out, or never logged in: 401
+    assert rest.call("DELETE", "/com/vmware/cis/session")[0] == 200
+    assert rest.call("GET", f"{TAGGING}/tag")[0] == 401
     anonymous = object.__new__(RestClient)
     anonymous.base = rest.base
     assert anonymous.call("GET", f"{TAGGING}/tag")[0] == 401
@@ -212,6 +225,7 @@ def test_add_a_vm_while_the_lab_runs(sel_lab: Lab, si: Any) -> None:
         sel_lab.add_vm(VMSpec("y", (DiskSpec(64 * KiB),), host="DC9_H9"))
     with pytest.raises(LabError, match=r"tags\[0\]: no tag"):
         sel_lab.add_vm(VMSpec("z", (DiskSpec(64 * KiB),), tags=(TagRef("env", "dev"),)))
+    assert not [p for p in sel_lab.datastore_dir.iterdir() if p.name in ("x", "y", "z")]  # nothing left
 
 
 def backing_of(config: Any, key: int) -> Any:

@@ -79,10 +79,12 @@ def test_bandwidth_is_shared_by_the_datastores_downloads(tlab: Lab) -> None:
     limits = tlab.datastore_limits("LocalDS_0", bandwidth_mbps=80)  # 10 MB/s
     assert limits == {"datastore": "LocalDS_0", "latency_ms": 0, "bandwidth_mbps": 80}
     tlab.reset_datastore_stats("LocalDS_0")
+    # lower bounds are the pacing (strict); upper ones leave room for a busy machine
     (one,) = timed_parallel([(big, 0, 4 * MiB)])
-    assert 0.3 < one < 0.8  # 4 MiB at 10 MB/s: 0.42 s
+    assert 0.36 < one < 2.0  # 4 MiB at 10 MB/s: 0.42 s (measured 0.42 s)
     four = timed_parallel([(big, i * 4 * MiB, 4 * MiB) for i in range(4)])
-    assert 3.0 < max(four) / one < 5.5, (one, four)  # the four share the 10 MB/s
+    assert max(four) > 1.6  # 16 MiB at 10 MB/s: the four share the rate
+    assert 2.5 < max(four) / one < 6, (one, four)  # measured 4.0x
     stats = tlab.datastore_stats("LocalDS_0")
     assert stats == {
         "datastore": "LocalDS_0",
@@ -91,10 +93,11 @@ def test_bandwidth_is_shared_by_the_datastores_downloads(tlab: Lab) -> None:
         "requests": 5,
         "bytes": 20 * MiB,
     }
-    # another datastore is not slowed
+    # another datastore is not slowed (at LocalDS_0's 1 MB/s this would take 4 s)
+    tlab.datastore_limits("LocalDS_0", bandwidth_mbps=8)
     t0 = time.monotonic()
     assert fetch(fast) == (200, 4 * MiB)
-    assert time.monotonic() - t0 < 0.3
+    assert time.monotonic() - t0 < 1.5
     assert tlab.datastore_stats("SSD_1")["requests"] == 1
     tlab.reset_datastore_stats("LocalDS_0")
     assert tlab.datastore_stats("LocalDS_0")["requests"] == 0
@@ -108,11 +111,11 @@ def test_latency_before_the_first_byte(tlab: Lab) -> None:
         with urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10) as resp:
             first = time.monotonic() - t0  # the headers are the first bytes
             resp.read()
-        assert 0.25 <= first < 0.6, (method, first)
+        assert 0.25 <= first < 1.5, (method, first)
     tlab.datastore_limits("Slow_2", latency_ms=0)
     t0 = time.monotonic()
     fetch(url, 0, 4096)
-    assert time.monotonic() - t0 < 0.2
+    assert time.monotonic() - t0 < 0.25
     tlab.datastore_limits("LocalDS_0", latency_ms=400)
     t0 = time.monotonic()
     fetch(folder_url(tlab, "big/big.vmdk"))  # descriptors too: every /folder/ read
@@ -135,9 +138,9 @@ def test_a_limit_changed_mid_download_takes_effect(tlab: Lab) -> None:
         rest = resp.read()
         unlimited = time.monotonic() - t0
     assert len(rest) == 12 * MiB
-    assert 0.12 < at_80 < 0.45, at_80  # 0.21 s
-    assert 0.8 < at_16 < 1.6, at_16  # 1.05 s (within 100 ms of the change)
-    assert unlimited < 0.5, unlimited
+    assert 0.15 < at_80 < 1.0, at_80  # 0.21 s
+    assert 0.85 < at_16 < 2.5, at_16  # 1.05 s: the new rate within 100 ms of the change
+    assert unlimited < 1.5, unlimited  # 12 MiB unpaced
 
 
 def test_request_log(tlab: Lab) -> None:
