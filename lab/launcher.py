@@ -18,6 +18,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from types import TracebackType
@@ -29,14 +30,20 @@ from shared.procutil import die_with_parent
 __all__ = [
     "GOVMOMI_SRC",
     "INSTALL_HINT",
+    "DatastoreSpec",
     "DiskSpec",
     "Lab",
     "LabError",
     "LabSpec",
+    "TagCategorySpec",
+    "TagRef",
     "VMSpec",
     "build_lab",
     "start_lab",
 ]
+
+
+DISK_MODES = ("persistent", "independent_persistent", "independent_nonpersistent")
 
 
 @dataclass(frozen=True)
@@ -45,12 +52,41 @@ class DiskSpec:
     seed: int = 0
     layout: str = "mixed"  # "mixed" (random/text/zero segments), "zero", "random"
     thick: bool = False  # the descriptor then does not say ddb.thinProvisioned = "1"
+    # the device's backing diskMode: independent disks are left out of snapshots (as in vSphere)
+    mode: str = "persistent"
+    kind: str = "flat"  # "flat", or "rdm" (a raw device mapping, VirtualDiskRawDiskMappingVer1BackingInfo)
+    compatibility: str = ""  # rdm: "virtualMode" (default) or "physicalMode" (always independent_persistent)
+    datastore: str = ""  # "" = the VM's datastore
 
     def __post_init__(self) -> None:
         if self.size <= 0 or self.size % 1024:
             raise ValueError(f"disk size {self.size} is not a positive multiple of 1024")
         if self.layout not in ("mixed", "zero", "random"):
             raise ValueError(f"unknown disk layout {self.layout!r}")
+        if self.mode not in DISK_MODES:
+            raise ValueError(f"unknown disk mode {self.mode!r} (one of {', '.join(DISK_MODES)})")
+        if self.kind not in ("flat", "rdm"):
+            raise ValueError(f"unknown disk kind {self.kind!r} (flat or rdm)")
+        if self.kind == "rdm":
+            compat = self.compatibility or "virtualMode"
+            if compat not in ("virtualMode", "physicalMode"):
+                raise ValueError(f"unknown RDM compatibility {compat!r} (virtualMode or physicalMode)")
+            object.__setattr__(self, "compatibility", compat)
+            if compat == "physicalMode":
+                # disk modes do not apply to a physical RDM: vSphere shows it independent_persistent
+                if self.mode == "independent_nonpersistent":
+                    raise ValueError("a physicalMode RDM cannot be independent_nonpersistent")
+                object.__setattr__(self, "mode", "independent_persistent")
+        elif self.compatibility:
+            raise ValueError("compatibility is only for kind 'rdm'")
+
+
+@dataclass(frozen=True)
+class TagRef:
+    """A vSphere tag, named by its category."""
+
+    category: str
+    name: str
 
 
 @dataclass(frozen=True)
@@ -59,6 +95,28 @@ class VMSpec:
     disks: tuple[DiskSpec, ...]
     cbt: bool = False  # CBT initially enabled
     power_on: bool = True
+    folder: str = ""  # a folder path under the datacenter's vm folder, e.g. "prod/web" (created)
+    host: str = ""  # "" = DC0_H0; or DC0_C0_H0..DC0_C0_H2 (cluster DC0_C0)
+    resource_pool: str = ""  # a child pool of the host's (cluster's) root pool, by name (created)
+    datastore: str = ""  # "" = the lab's first datastore
+    tags: tuple[TagRef, ...] = ()  # each must be declared in LabSpec.tag_categories
+    quiesce_fails: bool = False  # CreateSnapshot_Task(quiesce=True) fails (ApplicationQuiesceFault)
+
+
+@dataclass(frozen=True)
+class DatastoreSpec:
+    name: str
+    latency_ms: float = 0  # before the first byte of every /folder/ GET/HEAD (0 = none)
+    bandwidth_mbps: float = 0  # all downloads of the datastore together, megabits/s (0 = none)
+
+
+@dataclass(frozen=True)
+class TagCategorySpec:
+    name: str
+    tags: tuple[str, ...] = ()
+    cardinality: str = "MULTIPLE"  # or "SINGLE"
+    description: str = ""
+    associable_types: tuple[str, ...] = ()  # () = any type, as vCenter stores it
 
 
 @dataclass(frozen=True)
@@ -68,6 +126,8 @@ class LabSpec:
     username: str = "user"
     password: str = "pass"
     tools_boot_seconds: float = 0  # > 0: VMware Tools simulated, heartbeat green that long after power-on
+    datastores: tuple[DatastoreSpec, ...] = ()  # () = one datastore, LocalDS_0; the first is the default
+    tag_categories: tuple[TagCategorySpec, ...] = ()
 
 
 class Lab:
@@ -230,6 +290,81 @@ class Lab:
         """Names of the snapshots currently on the VM (tree order)."""
         path = f"vms/{urllib.parse.quote(vm, safe='')}/snapshots"
         return [s["name"] for s in self._json("GET", path)]
+
+    # ------------------------------------------------------------- inventory added at run time
+
+    @property
+    def datastores(self) -> list[dict[str, Any]]:
+        """The lab's datastores: [{"name", "dir", "moref", "latency_ms", "bandwidth_mbps"}]."""
+        default = [{"name": self.datastore, "dir": str(self.datastore_dir)}]
+        return [dict(d) for d in self.inventory.get("datastores") or default]
+
+    def add_vm(self, spec: VMSpec | Mapping[str, Any], *, timeout: float = 300) -> dict[str, Any]:
+        """POST /lab/vms: create a VM (as at start-up: real disks, CBT, deltas, guest writes) and
+        answer its inventory entry, also added to ``inventory["vms"]``. A mapping is read as in a
+        spec file (sizes such as "64M", tags as "category:tag")."""
+        if isinstance(spec, VMSpec):
+            body: Any = asdict(spec)
+        else:
+            from lab.spec import vm_from_dict
+
+            body = asdict(vm_from_dict(dict(spec), where="vm"))
+        entry: dict[str, Any] = json.loads(self._call("POST", "vms", body, timeout=timeout))
+        self.inventory["vms"].append(entry)
+        return entry
+
+    def disk_sha256(self, vm: str, key: int, snapshot: str | None = None) -> str:
+        """SHA-256 (hex) of a disk's content as the guest sees it now, or as `snapshot` (a moref)
+        froze it; computed by the lab over the flattened chain. `key`: device key or index."""
+        q = f"?{urllib.parse.urlencode({'snapshot': snapshot})}" if snapshot else ""
+        path = f"vms/{urllib.parse.quote(vm, safe='')}/disks/{key}/sha256{q}"
+        digest: str = json.loads(self._call("GET", path, timeout=600))["sha256"]
+        return digest
+
+    def datastore_limits(
+        self, name: str, *, latency_ms: float | None = None, bandwidth_mbps: float | None = None
+    ) -> dict[str, Any]:
+        """Slow a datastore's /folder/ reads: `latency_ms` before each first byte, `bandwidth_mbps`
+        for all its downloads together (0 = none; None = unchanged). Answers the limits now set."""
+        body = {
+            k: v for k, v in (("latency_ms", latency_ms), ("bandwidth_mbps", bandwidth_mbps)) if v is not None
+        }
+        path = f"datastores/{urllib.parse.quote(name, safe='')}/limits"
+        result: dict[str, Any] = self._json("POST", path, body)
+        return result
+
+    def datastore_stats(self, name: str) -> dict[str, Any]:
+        """{"in_flight", "max_in_flight", "requests", "bytes"} of the datastore's /folder/ reads."""
+        result: dict[str, Any] = self._json("GET", f"datastores/{urllib.parse.quote(name, safe='')}/stats")
+        return result
+
+    def reset_datastore_stats(self, name: str) -> dict[str, Any]:
+        path = f"datastores/{urllib.parse.quote(name, safe='')}/stats/reset"
+        result: dict[str, Any] = self._json("POST", path, {})
+        return result
+
+    def requests(self, since: int = 0) -> list[dict[str, Any]]:
+        """The /folder/ GET/HEAD requests after sequence number `since` (the last 10,000 kept):
+        seq, datastore, path, method, range, start_ms, end_ms (None while in flight), bytes, status."""
+        result: list[dict[str, Any]] = self._json("GET", f"requests?since={int(since)}")
+        return result
+
+    def snapshot_accounting(self) -> dict[str, Any]:
+        """GET /lab/snapshots: "open" (the snapshots open now) and the high-water marks since the
+        last reset: max_open, max_open_per_datastore, max_open_per_host, max_open_per_vm,
+        max_open_on_one_vm."""
+        result: dict[str, Any] = self._json("GET", "snapshots")
+        return result
+
+    def open_snapshots(self) -> list[dict[str, Any]]:
+        """The snapshots open now: vm, vm_moref, moref, name, description, datastore, host, created."""
+        result: list[dict[str, Any]] = self.snapshot_accounting()["open"]
+        return result
+
+    def reset_snapshot_accounting(self) -> dict[str, Any]:
+        """Start the high-water marks again from the snapshots open now."""
+        result: dict[str, Any] = self._json("POST", "snapshots/reset", {})
+        return result
 
 
 def start_lab(

@@ -54,13 +54,17 @@ func (s *diskStore) query(vm string, req *types.QueryChangedDiskAreas) (*types.D
 		sd = rec.disks[req.DeviceKey]
 		if sd == nil {
 			fault = &types.InvalidArgument{InvalidProperty: "deviceKey"}
+			if d := s.find(vm, req.DeviceKey); d != nil && d.independent() {
+				// an independent disk (or physical RDM) is not part of the snapshot
+				fault = &types.FileFault{File: d.dsPath(d.baseName + ".vmdk")}
+			}
 			return
 		}
 		if req.StartOffset < 0 || req.StartOffset >= sd.capacity {
 			fault = &types.InvalidArgument{InvalidProperty: "startOffset"}
 			return
 		}
-		fileFault := &types.FileFault{File: "[LocalDS_0] " + sd.frozen.name}
+		fileFault := &types.FileFault{File: sd.disk.dsPath(sd.frozen.name)}
 		if !sd.cbt {
 			fault = fileFault // snapshot taken without CBT
 			return
@@ -176,7 +180,7 @@ func (s *diskStore) queryCurrent(vm string, req *types.QueryChangedDiskAreas) (*
 	if req.StartOffset < 0 || req.StartOffset >= d.capacity {
 		return nil, &types.InvalidArgument{InvalidProperty: "startOffset"}
 	}
-	fileFault := &types.FileFault{File: "[LocalDS_0] " + d.baseName + ".vmdk"}
+	fileFault := &types.FileFault{File: d.dsPath(d.baseName + ".vmdk")}
 	i := strings.LastIndex(req.ChangeId, "/")
 	if !d.cbtOn || i < 0 {
 		return nil, fileFault

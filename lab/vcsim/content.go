@@ -131,8 +131,22 @@ func generate(path string, size int64, seed int64, layout string) error {
 
 // writeDescriptor writes a VMware text descriptor for a flat (base) or sparse (delta) disk.
 func writeDescriptor(path string, capacity int64, extent string, parent string, cid uint32, uuid string, thin bool) error {
+	return writeDescriptorKind(path, capacity, extent, parent, cid, uuid, thin, "flat")
+}
+
+// writeDescriptorKind also writes RDM mapping descriptors: kind "rdm" (virtual compatibility,
+// createType vmfsRawDeviceMap) or "rdmp" (physical, vmfsPassthroughRawDeviceMap), whose extent
+// is the LUN ("<disk>-rdm.vmdk" / "<disk>-rdmp.vmdk" here).
+func writeDescriptorKind(path string, capacity int64, extent string, parent string, cid uint32, uuid string,
+	thin bool, kind string) error {
 	sectors := capacity / 512
 	createType, extentType, parentCID, hint := "vmfs", "VMFS", "ffffffff", ""
+	switch kind {
+	case "rdm":
+		createType, extentType, thin = "vmfsRawDeviceMap", "VMFSRDM", false
+	case "rdmp":
+		createType, extentType, thin = "vmfsPassthroughRawDeviceMap", "VMFSRDM", false
+	}
 	if parent != "" {
 		createType, extentType = "vmfsSparse", "VMFSSPARSE"
 		parentCID = fmt.Sprintf("%08x", cid-1)

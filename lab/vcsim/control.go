@@ -18,6 +18,9 @@ import (
 func (l *lab) control(w http.ResponseWriter, r *http.Request) {
 	parts := strings.Split(strings.Trim(r.URL.Path, "/"), "/")[1:]
 	route := strings.Join(parts, "/")
+	if l.controlMore(w, r, parts) {
+		return
+	}
 	switch {
 	case route == "state" && r.Method == http.MethodGet:
 		writeJSON(w, http.StatusOK, l.state())
@@ -156,7 +159,7 @@ func (l *lab) snapshots(lv *labVM) []snapInfo {
 
 func (l *lab) state() map[string]interface{} {
 	vms := []interface{}{}
-	for _, lv := range l.vms {
+	for _, lv := range l.vmList() {
 		snaps := l.snapshots(lv)
 		vm := vmObject(lv.ref)
 		if vm == nil {
@@ -173,7 +176,7 @@ func (l *lab) state() map[string]interface{} {
 		for _, d := range l.disks.byVM[lv.ref.Value] {
 			chain := []string{}
 			for _, lvl := range d.levels {
-				chain = append(chain, l.dsPath(lvl.name))
+				chain = append(chain, d.dsPath(lvl.name))
 			}
 			disks = append(disks, map[string]interface{}{"key": d.key, "capacity": d.capacity,
 				"chain": chain, "cbt": d.cbtOn, "change_epoch": d.epoch, "change_seq": d.gen})

@@ -15,7 +15,7 @@ import (
 // level the VM's live content (which keeps changing with guest writes).
 
 // deltaFlat finds the disk and level whose virtual flat file is rel ("vm1/vm1-000001-flat.vmdk").
-func (s *diskStore) deltaFlat(rel string) (*disk, *level) {
+func (s *diskStore) deltaFlat(dsName, rel string) (*disk, *level) {
 	if !strings.HasSuffix(rel, "-flat.vmdk") {
 		return nil, nil
 	}
@@ -24,6 +24,9 @@ func (s *diskStore) deltaFlat(rel string) (*disk, *level) {
 	defer s.mu.Unlock()
 	for _, disks := range s.byVM {
 		for _, d := range disks {
+			if dsName != "" && d.ds != nil && d.ds.name != dsName {
+				continue
+			}
 			for _, lv := range d.levels[1:] {
 				if lv.name == name {
 					return d, lv
@@ -52,9 +55,10 @@ func (c *chainReader) Read(p []byte) (int, error) {
 	}
 	c.store.mu.Lock()
 	defer c.store.mu.Unlock()
-	top := c.disk.levelIndex(c.level)
+	// a snapshot removal may merge the level while it is read: its content lives on below
+	_, top := c.disk.resolve(c.level)
 	if top < 0 {
-		return 0, errors.New("the delta was merged while being read")
+		return 0, errors.New("the delta was removed while being read")
 	}
 	if err := c.disk.readChain(top, p, c.pos); err != nil {
 		return 0, err
@@ -80,7 +84,7 @@ func (c *chainReader) Seek(offset int64, whence int) (int64, error) {
 
 // serveDeltaFlat serves a virtual flat file; it returns false when rel is not one.
 func (l *lab) serveDeltaFlat(w http.ResponseWriter, r *http.Request, rel string) bool {
-	d, lv := l.disks.deltaFlat(rel)
+	d, lv := l.disks.deltaFlat(r.URL.Query().Get("dsName"), rel)
 	if d == nil {
 		return false
 	}

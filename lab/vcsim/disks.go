@@ -20,6 +20,9 @@ type level struct {
 	name   string         // datastore-relative descriptor path ("vm/vm-000001.vmdk")
 	data   string         // local path of the data file (flat or -delta)
 	grains map[int64]bool // grains held by a delta; nil for the base (holds everything)
+	// mergedInto is set when the level was merged into its parent (snapshot removal): the
+	// parent's chain now holds exactly what this level's chain held, so readers follow it.
+	mergedInto *level
 }
 
 // disk is one virtual disk with its chain and CBT state.
@@ -35,6 +38,9 @@ type disk struct {
 	uuid     string
 	cid      uint32
 	levels   []*level
+	ds       *labDatastore
+	suffix   string // of the base data file: "-flat.vmdk", or "-rdm.vmdk"/"-rdmp.vmdk" for an RDM
+	lunUUID  string // RDM only
 
 	cbtOn   bool
 	epoch   string                 // the uuid part of change ids ("52 xx ... xx")
@@ -89,27 +95,47 @@ func newEpoch() string {
 	return strings.Join(h[:8], " ") + "-" + strings.Join(h[8:], " ")
 }
 
-func (s *diskStore) create(local, rel string, spec DiskSpec) (*disk, error) {
-	if spec.Size <= 0 || spec.Size%1024 != 0 {
-		return nil, fmt.Errorf("disk size %d is not a positive multiple of 1024", spec.Size)
+func (s *diskStore) create(ds *labDatastore, rel string, spec DiskSpec) (*disk, error) {
+	if err := spec.normalize(); err != nil {
+		return nil, err
 	}
-	switch spec.Layout {
-	case "":
-		spec.Layout = "mixed"
-	case "mixed", "zero", "random":
-	default:
-		return nil, fmt.Errorf("unknown disk layout %q", spec.Layout)
-	}
-	d := &disk{baseName: rel, local: local, capacity: spec.Size, spec: spec, cid: 0x1000}
+	local := ds.local(rel)
+	d := &disk{baseName: rel, local: local, capacity: spec.Size, spec: spec, cid: 0x1000, ds: ds,
+		suffix: "-flat.vmdk"}
 	d.uuid = randomHex(16, " ")
-	if err := generate(local+"-flat.vmdk", spec.Size, spec.Seed, spec.Layout); err != nil {
+	kind := "flat"
+	if spec.Kind == "rdm" {
+		kind, d.suffix = "rdm", "-rdm.vmdk"
+		if spec.Compatibility == "physicalMode" {
+			kind, d.suffix = "rdmp", "-rdmp.vmdk"
+		}
+		d.lunUUID = "0200000000" + randomHex(16, "") + "564d57617265" // as ESXi shows a LUN's uuid
+	}
+	if err := generate(local+d.suffix, spec.Size, spec.Seed, spec.Layout); err != nil {
 		return nil, err
 	}
-	if err := writeDescriptor(local+".vmdk", spec.Size, path.Base(rel)+"-flat.vmdk", "", d.cid, d.uuid, !spec.Thick); err != nil {
+	if err := writeDescriptorKind(local+".vmdk", spec.Size, path.Base(rel)+d.suffix, "", d.cid, d.uuid,
+		!spec.Thick, kind); err != nil {
 		return nil, err
 	}
-	d.levels = []*level{{num: 0, name: rel + ".vmdk", data: local + "-flat.vmdk"}}
+	d.levels = []*level{{num: 0, name: rel + ".vmdk", data: local + d.suffix}}
 	return d, nil
+}
+
+// independent disks (and physical RDMs) are left out of snapshots, as vSphere does.
+func (d *disk) independent() bool { return d.spec.independent() }
+
+func (d *disk) dsPath(rel string) string { return d.ds.dsPath(rel) }
+
+// resolve follows merges: the live level holding what lv's chain held.
+func (d *disk) resolve(lv *level) (*level, int) {
+	for lv != nil {
+		if i := d.levelIndex(lv); i >= 0 {
+			return lv, i
+		}
+		lv = lv.mergedInto
+	}
+	return nil, -1
 }
 
 // setCBT records CBT being turned on or off; turning it on starts a new epoch (old ids go stale).

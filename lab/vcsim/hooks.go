@@ -29,9 +29,10 @@ func (h *hooks) UpdateObject(mo.Reference, []types.PropertyChange) {}
 
 func (h *hooks) RemoveObject(ref types.ManagedObjectReference) {
 	if ref.Type == "VirtualMachineSnapshot" {
-		if err := h.lab.disks.removeSnapshot(ref.Value); err != nil {
-			log.Printf("merge of snapshot %s: %s", ref.Value, err)
-		}
+		// The lab removes snapshots itself (snapremove.go), merging first; this catches any
+		// other way a snapshot goes (a VM destroyed with its snapshots).
+		h.lab.snapAcct.closed(ref.Value)
+		h.lab.disks.forget(ref.Value)
 	}
 }
 
@@ -39,6 +40,7 @@ func (h *hooks) RemoveObject(ref types.ManagedObjectReference) {
 // own copy of the disk devices (vcsim's is a shallow copy of the VM's), freezes the disks, stamps
 // change ids and points the VM's disks at their new deltas.
 func (l *lab) onSnapshot(snap *simulator.VirtualMachineSnapshot) {
+	l.snapAcct.opened(snap)
 	if l.vmByRef(snap.Vm.Value) == nil {
 		return
 	}
@@ -51,56 +53,18 @@ func (l *lab) onSnapshot(snap *simulator.VirtualMachineSnapshot) {
 		devs[i] = dev
 		if vd, ok := dev.(*types.VirtualDisk); ok {
 			c := *vd
-			if b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
-				bc := *b
-				c.Backing = &bc
-			}
 			devs[i] = &c
 		}
 	}
 	snap.Config.Hardware.Device = devs
-	frozen, err := l.disks.snapshot(snap.Self.Value, snap.Vm.Value)
-	if err != nil {
+	if _, err := l.disks.snapshot(snap.Self.Value, snap.Vm.Value); err != nil {
 		log.Printf("snapshot %s: %s", snap.Self.Value, err)
 		return
 	}
-	for _, dev := range devs {
-		if vd, ok := dev.(*types.VirtualDisk); ok {
-			if sd := frozen[vd.Key]; sd != nil {
-				if b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo); ok {
-					b.ChangeId = sd.changeID
-					b.FileName = l.dsPath(sd.frozen.name)
-				}
-			}
-		}
-	}
 	l.disks.mu.Lock()
+	defer l.disks.mu.Unlock()
+	l.snapshotBackingsLocked(snap.Self.Value, snap.Vm.Value, devs)
 	l.syncBackingsLocked(vm)
-	l.disks.mu.Unlock()
-}
-
-// syncBackingsLocked points a VM's disks at the top of their chains (VM locked, disks.mu held).
-func (l *lab) syncBackingsLocked(vm *simulator.VirtualMachine) {
-	for _, dev := range vm.Config.Hardware.Device {
-		vd, ok := dev.(*types.VirtualDisk)
-		if !ok {
-			continue
-		}
-		d := l.disks.find(vm.Self.Value, vd.Key)
-		b, ok := vd.Backing.(*types.VirtualDiskFlatVer2BackingInfo)
-		if d == nil || !ok {
-			continue
-		}
-		var chain *types.VirtualDiskFlatVer2BackingInfo
-		for _, lv := range d.levels {
-			nb := *b
-			nb.Parent = chain
-			nb.FileName = l.dsPath(lv.name)
-			nb.ChangeId = ""
-			chain = &nb
-		}
-		vd.Backing = chain
-	}
 }
 
 // onTask fixes tasks whose entity is a snapshot (RemoveSnapshot_Task, RevertToSnapshot_Task):
@@ -133,7 +97,7 @@ func (l *lab) onTask(t *simulator.Task) {
 // changed and applies CBT toggles and disk resizes made by ReconfigVM_Task.
 func (l *lab) afterCall(method string) {
 	if method == "ReconfigVM_Task" {
-		for _, lv := range l.vms {
+		for _, lv := range l.vmList() {
 			l.syncReconfig(lv)
 		}
 	}

@@ -19,37 +19,12 @@ import (
 	"net/url"
 	"os"
 	"os/signal"
-	"path/filepath"
+	"sync"
 	"syscall"
 	"time"
 
 	"github.com/vmware/govmomi/simulator"
 )
-
-// DiskSpec, VMSpec and LabSpec mirror lab/launcher.py's dataclasses (JSON spec file).
-type DiskSpec struct {
-	Size   int64  `json:"size"`
-	Seed   int64  `json:"seed"`
-	Layout string `json:"layout"`
-	Thick  bool   `json:"thick"` // eager: the descriptor does not say ddb.thinProvisioned
-}
-
-type VMSpec struct {
-	Name    string     `json:"name"`
-	Disks   []DiskSpec `json:"disks"`
-	CBT     bool       `json:"cbt"`
-	PowerOn bool       `json:"power_on"`
-}
-
-type LabSpec struct {
-	VMs         []VMSpec `json:"vms"`
-	CBTMaxAreas int      `json:"cbt_max_areas"`
-	Username    string   `json:"username"`
-	Password    string   `json:"password"`
-	// ToolsBootSeconds > 0: VMware Tools are simulated in every VM: that long after a power-on,
-	// tools run and the guest heartbeat turns green (as a booted guest); gray again when off.
-	ToolsBootSeconds float64 `json:"tools_boot_seconds"`
-}
 
 func main() {
 	log.SetFlags(log.LstdFlags | log.Lmicroseconds)
@@ -70,11 +45,8 @@ func main() {
 	if err = json.Unmarshal(raw, &spec); err != nil {
 		log.Fatalf("parse spec: %s", err)
 	}
-	if spec.Username == "" {
-		spec.Username = "user"
-	}
-	if spec.Password == "" {
-		spec.Password = "pass"
+	if err = spec.normalize(); err != nil {
+		log.Fatalf("lab: spec: %s", err)
 	}
 
 	parent := os.Getppid()
@@ -115,32 +87,39 @@ func main() {
 
 // lab is the whole extended simulator.
 type lab struct {
-	spec     *LabSpec
-	model    *simulator.Model
-	dsName   string
-	dsDir    string
-	dcName   string
-	listener net.Listener
-	server   *http.Server
-	addr     string
-	vms      []*labVM
-	disks    *diskStore
-	faults   *faultStore
-	conns    *connTracker
-	nfc      nfcImports
+	spec       *LabSpec
+	model      *simulator.Model
+	datastores []*labDatastore // the spec's; the first is the default
+	dsName     string          // the first datastore's name and directory
+	dsDir      string
+	dcName     string
+	listener   net.Listener
+	server     *http.Server
+	addr       string
+	vmsMu      sync.RWMutex
+	vms        []*labVM
+	creating   sync.Mutex
+	placer     placer
+	disks      *diskStore
+	faults     *faultStore
+	conns      *connTracker
+	nfc        nfcImports
+	tags       *tagStore
+	requests   *requestLog
+	snapAcct   *snapAccounting
+	removals   sync.Map // VM moref -> *sync.Mutex: snapshot removals on a VM, one at a time
+	otherIO    sync.Map // datastore name -> *dsIO, for datastores clients added
 }
 
 func newLab(spec *LabSpec, dir string) (*lab, error) {
-	dsDir, err := filepath.Abs(filepath.Join(dir, "LocalDS_0"))
+	datastores, err := newDatastores(spec, dir)
 	if err != nil {
 		return nil, err
 	}
-	if err = os.MkdirAll(dsDir, 0o755); err != nil {
-		return nil, err
-	}
-	l := &lab{spec: spec, dsName: "LocalDS_0", dsDir: dsDir, dcName: "DC0",
-		disks: newDiskStore(spec.CBTMaxAreas), faults: newFaultStore(), conns: newConnTracker(),
-		nfc: nfcImports{leases: map[string]map[string]string{}}}
+	l := &lab{spec: spec, datastores: datastores, dsName: datastores[0].name, dsDir: datastores[0].dir,
+		dcName: "DC0", disks: newDiskStore(spec.CBTMaxAreas), faults: newFaultStore(), conns: newConnTracker(),
+		nfc: nfcImports{leases: map[string]map[string]string{}}, tags: newTagStore(spec.Username, spec.Password),
+		requests: newRequestLog(10000), snapAcct: newSnapAccounting()}
 	m := simulator.VPX()
 	m.Machine = 0   // the lab defines its own VMs
 	m.Datastore = 0 // and its own datastore directory
@@ -182,22 +161,25 @@ func (l *lab) shutdown() {
 }
 
 func (l *lab) inventory() map[string]interface{} {
-	vms := make([]interface{}, 0, len(l.vms))
-	for _, vm := range l.vms {
+	list := l.vmList()
+	vms := make([]interface{}, 0, len(list))
+	for _, vm := range list {
 		vms = append(vms, vm.inventory(l))
 	}
 	return map[string]interface{}{
-		"url":           "http://" + l.addr,
-		"sdk_url":       "http://" + l.addr + "/sdk",
-		"host":          "127.0.0.1",
-		"port":          l.listener.Addr().(*net.TCPAddr).Port,
-		"username":      l.spec.Username,
-		"password":      l.spec.Password,
-		"datacenter":    l.dcName,
-		"datastore":     l.dsName,
-		"datastore_dir": l.dsDir,
-		"cbt_max_areas": l.spec.CBTMaxAreas,
-		"pid":           os.Getpid(),
-		"vms":           vms,
+		"url":            "http://" + l.addr,
+		"sdk_url":        "http://" + l.addr + "/sdk",
+		"host":           "127.0.0.1",
+		"port":           l.listener.Addr().(*net.TCPAddr).Port,
+		"username":       l.spec.Username,
+		"password":       l.spec.Password,
+		"datacenter":     l.dcName,
+		"datastore":      l.dsName,
+		"datastore_dir":  l.dsDir,
+		"datastores":     l.datastoresInventory(),
+		"tag_categories": l.tagsInventory(),
+		"cbt_max_areas":  l.spec.CBTMaxAreas,
+		"pid":            os.Getpid(),
+		"vms":            vms,
 	}
 }

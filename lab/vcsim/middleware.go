@@ -69,8 +69,10 @@ func (l *lab) middleware(mux http.Handler) http.Handler {
 			l.control(w, r)
 		case strings.HasPrefix(r.URL.Path, "/sdk"):
 			l.serveSOAP(mux, w, r)
+		case strings.HasPrefix(r.URL.Path, "/rest/"):
+			l.serveREST(w, r)
 		case strings.HasPrefix(r.URL.Path, "/folder/") && (r.Method == http.MethodGet || r.Method == http.MethodHead):
-			l.serveDownload(mux, w, r)
+			l.throttled(w, r, func(w http.ResponseWriter) { l.serveDownload(mux, w, r) })
 		case strings.HasPrefix(r.URL.Path, "/folder/") && r.Method == http.MethodPut:
 			l.serveUpload(mux, w, r)
 		case strings.HasPrefix(r.URL.Path, "/nfc/"):
@@ -138,6 +140,12 @@ func (l *lab) dispatch(mux http.Handler, w http.ResponseWriter, r *http.Request,
 		l.removeDatastore(mux, w, r, body)
 		return
 	}
+	if call.method == "CreateSnapshot_Task" && l.quiesceFails(w, body, call) {
+		return
+	}
+	if call.method == "RemoveSnapshot_Task" || call.method == "RemoveAllSnapshots_Task" {
+		body = l.routeRemoval(body, call)
+	}
 	l.forwardSOAP(mux, w, r, body, call)
 	if l.spec.ToolsBootSeconds > 0 && call.this.Type == "VirtualMachine" {
 		switch call.method {
@@ -154,6 +162,10 @@ func (l *lab) dispatch(mux http.Handler, w http.ResponseWriter, r *http.Request,
 func (l *lab) forwardSOAP(mux http.Handler, w http.ResponseWriter, r *http.Request, body []byte, call soapCall) {
 	if call.method == "QueryChangedDiskAreas" && call.this.Type == "VirtualMachine" && l.vmByRef(call.this.Value) != nil {
 		body = thisType.ReplaceAll(body, []byte("${1}"+cbtType+"${2}"))
+	}
+	switch call.method {
+	case "ReconfigVM_Task", "CloneVM_Task", "RefreshStorageInfo":
+		l.flatShim(call.this) // vcsim's code for these knows only flat disk backings
 	}
 	r.Body = ioutil.NopCloser(bytes.NewReader(body))
 	r.ContentLength = int64(len(body))

@@ -56,8 +56,8 @@ func splitDsPath(dsPath string) (string, string) {
 }
 
 func (l *lab) datastoreRoot(name string) string {
-	if name == l.dsName {
-		return l.dsDir
+	if ds := l.datastore(name); ds != nil {
+		return ds.dir
 	}
 	for _, e := range simulator.Map.All("Datastore") {
 		if ds, ok := e.(*simulator.Datastore); ok && ds.Name == name {

@@ -19,6 +19,9 @@ func (s *diskStore) snapshot(snap, vm string) (map[int32]*snapDisk, error) {
 	defer s.mu.Unlock()
 	rec := &snapRec{vm: vm, disks: map[int32]*snapDisk{}}
 	for _, d := range s.byVM[vm] {
+		if d.independent() {
+			continue // independent disks and physical RDMs are not part of snapshots
+		}
 		sd := &snapDisk{disk: d, frozen: d.levels[len(d.levels)-1], capacity: d.capacity, cbt: d.cbtOn,
 			epoch: d.epoch, gen: d.gen}
 		if d.cbtOn {
@@ -52,36 +55,50 @@ func (s *diskStore) snapshot(snap, vm string) (map[int32]*snapDisk, error) {
 	return rec.disks, nil
 }
 
-// removeSnapshot merges the delta created by a snapshot into the level below it.
-func (s *diskStore) removeSnapshot(snap string) error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
+// mergeSnapshotLocked drops a snapshot from the disks' point of view: for each of its disks the
+// level above the one it froze (the writes made between it and the next snapshot, or the live
+// state) is merged down into the frozen level, which then holds exactly what the merged level's
+// chain held; the snapshot that had frozen the merged level (the next one) now points at the
+// frozen level, so every remaining snapshot and the VM keep their content. It returns the files
+// of the merged levels, to delete once nothing refers to them (disks.mu held).
+func (s *diskStore) mergeSnapshotLocked(snap string) ([]string, error) {
 	rec := s.snaps[snap]
 	if rec == nil {
-		return nil
+		return nil, nil
 	}
 	delete(s.snaps, snap)
 	s.dirty[rec.vm] = true
+	var files []string
 	for _, sd := range rec.disks {
 		d := sd.disk
-		i := d.levelIndex(sd.frozen)
+		frozen, i := d.resolve(sd.frozen)
 		if i < 0 || i+1 >= len(d.levels) {
 			continue
 		}
 		child := d.levels[i+1]
-		if err := d.merge(child, sd.frozen); err != nil {
-			return err
+		if err := d.merge(child, frozen); err != nil {
+			// keep the chain as it is: nothing was lost, the level stays in use
+			return files, fmt.Errorf("merging %s into %s: %w", child.name, frozen.name, err)
 		}
 		d.levels = append(d.levels[:i+1], d.levels[i+2:]...)
+		child.mergedInto = frozen
 		for _, other := range s.snaps {
 			if o := other.disks[d.key]; o != nil && o.disk == d && o.frozen == child {
-				o.frozen = sd.frozen
+				o.frozen = frozen
+				o.allocated = nil
 			}
 		}
-		_ = os.Remove(child.data)
-		_ = os.Remove(filepath.Join(filepath.Dir(d.local), filepath.Base(child.name)))
+		files = append(files, child.data, filepath.Join(filepath.Dir(d.local), filepath.Base(child.name)))
 	}
-	return nil
+	return files, nil
+}
+
+// forget drops the record of a snapshot removed some other way (its levels stay in the chain:
+// content is kept, nothing is deleted).
+func (s *diskStore) forget(snap string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.snaps, snap)
 }
 
 func (d *disk) merge(child, parent *level) error {
@@ -129,5 +146,6 @@ func (s *diskStore) resizeLocked(d *disk, size int64) error {
 	}
 	d.capacity = size
 	d.cid++
-	return writeDescriptor(d.local+".vmdk", size, path.Base(d.baseName)+"-flat.vmdk", "", d.cid, d.uuid, !d.spec.Thick)
+	kind := map[string]string{"-flat.vmdk": "flat", "-rdm.vmdk": "rdm", "-rdmp.vmdk": "rdmp"}[d.suffix]
+	return writeDescriptorKind(d.local+".vmdk", size, path.Base(d.baseName)+d.suffix, "", d.cid, d.uuid, !d.spec.Thick, kind)
 }

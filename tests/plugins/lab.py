@@ -11,7 +11,10 @@ A missing Go compiler or govmomi source fails the test (never skips), naming the
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -25,6 +28,7 @@ from lab.launcher import INSTALL_HINT, DiskSpec, Lab, LabError, LabSpec, VMSpec,
 __all__ = [
     "DEFAULT_SPEC",
     "MiB",
+    "RestClient",
     "changed_areas",
     "connect",
     "disconnect",
@@ -127,21 +131,63 @@ def wait_task(task: Any) -> Any:
     return task.info.result
 
 
-def download(lab: Lab, ds_path: str, *, timeout: float = 30, headers: dict[str, str] | None = None) -> bytes:
+def download(
+    lab: Lab,
+    ds_path: str,
+    *,
+    timeout: float = 30,
+    headers: dict[str, str] | None = None,
+    datastore: str | None = None,
+) -> bytes:
     """GET /folder/<path>?dcPath=DC0&dsName=LocalDS_0 (the way backup tools read a flat disk)."""
-    url = f"{lab.url}/folder/{urllib.parse.quote(ds_path)}?" + urllib.parse.urlencode(
-        {"dcPath": lab.datacenter, "dsName": lab.datastore}
-    )
-    req = urllib.request.Request(url, headers=headers or {})
+    req = urllib.request.Request(folder_url(lab, ds_path, datastore), headers=headers or {})
     with urllib.request.urlopen(req, timeout=timeout) as resp:
         data: bytes = resp.read()
         return data
 
 
-def folder_url(lab: Lab, ds_path: str) -> str:
+def folder_url(lab: Lab, ds_path: str, datastore: str | None = None) -> str:
     return f"{lab.url}/folder/{urllib.parse.quote(ds_path)}?" + urllib.parse.urlencode(
-        {"dcPath": lab.datacenter, "dsName": lab.datastore}
+        {"dcPath": lab.datacenter, "dsName": datastore or lab.datastore}
     )
+
+
+class RestClient:
+    """vCenter's vAPI REST tagging endpoints under /rest, called as a client would (urllib)."""
+
+    def __init__(self, lab: Lab, username: str | None = None, password: str | None = None) -> None:
+        self.base = lab.url + "/rest"
+        user, pwd = username or lab.username, password or lab.password
+        auth = base64.b64encode(f"{user}:{pwd}".encode()).decode()
+        status, body = self.call(
+            "POST", "/com/vmware/cis/session", headers={"Authorization": "Basic " + auth}
+        )
+        if status != 200:
+            raise PermissionError(f"login: HTTP {status}")
+        self.session: str = body["value"]
+
+    def call(
+        self, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+    ) -> tuple[int, Any]:
+        data = None if body is None else json.dumps(body).encode()
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers or {})
+        if body is not None:
+            req.add_header("Content-Type", "application/json")
+        if getattr(self, "session", None):
+            req.add_header("vmware-api-session-id", self.session)
+        try:
+            with urllib.request.urlopen(req, timeout=30) as resp:
+                raw = resp.read()
+                return resp.status, json.loads(raw) if raw else None
+        except urllib.error.HTTPError as e:
+            raw = e.read()
+            e.close()
+            return e.code, json.loads(raw) if raw.strip() else None
+
+    def value(self, method: str, path: str, body: Any = None) -> Any:
+        status, result = self.call(method, path, body)
+        assert status == 200, (method, path, status, result)
+        return result["value"] if result else None
 
 
 def changed_areas(
