@@ -96,6 +96,7 @@ class Consumer(Generic[E]):
     ack_wait: float = 30.0
     on_give_up: GiveUp[E] | None = None
     fetch_timeout: float = 1.0
+    concurrency: int = 1  # messages handled at once (a mover: one per disk stream it offers)
 
     def config(self) -> ConsumerConfig:
         return ConsumerConfig(
@@ -218,7 +219,9 @@ class Bus:
 
 
 async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -> None:
-    """Fetch and handle messages one at a time until `stop` is set."""
+    """Fetch and handle up to `consumer.concurrency` messages at once until `stop` is set; a
+    message is fetched only when a handler is free for it, so the rest wait in the stream for
+    another worker. On stop, the messages in hand are finished (the service allows a grace)."""
     delay = 0.5
     while True:  # JetStream may still be settling (a restart, an election): keep asking
         try:
@@ -234,10 +237,15 @@ async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -
             delay = min(delay * 2, 10.0)
     sub = await bus.js.pull_subscribe_bind(durable=consumer.durable, stream=STREAM_NAME)
     log.info("consumer %s on %s started", consumer.durable, consumer.subject.value)
+    in_hand: set[asyncio.Task[None]] = set()
     try:
         while not stop.is_set():
+            free = consumer.concurrency - len(in_hand)
+            if free <= 0:
+                await asyncio.wait(in_hand, return_when=asyncio.FIRST_COMPLETED)
+                continue
             try:
-                msgs = await sub.fetch(1, timeout=consumer.fetch_timeout)
+                msgs = await sub.fetch(free, timeout=consumer.fetch_timeout)
             except TimeoutError:
                 continue
             except (nats.errors.ConnectionClosedError, nats.errors.DrainTimeoutError):
@@ -247,10 +255,26 @@ async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -
                 await asyncio.sleep(0.5)
                 continue
             for msg in msgs:
-                await _process(bus, consumer, msg)
+                if consumer.concurrency == 1:
+                    await _process(bus, consumer, msg)
+                    continue
+                task = asyncio.create_task(_guarded(bus, consumer, msg))
+                in_hand.add(task)
+                task.add_done_callback(in_hand.discard)
     finally:
+        if in_hand:
+            await asyncio.gather(*in_hand, return_exceptions=True)
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await sub.unsubscribe()
+
+
+async def _guarded(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:
+    """One of several messages in hand: what escapes it (a publish that failed) is logged; the
+    message, not acked, is redelivered after ack_wait."""
+    try:
+        await _process(bus, consumer, msg)
+    except Exception:
+        log.exception("consumer %s: handling a message failed", consumer.durable)
 
 
 async def _process(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:

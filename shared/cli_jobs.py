@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared import apikeys, jobstore, runstore
 from shared import cli_jobspec as jobspec
-from shared.cli_runs import backups_ls, copies_ls, run_list, watch, when
+from shared.cli_runs import backups_ls, copies_ls, run_list, run_log, watch, when
 from shared.clock import utcnow
 from shared.jobs import JobSpec
 from shared.jobstore import iso
@@ -81,6 +81,9 @@ def add_parsers(sub: Any) -> None:
     w = run_acts.add_parser("watch", help="progress bars until the run ends; exit 0 if it succeeded")
     w.add_argument("run_id")
     run_acts.add_parser("cancel", help="stop a run (its snapshots are removed)").add_argument("run_id")
+    log = run_acts.add_parser("log", help="what happened to a run, in words")
+    log.add_argument("run_id")
+    log.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until it ends")
 
     backups = sub.add_parser("backups", help="the restore point catalog")
     b_acts = backups.add_subparsers(dest="backups_command", required=True, metavar="ACTION")
@@ -204,6 +207,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
     if args.command == "run":
         if action == "watch":
             return watch(sessions, args.run_id)
+        if action == "log":
+            return run_log(sessions, args.run_id, args.follow)
         if action == "cancel":
             with sessions.begin() as s:
                 jobstore.cancel_run(s, args.run_id)

@@ -43,11 +43,19 @@ def task_line(task: Task) -> str:
         f" {human_bytes(done)} / {human_bytes(total)}  {human_bytes(task.rate)}/s"
         f"  ETA {_eta(eta_seconds(task))}"
     )
-    return text + (f"  error: {task.error}" if task.error else "")
+    if task.wait_reason and task.state not in ("succeeded", "failed", "cancelled"):
+        text += f"  ({task.wait_reason})"
+    elif task.error:
+        text += f"  error: {task.error}"
+    for warning in task.warnings or []:
+        text += f"\n{'':<20} warning: {warning}"
+    return text
 
 
 def run_line(run: Run) -> str:
     text = f"run {run.id} of job {run.job_id}: {run.state}"
+    if run.wait_reason and run.state == "queued":
+        text += f" ({run.wait_reason})"
     if run.cancel_requested and run.state not in FINISHED:
         text += " (cancel requested)"
     return text + (f": {run.error}" if run.error else "")
@@ -79,7 +87,7 @@ def watch(sessions: sessionmaker[Session], run_id: str, out: TextIO | None = Non
             last = lines
         stream.flush()
         if state in FINISHED:
-            return 0 if state == "succeeded" else 1
+            return 0 if state in ("succeeded", "warning") else 1
         time.sleep(REFRESH)
 
 
@@ -132,3 +140,22 @@ def copies_ls(sessions: sessionmaker[Session], state: str | None, rp: str | None
             print(f"{'':<32} {'':<8} last error: {c['error']}")
     print(f"{len(views)} of {total} copies", file=sys.stderr)
     return 1 if any(c["state"] == "failed" for c in views) else 0
+
+
+def run_log(sessions: sessionmaker[Session], run_id: str, follow: bool) -> int:
+    """Print the run's log; with `follow`, new lines as they come until the run has ended."""
+    from shared.pipeline import runlog
+
+    last = 0
+    while True:
+        with sessions() as s:
+            run, _ = get_run(s, run_id)
+            ended = run.state in FINISHED
+            lines = runlog.lines(s, run_id, after=last)
+        for line in lines:
+            at = line["at"].strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{at} {line['level']:<7} {line['message']}", flush=True)
+            last = line["id"]
+        if not follow or (ended and not lines):
+            return 0
+        time.sleep(REFRESH)

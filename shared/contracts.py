@@ -109,6 +109,14 @@ class DiskRef(Payload):
     change_id: str | None = Field(default=None, description="CBT changeId of the snapshot disk")
 
 
+class SkippedDisk(Payload):
+    """A disk of the VM that the backup leaves out, and why (the restore point names it too)."""
+
+    key: int
+    label: str = ""
+    reason: str = Field(description="e.g. 'excluded by the job', 'an independent disk (...)'")
+
+
 class SnapshotReady(Event):
     """A VM's backup snapshot exists and its disks can be read.
 
@@ -127,6 +135,7 @@ class SnapshotReady(Event):
     snapshot_name: str
     disks: tuple[DiskRef, ...]
     attempt: int = Field(default=1, ge=1)
+    skipped: tuple[SkippedDisk, ...] = Field(default=(), description="Disks left out, with why")
 
     def msg_id(self) -> str:
         return f"snapshot.ready:{self.task_id}:{self.attempt}"
@@ -289,6 +298,12 @@ class StepFailed(Event):
         return f"step.failed:{self.run_id}:{self.task_id or '-'}:{self.step}"
 
 
+RunState = Literal["succeeded", "warning", "partial", "failed", "cancelled"]
+# How a run can end: every VM backed up (with warnings: a quiesce that fell back, a disk skipped),
+# some, none, or cancelled. The one list of them: everything else imports it from here.
+RUN_FINAL: tuple[str, ...] = ("succeeded", "warning", "partial", "failed", "cancelled")
+
+
 class RunFinished(Event):
     """A run ended (every task or restore test of it has ended): what people are told about.
 
@@ -298,7 +313,7 @@ class RunFinished(Event):
     SUBJECT: ClassVar[Subject] = Subject.RUN_FINISHED
     run_id: Id
     job_id: Id
-    state: Literal["succeeded", "partial", "failed", "cancelled"]
+    state: RunState
 
     def msg_id(self) -> str:
         return f"run.finished:{self.run_id}"
@@ -360,6 +375,7 @@ class TaskProgress(Payload):
     bytes_total: int
     rate: float
     sent_at: datetime
+    note: str | None = None  # what slows it (waiting for a datastore slot, a slow datastore)
 
 
 EVENT_TYPES: dict[str, type[Event]] = {

@@ -23,6 +23,7 @@ import http.client
 import socket
 import ssl
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class _Exchange:
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self.aborted = False
+        self.first_byte: float | None = None  # seconds from the request to the answer's headers
 
     def attach(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
@@ -153,6 +155,8 @@ class DatastoreHTTP:
         self._cookie_value: str | None = None
         self._active: set[_Exchange] = set()
         self._closed = False
+        # Hears of every range read's time to first byte (url, seconds): storage latency control.
+        self.observer: Callable[[str, float], None] | None = None
 
     @property
     def cookie_source(self) -> CookieSource:
@@ -349,9 +353,12 @@ class DatastoreHTTP:
             exchange = _Exchange()
             self._active.add(exchange)
             try:
-                return await loop.run_in_executor(
+                got = await loop.run_in_executor(
                     self._pool, self._exchange, target, headers, what, span, limit, into, exchange
                 )
+                if self.observer is not None and exchange.first_byte is not None and span is not None:
+                    self.observer(url, exchange.first_byte)
+                return got
             except _Missing:
                 raise FileNotFoundError(name) from None
             except asyncio.CancelledError:
@@ -408,8 +415,10 @@ class DatastoreHTTP:
                 conn.connect()
             exchange.attach(conn)
             conn.sock.settimeout(self.stall_timeout)  # a transfer that goes quiet this long is stalled
+            asked = time.monotonic()
             conn.request("GET", self._prefix + target, headers=headers)
             resp = conn.getresponse()
+            exchange.first_byte = time.monotonic() - asked
             data, reusable = self._answer(resp, what, span, limit, into)
             return data
         except (OSError, http.client.HTTPException) as exc:

@@ -20,22 +20,23 @@ from shared.db.models import Job, Run
 from shared.outbox import stage
 from shared.retention import Policy
 from shared.schedules import Schedule, run_id_for
+from shared.selection import Exclusions, Selector, VMRef
+
+__all__ = [
+    "JobOptions",
+    "JobSpec",
+    "NotifyOptions",
+    "RestoreTestOptions",
+    "Trigger",
+    "VMRef",
+    "check_location",
+    "job_row",
+    "new_job_id",
+    "request_run",
+]  # fmt: skip
 from shared.settings import Outcome
 
 Trigger = Literal["schedule", "manual", "api", "retry"]
-
-
-class VMRef(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    moref: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
-    name: str | None = Field(default=None, min_length=1, max_length=255)
-
-    @model_validator(mode="after")
-    def _named(self) -> VMRef:
-        if not self.moref and not self.name:
-            raise ValueError("a VM needs a moref (e.g. vm-42) or a name")
-        return self
 
 
 class RestoreTestOptions(BaseModel):
@@ -118,6 +119,15 @@ class JobOptions(BaseModel):
         max_length=4,
         description="Secondary repositories each verified restore point is copied to (3-2-1)",
     )
+    max_parallel_vms: int | None = Field(
+        default=None,
+        ge=1,
+        le=10000,
+        description="VMs of this job backed up at once (default: limits.vms_per_job)",
+    )
+    retries: int | None = Field(
+        default=None, ge=0, le=10, description="Tries again of a VM that fails (default: pipeline.retries)"
+    )
 
     @field_validator("replicate_to")
     @classmethod
@@ -137,7 +147,11 @@ class JobSpec(BaseModel):
 
     name: str = Field(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9][A-Za-z0-9 _.-]*$")
     vcenter: str = Field(min_length=1, max_length=64)
-    vms: tuple[VMRef, ...] = Field(min_length=1, max_length=500)
+    vms: tuple[VMRef, ...] = Field(default=(), max_length=5000, description="VMs by moref or name")
+    select: tuple[Selector, ...] = Field(
+        default=(), max_length=100, description="VMs chosen at every run: folder, cluster, host, pool, tag..."
+    )
+    exclude: Exclusions = Field(default_factory=Exclusions, description="VMs and disks left out")
     schedule: Schedule | None = None
     options: JobOptions = JobOptions()
     repository: str = Field(default="", description="Repository location; empty: the default")
@@ -152,10 +166,22 @@ class JobSpec(BaseModel):
     @field_validator("vms")
     @classmethod
     def _distinct(cls, vms: tuple[VMRef, ...]) -> tuple[VMRef, ...]:
-        keys = [v.moref or f"name:{v.name}" for v in vms]
+        keys = [(v.vcenter, v.moref or f"name:{v.name}") for v in vms]
         if len(set(keys)) != len(keys):
             raise ValueError("the same VM is listed twice")
         return vms
+
+    @model_validator(mode="after")
+    def _holds_something(self) -> JobSpec:
+        if not self.vms and not self.select:
+            raise ValueError("a job needs VMs: list them (vms) or select them (select: folder, tag...)")
+        return self
+
+    def vcenter_names(self) -> set[str]:
+        """Every vCenter the job names (its own, and those of its VMs, selectors and exclusions)."""
+        refs: list[VMRef | Selector] = [*self.vms, *self.select, *self.exclude.vms]
+        refs += [r.vm for r in self.exclude.disks]
+        return {self.vcenter} | {r.vcenter for r in refs if r.vcenter}
 
 
 def new_job_id() -> str:
@@ -168,6 +194,10 @@ def job_row(spec: JobSpec, job_id: str, now: datetime, default_repository: str) 
         name=spec.name,
         vcenter=spec.vcenter,
         vms=[v.model_dump(exclude_none=True) for v in spec.vms],
+        selection={
+            "select": [s.model_dump(exclude_none=True) for s in spec.select],
+            "exclude": spec.exclude.model_dump(exclude_none=True),
+        },
         schedule=spec.schedule.model_dump(exclude_none=True) if spec.schedule else None,
         options=spec.options.model_dump(),
         repository=spec.repository or default_repository,

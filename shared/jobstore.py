@@ -14,10 +14,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.contracts import RUN_FINAL
 from shared.db.models import Job, Run
 from shared.jobs import JobSpec, Trigger, VMRef, job_row, new_job_id, request_run
 from shared.settings import Settings, VCenterSettings
@@ -25,7 +26,7 @@ from shared.settings import Settings, VCenterSettings
 if TYPE_CHECKING:
     from shared.vsphere import VMInfo
 
-FINISHED = ("succeeded", "failed", "partial", "cancelled")
+FINISHED = RUN_FINAL
 
 
 class StoreError(Exception):
@@ -90,14 +91,19 @@ def list_vms(vc: VCenterSettings) -> list[VMInfo]:
 
 
 def resolve_vms(spec: JobSpec, settings: Settings, lister: Lister = list_vms) -> JobSpec:
-    """The spec with every VM given by both moref and its current name, checked against vCenter."""
-    vc = vcenter_of(settings, spec.vcenter)
-    inventory = lister(vc)
-    by_moref = {vm.moref: vm for vm in inventory}
+    """The spec with every listed VM given by both moref and its current name, checked against
+    its vCenter (each VM names its own, or is the job's). Selectors are resolved at every run."""
+    inventories: dict[str, list[VMInfo]] = {}
     resolved: list[VMRef] = []
     for i, ref in enumerate(spec.vms):
+        vc = vcenter_of(
+            settings, ref.vcenter or spec.vcenter, f"vms.{i}.vcenter" if ref.vcenter else "vcenter"
+        )
+        if vc.name not in inventories:
+            inventories[vc.name] = lister(vc)
+        inventory = inventories[vc.name]
         if ref.moref:
-            info = by_moref.get(ref.moref)
+            info = next((vm for vm in inventory if vm.moref == ref.moref), None)
             if info is None:
                 raise Invalid(f"vms.{i}.moref", f"no VM {ref.moref} on vCenter {vc.name}")
         else:
@@ -110,9 +116,10 @@ def resolve_vms(spec: JobSpec, settings: Settings, lister: Lister = list_vms) ->
                     f"vms.{i}.name", f"{len(named)} VMs are named {ref.name!r} ({morefs}): give a moref"
                 )
             info = named[0]
-        if any(r.moref == info.moref for r in resolved):
+        if any(r.moref == info.moref and (r.vcenter or spec.vcenter) == vc.name for r in resolved):
             raise Invalid(f"vms.{i}", f"VM {info.name} ({info.moref}) is listed twice")
-        resolved.append(VMRef(moref=info.moref, name=info.name))
+        own = ref.vcenter if ref.vcenter and ref.vcenter != spec.vcenter else None
+        resolved.append(VMRef(vcenter=own, moref=info.moref, name=info.name))
     return spec.model_copy(update={"vms": tuple(resolved)})
 
 
@@ -127,6 +134,11 @@ def check_spec(
     free (for `job_id` itself when replacing), the notification channels it names exist, the
     S3 buckets it asks to be immutable have Object Lock, then the VMs resolved against vCenter."""
     vcenter_of(settings, spec.vcenter)
+    for i, selector in enumerate(spec.select):
+        if selector.vcenter:
+            vcenter_of(settings, selector.vcenter, f"select.{i}.vcenter")
+    for name in spec.vcenter_names():
+        vcenter_of(settings, name, "vcenter")
     check_immutable_locations(spec, settings)
     unknown = [c for c in spec.options.notify.channels if settings.notifications.channel(c) is None]
     if unknown:
@@ -180,6 +192,8 @@ def job_view(job: Job) -> dict[str, Any]:
         "name": job.name,
         "vcenter": job.vcenter,
         "vms": job.vms,
+        "select": (job.selection or {}).get("select", []),
+        "exclude": (job.selection or {}).get("exclude", {"vms": [], "disks": []}),
         "schedule": job.schedule,
         "options": job.options,
         "repository": job.repository,
@@ -229,8 +243,20 @@ def replace_job(session: Session, job_id: str, spec: JobSpec, now: datetime, def
     name_free(session, spec.name, job_id)
     fresh = job_row(spec, job_id, now, default_repository)
     before = set((job.options or {}).get("replicate_to", ()))
-    for column in ("name", "vcenter", "vms", "schedule", "options", "repository", "retention", "enabled"):
+    columns = (
+        "name",
+        "vcenter",
+        "vms",
+        "selection",
+        "schedule",
+        "options",
+        "repository",
+        "retention",
+        "enabled",
+    )
+    for column in columns:
         setattr(job, column, getattr(fresh, column))
+    job.enabled = fresh.enabled
     job.updated_at = now
     try:
         session.flush()
@@ -282,7 +308,16 @@ def delete_job(session: Session, job_id: str, *, force: bool = False) -> list[st
 
 
 def run_now(session: Session, job: Job, trigger: Trigger, now: datetime) -> Run:
-    """A run of `job` now; its JobRequested is staged in the same transaction."""
+    """A run of `job` now; its JobRequested is staged in the same transaction. A job runs once at
+    a time: while one of its runs is queued or running, Conflict names it (the job's row is
+    locked first, so concurrent requests are served one after the other and only one starts)."""
+    session.execute(update(Job).where(Job.id == job.id).values(updated_at=Job.updated_at))
+    busy = unfinished_runs(session, job.id)
+    if busy:
+        raise Conflict(
+            f"job {job.name} ({job.id}) has a run in progress: {busy[0].id} ({busy[0].state});"
+            " wait for it to end, or cancel it (POST /api/v1/runs/{id}/cancel)"
+        )
     run = request_run(session, job, trigger=trigger, now=now)
     if run is None:  # the same microsecond and nonce: vanishingly rare, safe to retry
         raise Conflict(f"a run of job {job.id} was requested at the same instant: try again")

@@ -40,6 +40,7 @@ from shared.settings import ChannelSettings, NotificationSettings, Outcome
 
 RUN_OUTCOME: dict[str, Outcome] = {
     "succeeded": "success",
+    "warning": "warning",
     "partial": "warning",
     "cancelled": "warning",
     "failed": "failure",
@@ -144,12 +145,16 @@ def for_run(
                     "bytes_stored": t.bytes_stored,
                     "restore_point": t.restore_point_id,
                     "error": t.error,
+                    "warnings": list(t.warnings or []),
                 }
             )
     ok = sum(v["state"] == "succeeded" for v in vms)
-    verdict = {"succeeded": "succeeded", "partial": "partly failed", "cancelled": "cancelled"}.get(
-        event.state, "FAILED"
-    )
+    verdict = {
+        "succeeded": "succeeded",
+        "warning": "succeeded with warnings",
+        "partial": "partly failed",
+        "cancelled": "cancelled",
+    }.get(event.state, "FAILED")
     title = f"[vbm] {what} {verdict}: {job_name} ({ok} of {len(vms)} VMs ok)"
     lines = [
         f"Job: {job_name} ({run.job_id})",
@@ -166,6 +171,7 @@ def for_run(
                 f"- {v['vm']}: {v['kind'] or 'backup'} ok, {human_bytes(v['bytes_read'])} read,"
                 f" {human_bytes(v['bytes_stored'])} stored, restore point {v['restore_point']}"
             )
+            lines.extend(f"    warning: {w}" for w in v.get("warnings") or [])
         else:
             lines.append(f"- {v['vm']}: {v['state']}" + (f": {v['error']}" if v["error"] else ""))
     data = {"run_id": run.id, "job_id": run.job_id, "job": job_name, "state": event.state, "vms": vms}

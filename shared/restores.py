@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.contracts import RestoreRequested, RestoreTarget
+from shared.contracts import RUN_FINAL, RestoreRequested, RestoreTarget
 from shared.db.models import Job, Restore, RestorePointRow, Run
 from shared.jobstore import Conflict, Invalid, NotFound, StoreError, iso
 from shared.outbox import stage
@@ -252,7 +252,7 @@ def finish_run(session: Session, restore: Restore, now: datetime) -> None:
     if not restore.run_id:
         return
     run = session.get(Run, restore.run_id)
-    if run is None or run.state in ("succeeded", "failed", "partial", "cancelled"):
+    if run is None or run.state in RUN_FINAL:
         return
     states = [r.state for r in session.scalars(select(Restore).where(Restore.run_id == restore.run_id))]
     if any(st not in FINAL for st in states):

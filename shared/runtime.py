@@ -60,6 +60,7 @@ class Parts:
     consumers: Sequence[Consumer[Any]] = ()
     tasks: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    capacity: int = 0  # a mover's disk streams: what the dispatcher may give it at once
 
 
 Wiring = Callable[[Context], Awaitable[Parts]]
@@ -126,7 +127,7 @@ async def serve(service: str, wire: Wiring, settings: Settings) -> None:
         workers = [asyncio.create_task(run_consumer(bus, c, stop)) for c in parts.consumers]
         workers += [asyncio.create_task(t()) for t in parts.tasks]
         workers.append(asyncio.create_task(ctx.relay.run(stop)))
-        beat = asyncio.create_task(_heartbeats(ctx, started))
+        beat = asyncio.create_task(_heartbeats(ctx, started, parts.capacity))
         log.info("%s ready (instance %s, nats %s)", service, instance, settings.nats.server_url())
         await _wait_stop_or_crash(stop, workers)
         log.info("%s stopping", service)
@@ -164,14 +165,25 @@ async def _wait_stop_or_crash(stop: asyncio.Event, workers: list[asyncio.Task[An
         await stopper
 
 
-async def _heartbeats(ctx: Context, started: datetime) -> None:
+async def _heartbeats(ctx: Context, started: datetime, capacity: int) -> None:
     async def answer_ping(_msg: object) -> None:
         await _beat(ctx, started, "ready")
 
     await ctx.bus.nc.subscribe(PING_SUBJECT, cb=answer_ping)
     while True:
         await _beat(ctx, started, "ready")
+        try:  # the database's view of who is alive (the dispatcher counts the movers' streams)
+            await asyncio.to_thread(_record_seen, ctx, capacity)
+        except Exception as exc:
+            log.warning("could not record this instance's heartbeat: %s", exc)
         await asyncio.sleep(ctx.settings.heartbeat_interval)
+
+
+def _record_seen(ctx: Context, capacity: int) -> None:
+    with ctx.sessions.begin() as session:
+        row = session.get(ServiceInstance, ctx.instance)
+        if row is not None:
+            row.seen_at, row.capacity = ctx.clock(), capacity
 
 
 async def _beat(ctx: Context, started: datetime, state: Literal["starting", "ready", "stopping"]) -> None:
@@ -210,6 +222,7 @@ def _record_stop(ctx: Context) -> None:
         if row is not None:
             row.state = "stopped"
             row.stopped_at = ctx.clock()
+            row.capacity = 0
 
 
 __all__ = ["ConfigError", "Context", "Parts", "main", "serve"]

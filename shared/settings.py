@@ -118,9 +118,53 @@ class PipelineSettings(BaseModel):
     ack_wait: float = Field(
         default=60, gt=0, description="A silent worker's message is redelivered after this long"
     )
-    workers: int = Field(default=0, ge=0, description="Chunk workers per mover (0: by CPU count)")
+    workers: int = Field(default=0, ge=0, description="Chunk workers per disk stream (0: by CPU count)")
     restore_test_boot: float = Field(
         default=300, gt=0, description="A restore test waits this long for the guest heartbeat"
+    )
+    retries: int = Field(
+        default=2, ge=0, le=10, description="A VM that fails is tried again this many times within its run"
+    )
+    retry_wait: float = Field(default=300, ge=0, description="Seconds between a VM's failed try and the next")
+    dispatch_interval: float = Field(
+        default=1.0, gt=0, le=60, description="How often waiting VMs are looked at (also on every event)"
+    )
+
+
+class LimitSettings(BaseModel):
+    """What protects production while backups run (docs/design.md, "Scheduling of work").
+
+    Snapshots are counted per datastore (a VM counts on every datastore it has disks on) and per
+    ESXi host; disk streams (reads in flight) per datastore, host and repository. A job may lower
+    `vms_per_job` for itself (`options.max_parallel_vms`). 0 means no limit."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    snapshots_per_datastore: int = Field(default=4, ge=0, le=1000)
+    snapshots_per_host: int = Field(default=4, ge=0, le=1000)
+    streams_per_datastore: int = Field(default=4, ge=0, le=1000)
+    streams_per_host: int = Field(default=8, ge=0, le=1000)
+    streams_per_repository: int = Field(default=8, ge=0, le=1000)
+    vms_per_job: int = Field(default=0, ge=0, le=10000, description="VMs of one job at once (0: no limit)")
+    latency_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="Storage latency control: a datastore answering reads slower than this (time to"
+        " first byte) gets fewer streams, until it recovers (0: off)",
+    )
+
+
+class MoverSettings(BaseModel):
+    """One mover process: how much it moves at once."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    streams: int = Field(
+        default=3,
+        ge=1,
+        le=32,
+        description="Disk streams at once (a VM takes one, its other disks use free ones); each"
+        " stream holds about workers x 2 x 4 MiB of memory",
     )
 
 
@@ -342,6 +386,8 @@ class Settings(BaseSettings):
     gateway: GatewaySettings = GatewaySettings()
     lab: LabSettings = LabSettings()
     pipeline: PipelineSettings = PipelineSettings()
+    limits: LimitSettings = LimitSettings()
+    mover: MoverSettings = MoverSettings()
     verify: VerifySettings = VerifySettings()
     retention: Policy = Field(
         default_factory=lambda: Policy(keep_last=14),

@@ -11,11 +11,12 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.gateway.common import CTX, flag, in_session, json_response
+from services.gateway.common import CTX, flag, in_session, json_response, query_int
 from shared import prune, replication, runstore, usage
 from shared.db.models import Replication, RestorePointRow
 from shared.jobs import check_location
-from shared.jobstore import Invalid
+from shared.jobstore import Invalid, iso
+from shared.pipeline import runlog
 from shared.repo import ChunkError, ManifestError, RepoError, Repository, read_disk
 from shared.repo.locations import open_backend
 
@@ -44,6 +45,19 @@ async def list_runs(request: web.Request) -> web.Response:
 async def get_run(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
     return json_response(await in_session(request, lambda s: runstore.run_detail(s, run_id)))
+
+
+@routes.get("/api/v1/runs/{run_id}/log")
+async def run_log(request: web.Request) -> web.Response:
+    """What happened to the run, in words, oldest first; `?after=<id>` for the lines after one."""
+    run_id = request.match_info["run_id"]
+    after = query_int(request, "after", 0, 0, 2**62)
+
+    def work(session: Session) -> list[dict[str, Any]]:
+        runstore.get_run(session, run_id)  # 404 for an unknown run
+        return [{**line, "at": iso(line["at"])} for line in runlog.lines(session, run_id, after=after)]
+
+    return json_response({"run_id": run_id, "lines": await in_session(request, work)})
 
 
 @routes.get("/api/v1/backups")

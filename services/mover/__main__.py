@@ -3,20 +3,42 @@ restore points as new VMs; copies verified restore points to secondary repositor
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import Sequence
 from functools import partial
 
 from services.mover.handlers import Deps, on_snapshot_ready
 from services.mover.replicate import on_replicate_requested
 from services.mover.restore import on_restore_requested
+from services.mover.streams import Latency, LocalStreams, note_throttle
 from shared.bus import Consumer
 from shared.contracts import Event, ReplicateRequested, RestoreRequested, SnapshotReady, StepFailed, Subject
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
+log = logging.getLogger(__name__)
+
 
 async def wire(ctx: Context) -> Parts:
-    deps = Deps(ctx, VCenters(ctx.settings))
+    streams = ctx.settings.mover.streams
+    deps = Deps(ctx, VCenters(ctx.settings), local=LocalStreams(streams), latency=Latency(ctx))
+    latency = deps.latency
+    assert latency is not None
+
+    def notify(vcenter: str, datastore: str, message: str) -> None:
+        with contextlib.suppress(Exception):  # the run's log is for people; the limit is what counts
+            note_throttle(ctx, vcenter, datastore, message, ctx.clock())
+
+    async def latency_control() -> None:
+        while not ctx.stop.is_set():
+            try:
+                await latency.adjust(notify)
+            except Exception:
+                log.exception("storage latency control failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(ctx.stop.wait(), 1.0)
 
     def failed(event: SnapshotReady, reason: str) -> Sequence[Event]:
         return [
@@ -37,6 +59,8 @@ async def wire(ctx: Context) -> Parts:
         await deps.vcenters.aclose()
 
     return Parts(
+        capacity=streams,
+        tasks=[latency_control],
         consumers=[
             Consumer(
                 "mover",
@@ -47,6 +71,7 @@ async def wire(ctx: Context) -> Parts:
                 max_deliver=4,
                 backoff=(2.0, 10.0, 30.0),
                 on_give_up=failed,
+                concurrency=streams,  # one VM per stream; their other disks share the free ones
             ),
             Consumer(  # an attempt that fails is retried later by the notifier (shared/replication.py)
                 "mover-replicate",

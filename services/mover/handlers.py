@@ -23,6 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from services.mover.checkpoint import Checkpoint
+from services.mover.streams import Latency, LocalStreams, leased, stream_limits
 from shared.bus import Delivery, Permanent, Retryable
 from shared.contracts import (
     DiskRef,
@@ -54,6 +55,7 @@ from shared.repo import (
 )
 from shared.repo.errors import Misconfigured
 from shared.repo.locations import open_backend
+from shared.repo.manifest import SkippedDiskEntry
 from shared.runtime import Context
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class Deps:
     vcenters: VCenters
     http: dict[str, DatastoreHTTP] = field(default_factory=dict)
     writers: dict[str, Writer] = field(default_factory=dict)
+    local: LocalStreams = field(default_factory=lambda: LocalStreams(1))
+    latency: Latency | None = None
 
     def client(self, vcenter: str) -> DatastoreHTTP:
         if vcenter not in self.http:
@@ -77,9 +81,18 @@ class Deps:
             async def cookie() -> str:
                 return await asyncio.to_thread(vc.session_cookie)
 
-            self.http[vcenter] = DatastoreHTTP(
-                vc.base_url, cookie, verify_tls=vc.settings.verify_tls, ca_file=vc.settings.ca_file
+            # Enough connections for every stream's window workers to read at once.
+            workers = self.ctx.settings.pipeline.workers or 4
+            client = DatastoreHTTP(
+                vc.base_url,
+                cookie,
+                verify_tls=vc.settings.verify_tls,
+                ca_file=vc.settings.ca_file,
+                connections=min(64, max(4, self.local.total * workers)),
             )
+            if self.latency is not None:
+                client.observer = self.latency.observer(vcenter)
+            self.http[vcenter] = client
         return self.http[vcenter]
 
     async def writer(self, location: str) -> Writer:
@@ -125,9 +138,25 @@ class Tracker:
     ended: bool = False  # the task was ended by someone else (watchdog): drop the work
     saved: int = -1  # bytes done at the last extension of the deadline
     checkpoints: list[Checkpoint] = field(default_factory=list)
+    notes: dict[int, str] = field(default_factory=dict)  # disk key -> what it waits for
 
     def __call__(self, n: int) -> None:
         self.done += n
+
+    def waiting(self, disk: int) -> Any:
+        """A setter for one disk's note (None: no longer waiting)."""
+
+        def say(note: str | None) -> None:
+            if note is None:
+                self.notes.pop(disk, None)
+            else:
+                self.notes[disk] = note
+
+        return say
+
+    @property
+    def note(self) -> str | None:
+        return "; ".join(sorted(set(self.notes.values()))) or None
 
     async def run(self) -> None:
         ctx = self.deps.ctx
@@ -160,6 +189,7 @@ class Tracker:
                             bytes_total=self.total,
                             rate=rate,
                             sent_at=now,
+                            note=self.note,
                         ),
                     )
         finally:
@@ -175,11 +205,15 @@ class Tracker:
         with ctx.sessions.begin() as s:
             task = s.get(Task, self.event.task_id)
             run = s.get(Run, self.event.run_id)
-            if task is None or task.phase != "transfer" or task.state in state.FINAL:
-                self.ended = True  # someone else ended it: stop
+            if not _ours(task, self.event):
+                self.ended = True  # someone else ended it (or began another try): stop
                 return True
+            assert task is not None
             task.bytes_done, task.bytes_total, task.rate = self.done, self.total, rate
-            if self.done != self.saved:  # only progress extends the deadline: a stall must trip it
+            task.wait_reason = self.note
+            # Progress extends the deadline, and so does waiting for a stream (alive, throttled):
+            # a mover that stalls or dies writes nothing, and the watchdog catches it.
+            if self.done != self.saved or self.note:
                 self.saved = self.done
                 task.updated_at = now
                 task.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
@@ -214,12 +248,33 @@ def split(datastore_path: str) -> tuple[str, str]:
     return ds.lstrip("["), path
 
 
+def _ours(task: Task | None, event: SnapshotReady) -> bool:
+    """Whether the task is still in this event's transfer: not ended, not moved on, and not in
+    another try (each try has its own snapshot)."""
+    return (
+        task is not None
+        and task.phase == "transfer"
+        and task.state not in state.FINAL
+        and task.snapshot_moref == event.snapshot_moref
+    )
+
+
 async def on_snapshot_ready(event: SnapshotReady, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    deps.local.vm_started()
+    try:
+        return await _on_snapshot_ready(event, delivery, deps)
+    finally:
+        deps.local.vm_ended()
+
+
+async def _on_snapshot_ready(event: SnapshotReady, delivery: Delivery, deps: Deps) -> Sequence[Event]:
     ctx = deps.ctx
     with ctx.sessions() as s:
         task = s.get(Task, event.task_id)
-        if task is None or task.phase != "transfer" or task.state in state.FINAL:
-            return []  # stale: already moved on or ended
+        if not _ours(task, event):
+            return []  # stale: already moved on, ended, or another try
+        assert task is not None
+        host = task.host
         run = s.get(Run, event.run_id)
         job = s.get(Job, run.job_id) if run else None
         if job is None:
@@ -249,7 +304,7 @@ async def on_snapshot_ready(event: SnapshotReady, delivery: Delivery, deps: Deps
             log.info("%s: restore point %s was committed by an earlier attempt", event.vm_name, earlier.id)
             _record(deps, event, earlier, repository, WriteStats(), 0)
             return []
-        return await _transfer(deps, event, writer, parent, use_cbt, repository)
+        return await _transfer(deps, event, writer, parent, use_cbt, repository, host)
     except Cancelled:
         _end(deps, event, "cancelled", "cancelled by request")
         return []
@@ -276,6 +331,7 @@ async def _transfer(
     parent: RestorePoint | None,
     use_cbt: bool,
     repository: str,
+    host: str | None,
 ) -> Sequence[Event]:
     ctx = deps.ctx
     started = ctx.clock()
@@ -293,18 +349,23 @@ async def _transfer(
     checkpoints: list[Checkpoint] = []
     resumed = False  # windows stored by an earlier attempt: their locks date from that attempt
 
-    async def copy() -> None:
+    entries: dict[int, tuple[DiskEntry, FileEntry]] = {}
+
+    async def copy_disk(plan: Plan) -> None:
         nonlocal resumed
-        for d, parent_disk, (changed, allocated), _ in plans:
-            ds, flat = flat_of(d.datastore_path)
-            source = CancellableDisk(http.disk(event.datacenter, ds, flat, d.capacity_bytes), tracker)
-            cp = Checkpoint(writer.repo, event.task_id, d.key, event.snapshot_moref)
-            known = await cp.load()
-            if known:
-                resumed = True
-                log.info("%s disk %d: resuming, %d windows already stored", event.vm_name, d.key, len(known))
-            checkpoints.append(cp)
-            tracker.checkpoints = checkpoints
+        d, parent_disk, (changed, allocated), _ = plan
+        ds, flat = flat_of(d.datastore_path)
+        source = CancellableDisk(http.disk(event.datacenter, ds, flat, d.capacity_bytes), tracker)
+        cp = Checkpoint(writer.repo, event.task_id, d.key, event.snapshot_moref)
+        known = await cp.load()
+        if known:
+            resumed = True
+            log.info("%s disk %d: resuming, %d windows already stored", event.vm_name, d.key, len(known))
+        checkpoints.append(cp)
+        tracker.checkpoints = checkpoints
+        wanted = await asyncio.to_thread(stream_limits, deps.ctx, event.vcenter, ds, host, repository)
+        holder = f"{deps.ctx.instance}:{event.task_id}:{d.key}"
+        async with leased(deps.ctx, holder, wanted, tracker.waiting(d.key)):
             entry, st = await writer.write_disk(
                 source,
                 key=d.key,
@@ -319,9 +380,28 @@ async def _transfer(
                 known=known,
                 on_window=cp.add,
             )
-            stats.add(st)
-            disks.append(entry)
-            files.append(FileEntry(path=flat, size=d.capacity_bytes, disk_key=d.key))
+        stats.add(st)
+        entries[d.key] = (entry, FileEntry(path=flat, size=d.capacity_bytes, disk_key=d.key))
+
+    async def lane(pending: list[Plan], extra: bool) -> None:
+        """Disks one after the other on one stream: the VM's own, or a free one it borrowed."""
+        try:
+            while pending:
+                await copy_disk(pending.pop(0))
+        finally:
+            if extra:
+                deps.local.release_extra()
+
+    async def copy() -> None:
+        pending = list(plans)
+        lanes = [lane(pending, False)]
+        while len(lanes) < len(plans) and deps.local.try_extra():
+            lanes.append(lane(pending, True))
+        await _gather_all(lanes)
+        for key in (d.key for d in event.disks):
+            if key in entries:
+                disks.append(entries[key][0])
+                files.append(entries[key][1])
         for path in _small_files(event):
             ds, rel = split(path)
             data = await http.get_file(event.datacenter, ds, rel)
@@ -367,8 +447,9 @@ async def _transfer(
         vm_moref=event.vm_moref,
         snapshot_name=event.snapshot_name,
         snapshot_moref=event.snapshot_moref,
+        skipped=tuple(SkippedDiskEntry(key=d.key, label=d.label, reason=d.reason) for d in event.skipped),
     )
-    _still_ours(deps, event.task_id)
+    _still_ours(deps, event)
     await writer.repo.commit(rp, resumed=resumed)
     seconds = max((ctx.clock() - started).total_seconds(), 1e-3)
     # Done: the whole plan (windows found all zero count as done), at the transfer's average rate.
@@ -543,11 +624,22 @@ def _small_files(event: SnapshotReady) -> list[str]:
     return paths
 
 
-def _still_ours(deps: Deps, task_id: str) -> None:
+def _still_ours(deps: Deps, event: SnapshotReady) -> None:
     with deps.ctx.sessions() as s:
-        task = s.get(Task, task_id)
-        if task is None or task.phase != "transfer" or task.state in state.FINAL:
-            raise state.Stale(f"task {task_id} was ended while transferring")
+        if not _ours(s.get(Task, event.task_id), event):
+            raise state.Stale(f"task {event.task_id} was ended while transferring")
+
+
+async def _gather_all(coros: list[Any]) -> None:
+    """Run them all; the first failure cancels the others and is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def _end(deps: Deps, event: SnapshotReady, how: str, reason: str) -> None:

@@ -27,7 +27,6 @@ from shared.bus import Delivery
 from shared.contracts import (
     BusRejected,
     Event,
-    JobRequested,
     RestoreDone,
     RestoreRequested,
     Step,
@@ -35,7 +34,7 @@ from shared.contracts import (
     Subject,
     event_type_for,
 )
-from shared.db.models import Outbox, Restore, Run, SnapshotLedger, Task
+from shared.db.models import Job, Outbox, Restore, Run, SnapshotLedger, Task
 from shared.outbox import stage
 from shared.pipeline import ledger, state
 from shared.pipeline.alerts import raise_alert
@@ -62,18 +61,25 @@ async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> S
     ctx = deps.ctx
     now = ctx.clock()
     vm_name = None
+    retry = False
     with ctx.sessions.begin() as s:
         task = s.get(Task, event.task_id) if event.task_id else None
         if task is not None:
             vm_name = task.vm_name
-            cancelled = event.reason.startswith("cancelled")
-            state.end_task(s, task, "cancelled" if cancelled else "failed", now, event.reason)
+            if event.reason.startswith("cancelled"):
+                state.end_task(s, task, "cancelled", now, event.reason)
+            else:  # another try if one is left; its snapshot goes all the same (below)
+                policy = _policy(ctx, s, task)
+                outcome = state.try_failed(
+                    s, task, step=event.step, reason=event.reason, now=now, policy=policy
+                )
+                retry = outcome == "retry"
         elif event.task_id is None:
             run = s.get(Run, event.run_id)
             if run is not None and run.state in ("queued", "running"):
                 run.error = event.reason[:4000]
                 state.close_run(s, run, "failed", now)
-        if not event.reason.startswith("cancelled"):
+        if not event.reason.startswith("cancelled") and not retry:
             raise_alert(
                 s,
                 key=f"step-failed:{event.run_id}:{event.task_id}",
@@ -146,17 +152,16 @@ def overdue_tasks(ctx: Context) -> int:
             )
             phases: dict[str, Step] = {"transfer": "transfer", "verify": "verify"}
             step = phases.get(task.phase, "snapshot")
-            state.fail_task(s, task, step=step, reason=reason, now=now)
+            state.fail_task(s, task, step=step, reason=reason, now=now, policy=_policy(ctx, s, task))
             failed += 1
-        for run in s.scalars(select(Run).where(Run.state == "queued", Run.created_at < now - REDRIVE_AFTER)):
-            event = JobRequested(
-                occurred_at=now, run_id=run.id, job_id=run.job_id, trigger="retry", slot=run.slot
-            )
-            last = _latest(s, Subject.JOB_REQUESTED, f'"run_id":"{run.id}"')
-            if last is None or last.created_at < now - REDRIVE_AFTER:
-                stage(s, event, now)
+        # Queued runs need no re-drive: the snapshotter's dispatcher plans them from the database.
         _redrive_tasks(ctx, s, now)
     return failed
+
+
+def _policy(ctx: Context, s: Session, task: Task) -> state.RetryPolicy:
+    run = s.get(Run, task.run_id)
+    return state.RetryPolicy.of(ctx.settings, s.get(Job, run.job_id) if run is not None else None)
 
 
 def _claim_overdue_restores(ctx: Context) -> list[tuple[str, int, str, dict[str, str], str, str, str]]:
@@ -277,13 +282,18 @@ async def sweep(deps: Deps) -> None:
     now = ctx.clock()
     with ctx.sessions() as s:
         rows = s.execute(
-            select(SnapshotLedger.snapshot_name, SnapshotLedger.vm_moref)
+            select(SnapshotLedger.snapshot_name, SnapshotLedger.vcenter, SnapshotLedger.vm_moref)
             .join(Task, Task.id == SnapshotLedger.task_id, isouter=True)
             .where(
                 SnapshotLedger.state.in_(ledger.OPEN),
                 or_(SnapshotLedger.next_attempt_at.is_(None), SnapshotLedger.next_attempt_at <= now),
-                or_(Task.id.is_(None), Task.state.in_(state.FINAL), Task.phase.in_(("verify", "done"))),
+                # ended, past its transfer, or waiting for another try (a queued task owns no snapshot)
+                or_(
+                    Task.id.is_(None),
+                    Task.state.in_(state.FINAL),
+                    Task.phase.in_(("verify", "done", "queued")),
+                ),
             )
         ).all()
-    for name, moref in rows:
-        await remove_one(ctx, deps.vcenters, name, moref)
+    for name, vcenter, moref in rows:
+        await remove_one(ctx, deps.vcenters, name, vcenter, moref)

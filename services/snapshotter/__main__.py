@@ -1,29 +1,41 @@
-"""The snapshotter: creates backup snapshots in vCenter, and removes them once the data is safe."""
+"""The snapshotter: takes backup snapshots just in time (the dispatcher decides when), and removes
+them once the data is safe."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from functools import partial
 
-from services.snapshotter.handlers import Deps, on_job_requested, on_transfer_done
+from services.snapshotter.dispatch import Dispatcher
+from services.snapshotter.handlers import Deps, on_job_requested, on_transfer_done, snapshot_task
 from services.snapshotter.orphans import sweep_orphans
+from services.snapshotter.plan import resolve_vms
 from shared.bus import Consumer
 from shared.contracts import Event, JobRequested, StepFailed, Subject, TransferDone
+from shared.pipeline import marker
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context, Parts, main
 
 
 async def wire(ctx: Context) -> Parts:
     deps = Deps(ctx, VCenters(ctx.settings))
+    deps.secret = await asyncio.to_thread(marker.key, ctx.sessions)
+    dispatcher = Dispatcher(
+        ctx,
+        resolve=partial(resolve_vms, deps.vcenters),
+        snapshot=partial(snapshot_task, deps),
+    )
+    deps.kick = dispatcher.kick
 
     def run_failed(event: JobRequested, reason: str) -> Sequence[Event]:
         return [StepFailed(occurred_at=ctx.clock(), run_id=event.run_id, step="snapshot", reason=reason)]
 
     async def orphans() -> None:
-        await sweep_orphans(ctx, deps.vcenters)
+        await sweep_orphans(ctx, deps.vcenters, deps.secret)
 
     return Parts(
-        tasks=[orphans],
+        tasks=[orphans, dispatcher.run],
         consumers=[
             Consumer(
                 "snapshotter",

@@ -1,105 +1,104 @@
-"""Snapshotter handlers: take the backup snapshot of each VM of a run, and remove it after.
+"""Snapshotter handlers: take the backup snapshot of a VM the dispatcher admitted, and remove it
+once its data is safe.
 
-For each VM: check it (exists, no user snapshots, datastore space), turn CBT on if the job wants
-it, write the snapshot into the ledger, then ask vCenter for it. A create that times out may
-complete later: the next attempt (or the ledger sweeper) finds it by its name.
+For each admitted VM: check it (exists, no snapshots but vbm's, datastore space), turn CBT on if
+the job wants it, write the snapshot into the ledger, then ask vCenter for it, marked as vbm's
+(`shared/pipeline/marker.py`). A create that times out may complete later: the next try (or
+the ledger sweeper) finds it by its name. Disks a snapshot cannot hold (independent disks, raw
+device mappings) and disks the job excludes are left out and named.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
-
-from sqlalchemy import select
+from typing import Any
 
 from shared.bus import Delivery, Permanent, Retryable
-from shared.contracts import DiskRef, Event, JobRequested, SnapshotReady, TransferDone
-from shared.db.models import Job, Run, SnapshotLedger, Task
+from shared.contracts import DiskRef, Event, JobRequested, SkippedDisk, SnapshotReady, TransferDone
+from shared.db.models import Job, Run, Task
 from shared.outbox import stage
-from shared.pipeline import ledger, state
+from shared.pipeline import ledger, marker, runlog, state
+from shared.pipeline.cleanup import remove_entries, remove_one
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context
-from shared.vsphere import NotFound, SnapshotInfo, VCenter, VMInfo, VSphereError
+from shared.vsphere import DiskInfo, NotFound, SnapshotInfo, VCenter, VMInfo, VSphereError
 
 log = logging.getLogger(__name__)
+
+TOUCH = 10.0  # seconds between marks of life while a snapshot step waits for vCenter
+RETRY_CALLS = (2.0, 5.0)  # a busy vCenter is asked again after these waits, within one try
 
 
 @dataclass
 class Deps:
     ctx: Context
     vcenters: VCenters
-
-
-def _sync(deps: Deps) -> None:
-    deps.ctx.relay.kick()
+    kick: Any = field(default=lambda: None)  # wakes the dispatcher
+    secret: bytes = b""  # the snapshot marker key (loaded at wiring)
 
 
 async def on_job_requested(event: JobRequested, delivery: Delivery, deps: Deps) -> Sequence[Event]:
-    ctx = deps.ctx
-    tasks = await _start_run(deps, event)
-    for task_id in tasks:
-        if ctx.stop.is_set():
-            raise Retryable("stopping: the rest of the run is redelivered")
-        try:
-            await _snapshot_task(deps, event.run_id, task_id)
-        except state.Stale:
-            continue
-        except Permanent as exc:
-            _fail(deps, task_id, str(exc))
-        except Retryable as exc:
-            if not delivery.last_attempt:
-                raise
-            # The runner's give-up only fails the run: end the task here, so its snapshot
-            # intent is swept and the run ends with the reason.
-            _fail(deps, task_id, f"gave up after {delivery.attempt} attempts: {exc}")
+    """A run was asked for: the dispatcher plans it from the database at once."""
+    deps.kick()
     return []
 
 
-async def _start_run(deps: Deps, event: JobRequested) -> list[str]:
+async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) -> Sequence[Event]:
+    """The data is safe in the repository: remove the snapshot now, before verification."""
+    await remove_entries(deps.ctx, deps.vcenters, task_id=event.task_id)
+    deps.kick()  # a stream and a snapshot slot are free
+    return []
+
+
+async def snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
+    """The snapshot step of one admitted VM; a failure ends this try (another may follow)."""
+    toucher = asyncio.create_task(_touch(deps, task_id))
+    try:
+        await _snapshot_task(deps, run_id, task_id)
+    except state.Stale:
+        return
+    except (Permanent, Retryable, VSphereError) as exc:
+        _fail(deps, task_id, str(exc))
+    except Exception as exc:  # a bug must not leave the task waiting for its deadline
+        log.exception("snapshot step of %s failed", task_id)
+        _fail(deps, task_id, f"{type(exc).__name__}: {exc}")
+    finally:
+        toucher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await toucher
+
+
+async def _touch(deps: Deps, task_id: str) -> None:
+    """Marks of life: a snapshot step waiting on vCenter is not taken over by another."""
     ctx = deps.ctx
-    now = ctx.clock()
+    while True:
+        await asyncio.sleep(TOUCH)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(_touch_once, ctx, task_id)
+
+
+def _touch_once(ctx: Context, task_id: str) -> None:
     with ctx.sessions.begin() as s:
-        run = s.get(Run, event.run_id)
-        if run is None:
-            raise Permanent(f"run {event.run_id} is not in the database")
-        job = s.get(Job, run.job_id)
-        if job is None:
-            raise Permanent(f"job {run.job_id} of run {run.id} no longer exists")
-        if run.state in ("succeeded", "failed", "partial", "cancelled"):
-            return []
-        if (job.options or {}).get("restore_test"):
-            return []  # a restore-test job: its runs are restores (shared/restores.py), no snapshots
-        if run.state == "queued":
-            run.state, run.started_at = "running", now
-        for vm in job.vms:
-            moref = vm.get("moref") or ""
-            if not moref:
-                raise Permanent(f"job {job.name}: VM {vm.get('name')} has no moref")
-            tid = state.task_id_for(run.id, moref)
-            if s.get(Task, tid) is None:
-                s.add(
-                    Task(
-                        id=tid,
-                        run_id=run.id,
-                        vcenter=job.vcenter,
-                        vm_moref=moref,
-                        vm_name=vm.get("name") or moref,
-                        phase="snapshot",
-                        state="running",
-                        created_at=now,
-                        updated_at=now,
-                        deadline_at=now + _secs(ctx.settings.pipeline.snapshot_timeout),
-                    )
-                )
-        s.flush()
-        rows = s.scalars(select(Task).where(Task.run_id == run.id, Task.phase == "snapshot"))
-        return [t.id for t in rows if t.state not in state.FINAL]
+        task = s.get(Task, task_id)
+        if task is not None and task.phase == "snapshot" and task.state not in state.FINAL:
+            task.updated_at = ctx.clock()
 
 
-def _secs(n: float) -> timedelta:
-    return timedelta(seconds=n)
+async def _call(deps: Deps, vcenter: str, fn: Any) -> Any:
+    """A vCenter call; a busy or unreachable vCenter is asked again twice before the try fails."""
+    for wait in (*RETRY_CALLS, None):
+        try:
+            return await deps.vcenters.call(vcenter, fn)
+        except Retryable:
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)
+    raise AssertionError("unreachable")
 
 
 async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
@@ -107,90 +106,137 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
     with ctx.sessions() as s:
         task = s.get(Task, task_id)
         run = s.get(Run, run_id)
-        assert task is not None and run is not None
+        if task is None or run is None or task.phase != "snapshot" or task.state in state.FINAL:
+            return
         job = s.get(Job, run.job_id)
-        assert job is not None
+        if job is None:
+            raise Permanent(f"job {run.job_id} of run {run_id} no longer exists")
         if run.cancel_requested:
             raise Permanent("cancelled before the snapshot")
-        vcenter, moref, options = task.vcenter, task.vm_moref, dict(job.options)
-    name = ledger.snapshot_name(run_id)
-    vm = await _check_vm(deps, vcenter, moref, name, options)
+        vcenter, moref, options, tries = task.vcenter, task.vm_moref, dict(job.options), task.tries
+        excluded = _excluded_disks(job, vcenter, moref)
+    name = ledger.snapshot_name(run_id, tries)
+    vm = await _check_vm(deps, vcenter, moref, options)
 
     def intend(snapshot: str) -> None:
         """Write the snapshot into the ledger before asking vCenter for it."""
         with ctx.sessions.begin() as s:
             ledger.record_intent(
-                s,
-                name=snapshot,
-                vcenter=vcenter,
-                vm_moref=moref,
-                vm_name=vm.name,
-                run_id=run_id,
-                task_id=task_id,
-                now=ctx.clock(),
-            )
+                s, name=snapshot, vcenter=vcenter, vm_moref=moref, vm_name=vm.name, run_id=run_id,
+                task_id=task_id, now=ctx.clock(),
+            )  # fmt: skip
 
+    def describe(snapshot: str) -> str:
+        return marker.description(deps.secret, vcenter, moref, snapshot, run_id)
+
+    cbt_trouble = None
     if options.get("cbt", True) and not vm.cbt_enabled:
-        # The stun cycle's snapshot is in the ledger too: if its removal fails (or we die), it is
-        # removed with the backup snapshot (the sweeper, after the task).
+        # The stun cycle's snapshot is in the ledger too: if its removal fails (or we die), its
+        # entry stays open and the sweeper removes it.
         cycle = f"{name}-cbt"
         intend(cycle)
-        made = await deps.vcenters.call(vcenter, lambda vc: _enable_cbt(vc, vm, cycle))
-        with ctx.sessions.begin() as s:
-            entry = s.get(SnapshotLedger, (cycle, moref))
-            assert entry is not None
-            entry.state, entry.removed_at = "removed" if made else "gone", ctx.clock()
+        try:
+            made = await deps.vcenters.call(vcenter, lambda vc: _enable_cbt(vc, vm, cycle, describe(cycle)))
+        except StunCycleLeft as exc:  # a backup snapshot on top of it would read a chain: not now
+            raise Permanent(
+                f"the snapshot of CBT's stun cycle could not be removed ({exc.__cause__}); it is removed"
+                " before the VM is tried again"
+            ) from None
+        except (Permanent, Retryable) as exc:  # no CBT this time: the backup reads every disk whole
+            cbt_trouble = f"Changed Block Tracking could not be turned on ({exc}): this backup is a full"
+        else:
+            with ctx.sessions.begin() as s:
+                entry = ledger.get(s, cycle, vcenter, moref)
+                assert entry is not None
+                entry.state, entry.removed_at = "removed" if made else "gone", ctx.clock()
+                note = f"{vm.name}: Changed Block Tracking turned on"
+                runlog.write(s, run_id, note, ctx.clock(), task_id=task_id)
     intend(name)
-    snap = await _create(deps, vcenter, vm, name, options)
-    disks = await deps.vcenters.call(vcenter, lambda vc: vc.snapshot_disks(snap.moref))
+    snap, fallback = await _create(deps, task_id, vcenter, vm, name, describe(name), options)
+    if not await asyncio.to_thread(_still_snapshotting, ctx, task_id):
+        # Ended meanwhile (the watchdog, a cancel): the snapshot is open again in the ledger, so
+        # that it is removed even if a sweep closed its entry before the create completed.
+        with ctx.sessions.begin() as s:
+            entry = ledger.get(s, name, vcenter, moref)
+            if entry is not None:
+                entry.state, entry.snapshot_moref, entry.removed_at = "created", snap.moref, None
+        await remove_one(ctx, deps.vcenters, name, vcenter, moref)
+        return
+    disks = await _call(deps, vcenter, lambda vc: vc.snapshot_disks(snap.moref))
+    taken, skipped = _split(disks, excluded)
     now = ctx.clock()
     with ctx.sessions.begin() as s:
-        entry = s.get(SnapshotLedger, (name, moref))
+        entry = ledger.get(s, name, vcenter, moref)
         assert entry is not None
         entry.state, entry.snapshot_moref, entry.created_at = "created", snap.moref, now
+        task = s.get(Task, task_id)
+        assert task is not None
+        if fallback:
+            state.warn(s, task, f"quiescing failed ({fallback}): the snapshot is crash-consistent", now)
+        if cbt_trouble:
+            state.warn(s, task, cbt_trouble, now)
+        for disk in skipped:
+            if disk.reason != EXCLUDED:
+                state.warn(s, task, f"disk {disk.key} ({disk.label}) not backed up: {disk.reason}", now)
         state.move(
-            s,
-            task_id,
-            expect="snapshot",
-            now=now,
-            phase="transfer",
-            snapshot_moref=snap.moref,
-            bytes_total=sum(d.capacity for d in disks),
-            deadline_at=now + _secs(ctx.settings.pipeline.transfer_stall),
-        )
+            s, task_id, expect="snapshot", now=now, phase="transfer", snapshot_moref=snap.moref,
+            bytes_total=sum(d.capacity for d in taken),
+            deadline_at=now + timedelta(seconds=ctx.settings.pipeline.transfer_stall),
+        )  # fmt: skip
+        runlog.write(s, run_id, f"{vm.name}: snapshot {name} created ({snap.moref})", now, task_id=task_id)
         stage(
             s,
             SnapshotReady(
-                occurred_at=now,
-                run_id=run_id,
-                task_id=task_id,
-                vcenter=vcenter,
-                datacenter=vm.datacenter,
-                vm_moref=moref,
-                vm_name=vm.name,
-                vmx_path=vm.vmx_path,
-                snapshot_moref=snap.moref,
+                occurred_at=now, run_id=run_id, task_id=task_id, vcenter=vcenter, datacenter=vm.datacenter,
+                vm_moref=moref, vm_name=vm.name, vmx_path=vm.vmx_path, snapshot_moref=snap.moref,
                 snapshot_name=name,
                 disks=tuple(
                     DiskRef(
                         key=d.key, capacity_bytes=d.capacity, datastore_path=d.file, change_id=d.change_id
                     )
-                    for d in disks
+                    for d in taken
                 ),
+                skipped=tuple(skipped),
             ),
             now,
-        )
-    _sync(deps)
+        )  # fmt: skip
+    ctx.relay.kick()
 
 
-async def _check_vm(deps: Deps, vcenter: str, moref: str, name: str, options: dict) -> VMInfo:  # type: ignore[type-arg]
+EXCLUDED = "excluded by the job"  # as shared/selection.py says it
+
+
+def _excluded_disks(job: Job, vcenter: str, moref: str) -> set[int]:
+    """Disk keys the job excludes for this VM (`selection.exclude.disks`)."""
+    out: set[int] = set()
+    for rule in ((job.selection or {}).get("exclude") or {}).get("disks") or []:
+        vm = rule.get("vm") or {}
+        if vm.get("moref") == moref and (vm.get("vcenter") or job.vcenter) == vcenter:
+            out.update(int(k) for k in rule.get("keys") or [])
+    return out
+
+
+def _split(disks: list[DiskInfo], excluded: set[int]) -> tuple[list[DiskInfo], list[SkippedDisk]]:
+    taken, skipped = [], []
+    for d in disks:
+        why = EXCLUDED if d.key in excluded else d.unreadable
+        if why:
+            skipped.append(SkippedDisk(key=d.key, label=d.label, reason=why))
+        else:
+            taken.append(d)
+    return taken, skipped
+
+
+async def _check_vm(deps: Deps, vcenter: str, moref: str, options: dict[str, Any]) -> VMInfo:
     try:
-        vm = await deps.vcenters.call(vcenter, lambda vc: vc.vm(moref))
+        vm: VMInfo = await _call(deps, vcenter, lambda vc: vc.vm(moref))
     except Permanent as exc:
         if isinstance(exc.__cause__, NotFound):
-            raise Permanent(f"VM {moref} does not exist on vCenter {vcenter} (removed or renamed?)") from None
+            raise Permanent(f"VM {moref} does not exist on vCenter {vcenter} (removed?)") from None
         raise
-    foreign = [s for s in vm.snapshots if not s.name.startswith("vbm-")]
+    foreign = [
+        s for s in vm.snapshots if not marker.is_vbms(deps.secret, vcenter, moref, s.name, s.description)
+    ]
     if foreign:
         names = ", ".join(repr(s.name) for s in foreign[:5])
         raise Permanent(
@@ -199,7 +245,7 @@ async def _check_vm(deps: Deps, vcenter: str, moref: str, name: str, options: di
             " (Snapshots > Delete All), then run the job again."
         )
     minimum = float(options.get("min_free_percent", 5.0))
-    space = await deps.vcenters.call(vcenter, lambda vc: vc.datastore_free(vm.datastores))
+    space = await _call(deps, vcenter, lambda vc: vc.datastore_free(vm.datastores))
     for ds, (capacity, free) in space.items():
         if capacity and 100.0 * free / capacity < minimum:
             raise Permanent(
@@ -209,35 +255,68 @@ async def _check_vm(deps: Deps, vcenter: str, moref: str, name: str, options: di
     return vm
 
 
-def _enable_cbt(vc: VCenter, vm: VMInfo, name: str) -> bool:
+class StunCycleLeft(Exception):
+    """The stun cycle's snapshot was made and could not be removed (the cause says why)."""
+
+
+def _enable_cbt(vc: VCenter, vm: VMInfo, name: str, description: str) -> bool:
     """Turn CBT on. Like vSphere, it takes effect after a stun cycle: a snapshot create+remove.
     True if the cycle was done (it cannot be on a powered-off VM or one with snapshots)."""
     vc.set_cbt(vm.moref, True)
     if vm.power_state == "poweredOn" and not vm.snapshots:
-        cycle = vc.create_snapshot(vm.moref, name, description="vbm: CBT stun cycle")
-        vc.remove_snapshot(cycle.moref)
+        cycle = vc.create_snapshot(vm.moref, name, description=description)
+        try:
+            vc.remove_snapshot(cycle.moref)
+        except VSphereError as exc:
+            raise StunCycleLeft() from exc
         return True
     return False
 
 
-async def _create(deps: Deps, vcenter: str, vm: VMInfo, name: str, options: dict) -> SnapshotInfo:  # type: ignore[type-arg]
-    existing = [s for s in vm.snapshots if s.name == name]
-    if existing:  # an earlier attempt's create completed after all
-        return existing[0]
+async def _create(
+    deps: Deps, task_id: str, vcenter: str, vm: VMInfo, name: str, description: str, options: dict[str, Any]
+) -> tuple[SnapshotInfo, str | None]:
+    """The snapshot, and why quiescing failed when it fell back to a crash-consistent one. A
+    create that timed out may still complete: before asking again, look for it by its name."""
     quiesce = bool(options.get("quiesce", False))
     timeout = deps.ctx.settings.pipeline.snapshot_timeout
+    fell_back: list[str] = []
 
     def create(vc: VCenter) -> SnapshotInfo:
-        desc = "vbm backup snapshot: removed automatically when the backup ends"
         try:
-            return vc.create_snapshot(vm.moref, name, description=desc, quiesce=quiesce, timeout=timeout)
+            return vc.create_snapshot(
+                vm.moref, name, description=description, quiesce=quiesce, timeout=timeout
+            )
         except VSphereError as exc:
             if quiesce and options.get("quiesce_fallback", True) and not exc.retryable:
                 log.warning("quiesced snapshot of %s failed (%s): crash-consistent instead", vm.name, exc)
-                return vc.create_snapshot(vm.moref, name, description=desc, timeout=timeout)
+                fell_back.append(str(exc))
+                return vc.create_snapshot(vm.moref, name, description=description, timeout=timeout)
             raise
 
-    return await deps.vcenters.call(vcenter, create)
+    snapshots = vm.snapshots
+    for wait in (*RETRY_CALLS, None):
+        existing = [s for s in snapshots if s.name == name]
+        if existing:  # an earlier create completed after all
+            return existing[0], None
+        try:
+            snap: SnapshotInfo = await deps.vcenters.call(vcenter, create)
+            return snap, (fell_back[0] if fell_back else None)
+        except Retryable:
+            if wait is None:
+                raise
+            await asyncio.sleep(wait)
+            if not await asyncio.to_thread(_still_snapshotting, deps.ctx, task_id):
+                raise state.Stale(f"task {task_id} ended while its snapshot was being made") from None
+            snapshots = (await _call(deps, vcenter, lambda vc: vc.vm(vm.moref))).snapshots
+    raise AssertionError("unreachable")
+
+
+def _still_snapshotting(ctx: Context, task_id: str) -> bool:
+    """Whether the task still waits for this snapshot (the watchdog may have ended it)."""
+    with ctx.sessions() as s:
+        task = s.get(Task, task_id)
+        return task is not None and task.phase == "snapshot" and task.state not in state.FINAL
 
 
 def _fail(deps: Deps, task_id: str, reason: str) -> None:
@@ -245,15 +324,11 @@ def _fail(deps: Deps, task_id: str, reason: str) -> None:
     now = ctx.clock()
     with ctx.sessions.begin() as s:
         task = s.get(Task, task_id)
-        if task is None:
+        if task is None or task.state in state.FINAL:
             return
-        state.fail_task(s, task, step="snapshot", reason=reason, now=now)
-    _sync(deps)
-
-
-async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) -> Sequence[Event]:
-    """The data is safe in the repository: remove the snapshot now, before verification."""
-    from shared.pipeline.cleanup import remove_entries
-
-    await remove_entries(deps.ctx, deps.vcenters, task_id=event.task_id)
-    return []
+        run = s.get(Run, task.run_id)
+        job = s.get(Job, run.job_id) if run is not None else None
+        policy = state.RetryPolicy.of(ctx.settings, job)
+        state.fail_task(s, task, step="snapshot", reason=reason, now=now, policy=policy)
+    ctx.relay.kick()
+    deps.kick()

@@ -1,11 +1,13 @@
 """On start: remove vbm snapshots that no live run owns.
 
 The ledger covers every snapshot this vbm asked for, but a database restored from an older copy,
-a crash of the whole host at the wrong moment or a manual import can leave `vbm-*` snapshots that
-no open ledger entry explains. At start the snapshotter looks at every VM of every configured
-vCenter: a snapshot named `vbm-...` whose ledger entry is missing, closed, or belongs to a task
-that has ended is removed (and recorded as removed). Snapshots with other names are never
-touched. A removal that fails raises an alert naming the VM.
+a crash of the whole host at the wrong moment or a manual import can leave vbm snapshots that no
+open ledger entry explains. At start the snapshotter looks at every VM of every configured
+vCenter: a snapshot that carries vbm's mark (`shared/pipeline/marker.py`) and whose ledger entry
+is missing, closed, or belongs to a task that is not snapshotting or transferring any more is
+removed (and recorded as removed). A snapshot without the mark is not vbm's, whatever its name
+(a user may call one `vbm-anything`): it is never touched. A removal that fails raises an alert
+naming the VM.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import asyncio
 import logging
 
 from shared.db.models import SnapshotLedger, Task
-from shared.pipeline import ledger, state
+from shared.pipeline import ledger, marker, state
 from shared.pipeline.alerts import raise_alert
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context
@@ -25,20 +27,20 @@ log = logging.getLogger(__name__)
 PREFIX = "vbm-"
 
 
-def _owned(ctx: Context, name: str, vm_moref: str) -> bool:
+def _owned(ctx: Context, name: str, vcenter: str, vm_moref: str) -> bool:
     """Whether a live task still owns this snapshot (then it is left to the pipeline)."""
     with ctx.sessions() as s:
-        entry = s.get(SnapshotLedger, (name, vm_moref))
+        entry = ledger.get(s, name, vcenter, vm_moref)
         if entry is None or entry.state not in ledger.OPEN:
             return False
         task = s.get(Task, entry.task_id)
-        return task is not None and task.state not in state.FINAL
+        return task is not None and task.state not in state.FINAL and task.phase in ("snapshot", "transfer")
 
 
 def _record(ctx: Context, vcenter: str, vm: VMInfo, name: str, moref: str, error: str | None) -> None:
     now = ctx.clock()
     with ctx.sessions.begin() as s:
-        entry = s.get(SnapshotLedger, (name, vm.moref))
+        entry = ledger.get(s, name, vcenter, vm.moref)
         if entry is None:
             entry = SnapshotLedger(
                 snapshot_name=name,
@@ -71,7 +73,7 @@ def _record(ctx: Context, vcenter: str, vm: VMInfo, name: str, moref: str, error
         )
 
 
-async def sweep_orphans(ctx: Context, vcenters: VCenters) -> int:
+async def sweep_orphans(ctx: Context, vcenters: VCenters, secret: bytes) -> int:
     """Remove orphaned vbm snapshots on every configured vCenter; how many were removed."""
     removed = 0
     timeout = ctx.settings.pipeline.snapshot_timeout
@@ -87,7 +89,14 @@ async def sweep_orphans(ctx: Context, vcenters: VCenters) -> int:
             for snap in vm.snapshots:
                 if not snap.name.startswith(PREFIX):
                     continue
-                if await asyncio.to_thread(_owned, ctx, snap.name, vm.moref):
+                if not marker.is_vbms(secret, name, vm.moref, snap.name, snap.description):
+                    log.warning(
+                        "VM %s has a snapshot named %r without vbm's mark: not vbm's, left alone",
+                        vm.name,
+                        snap.name,
+                    )
+                    continue
+                if await asyncio.to_thread(_owned, ctx, snap.name, name, vm.moref):
                     continue
                 try:
                     await asyncio.to_thread(vc.remove_snapshot, snap.moref, timeout=timeout)

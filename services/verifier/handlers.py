@@ -88,15 +88,18 @@ async def verify_restore_point(
     return problems, []
 
 
+NOT_COMPARED = "sizes not compared"
+
+
 async def compare_sizes(deps: Deps, vcenter: str, vm_moref: str, disks: list[dict[str, Any]]) -> list[str]:
     """Notes (never failures) where a disk's size in vCenter now differs from the backup's."""
     notes: list[str] = []
     try:
         vm = await asyncio.to_thread(deps.vcenters.get(vcenter).vm, vm_moref)
     except KeyError:
-        return [f"sizes not compared: vCenter {vcenter!r} is no longer configured"]
+        return [f"{NOT_COMPARED}: vCenter {vcenter!r} is no longer configured"]
     except VSphereError as exc:
-        return [f"sizes not compared with vCenter: {exc}"]
+        return [f"{NOT_COMPARED} with vCenter: {exc}"]
     now_sizes = {d.key: d.capacity for d in vm.disks}
     for d in disks:
         if d["key"] not in now_sizes:
@@ -207,6 +210,9 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
         )
         job_id = row.job_id
         if ok:
+            for note in notes:  # the VM changed since (a disk resized or detached): worth a warning
+                if not note.startswith(NOT_COMPARED):
+                    state.warn(s, task, f"verified, but {note}", now)
             state.end_task(s, task, "succeeded", now)
             job = s.get(Job, job_id) if job_id else None
             for target in (job.options or {}).get("replicate_to", ()) if job is not None else ():
@@ -214,20 +220,22 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
                     replication.request(s, row.id, target, now)
         else:
             reason = f"restore point {event.restore_point_id} failed verification: {problems[0]}"
-            stage(
-                s,
-                StepFailed(
-                    occurred_at=now,
-                    run_id=event.run_id,
-                    task_id=event.task_id,
-                    step="verify",
-                    reason=reason,
-                    vcenter=vcenter,
-                    vm_moref=vm_moref,
-                ),
-                now,
-            )
-            state.end_task(s, task, "failed", now, reason)
+            job = s.get(Job, job_id) if job_id else None
+            policy = state.RetryPolicy.of(ctx.settings, job)
+            if state.try_failed(s, task, step="verify", reason=reason, now=now, policy=policy) != "retry":
+                stage(
+                    s,
+                    StepFailed(
+                        occurred_at=now,
+                        run_id=event.run_id,
+                        task_id=event.task_id,
+                        step="verify",
+                        reason=reason,
+                        vcenter=vcenter,
+                        vm_moref=vm_moref,
+                    ),
+                    now,
+                )
     ctx.relay.kick()
     if ok:  # a new good restore point: retention may let older ones go now
         try:

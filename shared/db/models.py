@@ -67,6 +67,9 @@ class ServiceInstance(Base):
     started_at: Mapped[datetime] = mapped_column(UTCDateTime())
     stopped_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
     state: Mapped[str] = mapped_column(String(16))
+    # Written with every heartbeat: a process not seen for a few intervals is gone.
+    seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    capacity: Mapped[int] = mapped_column(Integer, default=0, server_default="0")  # a mover's streams
 
 
 JSONType = JSON().with_variant(JSONB(), "postgresql")
@@ -99,8 +102,9 @@ class Job(Base):
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
-    vcenter: Mapped[str] = mapped_column(String(64))
+    vcenter: Mapped[str] = mapped_column(String(64))  # the default vCenter of its VMs and selectors
     vms: Mapped[list[dict[str, Any]]] = mapped_column(JSONType)
+    selection: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # select, exclude
     schedule: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
     options: Mapped[dict[str, Any]] = mapped_column(JSONType)
     repository: Mapped[str] = mapped_column(String(1024))
@@ -123,6 +127,7 @@ class Run(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    wait_reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # while queued: for what
     created_at: Mapped[datetime] = _ts()
     started_at: Mapped[datetime | None] = _ts_null()
     finished_at: Mapped[datetime | None] = _ts_null()
@@ -150,6 +155,15 @@ class Task(Base):
     bytes_stored: Mapped[int] = mapped_column(BigInteger, default=0)
     rate: Mapped[float] = mapped_column(Float, default=0.0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # Scheduling (docs/design.md, "Scheduling of work"): why it waits, not before when (a retry),
+    # which try this is, what it noticed on the way (a quiesce fallback, a skipped disk), and
+    # where the VM lives (the limits count snapshots per host and per datastore).
+    wait_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    not_before: Mapped[datetime | None] = _ts_null()
+    tries: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    warnings: Mapped[list[str]] = mapped_column(JSONType, default=list)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    datastores: Mapped[list[str]] = mapped_column(JSONType, default=list)
     created_at: Mapped[datetime] = _ts()
     updated_at: Mapped[datetime] = _ts()
     deadline_at: Mapped[datetime | None] = _ts_null()
@@ -335,7 +349,7 @@ class SnapshotLedger(Base):
 
     snapshot_name: Mapped[str] = mapped_column(String(160), primary_key=True)
     vm_moref: Mapped[str] = mapped_column(String(64), primary_key=True)
-    vcenter: Mapped[str] = mapped_column(String(64))
+    vcenter: Mapped[str] = mapped_column(String(64), primary_key=True)  # morefs repeat across vCenters
     vm_name: Mapped[str] = mapped_column(String(255))
     run_id: Mapped[str] = mapped_column(String(128))
     task_id: Mapped[str] = mapped_column(String(160))

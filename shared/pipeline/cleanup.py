@@ -12,8 +12,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from shared.db.models import SnapshotLedger
-from shared.pipeline import ledger
+from shared.pipeline import ledger, runlog
 from shared.pipeline.alerts import raise_alert
 from shared.pipeline.vcenters import VCenters
 from shared.runtime import Context
@@ -27,28 +26,28 @@ STUCK_RETRY = timedelta(minutes=15)
 async def remove_entries(ctx: Context, vcenters: VCenters, *, task_id: str) -> bool:
     """Remove every open snapshot of a task; True when none is left."""
     with ctx.sessions() as s:
-        keys = [(e.snapshot_name, e.vm_moref) for e in ledger.open_entries(s, task_id)]
-    results = [await remove_one(ctx, vcenters, name, moref) for name, moref in keys]
+        keys = [(e.snapshot_name, e.vcenter, e.vm_moref) for e in ledger.open_entries(s, task_id)]
+    results = [await remove_one(ctx, vcenters, name, vcenter, moref) for name, vcenter, moref in keys]
     return all(results)
 
 
-async def remove_one(ctx: Context, vcenters: VCenters, name: str, vm_moref: str) -> bool:
+async def remove_one(ctx: Context, vcenters: VCenters, name: str, vcenter: str, vm_moref: str) -> bool:
     now = ctx.clock()
     with ctx.sessions.begin() as s:
-        entry = s.get(SnapshotLedger, (name, vm_moref))
+        entry = ledger.get(s, name, vcenter, vm_moref)
         if entry is None or entry.state not in ledger.OPEN:
             return True
-        vcenter, known, requested_at = entry.vcenter, entry.snapshot_moref, entry.requested_at
+        known, requested_at = entry.snapshot_moref, entry.requested_at
         if entry.state != "stuck":
             entry.state = "removing"
     timeout = ctx.settings.pipeline.snapshot_timeout
     try:
         removed = await asyncio.to_thread(_remove, vcenters.get(vcenter), vm_moref, name, known, timeout)
     except Exception as exc:  # any failure (vSphere, network, a bug) is recorded and retried
-        _failed(ctx, name, vm_moref, str(exc))
+        _failed(ctx, name, vcenter, vm_moref, str(exc))
         return False
     with ctx.sessions.begin() as s:
-        entry = s.get(SnapshotLedger, (name, vm_moref))
+        entry = ledger.get(s, name, vcenter, vm_moref)
         assert entry is not None
         # A create may be asked for until the task's deadline (snapshot_timeout after the intent)
         # and is waited for snapshot_timeout more: until then, "not there" may be "not yet".
@@ -61,6 +60,10 @@ async def remove_one(ctx: Context, vcenters: VCenters, name: str, vm_moref: str)
         entry.state = "removed" if removed else "gone"
         entry.removed_at = now
         entry.last_error = None
+        if removed and entry.run_id != "-":
+            runlog.write(
+                s, entry.run_id, f"{entry.vm_name}: snapshot {name} removed", now, task_id=entry.task_id
+            )
     log.info("snapshot %s of %s: %s", name, vm_moref, "removed" if removed else "not there")
     return True
 
@@ -77,11 +80,11 @@ def _remove(vc: VCenter, vm_moref: str, name: str, known: str | None, timeout: f
     return len(targets)
 
 
-def _failed(ctx: Context, name: str, vm_moref: str, error: str) -> None:
+def _failed(ctx: Context, name: str, vcenter: str, vm_moref: str, error: str) -> None:
     now = ctx.clock()
     limit = ctx.settings.pipeline.cleanup_attempts
     with ctx.sessions.begin() as s:
-        entry = s.get(SnapshotLedger, (name, vm_moref))
+        entry = ledger.get(s, name, vcenter, vm_moref)
         assert entry is not None
         entry.attempts += 1
         entry.last_error = error[:2000]

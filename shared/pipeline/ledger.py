@@ -18,8 +18,9 @@ from shared.db.models import SnapshotLedger
 OPEN = ("requested", "created", "removing", "stuck")
 
 
-def snapshot_name(run_id: str) -> str:
-    return f"vbm-{run_id}"
+def snapshot_name(run_id: str, tries: int = 1) -> str:
+    """`vbm-<run id>`, and `-t<n>` for a VM's n-th try within its run (each try its own name)."""
+    return f"vbm-{run_id}" if tries <= 1 else f"vbm-{run_id}-t{tries}"
 
 
 def record_intent(
@@ -33,7 +34,7 @@ def record_intent(
     task_id: str,
     now: datetime,
 ) -> SnapshotLedger:
-    entry = session.get(SnapshotLedger, (name, vm_moref))
+    entry = session.get(SnapshotLedger, (name, vm_moref, vcenter))
     if entry is None:
         entry = SnapshotLedger(
             snapshot_name=name,
@@ -55,3 +56,15 @@ def open_entries(session: Session, task_id: str | None = None) -> list[SnapshotL
     if task_id is not None:
         query = query.where(SnapshotLedger.task_id == task_id)
     return list(session.scalars(query))
+
+
+def open_vms(session: Session) -> set[tuple[str, str]]:
+    """(vcenter, VM moref) of every VM with a vbm snapshot open (or possibly being made)."""
+    rows = session.execute(
+        select(SnapshotLedger.vcenter, SnapshotLedger.vm_moref).where(SnapshotLedger.state.in_(OPEN))
+    )
+    return {(str(vc), str(vm)) for vc, vm in rows}
+
+
+def get(session: Session, name: str, vcenter: str, vm_moref: str) -> SnapshotLedger | None:
+    return session.get(SnapshotLedger, (name, vm_moref, vcenter))

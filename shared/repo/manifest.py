@@ -74,6 +74,15 @@ class DiskEntry(Model):
         return {e for e in self.chunks if isinstance(e, str)}
 
 
+class SkippedDiskEntry(Model):
+    """A disk of the VM that this restore point does not hold, and why (excluded by the job, an
+    independent disk, a raw device mapping). Optional: absent when no disk was skipped."""
+
+    key: int
+    label: str = ""
+    reason: str
+
+
 class RestorePoint(Model):
     format: Literal["vbm-restore-point"] = "vbm-restore-point"
     version: Literal[1] = 1
@@ -94,6 +103,7 @@ class RestorePoint(Model):
     immutable_until: datetime | None = Field(
         default=None, description="Object Lock: every object of this point is retained at least until then"
     )
+    skipped: tuple[SkippedDiskEntry, ...] = Field(default=(), description="Disks left out, and why")
 
     def chunk_ids(self) -> set[str]:
         ids: set[str] = set()
@@ -143,7 +153,8 @@ def tree_digest(entries: list[str | None], capacity: int, chunk_size: int) -> st
 
 
 def dump(model: RestorePoint) -> bytes:
-    body = model.model_dump_json(indent=1).encode()
+    # `skipped` is written only when a disk was skipped: other manifests keep their shape.
+    body = model.model_dump_json(indent=1, exclude=None if model.skipped else {"skipped"}).encode()
     return blake3(body).hexdigest().encode() + b"\n" + body
 
 

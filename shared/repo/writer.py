@@ -22,7 +22,15 @@ from typing import Protocol
 
 from shared.repo import chunk as chunks
 from shared.repo.errors import RepoError
-from shared.repo.manifest import DiskEntry, FileEntry, RestorePoint, compact, expand, tree_digest
+from shared.repo.manifest import (
+    DiskEntry,
+    FileEntry,
+    RestorePoint,
+    SkippedDiskEntry,
+    compact,
+    expand,
+    tree_digest,
+)
 from shared.repo.repository import Repository, new_restore_point_id
 
 
@@ -222,6 +230,7 @@ def restore_point(
     files: Sequence[FileEntry] = (),
     parent: str | None = None,
     rp_id: str | None = None,
+    skipped: Sequence[SkippedDiskEntry] = (),
     **meta: str | None,
 ) -> RestorePoint:
     return RestorePoint(
@@ -232,5 +241,6 @@ def restore_point(
         parent=parent,
         disks=tuple(disks),
         files=tuple(files),
+        skipped=tuple(skipped),
         **meta,
     )

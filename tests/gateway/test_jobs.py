@@ -63,7 +63,7 @@ async def test_create_list_get_and_reject_bad_input(make_api: MakeApi, db_url: s
         (body(name="x", vms=[{"moref": "vm-99999"}]), 422, "vms.0.moref: no VM vm-99999 on vCenter lab"),
         (body(name="x", vms=[{"moref": "vm 1"}]), 422, "vms.0.moref: String should match pattern"),
         (body(name="x", vms=[{"name": "vm1"}, {"moref": vm1}]), 422, "vms.1: VM vm1"),
-        (body(name="x", vms=[]), 422, "vms: Tuple should have at least 1 item"),
+        (body(name="x", vms=[]), 422, "(body): Value error, a job needs VMs: list them (vms) or select them"),
         (body(name="x", colour="red"), 422, "colour: Extra inputs are not permitted"),
         (body(name="x", schedule={"kind": "cron", "cron": "61 * * * *"}), 422, "schedule: Value error"),
         ([1, 2], 422, "(body): Input should be a valid dictionary"),

@@ -19,6 +19,7 @@ from sqlalchemy import select
 
 from lab.launcher import DiskSpec, Lab, LabSpec, VMSpec
 from shared.bus import Bus
+from shared.contracts import RUN_FINAL
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Alert, Job, RestorePointRow, Run, SnapshotLedger, Task
 from shared.jobs import JobSpec, job_row, request_run
@@ -114,7 +115,7 @@ class Pipeline:
         while True:
             with self.sessions() as s:
                 run = s.get(Run, run_id)
-                if run is not None and run.state in ("succeeded", "failed", "partial", "cancelled"):
+                if run is not None and run.state in RUN_FINAL:
                     return run
             if time.monotonic() > deadline:
                 raise AssertionError(
@@ -136,6 +137,12 @@ class Pipeline:
     def tasks(self, run_id: str) -> list[Task]:
         with self.sessions() as s:
             return list(s.scalars(select(Task).where(Task.run_id == run_id).order_by(Task.vm_name)))
+
+    def run_log(self, run_id: str) -> list[dict[str, Any]]:
+        from shared.pipeline import runlog
+
+        with self.sessions() as s:
+            return runlog.lines(s, run_id)
 
     def dump(self, run_id: str) -> str:
         rows = [f"{t.vm_name} {t.phase} {t.state} {t.error}" for t in self.tasks(run_id)]
@@ -257,6 +264,9 @@ async def pipeline_factory(
             ),
             VBM_PIPELINE__WATCHDOG_INTERVAL="0.5",
             VBM_PIPELINE__CLEANUP_BACKOFF="0.5",
+            VBM_PIPELINE__DISPATCH_INTERVAL="0.3",
+            # A failed VM ends its run at once here; tests of retries set their own.
+            VBM_PIPELINE__RETRIES="0",
             VBM_SHUTDOWN_GRACE="5",
         )
         env.update(settings)

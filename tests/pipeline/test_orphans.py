@@ -1,4 +1,9 @@
-"""The snapshotter's start-up sweep: vbm snapshots no live run owns are removed, others kept."""
+"""The snapshotter's start-up sweep: vbm snapshots no live run owns are removed, others kept.
+
+A snapshot is vbm's by its mark (an HMAC under the installation's key in its description), never
+by its name: a user's snapshot named `vbm-...` is the user's, left alone, and a backup of that VM
+is refused as for any other snapshot not made by vbm.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 from shared.db.models import Alert, SnapshotLedger
+from shared.pipeline import marker
 from shared.settings import VCenterSettings
 from shared.vsphere import VCenter
 from tests.pipeline.conftest import Pipeline
@@ -19,19 +25,35 @@ async def test_orphaned_vbm_snapshots_are_removed_at_start(pipeline_factory: Cal
         )
     )
     web, db = p.lab.vm("web")["moref"], p.lab.vm("db")["moref"]
-    vc.create_snapshot(web, "vbm-job-x-20260101T020000Z")  # from a run the database knows nothing of
+    secret = marker.key(p.sessions)
+    orphan = "vbm-job-x-20260101T020000Z"  # from a run the database knows nothing of
+    vc.create_snapshot(web, orphan, description=marker.description(secret, "lab", web, orphan, "job-x-2026"))
     user = vc.create_snapshot(db, "before upgrade")
+    fake = vc.create_snapshot(
+        db, "vbm-mine", description="vbm backup snapshot of run x: [vbm:0123456789abcdef01234567]"
+    )
     p.start("snapshotter")
     for _ in range(100):
         if p.lab.snapshots("web") == []:
             break
         await asyncio.sleep(0.2)
     assert p.lab.snapshots("web") == []
-    assert p.lab.snapshots("db") == ["before upgrade"]  # never touch what vbm did not make
+    # never touch what vbm did not make, even named like vbm's
+    assert p.lab.snapshots("db") == ["before upgrade", "vbm-mine"]
     with p.sessions() as s:
-        entry = s.get(SnapshotLedger, ("vbm-job-x-20260101T020000Z", web))
+        entry = s.get(SnapshotLedger, (orphan, web, "lab"))
         assert entry is not None and entry.state == "removed"
+        assert s.get(SnapshotLedger, ("vbm-mine", db, "lab")) is None
         assert s.query(Alert).count() == 0
+
+    # a backup of that VM is refused: a user's snapshot named vbm-... is still the user's
+    p.start("mover", "verifier", "notifier")
+    run = await p.wait_run(await p.run_job(p.create_job("after", ["db"])), timeout=60)
+    (task,) = p.tasks(run.id)
+    assert run.state == "failed" and "2 snapshot(s) not made by vbm ('before upgrade', 'vbm-mine')" in (
+        task.error or ""
+    ), task.error
+    vc.remove_snapshot(fake.moref)
     vc.remove_snapshot(user.moref)
     vc.close()
     p.assert_clean()

@@ -1,4 +1,4 @@
-"""A private Azure Blob server for tests: Azurite (`npm install azurite@3`, in var/node).
+"""A private Azure Blob server for tests: Azurite (`npm ci` of node/package-lock.json, in var/node).
 
 It listens on a free loopback port, keeps its data in a temp dir and knows one account with a
 random key (AZURITE_ACCOUNTS), so wrong keys are refused for real. ``azurite_server`` is
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 BINARY = ROOT / "var" / "node" / "node_modules" / ".bin" / "azurite-blob"
 INSTALL_HINT = (
     "run `make test`, which installs Azurite with npm into var/node"
-    " (`npm install --prefix var/node azurite@3`; Node.js from Debian's nodejs and npm packages)"
+    " (`npm ci` of node/package-lock.json into var/node; Node.js from Debian's nodejs and npm packages)"
 )
 
 

@@ -79,6 +79,18 @@ class DiskInfo:
     thin: bool
     change_id: str | None
     uuid: str | None = None  # backing.uuid, e.g. "6000C29b-...": the WWN a guest sees it by
+    mode: str = "persistent"  # backing.diskMode: independent_* disks are left out of snapshots
+    kind: str = "flat"  # "flat", or "rdm-physical"/"rdm-virtual" for a raw device mapping
+
+    @property
+    def unreadable(self) -> str | None:
+        """Why a backup cannot take this disk from a snapshot, or None."""
+        if self.kind.startswith("rdm"):
+            mode = self.kind.split("-", 1)[1]
+            return f"a raw device mapping ({mode} mode): its LUN is not read through the datastore"
+        if self.mode.startswith("independent"):
+            return f"an independent disk ({self.mode}): vSphere leaves it out of snapshots"
+        return None
 
     @property
     def flat_path(self) -> str:
@@ -964,6 +976,9 @@ def _disks(devices: Any) -> Iterator[DiskInfo]:
         file = getattr(backing, "fileName", "") or ""
         datastore = file[1 : file.index("]")] if file.startswith("[") and "]" in file else ""
         capacity = int(dev.capacityInBytes or 0) or int(dev.capacityInKB) * 1024
+        kind = "flat"
+        if isinstance(backing, vim.vm.device.VirtualDisk.RawDiskMappingVer1BackingInfo):
+            kind = "rdm-physical" if str(backing.compatibilityMode) == "physicalMode" else "rdm-virtual"
         yield DiskInfo(
             key=int(dev.key),
             label=dev.deviceInfo.label if dev.deviceInfo else "",
@@ -973,6 +988,8 @@ def _disks(devices: Any) -> Iterator[DiskInfo]:
             thin=bool(getattr(backing, "thinProvisioned", False)),
             change_id=getattr(backing, "changeId", None) or None,
             uuid=getattr(backing, "uuid", None) or None,
+            mode=str(getattr(backing, "diskMode", None) or "persistent"),
+            kind=kind,
         )
 
 

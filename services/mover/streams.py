@@ -1,0 +1,207 @@
+"""Disk streams: how many disks a mover reads at once, and what production allows.
+
+* Locally, a mover offers `mover.streams` streams. Each VM it works on holds one (the dispatcher
+  admitted the VM against the movers' streams, so that one is always there); its other disks
+  read in parallel only on streams free at that moment, else one after the other on its own.
+* Across movers, each disk stream takes a lease (`shared/pipeline/leases.py`) on its datastore,
+  host and repository, within `limits.streams_per_*` (0: none). A stream waiting for a lease
+  says so (task progress, the run's log) and stays alive: waiting is not stalling.
+* Storage latency control: every range read's time to first byte feeds a moving average per
+  datastore; above `limits.latency_ms` the datastore's stream limit halves (down to 1), and
+  recovers by one a step after reads stay below half the threshold for `RECOVER` seconds. The
+  limit lives in the database (`throttles`), so the dispatcher and every mover follow it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from urllib.parse import parse_qs, urlsplit
+
+from sqlalchemy import select
+
+from shared.db.models import Run, Task
+from shared.db.work import Throttle
+from shared.pipeline import leases, runlog
+from shared.runtime import Context
+
+log = logging.getLogger(__name__)
+
+POLL = 0.5  # seconds between looks at a lease that is taken
+RENEW = 20.0  # seconds between renewals of a held lease (it expires after leases.TTL)
+ALPHA = 0.3  # weight of a new read in the latency average
+STEP = 5.0  # seconds between two changes of one datastore's limit
+RECOVER = 5.0  # seconds below half the threshold before a step up
+
+
+@dataclass
+class LocalStreams:
+    """The mover's own streams: one held by each VM in hand, the rest free for extra disks."""
+
+    total: int
+    used: int = 0
+
+    def vm_started(self) -> None:
+        self.used += 1
+
+    def vm_ended(self) -> None:
+        self.used -= 1
+
+    def try_extra(self) -> bool:
+        if self.used < self.total:
+            self.used += 1
+            return True
+        return False
+
+    def release_extra(self) -> None:
+        self.used -= 1
+
+
+@dataclass
+class Latency:
+    """Per datastore: the moving average of time to first byte, and the limit it led to."""
+
+    ctx: Context
+    average: dict[str, float] = field(default_factory=dict)  # resource -> seconds
+    changed: dict[str, float] = field(default_factory=dict)  # resource -> monotonic time
+    calm_since: dict[str, float] = field(default_factory=dict)
+
+    def observer(self, vcenter: str) -> Callable[[str, float], None]:
+        """What one vCenter's DatastoreHTTP tells of each range read (url, time to first byte)."""
+
+        def observe(url: str, seconds: float) -> None:
+            store = parse_qs(urlsplit(url).query).get("dsName", [""])[0]
+            if store:
+                key = leases.datastore(vcenter, store)
+                before = self.average.get(key)
+                self.average[key] = seconds if before is None else ALPHA * seconds + (1 - ALPHA) * before
+
+        return observe
+
+    async def adjust(self, notify: Callable[[str, str, str], None]) -> None:
+        """Lower or raise each datastore's limit by what its latency says (once a second)."""
+        threshold = self.ctx.settings.limits.latency_ms / 1000
+        configured = self.ctx.settings.limits.streams_per_datastore
+        if threshold <= 0 or configured <= 0:
+            return
+        now = time.monotonic()
+        for key, average in list(self.average.items()):
+            if now - self.changed.get(key, 0.0) < STEP:
+                continue
+            current = await asyncio.to_thread(_limit_now, self.ctx, key, configured)
+            if average > threshold and current > 1:
+                new = max(1, current // 2)
+                self.calm_since.pop(key, None)
+            elif average < threshold / 2 and current < configured:
+                since = self.calm_since.setdefault(key, now)
+                if now - since < RECOVER:
+                    continue
+                new = current + 1
+                self.calm_since[key] = now
+            else:
+                if average >= threshold / 2:
+                    self.calm_since.pop(key, None)
+                continue
+            self.changed[key] = now
+            await asyncio.to_thread(_set_limit, self.ctx, key, new, configured, average * 1000)
+            vcenter, store = key.split(":", 1)[1].split("/", 1)
+            how = "slow" if new < current else "recovering"
+            message = (
+                f"datastore {store} is {how}: {average * 1000:.0f} ms to first byte (threshold"
+                f" {threshold * 1000:.0f} ms): {new} stream(s) at once, was {current}"
+            )
+            log.warning("%s", message)
+            await asyncio.to_thread(notify, vcenter, store, message)
+
+
+def _limit_now(ctx: Context, key: str, configured: int) -> int:
+    with ctx.sessions() as s:
+        row = s.get(Throttle, key)
+        return min(configured, row.limit_now) if row is not None else configured
+
+
+def _set_limit(ctx: Context, key: str, limit: int, configured: int, latency_ms: float) -> None:
+    with ctx.sessions.begin() as s:
+        row = s.get(Throttle, key)
+        if limit >= configured:
+            if row is not None:
+                s.delete(row)
+            return
+        if row is None:
+            row = Throttle(resource=key, limit_now=limit, latency_ms=latency_ms, updated_at=ctx.clock())
+            s.add(row)
+        row.limit_now, row.latency_ms, row.updated_at = limit, latency_ms, ctx.clock()
+
+
+def stream_limits(
+    ctx: Context, vcenter: str, datastore: str, host: str | None, repository: str
+) -> list[tuple[str, int]]:
+    """The leases a disk stream needs: (resource, limit) for each limit that is set."""
+    limits = ctx.settings.limits
+    wanted = []
+    if limits.streams_per_datastore:
+        key = leases.datastore(vcenter, datastore)
+        wanted.append((key, _limit_now(ctx, key, limits.streams_per_datastore)))
+    if limits.streams_per_host and host:
+        wanted.append((leases.host(vcenter, host), limits.streams_per_host))
+    if limits.streams_per_repository:
+        wanted.append((leases.repository(repository), limits.streams_per_repository))
+    return wanted
+
+
+@contextlib.asynccontextmanager
+async def leased(
+    ctx: Context, holder: str, wanted: list[tuple[str, int]], waiting: Callable[[str | None], None]
+) -> AsyncIterator[None]:
+    """Hold a lease on every (resource, limit) for the block; wait (saying for what) until each
+    is free. Taken in a fixed order, so two streams never wait for each other."""
+    held: list[tuple[str, int]] = []
+    renewer: asyncio.Task[None] | None = None
+    try:
+        for resource, limit in sorted(wanted):
+            while True:
+                slot = await asyncio.to_thread(
+                    leases.acquire, ctx.sessions, resource, limit, holder, ctx.clock()
+                )
+                if slot is not None:
+                    held.append((resource, slot))
+                    break
+                kind, _, name = resource.partition(":")
+                what = {"ds": "datastore", "host": "host", "repo": "repository"}.get(kind, kind)
+                waiting(f"waiting for a stream on {what} {name.split('/', 1)[-1]} ({limit} at once)")
+                await asyncio.sleep(POLL)
+        waiting(None)
+        renewer = asyncio.create_task(_renew(ctx, holder, held))
+        yield
+    finally:
+        if renewer is not None:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+        for resource, slot in held:
+            with contextlib.suppress(Exception):  # an unreleased lease expires on its own
+                await asyncio.to_thread(leases.release, ctx.sessions, resource, slot, holder)
+
+
+async def _renew(ctx: Context, holder: str, held: list[tuple[str, int]]) -> None:
+    while True:
+        await asyncio.sleep(RENEW)
+        for resource, slot in held:
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(leases.renew, ctx.sessions, resource, slot, holder, ctx.clock())
+
+
+def note_throttle(ctx: Context, vcenter: str, datastore: str, message: str, now: datetime) -> None:
+    """Tell every run transferring from the datastore (its log) that it was slowed or sped up."""
+    with ctx.sessions.begin() as s:
+        tasks = s.scalars(
+            select(Task).where(Task.phase == "transfer", Task.state == "running", Task.vcenter == vcenter)
+        ).all()
+        for run_id in sorted({t.run_id for t in tasks if datastore in (t.datastores or [])}):
+            if s.get(Run, run_id) is not None:
+                runlog.write(s, run_id, message, now, level="warning")

@@ -1,0 +1,203 @@
+"""Which VMs a job holds: a list of VMs, selectors resolved at every run, and exclusions.
+
+A job names VMs (by moref, resolved from names when it is saved) and/or *selectors*: every VM in
+a folder (and its subfolders), a cluster, on a host, in a resource pool (and its child pools), on
+a datastore, carrying a vSphere tag (`Category/Tag`, or `Tag` in any category), or whose name
+matches a pattern (`web-*`, shell-style). Each VM reference and selector may name its vCenter;
+without one it is the job's. Exclusions remove VMs (by moref or name) and disks of a VM (by key).
+Resolution (`resolve`) happens at every run against each vCenter's inventory of the moment, so
+new VMs are protected without editing the job; templates are never selected. `preview` shows
+what it resolves to today.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from shared.db.models import Job
+from shared.vsphere import VCenter
+from shared.vsphere.inventory import InventoryVM
+
+EXCLUDED = "excluded by the job"
+CRITERIA = ("folder", "cluster", "host", "resource_pool", "datastore", "tag", "name")
+
+
+class VMRef(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vcenter: str | None = Field(default=None, max_length=64, description="Default: the job's vCenter")
+    moref: str | None = Field(default=None, pattern=r"^[A-Za-z0-9_.:-]{1,64}$")
+    name: str | None = Field(default=None, min_length=1, max_length=255)
+
+    @model_validator(mode="after")
+    def _named(self) -> VMRef:
+        if not self.moref and not self.name:
+            raise ValueError("a VM needs a moref (e.g. vm-42) or a name")
+        return self
+
+
+class Selector(BaseModel):
+    """Exactly one criterion: folder, cluster, host, resource_pool, datastore, tag or name."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vcenter: str | None = Field(default=None, max_length=64, description="Default: the job's vCenter")
+    folder: str | None = Field(default=None, min_length=1, max_length=1024, description="e.g. prod/web")
+    cluster: str | None = Field(default=None, min_length=1, max_length=255)
+    host: str | None = Field(default=None, min_length=1, max_length=255)
+    resource_pool: str | None = Field(default=None, min_length=1, max_length=255)
+    datastore: str | None = Field(default=None, min_length=1, max_length=255)
+    tag: str | None = Field(default=None, min_length=1, max_length=255, description="Category/Tag or Tag")
+    name: str | None = Field(default=None, min_length=1, max_length=255, description="a pattern: web-*")
+
+    @model_validator(mode="after")
+    def _one(self) -> Selector:
+        given = [c for c in CRITERIA if getattr(self, c) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a selector has exactly one of {', '.join(CRITERIA)} (it has {len(given)})")
+        return self
+
+    @property
+    def criterion(self) -> tuple[str, str]:
+        name = next(c for c in CRITERIA if getattr(self, c) is not None)
+        return name, str(getattr(self, name))
+
+    def matches(self, vm: InventoryVM) -> bool:
+        kind, value = self.criterion
+        if kind == "folder":
+            want = value.strip("/")
+            return vm.folder == want or vm.folder.startswith(want + "/")
+        if kind == "cluster":
+            return vm.cluster == value
+        if kind == "host":
+            return vm.host == value
+        if kind == "resource_pool":
+            return value in vm.pools
+        if kind == "datastore":
+            return value in vm.datastores
+        if kind == "tag":
+            return any(t == value or t.split("/", 1)[-1] == value for t in vm.tags)
+        return fnmatch.fnmatchcase(vm.name, value)
+
+
+class DiskRule(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vm: VMRef
+    keys: tuple[int, ...] = Field(min_length=1, max_length=64, description="device keys, e.g. 2001")
+
+
+class Exclusions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    vms: tuple[VMRef, ...] = Field(default=(), max_length=1000)
+    disks: tuple[DiskRule, ...] = Field(default=(), max_length=1000)
+
+
+@dataclass(frozen=True)
+class Chosen:
+    """A VM a run backs up (placed when its vCenter answered; a listed VM it does not know stays,
+    without a place, so that its snapshot step says what is wrong)."""
+
+    vcenter: str
+    moref: str
+    name: str
+    host: str | None = None
+    datastores: tuple[str, ...] = ()
+    why: str = "listed"
+    skipped_disks: tuple[dict[str, Any], ...] = ()
+
+
+@dataclass(frozen=True)
+class JobSelection:
+    vcenter: str
+    vms: tuple[VMRef, ...]
+    select: tuple[Selector, ...]
+    exclude: Exclusions
+
+    def vcenters(self) -> list[str]:
+        names = {r.vcenter or self.vcenter for r in self.vms} | {
+            s.vcenter or self.vcenter for s in self.select
+        }
+        return sorted(names)
+
+    def wants_tags(self, vcenter: str) -> bool:
+        return any(s.tag is not None and (s.vcenter or self.vcenter) == vcenter for s in self.select)
+
+
+def of_job(job: Job) -> JobSelection:
+    chosen = job.selection or {}
+    return JobSelection(
+        vcenter=job.vcenter,
+        vms=tuple(VMRef.model_validate(v) for v in job.vms or []),
+        select=tuple(Selector.model_validate(s) for s in chosen.get("select") or []),
+        exclude=Exclusions.model_validate(chosen.get("exclude") or {}),
+    )
+
+
+def with_tags_of(inventory: list[InventoryVM]) -> Callable[[VCenter], list[InventoryVM]]:
+    """A vCenter call that adds each VM's tags to `inventory`."""
+    from dataclasses import replace
+
+    from shared.vsphere.tags import attached_tags
+
+    def run(vc: VCenter) -> list[InventoryVM]:
+        tags = attached_tags(vc)
+        return [replace(vm, tags=tags.get(vm.moref, ())) for vm in inventory]
+
+    return run
+
+
+def _excluded(spec: JobSelection, vm: InventoryVM | Chosen) -> bool:
+    for ref in spec.exclude.vms:
+        if (ref.vcenter or spec.vcenter) == vm.vcenter and (ref.moref == vm.moref or ref.name == vm.name):
+            return True
+    return False
+
+
+def _place(vm: InventoryVM, why: str, spec: JobSelection) -> Chosen:
+    rules = [
+        set(r.keys)
+        for r in spec.exclude.disks
+        if (r.vm.vcenter or spec.vcenter) == vm.vcenter and (r.vm.moref == vm.moref or r.vm.name == vm.name)
+    ]
+    excluded = set().union(*rules) if rules else set()
+    skipped = tuple(
+        {
+            "key": d.key,
+            "label": d.label,
+            "reason": "excluded by the job" if d.key in excluded else d.unreadable,
+        }
+        for d in vm.disks
+        if d.key in excluded or d.unreadable
+    )
+    return Chosen(vm.vcenter, vm.moref, vm.name, vm.host, vm.datastores, why, skipped)
+
+
+def resolve(spec: JobSelection, inventories: Mapping[str, list[InventoryVM] | None]) -> list[Chosen]:
+    """The VMs the job holds now: its list, then every selector's matches, less the exclusions;
+    each VM once (the first reason it was chosen), ordered by vCenter and name."""
+    chosen: dict[tuple[str, str], Chosen] = {}
+    for ref in spec.vms:
+        vcenter = ref.vcenter or spec.vcenter
+        inventory = inventories.get(vcenter)
+        found = next((vm for vm in inventory or [] if vm.moref == ref.moref), None) if ref.moref else None
+        if found is None and inventory is not None and ref.name:
+            found = next((vm for vm in inventory if vm.name == ref.name), None)
+        if found is not None:
+            chosen.setdefault((vcenter, found.moref), _place(found, "listed", spec))
+        elif ref.moref:
+            chosen.setdefault((vcenter, ref.moref), Chosen(vcenter, ref.moref, ref.name or ref.moref))
+    for selector in spec.select:
+        vcenter = selector.vcenter or spec.vcenter
+        kind, value = selector.criterion
+        for vm in inventories.get(vcenter) or []:
+            if not vm.template and selector.matches(vm):
+                chosen.setdefault((vcenter, vm.moref), _place(vm, f"{kind} {value}", spec))
+    kept = [c for c in chosen.values() if not _excluded(spec, c)]
+    return sorted(kept, key=lambda c: (c.vcenter, c.name, c.moref))
