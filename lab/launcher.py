@@ -368,7 +368,13 @@ class Lab:
 
 
 def start_lab(
-    spec: LabSpec, workdir: Path, *, port: int = 0, binary: Path | None = None, timeout: float = 60
+    spec: LabSpec,
+    workdir: Path,
+    *,
+    port: int = 0,
+    binary: Path | None = None,
+    timeout: float = 60,
+    env: dict[str, str] | None = None,
 ) -> Lab:
     """Start one simulator serving `spec`, its datastore under `workdir`; wait for its inventory."""
     binary = binary or build_lab()
@@ -382,6 +388,7 @@ def start_lab(
     try:
         proc = subprocess.Popen(
             cmd,
+            env=env,  # None: this process's; vbm up gives it a bare one (no secrets)
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=log,

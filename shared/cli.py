@@ -14,6 +14,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from shared import __version__, cli_alerts, cli_jobs, cli_prune, cli_repo, cli_restore
 from shared.db.existing import NoDatabase, open_existing
@@ -28,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
 
     up = sub.add_parser("up", help="run every service (and NATS and the lab when needed)")
     up.add_argument("--no-lab", action="store_true", help="never start the lab simulator")
+    up.add_argument(
+        "--lab-spec", type=Path, metavar="FILE", help="the lab to start (a spec file, docs/lab.md; lab.spec)"
+    )
 
     sub.add_parser("lab", help="run the vCenter simulator on its own (see `vbm lab --help`)", add_help=False)
 
@@ -103,7 +107,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         from shared.supervisor import run_up
 
         setup_logging(settings.log_level, "vbm-up")
-        return run_up(settings, with_lab=not args.no_lab)
+        return run_up(settings, with_lab=not args.no_lab, lab_spec=args.lab_spec)
     raise AssertionError(args.command)
 
 

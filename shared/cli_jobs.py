@@ -42,7 +42,9 @@ def add_parsers(sub: Any) -> None:
     create = acts.add_parser("create", help="create a job (VMs are checked against vCenter)")
     create.add_argument("--name", required=True)
     create.add_argument("--vcenter", help="vCenter name (default: the only one configured)")
-    create.add_argument("--vm", action="append", required=True, metavar="NAME_OR_MOREF", help="repeatable")
+    create.add_argument(
+        "--vm", action="append", default=[], metavar="NAME_OR_MOREF", help="repeatable (or --select-...)"
+    )
     jobspec.add_spec_args(create, editing=False)
     create.add_argument(
         "--restore-test",
@@ -54,6 +56,7 @@ def add_parsers(sub: Any) -> None:
     acts.add_parser("list", help="list jobs")
     for name, text in (
         ("show", "one job as JSON"),
+        ("preview", "the VMs the job holds today (its selectors resolved now), and why each"),
         ("run", "run a job now"),
         ("cancel", "stop the job's running runs (snapshots are removed)"),
         ("enable", "scheduled runs happen again"),
@@ -183,6 +186,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
             return _job_list(sessions)
         if action in ("edit", "enable", "disable"):
             return _job_edit(args, settings, sessions)
+        if action == "preview":
+            return _job_preview(args, settings, sessions)
         if action == "show":
             with sessions() as s:
                 print(json.dumps(jobstore.job_view(jobstore.find_job(s, args.job)), indent=2))
@@ -259,9 +264,18 @@ def _job_edit(args: argparse.Namespace, settings: Settings, sessions: sessionmak
     the same checks and store function as `PUT /api/v1/jobs/{id}`."""
     with sessions() as s:
         view = jobstore.job_view(jobstore.find_job(s, args.job))
-    body = {
-        k: view[k] for k in ("name", "vcenter", "schedule", "options", "repository", "retention", "enabled")
-    }
+    kept = (
+        "name",
+        "vcenter",
+        "schedule",
+        "options",
+        "repository",
+        "retention",
+        "enabled",
+        "select",
+        "exclude",
+    )
+    body = {k: view[k] for k in kept}
     if args.job_command == "edit":
         body["vms"] = jobspec.edited_vms(view["vms"], args)
         jobspec.apply_spec_args(body, args)
@@ -293,6 +307,28 @@ def _job_delete(args: argparse.Namespace, sessions: sessionmaker[Session]) -> in
         gone = jobstore.delete_job(s, view["id"], force=args.force)
     print(f"deleted job {view['id']} {view['name']!r}" + (f"; cancelled {', '.join(gone)}" if gone else ""))
     return 0
+
+
+def _job_preview(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    from shared import selection
+
+    with sessions() as s:
+        chosen = selection.of_job(jobstore.find_job(s, args.job))
+    found = jobstore.preview(settings, chosen)
+    if getattr(args, "json", False):
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"{'vcenter':<12} {'vm':<32} {'moref':<10} {'host':<14} chosen by")
+    for vm in found["vms"]:
+        host = (vm["host"] or "-")[:14]
+        name = vm["name"][:32]
+        print(f"{vm['vcenter'][:12]:<12} {name:<32} {vm['moref']:<10} {host:<14} {vm['chosen_by']}")
+        for disk in vm["skipped_disks"]:
+            print(f"{'':<12}   disk {disk['key']} ({disk['label']}) skipped: {disk['reason']}")
+    for down in found["unreachable"]:
+        print(f"vbm job preview: vCenter {down['vcenter']} cannot be read: {down['error']}", file=sys.stderr)
+    print(f"{found['total']} VM(s)", file=sys.stderr)
+    return 1 if found["unreachable"] else 0
 
 
 def _vm_ls(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:

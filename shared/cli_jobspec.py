@@ -63,8 +63,26 @@ def add_spec_args(p: argparse.ArgumentParser, *, editing: bool) -> None:
         choices=("success", "warning", "failure"),
         help="outcomes of this job to send (repeatable; default: each channel's own)",
     )
+    for criterion, example in (
+        ("folder", "prod/web"), ("cluster", "Cluster-A"), ("host", "esx01.example.com"),
+        ("pool", "Production"), ("datastore", "ds-ssd-01"), ("tag", "Backup/Gold"), ("name", "web-*"),
+    ):  # fmt: skip
+        p.add_argument(
+            f"--select-{criterion}",
+            action="append",
+            metavar="VALUE",
+            help=f"every VM whose {criterion} is VALUE at each run (e.g. {example}; repeatable)",
+        )
+    p.add_argument("--exclude-vm", action="append", metavar="NAME_OR_MOREF", help="never back up this VM")
+    p.add_argument(
+        "--exclude-disk",
+        action="append",
+        metavar="VM:KEY",
+        help="leave out this disk of a VM (e.g. db-01:2001)",
+    )
     if editing:
         p.add_argument("--name", dest="new_name", help="rename the job")
+        p.add_argument("--clear-select", action="store_true", help="drop the job's selectors and exclusions")
         p.add_argument("--vm", action="append", metavar="NAME_OR_MOREF", help="the VMs (replaces the list)")
         p.add_argument("--add-vm", action="append", default=[], metavar="NAME_OR_MOREF")
         p.add_argument("--remove-vm", action="append", default=[], metavar="NAME_OR_MOREF")
@@ -108,6 +126,22 @@ def apply_spec_args(body: dict[str, Any], args: argparse.Namespace) -> dict[str,
     if args.notify_on:
         notify["on"] = list(args.notify_on)
     options["notify"] = notify
+    if getattr(args, "clear_select", False):
+        body["select"], body["exclude"] = [], {}
+    select = list(body.get("select") or [])
+    for criterion in ("folder", "cluster", "host", "pool", "datastore", "tag", "name"):
+        for value in getattr(args, f"select_{criterion}") or []:
+            select.append({"resource_pool" if criterion == "pool" else criterion: value})
+    body["select"] = select
+    exclude = dict(body.get("exclude") or {})
+    exclude_vms = list(exclude.get("vms") or []) + [vm_ref(v) for v in args.exclude_vm or []]
+    disks = list(exclude.get("disks") or [])
+    for text in args.exclude_disk or []:
+        vm, _, key = text.rpartition(":")
+        if not vm or not (key.isascii() and key.isdigit()):
+            raise ValueError(f"--exclude-disk {text!r}: write VM:KEY, e.g. db-01:2001")
+        disks.append({"vm": vm_ref(vm), "keys": [int(key)]})
+    body["exclude"] = {"vms": exclude_vms, "disks": disks}
     return body
 
 

@@ -63,13 +63,18 @@ class _Missing(Exception):
     """404: the file does not exist (not an OSError, so no retry handler takes it)."""
 
 
+def _nothing(_n: int) -> None:
+    pass
+
+
 class _Exchange:
     """One request in flight on a pool thread; `abort()` ends it from the event loop."""
 
-    def __init__(self) -> None:
+    def __init__(self, tick: Callable[[int], None] | None = None) -> None:
         self._lock = threading.Lock()
         self._conn: http.client.HTTPConnection | None = None
         self.aborted = False
+        self.tick: Callable[[int], None] = tick or _nothing
         self.first_byte: float | None = None  # seconds from the request to the answer's headers
 
     def attach(self, conn: http.client.HTTPConnection) -> None:
@@ -200,10 +205,13 @@ class DatastoreHTTP:
         assert data is not None
         return data
 
-    async def read_range_into(self, url: str, name: str, offset: int, buf: memoryview) -> None:
-        """Fill `buf` with the bytes at `offset` (exactly len(buf) of them), or raise."""
+    async def read_range_into(
+        self, url: str, name: str, offset: int, buf: memoryview, tick: Callable[[int], None] | None = None
+    ) -> None:
+        """Fill `buf` with the bytes at `offset` (exactly len(buf) of them), or raise; `tick`
+        hears of the bytes as they arrive (from a pool thread)."""
         try:
-            await self._fetch(url, name, (offset, len(buf)), len(buf), buf)
+            await self._fetch(url, name, (offset, len(buf)), len(buf), buf, tick)
         except FileNotFoundError:
             raise DownloadError(f"{name} does not exist on the datastore", retryable=False) from None
 
@@ -327,7 +335,13 @@ class DatastoreHTTP:
             self._done_with(conn, reusable and not exchange.aborted)
 
     async def _fetch(
-        self, url: str, name: str, span: tuple[int, int] | None, limit: int, into: memoryview | None
+        self,
+        url: str,
+        name: str,
+        span: tuple[int, int] | None,
+        limit: int,
+        into: memoryview | None,
+        tick: Callable[[int], None] | None = None,
     ) -> bytes | None:
         """GET a whole file or a (offset, length) range, retrying what may pass.
 
@@ -350,7 +364,7 @@ class DatastoreHTTP:
             headers = {"Cookie": f"vmware_soap_session={self._cookie_value}"}
             if span is not None:
                 headers["Range"] = f"bytes={span[0]}-{span[0] + span[1] - 1}"
-            exchange = _Exchange()
+            exchange = _Exchange(tick)
             self._active.add(exchange)
             try:
                 got = await loop.run_in_executor(
@@ -419,7 +433,7 @@ class DatastoreHTTP:
             conn.request("GET", self._prefix + target, headers=headers)
             resp = conn.getresponse()
             exchange.first_byte = time.monotonic() - asked
-            data, reusable = self._answer(resp, what, span, limit, into)
+            data, reusable = self._answer(resp, what, span, limit, into, exchange.tick)
             return data
         except (OSError, http.client.HTTPException) as exc:
             raise self._failure(exc, exchange, f"reading {what}") from None
@@ -452,6 +466,7 @@ class DatastoreHTTP:
         span: tuple[int, int] | None,
         limit: int,
         into: memoryview | None,
+        tick: Callable[[int], None] = _nothing,
     ) -> tuple[bytes | None, bool]:
         status = resp.status
         if status in (401, 403):
@@ -464,7 +479,7 @@ class DatastoreHTTP:
             raise DownloadError(f"reading {what}: HTTP {status}", retryable=False)
         length = resp.length  # from Content-Length; None when the server did not say
         if span is not None and status == 200:  # a server that ignored Range: skip to the offset
-            return self._from_whole(resp, what, span, into), False
+            return self._from_whole(resp, what, span, into, tick), False
         if length is not None and length > limit:
             raise DownloadError(f"{what} is larger than {limit} bytes", retryable=False)
         if span is not None:
@@ -472,7 +487,7 @@ class DatastoreHTTP:
             if not answered.startswith(f"bytes {span[0]}-{span[0] + span[1] - 1}/"):
                 raise _Again(f"the server answered range {answered!r} to a request for {what}")
         if into is not None:
-            got = _read_into(resp, into)
+            got = _read_into(resp, into, tick)
             if got != len(into):
                 raise _Again(f"short read: {got} of {len(into)} bytes")
             return None, resp.isclosed() and not resp.will_close  # reuse only a fully read answer
@@ -485,7 +500,12 @@ class DatastoreHTTP:
         return data, resp.isclosed() and not resp.will_close
 
     def _from_whole(
-        self, resp: http.client.HTTPResponse, what: str, span: tuple[int, int], into: memoryview | None
+        self,
+        resp: http.client.HTTPResponse,
+        what: str,
+        span: tuple[int, int],
+        into: memoryview | None,
+        tick: Callable[[int], None] = _nothing,
     ) -> bytes | None:
         offset, length = span
         skip = offset
@@ -495,7 +515,7 @@ class DatastoreHTTP:
                 raise _Again(f"short read: the file ended before offset {offset}")
             skip -= got
         buf = into if into is not None else memoryview(bytearray(length))
-        got = _read_into(resp, buf)
+        got = _read_into(resp, buf, tick)
         if got != length:
             raise _Again(f"short read: {got} of {length} bytes")
         return None if into is not None else bytes(buf)
@@ -529,24 +549,31 @@ def _pull(
                 raise OSError("aborted") from None
 
 
-def _read_into(resp: http.client.HTTPResponse, buf: memoryview) -> int:
+PIECE = 256 * 1024  # a window is read in pieces this big, each one a sign of life
+
+
+def _read_into(resp: http.client.HTTPResponse, buf: memoryview, tick: Callable[[int], None]) -> int:
     have = 0
     while have < len(buf):
-        n = resp.readinto(buf[have:])
+        n = resp.readinto(buf[have : have + PIECE])
         if not n:
             break
         have += n
+        tick(n)
     return have
 
 
-@dataclass(frozen=True)
 class DatastoreDisk:
-    """A disk (flat extent) on a datastore, readable by byte ranges: a repository DiskSource."""
+    """A disk (flat extent) on a datastore, readable by byte ranges: a repository DiskSource.
+    `received` counts the bytes as they arrive, so a slow read shows it is alive before its
+    window is done."""
 
-    client: DatastoreHTTP
-    url: str
-    name: str
-    capacity: int
+    def __init__(self, client: DatastoreHTTP, url: str, name: str, capacity: int) -> None:
+        self.client, self.url, self.name, self.capacity = client, url, name, capacity
+        self.received = 0
+
+    def _tick(self, n: int) -> None:
+        self.received += n  # from pool threads: a sign of life, not an exact count
 
     def _check(self, offset: int, length: int) -> None:
         if offset < 0 or length < 0 or offset + length > self.capacity:
@@ -561,4 +588,4 @@ class DatastoreDisk:
     async def read_into(self, offset: int, buf: memoryview) -> None:
         self._check(offset, len(buf))
         if len(buf):
-            await self.client.read_range_into(self.url, self.name, offset, buf)
+            await self.client.read_range_into(self.url, self.name, offset, buf, self._tick)

@@ -11,6 +11,7 @@ VMs named in a job are resolved against the job's vCenter when the job is create
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -24,7 +25,9 @@ from shared.jobs import JobSpec, Trigger, VMRef, job_row, new_job_id, request_ru
 from shared.settings import Settings, VCenterSettings
 
 if TYPE_CHECKING:
+    from shared.selection import JobSelection
     from shared.vsphere import VMInfo
+    from shared.vsphere.inventory import InventoryVM
 
 FINISHED = RUN_FINAL
 
@@ -343,3 +346,24 @@ def cancel_run(session: Session, run_id: str) -> Run:
         raise Conflict(f"run {run_id} has ended already ({run.state})")
     run.cancel_requested = True
     return run
+
+
+def preview(settings: Settings, spec: JobSelection) -> dict[str, Any]:
+    """The VMs a job's selection holds now, read from each vCenter (blocking)."""
+    from shared import selection
+    from shared.vsphere import VCenter
+    from shared.vsphere.inventory import read_inventory
+    from shared.vsphere.tags import attached_tags
+
+    def read(name: str, with_tags: bool) -> list[InventoryVM]:
+        client = VCenter(vcenter_of(settings, name), timeout=30)
+        try:
+            inventory = read_inventory(client)
+            if with_tags:
+                tags = attached_tags(client)
+                inventory = [replace(vm, tags=tags.get(vm.moref, ())) for vm in inventory]
+            return inventory
+        finally:
+            client.close()
+
+    return selection.preview(spec, read)

@@ -130,6 +130,10 @@ class JobSelection:
         return any(s.tag is not None and (s.vcenter or self.vcenter) == vcenter for s in self.select)
 
 
+def of_spec(vcenter: str, vms: Any, select: Any, exclude: Any) -> JobSelection:
+    return JobSelection(vcenter=vcenter, vms=tuple(vms), select=tuple(select), exclude=exclude)
+
+
 def of_job(job: Job) -> JobSelection:
     chosen = job.selection or {}
     return JobSelection(
@@ -201,3 +205,26 @@ def resolve(spec: JobSelection, inventories: Mapping[str, list[InventoryVM] | No
                 chosen.setdefault((vcenter, vm.moref), _place(vm, f"{kind} {value}", spec))
     kept = [c for c in chosen.values() if not _excluded(spec, c)]
     return sorted(kept, key=lambda c: (c.vcenter, c.name, c.moref))
+
+
+def preview(spec: JobSelection, read: Callable[[str, bool], list[InventoryVM]]) -> dict[str, Any]:
+    """What the selection resolves to now: `read(vcenter, with_tags)` gives an inventory (or
+    raises); a vCenter that cannot be read is named with why, the others' VMs are listed."""
+    inventories: dict[str, list[InventoryVM] | None] = {}
+    unreachable = []
+    for name in spec.vcenters():
+        try:
+            inventories[name] = read(name, spec.wants_tags(name))
+        except Exception as exc:
+            inventories[name] = None
+            unreachable.append({"vcenter": name, "error": str(exc)})
+    chosen = resolve(spec, inventories)
+    return {
+        "vms": [
+            {"vcenter": c.vcenter, "moref": c.moref, "name": c.name, "chosen_by": c.why, "host": c.host,
+             "datastores": list(c.datastores), "skipped_disks": list(c.skipped_disks)}
+            for c in chosen
+        ],
+        "total": len(chosen),
+        "unreachable": unreachable,
+    }  # fmt: skip

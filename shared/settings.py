@@ -98,6 +98,11 @@ class LabSettings(BaseModel):
     vms: int = Field(default=3, ge=1, le=50)
     disks_per_vm: int = Field(default=2, ge=1, le=8)
     disk_size_mib: int = Field(default=64, ge=1, le=65536)
+    spec: Path | None = Field(
+        default=None,
+        description="A lab spec file (JSON or TOML, docs/lab.md): VMs, disks, folders, tags, datastores;"
+        " replaces vms/disks_per_vm/disk_size_mib",
+    )
 
 
 class PipelineSettings(BaseModel):

@@ -108,9 +108,12 @@ class Child:
 class Supervisor:
     """Runs the system until a signal; `run()` returns the exit code."""
 
-    def __init__(self, settings: Settings, *, with_lab: bool = True, out: Any = None) -> None:
+    def __init__(
+        self, settings: Settings, *, with_lab: bool = True, out: Any = None, lab_spec: Path | None = None
+    ) -> None:
         self.settings = settings
         self.with_lab = with_lab
+        self.lab_spec = lab_spec
         self.out = out or sys.stdout
         self.data_dir = settings.data_dir.resolve()
         self.stop_event = asyncio.Event()
@@ -205,28 +208,28 @@ class Supervisor:
         if not (self.with_lab and self.settings.lab.enabled):
             self.say("vbm up: no vCenter configured and the lab is off: jobs have nothing to back up")
             return [], None
-        from lab.launcher import DiskSpec, LabSpec, VMSpec, build_lab, start_lab
+        from lab.launcher import build_lab, start_lab
+        from lab.spec import SpecError, default_spec, load_spec
 
         lab_cfg = self.settings.lab
-        size = lab_cfg.disk_size_mib * 1024 * 1024
-        spec = LabSpec(
-            vms=tuple(
-                VMSpec(
-                    name=f"lab-vm-{i + 1:02d}",
-                    disks=tuple(
-                        DiskSpec(size=size + d * 3 * 1024, seed=i * 16 + d)
-                        for d in range(lab_cfg.disks_per_vm)
-                    ),
-                    cbt=True,
-                )
-                for i in range(lab_cfg.vms)
-            )
+        spec_file = self.lab_spec or lab_cfg.spec
+        try:
+            if spec_file is not None:
+                spec = load_spec(spec_file)
+            else:
+                spec = default_spec(lab_cfg.vms, lab_cfg.disks_per_vm, lab_cfg.disk_size_mib)
+        except SpecError as exc:
+            raise ConfigError(f"the lab spec: {exc}") from None
+        what = (
+            f"from {spec_file}" if spec_file else f"{len(spec.vms)} VMs (lab.vms; or a spec file: --lab-spec)"
         )
-        self.say("vbm up: no vCenter configured, starting the lab simulator")
+        self.say(f"vbm up: no vCenter configured, starting the lab simulator: {what}")
         binary = await asyncio.to_thread(build_lab)
         workdir = self.data_dir / "lab"
         workdir.mkdir(parents=True, exist_ok=True)
-        self.lab = await asyncio.to_thread(start_lab, spec, workdir, port=lab_cfg.port, binary=binary)
+        self.lab = await asyncio.to_thread(
+            start_lab, spec, workdir, port=lab_cfg.port, binary=binary, env=bare_env()
+        )
         lab_vc = {
             "name": "lab",
             "url": self.lab.sdk_url,
@@ -364,5 +367,5 @@ def private_data_dir(path: Path) -> None:
         path.chmod(0o700)
 
 
-def run_up(settings: Settings, *, with_lab: bool = True) -> int:
-    return asyncio.run(Supervisor(settings, with_lab=with_lab).run())
+def run_up(settings: Settings, *, with_lab: bool = True, lab_spec: Path | None = None) -> int:
+    return asyncio.run(Supervisor(settings, with_lab=with_lab, lab_spec=lab_spec).run())

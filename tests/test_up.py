@@ -6,6 +6,7 @@ and the real `vbm` command, against a lab started on its own as a user's vCenter
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -131,7 +133,7 @@ class Up:
 def start_up(tmp_path: Path, lab_binary: Path) -> Iterator[Callable[..., Up]]:
     started: list[Up] = []
 
-    def start(**extra: str) -> Up:
+    def start(LAB_SPEC: str | None = None, **extra: str) -> Up:
         port = free_port()
         env = clean_env(
             tmp_path / "data",
@@ -142,7 +144,7 @@ def start_up(tmp_path: Path, lab_binary: Path) -> Iterator[Callable[..., Up]]:
             **extra,
         )
         proc = subprocess.Popen(
-            [sys.executable, "-m", "shared.cli", "up"],
+            [sys.executable, "-m", "shared.cli", "up", *(["--lab-spec", LAB_SPEC] if LAB_SPEC else [])],
             env=env,
             cwd=ROOT,
             text=True,
@@ -259,3 +261,39 @@ def test_cli_never_creates_a_database_of_its_own(tmp_path: Path) -> None:
         assert "VBM_DATA_DIR" in done.stderr
         assert not done.stdout
     assert list(elsewhere.iterdir()) == []
+
+
+def test_up_runs_a_lab_spec_file_and_serves_non_ascii_vms(
+    start_up: Callable[..., Up], tmp_path: Path
+) -> None:
+    """`vbm up --lab-spec`: the lab it starts is the file's; a VM named with blanks and
+    non-ASCII backs up, downloads under its name (RFC 6266) and matches `vbm lab disk-sha256`."""
+    name = "Prüf VM 東京"
+    spec = tmp_path / "lab.json"
+    spec.write_text(
+        json.dumps(
+            {"vms": [{"name": name, "cbt": True, "disks": [{"size": "4M", "seed": 9, "layout": "random"}]}]}
+        )
+    )
+    up = start_up(VBM_LAB__PORT="0", LAB_SPEC=str(spec))
+    assert f"starting the lab simulator: from {spec}" in up.output()
+    up.wait_ready()
+    up.key = up.cli("apikey", "create", "ops").stdout.strip()
+    assert up.cli("job", "create", "--name", "tokyo", "--vm", name).returncode == 0
+    run_id = up.cli("job", "run", "tokyo").stdout.strip()
+    watched = up.cli("run", "watch", run_id)
+    assert watched.returncode == 0, watched.stdout + watched.stderr
+    (point,) = up.get("/api/v1/backups?job=tokyo")[1]["backups"]
+    req = urllib.request.Request(
+        f"http://127.0.0.1:{up.port}/api/v1/backups/{point['id']}/disks/2000", headers={"X-API-Key": up.key}
+    )
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        disposition = resp.headers["Content-Disposition"]
+        digest = hashlib.sha256(resp.read()).hexdigest()
+    assert disposition.isascii() and urllib.parse.quote(name) in disposition
+    source = up.cli("lab", "disk-sha256", name, "2000")
+    assert source.returncode == 0 and source.stdout.strip() == digest, source.stderr
+    # a restore may not be named to escape its folder, from the CLI as from the API
+    dots = up.cli("restore", "start", point["id"], "--instant", "--name", "..")
+    assert dots.returncode == 1 and "name: " in dots.stderr and "cannot be a VM name" in dots.stderr
+    assert up.interrupt().rstrip().endswith("vbm up: stopped")

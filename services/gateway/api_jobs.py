@@ -10,7 +10,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, flag, in_session, json_response, read_json
-from shared import jobstore
+from shared import jobstore, selection
 from shared.contracts import JOBS_CHANGED_SUBJECT, cancel_subject
 from shared.jobs import JobSpec
 from shared.runstore import run_view
@@ -128,3 +128,26 @@ async def cancel_run(request: web.Request) -> web.Response:
     run = await in_session(request, lambda s: run_view(jobstore.cancel_run(s, run_id)), write=True)
     await publish_cancels(request, [run_id])
     return json_response(run, 202)
+
+
+@routes.post("/api/v1/jobs/preview")
+async def preview_spec(request: web.Request) -> web.Response:
+    """What a job body would hold today (nothing is saved): its VMs, why each, skipped disks."""
+    spec = JobSpec.model_validate(await read_json(request))
+    settings = request.app[CTX].settings
+    for name in spec.vcenter_names():
+        jobstore.vcenter_of(settings, name)
+    chosen = selection.of_spec(spec.vcenter, spec.vms, spec.select, spec.exclude)
+    return json_response(await asyncio.to_thread(jobstore.preview, settings, chosen))
+
+
+@routes.get("/api/v1/jobs/{job_id}/preview")
+async def preview_job(request: web.Request) -> web.Response:
+    """What a job holds today: its selection resolved against each vCenter now."""
+    ref = request.match_info["job_id"]
+
+    def read(s: Session) -> selection.JobSelection:
+        return selection.of_job(jobstore.find_job(s, ref))
+
+    chosen = await in_session(request, read)
+    return json_response(await asyncio.to_thread(jobstore.preview, request.app[CTX].settings, chosen))

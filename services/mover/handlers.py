@@ -72,6 +72,7 @@ class Deps:
     http: dict[str, DatastoreHTTP] = field(default_factory=dict)
     writers: dict[str, Writer] = field(default_factory=dict)
     local: LocalStreams = field(default_factory=lambda: LocalStreams(1))
+    opening: dict[str, asyncio.Lock] = field(default_factory=dict)
     latency: Latency | None = None
 
     def client(self, vcenter: str) -> DatastoreHTTP:
@@ -96,6 +97,13 @@ class Deps:
         return self.http[vcenter]
 
     async def writer(self, location: str) -> Writer:
+        """One writer per repository; the first use of a location opens it (or initializes it
+        when empty) once, however many VMs ask at the same time."""
+        lock = self.opening.setdefault(location, asyncio.Lock())
+        async with lock:
+            return await self._writer(location)
+
+    async def _writer(self, location: str) -> Writer:
         if location not in self.writers:
             backend = open_backend(location)
             try:
@@ -139,6 +147,8 @@ class Tracker:
     saved: int = -1  # bytes done at the last extension of the deadline
     checkpoints: list[Checkpoint] = field(default_factory=list)
     notes: dict[int, str] = field(default_factory=dict)  # disk key -> what it waits for
+    sources: list[Any] = field(default_factory=list)  # disks being read: bytes arriving = alive
+    received: int = -1
 
     def __call__(self, n: int) -> None:
         self.done += n
@@ -211,9 +221,13 @@ class Tracker:
             assert task is not None
             task.bytes_done, task.bytes_total, task.rate = self.done, self.total, rate
             task.wait_reason = self.note
-            # Progress extends the deadline, and so does waiting for a stream (alive, throttled):
-            # a mover that stalls or dies writes nothing, and the watchdog catches it.
-            if self.done != self.saved or self.note:
+            # Progress extends the deadline, and so do bytes arriving within a window (a slow
+            # link) and waiting for a stream (throttled): a mover that stalls or dies writes
+            # nothing, and the watchdog catches it.
+            received = sum(src.received for src in self.sources)
+            arriving = received != self.received
+            self.received = received
+            if self.done != self.saved or self.note or arriving:
                 self.saved = self.done
                 task.updated_at = now
                 task.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
@@ -355,7 +369,9 @@ async def _transfer(
         nonlocal resumed
         d, parent_disk, (changed, allocated), _ = plan
         ds, flat = flat_of(d.datastore_path)
-        source = CancellableDisk(http.disk(event.datacenter, ds, flat, d.capacity_bytes), tracker)
+        raw = http.disk(event.datacenter, ds, flat, d.capacity_bytes)
+        tracker.sources.append(raw)
+        source = CancellableDisk(raw, tracker)
         cp = Checkpoint(writer.repo, event.task_id, d.key, event.snapshot_moref)
         known = await cp.load()
         if known:

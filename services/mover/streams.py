@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import select
@@ -34,9 +34,10 @@ log = logging.getLogger(__name__)
 
 POLL = 0.5  # seconds between looks at a lease that is taken
 RENEW = 20.0  # seconds between renewals of a held lease (it expires after leases.TTL)
-ALPHA = 0.3  # weight of a new read in the latency average
-STEP = 5.0  # seconds between two changes of one datastore's limit
-RECOVER = 5.0  # seconds below half the threshold before a step up
+ALPHA = 0.4  # weight of a new read in the latency average
+STEP = 3.0  # seconds between two changes of one datastore's limit
+RECOVER = 3.0  # seconds below half the threshold before a step up
+IDLE = 30.0  # a datastore not read for this long counts as calm (its limit recovers step by step)
 
 
 @dataclass
@@ -68,6 +69,7 @@ class Latency:
 
     ctx: Context
     average: dict[str, float] = field(default_factory=dict)  # resource -> seconds
+    seen: dict[str, float] = field(default_factory=dict)  # resource -> monotonic time of the last read
     changed: dict[str, float] = field(default_factory=dict)  # resource -> monotonic time
     calm_since: dict[str, float] = field(default_factory=dict)
 
@@ -80,6 +82,7 @@ class Latency:
                 key = leases.datastore(vcenter, store)
                 before = self.average.get(key)
                 self.average[key] = seconds if before is None else ALPHA * seconds + (1 - ALPHA) * before
+                self.seen[key] = time.monotonic()
 
         return observe
 
@@ -93,6 +96,8 @@ class Latency:
         for key, average in list(self.average.items()):
             if now - self.changed.get(key, 0.0) < STEP:
                 continue
+            if now - self.seen.get(key, now) > IDLE:
+                average = 0.0  # nobody reads it now: its limit goes back up, a step at a time
             current = await asyncio.to_thread(_limit_now, self.ctx, key, configured)
             if average > threshold and current > 1:
                 new = max(1, current // 2)
@@ -106,6 +111,9 @@ class Latency:
             else:
                 if average >= threshold / 2:
                     self.calm_since.pop(key, None)
+                if current < configured and now - self.seen.get(key, 0.0) < IDLE:
+                    await asyncio.to_thread(_touch, self.ctx, key)  # still measured: still meant
+                    self.changed[key] = now
                 continue
             self.changed[key] = now
             await asyncio.to_thread(_set_limit, self.ctx, key, new, configured, average * 1000)
@@ -119,10 +127,22 @@ class Latency:
             await asyncio.to_thread(notify, vcenter, store, message)
 
 
+THROTTLE_STALE = timedelta(minutes=10)  # as the dispatcher: a limit no mover confirms lapses
+
+
 def _limit_now(ctx: Context, key: str, configured: int) -> int:
     with ctx.sessions() as s:
         row = s.get(Throttle, key)
-        return min(configured, row.limit_now) if row is not None else configured
+        if row is None or row.updated_at < ctx.clock() - THROTTLE_STALE:
+            return configured
+        return min(configured, row.limit_now)
+
+
+def _touch(ctx: Context, key: str) -> None:
+    with ctx.sessions.begin() as s:
+        row = s.get(Throttle, key)
+        if row is not None:
+            row.updated_at = ctx.clock()
 
 
 def _set_limit(ctx: Context, key: str, limit: int, configured: int, latency_ms: float) -> None:

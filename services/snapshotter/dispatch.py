@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 
 BUSY = ("snapshot", "transfer")  # phases that hold a mover stream and an open snapshot
 STALE_SNAPSHOT = timedelta(seconds=60)  # a snapshot step this quiet lost its snapshotter
+THROTTLE_STALE = timedelta(minutes=10)
 
 
 @dataclass(frozen=True)
@@ -220,7 +221,7 @@ class Dispatcher:
             open_vms = ledger.open_vms(s)
             count = Usage.of(busy, jobs)
             capacity = mover_streams(s, now, ctx.settings.heartbeat_interval)
-            slowed = _throttles(s)
+            slowed = _throttles(s, now)
             waiting = s.execute(
                 select(Task, Run.job_id)
                 .join(Run, Run.id == Task.run_id)
@@ -333,8 +334,11 @@ def mover_streams(s: Session, now: datetime, heartbeat_interval: float) -> int:
     return int(total or 0)
 
 
-def _throttles(s: Session) -> dict[str, tuple[int, float]]:
-    return {t.resource: (t.limit_now, t.latency_ms) for t in s.scalars(select(Throttle))}
+def _throttles(s: Session, now: datetime) -> dict[str, tuple[int, float]]:
+    """Datastores slowed down by latency control; a limit no mover has confirmed for
+    THROTTLE_STALE (every mover that measured it is gone) no longer counts."""
+    rows = s.scalars(select(Throttle).where(Throttle.updated_at >= now - THROTTLE_STALE))
+    return {t.resource: (t.limit_now, t.latency_ms) for t in rows}
 
 
 @dataclass
@@ -365,13 +369,14 @@ class Usage:
 
     def blocked(self, task: Task, limits: Any, slowed: dict[str, tuple[int, float]]) -> str | None:
         """Why a snapshot of this VM would break a limit now, or None."""
+        # A VM admitted on a datastore must find a stream there: the stream limit caps it too.
+        caps = [n for n in (limits.snapshots_per_datastore, limits.streams_per_datastore) if n]
+        per_datastore = min(caps) if caps else 0
         for ds in task.datastores or []:
             key = leases.datastore(task.vcenter, ds)
-            if limits.snapshots_per_datastore and self.datastores[key] >= limits.snapshots_per_datastore:
-                return (
-                    f"waiting for a snapshot slot on datastore {ds}"
-                    f" ({self.datastores[key]} of {limits.snapshots_per_datastore})"
-                )
+            if per_datastore and self.datastores[key] >= per_datastore:
+                held = self.datastores[key]
+                return f"waiting for a snapshot slot on datastore {ds} ({held} of {per_datastore})"
             if key in slowed and self.datastores[key] >= slowed[key][0]:
                 limit, latency = slowed[key]
                 return (

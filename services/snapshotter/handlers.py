@@ -114,7 +114,7 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
         if run.cancel_requested:
             raise Permanent("cancelled before the snapshot")
         vcenter, moref, options, tries = task.vcenter, task.vm_moref, dict(job.options), task.tries
-        excluded = _excluded_disks(job, vcenter, moref)
+        excluded = _excluded_disks(job, vcenter, moref, task.vm_name)
     name = ledger.snapshot_name(run_id, tries)
     vm = await _check_vm(deps, vcenter, moref, options)
 
@@ -206,12 +206,13 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
 EXCLUDED = "excluded by the job"  # as shared/selection.py says it
 
 
-def _excluded_disks(job: Job, vcenter: str, moref: str) -> set[int]:
-    """Disk keys the job excludes for this VM (`selection.exclude.disks`)."""
+def _excluded_disks(job: Job, vcenter: str, moref: str, name: str) -> set[int]:
+    """Disk keys the job excludes for this VM (`exclude.disks`, naming it by moref or name)."""
     out: set[int] = set()
     for rule in ((job.selection or {}).get("exclude") or {}).get("disks") or []:
         vm = rule.get("vm") or {}
-        if vm.get("moref") == moref and (vm.get("vcenter") or job.vcenter) == vcenter:
+        same = vm.get("moref") == moref or (not vm.get("moref") and vm.get("name") == name)
+        if same and (vm.get("vcenter") or job.vcenter) == vcenter:
             out.update(int(k) for k in rule.get("keys") or [])
     return out
 

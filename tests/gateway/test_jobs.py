@@ -215,3 +215,19 @@ async def test_a_secondary_added_to_a_job_gets_its_earlier_verified_points(
     status, _ = await api.call("PUT", f"/jobs/{job['id']}", json=add)
     with api.ctx.sessions() as s:
         assert len(list(s.scalars(select(Replication)))) == 2  # nothing asked twice
+
+
+async def test_a_job_runs_once_at_a_time_however_many_ask(make_api: MakeApi, db_url: str, lab: Lab) -> None:
+    """50 concurrent requests to run one job: one run, 49 answers naming it (409)."""
+    import asyncio
+
+    api = await make_api(db_url, (lab_vcenter(lab),))
+    job = await make(api)
+    answers = await asyncio.gather(*(api.call("POST", f"/jobs/{job['id']}/run") for _ in range(50)))
+    started = [body for status, body in answers if status == 202]
+    refused = [body for status, body in answers if status == 409]
+    assert len(started) == 1 and len(refused) == 49, [s for s, _ in answers]
+    run_id = started[0]["run_id"]
+    assert all(run_id in body["detail"] and "has a run in progress" in body["detail"] for body in refused)
+    with api.ctx.sessions() as s:
+        assert s.query(Run).filter(Run.job_id == job["id"]).count() == 1

@@ -56,14 +56,18 @@ class Pipeline:
 
     def start(self, *names: str) -> None:
         for name in names or SERVICES:
-            proc = ManagedProcess(
-                [sys.executable, "-m", f"services.{name}"],
-                name=name,
-                cwd=ROOT,
-                env=self.env,
-                log_path=self.data / f"{name}.log",
-            )
-            self.procs[name] = proc.start()
+            self.start_as(name, name)
+
+    def start_as(self, name: str, service: str) -> None:
+        """Another process of `service` (e.g. a second mover, "mover-2")."""
+        proc = ManagedProcess(
+            [sys.executable, "-m", f"services.{service}"],
+            name=name,
+            cwd=ROOT,
+            env=self.env,
+            log_path=self.data / f"{name}.log",
+        )
+        self.procs[name] = proc.start()
 
     def stop(self) -> None:
         live = [proc for proc in self.procs.values() if proc.alive]

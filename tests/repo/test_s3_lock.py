@@ -213,8 +213,8 @@ async def test_a_resumed_write_extends_every_chunk_it_names(s3_server: S3Server,
 
 def test_locations_are_checked() -> None:
     with pytest.raises(ValueError, match="lock_mode must be compliance or governance"):
-        S3Backend("s3://h/b?immutable_days=3&lock_mode=strict", "a", "s")
-    b = S3Backend("s3://h/b?immutable_days=30&lock_mode=governance", "a", "s")
+        S3Backend("s3://h/bkt?immutable_days=3&lock_mode=strict", "a", "s")
+    b = S3Backend("s3://h/bkt?immutable_days=30&lock_mode=governance", "a", "s")
     assert b.where.lock_mode == "GOVERNANCE"
     until = b.lock_until(datetime(2026, 11, 26, 12, tzinfo=UTC))
     assert until is not None and until >= datetime(2026, 12, 26, 12, tzinfo=UTC)
