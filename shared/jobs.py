@@ -12,12 +12,14 @@ from datetime import datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from shared.contracts import JobRequested
 from shared.db.models import Job, Run
 from shared.outbox import stage
+from shared.pipeline import runlog
 from shared.retention import Policy
 from shared.schedules import Schedule, run_id_for
 from shared.selection import Exclusions, Selector, VMRef
@@ -224,6 +226,13 @@ def request_run(
     run_id = run_id_for(job.id, slot, now, nonce)
     if session.get(Run, run_id) is not None:
         return None
+    if trigger == "schedule":
+        waiting = session.scalar(
+            select(Run).where(Run.job_id == job.id, Run.state == "queued", Run.started_at.is_(None)).limit(1)
+        )
+        if waiting is not None:  # a slot while the last one still waits to start: one run covers both
+            runlog.write(session, waiting.id, f"the slot of {slot:%Y-%m-%d %H:%M} UTC joins this run", now)
+            return None
     run = Run(
         id=run_id,
         job_id=job.id,

@@ -157,18 +157,20 @@ def with_tags_of(inventory: list[InventoryVM]) -> Callable[[VCenter], list[Inven
     return run
 
 
+def _names(ref: VMRef, vm: InventoryVM | Chosen) -> bool:
+    """Whether `ref` names `vm`: by moref when it has one (names repeat), else by name."""
+    return ref.moref == vm.moref if ref.moref else ref.name == vm.name
+
+
 def _excluded(spec: JobSelection, vm: InventoryVM | Chosen) -> bool:
-    for ref in spec.exclude.vms:
-        if (ref.vcenter or spec.vcenter) == vm.vcenter and (ref.moref == vm.moref or ref.name == vm.name):
-            return True
-    return False
+    return any((ref.vcenter or spec.vcenter) == vm.vcenter and _names(ref, vm) for ref in spec.exclude.vms)
 
 
 def _place(vm: InventoryVM, why: str, spec: JobSelection) -> Chosen:
     rules = [
         set(r.keys)
         for r in spec.exclude.disks
-        if (r.vm.vcenter or spec.vcenter) == vm.vcenter and (r.vm.moref == vm.moref or r.vm.name == vm.name)
+        if (r.vm.vcenter or spec.vcenter) == vm.vcenter and _names(r.vm, vm)
     ]
     excluded = set().union(*rules) if rules else set()
     skipped = tuple(
@@ -190,9 +192,8 @@ def resolve(spec: JobSelection, inventories: Mapping[str, list[InventoryVM] | No
     for ref in spec.vms:
         vcenter = ref.vcenter or spec.vcenter
         inventory = inventories.get(vcenter)
-        found = next((vm for vm in inventory or [] if vm.moref == ref.moref), None) if ref.moref else None
-        if found is None and inventory is not None and ref.name:
-            found = next((vm for vm in inventory if vm.name == ref.name), None)
+        # By moref (the job stores it; a name may now be another VM's), else by name.
+        found = next((vm for vm in inventory or [] if _names(ref, vm)), None)
         if found is not None:
             chosen.setdefault((vcenter, found.moref), _place(found, "listed", spec))
         elif ref.moref:

@@ -23,7 +23,7 @@ from typing import Any
 from sqlalchemy import select
 
 from services.mover.checkpoint import Checkpoint
-from services.mover.streams import Latency, LocalStreams, leased, stream_limits
+from services.mover.streams import Latency, LeasesBusy, LocalStreams, leased, stream_limits
 from shared.bus import Delivery, Permanent, Retryable
 from shared.contracts import (
     DiskRef,
@@ -379,40 +379,54 @@ async def _transfer(
             log.info("%s disk %d: resuming, %d windows already stored", event.vm_name, d.key, len(known))
         checkpoints.append(cp)
         tracker.checkpoints = checkpoints
-        wanted = await asyncio.to_thread(stream_limits, deps.ctx, event.vcenter, ds, host, repository)
-        holder = f"{deps.ctx.instance}:{event.task_id}:{d.key}"
-        async with leased(deps.ctx, holder, wanted, tracker.waiting(d.key)):
-            entry, st = await writer.write_disk(
-                source,
-                key=d.key,
-                capacity=d.capacity_bytes,
-                file=flat,
-                change_id=d.change_id,
-                parent=parent_disk,
-                parent_id=parent.id if parent and parent_disk else None,
-                changed=changed,
-                allocated=allocated,
-                progress=tracker,
-                known=known,
-                on_window=cp.add,
-            )
+        entry, st = await writer.write_disk(
+            source,
+            key=d.key,
+            capacity=d.capacity_bytes,
+            file=flat,
+            change_id=d.change_id,
+            parent=parent_disk,
+            parent_id=parent.id if parent and parent_disk else None,
+            changed=changed,
+            allocated=allocated,
+            progress=tracker,
+            known=known,
+            on_window=cp.add,
+        )
         stats.add(st)
         entries[d.key] = (entry, FileEntry(path=flat, size=d.capacity_bytes, disk_key=d.key))
 
-    async def lane(pending: list[Plan], extra: bool) -> None:
-        """Disks one after the other on one stream: the VM's own, or a free one it borrowed."""
+    pending = list(plans)
+
+    async def lane(extra: bool) -> None:
+        """Disks one after the other on one stream: the VM's own (it waits for its leases), or a
+        free one it borrowed (which takes a disk only when its leases are free at once, so that no
+        VM waits with its snapshot open for another VM's streams)."""
         try:
             while pending:
-                await copy_disk(pending.pop(0))
+                head = pending[0]
+                ds = flat_of(head[0].datastore_path)[0]
+                holder = f"{deps.ctx.instance}:{event.task_id}:{head[0].key}"
+
+                def wanted(ds: str = ds) -> list[tuple[str, int]]:
+                    return stream_limits(deps.ctx, event.vcenter, ds, host, repository)
+
+                try:
+                    async with leased(deps.ctx, holder, wanted, tracker.waiting(head[0].key), wait=not extra):
+                        if not pending or pending[0] is not head:
+                            continue  # another lane took it while the leases were asked for
+                        pending.pop(0)
+                        await copy_disk(head)
+                except LeasesBusy:
+                    return
         finally:
             if extra:
                 deps.local.release_extra()
 
     async def copy() -> None:
-        pending = list(plans)
-        lanes = [lane(pending, False)]
+        lanes = [lane(False)]
         while len(lanes) < len(plans) and deps.local.try_extra():
-            lanes.append(lane(pending, True))
+            lanes.append(lane(True))
         await _gather_all(lanes)
         for key in (d.key for d in event.disks):
             if key in entries:
@@ -490,7 +504,8 @@ async def _committed_earlier(repo: Repository, event: SnapshotReady) -> RestoreP
         if rp_id.endswith(suffix):
             with contextlib.suppress(ManifestError):
                 rp = await repo.load(rp_id)
-                if rp.run_id == event.run_id and rp.vm_moref == event.vm_moref:
+                same_try = rp.snapshot_moref == event.snapshot_moref  # each try has its own snapshot
+                if rp.run_id == event.run_id and rp.vm_moref == event.vm_moref and same_try:
                     return rp
     return None
 

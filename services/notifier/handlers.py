@@ -36,7 +36,7 @@ from shared.contracts import (
 )
 from shared.db.models import Job, Outbox, Restore, Run, SnapshotLedger, Task
 from shared.outbox import stage
-from shared.pipeline import ledger, state
+from shared.pipeline import ledger, runlog, state
 from shared.pipeline.alerts import raise_alert
 from shared.pipeline.cleanup import remove_entries, remove_one
 from shared.pipeline.restores import clean as clean_restore
@@ -62,9 +62,21 @@ async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> S
     now = ctx.clock()
     vm_name = None
     retry = False
+    keep: str | None = None  # the snapshot of the task's try in progress, if it has one
     with ctx.sessions.begin() as s:
         task = s.get(Task, event.task_id) if event.task_id else None
-        if task is not None:
+        earlier = (  # the failure of a try that is over (redelivered, or late): its snapshot goes, no more
+            task is not None
+            and task.state not in state.FINAL
+            and event.snapshot_moref is not None
+            and task.snapshot_moref != event.snapshot_moref
+        )
+        if task is not None and earlier:
+            vm_name = task.vm_name
+            retry = True  # nothing to tell: the task's fate is decided elsewhere
+            if task.phase in ("snapshot", "transfer"):
+                keep = ledger.snapshot_name(task.run_id, task.tries)
+        elif task is not None:
             vm_name = task.vm_name
             if event.reason.startswith("cancelled"):
                 state.end_task(s, task, "cancelled", now, event.reason)
@@ -93,7 +105,7 @@ async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> S
             )
     ctx.relay.kick()
     if event.task_id:
-        await remove_entries(ctx, deps.vcenters, task_id=event.task_id)
+        await remove_entries(ctx, deps.vcenters, task_id=event.task_id, keep=keep)
     return []
 
 
@@ -135,6 +147,9 @@ async def watchdog(deps: Deps) -> None:
 def _trim_notifications(ctx: Context) -> None:
     with ctx.sessions.begin() as s:
         gone = notify.trim_log(s, ctx.clock())
+        lines = runlog.trim(s, ctx.clock())
+    if lines:
+        log.info("trimmed %d run log line(s)", lines)
     if gone:
         log.info("notification log: %d deliveries older than %s forgotten", gone, notify.KEEP_LOG)
 

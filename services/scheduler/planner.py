@@ -173,7 +173,11 @@ class Planner:
             plan.next_slot = next_slot(schedule, slot)
         late = (now - slot).total_seconds()
         if run is None:
-            log.info("job %s: slot %s had run already", job_id, slot.isoformat())
+            log.info(
+                "job %s: slot %s: no new run (it ran already, or joined a run still waiting to start)",
+                job_id,
+                slot.isoformat(),
+            )
             return None
         log.info(
             "job %s: run %s requested for slot %s%s",

@@ -21,26 +21,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.db.models import Job, Run, ServiceInstance, Task
-from shared.db.work import DispatchLock, Throttle
-from shared.pipeline import leases, ledger, runlog, state
+from services.snapshotter.limits import Usage, job_limit, mover_streams, throttles
+from shared.db.models import Job, Run, Task
+from shared.db.work import DispatchLock
+from shared.pipeline import ledger, runlog, state
 from shared.runtime import Context
 
 log = logging.getLogger(__name__)
 
 BUSY = ("snapshot", "transfer")  # phases that hold a mover stream and an open snapshot
 STALE_SNAPSHOT = timedelta(seconds=60)  # a snapshot step this quiet lost its snapshotter
-THROTTLE_STALE = timedelta(minutes=10)
+REPLAN_AFTER = timedelta(minutes=10)  # a run claimed for planning that long without tasks
+REPAIR_EVERY = 30  # passes between two looks for runs to repair
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,7 @@ class Placed:
     datastores: tuple[str, ...] = ()
 
 
-Resolve = Callable[[Job], Awaitable[list[Placed]]]
+Resolve = Callable[[Job], Awaitable[tuple[list[Placed], list[str]]]]  # VMs, what could not be read
 Snapshot = Callable[[str, str], Awaitable[None]]
 
 
@@ -65,6 +65,9 @@ class Dispatcher:
     snapshot: Snapshot
     kicked: asyncio.Event = field(default_factory=asyncio.Event)
     working: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    planning: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    passes: int = 0
+    told: set[tuple[str, int]] = field(default_factory=set)  # (task, try) whose wait was logged
 
     def kick(self) -> None:
         self.kicked.set()
@@ -79,9 +82,10 @@ class Dispatcher:
                 log.exception("dispatch pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake(), interval)
-        for task in self.working.values():
+        pending = [*self.working.values(), *self.planning.values()]
+        for task in pending:
             task.cancel()
-        await asyncio.gather(*self.working.values(), return_exceptions=True)
+        await asyncio.gather(*pending, return_exceptions=True)
 
     async def _wake(self) -> None:
         stop = asyncio.ensure_future(self.ctx.stop.wait())
@@ -93,11 +97,25 @@ class Dispatcher:
             kick.cancel()
 
     async def once(self) -> None:
+        # Planning reads vCenters (seconds for a big one): it runs beside admission, not before it.
         for run_id, job_id in await asyncio.to_thread(self._startable):
-            await self._plan(run_id, job_id)
+            if run_id not in self.planning:
+                self.planning[run_id] = asyncio.create_task(self._planned(run_id, job_id))
         admitted = await asyncio.to_thread(self._admit, set(self.working))
         for run_id, task_id in admitted:
             self.working[task_id] = asyncio.create_task(self._snapshot(run_id, task_id))
+        self.passes += 1
+        if self.passes % REPAIR_EVERY == 0:
+            await asyncio.to_thread(self._repair)
+
+    async def _planned(self, run_id: str, job_id: str) -> None:
+        try:
+            await self._plan(run_id, job_id)
+        except Exception:
+            log.exception("planning run %s failed", run_id)
+        finally:
+            self.planning.pop(run_id, None)
+            self.kick()
 
     async def _snapshot(self, run_id: str, task_id: str) -> None:
         try:
@@ -134,33 +152,41 @@ class Dispatcher:
         return out
 
     async def _plan(self, run_id: str, job_id: str) -> None:
+        """Claim the run (queued -> running, a compare-and-set: one snapshotter plans it), then
+        resolve its VMs and make its tasks. A run left claimed without tasks (its snapshotter
+        died while planning) goes back to queued (`_repair`)."""
         ctx = self.ctx
-        with ctx.sessions() as s:
+        now = ctx.clock()
+        with ctx.sessions.begin() as s:
+            claimed = s.execute(
+                update(Run)
+                .where(Run.id == run_id, Run.state == "queued")
+                .values(state="running", started_at=now, wait_reason="planning: reading the VMs")
+                .execution_options(synchronize_session=False)
+            )
+            if claimed.rowcount != 1:  # type: ignore[attr-defined]
+                return  # another snapshotter planned it
             job = s.get(Job, job_id)
             if job is None:
                 return
             s.expunge(job)
         try:
-            vms = await self.resolve(job)
+            vms, trouble = await self.resolve(job)
         except Exception as exc:  # the run cannot even be planned: it fails, saying why
             log.warning("run %s: planning failed: %s", run_id, exc)
             with ctx.sessions.begin() as s:
                 run = s.get(Run, run_id)
-                if run is not None and run.state == "queued":
+                if run is not None and run.state == "running":
                     run.error = f"cannot resolve the job's VMs: {exc}"[:4000]
                     state.close_run(s, run, "failed", ctx.clock())
             ctx.relay.kick()
             return
         now = ctx.clock()
         with ctx.sessions.begin() as s:
-            claimed = s.execute(
-                update(Run)
-                .where(Run.id == run_id, Run.state == "queued")
-                .values(state="running", started_at=now, wait_reason=None)
-                .execution_options(synchronize_session=False)
-            )
-            if claimed.rowcount != 1:  # type: ignore[attr-defined]
-                return  # another snapshotter planned it
+            run = s.get(Run, run_id)
+            if run is None or run.state != "running":
+                return
+            run.wait_reason = None
             for vm in vms:
                 tid = state.task_id_for(run_id, vm.vcenter, vm.moref)
                 if s.get(Task, tid) is not None:
@@ -182,16 +208,36 @@ class Dispatcher:
                         updated_at=now,
                     )
                 )
-            names = ", ".join(v.name for v in vms[:20]) + (
-                f" and {len(vms) - 20} more" if len(vms) > 20 else ""
-            )
+            names = ", ".join(v.name for v in vms[:20]) + (f" and {len(vms) - 20} more" * (len(vms) > 20))
             runlog.write(s, run_id, f"run started: {len(vms)} VM(s): {names}", now)
+            for line in trouble:  # a vCenter (or its tags) that could not be read: the run warns
+                runlog.write(s, run_id, line, now, level="warning")
+                run.error = (f"{run.error}; {line}" if run.error else line)[:4000]
             if not vms:
-                run = s.get(Run, run_id)
-                assert run is not None
-                run.error = "the job's selection holds no VM today"
+                run.error = run.error or "the job's selection holds no VM today"
                 state.close_run(s, run, "failed", now)
         ctx.relay.kick()
+
+    def _repair(self) -> None:
+        """Runs whose planning died (claimed, no task for a while) are planned again; running runs
+        whose tasks have all ended are closed (the last two ended at the same moment)."""
+        ctx = self.ctx
+        now = ctx.clock()
+        with ctx.sessions.begin() as s:
+            running = s.scalars(select(Run).where(Run.state == "running")).all()
+            for run in running:
+                if run.id in self.planning:
+                    continue
+                states = list(s.scalars(select(Task.state).where(Task.run_id == run.id)))
+                if not states and run.started_at is not None and run.started_at < now - REPLAN_AFTER:
+                    job = s.get(Job, run.job_id)
+                    if job is not None and not (job.options or {}).get("restore_test"):
+                        run.state, run.started_at, run.wait_reason = "queued", None, None
+                        runlog.write(
+                            s, run.id, "planning did not finish: planning again", now, level="warning"
+                        )
+                elif states and all(st in state.FINAL for st in states):
+                    state.finish_run_if_done(s, run.id, now)
 
     # admission
     def _admit(self, mine: set[str]) -> list[tuple[str, str]]:
@@ -205,11 +251,13 @@ class Dispatcher:
             self._cancel_queued(s, now)
             busy = s.scalars(select(Task).where(Task.phase.in_(BUSY), Task.state.not_in(state.FINAL))).all()
             # A snapshot step whose snapshotter died: take it over (finding its snapshot by name).
+            timeout = timedelta(seconds=ctx.settings.pipeline.snapshot_timeout)
             for task in busy:
                 if (
                     task.phase == "snapshot"
                     and task.id not in mine
                     and task.updated_at < now - STALE_SNAPSHOT
+                    and _may_take_over(s, task, now, timeout)
                 ):
                     task.updated_at = now
                     task.generation += 1
@@ -219,21 +267,33 @@ class Dispatcher:
                     admitted.append((task.run_id, task.id))
             jobs = _jobs_of(s, {t.run_id for t in busy})
             open_vms = ledger.open_vms(s)
-            count = Usage.of(busy, jobs)
+            busy_ids = {t.id for t in busy}
+            removing_ids = {task for _, task in open_vms.values() if task not in busy_ids}
+            removing = s.scalars(select(Task).where(Task.id.in_(removing_ids))).all() if removing_ids else []
+            all_jobs = s.scalars(select(Job)).all()
+            job_limits = {j.id: job_limit(j, limits.vms_per_job) for j in all_jobs}
+            repos = {j.id: j.repository for j in all_jobs}
+            count = Usage.of(busy, jobs, repos, removing)
             capacity = mover_streams(s, now, ctx.settings.heartbeat_interval)
-            slowed = _throttles(s, now)
+            slowed = throttles(s, now)
             waiting = s.execute(
                 select(Task, Run.job_id)
                 .join(Run, Run.id == Task.run_id)
                 .where(Task.state == "queued", Task.phase == "queued", Run.state == "running")
                 .order_by(Run.created_at, Run.id, Task.vm_name, Task.id)
             ).all()
-            job_limits = {j.id: _job_limit(j, limits.vms_per_job) for j in s.scalars(select(Job))}
             for task, job_id in waiting:
                 if task.not_before is not None and task.not_before > now:
                     continue
                 vm = (task.vcenter, task.vm_moref)
                 reason = None
+                if open_vms.get(vm, ("",))[0] == "stuck":
+                    state.end_task(
+                        s, task, "failed", now,
+                        "a snapshot vbm made of this VM earlier could not be removed (an alert names it):"
+                        " remove it in vCenter (Snapshots > Delete), then run the job again",
+                    )  # fmt: skip
+                    continue
                 if vm in count.vms or vm in open_vms:
                     other = count.vms.get(vm)
                     reason = (
@@ -250,11 +310,17 @@ class Dispatcher:
                         else f"waiting for a mover ({capacity} streams, all busy)"
                     )
                 else:
-                    reason = count.blocked(task, limits, slowed)
+                    reason = count.blocked(task, repos.get(job_id, ""), limits, slowed)
                 if reason is not None:
                     if task.wait_reason != reason:
-                        if _kind(task.wait_reason) != _kind(reason):
+                        if (
+                            _kind(task.wait_reason) != _kind(reason)
+                            and (task.id, task.tries) not in self.told
+                        ):
+                            # the first wait of each try of a VM that is not for a mover (not every
+                            # change: that would be lines per VM per VM that ends, at real scale)
                             runlog.write(s, task.run_id, f"{task.vm_name}: {reason}", now, task_id=task.id)
+                            self.told.add((task.id, task.tries))
                         task.wait_reason = reason
                     continue
                 task.phase, task.state = "snapshot", "running"
@@ -262,8 +328,9 @@ class Dispatcher:
                 task.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.snapshot_timeout)
                 task.updated_at = now
                 task.generation += 1
-                count.add(task, job_id)
+                count.add(task, job_id, repos.get(job_id, ""))
                 admitted.append((task.run_id, task.id))
+            self.told &= {(t.id, t.tries) for t, _ in waiting if t.state == "queued"}
         return admitted
 
     def _cancel_queued(self, s: Session, now: datetime) -> None:
@@ -275,6 +342,16 @@ class Dispatcher:
         ).all()
         for task in rows:
             state.end_task(s, task, "cancelled", now, "cancelled by request")
+
+
+def _may_take_over(s: Session, task: Task, now: datetime, timeout: timedelta) -> bool:
+    """A quiet snapshot step is taken over only when no create of its snapshot can still be in
+    flight: none was asked for, or it was asked for longer ago than vbm waits for one (and a
+    minute more), so that two snapshots of the VM are never made."""
+    entry = ledger.get(s, ledger.snapshot_name(task.run_id, task.tries), task.vcenter, task.vm_moref)
+    if entry is None or entry.state != "requested":
+        return True
+    return entry.requested_at < now - timeout - STALE_SNAPSHOT
 
 
 def _ahead_of(s: Session, run: Run) -> str | None:
@@ -311,83 +388,6 @@ def _jobs_of(s: Session, run_ids: set[str]) -> dict[str, str]:
     return {str(r): str(j) for r, j in s.execute(select(Run.id, Run.job_id).where(Run.id.in_(run_ids)))}
 
 
-def _job_limit(job: Job, default: int) -> int:
-    own = (job.options or {}).get("max_parallel_vms")
-    return int(own) if own else default
-
-
 def _kind(reason: str | None) -> str:
     """A reason without its counts, so the log says when it changes, not every tick."""
     return (reason or "").split("(", 1)[0].strip()
-
-
-def mover_streams(s: Session, now: datetime, heartbeat_interval: float) -> int:
-    """The disk streams of every live mover (a heartbeat within three intervals)."""
-    fresh = now - timedelta(seconds=3 * heartbeat_interval)
-    total = s.scalar(
-        select(func.coalesce(func.sum(ServiceInstance.capacity), 0)).where(
-            ServiceInstance.service == "mover",
-            ServiceInstance.state == "running",
-            ServiceInstance.seen_at >= fresh,
-        )
-    )
-    return int(total or 0)
-
-
-def _throttles(s: Session, now: datetime) -> dict[str, tuple[int, float]]:
-    """Datastores slowed down by latency control; a limit no mover has confirmed for
-    THROTTLE_STALE (every mover that measured it is gone) no longer counts."""
-    rows = s.scalars(select(Throttle).where(Throttle.updated_at >= now - THROTTLE_STALE))
-    return {t.resource: (t.limit_now, t.latency_ms) for t in rows}
-
-
-@dataclass
-class Usage:
-    """What the VMs being backed up now hold: per VM, job, datastore and host."""
-
-    total: int = 0
-    vms: dict[tuple[str, str], str] = field(default_factory=dict)  # -> its run
-    jobs: Counter[str] = field(default_factory=Counter)
-    datastores: Counter[str] = field(default_factory=Counter)
-    hosts: Counter[str] = field(default_factory=Counter)
-
-    @classmethod
-    def of(cls, busy: Any, jobs: dict[str, str]) -> Usage:
-        usage = cls()
-        for task in busy:
-            usage.add(task, jobs.get(task.run_id, ""))
-        return usage
-
-    def add(self, task: Task, job_id: str) -> None:
-        self.total += 1
-        self.vms[(task.vcenter, task.vm_moref)] = task.run_id
-        self.jobs[job_id] += 1
-        for ds in task.datastores or []:
-            self.datastores[leases.datastore(task.vcenter, ds)] += 1
-        if task.host:
-            self.hosts[leases.host(task.vcenter, task.host)] += 1
-
-    def blocked(self, task: Task, limits: Any, slowed: dict[str, tuple[int, float]]) -> str | None:
-        """Why a snapshot of this VM would break a limit now, or None."""
-        # A VM admitted on a datastore must find a stream there: the stream limit caps it too.
-        caps = [n for n in (limits.snapshots_per_datastore, limits.streams_per_datastore) if n]
-        per_datastore = min(caps) if caps else 0
-        for ds in task.datastores or []:
-            key = leases.datastore(task.vcenter, ds)
-            if per_datastore and self.datastores[key] >= per_datastore:
-                held = self.datastores[key]
-                return f"waiting for a snapshot slot on datastore {ds} ({held} of {per_datastore})"
-            if key in slowed and self.datastores[key] >= slowed[key][0]:
-                limit, latency = slowed[key]
-                return (
-                    f"waiting: datastore {ds} is slow ({latency:.0f} ms to first byte), so it serves"
-                    f" {limit} stream(s) until it recovers"
-                )
-        if task.host:
-            key = leases.host(task.vcenter, task.host)
-            if limits.snapshots_per_host and self.hosts[key] >= limits.snapshots_per_host:
-                return (
-                    f"waiting for a snapshot slot on host {task.host}"
-                    f" ({self.hosts[key]} of {limits.snapshots_per_host})"
-                )
-        return None

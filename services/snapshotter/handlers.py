@@ -49,24 +49,36 @@ async def on_job_requested(event: JobRequested, delivery: Delivery, deps: Deps) 
 
 
 async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) -> Sequence[Event]:
-    """The data is safe in the repository: remove the snapshot now, before verification."""
-    await remove_entries(deps.ctx, deps.vcenters, task_id=event.task_id)
+    """The data is safe in the repository: remove the snapshot now, before verification. (A late
+    TransferDone of an earlier try leaves the snapshot of the try in progress alone.)"""
+    with deps.ctx.sessions() as s:
+        task = s.get(Task, event.task_id)
+        busy = task is not None and task.phase in ("snapshot", "transfer") and task.state not in state.FINAL
+        keep = ledger.snapshot_name(task.run_id, task.tries) if busy and task is not None else None
+    await remove_entries(deps.ctx, deps.vcenters, task_id=event.task_id, keep=keep)
     deps.kick()  # a stream and a snapshot slot are free
     return []
 
 
 async def snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
-    """The snapshot step of one admitted VM; a failure ends this try (another may follow)."""
+    """The snapshot step of one admitted VM; a failure ends this try (another may follow). The
+    step holds the task's generation from its admission: if another snapshotter took the step
+    over meanwhile, this one stops before every step that changes anything."""
+    gen = await asyncio.to_thread(_generation, deps.ctx, task_id)
+    if gen is None:
+        return
     toucher = asyncio.create_task(_touch(deps, task_id))
     try:
-        await _snapshot_task(deps, run_id, task_id)
+        await _snapshot_task(deps, run_id, task_id, gen)
     except state.Stale:
         return
+    except Cancelled:
+        _end(deps, task_id, gen, "cancelled", "cancelled by request")
     except (Permanent, Retryable, VSphereError) as exc:
-        _fail(deps, task_id, str(exc))
+        _fail(deps, task_id, gen, str(exc))
     except Exception as exc:  # a bug must not leave the task waiting for its deadline
         log.exception("snapshot step of %s failed", task_id)
-        _fail(deps, task_id, f"{type(exc).__name__}: {exc}")
+        _fail(deps, task_id, gen, f"{type(exc).__name__}: {exc}")
     finally:
         toucher.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -80,6 +92,35 @@ async def _touch(deps: Deps, task_id: str) -> None:
         await asyncio.sleep(TOUCH)
         with contextlib.suppress(Exception):
             await asyncio.to_thread(_touch_once, ctx, task_id)
+
+
+class Cancelled(Exception):
+    pass
+
+
+def _generation(ctx: Context, task_id: str) -> int | None:
+    with ctx.sessions() as s:
+        task = s.get(Task, task_id)
+        if task is None or task.phase != "snapshot" or task.state in state.FINAL:
+            return None
+        return task.generation
+
+
+def _mine(ctx: Context, task_id: str, gen: int) -> bool:
+    """Whether the snapshot step is still this one's: not ended, not taken over."""
+    with ctx.sessions() as s:
+        task = s.get(Task, task_id)
+        return (
+            task is not None
+            and task.phase == "snapshot"
+            and task.state not in state.FINAL
+            and task.generation == gen
+        )
+
+
+async def _check_mine(deps: Deps, task_id: str, gen: int) -> None:
+    if not await asyncio.to_thread(_mine, deps.ctx, task_id, gen):
+        raise state.Stale(f"task {task_id}: its snapshot step ended or was taken over")
 
 
 def _touch_once(ctx: Context, task_id: str) -> None:
@@ -101,7 +142,7 @@ async def _call(deps: Deps, vcenter: str, fn: Any) -> Any:
     raise AssertionError("unreachable")
 
 
-async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
+async def _snapshot_task(deps: Deps, run_id: str, task_id: str, gen: int) -> None:
     ctx = deps.ctx
     with ctx.sessions() as s:
         task = s.get(Task, task_id)
@@ -112,7 +153,7 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
         if job is None:
             raise Permanent(f"job {run.job_id} of run {run_id} no longer exists")
         if run.cancel_requested:
-            raise Permanent("cancelled before the snapshot")
+            raise Cancelled()
         vcenter, moref, options, tries = task.vcenter, task.vm_moref, dict(job.options), task.tries
         excluded = _excluded_disks(job, vcenter, moref, task.vm_name)
     name = ledger.snapshot_name(run_id, tries)
@@ -134,6 +175,7 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
         # The stun cycle's snapshot is in the ledger too: if its removal fails (or we die), its
         # entry stays open and the sweeper removes it.
         cycle = f"{name}-cbt"
+        await _check_mine(deps, task_id, gen)
         intend(cycle)
         try:
             made = await deps.vcenters.call(vcenter, lambda vc: _enable_cbt(vc, vm, cycle, describe(cycle)))
@@ -151,16 +193,11 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
                 entry.state, entry.removed_at = "removed" if made else "gone", ctx.clock()
                 note = f"{vm.name}: Changed Block Tracking turned on"
                 runlog.write(s, run_id, note, ctx.clock(), task_id=task_id)
+    await _check_mine(deps, task_id, gen)
     intend(name)
-    snap, fallback = await _create(deps, task_id, vcenter, vm, name, describe(name), options)
-    if not await asyncio.to_thread(_still_snapshotting, ctx, task_id):
-        # Ended meanwhile (the watchdog, a cancel): the snapshot is open again in the ledger, so
-        # that it is removed even if a sweep closed its entry before the create completed.
-        with ctx.sessions.begin() as s:
-            entry = ledger.get(s, name, vcenter, moref)
-            if entry is not None:
-                entry.state, entry.snapshot_moref, entry.removed_at = "created", snap.moref, None
-        await remove_one(ctx, deps.vcenters, name, vcenter, moref)
+    snap, fallback = await _create(deps, task_id, gen, vcenter, vm, name, describe(name), options)
+    if not await asyncio.to_thread(_mine, ctx, task_id, gen):
+        await _abandon(deps, task_id, name, vcenter, moref, snap.moref)
         return
     disks = await _call(deps, vcenter, lambda vc: vc.snapshot_disks(snap.moref))
     taken, skipped = _split(disks, excluded)
@@ -179,8 +216,8 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
             if disk.reason != EXCLUDED:
                 state.warn(s, task, f"disk {disk.key} ({disk.label}) not backed up: {disk.reason}", now)
         state.move(
-            s, task_id, expect="snapshot", now=now, phase="transfer", snapshot_moref=snap.moref,
-            bytes_total=sum(d.capacity for d in taken),
+            s, task_id, expect="snapshot", now=now, generation=gen, phase="transfer",
+            snapshot_moref=snap.moref, bytes_total=sum(d.capacity for d in taken),
             deadline_at=now + timedelta(seconds=ctx.settings.pipeline.transfer_stall),
         )  # fmt: skip
         runlog.write(s, run_id, f"{vm.name}: snapshot {name} created ({snap.moref})", now, task_id=task_id)
@@ -275,10 +312,23 @@ def _enable_cbt(vc: VCenter, vm: VMInfo, name: str, description: str) -> bool:
 
 
 async def _create(
-    deps: Deps, task_id: str, vcenter: str, vm: VMInfo, name: str, description: str, options: dict[str, Any]
+    deps: Deps,
+    task_id: str,
+    gen: int,
+    vcenter: str,
+    vm: VMInfo,
+    name: str,
+    description: str,
+    options: dict[str, Any],
 ) -> tuple[SnapshotInfo, str | None]:
     """The snapshot, and why quiescing failed when it fell back to a crash-consistent one. A
-    create that timed out may still complete: before asking again, look for it by its name."""
+    create is asked again within the try only when vCenter said its task failed (a busy host, a
+    transient fault): after a timeout or a lost answer vCenter may still be making it, so the try
+    fails rather than ask again (the sweeper finds a late one by its name; the next try has its
+    own name)."""
+    existing = [s for s in vm.snapshots if s.name == name]
+    if existing:  # an earlier attempt's create completed after all
+        return existing[0], None
     quiesce = bool(options.get("quiesce", False))
     timeout = deps.ctx.settings.pipeline.snapshot_timeout
     fell_back: list[str] = []
@@ -295,38 +345,63 @@ async def _create(
                 return vc.create_snapshot(vm.moref, name, description=description, timeout=timeout)
             raise
 
-    snapshots = vm.snapshots
     for wait in (*RETRY_CALLS, None):
-        existing = [s for s in snapshots if s.name == name]
-        if existing:  # an earlier create completed after all
-            return existing[0], None
         try:
             snap: SnapshotInfo = await deps.vcenters.call(vcenter, create)
             return snap, (fell_back[0] if fell_back else None)
-        except Retryable:
-            if wait is None:
+        except Retryable as exc:
+            cause = exc.__cause__
+            if wait is None or not (isinstance(cause, VSphereError) and cause.settled):
                 raise
+            log.info("snapshot of %s failed (%s): asking again in %.0f s", vm.name, exc, wait)
             await asyncio.sleep(wait)
-            if not await asyncio.to_thread(_still_snapshotting, deps.ctx, task_id):
-                raise state.Stale(f"task {task_id} ended while its snapshot was being made") from None
-            snapshots = (await _call(deps, vcenter, lambda vc: vc.vm(vm.moref))).snapshots
+            await _check_mine(deps, task_id, gen)
     raise AssertionError("unreachable")
 
 
-def _still_snapshotting(ctx: Context, task_id: str) -> bool:
-    """Whether the task still waits for this snapshot (the watchdog may have ended it)."""
-    with ctx.sessions() as s:
+async def _abandon(deps: Deps, task_id: str, name: str, vcenter: str, moref: str, made: str) -> None:
+    """The step ended or was taken over while this snapshot was being made. If the task's
+    transfer reads this very snapshot (the winner found it by name), it stays. If the task has
+    moved on with another one, only this one goes, by its moref (the name is shared). Else (the
+    task ended, or waits for another try) it is open again in the ledger and removed by name,
+    even if a sweep closed its entry before the create completed."""
+    ctx = deps.ctx
+    with ctx.sessions.begin() as s:
         task = s.get(Task, task_id)
-        return task is not None and task.phase == "snapshot" and task.state not in state.FINAL
+        in_use = task.snapshot_moref if task is not None and task.state not in state.FINAL else None
+        if in_use == made:
+            return
+        if in_use is None:
+            entry = ledger.get(s, name, vcenter, moref)
+            if entry is not None:
+                entry.state, entry.snapshot_moref, entry.removed_at = "created", made, None
+    if in_use is None:
+        await remove_one(ctx, deps.vcenters, name, vcenter, moref)
+        return
+    timeout = ctx.settings.pipeline.snapshot_timeout
+    try:  # if this fails, the winner's clean-up after its transfer removes every snapshot of the name
+        await deps.vcenters.call(vcenter, lambda vc: vc.remove_snapshot(made, timeout=timeout))
+    except (Permanent, Retryable) as exc:
+        log.warning("task %s: removing the extra snapshot %s failed: %s", task_id, made, exc)
 
 
-def _fail(deps: Deps, task_id: str, reason: str) -> None:
+def _end(deps: Deps, task_id: str, gen: int, how: str, reason: str) -> None:
+    ctx = deps.ctx
+    with ctx.sessions.begin() as s:
+        task = s.get(Task, task_id)
+        if task is not None and task.generation == gen:
+            state.end_task(s, task, how, ctx.clock(), reason)
+    ctx.relay.kick()
+    deps.kick()
+
+
+def _fail(deps: Deps, task_id: str, gen: int, reason: str) -> None:
     ctx = deps.ctx
     now = ctx.clock()
     with ctx.sessions.begin() as s:
         task = s.get(Task, task_id)
-        if task is None or task.state in state.FINAL:
-            return
+        if task is None or task.state in state.FINAL or task.generation != gen:
+            return  # ended, or another snapshotter took the step over: its outcome, not this
         run = s.get(Run, task.run_id)
         job = s.get(Job, run.job_id) if run is not None else None
         policy = state.RetryPolicy.of(ctx.settings, job)

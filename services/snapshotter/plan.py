@@ -19,20 +19,31 @@ from shared.vsphere.inventory import InventoryVM, read_inventory
 log = logging.getLogger(__name__)
 
 
-async def resolve_vms(vcenters: VCenters, job: Job) -> list[Placed]:
+async def resolve_vms(vcenters: VCenters, job: Job) -> tuple[list[Placed], list[str]]:
+    """The VMs of the run and where they live, and what could not be read (said in the run's
+    log, and it ends the run `warning` at best: VMs may be missing from it)."""
     spec = selection.of_job(job)
     inventories: dict[str, list[InventoryVM] | None] = {}
+    trouble: list[str] = []
     for name in spec.vcenters():
         try:
-            inventory = await vcenters.call(name, read_inventory)
-            if spec.wants_tags(name):
-                inventory = await vcenters.call(name, selection.with_tags_of(inventory))
-            inventories[name] = inventory
+            inventories[name] = await vcenters.call(name, read_inventory)
         except Exception as exc:  # the run goes on: these VMs fail in their snapshot step, saying why
             log.warning("job %s: vCenter %s cannot be read now (%s)", job.name, name, exc)
             inventories[name] = None
+            if spec.select:
+                trouble.append(f"vCenter {name} could not be read ({exc}): its selectors chose nothing")
+            continue
+        if spec.wants_tags(name):
+            try:
+                inventories[name] = await vcenters.call(name, selection.with_tags_of(inventories[name] or []))
+            except Exception as exc:
+                trouble.append(
+                    f"the tags of vCenter {name} could not be read ({exc}): tag selectors chose nothing"
+                )
     chosen = selection.resolve(spec, inventories)
-    return [
+    placed = [
         Placed(vcenter=vm.vcenter, moref=vm.moref, name=vm.name, host=vm.host, datastores=vm.datastores)
         for vm in chosen
     ]
+    return placed, trouble

@@ -8,10 +8,11 @@ capacity equals what vCenter reports now (a changed size is reported, not a fail
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from shared import prune, replication
@@ -89,6 +90,25 @@ async def verify_restore_point(
 
 
 NOT_COMPARED = "sizes not compared"
+ALIVE = 60.0  # seconds between marks of life of a verification in progress
+
+
+async def _keep_alive(ctx: Context, task_id: str) -> None:
+    """A verification that reads a big restore point for hours is alive: its deadline moves while
+    it works (`verify_timeout` is how long one may go without a sign of life)."""
+    while True:
+        await asyncio.sleep(ALIVE)
+        with contextlib.suppress(Exception):
+            await asyncio.to_thread(_extend, ctx, task_id)
+
+
+def _extend(ctx: Context, task_id: str) -> None:
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        task = s.get(Task, task_id)
+        if task is not None and task.phase == "verify" and task.state not in state.FINAL:
+            task.updated_at = now
+            task.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.verify_timeout)
 
 
 async def compare_sizes(deps: Deps, vcenter: str, vm_moref: str, disks: list[dict[str, Any]]) -> list[str]:
@@ -187,13 +207,26 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
             return []
         vcenter, vm_moref = row.vcenter, row.vm_moref
         s.expunge(row)
-    problems, notes = await check(deps, row)
+    alive = asyncio.create_task(_keep_alive(ctx, event.task_id))
+    try:
+        problems, notes = await check(deps, row)
+    finally:
+        alive.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await alive
     ok = not problems
     now = ctx.clock()
     with ctx.sessions.begin() as s:
         row = s.get(RestorePointRow, event.restore_point_id)
         task = s.get(Task, event.task_id)
-        assert row is not None and task is not None
+        if (
+            row is None
+            or task is None
+            or task.phase != "verify"
+            or task.state in state.FINAL
+            or task.restore_point_id != event.restore_point_id
+        ):
+            return []  # the task moved on meanwhile (the watchdog, another try): this verdict is late
         record(row, problems, notes, "after backup", now)
         stage(
             s,

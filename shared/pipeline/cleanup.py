@@ -23,10 +23,15 @@ log = logging.getLogger(__name__)
 STUCK_RETRY = timedelta(minutes=15)
 
 
-async def remove_entries(ctx: Context, vcenters: VCenters, *, task_id: str) -> bool:
-    """Remove every open snapshot of a task; True when none is left."""
+async def remove_entries(ctx: Context, vcenters: VCenters, *, task_id: str, keep: str | None = None) -> bool:
+    """Remove every open snapshot of a task (but `keep`, the snapshot of a try in progress);
+    True when none is left."""
     with ctx.sessions() as s:
-        keys = [(e.snapshot_name, e.vcenter, e.vm_moref) for e in ledger.open_entries(s, task_id)]
+        keys = [
+            (e.snapshot_name, e.vcenter, e.vm_moref)
+            for e in ledger.open_entries(s, task_id)
+            if keep is None or e.snapshot_name not in (keep, f"{keep}-cbt")
+        ]
     results = [await remove_one(ctx, vcenters, name, vcenter, moref) for name, vcenter, moref in keys]
     return all(results)
 

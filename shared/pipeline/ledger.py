@@ -58,12 +58,19 @@ def open_entries(session: Session, task_id: str | None = None) -> list[SnapshotL
     return list(session.scalars(query))
 
 
-def open_vms(session: Session) -> set[tuple[str, str]]:
-    """(vcenter, VM moref) of every VM with a vbm snapshot open (or possibly being made)."""
+def open_vms(session: Session) -> dict[tuple[str, str], tuple[str, str]]:
+    """(vcenter, VM moref) -> (state, task id) of every VM with a vbm snapshot open (or possibly
+    being made); `stuck` wins when a VM has several."""
     rows = session.execute(
-        select(SnapshotLedger.vcenter, SnapshotLedger.vm_moref).where(SnapshotLedger.state.in_(OPEN))
+        select(
+            SnapshotLedger.vcenter, SnapshotLedger.vm_moref, SnapshotLedger.state, SnapshotLedger.task_id
+        ).where(SnapshotLedger.state.in_(OPEN))
     )
-    return {(str(vc), str(vm)) for vc, vm in rows}
+    out: dict[tuple[str, str], tuple[str, str]] = {}
+    for vc, vm, st, task in rows:
+        if out.get((str(vc), str(vm)), ("",))[0] != "stuck":
+            out[(str(vc), str(vm))] = (str(st), str(task))
+    return out
 
 
 def get(session: Session, name: str, vcenter: str, vm_moref: str) -> SnapshotLedger | None:

@@ -7,13 +7,16 @@ not every time they are looked at again.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select
+from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from shared.db.models import Run
 from shared.db.work import RunLogLine
+
+KEEP = timedelta(days=180)  # the log of a run older than this goes (the run's row stays)
 
 Level = Literal["info", "warning", "error"]
 
@@ -41,3 +44,11 @@ def lines(session: Session, run_id: str, *, after: int = 0, limit: int = 1000) -
     return [
         {"id": r.id, "at": r.at, "level": r.level, "task_id": r.task_id, "message": r.message} for r in rows
     ]
+
+
+def trim(session: Session, now: datetime) -> int:
+    """Delete the lines of runs that are gone and lines older than KEEP; how many went."""
+    gone = session.execute(
+        delete(RunLogLine).where((RunLogLine.at < now - KEEP) | RunLogLine.run_id.not_in(select(Run.id)))
+    )
+    return int(gone.rowcount or 0)  # type: ignore[attr-defined]

@@ -56,13 +56,24 @@ def task_id_for(run_id: str, vcenter: str, vm_moref: str) -> str:
     return f"{run_id}.{vcenter}:{vm_moref}"
 
 
-def move(session: Session, task_id: str, *, expect: str, now: datetime, **changes: Any) -> None:
-    """Set fields of a task that is in phase `expect` and not finished; else raise Stale."""
+def move(
+    session: Session,
+    task_id: str,
+    *,
+    expect: str,
+    now: datetime,
+    generation: int | None = None,
+    **changes: Any,
+) -> None:
+    """Set fields of a task that is in phase `expect` (and, given, still at `generation`: nobody
+    took it over) and not finished; else raise Stale."""
+    query = update(Task).where(Task.id == task_id, Task.phase == expect, Task.state.not_in(FINAL))
+    if generation is not None:
+        query = query.where(Task.generation == generation)
     result = session.execute(
-        update(Task)
-        .where(Task.id == task_id, Task.phase == expect, Task.state.not_in(FINAL))
-        .values(updated_at=now, generation=Task.generation + 1, **changes)
-        .execution_options(synchronize_session=False)
+        query.values(updated_at=now, generation=Task.generation + 1, **changes).execution_options(
+            synchronize_session=False
+        )
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise Stale(f"task {task_id} is no longer in phase {expect}")
@@ -134,7 +145,9 @@ def try_failed(
 def finish_run_if_done(session: Session, run_id: str, now: datetime) -> Run | None:
     """When every task of the run has ended, end the run with the right state."""
     session.flush()
-    run = session.get(Run, run_id)
+    # The run's row first (PostgreSQL: locked to the end of the transaction), so that two tasks
+    # ending at the same moment in two transactions cannot each see the other unfinished.
+    run = session.scalar(select(Run).where(Run.id == run_id).with_for_update())
     if run is None or run.state in RUN_FINAL:
         return None
     tasks = list(session.execute(select(Task.state, Task.warnings).where(Task.run_id == run_id)).all())
@@ -143,7 +156,8 @@ def finish_run_if_done(session: Session, run_id: str, now: datetime) -> Run | No
         return None
     state: RunState
     if all(s == "succeeded" for s in states):
-        state = "warning" if any(w for _, w in tasks) else "succeeded"
+        # warnings of a VM, or of the run (a vCenter whose selectors could not be resolved)
+        state = "warning" if any(w for _, w in tasks) or run.error else "succeeded"
     elif run.cancel_requested and all(s in ("cancelled", "succeeded") for s in states):
         state = "cancelled"
     elif any(s == "succeeded" for s in states):

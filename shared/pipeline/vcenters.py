@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
 from typing import TypeVar
 
@@ -19,9 +20,14 @@ T = TypeVar("T")
 
 
 class VCenters:
-    def __init__(self, settings: Settings) -> None:
+    """The service's vCenter sessions, and the threads their blocking calls run on: a pool of
+    their own, so that calls waiting minutes for vCenter tasks never starve the default pool
+    (database writes, marks of life) of threads."""
+
+    def __init__(self, settings: Settings, threads: int = 16) -> None:
         self._settings = {vc.name: vc for vc in settings.vcenters}
         self._open: dict[str, VCenter] = {}
+        self._pool = ThreadPoolExecutor(threads, thread_name_prefix="vbm-vcenter")
 
     def get(self, name: str) -> VCenter:
         if name not in self._settings:
@@ -35,7 +41,7 @@ class VCenters:
         """Run a blocking adapter call in a thread; vSphere errors become Retryable/Permanent."""
         vc = self.get(name)
         try:
-            return await asyncio.to_thread(fn, vc)
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, vc)
         except VSphereError as exc:
             if exc.retryable:
                 raise Retryable(str(exc)) from exc
@@ -49,6 +55,7 @@ class VCenters:
     async def aclose(self) -> None:
         """Log out of every vCenter (in a thread: logouts are SOAP calls)."""
         await asyncio.to_thread(self.close)
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def sync_rows(session: Session, settings: Settings, now: datetime) -> None:

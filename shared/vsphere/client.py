@@ -47,12 +47,15 @@ RETRYABLE_FAULTS = frozenset(
 
 
 class VSphereError(Exception):
-    """A vSphere call failed. `fault` is the vim fault type (or a transport error's name)."""
+    """A vSphere call failed. `fault` is the vim fault type (or a transport error's name).
+    `settled`: vCenter said its task ended in error, so nothing of it is still under way (unlike
+    a timeout or a lost answer, after which the task may still complete)."""
 
-    def __init__(self, message: str, *, fault: str, retryable: bool) -> None:
+    def __init__(self, message: str, *, fault: str, retryable: bool, settled: bool = False) -> None:
         super().__init__(message)
         self.fault = fault
         self.retryable = retryable
+        self.settled = settled
 
 
 class NotFound(VSphereError):
@@ -911,7 +914,9 @@ class VCenter:
             if info.state == vim.TaskInfo.State.success:
                 return info.result
             if info.state == vim.TaskInfo.State.error:
-                raise translate(info.error, what)
+                err = translate(info.error, what)
+                err.settled = True
+                raise err
             if time.monotonic() >= deadline:
                 raise TaskTimeout(what, limit)
             time.sleep(delay)

@@ -26,7 +26,7 @@ VM_PROPS = [
     "runtime.host",
     "resourcePool",
     "parent",
-    "datastore",
+    "config.files.vmPathName",
 ]
 PAGE = 500
 
@@ -94,7 +94,6 @@ def read_inventory(vc: VCenter) -> list[InventoryVM]:
             parent = obj.get("parent")
             cluster = names.get(parent._moId) if isinstance(parent, vim.ClusterComputeResource) else None
             host_of[obj["_moref"]] = (obj.get("name", ""), cluster)
-        stores = {obj["_moref"]: obj.get("name", "") for obj in _retrieve(content, vim.Datastore, ["name"])}
         out = []
         for obj in _retrieve(content, vim.VirtualMachine, VM_PROPS):
             if obj.get("config.uuid") is None and obj.get("config.hardware.device") is None:
@@ -120,7 +119,7 @@ def read_inventory(vc: VCenter) -> list[InventoryVM]:
                     host=host_name,
                     cluster=cluster,
                     pools=_pool_chain(obj.get("resourcePool"), names, parents),
-                    datastores=tuple(stores.get(ds._moId, "") for ds in obj.get("datastore") or []),
+                    datastores=_stores(obj.get("config.files.vmPathName"), disks),
                     disks=disks,
                 )
             )
@@ -155,6 +154,18 @@ def _retrieve(content: Any, kind: Any, props: list[str]) -> Iterator[dict[str, A
             result = pc.ContinueRetrievePropertiesEx(result.token)
     finally:
         view.Destroy()
+
+
+def _stores(vmx: str | None, disks: tuple[InventoryDisk, ...]) -> tuple[str, ...]:
+    """The datastores the VM's own files live on: its folder's and its disks' (not a datastore
+    it merely mounts an ISO from: those carry no snapshot of it)."""
+    found: list[str] = []
+    for path in [vmx or "", *(f"[{d.datastore}]" for d in disks if not d.kind.startswith("rdm"))]:
+        if path.startswith("[") and "]" in path:
+            name = path[1 : path.index("]")]
+            if name and name not in found:
+                found.append(name)
+    return tuple(found)
 
 
 def _folder_path(parent: Any, names: dict[str, str], parents: dict[str, Any]) -> tuple[str, str]:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session, sessionmaker
 
 from tests.plugins.procs import fail_missing
 
@@ -116,3 +117,14 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     else:
         with private_database() as url:
             yield url
+
+
+@pytest.fixture
+def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
+    """Sessions on `db_url` (SQLite, then PostgreSQL) with the current schema."""
+    from shared.db import make_engine, make_sessionmaker, upgrade
+
+    engine = make_engine(db_url)
+    upgrade(engine)
+    yield make_sessionmaker(engine)
+    engine.dispose()

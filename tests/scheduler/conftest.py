@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -11,7 +10,6 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scheduler.planner import aware
-from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Job, Outbox, Run
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -31,14 +29,6 @@ class FakeClock:
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
         return self.now
-
-
-@pytest.fixture
-def sessions(db_url: str) -> Iterator[sessionmaker[Session]]:
-    engine = make_engine(db_url)
-    upgrade(engine)
-    yield make_sessionmaker(engine)
-    engine.dispose()
 
 
 @pytest.fixture
@@ -80,6 +70,14 @@ def edit_job(sessions: sessionmaker[Session], job_id: str, **values: Any) -> Non
         assert job is not None
         for key, value in values.items():
             setattr(job, key, value)
+
+
+def start_runs(sessions: sessionmaker[Session]) -> None:
+    """What the dispatcher does: the queued runs start (a slot that comes while a run of its job
+    still waits to start joins that run instead of queuing another)."""
+    with sessions.begin() as s:
+        for run in s.scalars(select(Run).where(Run.state == "queued")):
+            run.state, run.started_at = "running", T0
 
 
 def runs(sessions: sessionmaker[Session], job_id: str = "job-1") -> list[tuple[str, str, datetime | None]]:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from services.scheduler.planner import Due, Planner
 from shared.db.models import Job
 from shared.jobs import request_run
+from shared.pipeline import runlog
 from tests.scheduler.conftest import (
     DAILY_0230,
     EVERY_10,
@@ -23,6 +24,7 @@ from tests.scheduler.conftest import (
     runs,
     slots_run,
     staged,
+    start_runs,
 )
 
 M = timedelta(minutes=1)
@@ -39,6 +41,7 @@ def test_a_due_slot_runs_once_with_a_slot_derived_id(
     assert staged(sessions) == ["job.requested:job-1-20261126T090000Z"]
     assert last_slot(sessions) == T0
     assert planner.next_wake() == T0 + 10 * M
+    start_runs(sessions)
 
     clock.advance(minutes=9, seconds=59)
     assert planner.tick() == []
@@ -71,6 +74,7 @@ def test_a_new_job_runs_no_slot_from_before_it_existed(
     add_job(sessions, "job-2", EVERY_10, created=T0 - M)
     planner = Planner(sessions, clock)
     assert planner.tick() == ["job-2-20261126T090000Z"]
+    start_runs(sessions)
     clock.advance(minutes=10)
     assert sorted(planner.tick()) == ["job-1-20261126T091000Z", "job-2-20261126T091000Z"]
 
@@ -97,6 +101,7 @@ def test_an_edited_schedule_is_used_at_once(sessions: sessionmaker[Session], clo
     add_job(sessions, schedule=EVERY_10, last_slot=T0 - 10 * M)
     planner = Planner(sessions, clock)
     assert planner.tick() == ["job-1-20261126T090000Z"]
+    start_runs(sessions)
     edit_job(sessions, "job-1", schedule={"kind": "interval", "every_minutes": 3})
     clock.advance(minutes=3)
     assert planner.tick() == ["job-1-20261126T090300Z"]
@@ -126,6 +131,7 @@ def test_a_manual_run_does_not_disturb_the_schedule(
         assert job is not None
         manual = request_run(s, job, trigger="api", now=clock.now)
         assert manual is not None
+    start_runs(sessions)
     assert last_slot(sessions) == T0
     assert planner.tick() == []
     clock.advance(minutes=6)
@@ -150,10 +156,12 @@ def test_wall_clock_jumps(sessions: sessionmaker[Session], clock: FakeClock) -> 
     add_job(sessions, schedule=EVERY_10, last_slot=T0 - 10 * M)
     planner = Planner(sessions, clock)
     assert planner.tick() == ["job-1-20261126T090000Z"]
+    start_runs(sessions)
     clock.advance(hours=-2)  # back: nothing re-runs
     assert planner.tick() == []
     clock.advance(hours=2, minutes=10)
     assert planner.tick() == ["job-1-20261126T091000Z"]
+    start_runs(sessions)
     clock.advance(hours=5, minutes=5)  # forward (a suspended machine): one run, the newest slot
     assert planner.tick() == ["job-1-20261126T141000Z"]
     assert slots_run(sessions) == [T0, T0 + 10 * M, T0 + timedelta(hours=5, minutes=10)]
@@ -173,3 +181,26 @@ def test_a_broken_schedule_is_skipped_with_one_warning(
     assert len(warned) == 2, warned
     assert warned[0].startswith("job job-bad: schedule") and "is not valid" in warned[0]
     assert warned[1].startswith("job job-never: schedule") and "never fires" in warned[1]
+
+
+def test_a_slot_joins_a_run_of_its_job_that_still_waits_to_start(
+    sessions: sessionmaker[Session], clock: FakeClock
+) -> None:
+    """A job whose runs take longer than its interval does not pile up runs: a slot that comes
+    while one still waits to start joins it (its log says so); once it has started, the next slot
+    queues one run behind it."""
+    add_job(sessions, schedule=EVERY_10, last_slot=T0 - 10 * M)
+    planner = Planner(sessions, clock)
+    assert planner.tick() == ["job-1-20261126T090000Z"]
+    clock.advance(minutes=10)
+    assert planner.tick() == []
+    assert slots_run(sessions) == [T0] and last_slot(sessions) == T0 + 10 * M
+    with sessions() as s:
+        said = [line["message"] for line in runlog.lines(s, "job-1-20261126T090000Z")]
+    assert said == ["the slot of 2026-11-26 09:10 UTC joins this run"]
+    start_runs(sessions)
+    clock.advance(minutes=10)
+    assert planner.tick() == ["job-1-20261126T092000Z"]
+    clock.advance(minutes=10)
+    assert planner.tick() == []  # joins the 09:20 run, which waits behind the running one
+    assert slots_run(sessions) == [T0, T0 + 20 * M]

@@ -23,7 +23,7 @@ from shared.db.models import Run
 from shared.schedules import run_id_for
 from tests.plugins.nats import NatsServer
 from tests.plugins.procs import ManagedProcess
-from tests.scheduler.conftest import EVERY_10, T0, FakeClock, add_job, slots_run
+from tests.scheduler.conftest import EVERY_10, T0, FakeClock, add_job, slots_run, start_runs
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -47,6 +47,7 @@ async def test_loop_picks_up_new_jobs_and_kicks_the_relay(
         add_job(sessions, schedule=EVERY_10, last_slot=T0 - 10 * timedelta(minutes=1))
         await eventually(lambda: slots_run(sessions) == [T0], 5, "the new job's slot")
         await eventually(lambda: kicks == [1], 1, "a relay kick")
+        start_runs(sessions)
         # A jobs-changed message starts a round at once, however long the poll.
         loop.poll = 60
         await asyncio.sleep(0.3)  # the loop is now asleep for up to 60 s
