@@ -21,6 +21,7 @@ import contextlib
 import json
 import logging
 import os
+import shutil
 import signal
 import sys
 from collections.abc import Callable, Mapping
@@ -224,12 +225,26 @@ class Supervisor:
             f"from {spec_file}" if spec_file else f"{len(spec.vms)} VMs (lab.vms; or a spec file: --lab-spec)"
         )
         self.say(f"vbm up: no vCenter configured, starting the lab simulator: {what}")
+        from lab.build import LabError
+
         binary = await asyncio.to_thread(build_lab)
         workdir = self.data_dir / "lab"
+        if workdir.is_dir() and any(workdir.iterdir()):
+            # The simulator keeps its inventory in memory: the files of an earlier `vbm up`'s lab
+            # would collide with the VMs it makes again (FileAlreadyExists). Nothing of vbm's own
+            # lives there: the catalog and the repository are elsewhere in the data directory.
+            self.say(
+                f"vbm up: the lab starts afresh in {workdir} (its VMs are made again;"
+                " restore points of earlier runs stay in the repository)"
+            )
+            await asyncio.to_thread(shutil.rmtree, workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.lab = await asyncio.to_thread(
-            start_lab, spec, workdir, port=lab_cfg.port, binary=binary, env=bare_env()
-        )
+        try:
+            self.lab = await asyncio.to_thread(
+                start_lab, spec, workdir, port=lab_cfg.port, binary=binary, env=bare_env()
+            )
+        except LabError as exc:
+            raise ConfigError(f"the lab simulator did not start: {exc}") from None
         lab_vc = {
             "name": "lab",
             "url": self.lab.sdk_url,

@@ -297,3 +297,10 @@ def test_up_runs_a_lab_spec_file_and_serves_non_ascii_vms(
     dots = up.cli("restore", "start", point["id"], "--instant", "--name", "..")
     assert dots.returncode == 1 and "name: " in dots.stderr and "cannot be a VM name" in dots.stderr
     assert up.interrupt().rstrip().endswith("vbm up: stopped")
+    # a second `vbm up` on the same data directory: the lab starts afresh, the catalog stays
+    again = start_up(VBM_LAB__PORT="0", LAB_SPEC=str(spec))
+    assert "the lab starts afresh" in again.output()
+    again.key = up.key
+    again.wait_ready()
+    assert [p["id"] for p in again.get("/api/v1/backups?job=tokyo")[1]["backups"]] == [point["id"]]
+    assert again.interrupt().rstrip().endswith("vbm up: stopped")
