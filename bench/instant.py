@@ -28,9 +28,9 @@ from bench.run import parse_size
 
 async def main(size: int, reps: int) -> int:
     from lab.launcher import DiskSpec, LabSpec, VMSpec, start_lab
-    from shared.bus import Bus
+    from shared.catalog.restores import RestoreRequest, instant_action, request_restore
     from shared.db.models import Restore
-    from shared.restores import RestoreRequest, instant_action, request_restore
+    from shared.runtime.bus import Bus
     from tests.pipeline.conftest import Pipeline, now
     from tests.pipeline.test_restore import settings, vcenter, wait_phase, wait_restore
     from tests.plugins.nats import NatsServer

@@ -84,7 +84,7 @@ def parse_size(text: str) -> int:
 
 def measure(cmd: list[str], *, env: dict[str, str] | None = None, cwd: Path | None = None) -> Sample:
     """Run one child to its end; its wall time, user+sys CPU and peak RSS (from wait4)."""
-    from shared.procutil import die_with_parent
+    from shared.runtime.process import die_with_parent
 
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
@@ -466,7 +466,7 @@ class Bench:
         """socat terminating TLS in front of the lab (the optional HTTPS source variant)."""
         import socket
 
-        from shared.procutil import die_with_parent
+        from shared.runtime.process import die_with_parent
 
         if shutil.which("socat") is None or shutil.which("openssl") is None:
             raise BenchError("--https needs socat and openssl")

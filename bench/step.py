@@ -41,7 +41,6 @@ from typing import Any, TypeVar
 
 from pydantic import SecretStr
 
-from shared.datastore import DatastoreDisk, DatastoreHTTP
 from shared.repo import (
     FileEntry,
     LocalBackend,
@@ -55,6 +54,7 @@ from shared.repo import (
 from shared.repo import chunk as chunk_mod
 from shared.settings import VCenterSettings
 from shared.vsphere import VCenter
+from shared.vsphere.datastore import DatastoreDisk, DatastoreHTTP
 
 T = TypeVar("T")
 WINDOW = 4 * 1024 * 1024

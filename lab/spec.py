@@ -15,7 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from lab.launcher import DatastoreSpec, DiskSpec, LabSpec, TagCategorySpec, TagRef, VMSpec
+from lab.model import DatastoreSpec, DiskSpec, LabSpec, TagCategorySpec, TagRef, VMSpec
 
 __all__ = [
     "SpecError",

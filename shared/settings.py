@@ -22,7 +22,7 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from shared.retention import Policy
+from shared.model.retention import Policy
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
@@ -396,7 +396,7 @@ class Settings(BaseSettings):
     verify: VerifySettings = VerifySettings()
     retention: Policy = Field(
         default_factory=lambda: Policy(keep_last=14),
-        description="Retention of jobs that set none (shared/retention.py rules)",
+        description="Retention of jobs that set none (shared/model/retention.py rules)",
     )
     instant: InstantSettings = InstantSettings()
     hotadd: HotAddSettings = HotAddSettings()

@@ -8,7 +8,6 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shared.bus import Bus, BusUnavailable, Consumer, Delivery, Permanent, Retryable, run_consumer
 from shared.contracts import (
     STREAM_NAME,
     BusRejected,
@@ -17,6 +16,7 @@ from shared.contracts import (
     StepFailed,
     Subject,
 )
+from shared.runtime.bus import Bus, BusUnavailable, Consumer, Delivery, Permanent, Retryable, run_consumer
 from tests.plugins.nats import NatsServer
 from tests.plugins.procs import free_port
 

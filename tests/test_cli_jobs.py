@@ -13,11 +13,12 @@ from pathlib import Path
 import pytest
 
 from lab.launcher import Lab
-from shared import apikeys
-from shared.cli_jobs import parse_schedule
+from shared.catalog import apikeys
+from shared.catalog.jobs import job_row
+from shared.cli.jobs import parse_schedule
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Job, Outbox, RestorePointRow, Run, Task
-from shared.jobs import JobSpec, VMRef, job_row
+from shared.model.jobs import JobSpec, VMRef
 
 ROOT = Path(__file__).resolve().parent.parent
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -40,7 +41,7 @@ def env_for(tmp_path: Path, db_url: str, lab: Lab | None = None) -> dict[str, st
 
 def vbm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli_jobs", *args],
+        [sys.executable, "-m", "shared.cli.jobs", *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -148,7 +149,7 @@ def test_run_watch_follows_progress_to_the_end(tmp_path: Path) -> None:
         )  # fmt: skip
     env = env_for(tmp_path, db_url)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shared.cli_jobs", "run", "watch", "job-w-1"],
+        [sys.executable, "-m", "shared.cli.jobs", "run", "watch", "job-w-1"],
         env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import yaml
 
+from shared.runtime.supervisor import SERVICES
 from shared.settings import Settings
-from shared.supervisor import SERVICES
 
 ROOT = Path(__file__).resolve().parent.parent
 

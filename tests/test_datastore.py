@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from lab.launcher import Lab
-from shared.datastore import DatastoreHTTP, DownloadError, RetryPolicy
 from shared.settings import VCenterSettings
 from shared.vsphere import VCenter
+from shared.vsphere.datastore import DatastoreHTTP, DownloadError, RetryPolicy
 
 MIB = 1024 * 1024
 

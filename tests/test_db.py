@@ -109,8 +109,8 @@ def test_models_match_the_migrations(db_url: str) -> None:
 
 def test_vcenter_rows_mirror_the_settings_without_passwords(db_url: str) -> None:
     from shared.db.models import VCenterRow
-    from shared.pipeline.vcenters import sync_rows
     from shared.settings import Settings
+    from shared.vsphere.pool import sync_rows
 
     engine = make_engine(db_url)
     upgrade(engine)

@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
-from shared import notify
 from shared.db.models import Job
-from shared.notify import Message, NotifyError
+from shared.notify import channels as notify
+from shared.notify.channels import Message, NotifyError
 from shared.settings import NotificationSettings, Settings
 from tests.plugins.procs import free_port
 from tests.plugins.smtp import SmtpServer

@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from services.mover.replicate import Copied, copy_point
-from shared import replication
+from shared.catalog import replication
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Alert, Replication
 from shared.repo import LocalBackend, Repository, Writer, read_disk, restore_point

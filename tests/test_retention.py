@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from shared.retention import Point, Policy, plan
+from shared.model.retention import Point, Policy, plan
 
 
 def at(text: str) -> datetime:
@@ -115,7 +115,7 @@ def test_safety_rules_always_win() -> None:
 
 
 def test_expected_expiry_if_backups_go_on() -> None:
-    from shared.retention import expiries
+    from shared.model.retention import expiries
 
     start = at("2025-03-01T02:00")
     points = [Point(f"d{i}", start + timedelta(days=i), verified_ok=True) for i in range(10)]

@@ -18,7 +18,7 @@ import nats
 import pytest
 
 from shared.contracts import ServiceHeartbeat, heartbeat_subject
-from shared.supervisor import SERVICES
+from shared.runtime.supervisor import SERVICES
 from tests.plugins.nats import NatsServer
 from tests.plugins.procs import free_port
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from shared import usage
+from shared.catalog import usage
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Alert, UsageSample
 from shared.repo import LocalBackend, Repository

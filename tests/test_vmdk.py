@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shared.vmdk import GRAIN, SECTOR, StreamOptimized, grain_runs, grains_with_data
+from shared.vsphere.vmdk import GRAIN, SECTOR, StreamOptimized, grain_runs, grains_with_data
 
 MIB = 1 << 20
 

@@ -8,8 +8,8 @@ import logging
 from aiohttp import web
 
 from services.gateway.app import create_app
-from shared.pipeline.vcenters import sync_rows
-from shared.runtime import Context, Parts, main
+from shared.runtime.service import Context, Parts, main
+from shared.vsphere.pool import sync_rows
 
 log = logging.getLogger(__name__)
 

@@ -6,9 +6,9 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, flag, in_session, json_response, query_int, read_json
-from shared import notify
-from shared.jobstore import Invalid, NotFound
-from shared.pipeline.alerts import acknowledge, alert_view, list_alerts
+from shared.catalog.alerts import acknowledge, alert_view, list_alerts
+from shared.errors import Invalid, NotFound
+from shared.notify import channels as notify
 
 routes = web.RouteTableDef()
 

@@ -10,10 +10,11 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, flag, in_session, json_response, read_json
-from shared import jobstore, selection
+from shared.catalog import jobs as jobstore
+from shared.catalog.runs import run_view
 from shared.contracts import JOBS_CHANGED_SUBJECT, cancel_subject
-from shared.jobs import JobSpec
-from shared.runstore import run_view
+from shared.model.jobs import JobSpec
+from shared.vsphere import selection
 
 log = logging.getLogger(__name__)
 

@@ -10,10 +10,11 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, in_session, json_response, read_json
-from shared import reports, restores
+from shared.catalog import reports, restores
+from shared.catalog.runs import Page
+from shared.clock import iso
 from shared.db.models import RestoreReport
-from shared.jobstore import Invalid, NotFound, iso
-from shared.runstore import Page
+from shared.errors import Invalid, NotFound
 
 routes = web.RouteTableDef()
 

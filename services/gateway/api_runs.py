@@ -12,13 +12,13 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.gateway.common import CTX, flag, in_session, json_response, query_int
-from shared import prune, replication, runstore, usage
+from shared.catalog import prune, replication, runlog, usage
+from shared.catalog import runs as runstore
+from shared.clock import iso
 from shared.db.models import Replication, RestorePointRow
-from shared.jobs import check_location
-from shared.jobstore import Invalid, iso
-from shared.pipeline import runlog
+from shared.errors import Invalid
 from shared.repo import ChunkError, ManifestError, RepoError, Repository, read_disk
-from shared.repo.locations import open_backend
+from shared.repo.locations import check_location, open_backend
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()

@@ -8,7 +8,9 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from services.gateway.common import CTX, json_response
-from shared import jobstore
+from shared.catalog import jobs as jobstore
+from shared.clock import iso
+from shared.errors import Unreachable
 
 if TYPE_CHECKING:
     from shared.vsphere import VMInfo
@@ -25,9 +27,7 @@ def vm_view(vcenter: str, vm: VMInfo) -> dict[str, Any]:
         "power_state": vm.power_state,
         "cbt": vm.cbt_enabled,
         "disks": [{"key": d.key, "label": d.label, "capacity": d.capacity} for d in vm.disks],
-        "snapshots": [
-            {"name": s.name, "moref": s.moref, "created": jobstore.iso(s.created)} for s in vm.snapshots
-        ],
+        "snapshots": [{"name": s.name, "moref": s.moref, "created": iso(s.created)} for s in vm.snapshots],
     }
 
 
@@ -44,7 +44,7 @@ async def list_vms(request: web.Request) -> web.Response:
     vms: list[dict[str, Any]] = []
     unreachable: list[dict[str, str]] = []
     for vc, listed in zip(vcenters, found, strict=True):
-        if isinstance(listed, jobstore.Unreachable):
+        if isinstance(listed, Unreachable):
             if name:
                 raise listed
             unreachable.append({"vcenter": vc.name, "url": vc.url, "error": str(listed)})

@@ -18,8 +18,8 @@ from services.gateway.auth import AUTH, KeyState, require_key
 from services.gateway.common import CTX, json_response, problem
 from shared import __version__
 from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
-from shared.jobstore import StoreError
-from shared.runtime import Context
+from shared.errors import StoreError
+from shared.runtime.service import Context
 
 log = logging.getLogger(__name__)
 

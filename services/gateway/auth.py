@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from services.gateway.common import CTX, in_session, problem
-from shared import apikeys
+from shared.catalog import apikeys
 
 log = logging.getLogger(__name__)
 

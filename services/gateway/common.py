@@ -10,8 +10,8 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from shared.jobstore import Invalid
-from shared.runtime import Context
+from shared.errors import Invalid
+from shared.runtime.service import Context
 
 T = TypeVar("T")
 

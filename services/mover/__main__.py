@@ -13,10 +13,10 @@ from services.mover.handlers import Deps, on_snapshot_ready
 from services.mover.replicate import on_replicate_requested
 from services.mover.restore import on_restore_requested
 from services.mover.streams import Latency, LocalStreams, note_throttle
-from shared.bus import Consumer
 from shared.contracts import Event, ReplicateRequested, RestoreRequested, SnapshotReady, StepFailed, Subject
-from shared.pipeline.vcenters import VCenters
-from shared.runtime import Context, Parts, main
+from shared.runtime.bus import Consumer
+from shared.runtime.service import Context, Parts, main
+from shared.vsphere.pool import VCenters
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ async def wire(ctx: Context) -> Parts:
                 on_give_up=failed,
                 concurrency=streams,  # one VM per stream; their other disks share the free ones
             ),
-            Consumer(  # an attempt that fails is retried later by the notifier (shared/replication.py)
+            Consumer(  # an attempt that fails is retried later by the notifier (catalog.replication)
                 "mover-replicate",
                 Subject.REPLICATE_REQUESTED,
                 ReplicateRequested,

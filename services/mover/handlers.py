@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from services.mover.checkpoint import Checkpoint
 from services.mover.streams import Latency, LeasesBusy, LocalStreams, leased, stream_limits
-from shared.bus import Delivery, Permanent, Retryable
+from shared.catalog import tasks as state
 from shared.contracts import (
     DiskRef,
     Event,
@@ -35,11 +35,7 @@ from shared.contracts import (
     cancel_subject,
     progress_subject,
 )
-from shared.datastore import DatastoreHTTP, DownloadError
 from shared.db.models import Job, RestorePointRow, Run, Task
-from shared.outbox import stage
-from shared.pipeline import state
-from shared.pipeline.vcenters import VCenters
 from shared.repo import (
     DiskEntry,
     FileEntry,
@@ -56,7 +52,11 @@ from shared.repo import (
 from shared.repo.errors import Misconfigured
 from shared.repo.locations import open_backend
 from shared.repo.manifest import SkippedDiskEntry
-from shared.runtime import Context
+from shared.runtime.bus import Delivery, Permanent, Retryable
+from shared.runtime.outbox import stage
+from shared.runtime.service import Context
+from shared.vsphere.datastore import DatastoreHTTP, DownloadError
+from shared.vsphere.pool import VCenters
 
 log = logging.getLogger(__name__)
 

@@ -23,20 +23,21 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 from services.mover.handlers import Deps
-from shared import replication
-from shared.bus import Delivery
+from shared.catalog import replication
+from shared.catalog.alerts import raise_alert
+from shared.clock import aware
 from shared.contracts import Event, ReplicateDone, ReplicateRequested
 from shared.db.models import Replication, RestorePointRow
-from shared.outbox import stage
-from shared.pipeline.alerts import raise_alert
 from shared.repo import NotARepository, ObjectMissing, RepoError, Repository
 from shared.repo import chunk as chunks
 from shared.repo.backend import Backend
 from shared.repo.locations import open_backend
 from shared.repo.repository import chunk_key, manifest_key
+from shared.runtime.bus import Delivery
+from shared.runtime.outbox import stage
 
 log = logging.getLogger(__name__)
 PARALLEL = 4
@@ -76,7 +77,7 @@ async def on_replicate_requested(
         rep = s.get(Replication, event.replication_id)
         if rep is None or rep.state in replication.FINAL:
             return []
-        if rep.state == "running" and _aware(rep.updated_at) > now - alive:
+        if rep.state == "running" and aware(rep.updated_at) > now - alive:
             return []  # another attempt is at it (a duplicate or re-sent request)
         row = s.get(RestorePointRow, rep.restore_point_id)
         if row is None:
@@ -236,7 +237,3 @@ async def _first(backend: Backend) -> list[object]:
     async for obj in backend.list(""):
         return [obj]
     return []
-
-
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=UTC)

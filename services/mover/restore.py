@@ -32,27 +32,28 @@ import os
 import time
 from collections.abc import AsyncIterator, Coroutine, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any, TypeVar
 
 from services.mover.handlers import Deps
 from services.mover.hotadd import HotAddError, Written, device_path, wait_device, write_differences
 from shared import __version__
-from shared.bus import Delivery
+from shared.catalog.alerts import raise_alert
+from shared.catalog.reports import sign, signing_key
+from shared.catalog.restores import FINAL, alert_failed, finish_run
+from shared.clock import aware
 from shared.contracts import Event, RestoreDone, RestoreRequested, RestoreTarget
-from shared.datastore import DownloadError
 from shared.db.models import Restore, RestoreReport
-from shared.outbox import stage
-from shared.pipeline.alerts import raise_alert
 from shared.pipeline.restores import clean
 from shared.repo import RepoError, Repository, read_disk, read_file
 from shared.repo.locations import open_backend
 from shared.repo.manifest import DiskEntry, RestorePoint
-from shared.reports import sign, signing_key
-from shared.restores import FINAL, alert_failed, finish_run
-from shared.vmdk import GRAIN, StreamOptimized, grain_mask, grain_runs, grains_with_data, mask_runs
-from shared.vmx import descriptor, disk_files, restore_descriptor, restore_vmx
+from shared.runtime.bus import Delivery
+from shared.runtime.outbox import stage
 from shared.vsphere import NotFound, Placement, VCenter, VSphereError
+from shared.vsphere.datastore import DownloadError
+from shared.vsphere.vmdk import GRAIN, StreamOptimized, grain_mask, grain_runs, grains_with_data, mask_runs
+from shared.vsphere.vmx import descriptor, disk_files, restore_descriptor, restore_vmx
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -124,7 +125,7 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         if row is None or row.state in FINAL:
             return []
         alive = timedelta(seconds=ctx.settings.pipeline.ack_wait / 2)
-        if row.state == "running" and _aware(row.updated_at) > now - alive:
+        if row.state == "running" and aware(row.updated_at) > now - alive:
             # another attempt updates the row every second: this is a duplicate or re-sent
             # request. The bus redelivers a request only `ack_wait` after its mover went quiet,
             # so a redelivery after a crash finds the row quiet for longer, and takes over.
@@ -219,10 +220,6 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
             " (and CBT off): run the in-place restore again, or restore as a new VM"
         )
     return _end(attempt, state, error, target, rp_id, vm_moref, instant=mode == "instant")
-
-
-def _aware(when: datetime) -> datetime:
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _created(attempt: Attempt) -> dict[str, str]:
@@ -553,7 +550,7 @@ async def _restore_test(
     attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: str, location: str
 ) -> str:
     """Restore as a temporary VM on an isolated network, power it on, check it runs, remove it,
-    and store a signed report (`shared/reports.py`) of what was restored and what was seen."""
+    and store a signed report (`shared/catalog/reports.py`) of what was restored and what was seen."""
     ctx = attempt.deps.ctx
     started, t0 = ctx.clock(), time.monotonic()
     moref = await _restore(attempt, vc, target, rp_id, location)

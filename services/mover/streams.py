@@ -3,7 +3,7 @@
 * Locally, a mover offers `mover.streams` streams. Each VM it works on holds one (the dispatcher
   admitted the VM against the movers' streams, so that one is always there); its other disks
   read in parallel only on streams free at that moment, else one after the other on its own.
-* Across movers, each disk stream takes a lease (`shared/pipeline/leases.py`) on its datastore,
+* Across movers, each disk stream takes a lease (`shared/catalog/leases.py`) on its datastore,
   host and repository, within `limits.streams_per_*` (0: none). A stream waiting for a lease
   says so (task progress, the run's log) and stays alive: waiting is not stalling.
 * Storage latency control: every range read's time to first byte feeds a moving average per
@@ -26,10 +26,10 @@ from urllib.parse import parse_qs, urlsplit
 
 from sqlalchemy import func, select
 
+from shared.catalog import leases, runlog
 from shared.db.models import Task
 from shared.db.work import RunLogLine, Throttle
-from shared.pipeline import leases, runlog
-from shared.runtime import Context
+from shared.runtime.service import Context
 
 log = logging.getLogger(__name__)
 

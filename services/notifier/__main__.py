@@ -6,10 +6,10 @@ from functools import partial
 
 from services.notifier.handlers import Deps, on_bus_rejected, on_step_failed, watchdog
 from services.notifier.notify import on_alert_raised, on_restore_done, on_run_finished
-from shared.bus import Consumer
 from shared.contracts import AlertRaised, BusRejected, RestoreDone, RunFinished, StepFailed, Subject
-from shared.pipeline.vcenters import VCenters
-from shared.runtime import Context, Parts, main
+from shared.runtime.bus import Consumer
+from shared.runtime.service import Context, Parts, main
+from shared.vsphere.pool import VCenters
 
 NOTIFY_ACK_WAIT = 120.0
 

@@ -22,8 +22,11 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from shared import notify, replication
-from shared.bus import Delivery
+from shared.catalog import ledger, replication, runlog
+from shared.catalog import tasks as state
+from shared.catalog.alerts import raise_alert
+from shared.catalog.restores import FINAL as RESTORE_FINAL
+from shared.catalog.restores import alert_failed, finish_run
 from shared.contracts import (
     BusRejected,
     Event,
@@ -35,15 +38,13 @@ from shared.contracts import (
     event_type_for,
 )
 from shared.db.models import Job, Outbox, Restore, Run, SnapshotLedger, Task
-from shared.outbox import stage
-from shared.pipeline import ledger, runlog, state
-from shared.pipeline.alerts import raise_alert
+from shared.notify import channels as notify
 from shared.pipeline.cleanup import remove_entries, remove_one
 from shared.pipeline.restores import clean as clean_restore
-from shared.pipeline.vcenters import VCenters
-from shared.restores import FINAL as RESTORE_FINAL
-from shared.restores import alert_failed, finish_run
-from shared.runtime import Context
+from shared.runtime.bus import Delivery
+from shared.runtime.outbox import stage
+from shared.runtime.service import Context
+from shared.vsphere.pool import VCenters
 
 log = logging.getLogger(__name__)
 

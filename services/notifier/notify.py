@@ -16,13 +16,13 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from services.notifier.handlers import Deps
-from shared import notify
-from shared.bus import Delivery, Retryable
+from shared.catalog.alerts import raise_alert
 from shared.contracts import AlertRaised, Event, RestoreDone, RunFinished
 from shared.db.models import Notification
-from shared.notify import Message
-from shared.pipeline.alerts import raise_alert
-from shared.runtime import Context
+from shared.notify import channels as notify
+from shared.notify.channels import Message
+from shared.runtime.bus import Delivery, Retryable
+from shared.runtime.service import Context
 from shared.settings import ChannelSettings
 
 log = logging.getLogger(__name__)

@@ -3,7 +3,7 @@
 from services.scheduler.planner import Planner
 from services.scheduler.service import SchedulerLoop
 from shared.contracts import JOBS_CHANGED_SUBJECT
-from shared.runtime import Context, Parts, main
+from shared.runtime.service import Context, Parts, main
 
 
 async def wire(ctx: Context) -> Parts:

@@ -23,9 +23,9 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scheduler.slots import TICK, is_slot, newest_slot, next_slot
+from shared.catalog.runs import request_run
 from shared.db.models import Job
-from shared.jobs import request_run
-from shared.schedules import Schedule
+from shared.model.schedules import Schedule
 
 if TYPE_CHECKING:
     from sqlalchemy import CursorResult

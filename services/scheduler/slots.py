@@ -1,4 +1,4 @@
-"""Slot arithmetic on top of `shared.schedules.Schedule` (APScheduler triggers).
+"""Slot arithmetic on top of `shared.model.schedules.Schedule` (APScheduler triggers).
 
 One correction to the triggers: when clocks go back, APScheduler's CronTrigger fires a fixed
 wall-clock time twice (02:30 CEST and 02:30 CET both match "daily at 02:30"). Like cron, vbm runs
@@ -13,7 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
-from shared.schedules import Schedule
+from shared.model.schedules import Schedule
 
 TICK = timedelta(microseconds=1)
 # The newest slot is searched in growing windows before `now`, so a frequent schedule after a long

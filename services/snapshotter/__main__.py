@@ -11,11 +11,11 @@ from services.snapshotter.dispatch import Dispatcher
 from services.snapshotter.handlers import Deps, on_job_requested, on_transfer_done, snapshot_task
 from services.snapshotter.orphans import sweep_orphans
 from services.snapshotter.plan import resolve_vms
-from shared.bus import Consumer
+from shared.catalog import marker
 from shared.contracts import Event, JobRequested, StepFailed, Subject, TransferDone
-from shared.pipeline import marker
-from shared.pipeline.vcenters import VCenters
-from shared.runtime import Context, Parts, main
+from shared.runtime.bus import Consumer
+from shared.runtime.service import Context, Parts, main
+from shared.vsphere.pool import VCenters
 
 
 async def wire(ctx: Context) -> Parts:

@@ -30,10 +30,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.snapshotter.limits import Usage, job_limit, mover_streams, throttles
+from shared.catalog import ledger, runlog
+from shared.catalog import tasks as state
 from shared.db.models import Job, Run, Task
 from shared.db.work import DispatchLock
-from shared.pipeline import ledger, runlog, state
-from shared.runtime import Context
+from shared.runtime.service import Context
 
 log = logging.getLogger(__name__)
 

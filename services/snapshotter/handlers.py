@@ -3,7 +3,7 @@ once its data is safe.
 
 For each admitted VM: check it (exists, no snapshots but vbm's, datastore space), turn CBT on if
 the job wants it, write the snapshot into the ledger, then ask vCenter for it, marked as vbm's
-(`shared/pipeline/marker.py`). A create that times out may complete later: the next try (or
+(`shared/catalog/marker.py`). A create that times out may complete later: the next try (or
 the ledger sweeper) finds it by its name. Disks a snapshot cannot hold (independent disks, raw
 device mappings) and disks the job excludes are left out and named.
 """
@@ -18,15 +18,16 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from shared.bus import Delivery, Permanent, Retryable
+from shared.catalog import ledger, marker, runlog
+from shared.catalog import tasks as state
 from shared.contracts import DiskRef, Event, JobRequested, SkippedDisk, SnapshotReady, TransferDone
 from shared.db.models import Job, Run, Task
-from shared.outbox import stage
-from shared.pipeline import ledger, marker, runlog, state
 from shared.pipeline.cleanup import remove_entries, remove_one
-from shared.pipeline.vcenters import VCenters
-from shared.runtime import Context
+from shared.runtime.bus import Delivery, Permanent, Retryable
+from shared.runtime.outbox import stage
+from shared.runtime.service import Context
 from shared.vsphere import DiskInfo, NotFound, SnapshotInfo, VCenter, VMInfo, VSphereError
+from shared.vsphere.pool import VCenters
 
 log = logging.getLogger(__name__)
 
@@ -240,7 +241,7 @@ async def _snapshot_task(deps: Deps, run_id: str, task_id: str, gen: int) -> Non
     ctx.relay.kick()
 
 
-EXCLUDED = "excluded by the job"  # as shared/selection.py says it
+EXCLUDED = "excluded by the job"  # as shared/vsphere/selection.py says it
 
 
 def _excluded_disks(job: Job, vcenter: str, moref: str, name: str) -> set[int]:

@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from shared.catalog import leases
 from shared.db.models import Job, ServiceInstance, Task
 from shared.db.work import Throttle
-from shared.pipeline import leases
 
 THROTTLE_STALE = timedelta(minutes=10)  # a slow-down no mover confirmed for this long is over
 

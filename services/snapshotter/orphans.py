@@ -3,7 +3,7 @@
 The ledger covers every snapshot this vbm asked for, but a database restored from an older copy,
 a crash of the whole host at the wrong moment or a manual import can leave vbm snapshots that no
 open ledger entry explains. At start the snapshotter looks at every VM of every configured
-vCenter: a snapshot that carries vbm's mark (`shared/pipeline/marker.py`) and whose ledger entry
+vCenter: a snapshot that carries vbm's mark (`shared/catalog/marker.py`) and whose ledger entry
 is missing, closed, or belongs to a task that is not snapshotting or transferring any more is
 removed (and recorded as removed). A snapshot without the mark is not vbm's, whatever its name
 (a user may call one `vbm-anything`): it is never touched. A removal that fails raises an alert
@@ -15,12 +15,13 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from shared.catalog import ledger, marker
+from shared.catalog import tasks as state
+from shared.catalog.alerts import raise_alert
 from shared.db.models import SnapshotLedger, Task
-from shared.pipeline import ledger, marker, state
-from shared.pipeline.alerts import raise_alert
-from shared.pipeline.vcenters import VCenters
-from shared.runtime import Context
+from shared.runtime.service import Context
 from shared.vsphere import VCenter, VMInfo, VSphereError
+from shared.vsphere.pool import VCenters
 
 log = logging.getLogger(__name__)
 

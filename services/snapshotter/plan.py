@@ -1,7 +1,7 @@
 """Planning a run: the job's VMs as of now, each with where it lives (for the limits).
 
 The job's VM list and its selectors are resolved against each vCenter's inventory at every run
-(`shared/selection.py`), so a VM created in a selected folder or with a selected tag is backed
+(`shared/vsphere/selection.py`), so a VM created in a selected folder or with a selected tag is backed
 up without editing the job. A vCenter that cannot be read now does not stop the run: its listed
 VMs are planned without a place and their snapshot step says what is wrong.
 """
@@ -11,10 +11,10 @@ from __future__ import annotations
 import logging
 
 from services.snapshotter.dispatch import Placed
-from shared import selection
 from shared.db.models import Job
-from shared.pipeline.vcenters import VCenters
+from shared.vsphere import selection
 from shared.vsphere.inventory import InventoryVM, read_inventory
+from shared.vsphere.pool import VCenters
 
 log = logging.getLogger(__name__)
 

@@ -8,10 +8,10 @@ from functools import partial
 
 from services.verifier.handlers import Deps, on_transfer_done, on_verify_requested
 from services.verifier.reverify import gc_loop, reverify_loop, usage_loop
-from shared.bus import Consumer
 from shared.contracts import Event, StepFailed, Subject, TransferDone, VerifyDone, VerifyRequested
-from shared.pipeline.vcenters import VCenters
-from shared.runtime import Context, Parts, main
+from shared.runtime.bus import Consumer
+from shared.runtime.service import Context, Parts, main
+from shared.vsphere.pool import VCenters
 
 
 async def wire(ctx: Context) -> Parts:

@@ -15,20 +15,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared import prune, replication
-from shared.bus import Delivery
+from shared.catalog import prune, replication
+from shared.catalog import tasks as state
+from shared.catalog.alerts import raise_alert
 from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
 from shared.db.models import Job, RestorePointRow, Task
-from shared.outbox import stage
-from shared.pipeline import state
-from shared.pipeline.alerts import raise_alert
-from shared.pipeline.vcenters import VCenters
 from shared.repo import ChunkError, ManifestError, RepoError, Repository
 from shared.repo import chunk as chunks
 from shared.repo.locations import open_backend
 from shared.repo.manifest import expand, tree_digest
-from shared.runtime import Context
+from shared.runtime.bus import Delivery
+from shared.runtime.outbox import stage
+from shared.runtime.service import Context
 from shared.vsphere import VSphereError
+from shared.vsphere.pool import VCenters
 
 log = logging.getLogger(__name__)
 

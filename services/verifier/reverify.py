@@ -25,12 +25,12 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from services.verifier.handlers import Deps, record
+from shared.catalog.alerts import raise_alert
 from shared.db.models import RestorePointRow, VerifyRound
-from shared.pipeline.alerts import raise_alert
 from shared.repo import RepoError, Repository
 from shared.repo.check import CheckReport, check
 from shared.repo.locations import open_backend
-from shared.runtime import Context
+from shared.runtime.service import Context
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 def repositories(ctx: Context, copies: bool = False) -> list[str]:
     """The catalog's repositories; with `copies` the secondaries too (collected and measured,
     not re-read on schedule: an off-site read costs egress)."""
-    from shared import prune
+    from shared.catalog import prune
 
     with ctx.sessions() as s:
         return prune.repositories(s, copies)
@@ -170,7 +170,7 @@ async def reverify_loop(deps: Deps) -> None:
 async def gc_loop(deps: Deps) -> None:
     """The verifier's scheduled garbage collection: each repository every `verify.gc_seconds`
     (a GC already running elsewhere, GCBusy, is skipped until the next time)."""
-    from shared import prune
+    from shared.catalog import prune
     from shared.repo.gc import GCBusy
 
     ctx = deps.ctx
@@ -198,8 +198,8 @@ async def gc_loop(deps: Deps) -> None:
 
 async def usage_loop(deps: Deps) -> None:
     """The verifier's other background task: sample every repository's storage, alert at the
-    threshold (shared/usage.py)."""
-    from shared import usage
+    threshold (shared/catalog/usage.py)."""
+    from shared.catalog import usage
 
     ctx = deps.ctx
     while not ctx.stop.is_set():
@@ -223,7 +223,7 @@ async def usage_loop(deps: Deps) -> None:
 
 
 def _store_usage(ctx: Context, location: str, measured: dict[str, int | None], now: datetime) -> None:
-    from shared import usage
+    from shared.catalog import usage
 
     with ctx.sessions.begin() as s:
         usage.record(s, location, measured, ctx.settings.verify.usage_alert_percent, now)

@@ -330,7 +330,7 @@ class Notification(Base):
 
 
 class RestoreReport(Base):
-    """The signed report of a restore test (`shared/reports.py`); `signed` is its JSON."""
+    """The signed report of a restore test (`shared/catalog/reports.py`); `signed` is its JSON."""
 
     __tablename__ = "restore_reports"
 

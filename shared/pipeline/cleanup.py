@@ -12,11 +12,11 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from shared.pipeline import ledger, runlog
-from shared.pipeline.alerts import raise_alert
-from shared.pipeline.vcenters import VCenters
-from shared.runtime import Context
+from shared.catalog import ledger, runlog
+from shared.catalog.alerts import raise_alert
+from shared.runtime.service import Context
 from shared.vsphere import NotFound, VCenter
+from shared.vsphere.pool import VCenters
 
 log = logging.getLogger(__name__)
 

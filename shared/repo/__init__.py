@@ -4,6 +4,7 @@ It knows nothing of NATS or vSphere. See docs/design.md, "Repository format".
 """
 
 from shared.repo.backend import Backend, ObjectInfo
+from shared.repo.backends.local import LocalBackend
 from shared.repo.check import CheckReport, check
 from shared.repo.errors import (
     ChunkError,
@@ -15,7 +16,6 @@ from shared.repo.errors import (
     StorageFull,
     UnsupportedVersion,
 )
-from shared.repo.local import LocalBackend
 from shared.repo.manifest import DiskEntry, FileEntry, RestorePoint
 from shared.repo.reader import read_disk, read_file
 from shared.repo.repository import Repository, new_restore_point_id

@@ -15,8 +15,8 @@
 from __future__ import annotations
 
 from shared.repo.backend import Backend
+from shared.repo.backends.local import LocalBackend
 from shared.repo.errors import RepoError
-from shared.repo.local import LocalBackend
 
 _s3: tuple[str, str] | None = None
 _azure: str | None = None
@@ -51,7 +51,7 @@ def open_backend(location: str) -> Backend:
                 f"repository {location} is on S3, and no S3 credentials are configured:"
                 " set VBM_S3__ACCESS_KEY and VBM_S3__SECRET_KEY"
             )
-        from shared.repo.s3 import S3Backend
+        from shared.repo.backends.s3 import S3Backend
 
         try:
             return S3Backend(location, *_s3)
@@ -63,14 +63,14 @@ def open_backend(location: str) -> Backend:
                 f"repository {location} is on Azure Blob, and no account key is configured:"
                 " set VBM_AZURE__ACCOUNT_KEY"
             )
-        from shared.repo.azure import AzureBackend
+        from shared.repo.backends.azure import AzureBackend
 
         try:
             return AzureBackend(location, _azure)
         except ValueError as exc:
             raise RepoError(str(exc)) from None
     if location.startswith("sftp://"):
-        from shared.repo.sftp import SFTPBackend
+        from shared.repo.backends.sftp import SFTPBackend
 
         try:
             return SFTPBackend(  # without a key or password: the SSH agent's keys
@@ -82,7 +82,7 @@ def open_backend(location: str) -> Backend:
         except ValueError as exc:
             raise RepoError(str(exc)) from None
     if location.startswith("rclone://"):
-        from shared.repo.rclone import RcloneBackend
+        from shared.repo.backends.rclone import RcloneBackend
 
         try:
             return RcloneBackend(location, config=_rclone_config)
@@ -95,3 +95,38 @@ def open_backend(location: str) -> Backend:
             " (a path, s3://, azure://, sftp:// or rclone://)"
         )
     return LocalBackend(location)
+
+
+MAX_LOCATION = 1024
+
+
+def check_location(value: str) -> str:
+    """A repository location as jobs name them: a path, s3://... or azure://... (ValueError says
+    how to write one). What can never work is refused here, before it is stored."""
+    if len(value) > MAX_LOCATION:
+        raise ValueError(f"a repository location is at most {MAX_LOCATION} characters, not {len(value)}")
+    if any(ord(c) < 32 or ord(c) == 127 or "\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError("a repository location cannot hold control characters (NUL, newline...)")
+    if value.startswith("s3://"):
+        from shared.repo.backends.s3 import S3Location
+
+        S3Location(value)
+    elif value.startswith("azure://"):
+        from shared.repo.backends.azure import AzureLocation
+
+        AzureLocation(value)
+    elif value.startswith("sftp://"):
+        from shared.repo.backends.sftp import SFTPLocation
+
+        SFTPLocation(value)
+    elif value.startswith("rclone://"):
+        from shared.repo.backends.rclone import RcloneLocation
+
+        RcloneLocation(value)
+    elif "://" in value:
+        raise ValueError(
+            f"{value.split('://', 1)[0]}:// is not a supported location: a path, s3://, azure://, sftp:// or rclone://"
+        )
+    elif not value.strip():
+        raise ValueError("a repository location cannot be empty")
+    return value

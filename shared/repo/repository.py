@@ -149,7 +149,7 @@ class Repository:
 
     async def _keep_immutable(self, rp: RestorePoint, resumed: bool = False) -> RestorePoint:
         """Every chunk a writer stored or relied on got at least `lock_until(started)` (see
-        shared/repo/s3.py); inherited windows have their parent's `immutable_until`. When the
+        shared/repo/backends/s3.py); inherited windows have their parent's `immutable_until`. When the
         lesser of those is N days from now or later, nothing more is needed; otherwise (a new
         generation, a full, a resumed write, a parent from before immutability) every chunk of
         the point and the config are extended to `lock_until(now)`."""

@@ -13,11 +13,11 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from lab.launcher import Lab
 from services.gateway.app import create_app
-from shared import apikeys
-from shared.bus import Bus
+from shared.catalog import apikeys
 from shared.db import make_engine, make_sessionmaker, upgrade
-from shared.outbox import Relay
-from shared.runtime import Context, utcnow
+from shared.runtime.bus import Bus
+from shared.runtime.outbox import Relay
+from shared.runtime.service import Context, utcnow
 from shared.settings import Settings, VCenterSettings
 from tests.plugins.nats import NatsServer
 

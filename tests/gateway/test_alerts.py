@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from lab.launcher import Lab
-from shared.pipeline.alerts import raise_alert
+from shared.catalog.alerts import raise_alert
 from tests.gateway.conftest import MakeApi, lab_vcenter
 from tests.plugins.webhook import WebhookReceiver
 

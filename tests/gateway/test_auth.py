@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from shared import apikeys
+from shared.catalog import apikeys
 from shared.db.models import ApiKey
 from tests.gateway.conftest import MakeApi
 

@@ -119,7 +119,7 @@ async def test_jobs_that_could_never_work_are_refused_at_the_door(
 async def test_restore_names_are_vm_names_and_stay_inside_their_folder(
     make_api: MakeApi, tmp_path: Path
 ) -> None:
-    from shared.restores import vm_name_problem
+    from shared.catalog.restores import vm_name_problem
 
     api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}")
     for name in ("..", ".", "a/b", "a\\b", "50%", " web", "web ", "tab\there", "x" * 81):

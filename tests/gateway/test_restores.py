@@ -77,7 +77,7 @@ async def test_restore_requests(make_api: MakeApi, tmp_path: Path) -> None:
 async def test_reports_and_the_public_key(make_api: MakeApi, tmp_path: Path) -> None:
     import json
 
-    from shared import reports
+    from shared.catalog import reports
     from shared.db.models import RestoreReport
 
     api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=(VC,))

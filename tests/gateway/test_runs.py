@@ -5,8 +5,9 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from shared.catalog.jobs import job_row
 from shared.db.models import RestorePointRow, Run, Task
-from shared.jobs import JobSpec, VMRef, job_row
+from shared.model.jobs import JobSpec, VMRef
 from shared.repo import DiskEntry, LocalBackend, Repository, restore_point
 from tests.gateway.conftest import Api, MakeApi
 
@@ -263,7 +264,7 @@ async def test_pin_and_unpin(make_api: MakeApi, tmp_path: Path) -> None:
 
 
 async def test_replications_are_listed_and_filtered(make_api: MakeApi, db_url: str) -> None:
-    from shared import replication
+    from shared.catalog import replication
     from shared.db.models import Replication
 
     api = await make_api(db_url)

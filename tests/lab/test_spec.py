@@ -262,6 +262,6 @@ def test_disk_sha256_from_the_command_line(tmp_path: Path, lab: Lab) -> None:
     assert frozen.stdout.strip() == want
     assert lab.disk_sha256("vm1", 2001) != want
     # `vbm lab ...` is the same entry point
-    from shared.cli import main as vbm_main
+    from shared.cli.app import main as vbm_main
 
     assert vbm_main(["lab", "disk-sha256", "vm1", "1", "--url", lab.url, "--snapshot", snap._moId]) == 0

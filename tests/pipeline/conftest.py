@@ -18,14 +18,16 @@ import pytest
 from sqlalchemy import select
 
 from lab.launcher import DiskSpec, Lab, LabSpec, VMSpec
-from shared.bus import Bus
+from shared.catalog import ledger
+from shared.catalog.jobs import job_row
+from shared.catalog.runs import request_run
 from shared.contracts import RUN_FINAL
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Alert, Job, RestorePointRow, Run, SnapshotLedger, Task
-from shared.jobs import JobSpec, job_row, request_run
-from shared.outbox import Relay
-from shared.pipeline import ledger
+from shared.model.jobs import JobSpec
 from shared.repo import LocalBackend, Repository, read_disk
+from shared.runtime.bus import Bus
+from shared.runtime.outbox import Relay
 from tests.plugins.nats import NatsServer
 from tests.plugins.procs import ManagedProcess
 
@@ -143,7 +145,7 @@ class Pipeline:
             return list(s.scalars(select(Task).where(Task.run_id == run_id).order_by(Task.vm_name)))
 
     def run_log(self, run_id: str) -> list[dict[str, Any]]:
-        from shared.pipeline import runlog
+        from shared.catalog import runlog
 
         with self.sessions() as s:
             return runlog.lines(s, run_id)

@@ -14,8 +14,8 @@ from sqlalchemy import select
 
 from shared.db.models import Replication, RestorePointRow
 from shared.repo import Repository
+from shared.repo.backends.s3 import S3Backend
 from shared.repo.repository import CONFIG_KEY, chunk_key, manifest_key
-from shared.repo.s3 import S3Backend
 from tests.pipeline.conftest import Pipeline
 from tests.pipeline.test_faults import eventually
 from tests.pipeline.test_replication import wait_replications

@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.snapshotter.limits import Usage
+from shared.catalog import leases, runlog
 from shared.db.models import Job, Run, Task
 from shared.db.work import Lease, RunLogLine
-from shared.pipeline import leases, runlog
 
 NOW = datetime(2026, 12, 6, 9, 0, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ from datetime import timedelta
 
 from sqlalchemy import select
 
+from shared.catalog.alerts import raise_alert
 from shared.db.models import Notification
-from shared.pipeline.alerts import raise_alert
 from tests.pipeline.conftest import Pipeline, now
 from tests.pipeline.test_faults import FAST, backup, eventually, small_spec
 from tests.plugins.smtp import SmtpServer

@@ -11,10 +11,10 @@ from sqlalchemy import select
 
 from shared.db.models import RestorePointRow
 from shared.repo import Backend, Repository, read_disk
-from shared.repo.azure import AzureBackend
-from shared.repo.rclone import RcloneBackend
-from shared.repo.s3 import S3Backend
-from shared.repo.sftp import SFTPBackend
+from shared.repo.backends.azure import AzureBackend
+from shared.repo.backends.rclone import RcloneBackend
+from shared.repo.backends.s3 import S3Backend
+from shared.repo.backends.sftp import SFTPBackend
 from tests.pipeline.conftest import Pipeline
 from tests.pipeline.test_restore import folder, restore, wait_restore
 from tests.plugins.azurite import AzuriteServer

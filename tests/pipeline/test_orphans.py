@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from shared.catalog import marker
 from shared.db.models import Alert, SnapshotLedger
-from shared.pipeline import marker
 from shared.settings import VCenterSettings
 from shared.vsphere import VCenter
 from tests.pipeline.conftest import Pipeline

@@ -11,8 +11,8 @@ from sqlalchemy import select
 
 from shared.db.models import Alert, Replication
 from shared.repo import LocalBackend, Repository, read_disk
-from shared.repo.azure import AzureBackend
-from shared.repo.s3 import S3Backend
+from shared.repo.backends.azure import AzureBackend
+from shared.repo.backends.s3 import S3Backend
 from tests.pipeline.conftest import Pipeline
 from tests.plugins.azurite import AzuriteServer
 from tests.plugins.s3 import S3Server

@@ -15,12 +15,12 @@ import pytest
 from pydantic import SecretStr
 
 from lab.launcher import DiskSpec, VMSpec
+from shared.catalog.restores import RestoreRequest, request_restore
 from shared.db.models import Restore, RestorePointRow
-from shared.jobstore import Conflict
-from shared.restores import RestoreRequest, request_restore
+from shared.errors import Conflict
 from shared.settings import Settings, VCenterSettings
-from shared.vmdk import GRAIN
 from shared.vsphere import VCenter
+from shared.vsphere.vmdk import GRAIN
 from tests.pipeline.conftest import MIB, Pipeline, default_spec, now
 from tests.plugins.webhook import WebhookReceiver
 
@@ -359,7 +359,7 @@ async def test_a_registration_that_ends_after_a_takeover_is_undone_by_the_old_mo
 async def test_in_place_restore_writes_the_disks_back_and_resets_cbt(
     pipeline_factory: Callable[..., Pipeline],
 ) -> None:
-    from shared.jobstore import Invalid
+    from shared.errors import Invalid
 
     p = pipeline_factory()
     p.start("snapshotter", "mover", "verifier", "notifier")
@@ -406,7 +406,7 @@ async def test_restore_test_leaves_a_signed_report_and_no_vm(
 ) -> None:
     import json
 
-    from shared import reports
+    from shared.catalog import reports
     from shared.db.models import RestoreReport
 
     p = pipeline_factory()
@@ -521,7 +521,7 @@ async def wait_phase(p: Pipeline, restore_id: str, phase: str, timeout: float = 
 async def test_instant_recovery_runs_from_the_store_then_migrates_or_stops(
     pipeline_factory: Callable[..., Pipeline],
 ) -> None:
-    from shared.restores import instant_action
+    from shared.catalog.restores import instant_action
 
     p = pipeline_factory()
     p.start("snapshotter", "mover", "verifier", "notifier")
@@ -660,7 +660,7 @@ async def test_restore_test_sees_the_guest_heartbeat_when_tools_run(
     import dataclasses
     import json
 
-    from shared import reports
+    from shared.catalog import reports
     from shared.db.models import RestoreReport
     from tests.pipeline.conftest import default_spec
 

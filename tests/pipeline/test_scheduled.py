@@ -10,7 +10,7 @@ from datetime import timedelta
 from sqlalchemy import select
 
 from shared.db.models import Job, Run
-from shared.schedules import Schedule
+from shared.model.schedules import Schedule
 from tests.pipeline.conftest import Pipeline, now
 
 

@@ -13,9 +13,9 @@ from collections.abc import Callable
 
 from lab.launcher import DiskSpec, LabSpec, TagCategorySpec, TagRef, VMSpec
 from shared.repo import LocalBackend, Repository
-from shared.selection import Chosen, of_job, resolve
 from shared.vsphere import VCenter
 from shared.vsphere.inventory import read_inventory
+from shared.vsphere.selection import Chosen, of_job, resolve
 from shared.vsphere.tags import attached_tags
 from tests.pipeline.conftest import MIB, Pipeline
 from tests.plugins.webhook import WebhookReceiver

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 from pyVmomi import vim
 
-from shared import runstore
+from shared.catalog import runs as runstore
 from shared.db.models import RestorePointRow
 from shared.repo import LocalBackend, Repository
 from shared.repo.repository import chunk_key

@@ -31,7 +31,7 @@ from typing import NoReturn
 
 import pytest
 
-from shared.procutil import die_with_parent
+from shared.runtime.process import die_with_parent
 
 __all__ = [
     "ManagedProcess",

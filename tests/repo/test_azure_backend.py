@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.repo import Backend, Repository
-from shared.repo.azure import AzureBackend, AzureLocation
+from shared.repo.backends.azure import AzureBackend, AzureLocation
 from shared.repo.errors import RepoError
 from tests.plugins.azurite import AzuriteServer
 from tests.plugins.faultproxy import FaultProxy

@@ -10,8 +10,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.repo import Backend, ObjectMissing, Repository
+from shared.repo.backends.rclone import RcloneBackend
 from shared.repo.errors import RepoError
-from shared.repo.rclone import RcloneBackend
 from tests.plugins.faultproxy import FaultProxy
 from tests.plugins.rclone import WebDAVServer
 from tests.repo.contract import FAULT_TIMEOUT, BackendContract, HTTPFaultContract, LeftoverContract

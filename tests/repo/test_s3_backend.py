@@ -11,8 +11,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from shared.repo import Repository
+from shared.repo.backends.s3 import S3Backend
 from shared.repo.errors import RepoError
-from shared.repo.s3 import S3Backend
 from tests.plugins.s3 import S3Server
 from tests.repo.contract import BackendContract
 

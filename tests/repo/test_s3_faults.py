@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Callable
 import pytest
 
 from shared.repo import Backend
-from shared.repo.s3 import S3Backend
+from shared.repo.backends.s3 import S3Backend
 from tests.plugins.faultproxy import FaultProxy
 from tests.plugins.s3 import S3Server
 from tests.repo.contract import FAULT_TIMEOUT, HTTPFaultContract, MiB

@@ -16,10 +16,10 @@ from minio.error import S3Error
 from minio.objectlockconfig import DAYS, ObjectLockConfig
 
 from shared.repo import NotARepository, ObjectLocked, RepoError, Repository, Writer, read_disk, restore_point
+from shared.repo.backends.s3 import S3Backend
 from shared.repo.gc import collect
 from shared.repo.manifest import DiskEntry
 from shared.repo.repository import CONFIG_KEY, chunk_key, manifest_key
-from shared.repo.s3 import S3Backend
 from tests.plugins.s3 import S3Server
 from tests.repo.conftest import BytesSource, make_image
 from tests.repo.test_cli_repo import failed, ok, vbm

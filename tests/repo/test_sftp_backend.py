@@ -13,8 +13,8 @@ import asyncssh
 import pytest
 
 from shared.repo import ObjectMissing, Repository
+from shared.repo.backends.sftp import SFTPBackend
 from shared.repo.errors import RepoError
-from shared.repo.sftp import SFTPBackend
 from tests.plugins.faultproxy import FaultProxy
 from tests.plugins.sftp import SFTPServer
 from tests.repo.contract import FAULT_TIMEOUT, BackendContract, FaultContract, LeftoverContract
@@ -129,7 +129,7 @@ def test_locations_are_checked() -> None:
 async def test_the_stall_watchdog_counts_progress_of_every_call_on_the_connection() -> None:
     """Many calls share one connection; on a slow link a call may wait its turn longer than the
     timeout while the others move data: only a connection on which nothing moves is aborted."""
-    from shared.repo.sftp import _Activity, _Watchdog
+    from shared.repo.backends.sftp import _Activity, _Watchdog
 
     class Conn:
         aborted = False

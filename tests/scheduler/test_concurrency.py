@@ -9,9 +9,9 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 
 from services.scheduler.planner import Planner
+from shared.catalog.runs import request_run
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Job, Outbox, Run
-from shared.jobs import request_run
 from tests.scheduler.conftest import EVERY_10, T0, FakeClock, add_job
 
 JOBS = 12

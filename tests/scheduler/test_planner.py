@@ -10,9 +10,9 @@ from sqlalchemy import delete
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scheduler.planner import Due, Planner
+from shared.catalog import runlog
+from shared.catalog.runs import request_run
 from shared.db.models import Job
-from shared.jobs import request_run
-from shared.pipeline import runlog
 from tests.scheduler.conftest import (
     DAILY_0230,
     EVERY_10,

@@ -20,7 +20,7 @@ from services.scheduler.service import SchedulerLoop
 from shared.contracts import STREAM_NAME, JobRequested, Subject
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Run
-from shared.schedules import run_id_for
+from shared.model.schedules import run_id_for
 from tests.plugins.nats import NatsServer
 from tests.plugins.procs import ManagedProcess
 from tests.scheduler.conftest import EVERY_10, T0, FakeClock, add_job, slots_run, start_runs

@@ -15,11 +15,11 @@ from services.verifier.handlers import Deps
 from services.verifier.reverify import cycle
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Alert, RestorePointRow
-from shared.pipeline.vcenters import VCenters
 from shared.repo import LocalBackend, Repository, Writer, restore_point
 from shared.repo.repository import chunk_key
-from shared.runtime import Context
+from shared.runtime.service import Context
 from shared.settings import Settings, VerifySettings
+from shared.vsphere.pool import VCenters
 
 T0 = datetime(2026, 11, 1, 3, 0, tzinfo=UTC)
 CHUNK = 64 * 1024

@@ -1,0 +1,89 @@
+"""Alerts: stored (for the API and UI) and published as `vbm.alert.raised`, once per key."""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime
+from typing import Literal
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from shared.contracts import AlertRaised
+from shared.db.models import Alert
+from shared.runtime.outbox import stage
+
+Severity = Literal["info", "warning", "error", "critical"]
+
+
+def raise_alert(
+    session: Session,
+    *,
+    key: str,
+    kind: str,
+    severity: Severity,
+    message: str,
+    now: datetime,
+    vm_name: str | None = None,
+    run_id: str | None = None,
+) -> bool:
+    """Record and publish an alert unless one with this key exists; True if it was new."""
+    alert_id = f"alert-{hashlib.sha256(key.encode()).hexdigest()[:20]}"
+    if session.get(Alert, alert_id) is not None:
+        return False
+    session.add(
+        Alert(
+            id=alert_id,
+            kind=kind,
+            severity=severity,
+            message=message,
+            vm_name=vm_name,
+            run_id=run_id,
+            created_at=now,
+        )
+    )
+    stage(
+        session,
+        AlertRaised(
+            occurred_at=now,
+            alert_id=alert_id,
+            severity=severity,
+            kind=kind,
+            message=message,
+            vm_name=vm_name,
+            run_id=run_id,
+        ),
+        now,
+    )
+    return True
+
+
+def alert_view(alert: Alert) -> dict[str, object]:
+    return {
+        "id": alert.id,
+        "kind": alert.kind,
+        "severity": alert.severity,
+        "message": alert.message,
+        "vm_name": alert.vm_name,
+        "run_id": alert.run_id,
+        "created_at": alert.created_at.isoformat(),
+        "acknowledged_at": alert.acknowledged_at.isoformat() if alert.acknowledged_at else None,
+    }
+
+
+def list_alerts(session: Session, *, everything: bool = False, limit: int = 100) -> tuple[int, list[Alert]]:
+    """Open (unacknowledged) alerts, newest first, or all of them; (how many match, the page)."""
+    query = select(Alert)
+    if not everything:
+        query = query.where(Alert.acknowledged_at.is_(None))
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    rows = session.scalars(query.order_by(Alert.created_at.desc(), Alert.id).limit(limit))
+    return total, list(rows)
+
+
+def acknowledge(session: Session, alert_id: str, now: datetime) -> Alert | None:
+    """Mark an alert as seen (it leaves the open list); None when there is no such alert."""
+    alert = session.get(Alert, alert_id)
+    if alert is not None and alert.acknowledged_at is None:
+        alert.acknowledged_at = now
+    return alert

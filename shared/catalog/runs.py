@@ -1,0 +1,237 @@
+"""Runs, their tasks and the restore point catalog, as the REST API and the CLI show them."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Select, func, or_, select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from shared.catalog import runlog
+from shared.clock import iso
+from shared.contracts import RUN_FINAL as FINISHED
+from shared.contracts import JobRequested, VerifyRequested
+from shared.db.models import Job, RestorePointRow, Run, Task
+from shared.errors import Invalid, NotFound
+from shared.model.jobs import Trigger
+from shared.model.schedules import run_id_for
+from shared.runtime.outbox import stage
+
+MAX_LIMIT = 500
+
+
+@dataclass(frozen=True)
+class Page:
+    limit: int = 50
+    offset: int = 0
+
+    @classmethod
+    def parse(cls, limit: str | None, offset: str | None) -> Page:
+        """From query strings; Invalid names the parameter."""
+        return cls(_int("limit", limit, 50, 1, MAX_LIMIT), _int("offset", offset, 0, 0, 10**9))
+
+
+def _int(field: str, text: str | None, default: int, low: int, high: int) -> int:
+    if text is None or text == "":
+        return default
+    if not (text.isascii() and text.lstrip("-").isdigit()):
+        raise Invalid(field, f"{text!r} is not an integer")
+    value = int(text)
+    if not low <= value <= high:
+        raise Invalid(field, f"must be between {low} and {high}, not {value}")
+    return value
+
+
+def _paged(session: Session, query: Select[Any], page: Page) -> tuple[int, list[Any]]:
+    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+    rows = list(session.scalars(query.limit(page.limit).offset(page.offset)))
+    return int(total), rows
+
+
+def run_view(run: Run) -> dict[str, Any]:
+    return {
+        "id": run.id,
+        "job_id": run.job_id,
+        "trigger": run.trigger,
+        "slot": iso(run.slot),
+        "state": run.state,
+        "finished": run.state in FINISHED,
+        "error": run.error,
+        "cancel_requested": run.cancel_requested,
+        "wait_reason": run.wait_reason,
+        "created_at": iso(run.created_at),
+        "started_at": iso(run.started_at),
+        "finished_at": iso(run.finished_at),
+    }
+
+
+def eta_seconds(task: Task) -> float | None:
+    """Seconds left at the current rate, while the task moves bytes; None otherwise."""
+    if task.finished_at is not None or task.rate <= 0 or task.bytes_total <= task.bytes_done:
+        return None
+    return round((task.bytes_total - task.bytes_done) / task.rate, 1)
+
+
+def task_view(task: Task) -> dict[str, Any]:
+    return {
+        "id": task.id,
+        "vcenter": task.vcenter,
+        "vm_moref": task.vm_moref,
+        "vm_name": task.vm_name,
+        "phase": task.phase,
+        "state": task.state,
+        "outcome": ("warning" if task.warnings else "succeeded") if task.state == "succeeded" else task.state,
+        "wait_reason": task.wait_reason,
+        "not_before": iso(task.not_before),
+        "tries": task.tries,
+        "warnings": list(task.warnings or []),
+        "host": task.host,
+        "datastores": list(task.datastores or []),
+        "kind": task.kind,
+        "bytes_done": task.bytes_done,
+        "bytes_total": task.bytes_total,
+        "bytes_read": task.bytes_read,
+        "bytes_stored": task.bytes_stored,
+        "rate": task.rate,
+        "eta_s": eta_seconds(task),
+        "snapshot_moref": task.snapshot_moref,
+        "restore_point_id": task.restore_point_id,
+        "error": task.error,
+        "created_at": iso(task.created_at),
+        "updated_at": iso(task.updated_at),
+        "finished_at": iso(task.finished_at),
+    }
+
+
+def list_runs(
+    session: Session, page: Page, *, job_id: str | None = None, state: str | None = None
+) -> tuple[int, list[Run]]:
+    query = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
+    if job_id:
+        query = query.where(Run.job_id == job_id)
+    if state:
+        query = query.where(Run.state == state)
+    return _paged(session, query, page)
+
+
+def get_run(session: Session, run_id: str) -> tuple[Run, list[Task]]:
+    run = session.get(Run, run_id)
+    if run is None:
+        raise NotFound(f"no run {run_id!r}")
+    tasks = session.scalars(select(Task).where(Task.run_id == run_id).order_by(Task.vm_name, Task.id))
+    return run, list(tasks)
+
+
+def run_detail(session: Session, run_id: str) -> dict[str, Any]:
+    run, tasks = get_run(session, run_id)
+    return {**run_view(run), "tasks": [task_view(t) for t in tasks]}
+
+
+def backup_view(row: RestorePointRow) -> dict[str, Any]:
+    return {
+        "id": row.id,
+        "job_id": row.job_id,
+        "run_id": row.run_id,
+        "task_id": row.task_id,
+        "vcenter": row.vcenter,
+        "vm_moref": row.vm_moref,
+        "vm_name": row.vm_name,
+        "repository": row.repository,
+        "kind": row.kind,
+        "parent": row.parent,
+        "disks": row.disks,
+        "logical_bytes": row.logical_bytes,
+        "bytes_read": row.bytes_read,
+        "bytes_stored": row.bytes_stored,
+        "started_at": iso(row.started_at),
+        "finished_at": iso(row.finished_at),
+        "verify_state": row.verify_state,
+        "verified_at": iso(row.verified_at),
+        "verify_problems": row.verify_problems,
+        "verify_notes": row.verify_notes,
+        "verify_how": row.verify_how,
+        "verify_requested_at": iso(row.verify_requested_at),
+        "pinned": row.pinned,
+    }
+
+
+def list_backups(
+    session: Session, page: Page, *, vm: str | None = None, job: str | None = None
+) -> tuple[int, list[RestorePointRow]]:
+    """Newest first; `vm` matches a VM name or moref, `job` a job id or name."""
+    query = select(RestorePointRow).order_by(RestorePointRow.finished_at.desc(), RestorePointRow.id.desc())
+    if vm:
+        query = query.where(or_(RestorePointRow.vm_name == vm, RestorePointRow.vm_moref == vm))
+    if job:
+        named = select(Job.id).where(Job.name == job).scalar_subquery()
+        query = query.where(or_(RestorePointRow.job_id == job, RestorePointRow.job_id == named))
+    return _paged(session, query, page)
+
+
+def get_backup(session: Session, rp_id: str) -> RestorePointRow:
+    row = session.get(RestorePointRow, rp_id)
+    if row is None:
+        raise NotFound(f"no restore point {rp_id!r}")
+    return row
+
+
+def request_verify(session: Session, rp_id: str, now: datetime) -> str:
+    """Ask the verifier to check a restore point now; its VerifyRequested is staged here."""
+    row = get_backup(session, rp_id)
+    request_id = f"verify-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
+    row.verify_requested_at = now
+    stage(session, VerifyRequested(occurred_at=now, request_id=request_id, restore_point_id=rp_id), now)
+    return request_id
+
+
+def request_run(
+    session: Session,
+    job: Job,
+    *,
+    trigger: Trigger,
+    now: datetime,
+    slot: datetime | None = None,
+) -> Run | None:
+    """Create the run of `job` for `slot` (or a manual run) and stage its JobRequested.
+
+    Returns None when the run exists already (a slot runs once, however often it is asked for).
+    """
+    nonce = "" if slot is not None else secrets.token_hex(2)
+    run_id = run_id_for(job.id, slot, now, nonce)
+    if session.get(Run, run_id) is not None:
+        return None
+    if trigger == "schedule":
+        waiting = session.scalar(
+            select(Run).where(Run.job_id == job.id, Run.state == "queued", Run.started_at.is_(None)).limit(1)
+        )
+        if waiting is not None:  # a slot while the last one still waits to start: one run covers both
+            runlog.write(session, waiting.id, f"the slot of {slot:%Y-%m-%d %H:%M} UTC joins this run", now)
+            return None
+    run = Run(
+        id=run_id,
+        job_id=job.id,
+        trigger=trigger,
+        slot=slot,
+        state="queued",
+        created_at=now,
+    )
+    try:
+        with session.begin_nested():
+            session.add(run)
+    except IntegrityError:  # another scheduler or gateway created it first
+        return None
+    if (job.options or {}).get("restore_test"):
+        from shared.catalog.restores import start_restore_tests
+
+        start_restore_tests(session, job, run, now)
+        return run
+    stage(
+        session,
+        JobRequested(occurred_at=now, run_id=run_id, job_id=job.id, trigger=trigger, slot=slot),
+        now,
+    )
+    return run

@@ -1,0 +1,5 @@
+"""`python -m shared.cli`: the same as `vbm`."""
+
+from shared.cli.app import main
+
+raise SystemExit(main())

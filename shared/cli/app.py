@@ -1,0 +1,139 @@
+"""`vbm`: the one command for people.
+
+vbm up                 every service in one supervised process tree (and NATS, and the lab)
+vbm lab ...            the vCenter simulator on its own, for demos
+vbm db upgrade|status  the database schema
+vbm config             the effective settings, secrets masked
+vbm version
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from shared import __version__
+from shared.cli import alerts as cli_alerts
+from shared.cli import jobs as cli_jobs
+from shared.cli import prune as cli_prune
+from shared.cli import repo as cli_repo
+from shared.cli import restore as cli_restore
+from shared.db.existing import NoDatabase, open_existing
+from shared.settings import ConfigError, Settings, load_settings, unknown_variables
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vbm", description="vSphere Backup Manager: backups of VMware vSphere VMs."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run every service (and NATS and the lab when needed)")
+    up.add_argument("--no-lab", action="store_true", help="never start the lab simulator")
+    up.add_argument(
+        "--lab-spec", type=Path, metavar="FILE", help="the lab to start (a spec file, docs/lab.md; lab.spec)"
+    )
+
+    sub.add_parser("lab", help="run the vCenter simulator on its own (see `vbm lab --help`)", add_help=False)
+
+    db = sub.add_parser("db", help="the database schema")
+    db_sub = db.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    db_sub.add_parser("upgrade", help="bring the schema to the newest revision")
+    db_sub.add_parser("status", help="show the schema revision")
+
+    cli_repo.add_parser(sub)
+    cli_jobs.add_parsers(sub)
+    cli_restore.add_parser(sub)
+    cli_restore.add_report_parser(sub)
+    cli_prune.add_parsers(sub)
+    cli_alerts.add_parsers(sub)
+
+    sub.add_parser("config", help="print the effective settings (secrets masked)")
+    sub.add_parser("version", help="print the version")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    old = os.umask(0o077)  # repositories, exports, keys made from the command line are private too
+    try:
+        return _main(argv)
+    finally:
+        os.umask(old)
+
+
+def _main(argv: Sequence[str] | None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list[:1] == ["lab"]:
+        from lab.__main__ import main as lab_main
+
+        return lab_main(args_list[1:])
+    args = _parser().parse_args(args_list)
+    if args.command == "version":
+        print(f"vbm {__version__}")
+        return 0
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"vbm: {exc}", file=sys.stderr)
+        return 2
+    for name in unknown_variables():
+        print(f"vbm: warning: {name} configures nothing (a typo?)", file=sys.stderr)
+    if args.command == "config":
+        print(json.dumps(settings.public_dict(), indent=2, default=str))
+        return 0
+    try:
+        return _run(args, settings)
+    except NoDatabase as exc:
+        print(f"vbm {args.command}: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "db":
+        return _db(args.db_command, settings)
+    if args.command in cli_jobs.COMMANDS:
+        return cli_jobs.run(args, settings)
+    if args.command == "restore":
+        return cli_restore.run(args, settings)
+    if args.command in cli_alerts.COMMANDS:
+        return cli_alerts.run(args, settings)
+    if args.command in ("prune", "gc"):
+        return cli_prune.run(args, settings)
+    if args.command == "report":
+        return cli_restore.run_report(args, settings)
+    if args.command == "repo":
+        return cli_repo.run(args, settings.repository_location)
+    if args.command == "up":
+        from shared.runtime.service import setup_logging
+        from shared.runtime.supervisor import run_up
+
+        setup_logging(settings.log_level, "vbm-up")
+        return run_up(settings, with_lab=not args.no_lab, lab_spec=args.lab_spec)
+    raise AssertionError(args.command)
+
+
+def _db(action: str, settings: Settings) -> int:
+    """`upgrade` creates the database if need be (as `vbm up` does); `status` only looks."""
+    from shared.db import current_revision, head_revision, make_engine, upgrade
+
+    if action == "upgrade":
+        engine = make_engine(settings.db_url)
+    else:
+        engine = open_existing(settings.db_url, settings.data_dir, migrate=False)
+    try:
+        if action == "upgrade":
+            upgrade(engine)
+        have, want = current_revision(engine), head_revision()
+        safe_url = engine.url.render_as_string(hide_password=True)
+        print(f"database {safe_url}: revision {have or 'none'} (newest {want})")
+        return 0 if have == want else 1
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,163 @@
+"""`vbm run watch|list`, `vbm backups ls|copies`: runs and the catalog on the terminal.
+
+`vbm run watch RUN_ID` shows a run's tasks as progress bars, refreshed from the database.
+
+On a terminal the block of lines is redrawn in place every half second; otherwise (a pipe, a log)
+a line is printed only when what it shows changes. Exit code: 0 when the run succeeded, 1 when it
+ended otherwise or does not exist.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TextIO
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalog import jobs as jobstore
+from shared.catalog import runs as runstore
+from shared.catalog.runs import eta_seconds, get_run
+from shared.contracts import RUN_FINAL as FINISHED
+from shared.db.models import Run, Task
+from shared.errors import NotFound
+from shared.model.units import human_bytes
+
+REFRESH = 0.5
+BAR = 24
+
+
+def _eta(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
+
+
+def task_line(task: Task) -> str:
+    total, done = task.bytes_total, min(task.bytes_done, task.bytes_total or task.bytes_done)
+    moved = task.phase in ("verify", "done") or task.state == "succeeded"  # its transfer is over
+    frac = done / total if total else (1.0 if moved or task.finished_at else 0.0)
+    bar = "#" * int(frac * BAR) + "-" * (BAR - int(frac * BAR))
+    text = (
+        f"{task.vm_name[:20]:<20} {task.phase[:10]:<10} {task.state[:10]:<10} [{bar}] {frac * 100:3.0f}%"
+        f" {human_bytes(done)} / {human_bytes(total)}  {human_bytes(task.rate)}/s"
+        f"  ETA {_eta(eta_seconds(task))}"
+    )
+    if task.wait_reason and task.state not in ("succeeded", "failed", "cancelled"):
+        text += f"  ({task.wait_reason})"
+    elif task.error:
+        text += f"  error: {task.error}"
+    for warning in task.warnings or []:
+        text += f"\n{'':<20} warning: {warning}"
+    return text
+
+
+def run_line(run: Run) -> str:
+    text = f"run {run.id} of job {run.job_id}: {run.state}"
+    if run.wait_reason and run.state == "queued":
+        text += f" ({run.wait_reason})"
+    if run.cancel_requested and run.state not in FINISHED:
+        text += " (cancel requested)"
+    return text + (f": {run.error}" if run.error else "")
+
+
+def watch(sessions: sessionmaker[Session], run_id: str, out: TextIO | None = None) -> int:
+    stream = out or sys.stdout
+    tty = stream.isatty()
+    drawn = 0
+    last: list[str] = []
+    while True:
+        with sessions() as session:
+            try:
+                run, tasks = get_run(session, run_id)
+            except NotFound as exc:
+                print(f"vbm run watch: {exc}", file=sys.stderr)
+                return 1
+            lines = [run_line(run), *(task_line(t) for t in tasks)]
+            state = run.state
+        if tty:
+            if drawn:
+                stream.write(f"\x1b[{drawn}F")
+            stream.write("".join(f"{line}\x1b[K\n" for line in lines))
+            drawn = len(lines)
+        else:
+            for line in lines:
+                if line not in last:
+                    stream.write(line + "\n")
+            last = lines
+        stream.flush()
+        if state in FINISHED:
+            return 0 if state in ("succeeded", "warning") else 1
+        time.sleep(REFRESH)
+
+
+def when(text: str | None) -> str:
+    """An API timestamp ('2026-11-26T09:00:00.123Z') as a table shows it."""
+    return text[:19].replace("T", " ") if text else "-"
+
+
+def run_list(sessions: sessionmaker[Session], job: str | None, limit: int) -> int:
+    with sessions() as s:
+        job_id = jobstore.find_job(s, job).id if job else None
+        total, runs = runstore.list_runs(s, runstore.Page.parse(str(limit), None), job_id=job_id)
+        views = [runstore.run_view(r) for r in runs]
+    print(f"{'run':<44} {'state':<10} {'trigger':<9} created")
+    for r in views:
+        print(f"{r['id']:<44} {r['state']:<10} {r['trigger']:<9} {when(r['created_at'])}")
+    print(f"{len(views)} of {total} runs", file=sys.stderr)
+    return 0
+
+
+def backups_ls(sessions: sessionmaker[Session], vm: str | None, job: str | None, limit: int) -> int:
+    with sessions() as s:
+        total, rows = runstore.list_backups(s, runstore.Page.parse(str(limit), None), vm=vm, job=job)
+        views = [runstore.backup_view(r) for r in rows]
+    head = f"{'restore point':<32} {'vm':<20} {'kind':<11} {'finished':<21}"
+    print(f"{head} {'size':>10} {'stored':>10} verify")
+    for b in views:
+        print(
+            f"{b['id']:<32} {b['vm_name'][:20]:<20} {b['kind']:<11} {when(b['finished_at']):<21}"
+            f" {human_bytes(b['logical_bytes']):>10} {human_bytes(b['bytes_stored']):>10} {b['verify_state']}"
+        )
+    print(f"{len(views)} of {total} restore points", file=sys.stderr)
+    return 0
+
+
+def copies_ls(sessions: sessionmaker[Session], state: str | None, rp: str | None, limit: int) -> int:
+    """Copies to secondary repositories: state, bytes sent, when; the error of a failed try."""
+    from shared.catalog import replication
+
+    with sessions() as s:
+        total, views = replication.listing(s, limit, state=state, restore_point=rp)
+    print(f"{'restore point':<32} {'state':<8} {'tries':>5} {'sent':>10} {'when':<21} target")
+    for c in views:
+        at = c["finished_at"] or c["next_try_at"] or c["updated_at"]
+        print(
+            f"{c['restore_point_id']:<32} {c['state']:<8} {c['attempts']:>5}"
+            f" {human_bytes(c['bytes_sent']):>10} {when(at):<21} {c['target']}"
+        )
+        if c["error"] and c["state"] != "done":
+            print(f"{'':<32} {'':<8} last error: {c['error']}")
+    print(f"{len(views)} of {total} copies", file=sys.stderr)
+    return 1 if any(c["state"] == "failed" for c in views) else 0
+
+
+def run_log(sessions: sessionmaker[Session], run_id: str, follow: bool) -> int:
+    """Print the run's log; with `follow`, new lines as they come until the run has ended."""
+    from shared.catalog import runlog
+
+    last = 0
+    while True:
+        with sessions() as s:
+            run, _ = get_run(s, run_id)
+            ended = run.state in FINISHED
+            lines = runlog.lines(s, run_id, after=last)
+        for line in lines:
+            at = line["at"].strftime("%Y-%m-%d %H:%M:%S")
+            print(f"{at} {line['level']:<7} {line['message']}", flush=True)
+            last = line["id"]
+        if not follow or (ended and not lines):
+            return 0
+        time.sleep(REFRESH)

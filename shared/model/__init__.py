@@ -1,0 +1,1 @@
+"""Pure models: a job's validated shape, schedules, retention. No I/O here."""

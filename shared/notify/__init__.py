@@ -1,0 +1,1 @@
+"""Notifications: what a message says and the channels that carry it."""
