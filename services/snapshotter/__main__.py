@@ -8,9 +8,10 @@ from collections.abc import Sequence
 from functools import partial
 
 from services.snapshotter.dispatch import Dispatcher
-from services.snapshotter.handlers import Deps, on_job_requested, on_transfer_done, snapshot_task
+from services.snapshotter.handlers import Deps, on_job_requested, on_transfer_done
 from services.snapshotter.orphans import sweep_orphans
 from services.snapshotter.plan import resolve_vms
+from services.snapshotter.step import snapshot_task
 from shared.catalog import marker
 from shared.contracts import Event, JobRequested, StepFailed, Subject, TransferDone
 from shared.runtime.bus import Consumer
