@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from shared.notify.channels import NotifyError
 from shared.runtime.bus import Permanent, Retryable
 from shared.vsphere import DiskInfo, NotFound, SnapshotInfo, VMInfo, VSphereError
 
@@ -218,3 +219,17 @@ class Kicks:
 
     def __call__(self) -> None:
         self.count += 1
+
+
+class FakeSender:
+    """Stands for `shared.notify.channels.send`: records each delivery; channels named in `down`
+    fail with NotifyError as a channel that is down does."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, str]] = []  # (channel, title)
+        self.down: set[str] = set()
+
+    async def __call__(self, channel: Any, message: Any, settings: Any) -> None:
+        if channel.name in self.down:
+            raise NotifyError(f"{channel.type} channel {channel.name!r}: HTTP 503")
+        self.sent.append((channel.name, message.title))
