@@ -21,7 +21,7 @@ SECRET = b"k" * 32
 
 
 def deps(world: World) -> Deps:
-    return Deps(world.ctx, world.vcenters)  # type: ignore[arg-type]
+    return Deps(world.ctx, world.vcenters)
 
 
 def delivery(attempt: int = 1, max_deliver: int = 3) -> Delivery:
@@ -161,7 +161,7 @@ async def test_the_sweeper_removes_an_ended_tasks_snapshot_or_says_it_is_stuck(w
 
 
 def webhook(name: str, **kw: object) -> ChannelSettings:
-    return ChannelSettings(name=name, type="webhook", url=SecretStr(f"https://hooks.example/{name}"), **kw)  # type: ignore[arg-type]
+    return ChannelSettings(name=name, type="webhook", url=SecretStr(f"https://hooks.example/{name}"), **kw)
 
 
 @pytest.fixture
@@ -190,7 +190,7 @@ async def test_a_run_is_told_to_the_channels_that_want_its_outcome(
     world: World, sender: FakeSender, state: str, told: list[str]
 ) -> None:
     world.backup("vm-1")
-    event = RunFinished(occurred_at=world.clock(), run_id=RUN, job_id="job-1", state=state)  # type: ignore[arg-type]
+    event = RunFinished(occurred_at=world.clock(), run_id=RUN, job_id="job-1", state=state)
 
     await on_run_finished(event, delivery(), deps(world))
 
@@ -229,7 +229,7 @@ async def test_alerts_are_told_by_severity_but_a_failed_backup_only_by_its_runs_
     world.backup("vm-1")
 
     def alert(kind: str, severity: str, run_id: str | None) -> AlertRaised:
-        return AlertRaised(occurred_at=world.clock(), alert_id=f"alert-{kind}", severity=severity, kind=kind,  # type: ignore[arg-type]
+        return AlertRaised(occurred_at=world.clock(), alert_id=f"alert-{kind}", severity=severity, kind=kind,
                            message="m", vm_name="vm1", run_id=run_id)  # fmt: skip
 
     await on_alert_raised(alert("backup-failed", "error", RUN), delivery(), deps(world))

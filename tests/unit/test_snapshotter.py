@@ -26,7 +26,7 @@ DELIVERY = Delivery(consumer="snapshotter-cleanup", subject="vbm.transfer.done",
 
 
 def deps(world: World) -> Deps:
-    return Deps(world.ctx, world.vcenters, kick=Kicks(), secret=SECRET)  # type: ignore[arg-type]
+    return Deps(world.ctx, world.vcenters, kick=Kicks(), secret=SECRET)
 
 
 def log_of(world: World) -> str:
@@ -50,7 +50,7 @@ async def test_a_snapshot_is_taken_marked_and_handed_to_the_mover(world: World) 
     assert (entry.snapshot_name, entry.state, entry.snapshot_moref) == ("vbm-run-1", "created", snap.moref)
     (ready,) = world.staged("vbm.snapshot.ready")
     assert ready["snapshot_moref"] == snap.moref and ready["snapshot_name"] == "vbm-run-1"
-    assert [d["key"] for d in ready["disks"]] == [2000]
+    assert [k["key"] for k in ready["disks"]] == [2000]
     assert world.relay.kicks >= 1
     assert f"snapshot vbm-run-1 created ({snap.moref})" in log_of(world)
 
@@ -80,7 +80,7 @@ async def test_a_failed_create_fails_the_task_with_vcenters_reason(world: World)
     (failed,) = world.staged("vbm.step.failed")
     assert failed["step"] == "snapshot" and "the host is in maintenance" in failed["reason"]
     assert world.run().state == "failed"
-    assert d.kick.count >= 1  # type: ignore[attr-defined]  # a snapshot slot is free again
+    assert d.kick.count >= 1  # a snapshot slot is free again
 
 
 async def test_a_failed_create_with_tries_left_waits_for_the_next_try(world: World) -> None:
@@ -140,8 +140,8 @@ async def test_quiesce_fallback_and_disks_left_out_are_warnings_named_in_the_eve
 
     assert [a[2] for a in world.vc.asked("create_snapshot")] == [True, False]  # quiesced, then not
     (ready,) = world.staged("vbm.snapshot.ready")
-    assert [d["key"] for d in ready["disks"]] == [2000]
-    assert {d["key"]: d["reason"] for d in ready["skipped"]} == {
+    assert [k["key"] for k in ready["disks"]] == [2000]
+    assert {k["key"]: k["reason"] for k in ready["skipped"]} == {
         2001: "an independent disk (independent_persistent): vSphere leaves it out of snapshots",
         2002: "excluded by the job",
     }
@@ -220,7 +220,7 @@ async def test_the_snapshot_goes_after_the_transfer_but_a_later_try_keeps_its_ow
     assert world.vc.snapshot_names("vm-1") == []
     assert {(e.snapshot_name, e.state) for e in world.ledger()} == {("vbm-run-1", "removed"),
                                                                     ("vbm-run-1-t2", "removed")}  # fmt: skip
-    assert d.kick.count == 2  # type: ignore[attr-defined]  # a stream and a snapshot slot are free
+    assert d.kick.count == 2  # a stream and a snapshot slot are free
 
 
 async def test_dispatch_snapshots_just_in_time_within_the_limits(world: World) -> None:
