@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.catalog import runlog
 from shared.contracts import RUN_FINAL, RunFinished, RunState, Step, StepFailed
-from shared.db.models import Job, Run, Task
+from shared.db.models import Job, Run, SnapshotLedger, Task
 from shared.runtime.outbox import stage
 
 FINAL = ("succeeded", "failed", "cancelled")
@@ -154,6 +154,8 @@ def finish_run_if_done(session: Session, run_id: str, now: datetime) -> Run | No
     states = [t for t, _ in tasks]
     if not states or any(s not in FINAL for s in states):
         return None
+    if snapshots_being_removed(session, run_id):
+        return None  # the removal ends the run (shared/pipeline/cleanup.py): a done run has no snapshot
     state: RunState
     if all(s == "succeeded" for s in states):
         # warnings of a VM, or of the run (a vCenter whose selectors could not be resolved)
@@ -169,6 +171,21 @@ def finish_run_if_done(session: Session, run_id: str, now: datetime) -> Run | No
         run.error = f"{len(failed)} of {len(states)} VMs did not back up"
     close_run(session, run, state, now)
     return run
+
+
+def snapshots_being_removed(session: Session, run_id: str) -> int:
+    """Snapshots of the run that exist and whose first removal is due or under way. A run ends
+    after them, so that "succeeded" means no snapshot of it is left; one whose removal has failed
+    no longer holds the run (the sweeper goes on trying, and raises an alert when it gives up)."""
+    return session.scalar(
+        select(func.count())
+        .select_from(SnapshotLedger)
+        .where(
+            SnapshotLedger.run_id == run_id,
+            SnapshotLedger.state.in_(("created", "removing")),
+            SnapshotLedger.attempts == 0,
+        )
+    ) or 0
 
 
 def close_run(session: Session, run: Run, state: RunState, now: datetime) -> None:

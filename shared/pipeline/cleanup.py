@@ -12,7 +12,7 @@ import asyncio
 import logging
 from datetime import timedelta
 
-from shared.catalog import ledger, runlog
+from shared.catalog import ledger, runlog, tasks
 from shared.catalog.alerts import raise_alert
 from shared.runtime.service import Context
 from shared.vsphere import NotFound, VCenter
@@ -69,6 +69,9 @@ async def remove_one(ctx: Context, vcenters: VCenters, name: str, vcenter: str, 
             runlog.write(
                 s, entry.run_id, f"{entry.vm_name}: snapshot {name} removed", now, task_id=entry.task_id
             )
+        if entry.run_id != "-":
+            tasks.finish_run_if_done(s, entry.run_id, now)  # the run may have waited for this removal
+    ctx.relay.kick()
     log.info("snapshot %s of %s: %s", name, vm_moref, "removed" if removed else "not there")
     return True
 
@@ -116,5 +119,7 @@ def _failed(ctx: Context, name: str, vcenter: str, vm_moref: str, error: str) ->
             )
         elif entry.state == "removing":
             entry.state = "created" if entry.snapshot_moref else "requested"
+        if entry.run_id != "-":
+            tasks.finish_run_if_done(s, entry.run_id, now)  # a failed removal no longer holds the run
     ctx.relay.kick()
     log.warning("removing snapshot %s of %s failed: %s", name, vm_moref, error)
