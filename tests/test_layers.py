@@ -18,7 +18,6 @@ MAX_LINES = 400
 OVER = {
     "services/mover/restore.py",
     "services/mover/handlers.py",
-    "shared/vsphere/datastore.py",
     "shared/repo/backends/s3.py",
     "shared/repo/backends/rclone.py",
     "shared/settings.py",
