@@ -14,7 +14,8 @@ from typing import Any
 
 from pyVmomi import vim, vmodl
 
-from shared.vsphere.client import VCenter, _disks
+from shared.vsphere.client import VCenter
+from shared.vsphere.info import disks_of
 
 VM_PROPS = [
     "name",
@@ -103,7 +104,7 @@ def read_inventory(vc: VCenter) -> list[InventoryVM]:
             folder, datacenter = _folder_path(obj.get("parent"), names, parents)
             disks = tuple(
                 InventoryDisk(d.key, d.label, d.capacity, d.datastore, d.mode, d.kind, d.unreadable)
-                for d in _disks(obj.get("config.hardware.device"))
+                for d in disks_of(obj.get("config.hardware.device"))
             )
             out.append(
                 InventoryVM(
