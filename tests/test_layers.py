@@ -27,7 +27,6 @@ OVER = {
     "shared/repo/backends/sftp.py",
     "shared/cli/jobs.py",
     "services/snapshotter/handlers.py",
-    "shared/contracts.py",
 }
 # What a pure model may import of vbm's own: nothing that does I/O (database, bus, vCenter, storage).
 MODEL_MAY_IMPORT = ("shared.model", "shared.errors", "shared.clock", "shared.contracts", "shared.settings",
