@@ -125,6 +125,13 @@ def test_job_create_list_run_and_catalog(tmp_path: Path, lab: Lab) -> None:
     assert empty.returncode == 0 and "0 of 0 restore points" in empty.stderr
 
 
+def test_job_create_says_the_selectors_of_a_job_without_vms(tmp_path: Path, lab: Lab) -> None:
+    env = env_for(tmp_path, f"sqlite:///{tmp_path / 'cli.db'}", lab)
+    made = vbm(env, "job", "create", "--name", "x", "--select-name", "batch-*")
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.startswith("created job job-") and "'x': name batch-*; repository " in made.stdout
+
+
 def test_run_watch_follows_progress_to_the_end(tmp_path: Path) -> None:
     db_url = f"sqlite:///{tmp_path / 'w.db'}"
     engine = make_engine(db_url)

@@ -15,8 +15,10 @@ from pydantic import ValidationError
 
 from shared.db.models import Job
 from shared.notify import channels as notify
-from shared.notify.channels import Message, NotifyError
-from shared.settings import NotificationSettings, Settings
+from shared.notify import log, messages
+from shared.notify.channels import NotifyError
+from shared.notify.messages import Message
+from shared.settings import NotificationSettings, Outcome, Settings
 from tests.plugins.procs import free_port
 from tests.plugins.smtp import SmtpServer
 from tests.plugins.webhook import WebhookReceiver
@@ -105,7 +107,7 @@ async def test_a_generic_webhook_is_signed_and_names_its_delivery(webhook_receiv
     expected = "sha256=" + hmac.new(b"s3cret", got.body, hashlib.sha256).hexdigest()
     assert got.headers["X-VBM-Signature"] == expected
     assert got.headers["X-VBM-Event"] == "run.finished"
-    assert got.headers["X-VBM-Delivery"] == notify.notification_id(MESSAGE.event, "hook")
+    assert got.headers["X-VBM-Delivery"] == log.notification_id(MESSAGE.event, "hook")
     body = got.json()
     assert body["outcome"] == "failure" and body["data"] == {"run_id": "run-1", "state": "failed"}
 
@@ -137,8 +139,8 @@ def test_channels_are_chosen_by_scope_and_outcome_and_a_job_can_override() -> No
         {"name": "team", "type": "webhook", "url": "https://hooks.example/3", "scope": "jobs"},
     )
 
-    def names(job: Job | None, outcome: notify.Outcome) -> list[str]:
-        return [c.name for c in notify.channels_for(s, job, outcome)]
+    def names(job: Job | None, outcome: Outcome) -> list[str]:
+        return [c.name for c in messages.channels_for(s, job, outcome)]
 
     plain = Job(options={})
     named = Job(options={"notify": {"channels": ["team"], "on": None}})
@@ -187,7 +189,7 @@ def test_the_delivery_log_keeps_90_days(tmp_path: Path) -> None:
                 )
             )  # fmt: skip
     with sessions.begin() as s:
-        assert notify.trim_log(s, NOW) == 2
+        assert log.trim_log(s, NOW) == 2
     with sessions() as s:
         assert sorted(r.id for r in s.query(Notification)) == ["ntf-1", "ntf-89"]
     engine.dispose()

@@ -9,6 +9,7 @@ from services.gateway.common import CTX, flag, in_session, json_response, query_
 from shared.catalog.alerts import acknowledge, alert_view, list_alerts
 from shared.errors import Invalid, NotFound
 from shared.notify import channels as notify
+from shared.notify.log import deliveries, delivery_view
 
 routes = web.RouteTableDef()
 
@@ -40,7 +41,7 @@ async def ack_alert(request: web.Request) -> web.Response:
 @routes.get("/api/v1/notifications")
 async def get_notifications(request: web.Request) -> web.Response:
     settings, limit = request.app[CTX].settings.notifications, _limit(request, 50)
-    rows = await in_session(request, lambda s: [notify.delivery_view(r) for r in notify.deliveries(s, limit)])
+    rows = await in_session(request, lambda s: [delivery_view(r) for r in deliveries(s, limit)])
     channels = [notify.channel_view(c, settings) for c in settings.channels]
     return json_response({"channels": channels, "deliveries": rows})
 

@@ -38,7 +38,7 @@ from shared.contracts import (
     event_type_for,
 )
 from shared.db.models import Job, Outbox, Restore, Run, SnapshotLedger, Task
-from shared.notify import channels as notify
+from shared.notify import log as notify_log
 from shared.pipeline.cleanup import remove_entries, remove_one
 from shared.pipeline.restores import clean as clean_restore
 from shared.runtime.bus import Delivery
@@ -147,12 +147,12 @@ async def watchdog(deps: Deps) -> None:
 
 def _trim_notifications(ctx: Context) -> None:
     with ctx.sessions.begin() as s:
-        gone = notify.trim_log(s, ctx.clock())
+        gone = notify_log.trim_log(s, ctx.clock())
         lines = runlog.trim(s, ctx.clock())
     if lines:
         log.info("trimmed %d run log line(s)", lines)
     if gone:
-        log.info("notification log: %d deliveries older than %s forgotten", gone, notify.KEEP_LOG)
+        log.info("notification log: %d deliveries older than %s forgotten", gone, notify_log.KEEP_LOG)
 
 
 def overdue_tasks(ctx: Context) -> int:

@@ -20,7 +20,9 @@ from shared.catalog.alerts import raise_alert
 from shared.contracts import AlertRaised, Event, RestoreDone, RunFinished
 from shared.db.models import Notification
 from shared.notify import channels as notify
-from shared.notify.channels import Message
+from shared.notify import messages
+from shared.notify.log import notification_id
+from shared.notify.messages import Message
 from shared.runtime.bus import Delivery, Retryable
 from shared.runtime.service import Context
 from shared.settings import ChannelSettings
@@ -47,22 +49,22 @@ async def on_run_finished(event: RunFinished, delivery: Delivery, deps: Deps) ->
     if _stale(event, deps):
         return []
     settings = deps.ctx.settings.notifications
-    return await _deliver(deps, delivery, lambda s: notify.for_run(s, event, settings), quiet=False)
+    return await _deliver(deps, delivery, lambda s: messages.for_run(s, event, settings), quiet=False)
 
 
 async def on_restore_done(event: RestoreDone, delivery: Delivery, deps: Deps) -> Sequence[Event]:
     if _stale(event, deps):
         return []
     settings = deps.ctx.settings.notifications
-    return await _deliver(deps, delivery, lambda s: notify.for_restore(s, event, settings), quiet=False)
+    return await _deliver(deps, delivery, lambda s: messages.for_restore(s, event, settings), quiet=False)
 
 
 async def on_alert_raised(event: AlertRaised, delivery: Delivery, deps: Deps) -> Sequence[Event]:
     if _stale(event, deps):
         return []
     settings = deps.ctx.settings.notifications
-    quiet = event.kind == notify.NOTIFICATION_FAILED  # its own failure raises nothing more
-    return await _deliver(deps, delivery, lambda s: notify.for_alert(s, event, settings), quiet=quiet)
+    quiet = event.kind == messages.NOTIFICATION_FAILED  # its own failure raises nothing more
+    return await _deliver(deps, delivery, lambda s: messages.for_alert(s, event, settings), quiet=quiet)
 
 
 async def _deliver(
@@ -79,7 +81,7 @@ async def _deliver(
     message, channels = built
     failed: list[str] = []
     for channel in channels:
-        nid = notify.notification_id(message.event, channel.name)
+        nid = notification_id(message.event, channel.name)
         with ctx.sessions() as s:
             row = s.get(Notification, nid)
             if row is not None and row.state == "sent":
@@ -101,7 +103,7 @@ async def _deliver(
             raise_alert(
                 s,
                 key=f"notification-failed:{message.event}",
-                kind=notify.NOTIFICATION_FAILED,
+                kind=messages.NOTIFICATION_FAILED,
                 severity="error",
                 now=ctx.clock(),
                 message=f"{message.title!r} could not be delivered after {delivery.attempt} attempts: "

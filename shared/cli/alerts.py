@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         sessions = make_sessionmaker(engine)
         if args.command == "notify":
-            from shared.notify.channels import deliveries
+            from shared.notify.log import deliveries
 
             with sessions() as s:
                 for row in deliveries(s, args.limit):

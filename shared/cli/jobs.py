@@ -8,6 +8,8 @@ apikey create NAME | list | revoke NAME
 vm ls [--vcenter V]
 
 The same functions as the REST API (shared.catalog.jobs, shared.catalog.runs, shared.catalog.apikeys).
+The `job` group is here; `run`, `backups`/`verify`, `vm` and `apikey` have their own modules
+(shared.cli.runs, .backups, .vm, .apikey), brought together by `add_parsers` and `run`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,13 +26,15 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import apikeys
 from shared.catalog import jobs as jobstore
-from shared.catalog import runs as runstore
+from shared.cli import apikey as cli_apikey
+from shared.cli import backups as cli_backups
 from shared.cli import jobspec
-from shared.cli.runs import backups_ls, copies_ls, run_list, run_log, watch, when
-from shared.clock import iso, utcnow
-from shared.errors import Invalid, StoreError, Unreachable
+from shared.cli import runs as cli_runs
+from shared.cli import vm as cli_vm
+from shared.clock import utcnow
+from shared.errors import Invalid, StoreError
 from shared.model.jobs import JobSpec
-from shared.model.units import human_bytes
+from shared.model.selection import Selector
 from shared.settings import Settings
 
 COMMANDS = ("job", "run", "backups", "verify", "apikey", "vm")
@@ -73,76 +76,10 @@ def add_parsers(sub: Any) -> None:
     delete.add_argument("--force", action="store_true", help="even while it runs (the run is cancelled)")
     delete.add_argument("--yes", action="store_true", help="do not ask")
 
-    vm = sub.add_parser("vm", help="VMs of the configured vCenters")
-    vm_acts = vm.add_subparsers(dest="vm_command", required=True, metavar="ACTION")
-    vm_ls = vm_acts.add_parser("ls", help="every VM, with its disks and whether a job protects it")
-    vm_ls.add_argument("--vcenter", help="only this vCenter")
-
-    run = sub.add_parser("run", help="runs: list, watch live progress")
-    run_acts = run.add_subparsers(dest="run_command", required=True, metavar="ACTION")
-    listing = run_acts.add_parser("list", help="newest runs first")
-    listing.add_argument("--job", help="only runs of this job (id or name)")
-    listing.add_argument("--limit", type=int, default=20)
-    w = run_acts.add_parser("watch", help="progress bars until the run ends; exit 0 if it succeeded")
-    w.add_argument("run_id")
-    run_acts.add_parser("cancel", help="stop a run (its snapshots are removed)").add_argument("run_id")
-    log = run_acts.add_parser("log", help="what happened to a run, in words")
-    log.add_argument("run_id")
-    log.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until it ends")
-
-    backups = sub.add_parser("backups", help="the restore point catalog")
-    b_acts = backups.add_subparsers(dest="backups_command", required=True, metavar="ACTION")
-    ls = b_acts.add_parser("ls", help="restore points, newest first")
-    ls.add_argument("--vm", help="VM name or moref")
-    ls.add_argument("--job", help="job id or name")
-    ls.add_argument("--limit", type=int, default=50)
-    copies = b_acts.add_parser("copies", help="copies to secondary repositories (replication), newest first")
-    copies.add_argument("--state", choices=("pending", "running", "done", "failed"))
-    copies.add_argument("--restore-point", help="only the copies of this restore point")
-    copies.add_argument("--limit", type=int, default=50)
-    verify = b_acts.add_parser("verify", help="verify a restore point now (every chunk read)")
-    _verify_args(verify)
-    _verify_args(sub.add_parser("verify", help="verify a restore point now (same as: backups verify)"))
-
-    key = sub.add_parser("apikey", help="REST API keys: create, list, revoke")
-    k_acts = key.add_subparsers(dest="apikey_command", required=True, metavar="ACTION")
-    k_acts.add_parser("create", help="create a key and print it (shown once)").add_argument("name")
-    k_acts.add_parser("list", help="list keys (never their secrets)")
-    k_acts.add_parser("revoke", help="revoke a key at once").add_argument("name")
-
-
-def _verify_args(p: Any) -> None:
-    p.add_argument("restore_point", metavar="RESTORE_POINT_ID")
-    p.add_argument("--wait", action="store_true", help="wait for the result; exit 1 if it failed")
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
-
-
-def _verify(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
-    asked = utcnow()
-    with sessions.begin() as s:
-        request_id = runstore.request_verify(s, args.restore_point, asked)
-    print(request_id)
-    if not args.wait:
-        print(
-            f"verification of {args.restore_point} requested; a running vbm verifies it."
-            f" See the result with: vbm backups ls (or GET /api/v1/backups/{args.restore_point})",
-            file=sys.stderr,
-        )
-        return 0
-    deadline = time.monotonic() + args.timeout
-    while time.monotonic() < deadline:
-        with sessions() as s:
-            row = runstore.get_backup(s, args.restore_point)
-            if row.verified_at is not None and row.verified_at >= asked:
-                print(f"{row.id}: {row.verify_state} ({row.verify_how}, {iso(row.verified_at)})")
-                for line in row.verify_problems:
-                    print(f"  problem: {line}")
-                for line in row.verify_notes:
-                    print(f"  note: {line}")
-                return 0 if row.verify_state == "ok" else 1
-        time.sleep(0.5)
-    print(f"vbm verify: no result within {args.timeout:.0f}s: is vbm running (vbm up)?", file=sys.stderr)
-    return 2
+    cli_vm.add_parsers(sub)
+    cli_runs.add_parsers(sub)
+    cli_backups.add_parsers(sub)
+    cli_apikey.add_parsers(sub)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -180,7 +117,7 @@ def _message(exc: Exception) -> str:
 def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     action = getattr(args, f"{args.command}_command", None)
     if args.command == "vm":
-        return _vm_ls(args, settings, sessions)
+        return cli_vm.vm_ls(args, settings, sessions)
     if args.command == "job":
         if action == "create":
             return _job_create(args, settings, sessions)
@@ -212,23 +149,10 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         )
         return 0
     if args.command == "run":
-        if action == "watch":
-            return watch(sessions, args.run_id)
-        if action == "log":
-            return run_log(sessions, args.run_id, args.follow)
-        if action == "cancel":
-            with sessions.begin() as s:
-                jobstore.cancel_run(s, args.run_id)
-            print(f"cancel requested for run {args.run_id}; its movers stop within a second")
-            return 0
-        return run_list(sessions, args.job, args.limit)
-    if args.command == "verify" or (args.command == "backups" and action == "verify"):
-        return _verify(args, sessions)
-    if args.command == "backups" and action == "copies":
-        return copies_ls(sessions, args.state, args.restore_point, args.limit)
-    if args.command == "backups":
-        return backups_ls(sessions, args.vm, args.job, args.limit)
-    return _apikey(str(action), args, sessions)
+        return cli_runs.dispatch(args, sessions)
+    if args.command in ("backups", "verify"):
+        return cli_backups.dispatch(args, sessions)
+    return cli_apikey.dispatch(str(action), args, sessions)
 
 
 def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
@@ -254,9 +178,18 @@ def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionm
     with sessions.begin() as s:
         job = jobstore.create_job(s, spec, utcnow(), settings.repository_location)
         view = jobstore.job_view(job)
-    vms = ", ".join(f"{v['name']} ({v['moref']})" for v in view["vms"])
-    print(f"created job {view['id']} {view['name']!r}: {vms}; repository {view['repository']}")
+    print(f"created job {view['id']} {view['name']!r}: {_holds(view)}; repository {view['repository']}")
     return 0
+
+
+def _holds(view: dict[str, Any]) -> str:
+    """What a job holds, as its summary says it: its VMs, then its selectors ('name batch-*')."""
+    held = [f"{v['name']} ({v['moref']})" for v in view["vms"]]
+    for raw in view["select"]:
+        kind, value = Selector.model_validate(raw).criterion
+        where = f" on {raw['vcenter']}" if raw.get("vcenter") else ""
+        held.append(f"{'pool' if kind == 'resource_pool' else kind} {value}{where}")
+    return ", ".join(held)
 
 
 def _job_edit(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
@@ -331,33 +264,6 @@ def _job_preview(args: argparse.Namespace, settings: Settings, sessions: session
     return 1 if found["unreachable"] else 0
 
 
-def _vm_ls(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
-    """Every VM, asked of vCenter now; a vCenter that does not answer is named (exit 1)."""
-    vcenters = [jobstore.vcenter_of(settings, args.vcenter)] if args.vcenter else list(settings.vcenters)
-    if not vcenters:
-        raise Invalid("vcenter", "no vCenter is configured (set VBM_VCENTERS, or run vbm up's lab)")
-    with sessions() as s:
-        protected = {(j.vcenter, v["moref"]) for j in jobstore.list_jobs(s) for v in j.vms}
-    print(f"{'vcenter':<12} {'vm':<32} {'moref':<10} {'power':<11} {'disks':>5} {'size':>10}  cbt  protected")
-    failed = 0
-    for vc in vcenters:
-        try:
-            listed = jobstore.list_vms(vc)
-        except Unreachable as exc:
-            print(f"vbm vm ls: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        for vm in sorted(listed, key=lambda v: v.name):
-            size = human_bytes(sum(d.capacity for d in vm.disks))
-            yes = "yes" if (vc.name, vm.moref) in protected else "no"
-            cbt = "on " if vm.cbt_enabled else "off"
-            print(
-                f"{vc.name[:12]:<12} {vm.name[:32]:<32} {vm.moref:<10} {vm.power_state[:11]:<11}"
-                f" {len(vm.disks):>5} {size:>10}  {cbt}  {yes}"
-            )
-    return 1 if failed else 0
-
-
 def _vcenter_names(settings: Settings) -> str:
     return ", ".join(vc.name for vc in settings.vcenters) or "none; set VBM_VCENTERS"
 
@@ -380,29 +286,6 @@ def _job_list(sessions: sessionmaker[Session]) -> int:
         sched = _schedule_text(j["schedule"])
         name, vcenter = j["name"][:24], j["vcenter"][:10]
         print(f"{j['id']:<14} {name:<24} {vcenter:<10} {len(j['vms']):>3}  {sched:<20} {j['enabled']}")
-    return 0
-
-
-def _apikey(action: str, args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
-    if action == "create":
-        with sessions.begin() as s:
-            info, key = apikeys.create(s, args.name, utcnow())
-        print(key)
-        print(f"API key {info.name!r} created: store it now, it is not shown again", file=sys.stderr)
-        return 0
-    if action == "revoke":
-        with sessions.begin() as s:
-            info = apikeys.revoke(s, args.name, utcnow())
-        print(f"API key {info.name!r} revoked")
-        return 0
-    with sessions() as s:
-        keys = apikeys.list_keys(s)
-    print(f"{'name':<24} {'id':<16} {'created':<21} {'last used':<21} revoked")
-    for k in keys:
-        print(
-            f"{k.name[:24]:<24} {k.id:<16} {when(iso(k.created_at)):<21}"
-            f" {when(iso(k.last_used_at)):<21} {when(iso(k.revoked_at))}"
-        )
     return 0
 
 

@@ -1,4 +1,4 @@
-"""`vbm run watch|list`, `vbm backups ls|copies`: runs and the catalog on the terminal.
+"""`vbm run list|watch|cancel|log`: runs on the terminal.
 
 `vbm run watch RUN_ID` shows a run's tasks as progress bars, refreshed from the database.
 
@@ -9,9 +9,10 @@ ended otherwise or does not exist.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -25,6 +26,34 @@ from shared.model.units import human_bytes
 
 REFRESH = 0.5
 BAR = 24
+
+
+def add_parsers(sub: Any) -> None:
+    run = sub.add_parser("run", help="runs: list, watch live progress")
+    run_acts = run.add_subparsers(dest="run_command", required=True, metavar="ACTION")
+    listing = run_acts.add_parser("list", help="newest runs first")
+    listing.add_argument("--job", help="only runs of this job (id or name)")
+    listing.add_argument("--limit", type=int, default=20)
+    w = run_acts.add_parser("watch", help="progress bars until the run ends; exit 0 if it succeeded")
+    w.add_argument("run_id")
+    run_acts.add_parser("cancel", help="stop a run (its snapshots are removed)").add_argument("run_id")
+    log = run_acts.add_parser("log", help="what happened to a run, in words")
+    log.add_argument("run_id")
+    log.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until it ends")
+
+
+def dispatch(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
+    """`vbm run ACTION`."""
+    if args.run_command == "watch":
+        return watch(sessions, args.run_id)
+    if args.run_command == "log":
+        return run_log(sessions, args.run_id, args.follow)
+    if args.run_command == "cancel":
+        with sessions.begin() as s:
+            jobstore.cancel_run(s, args.run_id)
+        print(f"cancel requested for run {args.run_id}; its movers stop within a second")
+        return 0
+    return run_list(sessions, args.job, args.limit)
 
 
 def _eta(seconds: float | None) -> str:
@@ -108,40 +137,6 @@ def run_list(sessions: sessionmaker[Session], job: str | None, limit: int) -> in
         print(f"{r['id']:<44} {r['state']:<10} {r['trigger']:<9} {when(r['created_at'])}")
     print(f"{len(views)} of {total} runs", file=sys.stderr)
     return 0
-
-
-def backups_ls(sessions: sessionmaker[Session], vm: str | None, job: str | None, limit: int) -> int:
-    with sessions() as s:
-        total, rows = runstore.list_backups(s, runstore.Page.parse(str(limit), None), vm=vm, job=job)
-        views = [runstore.backup_view(r) for r in rows]
-    head = f"{'restore point':<32} {'vm':<20} {'kind':<11} {'finished':<21}"
-    print(f"{head} {'size':>10} {'stored':>10} verify")
-    for b in views:
-        print(
-            f"{b['id']:<32} {b['vm_name'][:20]:<20} {b['kind']:<11} {when(b['finished_at']):<21}"
-            f" {human_bytes(b['logical_bytes']):>10} {human_bytes(b['bytes_stored']):>10} {b['verify_state']}"
-        )
-    print(f"{len(views)} of {total} restore points", file=sys.stderr)
-    return 0
-
-
-def copies_ls(sessions: sessionmaker[Session], state: str | None, rp: str | None, limit: int) -> int:
-    """Copies to secondary repositories: state, bytes sent, when; the error of a failed try."""
-    from shared.catalog import replication
-
-    with sessions() as s:
-        total, views = replication.listing(s, limit, state=state, restore_point=rp)
-    print(f"{'restore point':<32} {'state':<8} {'tries':>5} {'sent':>10} {'when':<21} target")
-    for c in views:
-        at = c["finished_at"] or c["next_try_at"] or c["updated_at"]
-        print(
-            f"{c['restore_point_id']:<32} {c['state']:<8} {c['attempts']:>5}"
-            f" {human_bytes(c['bytes_sent']):>10} {when(at):<21} {c['target']}"
-        )
-        if c["error"] and c["state"] != "done":
-            print(f"{'':<32} {'':<8} last error: {c['error']}")
-    print(f"{len(views)} of {total} copies", file=sys.stderr)
-    return 1 if any(c["state"] == "failed" for c in views) else 0
 
 
 def run_log(sessions: sessionmaker[Session], run_id: str, follow: bool) -> int:

@@ -1,1 +1,1 @@
-"""Notifications: what a message says and the channels that carry it."""
+"""Notifications: what a message says and the channels that carry it; the delivery log."""

@@ -1,0 +1,109 @@
+"""`vbm backups ls|copies|verify` and `vbm verify`: the restore point catalog on the terminal."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalog import runs as runstore
+from shared.cli.runs import when
+from shared.clock import iso, utcnow
+from shared.model.units import human_bytes
+
+
+def add_parsers(sub: Any) -> None:
+    backups = sub.add_parser("backups", help="the restore point catalog")
+    b_acts = backups.add_subparsers(dest="backups_command", required=True, metavar="ACTION")
+    ls = b_acts.add_parser("ls", help="restore points, newest first")
+    ls.add_argument("--vm", help="VM name or moref")
+    ls.add_argument("--job", help="job id or name")
+    ls.add_argument("--limit", type=int, default=50)
+    copies = b_acts.add_parser("copies", help="copies to secondary repositories (replication), newest first")
+    copies.add_argument("--state", choices=("pending", "running", "done", "failed"))
+    copies.add_argument("--restore-point", help="only the copies of this restore point")
+    copies.add_argument("--limit", type=int, default=50)
+    verify = b_acts.add_parser("verify", help="verify a restore point now (every chunk read)")
+    _verify_args(verify)
+    _verify_args(sub.add_parser("verify", help="verify a restore point now (same as: backups verify)"))
+
+
+def dispatch(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
+    """`vbm backups ACTION` or `vbm verify`."""
+    action = getattr(args, "backups_command", None)
+    if args.command == "verify" or action == "verify":
+        return _verify(args, sessions)
+    if action == "copies":
+        return copies_ls(sessions, args.state, args.restore_point, args.limit)
+    return backups_ls(sessions, args.vm, args.job, args.limit)
+
+
+def _verify_args(p: Any) -> None:
+    p.add_argument("restore_point", metavar="RESTORE_POINT_ID")
+    p.add_argument("--wait", action="store_true", help="wait for the result; exit 1 if it failed")
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds to wait (default 3600)")
+
+
+def _verify(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
+    asked = utcnow()
+    with sessions.begin() as s:
+        request_id = runstore.request_verify(s, args.restore_point, asked)
+    print(request_id)
+    if not args.wait:
+        print(
+            f"verification of {args.restore_point} requested; a running vbm verifies it."
+            f" See the result with: vbm backups ls (or GET /api/v1/backups/{args.restore_point})",
+            file=sys.stderr,
+        )
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        with sessions() as s:
+            row = runstore.get_backup(s, args.restore_point)
+            if row.verified_at is not None and row.verified_at >= asked:
+                print(f"{row.id}: {row.verify_state} ({row.verify_how}, {iso(row.verified_at)})")
+                for line in row.verify_problems:
+                    print(f"  problem: {line}")
+                for line in row.verify_notes:
+                    print(f"  note: {line}")
+                return 0 if row.verify_state == "ok" else 1
+        time.sleep(0.5)
+    print(f"vbm verify: no result within {args.timeout:.0f}s: is vbm running (vbm up)?", file=sys.stderr)
+    return 2
+
+
+def backups_ls(sessions: sessionmaker[Session], vm: str | None, job: str | None, limit: int) -> int:
+    with sessions() as s:
+        total, rows = runstore.list_backups(s, runstore.Page.parse(str(limit), None), vm=vm, job=job)
+        views = [runstore.backup_view(r) for r in rows]
+    head = f"{'restore point':<32} {'vm':<20} {'kind':<11} {'finished':<21}"
+    print(f"{head} {'size':>10} {'stored':>10} verify")
+    for b in views:
+        print(
+            f"{b['id']:<32} {b['vm_name'][:20]:<20} {b['kind']:<11} {when(b['finished_at']):<21}"
+            f" {human_bytes(b['logical_bytes']):>10} {human_bytes(b['bytes_stored']):>10} {b['verify_state']}"
+        )
+    print(f"{len(views)} of {total} restore points", file=sys.stderr)
+    return 0
+
+
+def copies_ls(sessions: sessionmaker[Session], state: str | None, rp: str | None, limit: int) -> int:
+    """Copies to secondary repositories: state, bytes sent, when; the error of a failed try."""
+    from shared.catalog import replication
+
+    with sessions() as s:
+        total, views = replication.listing(s, limit, state=state, restore_point=rp)
+    print(f"{'restore point':<32} {'state':<8} {'tries':>5} {'sent':>10} {'when':<21} target")
+    for c in views:
+        at = c["finished_at"] or c["next_try_at"] or c["updated_at"]
+        print(
+            f"{c['restore_point_id']:<32} {c['state']:<8} {c['attempts']:>5}"
+            f" {human_bytes(c['bytes_sent']):>10} {when(at):<21} {c['target']}"
+        )
+        if c["error"] and c["state"] != "done":
+            print(f"{'':<32} {'':<8} last error: {c['error']}")
+    print(f"{len(views)} of {total} copies", file=sys.stderr)
+    return 1 if any(c["state"] == "failed" for c in views) else 0

@@ -1,0 +1,48 @@
+"""`vbm vm ls`: the VMs of the configured vCenters, asked now, and whether a job protects each."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalog import jobs as jobstore
+from shared.errors import Invalid, Unreachable
+from shared.model.units import human_bytes
+from shared.settings import Settings
+
+
+def add_parsers(sub: Any) -> None:
+    vm = sub.add_parser("vm", help="VMs of the configured vCenters")
+    vm_acts = vm.add_subparsers(dest="vm_command", required=True, metavar="ACTION")
+    vm_ls = vm_acts.add_parser("ls", help="every VM, with its disks and whether a job protects it")
+    vm_ls.add_argument("--vcenter", help="only this vCenter")
+
+
+def vm_ls(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """Every VM, asked of vCenter now; a vCenter that does not answer is named (exit 1)."""
+    vcenters = [jobstore.vcenter_of(settings, args.vcenter)] if args.vcenter else list(settings.vcenters)
+    if not vcenters:
+        raise Invalid("vcenter", "no vCenter is configured (set VBM_VCENTERS, or run vbm up's lab)")
+    with sessions() as s:
+        protected = {(j.vcenter, v["moref"]) for j in jobstore.list_jobs(s) for v in j.vms}
+    print(f"{'vcenter':<12} {'vm':<32} {'moref':<10} {'power':<11} {'disks':>5} {'size':>10}  cbt  protected")
+    failed = 0
+    for vc in vcenters:
+        try:
+            listed = jobstore.list_vms(vc)
+        except Unreachable as exc:
+            print(f"vbm vm ls: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for vm in sorted(listed, key=lambda v: v.name):
+            size = human_bytes(sum(d.capacity for d in vm.disks))
+            yes = "yes" if (vc.name, vm.moref) in protected else "no"
+            cbt = "on " if vm.cbt_enabled else "off"
+            print(
+                f"{vc.name[:12]:<12} {vm.name[:32]:<32} {vm.moref:<10} {vm.power_state[:11]:<11}"
+                f" {len(vm.disks):>5} {size:>10}  {cbt}  {yes}"
+            )
+    return 1 if failed else 0
