@@ -177,15 +177,18 @@ def snapshots_being_removed(session: Session, run_id: str) -> int:
     """Snapshots of the run that exist and whose first removal is due or under way. A run ends
     after them, so that "succeeded" means no snapshot of it is left; one whose removal has failed
     no longer holds the run (the sweeper goes on trying, and raises an alert when it gives up)."""
-    return session.scalar(
-        select(func.count())
-        .select_from(SnapshotLedger)
-        .where(
-            SnapshotLedger.run_id == run_id,
-            SnapshotLedger.state.in_(("created", "removing")),
-            SnapshotLedger.attempts == 0,
+    return (
+        session.scalar(
+            select(func.count())
+            .select_from(SnapshotLedger)
+            .where(
+                SnapshotLedger.run_id == run_id,
+                SnapshotLedger.state.in_(("created", "removing")),
+                SnapshotLedger.attempts == 0,
+            )
         )
-    ) or 0
+        or 0
+    )
 
 
 def close_run(session: Session, run: Run, state: RunState, now: datetime) -> None:

@@ -10,7 +10,7 @@ from services.notifier.notify import on_alert_raised, on_run_finished
 from shared.catalog import ledger, marker
 from shared.contracts import AlertRaised, BusRejected, RunFinished, StepFailed
 from shared.db.models import Task
-from shared.notify import channels
+from shared.notify import channels, messages
 from shared.runtime.bus import Delivery, Retryable
 from shared.settings import ChannelSettings, NotificationSettings
 from shared.vsphere import VSphereError
@@ -220,7 +220,7 @@ async def test_a_channel_that_is_down_is_retried_alone_then_given_up_with_an_ale
 
     assert [name for name, _ in sender.sent] == ["all"]  # not told twice
     (alert,) = world.alerts()
-    assert alert.kind == channels.NOTIFICATION_FAILED and "after 3 attempts" in alert.message
+    assert alert.kind == messages.NOTIFICATION_FAILED and "after 3 attempts" in alert.message
 
 
 async def test_alerts_are_told_by_severity_but_a_failed_backup_only_by_its_runs_message(
