@@ -498,17 +498,6 @@ def load_settings(**overrides: Any) -> Settings:
         if not settings.vcenters and lab_file.is_file():
             lab = VCenterSettings.model_validate_json(lab_file.read_text())
             settings = settings.model_copy(update={"vcenters": (lab,)})
-        from shared.repo.locations import configure
-
-        configure(
-            settings.s3.access_key,
-            settings.s3.secret_key.get_secret_value(),
-            settings.azure.account_key.get_secret_value(),
-            sftp_key_file=settings.sftp.key_file,
-            sftp_password=settings.sftp.password.get_secret_value(),
-            sftp_known_hosts=settings.sftp.known_hosts,
-            rclone_config=settings.rclone.config,
-        )
         return settings
     except ValidationError as exc:
         lines = []
