@@ -22,7 +22,6 @@ OVER = {
     "shared/vsphere/datastore.py",
     "shared/repo/backends/s3.py",
     "shared/repo/backends/rclone.py",
-    "shared/settings.py",
     "shared/notify/channels.py",
     "shared/repo/backends/sftp.py",
     "shared/cli/jobs.py",
