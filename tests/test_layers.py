@@ -23,7 +23,6 @@ OVER = {
     "shared/repo/backends/s3.py",
     "shared/repo/backends/rclone.py",
     "shared/notify/channels.py",
-    "shared/repo/backends/sftp.py",
     "shared/cli/jobs.py",
     "services/snapshotter/handlers.py",
     "shared/contracts.py",
