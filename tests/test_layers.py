@@ -21,7 +21,6 @@ OVER = {
     "services/mover/handlers.py",
     "shared/vsphere/datastore.py",
     "shared/repo/backends/s3.py",
-    "shared/repo/backends/rclone.py",
     "shared/notify/channels.py",
     "shared/cli/jobs.py",
     "services/snapshotter/handlers.py",

@@ -154,7 +154,7 @@ def check_location(value: str) -> str:
 
         SFTPLocation(value)
     elif value.startswith("rclone://"):
-        from shared.repo.backends.rclone import RcloneLocation
+        from shared.repo.backends.rclone_daemon import RcloneLocation
 
         RcloneLocation(value)
     elif "://" in value:
