@@ -20,7 +20,6 @@ OVER = {
     "shared/vsphere/client.py",
     "services/mover/handlers.py",
     "shared/vsphere/datastore.py",
-    "shared/repo/backends/s3.py",
     "shared/notify/channels.py",
     "shared/cli/jobs.py",
     "services/snapshotter/handlers.py",

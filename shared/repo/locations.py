@@ -142,7 +142,7 @@ def check_location(value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 or "\ud800" <= c <= "\udfff" for c in value):
         raise ValueError("a repository location cannot hold control characters (NUL, newline...)")
     if value.startswith("s3://"):
-        from shared.repo.backends.s3 import S3Location
+        from shared.repo.backends.s3_location import S3Location
 
         S3Location(value)
     elif value.startswith("azure://"):
