@@ -14,6 +14,7 @@ from shared.catalog import replication
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Alert, Replication
 from shared.repo import LocalBackend, Repository, Writer, read_disk, restore_point
+from shared.repo.locations import NO_CREDENTIALS
 from shared.repo.repository import chunk_key
 from tests.repo.conftest import BytesSource, make_image
 
@@ -34,13 +35,13 @@ async def test_a_copy_with_its_manifest_there_but_a_chunk_missing_is_completed(t
     await src.commit(rp)
     target = str(tmp_path / "secondary")
     first = Copied()
-    await copy_point(str(tmp_path / "primary"), target, rp.id, first)
+    await copy_point(str(tmp_path / "primary"), target, rp.id, first, NO_CREDENTIALS)
     assert first.chunks == len(disk.chunk_ids()) >= 3
 
     lost = sorted(disk.chunk_ids())[1]  # a chunk gone from the secondary, its manifest still there
     (tmp_path / "secondary" / chunk_key(lost)).unlink()
     again = Copied()
-    await copy_point(str(tmp_path / "primary"), target, rp.id, again)
+    await copy_point(str(tmp_path / "primary"), target, rp.id, again, NO_CREDENTIALS)
     assert (again.chunks, again.present) == (1, len(disk.chunk_ids()) - 1)
     dst = await Repository.open(LocalBackend(tmp_path / "secondary"))
     copy = await dst.load(rp.id)

@@ -13,6 +13,7 @@ from shared.catalog import usage
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Alert, UsageSample
 from shared.repo import LocalBackend, Repository
+from shared.repo.locations import NO_CREDENTIALS
 from tests.plugins.tmpfs import mount_tmpfs, unmount
 
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
@@ -29,7 +30,7 @@ def test_the_80_percent_alert_fires_once_per_crossing(tmp_path: Path) -> None:
         clock = [T0]
 
         def sample() -> dict[str, object]:
-            measured = asyncio.run(usage.measure(str(repo_dir)))
+            measured = asyncio.run(usage.measure(str(repo_dir), NO_CREDENTIALS))
             with sessions.begin() as s:
                 view = usage.record(s, str(repo_dir), measured, 80.0, clock[0])
             clock[0] += timedelta(hours=1)

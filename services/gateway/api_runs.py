@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from typing import Any
@@ -17,8 +18,8 @@ from shared.catalog import runs as runstore
 from shared.clock import iso
 from shared.db.models import Replication, RestorePointRow
 from shared.errors import Invalid
-from shared.repo import ChunkError, ManifestError, RepoError, Repository, read_disk
-from shared.repo.locations import check_location, open_backend
+from shared.repo import ChunkError, ManifestError, RepoError, read_disk
+from shared.repo.locations import Credentials, check_location, opened
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -105,8 +106,8 @@ async def get_backup(request: web.Request) -> web.Response:
     manifest: dict[str, Any] | None = None
     error: str | None = None
     try:
-        repo = await Repository.open(open_backend(view["repository"]))
-        manifest = (await repo.load(rp_id)).model_dump(mode="json")
+        async with opened(view["repository"], Credentials.of(request.app[CTX].settings)) as repo:
+            manifest = (await repo.load(rp_id)).model_dump(mode="json")
     except (RepoError, OSError) as exc:
         error = str(exc)
     return json_response({**view, "manifest": manifest, "manifest_error": error})
@@ -144,42 +145,44 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
             text=f"disk {request.match_info['disk']!r} is not a disk key or index"
         ) from None
     row = await in_session(request, lambda s: runstore.backup_view(runstore.get_backup(s, rp_id)))
-    try:
-        repo = await Repository.open(open_backend(row["repository"]))
-        rp = await repo.load(rp_id)
-        disk = rp.disk(ref)
-    except ManifestError as exc:
-        raise web.HTTPNotFound(text=str(exc)) from None
-    except (RepoError, OSError) as exc:
-        raise web.HTTPServiceUnavailable(text=f"repository {row['repository']}: {exc}") from None
-    size = disk.capacity
-    span = _range(request.headers.get("Range"), size)
-    offset, length = span if span is not None else (0, size)
-    headers = {
-        "Content-Type": "application/octet-stream",
-        "Accept-Ranges": "bytes",
-        "Content-Length": str(length),
-        "Content-Disposition": content_disposition(f"{rp.vm_name}-{rp_id}-disk{disk.key}.img"),
-    }
-    if span is not None:
-        headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
-    resp = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
-    await resp.prepare(request)
-    if request.method == "HEAD" or length == 0:
+    ctx = request.app[CTX]
+    async with contextlib.AsyncExitStack() as stack:  # the repository closes when the response ends
+        try:
+            repo = await stack.enter_async_context(opened(row["repository"], Credentials.of(ctx.settings)))
+            rp = await repo.load(rp_id)
+            disk = rp.disk(ref)
+        except ManifestError as exc:
+            raise web.HTTPNotFound(text=str(exc)) from None
+        except (RepoError, OSError) as exc:
+            raise web.HTTPServiceUnavailable(text=f"repository {row['repository']}: {exc}") from None
+        size = disk.capacity
+        span = _range(request.headers.get("Range"), size)
+        offset, length = span if span is not None else (0, size)
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Accept-Ranges": "bytes",
+            "Content-Length": str(length),
+            "Content-Disposition": content_disposition(f"{rp.vm_name}-{rp_id}-disk{disk.key}.img"),
+        }
+        if span is not None:
+            headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{size}"
+        resp = web.StreamResponse(status=206 if span is not None else 200, headers=headers)
+        await resp.prepare(request)
+        if request.method == "HEAD" or length == 0:
+            return resp
+        try:
+            async for piece in read_disk(repo, rp, disk, offset, length):
+                await resp.write(piece)
+        except ChunkError as exc:
+            # The status and length are sent already: cut the connection, so the client sees a short
+            # body (an error) rather than waiting, and never takes what it got for the whole disk.
+            log.error("download of %s disk %d stopped: %s", rp_id, disk.key, exc)
+            resp.force_close()
+            if request.transport is not None:
+                request.transport.abort()
+            return resp
+        await resp.write_eof()
         return resp
-    try:
-        async for piece in read_disk(repo, rp, disk, offset, length):
-            await resp.write(piece)
-    except ChunkError as exc:
-        # The status and length are sent already: cut the connection, so the client sees a short
-        # body (an error) rather than waiting, and never takes what it got for the whole disk.
-        log.error("download of %s disk %d stopped: %s", rp_id, disk.key, exc)
-        resp.force_close()
-        if request.transport is not None:
-            request.transport.abort()
-        return resp
-    await resp.write_eof()
-    return resp
 
 
 def content_disposition(filename: str) -> str:
@@ -256,7 +259,9 @@ async def gc_now(request: web.Request) -> web.Response:
     out = []
     for location in locations:
         try:
-            r = await prune.collect_garbage(ctx.sessions, location, ctx.clock(), dry_run=dry)
+            r = await prune.collect_garbage(
+                ctx.sessions, location, Credentials.of(ctx.settings), ctx.clock(), dry_run=dry
+            )
         except RepoError as exc:
             raise web.HTTPConflict(text=f"{location}: {exc}") from None
         out.append(
@@ -276,19 +281,35 @@ async def gc_now(request: web.Request) -> web.Response:
     return json_response({"repositories": out})
 
 
+def _names(session: Session) -> list[str]:
+    return sorted(set(session.scalars(select(RestorePointRow.repository).distinct())))
+
+
 @routes.get("/api/v1/repositories")
 async def repositories(request: web.Request) -> web.Response:
     """Every repository in the catalog: used, free, stored vs logical, per VM and per job, and
-    the daily samples (growth). Measured now (the chunk objects are listed)."""
+    the daily samples (growth), as of the latest stored sample (`sampled_at`; the verifier
+    samples every `verify.usage_seconds`). Nothing is measured or written here: `POST
+    /api/v1/repositories/measure` measures now."""
+
+    def work(session: Session) -> list[dict[str, Any]]:
+        return [
+            {**usage.view(session, location), "samples": usage.samples(session, location)}
+            for location in _names(session)
+        ]
+
+    return json_response({"repositories": await in_session(request, work)})
+
+
+@routes.post("/api/v1/repositories/measure")
+async def measure_repositories(request: web.Request) -> web.Response:
+    """Measure every repository in the catalog now (the chunk objects are listed), store the
+    samples (alerting at the threshold) and answer as the GET does, with the ratios."""
     ctx = request.app[CTX]
-
-    def names(session: Session) -> list[str]:
-        return sorted(set(session.scalars(select(RestorePointRow.repository).distinct())))
-
     out = []
-    for location in await in_session(request, names):
+    for location in await in_session(request, _names):
         try:
-            measured = await usage.measure(location)
+            measured = await usage.measure(location, Credentials.of(ctx.settings))
         except (RepoError, OSError) as exc:
             out.append({"repository": location, "error": str(exc)})
             continue
@@ -296,10 +317,9 @@ async def repositories(request: web.Request) -> web.Response:
         def view(
             session: Session, location: str = location, measured: dict[str, int | None] = measured
         ) -> Any:
-            info = usage.record(
-                session, location, measured, ctx.settings.verify.usage_alert_percent, ctx.clock()
-            )
-            return {**info, "samples": usage.samples(session, location)}
+            now = ctx.clock()
+            info = usage.record(session, location, measured, ctx.settings.verify.usage_alert_percent, now)
+            return {**info, "sampled_at": iso(now), "samples": usage.samples(session, location)}
 
         out.append(await in_session(request, view, write=True))
     ctx.relay.kick()

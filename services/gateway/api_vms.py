@@ -1,9 +1,11 @@
-"""/api/v1/vms: the VMs of every configured vCenter (or one, `?vcenter=NAME`), asked live."""
+"""/api/v1/vms: the VMs of every configured vCenter (or one, `?vcenter=NAME`), asked live through
+the gateway's long-lived vCenter sessions (`VCENTERS`, closed when the app stops)."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from collections.abc import AsyncIterator
+from typing import Any
 
 from aiohttp import web
 
@@ -11,11 +13,27 @@ from services.gateway.common import CTX, json_response
 from shared.catalog import jobs as jobstore
 from shared.clock import iso
 from shared.errors import Unreachable
-
-if TYPE_CHECKING:
-    from shared.vsphere import VMInfo
+from shared.settings import VCenterSettings
+from shared.vsphere import VMInfo, VSphereError
+from shared.vsphere.pool import VCenters
 
 routes = web.RouteTableDef()
+VCENTERS = web.AppKey("vcenters", VCenters)
+
+
+async def vcenter_sessions(app: web.Application) -> AsyncIterator[None]:
+    """The app's vCenter sessions: opened at the first request to each, closed at shutdown."""
+    app[VCENTERS] = VCenters(app[CTX].settings, threads=4)
+    yield
+    await asyncio.to_thread(app[VCENTERS].close)
+
+
+async def _list(pool: VCenters, vc: VCenterSettings) -> list[VMInfo]:
+    """Every VM of one vCenter; Unreachable when vCenter cannot be asked."""
+    try:
+        return await asyncio.to_thread(pool.get(vc.name).list_vms)  # the session is got here, not in threads
+    except VSphereError as exc:
+        raise Unreachable(f"vCenter {vc.name} ({vc.url}) cannot be asked: {exc}") from None
 
 
 def vm_view(vcenter: str, vm: VMInfo) -> dict[str, Any]:
@@ -38,9 +56,8 @@ async def list_vms(request: web.Request) -> web.Response:
     settings = request.app[CTX].settings
     name = request.query.get("vcenter")
     vcenters = [jobstore.vcenter_of(settings, name)] if name else list(settings.vcenters)
-    found = await asyncio.gather(
-        *(asyncio.to_thread(jobstore.list_vms, vc) for vc in vcenters), return_exceptions=True
-    )
+    pool = request.app[VCENTERS]
+    found = await asyncio.gather(*(_list(pool, vc) for vc in vcenters), return_exceptions=True)
     vms: list[dict[str, Any]] = []
     unreachable: list[dict[str, str]] = []
     for vc, listed in zip(vcenters, found, strict=True):

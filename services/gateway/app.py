@@ -163,6 +163,7 @@ def create_app(ctx: Context) -> web.Application:
     app[AUTH] = KeyState()
     app[PRESENCE] = Presence(interval=ctx.settings.heartbeat_interval)
     app.cleanup_ctx.append(_follow_heartbeats)
+    app.cleanup_ctx.append(api_vms.vcenter_sessions)
     app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

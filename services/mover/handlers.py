@@ -50,7 +50,7 @@ from shared.repo import (
     touched_windows,
 )
 from shared.repo.errors import Misconfigured
-from shared.repo.locations import open_backend
+from shared.repo.locations import Credentials, open_backend
 from shared.repo.manifest import SkippedDiskEntry
 from shared.runtime.bus import Delivery, Permanent, Retryable
 from shared.runtime.outbox import stage
@@ -105,7 +105,7 @@ class Deps:
 
     async def _writer(self, location: str) -> Writer:
         if location not in self.writers:
-            backend = open_backend(location)
+            backend = open_backend(location, Credentials.of(self.ctx.settings))
             try:
                 repo = await Repository.open(backend)
             except NotARepository:
@@ -125,6 +125,7 @@ class Deps:
             await client.close()
         for writer in self.writers.values():
             writer.close()
+            await writer.repo.backend.close()
 
 
 def _empty_or_missing(location: str) -> bool:

@@ -34,7 +34,7 @@ from shared.db.models import Replication, RestorePointRow
 from shared.repo import NotARepository, ObjectMissing, RepoError, Repository
 from shared.repo import chunk as chunks
 from shared.repo.backend import Backend
-from shared.repo.locations import open_backend
+from shared.repo.locations import Credentials, open_backend, opened
 from shared.repo.repository import chunk_key, manifest_key
 from shared.runtime.bus import Delivery
 from shared.runtime.outbox import stage
@@ -92,7 +92,12 @@ async def on_replicate_requested(
         error = None
         try:
             await copy_point(
-                source, target, event.restore_point_id, copied, ctx.settings.replication.bandwidth_mbps
+                source,
+                target,
+                event.restore_point_id,
+                copied,
+                Credentials.of(ctx.settings),
+                ctx.settings.replication.bandwidth_mbps,
             )
         except (RepoError, OSError, ValueError) as exc:
             error = str(exc)
@@ -162,10 +167,24 @@ async def _heartbeat(deps: Deps, replication_id: str, copied: Copied) -> None:
         await asyncio.to_thread(touch)
 
 
-async def copy_point(source: str, target: str, rp_id: str, copied: Copied, bandwidth_mbps: float = 0) -> None:
+async def copy_point(
+    source: str, target: str, rp_id: str, copied: Copied, credentials: Credentials, bandwidth_mbps: float = 0
+) -> None:
     """Copy restore point `rp_id` from `source` to `target` (see the module's docstring)."""
-    src = await Repository.open(open_backend(source))
-    backend = open_backend(target)
+    async with opened(source, credentials) as src:
+        await _copy(src, source, target, rp_id, copied, credentials, bandwidth_mbps)
+
+
+async def _copy(
+    src: Repository,
+    source: str,
+    target: str,
+    rp_id: str,
+    copied: Copied,
+    credentials: Credentials,
+    bandwidth_mbps: float,
+) -> None:
+    backend = open_backend(target, credentials)
     try:
         try:
             dst = await Repository.open(backend)
@@ -230,7 +249,6 @@ async def copy_point(source: str, target: str, rp_id: str, copied: Copied, bandw
             await dst.get_chunk(cid, rp_id)
     finally:
         await backend.close()
-        await src.backend.close()
 
 
 async def _first(backend: Backend) -> list[object]:

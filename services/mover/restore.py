@@ -46,7 +46,7 @@ from shared.contracts import Event, RestoreDone, RestoreRequested, RestoreTarget
 from shared.db.models import Restore, RestoreReport
 from shared.pipeline.restores import clean
 from shared.repo import RepoError, Repository, read_disk, read_file
-from shared.repo.locations import open_backend
+from shared.repo.locations import Credentials, opened
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.runtime.bus import Delivery
 from shared.runtime.outbox import stage
@@ -78,6 +78,7 @@ class Attempt:
     total: int
     done: int = 0
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    repos: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)  # closed at the end
     loop: asyncio.AbstractEventLoop = field(default_factory=asyncio.get_running_loop)
     _last: tuple[float, int] = (0.0, 0)
 
@@ -183,6 +184,7 @@ async def on_restore_requested(event: RestoreRequested, delivery: Delivery, deps
         for t in (stop, reporter, work):
             t.cancel()
         await asyncio.gather(stop, reporter, work, return_exceptions=True)
+        await attempt.repos.aclose()
     reporter_error = reporter.exception() if reporter.done() and not reporter.cancelled() else None
     if isinstance(reporter_error, Superseded):
         log.warning(
@@ -291,9 +293,11 @@ def _end(
     return []
 
 
-async def _open_point(rp_id: str, location: str) -> tuple[Repository, RestorePoint]:
+async def _open_point(attempt: Attempt, rp_id: str, location: str) -> tuple[Repository, RestorePoint]:
+    """The restore point, its repository open until the attempt ends."""
     try:
-        repo = await Repository.open(open_backend(location))
+        credentials = Credentials.of(attempt.deps.ctx.settings)
+        repo = await attempt.repos.enter_async_context(opened(location, credentials))
         return repo, await repo.load(rp_id)
     except RepoError as exc:
         raise RestoreFailed(f"cannot read restore point {rp_id} from {location}: {exc}") from None
@@ -338,7 +342,7 @@ async def _vm_files(repo: Repository, rp: RestorePoint, name: str, network: str 
 
 async def _restore(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: str, location: str) -> str:
     deps = attempt.deps
-    repo, rp = await _open_point(rp_id, location)
+    repo, rp = await _open_point(attempt, rp_id, location)
     datacenter = target.datacenter or await _datacenter_of(vc, rp)
     where = await asyncio.to_thread(
         vc.placement,
@@ -417,7 +421,7 @@ async def _in_place(
     again if it was on (or if asked). A failure after the first byte written leaves the VM off
     with partly restored disks, and says so: nothing can be removed to undo it.
     """
-    repo, rp = await _open_point(rp_id, location)
+    repo, rp = await _open_point(attempt, rp_id, location)
     try:
         vm = await asyncio.to_thread(vc.vm, moref)
     except NotFound:
@@ -566,7 +570,7 @@ async def _restore_test(
     await asyncio.to_thread(attempt.update, phase="cleaning_up")
     await _clean(vc, _created(attempt))
     await asyncio.to_thread(attempt.update, created={})
-    _, rp = await _open_point(rp_id, location)
+    _, rp = await _open_point(attempt, rp_id, location)
     ok = all(c["ok"] is not False for c in checks)
     report = {
         "kind": "vbm restore test",
@@ -652,7 +656,7 @@ async def _instant(attempt: Attempt, vc: VCenter, target: RestoreTarget, rp_id: 
     or stopped (powered off, removed, the datastore unmounted, the directory deleted).
     """
     ctx = attempt.deps.ctx
-    repo, rp = await _open_point(rp_id, location)
+    repo, rp = await _open_point(attempt, rp_id, location)
     files = await _vm_files(repo, rp, target.name, target.network)
     datacenter = target.datacenter or await _datacenter_of(vc, rp)
     where = await asyncio.to_thread(

@@ -22,7 +22,7 @@ from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, Verify
 from shared.db.models import Job, RestorePointRow, Task
 from shared.repo import ChunkError, ManifestError, RepoError, Repository
 from shared.repo import chunk as chunks
-from shared.repo.locations import open_backend
+from shared.repo.locations import Credentials, opened
 from shared.repo.manifest import expand, tree_digest
 from shared.runtime.bus import Delivery
 from shared.runtime.outbox import stage
@@ -135,8 +135,8 @@ async def compare_sizes(deps: Deps, vcenter: str, vm_moref: str, disks: list[dic
 async def check(deps: Deps, row: RestorePointRow) -> tuple[list[str], list[str]]:
     """Verify a catalogued restore point: repository contents, then sizes against vCenter."""
     try:
-        repo = await Repository.open(open_backend(row.repository))
-        problems, notes = await verify_restore_point(repo, row.id)
+        async with opened(row.repository, Credentials.of(deps.ctx.settings)) as repo:
+            problems, notes = await verify_restore_point(repo, row.id)
     except RepoError as exc:
         problems, notes = [f"repository {row.repository}: {exc}"], []
     notes += await compare_sizes(deps, row.vcenter, row.vm_moref, row.disks)

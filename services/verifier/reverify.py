@@ -27,9 +27,9 @@ from sqlalchemy import select, update
 from services.verifier.handlers import Deps, record
 from shared.catalog.alerts import raise_alert
 from shared.db.models import RestorePointRow, VerifyRound
-from shared.repo import RepoError, Repository
+from shared.repo import RepoError
 from shared.repo.check import CheckReport, check
-from shared.repo.locations import open_backend
+from shared.repo.locations import Credentials, opened
 from shared.runtime.service import Context
 
 log = logging.getLogger(__name__)
@@ -83,8 +83,8 @@ async def cycle(deps: Deps, location: str) -> CheckReport | None:
         return None
     k, n, started = claimed
     try:
-        repo = await Repository.open(open_backend(location))
-        report = await check(repo, part=(k, n))
+        async with opened(location, Credentials.of(ctx.settings)) as repo:
+            report = await check(repo, part=(k, n))
     except (RepoError, OSError) as exc:
         with ctx.sessions.begin() as s:
             raise_alert(
@@ -181,7 +181,9 @@ async def gc_loop(deps: Deps) -> None:
             return
         for location in await asyncio.to_thread(repositories, ctx, True):
             try:
-                report = await prune.collect_garbage(ctx.sessions, location, ctx.clock())
+                report = await prune.collect_garbage(
+                    ctx.sessions, location, Credentials.of(ctx.settings), ctx.clock()
+                )
             except GCBusy as exc:
                 log.info("scheduled GC skipped: %s", exc)
                 continue
@@ -209,7 +211,7 @@ async def usage_loop(deps: Deps) -> None:
             }
             for location in sorted(locations):
                 try:
-                    measured = await usage.measure(location)
+                    measured = await usage.measure(location, Credentials.of(ctx.settings))
                 except (RepoError, OSError):
                     continue  # not a repository (yet): the first backup makes it
                 now = ctx.clock()

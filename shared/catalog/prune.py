@@ -27,6 +27,7 @@ from shared.catalog.tasks import FINAL as TASK_FINAL
 from shared.clock import aware, iso
 from shared.db.models import Job, Pruned, Restore, RestorePointRow, Task
 from shared.model.retention import Decision, Point, Policy, expiries, plan
+from shared.repo.locations import Credentials, opened
 from shared.settings import Settings
 
 GC_MARGIN = timedelta(minutes=5)
@@ -202,9 +203,6 @@ async def apply(
     """Remove what retention removes now; returns (restore point, rule) of each one removed."""
     import asyncio
 
-    from shared.repo import Repository
-    from shared.repo.locations import open_backend
-
     def decide() -> list[tuple[str, str, str]]:
         with sessions() as s:
             return removals(s, settings, now, job_id=job_id, vm=vm)
@@ -214,11 +212,8 @@ async def apply(
     done: list[tuple[str, str]] = []
     for rp_id, location, reason in await asyncio.to_thread(decide):
         try:
-            repo = await Repository.open(open_backend(location))
-            try:
+            async with opened(location, Credentials.of(settings)) as repo:
                 await repo.forget(rp_id)
-            finally:
-                await repo.backend.close()
         except ObjectLocked as exc:
             # immutable still (Object Lock): kept, catalog included; a later prune removes it
             log.info("restore point %s is due for removal (%s) and kept: %s", rp_id, reason, exc)
@@ -233,11 +228,11 @@ async def apply(
 
         await asyncio.to_thread(record)
         done.append((rp_id, reason))
-    await forget_copies(sessions)
+    await forget_copies(sessions, Credentials.of(settings))
     return done
 
 
-async def forget_copies(sessions: Any) -> list[tuple[str, str]]:
+async def forget_copies(sessions: Any, credentials: Credentials) -> list[tuple[str, str]]:
     """Copies follow their restore point: a copy (replication row) whose point left the catalog
     is removed from its secondary repository, then its row; a copy still immutable there stays
     for a later prune, a secondary that cannot be reached too. Returns (restore point, target)
@@ -245,9 +240,7 @@ async def forget_copies(sessions: Any) -> list[tuple[str, str]]:
     import asyncio
 
     from shared.db.models import Replication
-    from shared.repo import Repository
     from shared.repo.errors import NotARepository, ObjectLocked, RepoError
-    from shared.repo.locations import open_backend
 
     def orphans() -> list[tuple[str, str, str, str]]:
         with sessions() as s:
@@ -264,14 +257,10 @@ async def forget_copies(sessions: Any) -> list[tuple[str, str]]:
         # a failed copy may have got as far as its manifest: removed too (a no-op when absent)
         try:
             try:
-                repo = await Repository.open(open_backend(target))
-            except NotARepository:  # a first copy that failed before it made the repository
-                repo = None
-            if repo is not None:
-                try:
+                async with opened(target, credentials) as repo:
                     await repo.forget(rp_id)
-                finally:
-                    await repo.backend.close()
+            except NotARepository:  # a first copy that failed before it made the repository
+                pass
         except ObjectLocked as exc:
             log.info("the copy of %s in %s is due for removal and kept: %s", rp_id, target, exc)
             continue
@@ -292,39 +281,39 @@ async def forget_copies(sessions: Any) -> list[tuple[str, str]]:
     return removed
 
 
-async def collect_garbage(sessions: Any, location: str, now: datetime, *, dry_run: bool = False) -> Any:
+async def collect_garbage(
+    sessions: Any, location: str, credentials: Credentials, now: datetime, *, dry_run: bool = False
+) -> Any:
     """GC of one repository with the cut-off of the oldest running backup (see gc_cutoff)."""
     import asyncio
 
-    from shared.repo import Repository
     from shared.repo.gc import collect
-    from shared.repo.locations import open_backend
 
-    repo = await Repository.open(open_backend(location))
-    # an object store refreshes a reused chunk only when it is older than its refresh_after:
-    # the cut-off moves back by that much more, so a refreshed-then-reused chunk is never taken
-    extra: timedelta = getattr(repo.backend, "refresh_after", timedelta(0))
+    async with opened(location, credentials) as repo:
+        # an object store refreshes a reused chunk only when it is older than its refresh_after:
+        # the cut-off moves back by that much more, so a refreshed-then-reused chunk is never taken
+        extra: timedelta = getattr(repo.backend, "refresh_after", timedelta(0))
 
-    probe = getattr(repo.backend, "probe_refreshes", None)
-    refreshes = await probe() if probe is not None else True
+        probe = getattr(repo.backend, "probe_refreshes", None)
+        refreshes = await probe() if probe is not None else True
 
-    def cutoff() -> datetime:
-        from shared.db.models import Replication
+        def cutoff() -> datetime:
+            from shared.db.models import Replication
 
-        with sessions() as s:
-            writing = (
-                s.scalars(select(Task.id).where(Task.state.not_in(TASK_FINAL))).first()
-                or s.scalars(
-                    select(Replication.id).where(Replication.state.in_(("pending", "running")))
-                ).first()
-            )
-            if not refreshes and writing:
-                from shared.repo.gc import GCBusy
-
-                raise GCBusy(
-                    f"{location} cannot mark the chunks a running backup or copy reuses (its provider"
-                    " keeps no settable modification times): it is collected when none runs; try later"
+            with sessions() as s:
+                writing = (
+                    s.scalars(select(Task.id).where(Task.state.not_in(TASK_FINAL))).first()
+                    or s.scalars(
+                        select(Replication.id).where(Replication.state.in_(("pending", "running")))
+                    ).first()
                 )
-            return gc_cutoff(s, now) - extra
+                if not refreshes and writing:
+                    from shared.repo.gc import GCBusy
 
-    return await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)
+                    raise GCBusy(
+                        f"{location} cannot mark the chunks a running backup or copy reuses (its provider"
+                        " keeps no settable modification times): it is collected when none runs; try later"
+                    )
+                return gc_cutoff(s, now) - extra
+
+        return await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)

@@ -20,16 +20,21 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.catalog.alerts import raise_alert
+from shared.clock import iso
 from shared.db.models import RestorePointRow, UsageSample, UsageState
 from shared.repo import RepoError, Repository
-from shared.repo.locations import open_backend
+from shared.repo.locations import Credentials, opened
 
 
-async def measure(location: str) -> dict[str, int | None]:
+async def measure(location: str, credentials: Credentials) -> dict[str, int | None]:
     """Sizes of one repository: `stored` (chunk objects), `unique` (the plain bytes of the chunks
     its restore points use, each once), `referenced` (the non-zero windows of every restore
     point: what a restore reads from chunks), and the storage's `total` and `free`."""
-    repo = await Repository.open(open_backend(location))
+    async with opened(location, credentials) as repo:
+        return await _measure(repo)
+
+
+async def _measure(repo: Repository) -> dict[str, int | None]:
     total, free = await repo.backend.usage()
     stored = 0
     chunks = 0
@@ -93,6 +98,31 @@ def record(
         elif not above and state.above:
             state.changed_at = now
         state.above, state.percent = above, percent
+    return _view(location, rows, total, free, stored, measured)
+
+
+def view(session: Session, location: str) -> dict[str, Any]:
+    """The repository's view from its latest stored sample (the verifier's, or a measurement
+    asked for): nothing is measured, nothing written. The ratios need a measurement: None."""
+    rows = list(session.scalars(select(RestorePointRow).where(RestorePointRow.repository == location)))
+    query = select(UsageSample).where(UsageSample.repository == location).order_by(UsageSample.day.desc())
+    latest = session.scalars(query.limit(1)).first()
+    if latest is None:
+        return {**_view(location, rows, None, None, None, {}), "sampled_at": None}
+    out = _view(location, rows, latest.total, latest.free, latest.stored, {})
+    return {**out, "sampled_at": iso(latest.sampled_at)}
+
+
+def _view(
+    location: str,
+    rows: list[RestorePointRow],
+    total: int | None,
+    free: int | None,
+    stored: int | None,
+    measured: dict[str, int | None],
+) -> dict[str, Any]:
+    logical = sum(r.logical_bytes for r in rows)
+    percent = 100.0 * (total - free) / total if total and free is not None else None
     per_vm: dict[str, int] = defaultdict(int)
     per_job: dict[str, int] = defaultdict(int)
     for r in rows:

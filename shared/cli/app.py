@@ -23,6 +23,7 @@ from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
 from shared.cli import restore as cli_restore
 from shared.db.existing import NoDatabase, open_existing
+from shared.repo.locations import Credentials
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
 
 
@@ -106,7 +107,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "report":
         return cli_restore.run_report(args, settings)
     if args.command == "repo":
-        return cli_repo.run(args, settings.repository_location)
+        return cli_repo.run(args, settings.repository_location, Credentials.of(settings))
     if args.command == "up":
         from shared.runtime.service import setup_logging
         from shared.runtime.supervisor import run_up

@@ -9,6 +9,7 @@ from typing import Any
 
 from shared.catalog import prune
 from shared.clock import utcnow
+from shared.repo.locations import Credentials
 from shared.settings import Settings
 
 
@@ -56,7 +57,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             locations = [args.repository] if args.repository else prune.repositories(s)
         for location in locations:
             try:
-                report = asyncio.run(prune.collect_garbage(sessions, location, now, dry_run=args.dry_run))
+                report = asyncio.run(
+                    prune.collect_garbage(
+                        sessions, location, Credentials.of(settings), now, dry_run=args.dry_run
+                    )
+                )
             except RepoError as exc:
                 print(f"vbm gc: {location}: {exc}", file=sys.stderr)
                 return 1

@@ -20,8 +20,8 @@ from typing import Any
 
 from shared.cli.progress import Progress
 from shared.model.units import human_bytes
-from shared.repo import LocalBackend, RepoError, Repository, check, read_disk
-from shared.repo.locations import open_backend
+from shared.repo import Backend, LocalBackend, RepoError, Repository, check, read_disk
+from shared.repo.locations import Credentials, open_backend, opened
 from shared.repo.repair import repair_from
 
 LOCATION_HELP = "repository location: a path, s3://, azure://, sftp:// or rclone:// (default: the setting)"
@@ -77,22 +77,45 @@ def _fraction(text: str) -> float:
     return value
 
 
-def run(args: argparse.Namespace, default_location: str) -> int:
+def run(args: argparse.Namespace, default_location: str, credentials: Credentials) -> int:
     given = [g for g in (args.repo, getattr(args, "repo_here", None), getattr(args, "location", None)) if g]
     if len(set(given)) > 1:
         print(f"vbm repo: two locations given ({', '.join(given)}): give one", file=sys.stderr)
         return 2
     location = given[0] if given else default_location
     try:
-        return asyncio.run(_run(args, location))
+        return asyncio.run(_run(args, location, credentials))
     except (RepoError, OSError) as exc:  # OSError: e.g. --repo or -o names a file/folder it cannot use
         print(f"vbm repo: {exc}", file=sys.stderr)
         return 1
 
 
-async def _run(args: argparse.Namespace, location: str) -> int:
-    backend = open_backend(location)
+async def _run(args: argparse.Namespace, location: str, credentials: Credentials) -> int:
     action = args.repo_command
+    if action in ("init", "undelete"):
+        backend = open_backend(location, credentials)
+        try:
+            return await _make(backend, action, location)
+        finally:
+            await backend.close()
+    async with opened(location, credentials) as repo:
+        if action == "info":
+            return await _info(repo)
+        if action == "ls":
+            return await _ls(repo)
+        if action == "check":
+            return await _check(repo, args.read_data, args.start, credentials, args.repair_from)
+        if action == "cat-manifest":
+            rp = await repo.load(args.id)
+            print(rp.model_dump_json(indent=2))
+            return 0
+        if action == "export":
+            return await _export(repo, args.id, args.disk, args.output)
+    raise AssertionError(action)
+
+
+async def _make(backend: Backend, action: str, location: str) -> int:
+    """`init` (a new repository) and `undelete` (S3 with Object Lock), on the bare backend."""
     if action == "init":
         if isinstance(backend, LocalBackend):
             os.makedirs(location, exist_ok=True)
@@ -108,19 +131,6 @@ async def _run(args: argparse.Namespace, location: str) -> int:
             print(f"brought back {key}")
         print(f"{len(back)} object(s) brought back; now run: vbm repo check", file=sys.stderr)
         return 0
-    repo = await Repository.open(backend)
-    if action == "info":
-        return await _info(repo)
-    if action == "ls":
-        return await _ls(repo)
-    if action == "check":
-        return await _check(repo, args.read_data, args.start, args.repair_from)
-    if action == "cat-manifest":
-        rp = await repo.load(args.id)
-        print(rp.model_dump_json(indent=2))
-        return 0
-    if action == "export":
-        return await _export(repo, args.id, args.disk, args.output)
     raise AssertionError(action)
 
 
@@ -174,7 +184,9 @@ async def _ls(repo: Repository) -> int:
     return 0
 
 
-async def _check(repo: Repository, fraction: float, start: float, repair: str | None = None) -> int:
+async def _check(
+    repo: Repository, fraction: float, start: float, credentials: Credentials, repair: str | None = None
+) -> int:
     bar = Progress("reading chunks", None, unit="chunks") if fraction else None
     report = await check(repo, read_data=fraction, start=start, progress=bar)
     if bar is not None:
@@ -190,7 +202,7 @@ async def _check(repo: Repository, fraction: float, start: float, repair: str | 
         for problem in problems:
             print(f"  {problem}")
     if repair and report.damaged_chunks:
-        replica = open_backend(repair)
+        replica = open_backend(repair, credentials)
         try:
             fixed, failed = await repair_from(repo, replica, report.damaged_chunks)
         finally:

@@ -1,52 +1,73 @@
-"""Where a repository lives: a location string names its backend.
+"""Where a repository lives: a location string names its backend, opened with the credentials
+passed in (`Credentials`, built from the settings), and `opened` opens and closes a repository.
 
 - a path (`/srv/vbm/repo`, an NFS mount): `LocalBackend`;
 - `s3://<host[:port]>/<bucket>[/<prefix>][?tls=false&region=r]`: `S3Backend`, with the
-  process's S3 credentials (`configure`, called by `load_settings` from `s3.access_key` and
-  `s3.secret_key`);
-- `azure://<account>/<container>[/<prefix>][?endpoint=<account URL>]`: `AzureBackend`, with the
-  process's `azure.account_key`;
-- `sftp://<user>@<host>[:port]/<absolute path>`: `SFTPBackend`, with the process's
-  `sftp.key_file` or `sftp.password`, and `sftp.known_hosts`;
+  credentials' `s3.access_key` and `s3.secret_key`;
+- `azure://<account>/<container>[/<prefix>][?endpoint=<account URL>]`: `AzureBackend`, with
+  `azure.account_key`;
+- `sftp://<user>@<host>[:port]/<absolute path>`: `SFTPBackend`, with `sftp.key_file` or
+  `sftp.password`, and `sftp.known_hosts`;
 - `rclone://<remote>/<path>`: `RcloneBackend`, a remote of the rclone config file
   (`rclone.config`; rclone's own by default), which holds the provider's credentials.
 """
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from pydantic import SecretStr
+
 from shared.repo.backend import Backend
 from shared.repo.backends.local import LocalBackend
 from shared.repo.errors import RepoError
+from shared.repo.repository import Repository
 
-_s3: tuple[str, str] | None = None
-_azure: str | None = None
-_sftp: dict[str, str | None] = {}
-_rclone_config: str | None = None
+if TYPE_CHECKING:
+    from shared.settings import Settings
 
-
-def configure(
-    s3_access_key: str,
-    s3_secret_key: str,
-    azure_account_key: str = "",
-    *,
-    sftp_key_file: str | None = None,
-    sftp_password: str | None = None,
-    sftp_known_hosts: str | None = None,
-    rclone_config: str | None = None,
-) -> None:
-    """The credentials S3, Azure and SFTP locations are opened with (empty: none configured),
-    and the rclone config file rclone:// locations name their remotes in."""
-    global _s3, _azure, _sftp, _rclone_config
-    _rclone_config = rclone_config
-    _s3 = (s3_access_key, s3_secret_key) if s3_access_key else None
-    _azure = azure_account_key or None
-    _sftp = {"key_file": sftp_key_file, "password": sftp_password or None, "known_hosts": sftp_known_hosts}
+_NONE = SecretStr("")
 
 
-def open_backend(location: str) -> Backend:
+@dataclass(frozen=True)
+class Credentials:
+    """What S3, Azure and SFTP locations are opened with (empty: none configured), and the rclone
+    config file rclone:// locations name their remotes in. Secrets stay SecretStr: a repr or an
+    error never shows them."""
+
+    s3_access_key: str = ""
+    s3_secret_key: SecretStr = field(default=_NONE, repr=False)
+    azure_account_key: SecretStr = field(default=_NONE, repr=False)
+    sftp_key_file: str | None = None
+    sftp_password: SecretStr = field(default=_NONE, repr=False)
+    sftp_known_hosts: str | None = None
+    rclone_config: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Credentials:
+        """The credentials of the settings (their s3, azure, sftp and rclone sections)."""
+        return cls(
+            s3_access_key=settings.s3.access_key,
+            s3_secret_key=settings.s3.secret_key,
+            azure_account_key=settings.azure.account_key,
+            sftp_key_file=settings.sftp.key_file,
+            sftp_password=settings.sftp.password,
+            sftp_known_hosts=settings.sftp.known_hosts,
+            rclone_config=settings.rclone.config,
+        )
+
+
+NO_CREDENTIALS = Credentials()
+
+
+def open_backend(location: str, credentials: Credentials) -> Backend:
     """The backend for `location`; RepoError (what to set) when it cannot be used."""
+    # the backends' modules load their client libraries (boto3, azure, asyncssh): only when used
     if location.startswith("s3://"):
-        if _s3 is None:
+        if not credentials.s3_access_key:
             raise RepoError(
                 f"repository {location} is on S3, and no S3 credentials are configured:"
                 " set VBM_S3__ACCESS_KEY and VBM_S3__SECRET_KEY"
@@ -54,11 +75,13 @@ def open_backend(location: str) -> Backend:
         from shared.repo.backends.s3 import S3Backend
 
         try:
-            return S3Backend(location, *_s3)
+            return S3Backend(
+                location, credentials.s3_access_key, credentials.s3_secret_key.get_secret_value()
+            )
         except ValueError as exc:
             raise RepoError(str(exc)) from None
     if location.startswith("azure://"):
-        if _azure is None:
+        if not credentials.azure_account_key.get_secret_value():
             raise RepoError(
                 f"repository {location} is on Azure Blob, and no account key is configured:"
                 " set VBM_AZURE__ACCOUNT_KEY"
@@ -66,7 +89,7 @@ def open_backend(location: str) -> Backend:
         from shared.repo.backends.azure import AzureBackend
 
         try:
-            return AzureBackend(location, _azure)
+            return AzureBackend(location, credentials.azure_account_key.get_secret_value())
         except ValueError as exc:
             raise RepoError(str(exc)) from None
     if location.startswith("sftp://"):
@@ -75,9 +98,9 @@ def open_backend(location: str) -> Backend:
         try:
             return SFTPBackend(  # without a key or password: the SSH agent's keys
                 location,
-                key_file=_sftp.get("key_file"),
-                password=_sftp.get("password"),
-                known_hosts=_sftp.get("known_hosts"),
+                key_file=credentials.sftp_key_file,
+                password=credentials.sftp_password.get_secret_value() or None,
+                known_hosts=credentials.sftp_known_hosts,
             )
         except ValueError as exc:
             raise RepoError(str(exc)) from None
@@ -85,7 +108,7 @@ def open_backend(location: str) -> Backend:
         from shared.repo.backends.rclone import RcloneBackend
 
         try:
-            return RcloneBackend(location, config=_rclone_config)
+            return RcloneBackend(location, config=credentials.rclone_config)
         except ValueError as exc:
             raise RepoError(str(exc)) from None
     if "://" in location:
@@ -95,6 +118,17 @@ def open_backend(location: str) -> Backend:
             " (a path, s3://, azure://, sftp:// or rclone://)"
         )
     return LocalBackend(location)
+
+
+@asynccontextmanager
+async def opened(location: str, credentials: Credentials) -> AsyncIterator[Repository]:
+    """The repository at `location`, its backend closed when the block ends, on every path
+    (also when opening fails: NotARepository, an unreachable server)."""
+    backend = open_backend(location, credentials)
+    try:
+        yield await Repository.open(backend)
+    finally:
+        await backend.close()
 
 
 MAX_LOCATION = 1024
@@ -108,7 +142,7 @@ def check_location(value: str) -> str:
     if any(ord(c) < 32 or ord(c) == 127 or "\ud800" <= c <= "\udfff" for c in value):
         raise ValueError("a repository location cannot hold control characters (NUL, newline...)")
     if value.startswith("s3://"):
-        from shared.repo.backends.s3 import S3Location
+        from shared.repo.backends.s3_location import S3Location
 
         S3Location(value)
     elif value.startswith("azure://"):
@@ -120,7 +154,7 @@ def check_location(value: str) -> str:
 
         SFTPLocation(value)
     elif value.startswith("rclone://"):
-        from shared.repo.backends.rclone import RcloneLocation
+        from shared.repo.backends.rclone_daemon import RcloneLocation
 
         RcloneLocation(value)
     elif "://" in value:

@@ -5,8 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy import select
+
 from shared.catalog.jobs import job_row
-from shared.db.models import RestorePointRow, Run, Task
+from shared.db.models import RestorePointRow, Run, Task, UsageSample
 from shared.model.jobs import JobSpec, VMRef
 from shared.repo import DiskEntry, LocalBackend, Repository, restore_point
 from tests.gateway.conftest import Api, MakeApi
@@ -227,13 +229,22 @@ async def test_prune_preview_and_repository_usage(make_api: MakeApi, tmp_path: P
     assert body["restore_points"][0]["rule"] == "keep-last"  # the default policy: keep_last 14
     # no schedule: expected to go after 14 more daily backups
     assert body["restore_points"][0]["expires_at"].startswith("2026-")
-    status, body = await api.call("GET", "/repositories")
+    status, body = await api.call("GET", "/repositories")  # not measured yet: nothing written
+    assert status == 200 and body["repositories"][0]["sampled_at"] is None
+    with api.ctx.sessions() as s:
+        assert s.scalars(select(UsageSample)).first() is None
+    status, body = await api.call("POST", "/repositories/measure")
     assert status == 200
     (repo,) = body["repositories"]
     assert repo["repository"] == str(repo_dir) and repo["restore_points"] == 1
     assert repo["stored"] > 100 * 1024 and repo["logical"] == 100 * 1024 and repo["total"] > 0
     assert repo["samples"][0]["stored"] == repo["stored"]
     assert repo["dedup_ratio"] == 1.0 and 0.9 < repo["compression_ratio"] <= 1.0  # random data
+    status, body = await api.call("GET", "/repositories")  # the latest sample
+    (stored,) = body["repositories"]
+    assert {k: stored[k] for k in ("stored", "logical", "total", "samples")} == {
+        k: repo[k] for k in ("stored", "logical", "total", "samples")
+    }
     status, body = await api.call("POST", "/gc?dry_run=true")
     assert status == 200 and body["repositories"][0]["chunks_removed"] == 0
 

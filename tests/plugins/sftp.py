@@ -4,6 +4,7 @@ a known_hosts file) and one client key pair."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -54,6 +55,17 @@ class SFTPServer:
 
     def kill(self) -> None:
         self.process.kill()
+
+    def connections(self) -> int:
+        """Connections the server holds open now (its ESTABLISHED sockets, from /proc/net/tcp)."""
+        port = f"{self.port:04X}"
+        count = 0
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(FileNotFoundError), open(table) as fh:
+                for line in list(fh)[1:]:
+                    local, state = line.split()[1], line.split()[3]
+                    count += local.rsplit(":", 1)[1] == port and state == "01"
+        return count
 
 
 def _start(workdir: Path) -> SFTPServer:

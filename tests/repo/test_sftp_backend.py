@@ -129,7 +129,8 @@ def test_locations_are_checked() -> None:
 async def test_the_stall_watchdog_counts_progress_of_every_call_on_the_connection() -> None:
     """Many calls share one connection; on a slow link a call may wait its turn longer than the
     timeout while the others move data: only a connection on which nothing moves is aborted."""
-    from shared.repo.backends.sftp import _Activity, _Watchdog
+    from shared.repo.backends.sftp_watchdog import Activity as _Activity
+    from shared.repo.backends.sftp_watchdog import Watchdog as _Watchdog
 
     class Conn:
         aborted = False

@@ -29,20 +29,12 @@ What rclone can and cannot promise (providers differ):
 from __future__ import annotations
 
 import asyncio
-import atexit
 import base64
 import builtins
 import contextlib
-import ctypes
 import http.client
 import json
-import os
 import posixpath
-import secrets
-import signal
-import socket
-import subprocess
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -50,102 +42,13 @@ import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
 
 from shared.repo.backend import TMP_PREFIX, ObjectInfo, aside_name
+from shared.repo.backends.rclone_daemon import RcloneLocation, daemon, meaning, mod_time, what_it_said
 from shared.repo.errors import ObjectMissing, RepoError
 
 MISSING = ("object not found", "directory not found", "not found")
-
-
-class RcloneLocation:
-    def __init__(self, location: str) -> None:
-        parts = urlsplit(location)
-        if parts.scheme != "rclone" or not parts.netloc or "@" in parts.netloc:
-            raise ValueError(
-                f"{location!r} is not an rclone location: write rclone://<remote>/<path>, where <remote> is"
-                " a remote of the rclone config file (which holds its credentials)"
-            )
-        self.remote = parts.netloc
-        self.path = parts.path.strip("/")
-        self.fs = f"{self.remote}:{self.path}"
-        self.location = location
-
-
-class _Daemon:
-    """One `rclone rcd` on a loopback port, started on first use, stopped with the process."""
-
-    def __init__(self, config: str | None, env: dict[str, str], flags: tuple[str, ...]) -> None:
-        self.config, self.env, self.flags = config, env, flags
-        self.user, self.password = "vbm", secrets.token_hex(16)
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.port = 0
-        self.lock = threading.Lock()
-
-    def url(self) -> str:
-        with self.lock:
-            if self.proc is None or self.proc.poll() is not None:
-                self._start()
-            return f"http://127.0.0.1:{self.port}"
-
-    def _start(self) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        argv = [
-            "rclone", "rcd", "--rc-addr", f"127.0.0.1:{self.port}", "--rc-user", self.user,
-            "--rc-pass", self.password, "--rc-serve", *self.flags,
-        ]  # fmt: skip
-        if self.config:
-            argv += ["--config", self.config]
-        try:
-            self.proc = subprocess.Popen(
-                argv, env={**os.environ, **self.env}, stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=_die_with_parent,
-            )  # fmt: skip
-        except FileNotFoundError:
-            raise RepoError("the rclone program is not installed (Debian: apt-get install rclone)") from None
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2),
-            ):
-                return
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.05)
-        raise RepoError(f"rclone rcd did not start (exit {self.proc.poll()}): check the rclone config")
-
-    def stop(self) -> None:
-        with self.lock:
-            if self.proc is not None and self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    with contextlib.suppress(Exception):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
-_daemons: dict[tuple[str | None, tuple[tuple[str, str], ...], tuple[str, ...]], _Daemon] = {}
-_daemons_lock = threading.Lock()
-
-
-def _daemon(config: str | None, env: dict[str, str], flags: tuple[str, ...]) -> _Daemon:
-    key = (config, tuple(sorted(env.items())), flags)
-    with _daemons_lock:
-        if key not in _daemons:
-            _daemons[key] = _Daemon(config, env, flags)
-        return _daemons[key]
-
-
-@atexit.register
-def _stop_all() -> None:
-    for daemon in list(_daemons.values()):
-        daemon.stop()
 
 
 class RcloneBackend:
@@ -168,7 +71,7 @@ class RcloneBackend:
             "--timeout", f"{timeout:g}s", "--contimeout", f"{min(timeout, 60.0):g}s",
             "--low-level-retries", str(retries + 1), "--retries", "3",
         )  # fmt: skip
-        self._daemon = _daemon(config, env or {}, flags)
+        self._daemon = daemon(config, env or {}, flags)
         # rclone retries a failing provider call itself, each try quiet for up to `timeout`
         self._provider_timeout = timeout
         self._timeout = timeout * (retries + 2)
@@ -196,10 +99,10 @@ class RcloneBackend:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 return json.loads(resp.read() or b"{}")  # type: ignore[no-any-return]
         except urllib.error.HTTPError as exc:
-            message = _said(exc) or str(exc.reason)
+            message = what_it_said(exc) or str(exc.reason)
             if any(m in message.lower() for m in MISSING):
                 raise ObjectMissing(doing) from None
-            raise RepoError(f"{self.location}: {doing}: {_meaning(message)}rclone says: {message}") from None
+            raise RepoError(f"{self.location}: {doing}: {meaning(message)}rclone says: {message}") from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(doing, exc) from None
 
@@ -237,8 +140,8 @@ class RcloneBackend:
             with urllib.request.urlopen(req, timeout=self._timeout) as resp:
                 resp.read()
         except urllib.error.HTTPError as exc:
-            message = _said(exc) or str(exc.reason)
-            raise RepoError(f"{self.location}: {doing}: {_meaning(message)}rclone says: {message}") from None
+            message = what_it_said(exc) or str(exc.reason)
+            raise RepoError(f"{self.location}: {doing}: {meaning(message)}rclone says: {message}") from None
         except (OSError, http.client.HTTPException) as exc:
             raise self._unreachable(doing, exc) from None
 
@@ -321,8 +224,8 @@ class RcloneBackend:
                 raise ObjectMissing(key) from None
             if exc.code == 416:
                 return b""
-            said = _said(exc) or f"HTTP {exc.code}"
-            raise RepoError(f"{self.location}: reading {key}: {_meaning(said)}rclone says: {said}") from None
+            said = what_it_said(exc) or f"HTTP {exc.code}"
+            raise RepoError(f"{self.location}: reading {key}: {meaning(said)}rclone says: {said}") from None
         except (OSError, http.client.HTTPException) as exc:
             if isinstance(exc, TimeoutError) or isinstance(getattr(exc, "reason", None), TimeoutError):
                 raise self._unreachable(f"reading {key}", exc) from None
@@ -338,7 +241,7 @@ class RcloneBackend:
             return False
         if item is None:
             return False
-        if _time(item) < datetime.now(UTC) - self.refresh_after:
+        if mod_time(item) < datetime.now(UTC) - self.refresh_after:
             try:
                 self._touch(key)
             except ObjectMissing:
@@ -349,7 +252,7 @@ class RcloneBackend:
             after = self._stat(key)
             if after is None:
                 return False
-            if _time(after) <= _time(item) and self.refreshes:
+            if mod_time(after) <= mod_time(item) and self.refreshes:
                 self.refreshes = False
         return True
 
@@ -366,7 +269,7 @@ class RcloneBackend:
         before = self._stat(key)
         if before is None:
             return
-        if _time(before) > datetime.now(UTC) - timedelta(seconds=2):
+        if mod_time(before) > datetime.now(UTC) - timedelta(seconds=2):
             time.sleep(2.1)  # a touch within the timestamps' resolution would prove nothing
         try:
             self._touch(key)
@@ -374,7 +277,7 @@ class RcloneBackend:
             self.refreshes = False
             return
         after = self._stat(key)
-        if after is None or _time(after) <= _time(before):
+        if after is None or mod_time(after) <= mod_time(before):
             self.refreshes = False
 
     async def stat(self, key: str) -> ObjectInfo:
@@ -384,7 +287,7 @@ class RcloneBackend:
             item = None
         if item is None:
             raise ObjectMissing(key)
-        return ObjectInfo(key, int(item.get("Size", 0)), _time(item))
+        return ObjectInfo(key, int(item.get("Size", 0)), mod_time(item))
 
     async def list(self, prefix: str) -> AsyncIterator[ObjectInfo]:
         folder = prefix.rsplit("/", 1)[0] if "/" in prefix else ""
@@ -401,7 +304,7 @@ class RcloneBackend:
             for item in found:
                 key = str(item["Path"])  # relative to the location, whatever folder was listed
                 if key.startswith(prefix) and not posixpath.basename(key).startswith(TMP_PREFIX):
-                    out.append(ObjectInfo(key, int(item.get("Size", 0)), _time(item)))
+                    out.append(ObjectInfo(key, int(item.get("Size", 0)), mod_time(item)))
             return out
 
         for info in await asyncio.to_thread(run):
@@ -425,7 +328,7 @@ class RcloneBackend:
         item = self._stat(aside)
         if item is None:
             return None
-        if _time(item) >= cutoff:  # still needed: back where it was (unless stored again meanwhile)
+        if mod_time(item) >= cutoff:  # still needed: back where it was (unless stored again meanwhile)
             if self._stat(key) is None:
                 self._move(aside, key, f"keeping {key}")
             else:
@@ -444,7 +347,7 @@ class RcloneBackend:
             except ObjectMissing:
                 return []
             return [
-                ObjectInfo(str(item["Path"]), int(item.get("Size", 0)), _time(item))
+                ObjectInfo(str(item["Path"]), int(item.get("Size", 0)), mod_time(item))
                 for item in found
                 if posixpath.basename(str(item["Path"])).startswith(TMP_PREFIX)
             ]
@@ -485,39 +388,3 @@ class RcloneBackend:
 
 class _BrokeOff(Exception):
     """A read's answer from rclone was cut off or could not be had: read again."""
-
-
-TIMED_OUT = ("timeout", "timed out", "deadline exceeded")
-CONNECTION = ("connection reset", "connection refused", "eof", "broken pipe", "no such host", "unreachable")
-
-
-def _meaning(message: str) -> str:
-    """What an rclone error means, where its text tells (said before rclone's own words)."""
-    low = message.lower()
-    if any(m in low for m in TIMED_OUT):
-        return "the provider timed out: "
-    if any(m in low for m in CONNECTION):
-        return "the provider's connection failed: "
-    return ""
-
-
-def _said(exc: urllib.error.HTTPError) -> str:
-    """What rclone's error answer says (JSON `error`, else its text), shortened."""
-    try:
-        body = exc.read(1 << 16)
-    except (OSError, http.client.HTTPException):
-        return ""
-    try:
-        return str(json.loads(body).get("error", ""))[:500]
-    except (ValueError, AttributeError):
-        return body.decode("utf-8", "replace").strip()[:500]
-
-
-def _time(item: dict[str, Any]) -> datetime:
-    raw = str(item.get("ModTime", "1970-01-01T00:00:00Z")).replace("Z", "+00:00")
-    if "." in raw:  # Python wants at most 6 fractional digits
-        head, _, rest = raw.partition(".")
-        digits = "".join(c for c in rest if c.isdigit())
-        zone = rest[len(digits) :]
-        raw = f"{head}.{digits[:6]}{zone}"
-    return datetime.fromisoformat(raw)

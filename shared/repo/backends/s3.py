@@ -48,78 +48,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import math
 import random
-import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
 import urllib3
 from minio import Minio
 from minio.commonconfig import REPLACE, CopySource
 from minio.error import S3Error
-from minio.retention import Retention
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from shared.repo.backend import ObjectInfo, listed_in_batches
-from shared.repo.errors import Misconfigured, ObjectLocked, ObjectMissing, RepoError
+from shared.repo.backends.s3_location import S3Location
+from shared.repo.backends.s3_lock import ObjectLock, iso, retained_until
+from shared.repo.errors import ObjectLocked, ObjectMissing, RepoError
 
 MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchVersion")  # gone, or its version is
-LOCK_MODES = ("COMPLIANCE", "GOVERNANCE")
-LOCKED_PREFIXES = ("chunks/", "manifests/")
-MAX_GENERATION_DAYS = 10
 BODY_TRIES = 3  # reads of an object whose body was cut off or stalled after its headers
 DENIED = ("AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidToken", "ExpiredToken")
 
 
-BUCKET = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
-
-
-class S3Location:
-    """A parsed `s3://host[:port]/bucket[/prefix][?tls=false&region=r]`."""
-
-    def __init__(self, location: str) -> None:
-        parts = urlsplit(location)
-        path = parts.path.strip("/")
-        if parts.scheme != "s3" or not parts.netloc or not path:
-            raise ValueError(
-                f"{location!r} is not an S3 location: write s3://<host[:port]>/<bucket>[/<prefix>]"
-                " (add ?tls=false for plain HTTP)"
-            )
-        if "@" in parts.netloc:
-            raise ValueError(
-                "an S3 location carries no credentials: set VBM_S3__ACCESS_KEY and VBM_S3__SECRET_KEY"
-            )
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        self.endpoint = parts.netloc
-        self.bucket, _, prefix = path.partition("/")
-        if not BUCKET.fullmatch(self.bucket) or ".." in self.bucket:
-            raise ValueError(
-                f"{location!r}: {self.bucket!r} is not a valid S3 bucket name (3 to 63 lower-case"
-                " letters, digits, dots and hyphens, beginning and ending with a letter or digit)"
-            )
-        self.prefix = f"{prefix}/" if prefix else ""
-        self.secure = query.get("tls", "true").lower() not in ("false", "0", "no")
-        self.region = query.get("region")
-        self.location = location
-        days = query.get("immutable_days", "0")
-        if not days.isdigit() or int(days) > 36500:
-            raise ValueError(
-                f"{location!r}: immutable_days must be a whole number of days (0: off), not {days!r}"
-            )
-        self.immutable_days = int(days)
-        self.lock_mode = query.get("lock_mode", "compliance").upper()
-        if self.lock_mode not in LOCK_MODES:
-            raise ValueError(
-                f"{location!r}: lock_mode must be compliance or governance, not {self.lock_mode!r}"
-            )
-
-
-class S3Backend:
+class S3Backend(ObjectLock):
     def __init__(
         self,
         location: str,
@@ -206,7 +158,7 @@ class S3Backend:
         until = self.lock_until() if self._locks(key) else None
         if until is not None:
             headers["x-amz-object-lock-mode"] = self.where.lock_mode
-            headers["x-amz-object-lock-retain-until-date"] = _iso(until)
+            headers["x-amz-object-lock-retain-until-date"] = iso(until)
             headers["Content-MD5"] = base64.b64encode(hashlib.md5(data).digest()).decode()
         try:
             self._client._put_object(self.where.bucket, name, data, headers=headers)
@@ -272,7 +224,7 @@ class S3Backend:
         if self._locks(key):
             want = self.lock_until()
             assert want is not None
-            current = _retained_until(st)
+            current = retained_until(st)
             if current is None or current < want:
                 try:
                     self._retain_version(key, st.version_id, want)
@@ -355,20 +307,6 @@ class S3Backend:
             if not st.version_id:
                 return
 
-    def _still_locked(self, key: str, name: str) -> datetime | bool:
-        """After a refused delete: the object's retention date if it is in the future, True for
-        a legal hold (or when it cannot be asked), False when nothing holds it any more."""
-        try:
-            st = self._call(f"checking {key}", lambda: self._client.stat_object(self.where.bucket, name))
-        except ObjectMissing:
-            return False
-        except RepoError:
-            return True
-        if st.metadata.get("x-amz-object-lock-legal-hold") == "ON":
-            return True
-        until = _retained_until(st)
-        return until if until is not None and until > self._clock() else False
-
     async def delete_if_unused_since(self, key: str, cutoff: datetime) -> int | None:
         return await asyncio.to_thread(self._delete_if_unused, key, cutoff)
 
@@ -382,7 +320,7 @@ class S3Backend:
             return None
         query: dict[str, str | list[str] | tuple[str]] = {}
         if self.immutable_days:
-            until = _retained_until(st)
+            until = retained_until(st)
             if until is not None and until > self._clock():
                 return None  # immutable still (and so relied on: a writer extends what it reuses)
             if st.version_id:
@@ -410,137 +348,6 @@ class S3Backend:
     async def flush(self) -> None:
         return None  # an answered PUT is durable
 
-    # --- Object Lock ------------------------------------------------------------------------
-
-    def now(self) -> datetime:
-        """The time retention dates are counted from (the backend's clock)."""
-        return self._clock()
-
-    def _locks(self, key: str) -> bool:
-        return bool(self.immutable_days) and (key == "config" or key.startswith(LOCKED_PREFIXES))
-
-    def lock_until(self, now: datetime | None = None) -> datetime | None:
-        """The retention date objects written or relied on now get: `immutable_days` from now,
-        rounded up to the next generation boundary; None when the location asks for none."""
-        if not self.immutable_days:
-            return None
-        generation = min(self.immutable_days, MAX_GENERATION_DAYS) * 86400
-        end = ((now or self._clock()) + timedelta(days=self.immutable_days)).timestamp()
-        return datetime.fromtimestamp(math.ceil(end / generation) * generation, UTC)
-
-    def _retain_version(self, key: str, version_id: str | None, until: datetime) -> None:
-        self._call(
-            f"extending the retention of {key}",
-            lambda: self._client.set_object_retention(
-                self.where.bucket,
-                self._key(key),
-                Retention(self.where.lock_mode, until),
-                version_id=version_id,
-            ),
-        )
-        self.retained += 1
-
-    async def retain(self, keys: Sequence[str], until: datetime, concurrency: int = 16) -> int:
-        """Extend every object's retention to at least `until` (never shorten it); how many
-        were extended. A missing object is an error: the caller relies on all of them."""
-
-        def one(key: str) -> bool:
-            try:
-                st = self._call(
-                    f"checking {key}", lambda: self._client.stat_object(self.where.bucket, self._key(key))
-                )
-            except ObjectMissing:
-                raise RepoError(f"{self.location}: {key} is missing: it cannot be kept immutable") from None
-            current = _retained_until(st)
-            if current is not None and current >= until:
-                return False
-            self._retain_version(key, st.version_id, until)
-            return True
-
-        sem = asyncio.Semaphore(concurrency)
-
-        async def bounded(key: str) -> bool:
-            async with sem:
-                return await asyncio.to_thread(one, key)
-
-        return sum(await asyncio.gather(*(bounded(k) for k in keys)))
-
-    async def undelete(self) -> Sequence[str]:
-        """Remove the delete markers under the location (someone deleted objects without their
-        version: in a versioned bucket the data stays behind a marker); the keys brought back."""
-
-        def run() -> Sequence[str]:
-            cut = len(self.where.prefix)
-            markers = [
-                (o.object_name, o.version_id)
-                for o in self._client.list_objects(
-                    self.where.bucket, prefix=self.where.prefix, recursive=True, include_version=True
-                )
-                if o.is_delete_marker and o.is_latest == "true"
-            ]
-            for name, version in markers:
-                self._client.remove_object(self.where.bucket, name, version_id=version)
-            return [str(name)[cut:] for name, _ in markers]
-
-        back: Sequence[str] = await asyncio.to_thread(self._call, "removing delete markers", run)
-        return back
-
-    async def check_immutability(self) -> None:
-        """With `immutable_days`, the bucket must have Object Lock: RepoError saying so if not."""
-        if not self.immutable_days or self._lock_checked:
-            return
-        status = await self.object_lock()
-        if not status["bucket_lock"]:
-            raise Misconfigured(
-                f"s3://{self.where.endpoint}/{self.where.bucket}: the location asks for immutable restore"
-                f" points (immutable_days={self.immutable_days}), and {status['detail']}: use a bucket"
-                " created with Object Lock enabled (most servers cannot enable it later), or remove"
-                " immutable_days from the location"
-            )
-        if status.get("default_retention"):
-            raise Misconfigured(
-                f"s3://{self.where.endpoint}/{self.where.bucket}: the bucket has a default retention"
-                f" ({status['default_retention']}), which locks every object, also the ones vbm must"
-                " remove (its GC lock, pruned manifests) for as long: vbm sets each object's retention"
-                " itself (immutable_days); remove the bucket's default retention"
-                " (`mc retention clear --default`, or PutObjectLockConfiguration without a rule)"
-            )
-        self._lock_checked = True
-
-    async def object_lock(self) -> dict[str, Any]:
-        """What the bucket offers and what this location uses, for `vbm repo info`."""
-
-        def ask() -> dict[str, Any]:
-            out: dict[str, Any] = {
-                "immutable_days": self.immutable_days,
-                "mode": self.where.lock_mode if self.immutable_days else None,
-            }
-            try:
-                config = self._client.get_object_lock_config(self.where.bucket)
-            except S3Error as exc:
-                if exc.code in ("ObjectLockConfigurationNotFoundError", "InvalidRequest"):
-                    return {
-                        **out,
-                        "bucket_lock": False,
-                        "detail": f"bucket {self.where.bucket} has no Object Lock",
-                    }
-                if exc.code in ("NotImplemented", "MethodNotAllowed"):
-                    return {
-                        **out,
-                        "bucket_lock": False,
-                        "detail": "this S3 server does not support Object Lock",
-                    }
-                raise self._error(exc, "reading the bucket's Object Lock configuration") from None
-            except (Urllib3Error, OSError) as exc:
-                raise self._error(exc, "reading the bucket's Object Lock configuration") from None
-            default = f"{config.mode} {config.duration} {config.duration_unit}" if config.mode else None
-            detail = "bucket has Object Lock"
-            if default:
-                detail += f" with a default retention ({default}): every object is locked, vbm's GC lock too"
-            return {**out, "bucket_lock": True, "default_retention": default, "detail": detail}
-
-        return await asyncio.to_thread(ask)
-
     async def usage(self) -> tuple[int | None, int | None]:
         return None, None  # a bucket has no capacity to report
 
@@ -562,18 +369,3 @@ class _Retry(urllib3.Retry):
             return 0.0
         value = self.backoff_factor * 2 ** (errors - 1) + random.random() * self.backoff_jitter
         return float(min(self.backoff_max, value))
-
-
-def _iso(when: datetime) -> str:
-    return when.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _retained_until(st: Any) -> datetime | None:
-    """The retention date a HEAD answer carries (None: no retention)."""
-    raw = (st.metadata or {}).get("x-amz-object-lock-retain-until-date")
-    if not raw:
-        return None
-    try:
-        return datetime.fromisoformat(raw.replace("Z", "+00:00"))
-    except ValueError:
-        return None

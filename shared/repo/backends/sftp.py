@@ -32,7 +32,6 @@ import stat as statmod
 import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextvars import ContextVar
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TypeVar
@@ -45,59 +44,13 @@ with warnings.catch_warnings():
     import asyncssh
 
 from shared.repo.backend import TMP_PREFIX, ObjectInfo, aside_name
+from shared.repo.backends.sftp_watchdog import Activity, Watchdog, progress, watching
 from shared.repo.errors import ObjectMissing, RepoError
 
 T = TypeVar("T")
 ATTEMPTS = 3
 PIECE = 1 << 20  # objects are read and written in pieces this big: each one is progress
 LOST = (asyncssh.SFTPConnectionLost, asyncssh.SFTPNoConnection)  # SFTPErrors, but retried
-
-
-class _Activity:
-    """When anything last moved on one connection (every call using it shares this)."""
-
-    def __init__(self) -> None:
-        self.last = asyncio.get_running_loop().time()
-
-
-class _Watchdog:
-    """Aborts the connection when nothing has moved on it for `timeout` seconds while this call
-    waits (a stalled server or network): the pending requests then fail at once, instead of
-    waiting for answers, or for a clean close, that never come. Progress of any call on the
-    connection counts: many calls share it, and on a slow link each waits its turn."""
-
-    def __init__(self, conn: asyncssh.SSHClientConnection, timeout: float, activity: _Activity) -> None:
-        self._conn, self._timeout, self._activity = conn, timeout, activity
-        self._loop = asyncio.get_running_loop()
-        self.fired = False
-        self._timer = self._loop.call_later(timeout, self._fire)
-
-    def progress(self) -> None:
-        self._activity.last = self._loop.time()
-        self._timer.cancel()
-        if not self.fired:
-            self._timer = self._loop.call_later(self._timeout, self._fire)
-
-    def _fire(self) -> None:
-        idle = self._loop.time() - self._activity.last
-        if idle < self._timeout:  # another call moved data meanwhile: the link is alive
-            self._timer = self._loop.call_later(self._timeout - idle, self._fire)
-            return
-        self.fired = True
-        self._conn.abort()
-
-    def cancel(self) -> None:
-        self._timer.cancel()
-
-
-_watch: ContextVar[_Watchdog | None] = ContextVar("sftp_watchdog", default=None)
-
-
-def _progress() -> None:
-    """The current call moved data: its watchdog waits `timeout` again."""
-    watch = _watch.get()
-    if watch is not None:
-        watch.progress()
 
 
 class SFTPLocation:
@@ -145,7 +98,7 @@ class SFTPBackend:
         self._clock = clock
         self._conn: asyncssh.SSHClientConnection | None = None
         self._sftp: asyncssh.SFTPClient | None = None
-        self._activity: _Activity | None = None  # of the current connection
+        self._activity: Activity | None = None  # of the current connection
         self._lock = asyncio.Lock()
 
     def _path(self, key: str) -> str:
@@ -163,7 +116,7 @@ class SFTPBackend:
             if self._conn is None or self._sftp is None:
                 try:
                     self._conn, self._sftp = await asyncio.wait_for(self._open(), self._timeout)
-                    self._activity = _Activity()
+                    self._activity = Activity()
                 except asyncssh.PermissionDenied:
                     raise RepoError(
                         f"{self._name()}: the login was refused: check VBM_SFTP__KEY_FILE or"
@@ -211,17 +164,17 @@ class SFTPBackend:
             if attempt:
                 await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
             conn: asyncssh.SSHClientConnection | None = None
-            watch: _Watchdog | None = None
+            watch: Watchdog | None = None
             try:
                 conn, sftp = await self._client()
                 assert self._activity is not None  # set with the connection
-                watch = _Watchdog(conn, self._timeout, self._activity)
-                token = _watch.set(watch)
+                watch = Watchdog(conn, self._timeout, self._activity)
+                token = watching.set(watch)
                 try:
                     return await fn(sftp)
                 finally:
                     watch.cancel()
-                    _watch.reset(token)
+                    watching.reset(token)
             except _Lost as exc:
                 last = str(exc)
             except asyncssh.SFTPNoSuchFile:
@@ -236,7 +189,7 @@ class SFTPBackend:
                 await self._drop(conn)
         raise RepoError(f"{self._name()}: {doing}: the connection failed {self._attempts} times ({last})")
 
-    def _lost(self, exc: Exception, watch: _Watchdog | None) -> str:
+    def _lost(self, exc: Exception, watch: Watchdog | None) -> str:
         if watch is not None and watch.fired:
             return f"timed out: nothing moved for {self._timeout:g} s, a stalled server or network"
         return f"{type(exc).__name__}: {exc}"
@@ -264,7 +217,7 @@ class SFTPBackend:
                 async with f:
                     for start in range(0, len(data), PIECE):
                         await f.write(data[start : start + PIECE], start)
-                        _progress()
+                        progress()
                     await f.fsync()
                 try:
                     await sftp.link(tmp, path)
@@ -298,7 +251,7 @@ class SFTPBackend:
                     want = PIECE if length is None else min(PIECE, length - len(out))
                     data = await f.read(want, offset + len(out))
                     assert isinstance(data, bytes)  # opened in binary mode
-                    _progress()
+                    progress()
                     out += data
                     if len(data) < want:  # the end of the object
                         break
@@ -339,7 +292,7 @@ class SFTPBackend:
                     entries = await sftp.readdir(folder)
                 except asyncssh.SFTPNoSuchFile:
                     continue
-                _progress()
+                progress()
                 for entry in entries:
                     name = str(entry.filename)
                     if name in (".", ".."):
