@@ -70,7 +70,7 @@ def record(
     session.merge(
         UsageSample(
             repository=location, day=now.date(), total=total, free=free, stored=stored, logical=logical,
-            sampled_at=now,
+            unique_bytes=measured.get("unique"), referenced_bytes=measured.get("referenced"), sampled_at=now,
         )
     )  # fmt: skip
     percent = 100.0 * (total - free) / total if total and free is not None else None
@@ -103,13 +103,14 @@ def record(
 
 def view(session: Session, location: str) -> dict[str, Any]:
     """The repository's view from its latest stored sample (the verifier's, or a measurement
-    asked for): nothing is measured, nothing written. The ratios need a measurement: None."""
+    asked for): nothing is measured, nothing written."""
     rows = list(session.scalars(select(RestorePointRow).where(RestorePointRow.repository == location)))
     query = select(UsageSample).where(UsageSample.repository == location).order_by(UsageSample.day.desc())
     latest = session.scalars(query.limit(1)).first()
     if latest is None:
         return {**_view(location, rows, None, None, None, {}), "sampled_at": None}
-    out = _view(location, rows, latest.total, latest.free, latest.stored, {})
+    ratios = {"unique": latest.unique_bytes, "referenced": latest.referenced_bytes}
+    out = _view(location, rows, latest.total, latest.free, latest.stored, ratios)
     return {**out, "sampled_at": iso(latest.sampled_at)}
 
 

@@ -225,6 +225,9 @@ class UsageSample(Base):
     free: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     stored: Mapped[int] = mapped_column(BigInteger)
     logical: Mapped[int] = mapped_column(BigInteger)
+    # for the ratios (None: sampled before revision 0010)
+    unique_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
+    referenced_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
     sampled_at: Mapped[datetime] = _ts()
 
 
