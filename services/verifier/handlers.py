@@ -24,7 +24,7 @@ from shared.repo import ChunkError, ManifestError, RepoError, Repository
 from shared.repo import chunk as chunks
 from shared.repo.locations import Credentials, opened
 from shared.repo.manifest import expand, tree_digest
-from shared.runtime.bus import Delivery
+from shared.runtime.bus import Delivery, Permanent
 from shared.runtime.outbox import stage
 from shared.runtime.service import Context
 from shared.vsphere import VSphereError
@@ -116,7 +116,7 @@ async def compare_sizes(deps: Deps, vcenter: str, vm_moref: str, disks: list[dic
     notes: list[str] = []
     try:
         vm = await asyncio.to_thread(deps.vcenters.get(vcenter).vm, vm_moref)
-    except KeyError:
+    except Permanent:  # the pool: that vCenter is not configured (any more)
         return [f"{NOT_COMPARED}: vCenter {vcenter!r} is no longer configured"]
     except VSphereError as exc:
         return [f"{NOT_COMPARED} with vCenter: {exc}"]
