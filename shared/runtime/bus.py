@@ -4,7 +4,8 @@
 plain `async def handle(event, delivery) -> events`; they never touch the message. The policy:
 
 * the payload does not decode or validate -> term, publish `BusRejected` (dead letter);
-* the handler returns events -> publish them (deterministic `Nats-Msg-Id`), then ack;
+* the handler returns events -> publish them (deterministic `Nats-Msg-Id`), then ack (vbm's
+  handlers return none: they stage their events in the outbox with their state change);
 * the handler raises `Retryable` (or an unexpected error) -> nak with the consumer's backoff,
   until `max_deliver` deliveries; then it is handled as permanent;
 * the handler raises `Permanent` -> term, publish the consumer's give-up events and `BusRejected`.
