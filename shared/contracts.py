@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from shared.events.backup import (
     RUN_FINAL,
+    TASK_FINAL,
     DiskRef,
     JobRequested,
     RunFinished,
@@ -69,6 +70,7 @@ __all__ = [
     "RUN_FINAL",
     "STREAM_NAME",
     "STREAM_SUBJECTS",
+    "TASK_FINAL",
     "AlertRaised",
     "BusRejected",
     "DiskRef",

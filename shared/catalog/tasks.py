@@ -22,11 +22,11 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from shared.catalog import runlog
-from shared.contracts import RUN_FINAL, RunFinished, RunState, Step, StepFailed
+from shared.contracts import RUN_FINAL, TASK_FINAL, RunFinished, RunState, Step, StepFailed
 from shared.db.models import Job, Run, SnapshotLedger, Task
 from shared.runtime.outbox import stage
 
-FINAL = ("succeeded", "failed", "cancelled")
+FINAL = TASK_FINAL
 __all__ = ["FINAL", "RUN_FINAL", "RetryPolicy", "RunState", "Stale"]
 
 

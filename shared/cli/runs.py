@@ -20,6 +20,7 @@ from shared.catalog import jobs as jobstore
 from shared.catalog import runs as runstore
 from shared.catalog.runs import eta_seconds, get_run
 from shared.contracts import RUN_FINAL as FINISHED
+from shared.contracts import TASK_FINAL
 from shared.db.models import Run, Task
 from shared.errors import NotFound
 from shared.model.units import human_bytes
@@ -74,7 +75,7 @@ def task_line(task: Task) -> str:
         f" {human_bytes(done)} / {human_bytes(total)}  {human_bytes(task.rate)}/s"
         f"  ETA {_eta(eta_seconds(task))}"
     )
-    if task.wait_reason and task.state not in ("succeeded", "failed", "cancelled"):
+    if task.wait_reason and task.state not in TASK_FINAL:
         text += f"  ({task.wait_reason})"
     elif task.error:
         text += f"  error: {task.error}"

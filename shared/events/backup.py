@@ -142,6 +142,8 @@ RunState = Literal["succeeded", "warning", "partial", "failed", "cancelled"]
 # How a run can end: every VM backed up (with warnings: a quiesce that fell back, a disk skipped),
 # some, none, or cancelled. The one list of them: everything else imports it (from shared.contracts).
 RUN_FINAL: tuple[str, ...] = ("succeeded", "warning", "partial", "failed", "cancelled")
+# How a task (one VM of a run) can end; likewise the one list of them.
+TASK_FINAL: tuple[str, ...] = ("succeeded", "failed", "cancelled")
 
 
 class RunFinished(Event):
