@@ -11,7 +11,8 @@ from sqlalchemy import select
 
 from shared.catalog import usage
 from shared.db import make_engine, make_sessionmaker, upgrade
-from shared.db.models import Alert, UsageSample
+from shared.db.models import Alert
+from shared.db.usage import UsageSample
 from shared.repo import LocalBackend, Repository
 from shared.repo.locations import NO_CREDENTIALS
 from tests.plugins.tmpfs import mount_tmpfs, unmount

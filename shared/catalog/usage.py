@@ -21,7 +21,8 @@ from sqlalchemy.orm import Session
 
 from shared.catalog.alerts import raise_alert
 from shared.clock import iso
-from shared.db.models import RestorePointRow, UsageSample, UsageState
+from shared.db.models import RestorePointRow
+from shared.db.usage import UsageSample, UsageState
 from shared.repo import RepoError, Repository
 from shared.repo.locations import Credentials, opened
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from datetime import UTC, date, datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     BigInteger,
     Boolean,
-    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -75,7 +74,7 @@ class ServiceInstance(Base):
 JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
-def _ts() -> Mapped[datetime]:
+def ts() -> Mapped[datetime]:
     return mapped_column(UTCDateTime())
 
 
@@ -92,7 +91,7 @@ class VCenterRow(Base):
     url: Mapped[str] = mapped_column(String(512))
     username: Mapped[str] = mapped_column(String(255))
     verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
-    updated_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = ts()
 
 
 class Job(Base):
@@ -111,8 +110,8 @@ class Job(Base):
     retention: Mapped[dict[str, Any]] = mapped_column(JSONType)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
     last_slot: Mapped[datetime | None] = _ts_null()
-    created_at: Mapped[datetime] = _ts()
-    updated_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
+    updated_at: Mapped[datetime] = ts()
 
 
 class Run(Base):
@@ -128,7 +127,7 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
     wait_reason: Mapped[str | None] = mapped_column(Text, nullable=True)  # while queued: for what
-    created_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
     started_at: Mapped[datetime | None] = _ts_null()
     finished_at: Mapped[datetime | None] = _ts_null()
 
@@ -164,8 +163,8 @@ class Task(Base):
     warnings: Mapped[list[str]] = mapped_column(JSONType, default=list)
     host: Mapped[str | None] = mapped_column(String(255), nullable=True)
     datastores: Mapped[list[str]] = mapped_column(JSONType, default=list)
-    created_at: Mapped[datetime] = _ts()
-    updated_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
+    updated_at: Mapped[datetime] = ts()
     deadline_at: Mapped[datetime | None] = _ts_null()
     finished_at: Mapped[datetime | None] = _ts_null()
 
@@ -189,8 +188,8 @@ class RestorePointRow(Base):
     logical_bytes: Mapped[int] = mapped_column(BigInteger)
     bytes_read: Mapped[int] = mapped_column(BigInteger)
     bytes_stored: Mapped[int] = mapped_column(BigInteger)
-    started_at: Mapped[datetime] = _ts()
-    finished_at: Mapped[datetime] = _ts()
+    started_at: Mapped[datetime] = ts()
+    finished_at: Mapped[datetime] = ts()
     verify_state: Mapped[str] = mapped_column(String(16), default="pending")
     verified_at: Mapped[datetime | None] = _ts_null()
     verify_problems: Mapped[list[str]] = mapped_column(JSONType, default=list)
@@ -209,37 +208,9 @@ class Pruned(Base):
     job_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
     vm_name: Mapped[str] = mapped_column(String(255))
     repository: Mapped[str] = mapped_column(String(1024))
-    finished_at: Mapped[datetime] = _ts()
-    pruned_at: Mapped[datetime] = _ts()
+    finished_at: Mapped[datetime] = ts()
+    pruned_at: Mapped[datetime] = ts()
     reason: Mapped[str] = mapped_column(Text)
-
-
-class UsageSample(Base):
-    """One sample a day per repository (the last of the day wins): growth over time."""
-
-    __tablename__ = "usage_samples"
-
-    repository: Mapped[str] = mapped_column(String(1024), primary_key=True)
-    day: Mapped[date] = mapped_column(Date, primary_key=True)
-    total: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    free: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    stored: Mapped[int] = mapped_column(BigInteger)
-    logical: Mapped[int] = mapped_column(BigInteger)
-    # for the ratios (None: sampled before revision 0010)
-    unique_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    referenced_bytes: Mapped[int | None] = mapped_column(BigInteger, nullable=True)
-    sampled_at: Mapped[datetime] = _ts()
-
-
-class UsageState(Base):
-    """Whether a repository's storage is above the alert threshold (an alert per crossing)."""
-
-    __tablename__ = "usage_state"
-
-    repository: Mapped[str] = mapped_column(String(1024), primary_key=True)
-    above: Mapped[bool] = mapped_column(Boolean)
-    percent: Mapped[float] = mapped_column(Float)
-    changed_at: Mapped[datetime] = _ts()
 
 
 class VerifyRound(Base):
@@ -254,7 +225,7 @@ class VerifyRound(Base):
     repository: Mapped[str] = mapped_column(String(1024), primary_key=True)
     slices: Mapped[int] = mapped_column(Integer)
     next_slice: Mapped[int] = mapped_column(Integer, default=0)
-    round_started_at: Mapped[datetime] = _ts()
+    round_started_at: Mapped[datetime] = ts()
     last_cycle_at: Mapped[datetime | None] = _ts_null()
     damaged: Mapped[list[str]] = mapped_column(JSONType, default=list)
 
@@ -281,9 +252,9 @@ class Restore(Base):
     created: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False)
-    created_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
     started_at: Mapped[datetime | None] = _ts_null()
-    updated_at: Mapped[datetime] = _ts()
+    updated_at: Mapped[datetime] = ts()
     deadline_at: Mapped[datetime | None] = _ts_null()
     finished_at: Mapped[datetime | None] = _ts_null()
 
@@ -305,8 +276,8 @@ class Replication(Base):
     chunks_sent: Mapped[int] = mapped_column(Integer, default=0)
     bytes_sent: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = _ts()
-    updated_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
+    updated_at: Mapped[datetime] = ts()
     finished_at: Mapped[datetime | None] = _ts_null()
     next_try_at: Mapped[datetime | None] = _ts_null()
 
@@ -328,7 +299,7 @@ class Notification(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    created_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
     sent_at: Mapped[datetime | None] = _ts_null()
 
 
@@ -341,7 +312,7 @@ class RestoreReport(Base):
     restore_point_id: Mapped[str] = mapped_column(String(64))
     vm_name: Mapped[str] = mapped_column(String(255), index=True)
     ok: Mapped[bool] = mapped_column(Boolean)
-    created_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
     signed: Mapped[str] = mapped_column(Text)
 
 
@@ -360,7 +331,7 @@ class SnapshotLedger(Base):
     state: Mapped[str] = mapped_column(String(16), index=True)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     last_error: Mapped[str | None] = mapped_column(Text, nullable=True)
-    requested_at: Mapped[datetime] = _ts()
+    requested_at: Mapped[datetime] = ts()
     created_at: Mapped[datetime | None] = _ts_null()
     removed_at: Mapped[datetime | None] = _ts_null()
     next_attempt_at: Mapped[datetime | None] = _ts_null()
@@ -375,7 +346,7 @@ class Alert(Base):
     message: Mapped[str] = mapped_column(Text)
     vm_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
     run_id: Mapped[str | None] = mapped_column(String(128), nullable=True)
-    created_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
     acknowledged_at: Mapped[datetime | None] = _ts_null()
 
 
@@ -388,7 +359,7 @@ class Outbox(Base):
     subject: Mapped[str] = mapped_column(String(128))
     msg_id: Mapped[str] = mapped_column(String(255))
     payload: Mapped[str] = mapped_column(Text)
-    created_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
 
 
@@ -398,6 +369,6 @@ class ApiKey(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     secret_sha256: Mapped[str] = mapped_column(String(64), unique=True)
-    created_at: Mapped[datetime] = _ts()
+    created_at: Mapped[datetime] = ts()
     last_used_at: Mapped[datetime | None] = _ts_null()
     revoked_at: Mapped[datetime | None] = _ts_null()

@@ -8,7 +8,8 @@ from pathlib import Path
 from sqlalchemy import select
 
 from shared.catalog.jobs import job_row
-from shared.db.models import RestorePointRow, Run, Task, UsageSample
+from shared.db.models import RestorePointRow, Run, Task
+from shared.db.usage import UsageSample
 from shared.model.jobs import JobSpec, VMRef
 from shared.repo import DiskEntry, LocalBackend, Repository, restore_point
 from tests.gateway.conftest import Api, MakeApi
