@@ -13,13 +13,14 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Sequence
-from datetime import UTC, timedelta
+from datetime import UTC
 from typing import Any
 
 from sqlalchemy import select
 
 from services.mover.checkpoint import Checkpoint
 from services.mover.deps import Deps
+from services.mover.outcome import end, record
 from services.mover.plan import (
     Plan,
     committed_earlier,
@@ -33,14 +34,12 @@ from services.mover.plan import (
 from services.mover.streams import LeasesBusy, leased, stream_limits
 from services.mover.tracker import CancellableDisk, Cancelled, Tracker, ours, still_ours
 from shared.catalog import tasks as state
-from shared.catalog.points import record_restore_point
-from shared.contracts import Event, SnapshotReady, StepFailed, TransferDone
+from shared.contracts import Event, SnapshotReady
 from shared.db.models import Job, RestorePointRow, Run, Task
 from shared.repo import DiskEntry, FileEntry, RestorePoint, Writer, WriteStats, restore_point
 from shared.repo.errors import Misconfigured
 from shared.repo.manifest import SkippedDiskEntry
 from shared.runtime.bus import Delivery, Permanent, Retryable
-from shared.runtime.outbox import stage
 from shared.vsphere.datastore import DownloadError
 
 log = logging.getLogger(__name__)
@@ -89,11 +88,11 @@ async def _on_snapshot_ready(event: SnapshotReady, delivery: Delivery, deps: Dep
         earlier = await committed_earlier(writer.repo, event)
         if earlier is not None:
             log.info("%s: restore point %s was committed by an earlier attempt", event.vm_name, earlier.id)
-            _record(deps, event, earlier, repository, WriteStats(), 0)
+            record(deps, event, earlier, repository, WriteStats(), 0)
             return []
         return await _transfer(deps, event, writer, parent, use_cbt, repository, host)
     except Cancelled:
-        _end(deps, event, "cancelled", "cancelled by request")
+        end(deps, event, "cancelled", "cancelled by request")
         return []
     except state.Stale as exc:
         log.warning("%s: %s; dropping this transfer", event.vm_name, exc)
@@ -249,77 +248,11 @@ async def _transfer(
     await writer.repo.commit(rp, resumed=resumed)
     seconds = max((ctx.clock() - started).total_seconds(), 1e-3)
     # Done: the whole plan (windows found all zero count as done), at the transfer's average rate.
-    _record(deps, event, rp, repository, stats, total, stats.bytes_read / seconds)
+    record(deps, event, rp, repository, stats, total, stats.bytes_read / seconds)
     for cp in checkpoints:
         with contextlib.suppress(Exception):  # leftovers are harmless; GC removes them
             await cp.clear()
     return []
-
-
-def _record(
-    deps: Deps,
-    event: SnapshotReady,
-    rp: RestorePoint,
-    repository: str,
-    stats: WriteStats,
-    done: int,
-    rate: float = 0.0,
-) -> None:
-    """In one transaction: the catalog row (`shared/catalog/points.py`), the task's move to verify,
-    `vbm.transfer.done`."""
-    ctx = deps.ctx
-    kind = "incremental" if rp.parent else "full"
-    now = ctx.clock()
-    with ctx.sessions.begin() as s:
-        record_restore_point(
-            s,
-            rp,
-            task_id=event.task_id,
-            run_id=event.run_id,
-            vcenter=event.vcenter,
-            vm_moref=event.vm_moref,
-            vm_name=event.vm_name,
-            repository=repository,
-            bytes_read=stats.bytes_read,
-            bytes_stored=stats.bytes_stored,
-        )
-        state.move(
-            s,
-            event.task_id,
-            expect="transfer",
-            now=now,
-            phase="verify",
-            restore_point_id=rp.id,
-            kind=kind,
-            bytes_done=done,
-            bytes_total=done,
-            rate=rate,
-            bytes_read=stats.bytes_read,
-            bytes_stored=stats.bytes_stored,
-            deadline_at=now + timedelta(seconds=ctx.settings.pipeline.verify_timeout),
-        )
-        stage(
-            s,
-            TransferDone(
-                occurred_at=now,
-                run_id=event.run_id,
-                task_id=event.task_id,
-                restore_point_id=rp.id,
-                bytes_read=stats.bytes_read,
-                bytes_stored=stats.bytes_stored,
-                attempt=event.attempt,
-            ),
-            now,
-        )
-    ctx.relay.kick()
-    log.info(
-        "%s: %s restore point %s, read %d bytes, stored %d",
-        event.vm_name,
-        kind,
-        rp.id,
-        stats.bytes_read,
-        stats.bytes_stored,
-    )
 
 
 async def _gather_all(coros: list[Any]) -> None:
@@ -332,27 +265,3 @@ async def _gather_all(coros: list[Any]) -> None:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
-
-
-def _end(deps: Deps, event: SnapshotReady, how: str, reason: str) -> None:
-    ctx = deps.ctx
-    now = ctx.clock()
-    with ctx.sessions.begin() as s:
-        task = s.get(Task, event.task_id)
-        if task is not None:
-            state.end_task(s, task, how, now, reason)
-        stage(
-            s,
-            StepFailed(
-                occurred_at=now,
-                run_id=event.run_id,
-                task_id=event.task_id,
-                step="transfer",
-                reason=reason,
-                vcenter=event.vcenter,
-                vm_moref=event.vm_moref,
-                snapshot_moref=event.snapshot_moref,
-            ),
-            now,
-        )
-    ctx.relay.kick()
