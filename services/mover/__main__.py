@@ -9,9 +9,10 @@ import logging
 from collections.abc import Sequence
 from functools import partial
 
-from services.mover.handlers import Deps, on_snapshot_ready
+from services.mover.backup import on_snapshot_ready
+from services.mover.deps import Deps
 from services.mover.replicate import on_replicate_requested
-from services.mover.restore import on_restore_requested
+from services.mover.restore.handler import on_restore_requested
 from services.mover.streams import Latency, LocalStreams, note_throttle
 from shared.contracts import Event, ReplicateRequested, RestoreRequested, SnapshotReady, StepFailed, Subject
 from shared.runtime.bus import Consumer

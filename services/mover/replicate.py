@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from services.mover.handlers import Deps
+from services.mover.deps import Deps
 from shared.catalog import replication
 from shared.catalog.alerts import raise_alert
 from shared.clock import aware

@@ -25,12 +25,11 @@ from sqlalchemy.orm import Session
 from shared.catalog import ledger, replication, runlog
 from shared.catalog import tasks as state
 from shared.catalog.alerts import raise_alert
+from shared.catalog.restore_end import end_restore
 from shared.catalog.restores import FINAL as RESTORE_FINAL
-from shared.catalog.restores import alert_failed, finish_run
 from shared.contracts import (
     BusRejected,
     Event,
-    RestoreDone,
     RestoreRequested,
     Step,
     StepFailed,
@@ -180,7 +179,7 @@ def _policy(ctx: Context, s: Session, task: Task) -> state.RetryPolicy:
     return state.RetryPolicy.of(ctx.settings, s.get(Job, run.job_id) if run is not None else None)
 
 
-def _claim_overdue_restores(ctx: Context) -> list[tuple[str, int, str, dict[str, str], str, str, str]]:
+def _claim_overdue_restores(ctx: Context) -> list[tuple[str, int, str, dict[str, str], str]]:
     """Take over restores past their deadline (generation + 1, so the old mover is fenced off);
     re-send restores still queued after a minute (the mover may have missed them)."""
     now = ctx.clock()
@@ -202,10 +201,7 @@ def _claim_overdue_restores(ctx: Context) -> list[tuple[str, int, str, dict[str,
             row.generation += 1
             row.phase = "cleaning_up"
             row.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
-            claimed.append(
-                (row.id, row.generation, row.vcenter, dict(row.created), reason, row.restore_point_id,
-                 str(row.target.get("name", "")))
-            )  # fmt: skip
+            claimed.append((row.id, row.generation, row.vcenter, dict(row.created), reason))
         for row in s.scalars(
             select(Restore).where(Restore.state == "queued", Restore.created_at < now - REDRIVE_AFTER)
         ):
@@ -222,7 +218,7 @@ def _claim_overdue_restores(ctx: Context) -> list[tuple[str, int, str, dict[str,
 async def overdue_restores(deps: Deps) -> None:
     """End restores whose mover went quiet: remove what they made, fail them, raise an alert."""
     ctx = deps.ctx
-    for restore_id, generation, vcenter, created, reason, rp_id, name in await asyncio.to_thread(
+    for restore_id, generation, vcenter, created, reason in await asyncio.to_thread(
         _claim_overdue_restores, ctx
     ):
         error = reason
@@ -235,12 +231,7 @@ async def overdue_restores(deps: Deps) -> None:
             row = s.get(Restore, restore_id)
             if row is None or row.generation != generation or row.state in RESTORE_FINAL:
                 continue
-            row.state, row.phase, row.error, row.created = "failed", "done", error, {}
-            row.finished_at = row.updated_at = now
-            finish_run(s, row, now)
-            stage(s, RestoreDone(occurred_at=now, restore_id=restore_id, restore_point_id=rp_id,
-                                 state="failed", vm_name=name, error=error), now)  # fmt: skip
-            alert_failed(s, row, error, now)
+            end_restore(s, row, "failed", error, now)
         log.warning("restore %s failed by the watchdog: %s", restore_id, error)
     ctx.relay.kick()
 

@@ -18,10 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.catalog.alerts import raise_alert
 from shared.catalog.tasks import close_run
 from shared.clock import iso
-from shared.contracts import RUN_FINAL, RestoreRequested, RestoreTarget
+from shared.contracts import RestoreRequested, RestoreTarget
 from shared.db.models import Job, Restore, RestorePointRow, Run
 from shared.errors import Conflict, Invalid, NotFound, StoreError
 from shared.runtime.outbox import stage
@@ -247,26 +246,6 @@ def start_restore_tests(session: Session, job: Job, run: Run, now: datetime) -> 
     return started
 
 
-def finish_run(session: Session, restore: Restore, now: datetime) -> None:
-    """When `restore` belongs to a run of a restore-test job and was its last to end, end the
-    run: succeeded if every test passed, failed if none did, partial otherwise."""
-    if not restore.run_id:
-        return
-    run = session.get(Run, restore.run_id)
-    if run is None or run.state in RUN_FINAL:
-        return
-    states = [r.state for r in session.scalars(select(Restore).where(Restore.run_id == restore.run_id))]
-    if any(st not in FINAL for st in states):
-        return
-    ok = sum(st == "succeeded" for st in states)
-    close_run(
-        session,
-        run,
-        "succeeded" if ok == len(states) and not run.error else "failed" if ok == 0 else "partial",
-        now,
-    )
-
-
 def instant_action(
     session: Session, restore_id: str, action: str, datastore: str | None, now: datetime
 ) -> Restore:
@@ -296,21 +275,6 @@ def instant_action(
         now,
     )
     return row
-
-
-def alert_failed(session: Session, restore: Restore, error: str | None, now: datetime) -> None:
-    """The `restore_failed` alert of a restore that ended failed (once per restore)."""
-    name = restore.target.get("name")
-    raise_alert(
-        session,
-        key=f"restore-failed:{restore.id}",
-        kind="restore_failed",
-        severity="error",
-        message=f"restore {restore.id} of {restore.restore_point_id} as VM {name!r} failed: {error}",
-        now=now,
-        vm_name=str(name),
-        run_id=restore.run_id,  # a restore test's: its run's message tells it
-    )
 
 
 def get_restore(session: Session, restore_id: str) -> Restore:

@@ -1,0 +1,107 @@
+"""How a transfer ends in the catalog, each in one transaction: the restore point recorded and the
+task moved to verify (`vbm.transfer.done`), or the task ended (`vbm.step.failed`)."""
+
+from __future__ import annotations
+
+import logging
+from datetime import timedelta
+
+from services.mover.deps import Deps
+from shared.catalog import tasks as state
+from shared.catalog.points import record_restore_point
+from shared.contracts import SnapshotReady, StepFailed, TransferDone
+from shared.db.models import Task
+from shared.repo import RestorePoint, WriteStats
+from shared.runtime.outbox import stage
+
+log = logging.getLogger(__name__)
+
+
+def record(
+    deps: Deps,
+    event: SnapshotReady,
+    rp: RestorePoint,
+    repository: str,
+    stats: WriteStats,
+    done: int,
+    rate: float = 0.0,
+) -> None:
+    """In one transaction: the catalog row (`shared/catalog/points.py`), the task's move to verify,
+    `vbm.transfer.done`."""
+    ctx = deps.ctx
+    kind = "incremental" if rp.parent else "full"
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        record_restore_point(
+            s,
+            rp,
+            task_id=event.task_id,
+            run_id=event.run_id,
+            vcenter=event.vcenter,
+            vm_moref=event.vm_moref,
+            vm_name=event.vm_name,
+            repository=repository,
+            bytes_read=stats.bytes_read,
+            bytes_stored=stats.bytes_stored,
+        )
+        state.move(
+            s,
+            event.task_id,
+            expect="transfer",
+            now=now,
+            phase="verify",
+            restore_point_id=rp.id,
+            kind=kind,
+            bytes_done=done,
+            bytes_total=done,
+            rate=rate,
+            bytes_read=stats.bytes_read,
+            bytes_stored=stats.bytes_stored,
+            deadline_at=now + timedelta(seconds=ctx.settings.pipeline.verify_timeout),
+        )
+        stage(
+            s,
+            TransferDone(
+                occurred_at=now,
+                run_id=event.run_id,
+                task_id=event.task_id,
+                restore_point_id=rp.id,
+                bytes_read=stats.bytes_read,
+                bytes_stored=stats.bytes_stored,
+                attempt=event.attempt,
+            ),
+            now,
+        )
+    ctx.relay.kick()
+    log.info(
+        "%s: %s restore point %s, read %d bytes, stored %d",
+        event.vm_name,
+        kind,
+        rp.id,
+        stats.bytes_read,
+        stats.bytes_stored,
+    )
+
+
+def end(deps: Deps, event: SnapshotReady, how: str, reason: str) -> None:
+    ctx = deps.ctx
+    now = ctx.clock()
+    with ctx.sessions.begin() as s:
+        task = s.get(Task, event.task_id)
+        if task is not None:
+            state.end_task(s, task, how, now, reason)
+        stage(
+            s,
+            StepFailed(
+                occurred_at=now,
+                run_id=event.run_id,
+                task_id=event.task_id,
+                step="transfer",
+                reason=reason,
+                vcenter=event.vcenter,
+                vm_moref=event.vm_moref,
+                snapshot_moref=event.snapshot_moref,
+            ),
+            now,
+        )
+    ctx.relay.kick()
