@@ -83,8 +83,19 @@ class FakeBus:
         self.live.append((subject, payload))
 
 
-class RestoreVCenter(FakeVCenter):
-    """A fake vCenter that also removes VMs and datastore paths (a restore's clean-up)."""
+class MoverVCenter(FakeVCenter):
+    """A fake vCenter whose CBT answers what the test says changed (`changed`, by disk key: else
+    the whole disk), and that removes VMs and datastore paths (a restore's clean-up)."""
+
+    def __init__(self, name: str = "vc1") -> None:
+        super().__init__(name)
+        self.changed: dict[int, list[tuple[int, int]]] = {}
+
+    def changed_areas(
+        self, vm_moref: str, snapshot_moref: str | None, disk_key: int, capacity: int, change_id: str
+    ) -> list[tuple[int, int]]:
+        whole = super().changed_areas(vm_moref, snapshot_moref, disk_key, capacity, change_id)
+        return self.changed.get(disk_key, whole) if change_id != "*" else whole
 
     def destroy_vm(self, moref: str, *, timeout: float | None = None) -> None:
         self._enter("destroy_vm", moref)

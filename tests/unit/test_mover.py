@@ -5,6 +5,7 @@ end (one place: state, event, alert; what a failed attempt made removed). No NAT
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -23,9 +24,10 @@ from shared.runtime.bus import Delivery, Permanent, Retryable
 from shared.vsphere.datastore import DownloadError
 from tests.unit.conftest import RUN, T0, TASK, World
 from tests.unit.fakes import FakeVCenters
-from tests.unit.mover_fakes import FakeBus, FakeDatastore, RestoreVCenter
+from tests.unit.mover_fakes import FakeBus, FakeDatastore, MoverVCenter
 
 MiB = 1 << 20
+KiB64 = 64 << 10  # the test repository's chunk size: a 4 MiB disk is 64 windows
 SNAP = "snapshot-1"
 
 
@@ -49,11 +51,13 @@ def event(**values: Any) -> SnapshotReady:
 
 
 class Mover:
-    """The mover's deps over the world: the fake vCenter pool, a fake datastore client, a fake bus,
-    a local repository at `repo`."""
+    """The mover's deps over the world: the fake vCenter pool (CBT as the test says), a fake
+    datastore client, a fake bus, a local repository at `repo`."""
 
     def __init__(self, world: World, tmp_path: Path) -> None:
         self.world = world
+        self.vc = world.vc = MoverVCenter("vc1")
+        world.vcenters = FakeVCenters(self.vc)
         self.repo = tmp_path / "repo"
         self.bus = FakeBus()
         world.ctx.bus = self.bus
@@ -69,8 +73,6 @@ class Mover:
                           **task)  # fmt: skip
 
     async def points(self) -> list[str]:
-        if not self.repo.exists():
-            return []
         return list(await (await Repository.open(LocalBackend(str(self.repo)))).restore_point_ids())
 
     def rows(self) -> list[RestorePointRow]:
@@ -81,6 +83,7 @@ class Mover:
 @pytest.fixture
 async def mover(world: World, tmp_path: Path) -> AsyncIterator[Mover]:
     m = Mover(world, tmp_path)
+    await Repository.init(LocalBackend(str(m.repo)), chunk_size=KiB64)
     yield m
     await m.deps.close()
 
@@ -108,6 +111,29 @@ async def test_a_transfer_commits_records_its_restore_point_and_moves_the_task_t
     assert world.staged("vbm.step.failed") == []
     assert world.relay.kicks >= 1
     assert ("ds1/vm1/vm1-flat.vmdk", 0) in mover.http.reads
+
+
+async def test_the_next_backup_reads_only_what_cbt_says_changed_since_its_parent(
+    world: World, mover: Mover
+) -> None:
+    mover.transferring()
+    await on_snapshot_ready(event(), delivery(), mover.deps)
+    (parent,) = mover.rows()
+    world.clock.advance(hours=1)
+    world.add_run("run-2")
+    task_id = world.add_task("vm-1", run_id="run-2", phase="transfer", snapshot_moref="snapshot-2")
+    mover.vc.changed[2000] = [(KiB64, 100)]  # one window changed
+    mover.http.reads.clear()
+    second = event(run_id="run-2", task_id=task_id, snapshot_moref="snapshot-2")
+    second = second.model_copy(update={"disks": (second.disks[0].model_copy(update={"change_id": "cid-2"}),)})
+
+    await on_snapshot_ready(second, delivery(), mover.deps)
+
+    assert ("vm-1", "snapshot-2", 2000, "cid-1") in mover.vc.asked("changed_areas")  # since the parent
+    assert [offset for _, offset in mover.http.reads] == [KiB64]
+    row = next(r for r in mover.rows() if r.id != parent.id)
+    assert (row.kind, row.parent, row.run_id) == ("incremental", parent.id, "run-2")
+    assert world.task(task_id).kind == "incremental"
 
 
 async def test_a_retry_records_what_an_earlier_attempt_committed_without_reading_again(
@@ -205,11 +231,32 @@ async def test_a_cancelled_run_ends_the_task_cancelled_and_writes_nothing(world:
     assert mover.bus.subscribers == {}  # the cancel subscription is gone
 
 
+async def test_a_cancel_heard_mid_transfer_stops_the_reads_and_ends_the_task_cancelled(
+    world: World, mover: Mover
+) -> None:
+    mover.transferring()
+
+    async def cancel() -> None:
+        (on_cancel,) = mover.bus.subscribers.values()  # vbm.live.cancel.<run>
+        await on_cancel(object())
+
+    mover.http.on_read = cancel
+
+    await on_snapshot_ready(event(), delivery(), mover.deps)
+
+    assert list(mover.bus.subscribers) == []
+    assert len(mover.http.reads) < 4 * MiB // KiB64  # stopped before the end of the disk
+    task = world.task()
+    assert (task.state, task.error) == ("cancelled", "cancelled by request")
+    assert [f["reason"] for f in world.staged("vbm.step.failed")] == ["cancelled by request"]
+    assert await mover.points() == [] and mover.rows() == []
+
+
 # restores
 
 
-def restore_world(world: World, **values: Any) -> RestoreVCenter:
-    vc = RestoreVCenter("vc1")
+def restore_world(world: World, **values: Any) -> MoverVCenter:
+    vc = MoverVCenter("vc1")
     world.vc = vc
     world.vcenters = FakeVCenters(vc)
     now = world.clock()
@@ -283,6 +330,49 @@ async def test_a_restore_that_succeeds_ends_once_with_its_vm_and_no_alert(
     assert (row.state, row.vm_moref, row.bytes_done, row.created) == ("succeeded", "vm-9", 8 * MiB, {})
     assert [d["state"] for d in world.staged("vbm.restore.done")] == ["succeeded"]
     assert world.alerts() == [] and vc.asked("destroy_vm") == []
+
+
+async def test_a_redelivered_restore_removes_the_leftovers_of_an_earlier_attempt_first(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    long_ago = world.clock() - timedelta(hours=1)  # the earlier attempt's mover went quiet
+    vc = restore_world(world, state="running", phase="uploading", generation=1, updated_at=long_ago,
+                       created={"datacenter": "dc1", "folder": "[ds1] web-copy"})  # fmt: skip
+    seen: list[dict[str, Any]] = []
+
+    async def succeeds(attempt: Attempt, *_: Any) -> str:
+        seen.append(restore(world).created)
+        return "vm-9"
+
+    monkeypatch.setattr(handler, "restore_new_vm", succeeds)
+
+    await handler.on_restore_requested(REQUEST, delivery(2), Deps(world.ctx, world.vcenters))
+
+    assert vc.asked("delete_path") == [("dc1", "[ds1] web-copy")]
+    assert seen == [{}]  # the new attempt started with nothing recorded
+    row = restore(world)
+    assert (row.state, row.generation, row.vm_moref) == ("succeeded", 2, "vm-9")
+
+
+async def test_an_attempt_superseded_meanwhile_leaves_the_restore_to_its_new_owner(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    restore_world(world)
+
+    async def overtaken(attempt: Attempt, *_: Any) -> str:
+        with world.sessions.begin() as s:  # the watchdog ended it meanwhile
+            row = s.get(Restore, "restore-1")
+            assert row is not None
+            row.state, row.error = "failed", "the mover went quiet"
+        raise RestoreFailed("upload cut")
+
+    monkeypatch.setattr(handler, "restore_new_vm", overtaken)
+
+    await handler.on_restore_requested(REQUEST, delivery(), Deps(world.ctx, world.vcenters))
+
+    row = restore(world)
+    assert (row.state, row.error) == ("failed", "the mover went quiet")
+    assert world.staged("vbm.restore.done") == [] and world.alerts() == []
 
 
 async def test_a_restore_cancelled_before_it_started_ends_cancelled_without_alert(world: World) -> None:
