@@ -14,8 +14,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("shared", "services", "lab")
 MAX_LINES = 400
-# Modules still over MAX_LINES, each to be split (issue 17); the list may only shrink.
-OVER = {}
+# Modules allowed over MAX_LINES (each with its reason); none today.
+OVER: set[str] = set()
 # What a pure model may import of vbm's own: nothing that does I/O (database, bus, vCenter, storage).
 MODEL_MAY_IMPORT = ("shared.model", "shared.errors", "shared.clock", "shared.contracts", "shared.settings",
                     "shared.repo.locations")  # fmt: skip
