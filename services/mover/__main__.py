@@ -42,18 +42,7 @@ async def wire(ctx: Context) -> Parts:
                 await asyncio.wait_for(ctx.stop.wait(), 1.0)
 
     def failed(event: SnapshotReady, reason: str) -> Sequence[Event]:
-        return [
-            StepFailed(
-                occurred_at=ctx.clock(),
-                run_id=event.run_id,
-                task_id=event.task_id,
-                step="transfer",
-                reason=reason,
-                vcenter=event.vcenter,
-                vm_moref=event.vm_moref,
-                snapshot_moref=event.snapshot_moref,
-            )
-        ]
+        return [StepFailed.of(event, "transfer", reason, ctx.clock())]
 
     async def close() -> None:
         await deps.close()

@@ -92,16 +92,7 @@ def end(deps: Deps, event: SnapshotReady, how: str, reason: str) -> None:
             state.end_task(s, task, how, now, reason)
         stage(
             s,
-            StepFailed(
-                occurred_at=now,
-                run_id=event.run_id,
-                task_id=event.task_id,
-                step="transfer",
-                reason=reason,
-                vcenter=event.vcenter,
-                vm_moref=event.vm_moref,
-                snapshot_moref=event.snapshot_moref,
-            ),
+            StepFailed.of(event, "transfer", reason, now),
             now,
         )
     ctx.relay.kick()

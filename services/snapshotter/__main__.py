@@ -30,7 +30,7 @@ async def wire(ctx: Context) -> Parts:
     deps.kick = dispatcher.kick
 
     def run_failed(event: JobRequested, reason: str) -> Sequence[Event]:
-        return [StepFailed(occurred_at=ctx.clock(), run_id=event.run_id, step="snapshot", reason=reason)]
+        return [StepFailed.of(event, "snapshot", reason, ctx.clock())]
 
     async def orphans() -> None:
         await sweep_orphans(ctx, deps.vcenters, deps.secret)

@@ -18,15 +18,7 @@ async def wire(ctx: Context) -> Parts:
     deps = Deps(ctx, VCenters(ctx.settings))
 
     def failed(event: TransferDone, reason: str) -> Sequence[Event]:
-        return [
-            StepFailed(
-                occurred_at=ctx.clock(),
-                run_id=event.run_id,
-                task_id=event.task_id,
-                step="verify",
-                reason=reason,
-            )
-        ]
+        return [StepFailed.of(event, "verify", reason, ctx.clock())]
 
     def request_failed(event: VerifyRequested, reason: str) -> Sequence[Event]:
         return [

@@ -258,15 +258,7 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
             if state.try_failed(s, task, step="verify", reason=reason, now=now, policy=policy) != "retry":
                 stage(
                     s,
-                    StepFailed(
-                        occurred_at=now,
-                        run_id=event.run_id,
-                        task_id=event.task_id,
-                        step="verify",
-                        reason=reason,
-                        vcenter=vcenter,
-                        vm_moref=vm_moref,
-                    ),
+                    StepFailed.of(event, "verify", reason, now, vcenter=vcenter, vm_moref=vm_moref),
                     now,
                 )
     ctx.relay.kick()

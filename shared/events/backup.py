@@ -137,6 +137,14 @@ class StepFailed(Event):
     def msg_id(self) -> str:
         return f"step.failed:{self.run_id}:{self.task_id or '-'}:{self.step}"
 
+    @classmethod
+    def of(cls, event: Event, step: Step, reason: str, now: datetime, **where: str | None) -> StepFailed:
+        """`step` gave up on what `event` asked for: its run, and the task, vCenter, VM and snapshot
+        it names (or `where` names instead)."""
+        keys = ("run_id", "task_id", "vcenter", "vm_moref", "snapshot_moref")
+        named = {k: getattr(event, k, None) for k in keys}
+        return cls(occurred_at=now, step=step, reason=reason, **{**named, **where})
+
 
 RunState = Literal["succeeded", "warning", "partial", "failed", "cancelled"]
 # How a run can end: every VM backed up (with warnings: a quiesce that fell back, a disk skipped),
