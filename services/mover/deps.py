@@ -4,14 +4,11 @@ repository (opened, or initialized when empty, on first use), the local stream b
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any
 
 from services.mover.streams import Latency, LocalStreams
-from shared.repo import LocalBackend, NotARepository, Repository, Writer
-from shared.repo.locations import Credentials, open_backend
+from shared.repo import Writer
+from shared.repo.locations import Credentials, open_backend, open_or_init
 from shared.runtime.service import Context
 from shared.vsphere.datastore import DatastoreHTTP
 from shared.vsphere.pool import VCenters
@@ -59,15 +56,10 @@ class Deps:
         if location not in self.writers:
             backend = open_backend(location, Credentials.of(self.ctx.settings))
             try:
-                repo = await Repository.open(backend)
-            except NotARepository:
-                if isinstance(backend, LocalBackend):
-                    empty = await asyncio.to_thread(empty_or_missing, location)
-                else:  # an object store: no object under the location's prefix
-                    empty = not [o async for o in first(backend.list(""))]
-                if not empty:
-                    raise
-                repo = await Repository.init(backend)  # first backup to an empty location
+                repo = await open_or_init(backend)  # the first backup to an empty location makes it
+            except BaseException:
+                await backend.close()
+                raise
             workers = self.ctx.settings.pipeline.workers or None
             self.writers[location] = Writer(repo, workers=workers) if workers else Writer(repo)
         return self.writers[location]
@@ -78,16 +70,3 @@ class Deps:
         for writer in self.writers.values():
             writer.close()
             await writer.repo.backend.close()
-
-
-def empty_or_missing(location: str) -> bool:
-    if os.path.isdir(location) and os.listdir(location):
-        return False
-    os.makedirs(location, exist_ok=True)
-    return True
-
-
-async def first(objects: AsyncIterator[Any]) -> AsyncIterator[Any]:
-    async for obj in objects:
-        yield obj
-        return

@@ -31,10 +31,9 @@ from shared.catalog.alerts import raise_alert
 from shared.clock import aware
 from shared.contracts import Event, ReplicateDone, ReplicateRequested
 from shared.db.models import Replication, RestorePointRow
-from shared.repo import NotARepository, ObjectMissing, RepoError, Repository
+from shared.repo import ObjectMissing, RepoError, Repository
 from shared.repo import chunk as chunks
-from shared.repo.backend import Backend
-from shared.repo.locations import Credentials, open_backend, opened
+from shared.repo.locations import Credentials, open_backend, open_or_init, opened
 from shared.repo.repository import chunk_key, manifest_key
 from shared.runtime.bus import Delivery
 from shared.runtime.outbox import stage
@@ -186,12 +185,7 @@ async def _copy(
 ) -> None:
     backend = open_backend(target, credentials)
     try:
-        try:
-            dst = await Repository.open(backend)
-        except NotARepository:
-            if await _first(backend):
-                raise
-            dst = await Repository.init(backend, chunk_size=src.chunk_size)
+        dst = await open_or_init(backend, chunk_size=src.chunk_size)
         mine, theirs = src.config, dst.config
         if (mine.chunk_size, mine.hash, mine.compression) != (
             theirs.chunk_size,
@@ -249,9 +243,3 @@ async def _copy(
             await dst.get_chunk(cid, rp_id)
     finally:
         await backend.close()
-
-
-async def _first(backend: Backend) -> list[object]:
-    async for obj in backend.list(""):
-        return [obj]
-    return []

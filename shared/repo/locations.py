@@ -14,6 +14,8 @@ passed in (`Credentials`, built from the settings), and `opened` opens and close
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,7 +25,7 @@ from pydantic import SecretStr
 
 from shared.repo.backend import Backend
 from shared.repo.backends.local import LocalBackend
-from shared.repo.errors import RepoError
+from shared.repo.errors import NotARepository, RepoError
 from shared.repo.repository import Repository
 
 if TYPE_CHECKING:
@@ -129,6 +131,35 @@ async def opened(location: str, credentials: Credentials) -> AsyncIterator[Repos
         yield await Repository.open(backend)
     finally:
         await backend.close()
+
+
+async def open_or_init(backend: Backend, chunk_size: int | None = None) -> Repository:
+    """The repository on `backend`; one is made when the location is empty (a first backup or
+    copy to it). A location holding anything else stays NotARepository: vbm writes nowhere it
+    did not make."""
+    try:
+        return await Repository.open(backend)
+    except NotARepository:
+        if isinstance(backend, LocalBackend):
+            empty = await asyncio.to_thread(_empty_or_missing, str(backend.root))
+        else:  # an object store: no object under the location's prefix
+            empty = not [o async for o in _first(backend.list(""))]
+        if not empty:
+            raise
+    return await (Repository.init(backend, chunk_size) if chunk_size else Repository.init(backend))
+
+
+def _empty_or_missing(path: str) -> bool:
+    if os.path.isdir(path) and os.listdir(path):
+        return False
+    os.makedirs(path, exist_ok=True)
+    return True
+
+
+async def _first(objects: AsyncIterator[object]) -> AsyncIterator[object]:
+    async for obj in objects:
+        yield obj
+        return
 
 
 MAX_LOCATION = 1024
