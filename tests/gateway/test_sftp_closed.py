@@ -15,6 +15,7 @@ from shared.db.models import RestorePointRow
 from shared.repo import Repository, Writer, restore_point
 from shared.repo.backends.sftp import SFTPBackend
 from shared.repo.locations import Credentials
+from shared.runtime.bus import Permanent
 from tests.gateway.conftest import MakeApi
 from tests.plugins.sftp import SFTPServer
 
@@ -33,7 +34,7 @@ class NoVCenter:
     """No vCenter to compare sizes with (the verify notes it): only the repository is read."""
 
     def get(self, name: str) -> None:
-        raise KeyError(name)
+        raise Permanent(f"vCenter {name!r} is not configured")  # as the real pool says it
 
 
 async def closed(server: SFTPServer) -> int:
