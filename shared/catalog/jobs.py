@@ -19,10 +19,11 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.catalog import replication
 from shared.catalog.runs import request_run
 from shared.clock import iso
 from shared.contracts import RUN_FINAL
-from shared.db.models import Job, Run
+from shared.db.models import Job, RestorePointRow, Run
 from shared.errors import Conflict, Invalid, NotFound, Unreachable
 from shared.model.jobs import JobSpec, Trigger, VMRef, new_job_id
 from shared.settings import Settings, VCenterSettings
@@ -45,7 +46,7 @@ def vcenter_of(settings: Settings, name: str, field: str = "vcenter") -> VCenter
 
 def list_vms(vc: VCenterSettings) -> list[VMInfo]:
     """Every VM of one vCenter (blocking); Unreachable when vCenter cannot be asked."""
-    from shared.vsphere import VCenter, VSphereError
+    from shared.vsphere import VCenter, VSphereError  # pyVmomi: not for every `vbm` command
 
     client = VCenter(vc, timeout=30)
     try:
@@ -255,8 +256,6 @@ def replace_job(session: Session, job_id: str, spec: JobSpec, now: datetime, def
 def backfill_copies(session: Session, job: Job, targets: list[str], now: datetime) -> int:
     """A secondary added to a job also gets the job's verified restore points made before it
     (as a backup copy job would): one pending copy each; how many were asked for."""
-    from shared.catalog import replication
-    from shared.db.models import RestorePointRow
 
     asked = 0
     points = session.scalars(

@@ -13,20 +13,25 @@ gives: five minutes before the oldest backup still running (or before now).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.catalog.restores import FINAL as RESTORE_FINAL
 from shared.catalog.tasks import FINAL as TASK_FINAL
 from shared.clock import aware, iso
-from shared.db.models import Job, Pruned, Restore, RestorePointRow, Task
+from shared.db.models import Job, Pruned, Replication, Restore, RestorePointRow, Task
 from shared.model.retention import Decision, Point, Policy, expiries, plan
+from shared.model.schedules import NeverFires, Schedule
+from shared.repo.errors import NotARepository, ObjectLocked, RepoError
+from shared.repo.gc import GCBusy, collect
 from shared.repo.locations import Credentials, opened
 from shared.settings import Settings
 
@@ -80,9 +85,6 @@ def future_backups(
     job: Job | None, last: datetime, now: datetime, horizon_days: int = 3 * 366
 ) -> list[datetime]:
     """When the job is expected to back up next: its schedule's slots, else daily (manual jobs)."""
-    from pydantic import ValidationError
-
-    from shared.model.schedules import NeverFires, Schedule
 
     end = now + timedelta(days=horizon_days)
     out: list[datetime] = []
@@ -148,7 +150,6 @@ def removals(
 ) -> list[tuple[str, str, str]]:
     """(restore point, repository, rule) of every point retention removes now; a point still
     being copied to a secondary repository waits (replication reads it)."""
-    from shared.db.models import Replication
 
     decided = preview(session, settings, now, job_id=job_id, vm=vm)
     copying = set(
@@ -177,7 +178,6 @@ def record_pruned(session: Session, rp_id: str, reason: str, now: datetime) -> N
 
 def repositories(session: Session, copies: bool = True) -> list[str]:
     """Every repository the catalog names; with `copies`, also the secondaries copies went to."""
-    from shared.db.models import Replication
 
     found = set(session.scalars(select(RestorePointRow.repository).distinct()))
     if copies:
@@ -187,7 +187,6 @@ def repositories(session: Session, copies: bool = True) -> list[str]:
 
 def gc_cutoff(session: Session, now: datetime) -> datetime:
     """Five minutes before the oldest backup task or copy to a secondary still running (or now)."""
-    from shared.db.models import Replication
 
     running = list(session.scalars(select(Task.created_at).where(Task.state.not_in(TASK_FINAL))))
     running += session.scalars(
@@ -201,13 +200,10 @@ async def apply(
     sessions: Any, settings: Settings, now: datetime, *, job_id: str | None = None, vm: str | None = None
 ) -> list[tuple[str, str]]:
     """Remove what retention removes now; returns (restore point, rule) of each one removed."""
-    import asyncio
 
     def decide() -> list[tuple[str, str, str]]:
         with sessions() as s:
             return removals(s, settings, now, job_id=job_id, vm=vm)
-
-    from shared.repo.errors import ObjectLocked, RepoError
 
     done: list[tuple[str, str]] = []
     for rp_id, location, reason in await asyncio.to_thread(decide):
@@ -237,10 +233,6 @@ async def forget_copies(sessions: Any, credentials: Credentials) -> list[tuple[s
     is removed from its secondary repository, then its row; a copy still immutable there stays
     for a later prune, a secondary that cannot be reached too. Returns (restore point, target)
     of each copy removed."""
-    import asyncio
-
-    from shared.db.models import Replication
-    from shared.repo.errors import NotARepository, ObjectLocked, RepoError
 
     def orphans() -> list[tuple[str, str, str, str]]:
         with sessions() as s:
@@ -285,9 +277,6 @@ async def collect_garbage(
     sessions: Any, location: str, credentials: Credentials, now: datetime, *, dry_run: bool = False
 ) -> Any:
     """GC of one repository with the cut-off of the oldest running backup (see gc_cutoff)."""
-    import asyncio
-
-    from shared.repo.gc import collect
 
     async with opened(location, credentials) as repo:
         # an object store refreshes a reused chunk only when it is older than its refresh_after:
@@ -298,7 +287,6 @@ async def collect_garbage(
         refreshes = await probe() if probe is not None else True
 
         def cutoff() -> datetime:
-            from shared.db.models import Replication
 
             with sessions() as s:
                 writing = (
@@ -308,8 +296,6 @@ async def collect_garbage(
                     ).first()
                 )
                 if not refreshes and writing:
-                    from shared.repo.gc import GCBusy
-
                     raise GCBusy(
                         f"{location} cannot mark the chunks a running backup or copy reuses (its provider"
                         " keeps no settable modification times): it is collected when none runs; try later"
