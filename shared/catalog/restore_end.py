@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from shared.catalog.alerts import raise_alert
 from shared.catalog.restores import FINAL
 from shared.catalog.tasks import close_run
+from shared.clock import aware
 from shared.contracts import RUN_FINAL, RestoreDone
 from shared.db.models import Restore, Run
 from shared.runtime.outbox import stage
@@ -73,9 +74,11 @@ def end_restore(
     restore.state, restore.error, restore.vm_moref = outcome, error, vm_moref
     restore.phase = "instant" if running else "done"
     restore.finished_at = restore.updated_at = now
-    restore.rate = 0.0
     if bytes_done is not None:
         restore.bytes_done = bytes_done
+    # an ended restore shows its average rate (as a finished task does), not the last instant's
+    elapsed = (now - aware(restore.started_at)).total_seconds() if restore.started_at else 0.0
+    restore.rate = restore.bytes_done / elapsed if elapsed > 0 and restore.bytes_done else 0.0
     if not running:
         restore.created = {}
     stage(
