@@ -40,6 +40,7 @@ from shared.settings_models import (
     RcloneSettings,
     ReplicationSettings,
     S3Settings,
+    SecuritySettings,
     SFTPSettings,
     SMTPSettings,
     VCenterSettings,
@@ -126,6 +127,7 @@ class Settings(BaseSettings):
     sftp: SFTPSettings = SFTPSettings()
     rclone: RcloneSettings = RcloneSettings()
     notifications: NotificationSettings = NotificationSettings()
+    security: SecuritySettings = SecuritySettings()
 
     @property
     def instant_root(self) -> Path:

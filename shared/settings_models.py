@@ -315,6 +315,27 @@ class NotificationSettings(BaseModel):
         return next((c for c in self.channels if c.name == name), None)
 
 
+class SecuritySettings(BaseModel):
+    """People: password rules, lockout after failed logins, browser session timeouts."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    password_min_length: int = Field(default=12, ge=8, le=128)
+    lockout_after: int = Field(
+        default=5, ge=1, le=100, description="Failed logins in a row before the account waits"
+    )
+    lockout_seconds: float = Field(
+        default=30.0,
+        gt=0,
+        description="The first wait; it doubles with every further failure (at most 15 min)",
+    )
+    session_idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
+    session_max_hours: float = Field(default=12.0, gt=0, le=24 * 30)
+    api_key_max_days: int | None = Field(
+        default=None, ge=1, description="The longest life a new API key may have; unset: keys may not expire"
+    )
+
+
 class HotAddSettings(BaseModel):
     """Hot-add: how a disk attached to vbm's own VM is found in this machine's /dev."""
 

@@ -5,9 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from sqlalchemy.orm import Session
 
+from services.gateway.access import needs
 from services.gateway.common import CTX, flag, in_session, json_response, query_int, read_json
 from shared.catalog.alerts import acknowledge, alert_view, list_alerts
 from shared.errors import Invalid, NotFound
+from shared.model.access import Permission
 from shared.notify import channels as notify
 from shared.notify.log import deliveries, delivery_view
 
@@ -19,6 +21,7 @@ def _limit(request: web.Request, default: int) -> int:
 
 
 @routes.get("/api/v1/alerts")
+@needs(Permission.ALERTS_READ)
 async def get_alerts(request: web.Request) -> web.Response:
     everything, limit = flag(request, "all"), _limit(request, 100)
     total, rows = await in_session(request, lambda s: list_alerts(s, everything=everything, limit=limit))
@@ -26,6 +29,7 @@ async def get_alerts(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/alerts/{alert_id}/ack")
+@needs(Permission.ALERTS_ACK)
 async def ack_alert(request: web.Request) -> web.Response:
     alert_id, now = request.match_info["alert_id"], request.app[CTX].clock()
 
@@ -39,6 +43,7 @@ async def ack_alert(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/notifications")
+@needs(Permission.NOTIFICATIONS_READ)
 async def get_notifications(request: web.Request) -> web.Response:
     settings, limit = request.app[CTX].settings.notifications, _limit(request, 50)
     rows = await in_session(request, lambda s: [delivery_view(r) for r in deliveries(s, limit)])
@@ -47,6 +52,7 @@ async def get_notifications(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/notifications/test")
+@needs(Permission.NOTIFICATIONS_WRITE)
 async def test_notifications(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = await read_json(request) if request.can_read_body else {}

@@ -9,10 +9,12 @@ import logging
 from aiohttp import web
 from sqlalchemy.orm import Session
 
+from services.gateway.access import needs
 from services.gateway.common import CTX, flag, in_session, json_response, read_json
 from shared.catalog import jobs as jobstore
 from shared.catalog.runs import run_view
 from shared.contracts import JOBS_CHANGED_SUBJECT, cancel_subject
+from shared.model.access import Permission
 from shared.model.jobs import JobSpec
 from shared.vsphere import selection
 
@@ -47,12 +49,14 @@ async def _job_id(request: web.Request) -> str:
 
 
 @routes.get("/api/v1/jobs")
+@needs(Permission.JOBS_READ)
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = await in_session(request, lambda s: [jobstore.job_view(j) for j in jobstore.list_jobs(s)])
     return json_response({"jobs": jobs, "total": len(jobs)})
 
 
 @routes.post("/api/v1/jobs")
+@needs(Permission.JOBS_WRITE)
 async def create_job(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     spec = await _resolved_spec(request, None)
@@ -68,12 +72,14 @@ async def create_job(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/jobs/{job_id}")
+@needs(Permission.JOBS_READ)
 async def get_job(request: web.Request) -> web.Response:
     ref = request.match_info["job_id"]
     return json_response(await in_session(request, lambda s: jobstore.job_view(jobstore.find_job(s, ref))))
 
 
 @routes.put("/api/v1/jobs/{job_id}")
+@needs(Permission.JOBS_WRITE)
 async def replace_job(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     job_id = await _job_id(request)
@@ -90,6 +96,7 @@ async def replace_job(request: web.Request) -> web.Response:
 
 
 @routes.delete("/api/v1/jobs/{job_id}")
+@needs(Permission.JOBS_WRITE)
 async def delete_job(request: web.Request) -> web.Response:
     force = flag(request, "force")
     job_id = await _job_id(request)
@@ -101,6 +108,7 @@ async def delete_job(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/jobs/{job_id}/run")
+@needs(Permission.JOBS_RUN)
 async def run_job(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
 
@@ -115,6 +123,7 @@ async def run_job(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/jobs/{job_id}/cancel")
+@needs(Permission.JOBS_RUN)
 async def cancel_job(request: web.Request) -> web.Response:
     job_id = await _job_id(request)
     runs = await in_session(request, lambda s: jobstore.cancel_job_runs(s, job_id), write=True)
@@ -123,6 +132,7 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/runs/{run_id}/cancel")
+@needs(Permission.JOBS_RUN)
 async def cancel_run(request: web.Request) -> web.Response:
     """Stop one run: its movers stop within a second, its snapshots are removed."""
     run_id = request.match_info["run_id"]
@@ -132,6 +142,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/jobs/preview")
+@needs(Permission.JOBS_READ)
 async def preview_spec(request: web.Request) -> web.Response:
     """What a job body would hold today (nothing is saved): its VMs, why each, skipped disks."""
     spec = JobSpec.model_validate(await read_json(request))
@@ -143,6 +154,7 @@ async def preview_spec(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/jobs/{job_id}/preview")
+@needs(Permission.JOBS_READ)
 async def preview_job(request: web.Request) -> web.Response:
     """What a job holds today: its selection resolved against each vCenter now."""
     ref = request.match_info["job_id"]

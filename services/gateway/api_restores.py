@@ -9,17 +9,20 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.gateway.access import needs
 from services.gateway.common import CTX, in_session, json_response, read_json
 from shared.catalog import reports, restores
 from shared.catalog.runs import Page
 from shared.clock import iso
 from shared.db.models import RestoreReport
 from shared.errors import Invalid, NotFound
+from shared.model.access import Permission
 
 routes = web.RouteTableDef()
 
 
 @routes.post("/api/v1/restores")
+@needs(Permission.RESTORES_RUN)
 async def create_restore(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = restores.RestoreRequest.model_validate(await read_json(request))
@@ -33,6 +36,7 @@ async def create_restore(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/restores")
+@needs(Permission.RESTORES_READ)
 async def list_restores(request: web.Request) -> web.Response:
     page = Page.parse(request.query.get("limit"), request.query.get("offset"))
 
@@ -45,6 +49,7 @@ async def list_restores(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/restores/{restore_id}")
+@needs(Permission.RESTORES_READ)
 async def get_restore(request: web.Request) -> web.Response:
     restore_id = request.match_info["restore_id"]
     return json_response(
@@ -53,6 +58,7 @@ async def get_restore(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/restores/{restore_id}/cancel")
+@needs(Permission.RESTORES_RUN)
 async def cancel_restore(request: web.Request) -> web.Response:
     """Stop a restore: the mover notices within a second and removes what it made."""
     restore_id = request.match_info["restore_id"]
@@ -63,6 +69,7 @@ async def cancel_restore(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/reports")
+@needs(Permission.REPORTS_READ)
 async def list_reports(request: web.Request) -> web.Response:
     """Restore-test reports, newest first (`?vm=` filters by VM name)."""
     vm = request.query.get("vm")
@@ -81,6 +88,7 @@ async def list_reports(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/reports/public-key")
+@needs(Permission.REPORTS_READ)
 async def report_key(request: web.Request) -> web.Response:
     """The public key that verifies every report (PEM) and its key id."""
     key = await asyncio.to_thread(reports.signing_key, request.app[CTX].settings.data_dir)
@@ -88,6 +96,7 @@ async def report_key(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/reports/{report_id}")
+@needs(Permission.REPORTS_READ)
 async def get_report(request: web.Request) -> web.Response:
     """A signed report as stored: {"report", "signature", "key_id"}; give it to an auditor."""
     report_id = request.match_info["report_id"]
@@ -102,6 +111,7 @@ async def get_report(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/restores/{restore_id}/migrate")
+@needs(Permission.RESTORES_RUN)
 async def migrate_instant(request: web.Request) -> web.Response:
     """Move an instantly recovered VM to a production datastore (Storage vMotion), then unmount."""
     ctx = request.app[CTX]
@@ -122,6 +132,7 @@ async def migrate_instant(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/restores/{restore_id}/stop")
+@needs(Permission.RESTORES_RUN)
 async def stop_instant(request: web.Request) -> web.Response:
     """Stop an instantly recovered VM: power off, remove it, unmount the published restore point."""
     ctx = request.app[CTX]

@@ -12,12 +12,14 @@ from aiohttp import web
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.gateway.access import needs
 from services.gateway.common import CTX, flag, in_session, json_response, query_int
 from shared.catalog import prune, replication, runlog, usage
 from shared.catalog import runs as runstore
 from shared.clock import iso
 from shared.db.models import Replication, RestorePointRow
 from shared.errors import Invalid
+from shared.model.access import Permission
 from shared.repo import ChunkError, ManifestError, RepoError, read_disk
 from shared.repo.locations import Credentials, check_location, opened
 
@@ -30,6 +32,7 @@ def _paging(page: runstore.Page, total: int) -> dict[str, int]:
 
 
 @routes.get("/api/v1/runs")
+@needs(Permission.RUNS_READ)
 async def list_runs(request: web.Request) -> web.Response:
     q = request.query
     page = runstore.Page.parse(q.get("limit"), q.get("offset"))
@@ -43,12 +46,14 @@ async def list_runs(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/runs/{run_id}")
+@needs(Permission.RUNS_READ)
 async def get_run(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
     return json_response(await in_session(request, lambda s: runstore.run_detail(s, run_id)))
 
 
 @routes.get("/api/v1/runs/{run_id}/log")
+@needs(Permission.RUNS_READ)
 async def run_log(request: web.Request) -> web.Response:
     """What happened to the run, in words, oldest first; `?after=<id>` for the lines after one."""
     run_id = request.match_info["run_id"]
@@ -62,6 +67,7 @@ async def run_log(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/backups")
+@needs(Permission.BACKUPS_READ)
 async def list_backups(request: web.Request) -> web.Response:
     q = request.query
     page = runstore.Page.parse(q.get("limit"), q.get("offset"))
@@ -75,6 +81,7 @@ async def list_backups(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/replications")
+@needs(Permission.BACKUPS_READ)
 async def list_replications(request: web.Request) -> web.Response:
     """Copies to secondary repositories, newest first; `?state=pending|running|done|failed`,
     `?restore_point=<id>`."""
@@ -94,6 +101,7 @@ async def list_replications(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/backups/{rp_id}")
+@needs(Permission.BACKUPS_READ)
 async def get_backup(request: web.Request) -> web.Response:
     rp_id = request.match_info["rp_id"]
 
@@ -114,6 +122,7 @@ async def get_backup(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/backups/{rp_id}/verify")
+@needs(Permission.BACKUPS_VERIFY)
 async def verify_backup(request: web.Request) -> web.Response:
     """Verify a restore point now (every chunk read); the result lands on the restore point."""
     ctx = request.app[CTX]
@@ -130,6 +139,7 @@ async def verify_backup(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/backups/{rp_id}/disks/{disk}")
+@needs(Permission.RESTORES_RUN)
 async def download_disk(request: web.Request) -> web.StreamResponse:
     """A disk of a restore point as a raw image, streamed and verified chunk by chunk.
 
@@ -222,6 +232,7 @@ def _range(header: str | None, size: int) -> tuple[int, int] | None:
 
 
 @routes.get("/api/v1/prune")
+@needs(Permission.PRUNE_READ)
 async def prune_preview(request: web.Request) -> web.Response:
     """Every restore point (of `?job=`, `?vm=`, or all): keep or remove now, and the rule."""
     ctx = request.app[CTX]
@@ -234,6 +245,7 @@ async def prune_preview(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/prune")
+@needs(Permission.PRUNE_RUN)
 async def prune_now(request: web.Request) -> web.Response:
     """Remove what the preview removes (manifests and catalog rows; `POST /api/v1/gc` after)."""
     ctx = request.app[CTX]
@@ -243,6 +255,7 @@ async def prune_now(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/gc")
+@needs(Permission.PRUNE_RUN)
 async def gc_now(request: web.Request) -> web.Response:
     """Garbage-collect `?repository=` (default: every repository in the catalog, and the
     secondaries copies went to); `?dry_run=true`."""
@@ -286,6 +299,7 @@ def _names(session: Session) -> list[str]:
 
 
 @routes.get("/api/v1/repositories")
+@needs(Permission.REPOSITORIES_READ)
 async def repositories(request: web.Request) -> web.Response:
     """Every repository in the catalog: used, free, stored vs logical, per VM and per job, and
     the daily samples (growth), as of the latest stored sample (`sampled_at`; the verifier
@@ -302,6 +316,7 @@ async def repositories(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/repositories/measure")
+@needs(Permission.REPOSITORIES_MEASURE)
 async def measure_repositories(request: web.Request) -> web.Response:
     """Measure every repository in the catalog now (the chunk objects are listed), store the
     samples (alerting at the threshold) and answer as the GET does, with the ratios."""
@@ -327,12 +342,14 @@ async def measure_repositories(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/v1/backups/{rp_id}/pin")
+@needs(Permission.BACKUPS_PIN)
 async def pin_backup(request: web.Request) -> web.Response:
     """Pin a restore point: retention never removes it (until unpinned)."""
     return await _pin(request, True)
 
 
 @routes.post("/api/v1/backups/{rp_id}/unpin")
+@needs(Permission.BACKUPS_PIN)
 async def unpin_backup(request: web.Request) -> web.Response:
     return await _pin(request, False)
 

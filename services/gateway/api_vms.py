@@ -9,10 +9,12 @@ from typing import Any
 
 from aiohttp import web
 
+from services.gateway.access import needs
 from services.gateway.common import CTX, json_response
 from shared.catalog import jobs as jobstore
 from shared.clock import iso
 from shared.errors import Unreachable
+from shared.model.access import Permission
 from shared.settings import VCenterSettings
 from shared.vsphere import VMInfo, VSphereError
 from shared.vsphere.pool import VCenters
@@ -50,6 +52,7 @@ def vm_view(vcenter: str, vm: VMInfo) -> dict[str, Any]:
 
 
 @routes.get("/api/v1/vms")
+@needs(Permission.VMS_READ)
 async def list_vms(request: web.Request) -> web.Response:
     """Every VM of every vCenter; one that cannot be asked is named under `unreachable` (with
     why) while the others' VMs are listed. Asked for by name (`?vcenter=`), it is a 502."""

@@ -13,12 +13,14 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from services.gateway import api_alerts, api_jobs, api_restores, api_runs, api_vms
-from services.gateway.auth import AUTH, KeyState, require_key
+from services.gateway import api_alerts, api_jobs, api_people, api_restores, api_runs, api_vms
+from services.gateway.access import needs
+from services.gateway.auth import AUTH, AuthState, authorize
 from services.gateway.common import CTX, json_response, problem
 from shared import __version__
 from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
 from shared.errors import StoreError
+from shared.model.access import PUBLIC, Permission
 from shared.runtime.service import Context
 
 log = logging.getLogger(__name__)
@@ -26,6 +28,7 @@ log = logging.getLogger(__name__)
 __all__ = ["CTX", "PRESENCE", "create_app", "json_response", "problem"]
 
 MAX_BODY = 1024 * 1024  # no request body vbm takes is near this
+KEPT_HEADERS = ("Retry-After", "Allow")  # what an error's own headers tell the client
 SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
 
 
@@ -61,7 +64,11 @@ async def errors(
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             raise
-        return problem(exc.status, exc.reason, _detail(request, exc))
+        answer = problem(exc.status, exc.reason, _detail(request, exc))
+        for name in KEPT_HEADERS:
+            if name in exc.headers:
+                answer.headers[name] = exc.headers[name]
+        return answer
     except StoreError as exc:
         return problem(exc.status, exc.title, str(exc))
     except ValidationError as exc:
@@ -87,6 +94,7 @@ def _detail(request: web.Request, exc: web.HTTPException) -> str:
     return text if text and text != f"{exc.status}: {exc.reason}" else f"{exc.reason}: {where}"
 
 
+@needs(PUBLIC)
 async def root(request: web.Request) -> web.Response:
     """`/`: where things are (a browser gets a short page, a client JSON), no key needed."""
     info = {
@@ -109,10 +117,12 @@ async def root(request: web.Request) -> web.Response:
     return web.Response(text=html, content_type="text/html")
 
 
+@needs(PUBLIC)
 async def healthz(_request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
+@needs(PUBLIC)
 async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     problems: list[str] = []
@@ -132,10 +142,12 @@ def _ping_db(ctx: Context) -> None:
         conn.execute(text("SELECT 1"))
 
 
+@needs(PUBLIC)
 async def api_root(_request: web.Request) -> web.Response:
     return json_response({"name": "vSphere Backup Manager", "version": __version__, "api": "v1"})
 
 
+@needs(Permission.STATUS_READ)
 async def api_services(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     rows = request.app[PRESENCE].view(ctx.clock())
@@ -158,9 +170,9 @@ async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors, require_key], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors, authorize], client_max_size=MAX_BODY)
     app[CTX] = ctx
-    app[AUTH] = KeyState()
+    app[AUTH] = AuthState()
     app[PRESENCE] = Presence(interval=ctx.settings.heartbeat_interval)
     app.cleanup_ctx.append(_follow_heartbeats)
     app.cleanup_ctx.append(api_vms.vcenter_sessions)
@@ -169,6 +181,6 @@ def create_app(ctx: Context) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1", api_root)
     app.router.add_get("/api/v1/services", api_services)
-    for module in (api_jobs, api_runs, api_vms, api_restores, api_alerts):
+    for module in (api_jobs, api_runs, api_vms, api_restores, api_alerts, api_people):
         app.router.add_routes(module.routes)
     return app

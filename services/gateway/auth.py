@@ -1,8 +1,14 @@
-"""API key authentication: every request needs `X-API-Key`, except health and readiness.
+"""Who is calling, and may they: the one middleware that decides access (docs/design.md, "Access").
 
-First-run bootstrap: while no API key was ever created, `/api/v1` and `/api/v1/services` answer
-without one (so `vbm up` on a fresh machine shows its status), with a warning in the log. Every
-other endpoint always needs a key; create the first with `vbm apikey create NAME`.
+Each route declares the permission it needs (`@needs`, services/gateway/access.py). A request
+names its caller by an `X-API-Key` header (scripts) or a `vbm_session` cookie (browsers; a
+state-changing request must then repeat the session's CSRF token in `X-CSRF-Token`). Then:
+401 without a valid identity, 403 when the caller's role lacks the permission.
+
+First-run bootstrap: while no user and no API key exist, the routes that need only
+`status:read` (`/api/v1/services`) answer anyone, so that `vbm up` on a fresh machine shows its
+status; everything else needs an identity. `vbm up` prints a one-time setup token to make the
+first admin with (`POST /api/v1/setup`), or run `vbm user add NAME --role admin`.
 """
 
 from __future__ import annotations
@@ -13,64 +19,129 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from services.gateway.access import IDENTITY, Identity, declared
 from services.gateway.common import CTX, in_session, problem
-from shared.catalog import apikeys
+from shared.catalog import apikeys, sessions, users
+from shared.model.access import PUBLIC, Permission, allows
 
 log = logging.getLogger(__name__)
 
-OPEN = frozenset({"/", "/healthz", "/readyz"})
-BOOTSTRAP = frozenset({"/api/v1", "/api/v1/services"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
 @dataclass
-class KeyState:
-    """Whether keys exist; once one does it always will (revoking keeps the row), so it is cached."""
+class AuthState:
+    """Whether anyone exists; once someone does, someone always will (rows are kept), so cached."""
 
-    exist: bool = False
+    anyone: bool = False
     warned: bool = False
 
 
-AUTH = web.AppKey("auth", KeyState)
+AUTH = web.AppKey("auth", AuthState)
 KEY = web.RequestKey("api_key", apikeys.KeyInfo)
 
 
-async def _keys_exist(request: web.Request) -> bool:
+def _anyone(s: object) -> bool:
+    return apikeys.any_exist(s) or users.any_exist(s)  # type: ignore[arg-type]
+
+
+async def _anyone_exists(request: web.Request) -> bool:
     state = request.app[AUTH]
-    if not state.exist:
-        state.exist = await in_session(request, apikeys.any_exist)
-    return state.exist
+    if not state.anyone:
+        state.anyone = await in_session(request, _anyone)
+    return state.anyone
+
+
+def unauthorized(why: str) -> web.Response:
+    return problem(
+        401,
+        "Unauthorized",
+        f"{why}: log in (POST /api/v1/session) or send an API key in the {apikeys.HEADER} header"
+        " (create one with `vbm apikey create NAME`)",
+    )
 
 
 @web.middleware
-async def require_key(
+async def authorize(
     request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> web.StreamResponse:
-    if request.path in OPEN or request.match_info.http_exception is not None:
-        return await handler(request)  # open, or no such route: its 404/405 tells nothing secret
-    presented = request.headers.get(apikeys.HEADER)
-    if presented is None and request.path in BOOTSTRAP and not await _keys_exist(request):
-        state = request.app[AUTH]
-        if not state.warned:
-            state.warned = True
-            log.warning(
-                "no API key exists: %s answers without one until the first is created"
-                " (`vbm apikey create NAME`); every other endpoint needs a key",
-                ", ".join(sorted(BOOTSTRAP)),
-            )
+    if request.match_info.http_exception is not None:
+        return await handler(request)  # no such route: its 404/405 tells nothing secret
+    needed = declared(request.match_info.handler)
+    if needed is None:
+        log.error("route %s %s declares no permission: refused", request.method, request.path)
+        return problem(500, "Internal Server Error", "this route declares no permission (a defect): refused")
+    if needed == PUBLIC:
         return await handler(request)
-    key, why = await in_session(request, lambda s: apikeys.verify(s, presented))
-    if key is None:
+    assert isinstance(needed, Permission)
+    identity, why = await _identify(request)
+    if identity is None:
+        if needed == Permission.STATUS_READ and not await _anyone_exists(request):
+            _warn_bootstrap(request)
+            return await handler(request)
+        return unauthorized(why)
+    request[IDENTITY] = identity
+    if not allows(identity.role, needed):
         return problem(
-            401,
-            "Unauthorized",
-            f"{why}: send an API key in the {apikeys.HEADER} header"
-            " (create one with `vbm apikey create NAME`)",
+            403,
+            "Forbidden",
+            f"{identity.actor} is {identity.role.value}: {request.method} {request.path} needs"
+            f" {needed.value}, which that role does not have",
         )
+    return await handler(request)
+
+
+def _warn_bootstrap(request: web.Request) -> None:
+    state = request.app[AUTH]
+    if not state.warned:
+        state.warned = True
+        log.warning(
+            "no user and no API key exist: %s answers anyone until the first is made (the setup"
+            " token `vbm up` printed, or `vbm user add NAME --role admin`)",
+            request.path,
+        )
+
+
+async def _identify(request: web.Request) -> tuple[Identity | None, str]:
+    presented = request.headers.get(apikeys.HEADER)
+    if presented is not None:
+        return await _by_key(request, presented)
+    cookie = request.cookies.get(sessions.COOKIE)
+    if cookie is not None:
+        return await _by_session(request, cookie)
+    return None, f"missing {apikeys.HEADER} header or session cookie"
+
+
+async def _by_key(request: web.Request, presented: str) -> tuple[Identity | None, str]:
     now = request.app[CTX].clock()
+    key, why = await in_session(request, lambda s: apikeys.verify(s, presented, now))
+    if key is None:
+        return None, why
     if apikeys.needs_touch(key, now):
         try:
             await in_session(request, lambda s: apikeys.touch(s, key.id, now), write=True)
         except Exception as exc:  # bookkeeping only: a busy database must not refuse the request
             log.warning("could not record the use of API key %s: %s", key.name, exc)
     request[KEY] = key
-    return await handler(request)
+    return Identity(user=key.owner, role=key.role, via="key", key_id=key.id), ""
+
+
+async def _by_session(request: web.Request, token: str) -> tuple[Identity | None, str]:
+    ctx = request.app[CTX]
+    now, rules = ctx.clock(), ctx.settings.security
+    found, why = await in_session(request, lambda s: sessions.lookup(s, token, now, rules))
+    if found is None:
+        return None, why
+    if request.method not in SAFE_METHODS and not sessions.csrf_ok(
+        found, request.headers.get(sessions.CSRF_HEADER)
+    ):
+        raise web.HTTPForbidden(
+            text=f"missing or wrong {sessions.CSRF_HEADER} header: a change made with a session cookie"
+            " must repeat the session's CSRF token (given at login and in GET /api/v1/session)"
+        )
+    if sessions.needs_touch(found, now):
+        try:
+            await in_session(request, lambda s: sessions.touch(s, found.id, now), write=True)
+        except Exception as exc:
+            log.warning("could not record the use of a session of %s: %s", found.user, exc)
+    return Identity(user=found.user, role=found.role, via="session", session_id=found.id), ""

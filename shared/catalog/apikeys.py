@@ -1,9 +1,13 @@
 """API keys: what a REST client shows in `X-API-Key`.
 
-A key reads `vbm_<id>_<secret>`. Only the SHA-256 of the secret is stored; the whole key is
-shown once, when it is created (`vbm apikey create NAME`). Verification looks the row up by id
-and compares digests in constant time; `last_used_at` is written at most once a minute per key
-so a busy client does not turn every request into a database write.
+A key reads `vbm_<id>_<secret>`. It belongs to a user and carries a role, at most its owner's
+(an operator cannot mint an admin key); what a request with it may do is the lower of the key's
+role and its owner's role now, and nothing when the owner is disabled or the key expired.
+
+Only the SHA-256 of the secret is stored; the whole key is shown once, when it is created (`vbm
+apikey create NAME`). Verification looks the row up by id and compares digests in constant time;
+`last_used_at` is written at most once a minute per key so a busy client does not turn every
+request into a database write.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from shared.db.models import ApiKey
+from shared.db.users import User
+from shared.model.access import Role
 
 PREFIX = "vbm"
 HEADER = "X-API-Key"
@@ -39,6 +45,21 @@ class KeyInfo:
     created_at: datetime
     last_used_at: datetime | None
     revoked_at: datetime | None
+    owner: str = ""
+    role: Role = Role.VIEWER
+    expires_at: datetime | None = None
+
+    def public(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "owner": self.owner,
+            "role": self.role.value,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "last_used_at": self.last_used_at,
+            "revoked_at": self.revoked_at,
+        }
 
 
 def _digest(secret: str) -> str:
@@ -46,24 +67,91 @@ def _digest(secret: str) -> str:
 
 
 def _info(row: ApiKey) -> KeyInfo:
-    return KeyInfo(row.id, row.name, row.created_at, row.last_used_at, row.revoked_at)
+    return KeyInfo(
+        row.id,
+        row.name,
+        row.created_at,
+        row.last_used_at,
+        row.revoked_at,
+        row.owner,
+        Role(row.role),
+        row.expires_at,
+    )
 
 
-def create(session: Session, name: str, now: datetime) -> tuple[KeyInfo, str]:
-    """Add a key named `name`; returns it and the full key text (shown once, never stored)."""
+def default_owner(session: Session, now: datetime) -> User:
+    """Whom a key made without naming its owner belongs to: the first enabled admin, or a new
+    user `admin` without a password when there is none (as revision 0011 made for old keys)."""
+    row = session.scalar(
+        select(User)
+        .where(User.role == Role.ADMIN.value, User.enabled.is_(True))
+        .order_by(User.created_at, User.name)
+    )
+    if row is not None:
+        return row
+    if session.get(User, "admin") is not None:
+        raise ApiKeyError("no enabled admin exists to own the key: name its owner (--user NAME)")
+    row = User(
+        name="admin",
+        display_name="",
+        role=Role.ADMIN.value,
+        enabled=True,
+        password_hash=None,
+        failed_logins=0,
+        created_at=now,
+        updated_at=now,
+    )
+    session.add(row)
+    session.flush()
+    return row
+
+
+def create(
+    session: Session,
+    name: str,
+    now: datetime,
+    *,
+    owner: str | None = None,
+    role: Role | None = None,
+    expires_at: datetime | None = None,
+) -> tuple[KeyInfo, str]:
+    """Add a key named `name` for `owner` (default: `default_owner`) carrying `role` (default and
+    at most the owner's); returns it and the full key text (shown once, never stored)."""
     if not NAME_PATTERN.match(name):
         raise ApiKeyError(f"key name {name!r} must be 1-128 letters, digits, _ . @ - (starting alnum)")
     if session.scalar(select(ApiKey).where(ApiKey.name == name)) is not None:
         raise ApiKeyError(f"an API key named {name!r} exists already (revoke it or pick another name)")
+    user = default_owner(session, now) if owner is None else session.get(User, owner)
+    if user is None:
+        raise ApiKeyError(f"no user named {owner!r} to own the key (see `vbm user list`)")
+    if not user.enabled:
+        raise ApiKeyError(f"user {user.name!r} is disabled: a key of theirs could do nothing")
+    have = Role(user.role)
+    role = role or have
+    if not have.covers(role):
+        raise ApiKeyError(f"a key of {user.name!r} ({have.value}) cannot carry the role {role.value}")
+    if expires_at is not None and expires_at <= now:
+        raise ApiKeyError("the key would have expired already: give an expiry in the future")
     key_id, secret = secrets.token_hex(8), secrets.token_urlsafe(32)
-    row = ApiKey(id=key_id, name=name, secret_sha256=_digest(secret), created_at=now)
+    row = ApiKey(
+        id=key_id,
+        name=name,
+        secret_sha256=_digest(secret),
+        created_at=now,
+        owner=user.name,
+        role=role.value,
+        expires_at=expires_at,
+    )
     session.add(row)
     session.flush()
     return _info(row), f"{PREFIX}_{key_id}_{secret}"
 
 
-def verify(session: Session, presented: str | None) -> tuple[KeyInfo | None, str]:
-    """Check a presented key (reads only): (the key, "") when good, else (None, why refused)."""
+def verify(
+    session: Session, presented: str | None, now: datetime | None = None
+) -> tuple[KeyInfo | None, str]:
+    """Check a presented key (reads only): (the key, "") when good, else (None, why refused).
+    The key's role in the answer is what it may do now: the lower of its own and its owner's."""
     if not presented:
         return None, f"missing {HEADER} header"
     match = _KEY.match(presented.strip())
@@ -74,7 +162,16 @@ def verify(session: Session, presented: str | None) -> tuple[KeyInfo | None, str
         return None, f"invalid {HEADER}"
     if row.revoked_at is not None:
         return None, f"{HEADER} {row.name!r} was revoked"
-    return _info(row), ""
+    if now is not None and row.expires_at is not None and row.expires_at <= now:
+        return None, f"{HEADER} {row.name!r} expired at {row.expires_at.isoformat()}"
+    user = session.get(User, row.owner)
+    if user is None or not user.enabled:
+        return None, f"{HEADER} {row.name!r} belongs to a disabled user"
+    key = _info(row)
+    owner_role = Role(user.role)
+    if not owner_role.covers(key.role):
+        key = KeyInfo(**{**key.__dict__, "role": owner_role})
+    return key, ""
 
 
 def needs_touch(key: KeyInfo, now: datetime) -> bool:
@@ -97,13 +194,17 @@ def touch(session: Session, key_id: str, now: datetime) -> None:
     )
 
 
-def list_keys(session: Session) -> list[KeyInfo]:
-    return [_info(r) for r in session.scalars(select(ApiKey).order_by(ApiKey.created_at, ApiKey.name))]
+def list_keys(session: Session, owner: str | None = None) -> list[KeyInfo]:
+    query = select(ApiKey).order_by(ApiKey.created_at, ApiKey.name)
+    if owner is not None:
+        query = query.where(ApiKey.owner == owner)
+    return [_info(r) for r in session.scalars(query)]
 
 
-def revoke(session: Session, name: str, now: datetime) -> KeyInfo:
-    row = session.scalar(select(ApiKey).where(ApiKey.name == name))
-    if row is None:
+def revoke(session: Session, name: str, now: datetime, owner: str | None = None) -> KeyInfo:
+    """Revoke the key named `name` (or whose id is `name`), of `owner` only when given."""
+    row = session.scalar(select(ApiKey).where(or_(ApiKey.name == name, ApiKey.id == name)))
+    if row is None or (owner is not None and row.owner != owner):
         raise ApiKeyError(f"no API key named {name!r} (see `vbm apikey list`)")
     if row.revoked_at is None:
         row.revoked_at = now

@@ -30,6 +30,7 @@ from shared.cli import apikey as cli_apikey
 from shared.cli import backups as cli_backups
 from shared.cli import jobspec
 from shared.cli import runs as cli_runs
+from shared.cli import user as cli_user
 from shared.cli import vm as cli_vm
 from shared.clock import utcnow
 from shared.errors import Invalid, StoreError
@@ -37,7 +38,7 @@ from shared.model.jobs import JobSpec
 from shared.model.selection import Selector
 from shared.settings import Settings
 
-COMMANDS = ("job", "run", "backups", "verify", "apikey", "vm")
+COMMANDS = ("job", "run", "backups", "verify", "apikey", "vm", "user")
 parse_schedule = jobspec.parse_schedule  # the CLI's schedule syntax (tests and callers use it here)
 
 
@@ -80,6 +81,7 @@ def add_parsers(sub: Any) -> None:
     cli_runs.add_parsers(sub)
     cli_backups.add_parsers(sub)
     cli_apikey.add_parsers(sub)
+    cli_user.add_parsers(sub)
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -152,6 +154,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         return cli_runs.dispatch(args, sessions)
     if args.command in ("backups", "verify"):
         return cli_backups.dispatch(args, sessions)
+    if args.command == "user":
+        return cli_user.dispatch(str(action), args, settings, sessions)
     return cli_apikey.dispatch(str(action), args, sessions)
 
 

@@ -372,3 +372,7 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = ts()
     last_used_at: Mapped[datetime | None] = _ts_null()
     revoked_at: Mapped[datetime | None] = _ts_null()
+    # the user the key belongs to, and the role it carries (at most the owner's): revision 0011
+    owner: Mapped[str] = mapped_column(String(64), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    expires_at: Mapped[datetime | None] = _ts_null()

@@ -48,6 +48,7 @@ class Permission(StrEnum):
     VCENTERS_READ = "vcenters:read"
     PRUNE_READ = "prune:read"
     AUDIT_READ = "audit:read"
+    NOTIFICATIONS_READ = "notifications:read"  # channels, their secrets masked
     SELF = "self"  # one's own account: who am I, log out, change one's password, one's own keys
     # operate: operator and up
     JOBS_RUN = "jobs:run"

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shared.catalog.sessions import first_admin_token
 from shared.db import make_engine, upgrade
 from shared.runtime.process import die_with_parent, find_program, tcp_reachable
 from shared.settings import ConfigError, Settings, runtime_lab_file
@@ -283,6 +284,14 @@ class Supervisor:
         self.say(f"vbm is up. Gateway (REST API): {url}/api/v1")
         self.say(f"  NATS: {nats_url}   vCenter: {vc}")
         self.say(f"  data: {self.data_dir}   database: {self.settings.db_url}")
+        token = await asyncio.to_thread(first_admin_token, self.settings.db_url)
+        if token:
+            self.say("  No user exists yet. Make the first admin (this token works once, for 24 h):")
+            self.say(
+                f"    curl -X POST {url}/api/v1/setup -H 'Content-Type: application/json'"
+                f""" -d '{{"token": "{token}", "name": "admin", "password": "..."}}'"""
+            )
+            self.say("    or: vbm user add NAME --role admin")
         self.say("  Ctrl-C stops everything.")
 
     async def _watch(self) -> None:

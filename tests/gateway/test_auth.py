@@ -1,4 +1,4 @@
-"""X-API-Key on every endpoint but health and readiness; the first-run bootstrap."""
+"""X-API-Key on every endpoint but health, readiness and login; the first-run bootstrap."""
 
 from __future__ import annotations
 
@@ -20,15 +20,15 @@ async def test_bootstrap_without_any_key_opens_only_status(
         assert (await api.client.get(path)).status == 200
     for path in ("/api/v1", "/api/v1/services"):
         assert (await api.client.get(path)).status == 200, path
-    assert "no API key exists" in caplog.text
+    assert "no user and no API key exist" in caplog.text
     resp = await api.client.get("/api/v1/jobs")
     assert resp.status == 401
     body = await resp.json()
     assert body == {
         "status": 401,
         "title": "Unauthorized",
-        "detail": "missing X-API-Key header: send an API key in the X-API-Key header"
-        " (create one with `vbm apikey create NAME`)",
+        "detail": "missing X-API-Key header or session cookie: log in (POST /api/v1/session) or send"
+        " an API key in the X-API-Key header (create one with `vbm apikey create NAME`)",
     }
     # The first key closes the bootstrap door.
     api.new_key("first")
@@ -44,6 +44,7 @@ async def test_keys_are_checked_touched_and_revocable(make_api: MakeApi, db_url:
     assert status == 404 and body["title"] == "Not Found"
     status, body = await api.call("PATCH", "/jobs")
     assert status == 405 and body["status"] == 405
+    assert (await api.call("GET", "/jobs"))[0] == 200  # /api/v1 itself is public: this one uses the key
     with api.ctx.sessions() as s:
         row = s.query(ApiKey).one()
         first_use = row.last_used_at
