@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import signal
 import stat
 import subprocess
@@ -197,6 +198,15 @@ def test_up_backs_up_a_configured_vcenter_survives_nats_dying_and_stops_on_ctrl_
     assert "starting the lab" not in banner
     up.wait_ready()
 
+    # No user yet: vbm up printed a one-time token that makes the first admin, once.
+    up.read_until("or: vbm user add NAME --role admin")
+    token = re.search(r'"token": "([^"]+)"', up.output())
+    assert token, up.output()
+    body = {"token": token.group(1), "name": "ana", "password": "a long passphrase"}
+    assert post_json(f"http://127.0.0.1:{up.port}/api/v1/setup", body)[0] == 201
+    assert post_json(f"http://127.0.0.1:{up.port}/api/v1/setup", body)[0] == 409
+    assert "ana" in up.cli("user", "list").stdout
+
     # The CLI beside it, on the same data directory: a key the gateway accepts, a job, a run.
     made = up.cli("apikey", "create", "ops")
     assert made.returncode == 0, made.stderr
@@ -304,3 +314,14 @@ def test_up_runs_a_lab_spec_file_and_serves_non_ascii_vms(
     again.wait_ready()
     assert [p["id"] for p in again.get("/api/v1/backups?job=tokyo")[1]["backups"]] == [point["id"]]
     assert again.interrupt().rstrip().endswith("vbm up: stopped")
+
+
+def post_json(url: str, body: object) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            return resp.status, json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.load(exc)

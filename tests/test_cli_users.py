@@ -1,0 +1,61 @@
+"""`vbm user ...` and `vbm apikey create --user --role` through real processes on a real database."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from shared.catalog import apikeys, users
+from shared.db import make_engine, make_sessionmaker
+from shared.model.access import Role
+from shared.runtime.service import utcnow
+from shared.settings_models import SecuritySettings
+from tests.test_cli_jobs import ROOT, env_for
+
+PW = "a long passphrase 1"
+
+
+def vbm(env: dict[str, str], *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False, input=stdin,
+    )  # fmt: skip
+
+
+def test_users_and_their_keys_from_the_cli(tmp_path: Path) -> None:
+    db_url = f"sqlite:///{tmp_path / 'vbm.db'}"  # the catalog's tests cover PostgreSQL
+    env = env_for(tmp_path, db_url)
+    made = vbm(env, "user", "add", "ana", "--role", "admin", "--password-stdin", stdin=PW + "\n")
+    assert made.returncode == 0 and "added (admin)" in made.stdout, made.stderr
+    weak = vbm(env, "user", "add", "bob", "--role", "operator", "--password-stdin", stdin="short\n")
+    assert weak.returncode == 1 and "password: must be at least 12" in weak.stderr
+    no_tty = vbm(env, "user", "add", "bob", "--role", "operator")
+    assert no_tty.returncode == 1 and "--password-stdin" in no_tty.stderr
+    assert vbm(env, "user", "add", "bob", "--role", "operator", "--no-password").returncode == 0
+    listed = json.loads(vbm(env, "user", "list", "--json").stdout)
+    assert [(u["name"], u["role"], u["password"]) for u in listed] == [
+        ("ana", "admin", "set"),
+        ("bob", "operator", "not set"),
+    ]
+    assert PW not in json.dumps(listed)
+    strong = vbm(env, "apikey", "create", "bob-admin", "--user", "bob", "--role", "admin")
+    assert strong.returncode == 1 and "cannot carry the role admin" in strong.stderr
+    key = vbm(env, "apikey", "create", "bob-ro", "--user", "bob", "--role", "viewer", "--expires-days", "30")
+    assert key.returncode == 0, key.stderr
+    keys = json.loads(vbm(env, "apikey", "list", "--user", "bob", "--json").stdout)
+    assert [(k["name"], k["owner"], k["role"]) for k in keys] == [("bob-ro", "bob", "viewer")]
+    assert keys[0]["expires_at"] is not None
+    last = vbm(env, "user", "disable", "ana")
+    assert last.returncode == 1 and "last enabled admin" in last.stderr
+    assert vbm(env, "user", "role", "bob", "viewer").returncode == 0
+    assert vbm(env, "user", "passwd", "bob", "--password-stdin", stdin=PW + "\n").returncode == 0
+    assert vbm(env, "user", "disable", "bob").returncode == 0
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine).begin() as s:
+            assert apikeys.verify(s, key.stdout.strip(), utcnow())[1].endswith("belongs to a disabled user")
+            assert users.authenticate(s, "ana", PW, utcnow(), SecuritySettings()).role == Role.ADMIN
+    finally:
+        engine.dispose()
