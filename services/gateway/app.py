@@ -110,8 +110,9 @@ async def root(request: web.Request) -> web.Response:
     html = (
         "<!doctype html><html lang=en><meta charset=utf-8><title>vSphere Backup Manager</title>"
         f"<h1>vSphere Backup Manager {__version__}</h1>"
-        "<p>The REST API is at <a href=/api/v1>/api/v1</a> (send an <code>X-API-Key</code>; create"
-        " one with <code>vbm apikey create NAME</code>), described in <code>docs/api.md</code>."
+        "<p>The REST API is at <a href=/api/v1>/api/v1</a> (log in with <code>POST /api/v1/session</code>"
+        " or send an <code>X-API-Key</code>: <code>vbm apikey create NAME</code>), described in"
+        " <code>docs/api.md</code>."
         " There is no web UI in this version: use the API or the <code>vbm</code> command.</p></html>"
     )
     return web.Response(text=html, content_type="text/html")

@@ -48,7 +48,9 @@ class SessionInfo:
 def start(
     session: Session, user: str, now: datetime, rules: SecuritySettings, source: str
 ) -> tuple[str, SessionInfo]:
-    """A new session for `user`: (the cookie's token, shown once, the session)."""
+    """A new session for `user`: (the cookie's token, shown once, the session). Sessions long
+    over are forgotten on the way (a login is rare enough to carry that delete)."""
+    sweep(session, now, rules)
     token = secrets.token_urlsafe(32)
     row = WebSession(
         id=_digest(token),

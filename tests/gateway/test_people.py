@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from shared.catalog import apikeys, sessions, users
 from shared.db import make_engine, upgrade
+from shared.db.users import WebSession
 from shared.model.access import Role
 from shared.runtime.service import utcnow
 from shared.settings_models import SecuritySettings
@@ -125,6 +126,13 @@ async def test_sessions_need_csrf_for_changes_and_expire(make_api: MakeApi, db_u
     assert (await _json(api, "DELETE", "/session"))[0] == 403  # a change: CSRF needed
     assert (await _json(api, "DELETE", "/session", headers={"X-CSRF-Token": csrf}))[0] == 204
     assert (await _json(api, "GET", "/session"))[0] == 401
+    # sessions long over are forgotten at the next login
+    with api.ctx.sessions() as s:
+        assert s.query(WebSession).count() == 3
+    now += timedelta(days=2)
+    assert (await _json(api, "POST", "/session", json={"name": "vic", "password": PW}))[0] == 201
+    with api.ctx.sessions() as s:
+        assert s.query(WebSession).count() == 1
 
 
 async def test_keys_carry_at_most_their_owner_role(make_api: MakeApi, db_url: str) -> None:
