@@ -91,6 +91,11 @@ def usable(session: Session, settings: Settings) -> tuple[list[VCenterSettings],
     return found, broken
 
 
+def names(session: Session, settings: Settings) -> list[str]:
+    """The name of every vCenter, configured or stored (readable or not)."""
+    return [vc.name for vc in settings.vcenters] + [r.name for r in stored_rows(session, settings)]
+
+
 def effective(session: Session, settings: Settings) -> Settings:
     """`settings` with every usable stored vCenter added (for code that reads settings.vcenters)."""
     found, _ = usable(session, settings)
