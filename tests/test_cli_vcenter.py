@@ -53,13 +53,21 @@ def test_vcenter_add_list_test_rotate_rm(tmp_path: Path, lab_factory: Callable[[
     out = vbm(env, "vcenter", "test", "lab2")  # readable under the new key
     assert out.returncode == 0, out
 
-    (tmp_path / "data" / "secret.key").unlink()  # the key lost: the vCenter is named, no traceback
+    key = tmp_path / "data" / "secret.key"
+    good = key.read_bytes()
+    key.unlink()  # the key lost: the vCenter is named, no traceback
     out = vbm(env, "vcenter", "test", "lab2")
     assert out.returncode == 1 and "the password of vCenter 'lab2' cannot be decrypted" in out.stderr
     assert "Traceback" not in out.stderr
     kept[0].rename(tmp_path / "data" / "secret.key")  # the old key does not open it either
     assert vbm(env, "vcenter", "test", "lab2").returncode == 1
+    key.write_bytes(good)  # restored (the file keeps mode 0600)
 
+    out = vbm(env, "job", "create", "--name", "on-lab2", "--vcenter", "lab2", "--vm", "vm1")
+    assert out.returncode == 0, out  # a stored vCenter serves jobs as a configured one does
+    out = vbm(env, "vcenter", "rm", "lab2")
+    assert out.returncode == 1 and "used by job(s) on-lab2" in out.stderr, out
+    assert vbm(env, "job", "delete", "on-lab2", "--yes").returncode == 0
     out = vbm(env, "vcenter", "rm", "lab2")
     assert out.returncode == 0 and "removed" in out.stdout
     out = vbm(env, "vcenter", "rm", "lab2")

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog import apikeys
+from shared.catalog import apikeys, vcenters
 from shared.catalog import jobs as jobstore
 from shared.cli import apikey as cli_apikey
 from shared.cli import backups as cli_backups
@@ -90,6 +90,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_existing(settings.db_url, settings.data_dir)
     try:
         sessions = make_sessionmaker(engine)
+        with sessions() as s:
+            settings = vcenters.effective(s, settings)  # those added through the API too
         return _dispatch(args, settings, sessions)
     except (StoreError, apikeys.ApiKeyError, ValueError) as exc:
         print(f"vbm {args.command}: {_message(exc)}", file=sys.stderr)
