@@ -267,7 +267,7 @@ def _job_preview(args: argparse.Namespace, settings: Settings, sessions: session
 
 
 def _vcenter_names(settings: Settings) -> str:
-    return ", ".join(vc.name for vc in settings.vcenters) or "none; set VBM_VCENTERS"
+    return ", ".join(vc.name for vc in settings.vcenters) or "none; set VBM_VCENTERS or vbm vcenter add"
 
 
 def _schedule_text(schedule: dict[str, Any] | None) -> str:
