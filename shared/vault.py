@@ -86,11 +86,16 @@ def load(settings: Settings, *, create: bool = True) -> Vault:
     if settings.secret_key is not None:
         return Vault(parse_keys(settings.secret_key.get_secret_value(), ENV), ENV, from_env=True)
     path = key_path(settings.data_dir)
-    if not path.exists():
-        if not create:
-            raise VaultError(f"there is no secret key: {path} does not exist and {ENV} is not set")
-        write_key(path, Fernet.generate_key())
-    keys = read_key(path)
+    try:
+        if not path.exists():
+            if not create:
+                raise VaultError(f"there is no secret key: {path} does not exist and {ENV} is not set")
+            write_key(path, Fernet.generate_key())
+        keys = read_key(path)
+    except OSError as exc:
+        raise VaultError(
+            f"the secret key file {path} cannot be made or read: {exc.strerror or exc}"
+        ) from None
     pending = path.with_name(path.name + NEW_SUFFIX)
     if pending.exists():  # a rotation is under way: what it re-encrypted must stay readable
         with contextlib.suppress(VaultError, OSError):

@@ -19,6 +19,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import iso
@@ -269,7 +270,10 @@ def save(session: Session, settings: Settings, vc: VCenterSettings, now: datetim
     row.ca_pem, row.ca_file, row.hotadd_proxy = vc.ca_pem, vc.ca_file, vc.hotadd_proxy
     row.updated_at = now
     session.add(row)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # another request added the same name meanwhile
+        raise Conflict(f"a vCenter named {vc.name!r} was added meanwhile: change it with PUT") from None
     return row
 
 
