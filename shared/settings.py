@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         default="",
         description="Default repository location: a path, or s3://host[:port]/bucket[/prefix][?tls=false];"
         " empty means <data_dir>/repo",
+    )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Fernet key(s) that encrypt stored secrets, comma-separated: the first encrypts,"
+        " all decrypt; unset: the key file <data_dir>/secret.key (made on first use)",
     )
     auto_migrate: bool = Field(
         default=True, description="Bring the database schema to the newest revision on start"

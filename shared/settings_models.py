@@ -22,6 +22,7 @@ class VCenterSettings(BaseModel):
     password: SecretStr
     verify_tls: bool = True
     ca_file: str | None = None  # PEM of the CA that signed its certificate; default: the system's
+    ca_pem: str | None = None  # the same CA given as PEM text (vCenters added through the API)
     hotadd_proxy: str | None = Field(
         default=None,
         description="Name or moref of the VM vbm runs in, in this vCenter: fast in-place restores"

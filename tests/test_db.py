@@ -123,5 +123,5 @@ def test_vcenter_rows_mirror_the_settings_without_passwords(db_url: str) -> None
     with sessions() as s:
         rows = s.query(VCenterRow).all()
         assert [(r.name, r.url, r.username) for r in rows] == [("vc1", "https://vc1/sdk", "u")]
-        assert not hasattr(rows[0], "password")
+        assert rows[0].password is None and rows[0].source == "config"
     engine.dispose()

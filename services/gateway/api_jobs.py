@@ -10,7 +10,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
-from services.gateway.common import CTX, flag, in_session, json_response, read_json
+from services.gateway.common import CTX, flag, in_session, json_response, read_json, with_vcenters
 from shared.catalog import jobs as jobstore
 from shared.catalog.runs import run_view
 from shared.contracts import JOBS_CHANGED_SUBJECT, cancel_subject
@@ -39,8 +39,8 @@ async def jobs_changed(request: web.Request) -> None:
 async def _resolved_spec(request: web.Request, job_id: str | None) -> JobSpec:
     """Validate the body, check vcenter and name, then resolve the VMs against vCenter."""
     spec = JobSpec.model_validate(await read_json(request))
-    ctx = request.app[CTX]
-    return await asyncio.to_thread(jobstore.check_spec, ctx.sessions, spec, ctx.settings, job_id)
+    ctx, settings = request.app[CTX], await with_vcenters(request)
+    return await asyncio.to_thread(jobstore.check_spec, ctx.sessions, spec, settings, job_id)
 
 
 async def _job_id(request: web.Request) -> str:
@@ -146,7 +146,7 @@ async def cancel_run(request: web.Request) -> web.Response:
 async def preview_spec(request: web.Request) -> web.Response:
     """What a job body would hold today (nothing is saved): its VMs, why each, skipped disks."""
     spec = JobSpec.model_validate(await read_json(request))
-    settings = request.app[CTX].settings
+    settings = await with_vcenters(request)
     for name in spec.vcenter_names():
         jobstore.vcenter_of(settings, name)
     chosen = selection.of_spec(spec.vcenter, spec.vms, spec.select, spec.exclude)
@@ -163,4 +163,5 @@ async def preview_job(request: web.Request) -> web.Response:
         return selection.of_job(jobstore.find_job(s, ref))
 
     chosen = await in_session(request, read)
-    return json_response(await asyncio.to_thread(jobstore.preview, request.app[CTX].settings, chosen))
+    settings = await with_vcenters(request)
+    return json_response(await asyncio.to_thread(jobstore.preview, settings, chosen))

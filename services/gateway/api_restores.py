@@ -13,6 +13,7 @@ from services.gateway.access import needs
 from services.gateway.common import CTX, in_session, json_response, read_json
 from shared.catalog import reports, restores
 from shared.catalog.runs import Page
+from shared.catalog.vcenters import effective
 from shared.clock import iso
 from shared.db.models import RestoreReport
 from shared.errors import Invalid, NotFound
@@ -28,7 +29,9 @@ async def create_restore(request: web.Request) -> web.Response:
     body = restores.RestoreRequest.model_validate(await read_json(request))
 
     def start(session: Session) -> dict[str, object]:
-        return restores.restore_view(restores.request_restore(session, body, ctx.settings, ctx.clock()))
+        return restores.restore_view(
+            restores.request_restore(session, body, effective(session, ctx.settings), ctx.clock())
+        )
 
     view = await in_session(request, start, write=True)
     ctx.relay.kick()

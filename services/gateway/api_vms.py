@@ -1,5 +1,6 @@
-"""/api/v1/vms: the VMs of every configured vCenter (or one, `?vcenter=NAME`), asked live through
-the gateway's long-lived vCenter sessions (`VCENTERS`, closed when the app stops)."""
+"""/api/v1/vms: the VMs of every vCenter, configured or added through the API (or one,
+`?vcenter=NAME`), asked live through the gateway's long-lived vCenter sessions (`VCENTERS`,
+closed when the app stops)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,13 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.access import needs
-from services.gateway.common import CTX, json_response
+from services.gateway.common import CTX, in_session, json_response
 from shared.catalog import jobs as jobstore
+from shared.catalog import vcenters as vcstore
 from shared.clock import iso
 from shared.errors import Unreachable
 from shared.model.access import Permission
+from shared.runtime.bus import Permanent
 from shared.settings import VCenterSettings
 from shared.vsphere import VMInfo, VSphereError
 from shared.vsphere.pool import VCenters
@@ -25,7 +28,8 @@ VCENTERS = web.AppKey("vcenters", VCenters)
 
 async def vcenter_sessions(app: web.Application) -> AsyncIterator[None]:
     """The app's vCenter sessions: opened at the first request to each, closed at shutdown."""
-    app[VCENTERS] = VCenters(app[CTX].settings, threads=4)
+    ctx = app[CTX]
+    app[VCENTERS] = VCenters(ctx.settings, threads=4, load=vcstore.loader(ctx.settings, ctx.sessions))
     yield
     await asyncio.to_thread(app[VCENTERS].close)
 
@@ -34,7 +38,7 @@ async def _list(pool: VCenters, vc: VCenterSettings) -> list[VMInfo]:
     """Every VM of one vCenter; Unreachable when vCenter cannot be asked."""
     try:
         return await asyncio.to_thread(pool.get(vc.name).list_vms)  # the session is got here, not in threads
-    except VSphereError as exc:
+    except (VSphereError, Permanent) as exc:
         raise Unreachable(f"vCenter {vc.name} ({vc.url}) cannot be asked: {exc}") from None
 
 
@@ -58,11 +62,14 @@ async def list_vms(request: web.Request) -> web.Response:
     why) while the others' VMs are listed. Asked for by name (`?vcenter=`), it is a 502."""
     settings = request.app[CTX].settings
     name = request.query.get("vcenter")
-    vcenters = [jobstore.vcenter_of(settings, name)] if name else list(settings.vcenters)
+    known, broken = await in_session(request, lambda s: vcstore.usable(s, settings))
+    if name in broken:
+        raise broken[name]
+    vcenters = [jobstore.vcenter_of(settings.model_copy(update={"vcenters": known}), name)] if name else known
     pool = request.app[VCENTERS]
     found = await asyncio.gather(*(_list(pool, vc) for vc in vcenters), return_exceptions=True)
     vms: list[dict[str, Any]] = []
-    unreachable: list[dict[str, str]] = []
+    unreachable = [{"vcenter": n, "url": None, "error": str(e)} for n, e in broken.items() if not name]
     for vc, listed in zip(vcenters, found, strict=True):
         if isinstance(listed, Unreachable):
             if name:
@@ -74,5 +81,11 @@ async def list_vms(request: web.Request) -> web.Response:
             vms.extend(vm_view(vc.name, vm) for vm in listed)
     vms.sort(key=lambda v: (v["vcenter"], v["name"]))
     return json_response(
-        {"vms": vms, "total": len(vms), "vcenters": [vc.name for vc in vcenters], "unreachable": unreachable}
+        {
+            "vms": vms,
+            "total": len(vms),
+            "vcenters": [vc.name for vc in vcenters]
+            + [u["vcenter"] for u in unreachable if u["url"] is None],
+            "unreachable": unreachable,
+        }
     )

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from services.gateway import api_alerts, api_jobs, api_people, api_restores, api_runs, api_vms
+from services.gateway import api_alerts, api_jobs, api_people, api_restores, api_runs, api_vcenters, api_vms
 from services.gateway.access import needs
 from services.gateway.auth import AUTH, AuthState, authorize
 from services.gateway.common import CTX, json_response, problem
@@ -182,6 +182,6 @@ def create_app(ctx: Context) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1", api_root)
     app.router.add_get("/api/v1/services", api_services)
-    for module in (api_jobs, api_runs, api_vms, api_restores, api_alerts, api_people):
+    for module in (api_jobs, api_runs, api_vms, api_vcenters, api_restores, api_alerts, api_people):
         app.router.add_routes(module.routes)
     return app

@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy.orm import Session
 
+from shared.catalog import vcenters
 from shared.errors import Invalid
 from shared.runtime.service import Context
+from shared.settings import Settings
 
 T = TypeVar("T")
 
@@ -38,6 +40,12 @@ async def in_session(request: web.Request, work: Callable[[Session], T], *, writ
             return work(session)
 
     return await asyncio.to_thread(run)
+
+
+async def with_vcenters(request: web.Request) -> Settings:
+    """The settings with the vCenters added through the API too (shared/catalog/vcenters.py)."""
+    settings = request.app[CTX].settings
+    return await in_session(request, lambda s: vcenters.effective(s, settings))
 
 
 MAX_DEPTH = 32  # objects and arrays nested deeper than this are refused (no body needs more)

@@ -14,6 +14,7 @@ from services.mover.deps import Deps
 from services.mover.replicate import on_replicate_requested
 from services.mover.restore.handler import on_restore_requested
 from services.mover.streams import Latency, LocalStreams, note_throttle
+from shared.catalog.vcenters import loader as stored_vcenter
 from shared.contracts import Event, ReplicateRequested, RestoreRequested, SnapshotReady, StepFailed, Subject
 from shared.runtime.bus import Consumer
 from shared.runtime.service import Context, Parts, main
@@ -24,7 +25,12 @@ log = logging.getLogger(__name__)
 
 async def wire(ctx: Context) -> Parts:
     streams = ctx.settings.mover.streams
-    deps = Deps(ctx, VCenters(ctx.settings), local=LocalStreams(streams), latency=Latency(ctx))
+    deps = Deps(
+        ctx,
+        VCenters(ctx.settings, load=stored_vcenter(ctx.settings, ctx.sessions)),
+        local=LocalStreams(streams),
+        latency=Latency(ctx),
+    )
     latency = deps.latency
     assert latency is not None
 

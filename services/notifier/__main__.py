@@ -6,6 +6,7 @@ from functools import partial
 
 from services.notifier.handlers import Deps, on_bus_rejected, on_step_failed, watchdog
 from services.notifier.notify import on_alert_raised, on_restore_done, on_run_finished
+from shared.catalog.vcenters import loader as stored_vcenter
 from shared.contracts import AlertRaised, BusRejected, RestoreDone, RunFinished, StepFailed, Subject
 from shared.runtime.bus import Consumer
 from shared.runtime.service import Context, Parts, main
@@ -15,7 +16,7 @@ NOTIFY_ACK_WAIT = 120.0
 
 
 async def wire(ctx: Context) -> Parts:
-    deps = Deps(ctx, VCenters(ctx.settings))
+    deps = Deps(ctx, VCenters(ctx.settings, load=stored_vcenter(ctx.settings, ctx.sessions)))
     retry = tuple(ctx.settings.notifications.retry)
 
     return Parts(

@@ -13,6 +13,7 @@ from services.snapshotter.orphans import sweep_orphans
 from services.snapshotter.plan import resolve_vms
 from services.snapshotter.step import snapshot_task
 from shared.catalog import marker
+from shared.catalog.vcenters import loader as stored_vcenter
 from shared.contracts import Event, JobRequested, StepFailed, Subject, TransferDone
 from shared.runtime.bus import Consumer
 from shared.runtime.service import Context, Parts, main
@@ -20,7 +21,7 @@ from shared.vsphere.pool import VCenters
 
 
 async def wire(ctx: Context) -> Parts:
-    deps = Deps(ctx, VCenters(ctx.settings))
+    deps = Deps(ctx, VCenters(ctx.settings, load=stored_vcenter(ctx.settings, ctx.sessions)))
     deps.secret = await asyncio.to_thread(marker.key, ctx.sessions)
     dispatcher = Dispatcher(
         ctx,

@@ -17,8 +17,10 @@ import logging
 
 from shared.catalog import ledger, marker
 from shared.catalog import tasks as state
+from shared.catalog import vcenters as vcstore
 from shared.catalog.alerts import raise_alert
 from shared.db.models import SnapshotLedger, Task
+from shared.runtime.bus import Permanent
 from shared.runtime.service import Context
 from shared.vsphere import VCenter, VMInfo, VSphereError
 from shared.vsphere.pool import VCenters
@@ -74,16 +76,21 @@ def _record(ctx: Context, vcenter: str, vm: VMInfo, name: str, moref: str, error
         )
 
 
+def _vcenter_names(ctx: Context) -> list[str]:
+    with ctx.sessions() as s:
+        return vcstore.names(s, ctx.settings)
+
+
 async def sweep_orphans(ctx: Context, vcenters: VCenters, secret: bytes) -> int:
-    """Remove orphaned vbm snapshots on every configured vCenter; how many were removed."""
+    """Remove orphaned vbm snapshots on every vCenter (configured or added through the API); how
+    many were removed."""
     removed = 0
     timeout = ctx.settings.pipeline.snapshot_timeout
-    for vc_settings in ctx.settings.vcenters:
-        name = vc_settings.name
+    for name in await asyncio.to_thread(_vcenter_names, ctx):
         try:
             vc: VCenter = vcenters.get(name)
             vms = await asyncio.to_thread(vc.list_vms)
-        except VSphereError as exc:
+        except (VSphereError, Permanent) as exc:
             log.warning("orphan sweep: vCenter %s unavailable (%s); skipped", name, exc)
             continue
         for vm in vms:

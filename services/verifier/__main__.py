@@ -8,6 +8,7 @@ from functools import partial
 
 from services.verifier.handlers import Deps, on_transfer_done, on_verify_requested
 from services.verifier.reverify import gc_loop, reverify_loop, usage_loop
+from shared.catalog.vcenters import loader as stored_vcenter
 from shared.contracts import Event, StepFailed, Subject, TransferDone, VerifyDone, VerifyRequested
 from shared.runtime.bus import Consumer
 from shared.runtime.service import Context, Parts, main
@@ -15,7 +16,7 @@ from shared.vsphere.pool import VCenters
 
 
 async def wire(ctx: Context) -> Parts:
-    deps = Deps(ctx, VCenters(ctx.settings))
+    deps = Deps(ctx, VCenters(ctx.settings, load=stored_vcenter(ctx.settings, ctx.sessions)))
 
     def failed(event: TransferDone, reason: str) -> Sequence[Event]:
         return [StepFailed.of(event, "verify", reason, ctx.clock())]

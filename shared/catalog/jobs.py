@@ -40,7 +40,7 @@ def vcenter_of(settings: Settings, name: str, field: str = "vcenter") -> VCenter
     for vc in settings.vcenters:
         if vc.name == name:
             return vc
-    known = ", ".join(vc.name for vc in settings.vcenters) or "none (set VBM_VCENTERS)"
+    known = ", ".join(vc.name for vc in settings.vcenters) or "none (VBM_VCENTERS, vbm vcenter add)"
     raise Invalid(field, f"unknown vCenter {name!r} (configured: {known})")
 
 

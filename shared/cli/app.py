@@ -22,6 +22,8 @@ from shared.cli import jobs as cli_jobs
 from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
 from shared.cli import restore as cli_restore
+from shared.cli import secrets as cli_secrets
+from shared.cli import vcenter as cli_vcenter
 from shared.db.existing import NoDatabase, open_existing
 from shared.repo.locations import Credentials
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
@@ -52,6 +54,8 @@ def _parser() -> argparse.ArgumentParser:
     cli_restore.add_report_parser(sub)
     cli_prune.add_parsers(sub)
     cli_alerts.add_parsers(sub)
+    cli_vcenter.add_parsers(sub)
+    cli_secrets.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -102,6 +106,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_restore.run(args, settings)
     if args.command in cli_alerts.COMMANDS:
         return cli_alerts.run(args, settings)
+    if args.command in cli_vcenter.COMMANDS:
+        return cli_vcenter.run(args, settings)
+    if args.command in cli_secrets.COMMANDS:
+        return cli_secrets.run(args, settings)
     if args.command in ("prune", "gc"):
         return cli_prune.run(args, settings)
     if args.command == "report":

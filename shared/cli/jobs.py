@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog import apikeys
+from shared.catalog import apikeys, vcenters
 from shared.catalog import jobs as jobstore
 from shared.cli import apikey as cli_apikey
 from shared.cli import backups as cli_backups
@@ -92,6 +92,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_existing(settings.db_url, settings.data_dir)
     try:
         sessions = make_sessionmaker(engine)
+        with sessions() as s:
+            settings = vcenters.effective(s, settings)  # those added through the API too
         return _dispatch(args, settings, sessions)
     except (StoreError, apikeys.ApiKeyError, ValueError) as exc:
         print(f"vbm {args.command}: {_message(exc)}", file=sys.stderr)
@@ -269,7 +271,7 @@ def _job_preview(args: argparse.Namespace, settings: Settings, sessions: session
 
 
 def _vcenter_names(settings: Settings) -> str:
-    return ", ".join(vc.name for vc in settings.vcenters) or "none; set VBM_VCENTERS"
+    return ", ".join(vc.name for vc in settings.vcenters) or "none; set VBM_VCENTERS or vbm vcenter add"
 
 
 def _schedule_text(schedule: dict[str, Any] | None) -> str:

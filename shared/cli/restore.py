@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog import restores
+from shared.catalog import restores, vcenters
 from shared.clock import utcnow
 from shared.errors import StoreError
 from shared.settings import Settings
@@ -144,7 +144,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     engine = open_existing(settings.db_url, settings.data_dir)
     try:
-        return _dispatch(args, settings, make_sessionmaker(engine))
+        sessions = make_sessionmaker(engine)
+        with sessions() as s:
+            settings = vcenters.effective(s, settings)  # those added through the API too
+        return _dispatch(args, settings, sessions)
     except StoreError as exc:
         print(f"vbm restore: {exc}", file=sys.stderr)
         return 1

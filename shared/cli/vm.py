@@ -25,7 +25,9 @@ def vm_ls(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[S
     """Every VM, asked of vCenter now; a vCenter that does not answer is named (exit 1)."""
     vcenters = [jobstore.vcenter_of(settings, args.vcenter)] if args.vcenter else list(settings.vcenters)
     if not vcenters:
-        raise Invalid("vcenter", "no vCenter is configured (set VBM_VCENTERS, or run vbm up's lab)")
+        raise Invalid(
+            "vcenter", "no vCenter is configured (set VBM_VCENTERS, vbm vcenter add, or run vbm up's lab)"
+        )
     with sessions() as s:
         protected = {(j.vcenter, v["moref"]) for j in jobstore.list_jobs(s) for v in j.vms}
     print(f"{'vcenter':<12} {'vm':<32} {'moref':<10} {'power':<11} {'disks':>5} {'size':>10}  cbt  protected")

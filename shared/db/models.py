@@ -83,7 +83,9 @@ def _ts_null() -> Mapped[datetime | None]:
 
 
 class VCenterRow(Base):
-    """A vCenter vbm backs up from. Passwords stay in the configuration, never in the database."""
+    """A vCenter vbm backs up from: configured ones mirrored (`source` "config", never their
+    password), and those added through the API (`source` "api", the password encrypted with the
+    secret key: shared/vault.py)."""
 
     __tablename__ = "vcenters"
 
@@ -91,6 +93,12 @@ class VCenterRow(Base):
     url: Mapped[str] = mapped_column(String(512))
     username: Mapped[str] = mapped_column(String(255))
     verify_tls: Mapped[bool] = mapped_column(Boolean, default=True)
+    password: Mapped[str | None] = mapped_column(Text, nullable=True)  # a Fernet token, never plain
+    ca_pem: Mapped[str | None] = mapped_column(Text, nullable=True)
+    ca_file: Mapped[str | None] = mapped_column(String(1024), nullable=True)
+    hotadd_proxy: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    source: Mapped[str] = mapped_column(String(16), default="config", server_default="config")
+    created_at: Mapped[datetime | None] = _ts_null()
     updated_at: Mapped[datetime] = ts()
 
 

@@ -123,10 +123,7 @@ class Session:
             stub: Any = None
             try:
                 # SmartConnect's steps, done here so a failed login can close its connections.
-                if self.settings.verify_tls and self.settings.ca_file:
-                    ssl_ctx = ssl.create_default_context(cafile=self.settings.ca_file)
-                else:
-                    ssl_ctx = connect.getSslContext(self.host, None, not self.settings.verify_tls)
+                ssl_ctx = ssl_context(self.settings, self.host)
                 version = _find_version(self.scheme, self.host, self.port, self.path, ssl_ctx)
                 stub = SoapStubAdapter(
                     host=self.host,
@@ -158,6 +155,10 @@ class Session:
                 if not isinstance(exc, vmodl.MethodFault):
                     err.retryable = True  # pyVmomi says "is down or is not a VIM server"
                 raise err from None
+
+    def about(self) -> str:
+        """What the server says it is, e.g. `VMware vCenter Server 8.0.2 build-...`."""
+        return str(self._call("reading what the server is", lambda: self._content().about.fullName))
 
     def close(self) -> None:
         with self._lock:
@@ -224,6 +225,16 @@ class Session:
                 raise TaskTimeout(what, limit)
             time.sleep(delay)
             delay = min(1.0, delay * 1.5)
+
+
+def ssl_context(settings: VCenterSettings, host: str) -> ssl.SSLContext | None:
+    """How vbm checks a vCenter's certificate: against its CA (`ca_file` or `ca_pem`), else the
+    system's CAs (None: pyVmomi's default; not checked on loopback, as pyVmomi does); not at all
+    with `verify_tls` false."""
+    if settings.verify_tls and (settings.ca_file or settings.ca_pem):
+        return ssl.create_default_context(cafile=settings.ca_file, cadata=settings.ca_pem)
+    ctx: ssl.SSLContext | None = connect.getSslContext(host, None, not settings.verify_tls)
+    return ctx
 
 
 def _bad(message: str, *, retryable: bool = False) -> VSphereError:

@@ -1,0 +1,122 @@
+"""/api/v1/vcenters: the vCenters vbm backs up from, configured ones (read only here) and those
+added through the API; their connection tested before they are saved (`?skip_test=true` to save
+without). Passwords are write-only: answers say `"password": "set"`."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from services.gateway.access import needs
+from services.gateway.api_vms import VCENTERS
+from services.gateway.common import CTX, flag, in_session, json_response, read_json
+from shared.catalog import vcenters as vcstore
+from shared.errors import NotFound
+from shared.model.access import Permission
+from shared.settings import VCenterSettings
+from shared.vsphere.probe import Probe, probe
+
+routes = web.RouteTableDef()
+
+
+async def _test(vc: VCenterSettings) -> Probe:
+    return await asyncio.to_thread(probe, vc)
+
+
+async def _tested(request: web.Request, vc: VCenterSettings) -> Probe | None:
+    """The connection test's result, None when the caller chose to skip it."""
+    return None if flag(request, "skip_test") else await _test(vc)
+
+
+def _failed(result: Probe) -> web.Response:
+    """422 naming the field to change, with the test's result: nothing was saved."""
+    detail = f"{result.field}: connection test failed ({result.kind}): {result.message}; nothing was saved"
+    body = {"status": 422, "title": "Unprocessable Entity", "detail": detail, "test": result.view()}
+    return json_response(body, 422)
+
+
+def _answer(view: dict[str, object], tested: Probe | None) -> dict[str, object]:
+    if tested is None:
+        return {**view, "test": {"ok": None, "kind": "skipped", "message": "saved untested (skip_test)"}}
+    return {**view, "test": tested.view()}
+
+
+@routes.get("/api/v1/vcenters")
+@needs(Permission.VCENTERS_READ)
+async def list_vcenters(request: web.Request) -> web.Response:
+    settings = request.app[CTX].settings
+    views = await in_session(request, lambda s: vcstore.list_views(s, settings))
+    return json_response({"vcenters": views, "total": len(views)})
+
+
+@routes.post("/api/v1/vcenters")
+@needs(Permission.VCENTERS_WRITE)
+async def add_vcenter(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json(request)
+    vc = await in_session(request, lambda s: vcstore.candidate_new(s, ctx.settings, body))
+    tested = await _tested(request, vc)
+    if tested is not None and not tested.ok:
+        return _failed(tested)
+
+    def save(s: Session) -> dict[str, object]:
+        vcstore.candidate_new(s, ctx.settings, body)  # still free (another request may have won)
+        return vcstore.row_view(vcstore.save(s, ctx.settings, vc, ctx.clock()))
+
+    view = await in_session(request, save, write=True)
+    request.app[VCENTERS].forget(vc.name)
+    return json_response(_answer(view, tested), 201, {"Location": f"/api/v1/vcenters/{vc.name}"})
+
+
+@routes.get("/api/v1/vcenters/{name}")
+@needs(Permission.VCENTERS_READ)
+async def get_vcenter(request: web.Request) -> web.Response:
+    settings, name = request.app[CTX].settings, request.match_info["name"]
+    return json_response(await in_session(request, lambda s: vcstore.get_view(s, settings, name)))
+
+
+@routes.put("/api/v1/vcenters/{name}")
+@needs(Permission.VCENTERS_WRITE)
+async def change_vcenter(request: web.Request) -> web.Response:
+    ctx, name = request.app[CTX], request.match_info["name"]
+    body = await read_json(request)
+    vc = await in_session(request, lambda s: vcstore.candidate_change(s, ctx.settings, name, body))
+    tested = await _tested(request, vc)
+    if tested is not None and not tested.ok:
+        return _failed(tested)
+    view = await in_session(
+        request, lambda s: vcstore.row_view(vcstore.save(s, ctx.settings, vc, ctx.clock())), write=True
+    )
+    request.app[VCENTERS].forget(name)
+    return json_response(_answer(view, tested))
+
+
+@routes.delete("/api/v1/vcenters/{name}")
+@needs(Permission.VCENTERS_WRITE)
+async def delete_vcenter(request: web.Request) -> web.Response:
+    ctx, name = request.app[CTX], request.match_info["name"]
+    await in_session(request, lambda s: vcstore.remove(s, ctx.settings, name), write=True)
+    request.app[VCENTERS].forget(name)
+    return json_response({"deleted": name})
+
+
+@routes.post("/api/v1/vcenters/{name}/test")
+@needs(Permission.VCENTERS_WRITE)
+async def test_vcenter(request: web.Request) -> web.Response:
+    """Test a vCenter's connection as it is saved (or configured): 200 with `ok` and, when it
+    failed, which step (`kind`: dns, tcp, tls, not_vcenter, credentials) and how to fix it."""
+    ctx, name = request.app[CTX], request.match_info["name"]
+
+    def find(s: Session) -> VCenterSettings:
+        known, broken = vcstore.usable(s, ctx.settings)
+        if name in broken:
+            raise broken[name]
+        found = next((vc for vc in known if vc.name == name), None)
+        if found is None:
+            raise NotFound(f"no vCenter {name!r} (see GET /api/v1/vcenters)")
+        return found
+
+    result = await _test(await in_session(request, find))
+    return json_response({"name": name, **result.view()})

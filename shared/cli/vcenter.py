@@ -1,0 +1,142 @@
+"""`vbm vcenter add|list|test|rm`: vCenters added beside the configured ones, on the database
+directly (as the API does: shared/catalog/vcenters.py). A vCenter is tested before it is saved
+(DNS, TCP, TLS, the vSphere API, the login) unless `--skip-test`; its password is read from
+stdin (`--password-stdin`) or asked for without echo, and stored encrypted."""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalog import vcenters as vcstore
+from shared.clock import utcnow
+from shared.db import make_sessionmaker
+from shared.db.existing import open_existing
+from shared.errors import NotFound, StoreError
+from shared.settings import Settings, VCenterSettings
+
+if TYPE_CHECKING:
+    from shared.vsphere.probe import Probe
+
+COMMANDS = ("vcenter",)
+
+
+def add_parsers(sub: Any) -> None:
+    p = sub.add_parser("vcenter", help="vCenters: add, list, test, remove (beside the configured ones)")
+    acts = p.add_subparsers(dest="vcenter_command", required=True, metavar="ACTION")
+    add = acts.add_parser("add", help="add a vCenter (its connection is tested first)")
+    add.add_argument("name")
+    add.add_argument("--url", required=True, help="the SDK endpoint, e.g. https://vcsa.example.com/sdk")
+    add.add_argument("--username", required=True)
+    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    add.add_argument("--no-verify-tls", action="store_true", help="do not check vCenter's certificate")
+    add.add_argument("--ca-file", metavar="FILE", help="PEM of the CA that signed vCenter's certificate")
+    add.add_argument("--hotadd-proxy", metavar="VM", help="the VM vbm runs in (fast in-place restores)")
+    add.add_argument("--skip-test", action="store_true", help="save without testing the connection")
+    ls = acts.add_parser("list", help="every vCenter, configured (source env) and added (source api)")
+    ls.add_argument("--json", action="store_true", help="as JSON")
+    test = acts.add_parser("test", help="test a vCenter's connection: says which step failed")
+    test.add_argument("name")
+    rm = acts.add_parser("rm", help="remove an added vCenter (refused while a job uses it)")
+    rm.add_argument("name")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    engine = open_existing(settings.db_url, settings.data_dir)
+    try:
+        sessions = make_sessionmaker(engine)
+        action = {"add": _add, "list": _list, "test": _test, "rm": _rm}[args.vcenter_command]
+        return action(args, settings, sessions)
+    except StoreError as exc:
+        print(f"vbm vcenter {args.vcenter_command}: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        engine.dispose()
+
+
+def _probe(vc: VCenterSettings) -> Probe:
+    from shared.vsphere.probe import probe  # pyVmomi: only for the commands that talk to vCenter
+
+    return probe(vc)
+
+
+def _password(args: argparse.Namespace) -> str:
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    return getpass.getpass(f"password of {args.username} on {args.name}: ")
+
+
+def _add(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    body = {
+        "name": args.name,
+        "url": args.url,
+        "username": args.username,
+        "password": _password(args),
+        "verify_tls": not args.no_verify_tls,
+        "ca_file": args.ca_file,
+        "hotadd_proxy": args.hotadd_proxy,
+    }
+    with sessions() as s:
+        vc = vcstore.candidate_new(s, settings, body)
+    if args.skip_test:
+        print(f"vCenter {vc.name}: saved without a connection test (--skip-test)")
+    else:
+        result = _probe(vc)
+        if not result.ok:
+            print(
+                f"vbm vcenter add: connection test failed ({result.kind}): {result.message}", file=sys.stderr
+            )
+            print("nothing was saved (--skip-test saves it anyway)", file=sys.stderr)
+            return 1
+        print(result.message)
+    with sessions.begin() as s:
+        vcstore.candidate_new(s, settings, body)
+        vcstore.save(s, settings, vc, utcnow())
+    print(f"vCenter {vc.name} added ({vc.url})")
+    return 0
+
+
+def _list(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    with sessions() as s:
+        views = vcstore.list_views(s, settings)
+    if args.json:
+        print(json.dumps(views, indent=2, default=str))
+        return 0
+    if not views:
+        print("no vCenters (vbm vcenter add NAME --url URL --username USER, or VBM_VCENTERS)")
+    for v in views:
+        tls = "tls checked" if v["verify_tls"] else "tls NOT checked"
+        print(f"{v['name']:<16} {v['source']:<4} {v['url']:<40} {v['username']:<24} {tls}")
+        if v.get("error"):
+            print(f"    {v['error']}")
+    return 1 if any(v.get("error") for v in views) else 0
+
+
+def _test(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    with sessions() as s:
+        known, broken = vcstore.usable(s, settings)
+    if args.name in broken:
+        raise broken[args.name]
+    vc = next((v for v in known if v.name == args.name), None)
+    if vc is None:
+        raise NotFound(f"no vCenter {args.name!r} (see `vbm vcenter list`)")
+    result = _probe(vc)
+    if result.ok:
+        print(result.message)
+        return 0
+    print(f"{vc.name}: connection test failed ({result.kind}): {result.message}")
+    return 1
+
+
+def _rm(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    with sessions.begin() as s:
+        vcstore.remove(s, settings, args.name)
+    print(f"vCenter {args.name} removed")
+    return 0
