@@ -37,10 +37,34 @@ class VCenterSettings(BaseModel):
 
 
 class GatewaySettings(BaseModel):
+    """Where the gateway listens and how (docs/design.md, "The gateway over TLS")."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=8420, ge=0, le=65535)
+    tls: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="auto: HTTPS with tls_cert/tls_key when set, else plain HTTP on loopback and a"
+        " self-signed certificate (<data_dir>/tls/) on any other address; on: HTTPS always; off: plain"
+        " HTTP (on a non-loopback address only as an explicit choice, with a warning)",
+    )
+    tls_cert: Path | None = Field(default=None, description="PEM certificate (chain) the gateway serves")
+    tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert (unencrypted)")
+
+    @model_validator(mode="after")
+    def _cert_and_key(self) -> GatewaySettings:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            given, missing = ("tls_cert", "tls_key") if self.tls_key is None else ("tls_key", "tls_cert")
+            raise ValueError(
+                f"gateway.{given} is set but gateway.{missing} is not"
+                f" (VBM_GATEWAY__{missing.upper()}): give both, or neither"
+            )
+        if self.tls == "off" and self.tls_cert is not None:
+            raise ValueError(
+                "gateway.tls is off but gateway.tls_cert/tls_key are set: unset them or set tls to on/auto"
+            )
+        return self
 
 
 class NatsSettings(BaseModel):

@@ -54,6 +54,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "gateway": ("vcenters", "storage", "notifications"),
 }
 LISTEN_PREFIX = "vbm gateway listening on "
+CERT_PREFIX = "vbm gateway certificate "
 
 
 @dataclass
@@ -120,6 +121,7 @@ class Supervisor:
         self.stop_event = asyncio.Event()
         self.children: dict[str, Child] = {}
         self.gateway_url: asyncio.Future[str] | None = None
+        self.gateway_cert = ""
         self.nats: Child | None = None
         self.lab: Any = None
         self.fatal: str | None = None
@@ -158,6 +160,8 @@ class Supervisor:
         return 0
 
     def _line(self, name: str, line: str) -> None:
+        if line.startswith(CERT_PREFIX):
+            self.gateway_cert = line[len(CERT_PREFIX) :].strip()
         if line.startswith(LISTEN_PREFIX) and self.gateway_url and not self.gateway_url.done():
             self.gateway_url.set_result(line[len(LISTEN_PREFIX) :].strip())
         self.say(f"[{name}] {line}")
@@ -281,6 +285,8 @@ class Supervisor:
         vc = ", ".join(f"{v['name']} {v['url']}" for v in vcenters) or "none"
         self.say("")
         self.say(f"vbm is up. Gateway (REST API): {url}/api/v1")
+        if self.gateway_cert:
+            self.say(f"  TLS certificate: {self.gateway_cert}")
         self.say(f"  NATS: {nats_url}   vCenter: {vc}")
         self.say(f"  data: {self.data_dir}   database: {self.settings.db_url}")
         self.say("  Ctrl-C stops everything.")
