@@ -26,6 +26,7 @@ from shared.model.retention import Policy
 from shared.settings_models import (
     AzureSettings,
     ChannelSettings,
+    ConfigBackupSettings,
     GatewaySettings,
     HotAddSettings,
     InstantSettings,
@@ -51,6 +52,7 @@ __all__ = [
     "OTHER_VARIABLES",
     "AzureSettings",
     "ChannelSettings",
+    "ConfigBackupSettings",
     "ConfigError",
     "GatewaySettings",
     "HotAddSettings",
@@ -126,6 +128,7 @@ class Settings(BaseSettings):
     sftp: SFTPSettings = SFTPSettings()
     rclone: RcloneSettings = RcloneSettings()
     notifications: NotificationSettings = NotificationSettings()
+    config_backup: ConfigBackupSettings = ConfigBackupSettings()
 
     @property
     def instant_root(self) -> Path:

@@ -67,6 +67,22 @@ class GatewaySettings(BaseModel):
         return self
 
 
+class ConfigBackupSettings(BaseModel):
+    """vbm's own configuration backup (docs/design.md, "Configuration backup"): the scheduler
+    writes one daily to `<location>/config-backups/` and keeps the newest `keep`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    enabled: bool = True
+    at: str = Field(default="02:30", pattern=r"^([01]\d|2[0-3]):[0-5]\d$", description="Daily, UTC, HH:MM")
+    location: str = Field(default="", description="A repository location; empty: the default repository")
+    keep: int = Field(default=14, ge=1, le=1000)
+    passphrase: SecretStr | None = Field(default=None, description="Encrypts the backups (>= 12 characters)")
+    passphrase_file: Path | None = Field(
+        default=None, description="A file whose first line is the passphrase"
+    )
+
+
 class NatsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
