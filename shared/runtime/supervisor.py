@@ -44,9 +44,10 @@ SECRETS = {
     "vcenters": ("VBM_VCENTERS",),
     "storage": ("VBM_S3", "VBM_AZURE", "VBM_SFTP", "VBM_RCLONE", "RCLONE_CONFIG_"),
     "notifications": ("VBM_NOTIFICATIONS",),
+    "config_backup": ("VBM_CONFIG_BACKUP__PASSPHRASE",),
 }
 NEEDS: dict[str, tuple[str, ...]] = {
-    "scheduler": (),
+    "scheduler": ("storage", "config_backup"),  # the daily configuration backup to a repository
     "snapshotter": ("vcenters",),
     "mover": ("vcenters", "storage"),
     "verifier": ("vcenters", "storage"),
