@@ -53,7 +53,7 @@ def passphrase_from(given: Path | None, settings: ConfigBackupSettings, *, confi
         if not lines or not lines[0]:
             raise ValueError(f"the passphrase file {path} is empty")
         return lines[0]
-    if settings.passphrase is not None:
+    if settings.passphrase is not None and settings.passphrase.get_secret_value():
         return settings.passphrase.get_secret_value()
     if not sys.stdin.isatty():
         raise ValueError(

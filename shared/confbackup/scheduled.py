@@ -52,7 +52,7 @@ def newest_slot(at: str, now: datetime) -> datetime:
 
 
 def passphrase_of(cfg: ConfigBackupSettings) -> str | None:
-    if cfg.passphrase is not None:
+    if cfg.passphrase is not None and cfg.passphrase.get_secret_value():  # compose passes "" when unset
         return cfg.passphrase.get_secret_value()
     if cfg.passphrase_file is not None:
         try:

@@ -27,6 +27,7 @@ from shared.runtime.supervisor import CERT_PREFIX, LISTEN_PREFIX
 from shared.runtime.tls import file_fingerprint, server_tls
 from shared.settings import ConfigError, GatewaySettings, load_settings
 from tests.plugins.nats import NatsServer
+from tests.plugins.procs import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -230,3 +231,48 @@ def test_bad_configurations_name_the_setting(tmp_path: Path, monkeypatch: pytest
         with pytest.raises(ConfigError, match=r"cannot read .*unreadable.key: Permission denied"):
             server_tls(GatewaySettings(tls_cert=cert, tls_key=unreadable), tmp_path)
     assert server_tls(GatewaySettings(tls_cert=cert, tls_key=key), tmp_path) is not None
+
+
+def test_vbm_up_on_all_addresses_serves_https_and_prints_the_fingerprint(tmp_path: Path) -> None:
+    """`vbm up` reads the gateway's https address and certificate lines; its banner shows both."""
+    data, port = tmp_path / "data", free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VBM_")}
+    env.update(
+        VBM_DATA_DIR=str(data),
+        VBM_GATEWAY__HOST="0.0.0.0",
+        VBM_GATEWAY__PORT=str(port),
+        VBM_NATS__EMBEDDED_PORT=str(free_port()),
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shared.cli", "up", "--no-lab"],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 90
+        while not any("Ctrl-C stops everything" in line for line in lines):
+            line = proc.stdout.readline()
+            assert line and time.monotonic() < deadline, "".join(lines)
+            lines.append(line)
+        banner = "".join(lines)
+        cert = data / "tls" / "gateway.crt"
+        assert f"Gateway (REST API): https://0.0.0.0:{port}/api/v1" in banner
+        assert f"TLS certificate: {cert} (self-signed" in banner and file_fingerprint(cert) in banner
+        trusting = ssl.create_default_context(cafile=str(cert))
+        status, headers, _ = get(f"https://localhost:{port}/healthz", trusting)
+        assert status == 200 and "Strict-Transport-Security" in headers
+    finally:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        proc.stdout.close()
+    assert proc.returncode == 0
