@@ -179,3 +179,19 @@ def test_sealed_container_refuses_what_it_should() -> None:
         unseal(blob + b"x")
     with pytest.raises(SealError, match="not a vbm configuration backup"):
         unseal(b"PK" + blob)
+
+
+def test_a_backup_of_a_newer_schema_is_refused_and_nothing_written(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'vbm.db'}"
+    fill(url)
+    engine = make_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    finally:
+        engine.dispose()
+    out = tmp_path / "cfg.vbmcfg"
+    assert vbm(tmp_path / "data", url, "config-backup", "-o", str(out)).returncode == 0
+    refused = vbm(tmp_path / "new", f"sqlite:///{tmp_path / 'new' / 'vbm.db'}", "config-restore", str(out))
+    assert refused.returncode == 2 and "schema 9999), newer than this one" in refused.stderr, refused.stderr
+    assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new.restore-*"))

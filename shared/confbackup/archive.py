@@ -25,6 +25,7 @@ from shared import __version__
 from shared.confbackup import dbcopy
 from shared.confbackup.sealed import SealedReader, SealedWriter
 from shared.db import current_revision, make_engine, upgrade
+from shared.db.migrate import knows_revision
 from shared.settings import Settings
 
 # What of the data directory a backup carries (when there), by path under it.
@@ -166,6 +167,12 @@ def restore_backup(settings: Settings, src: BinaryIO, passphrase: str, *, force:
     stage = Path(tempfile.mkdtemp(prefix=f".{data_dir.name}.restore-", dir=data_dir.parent))
     try:
         manifest = _staged(reader, stage)
+        revision = manifest["database"]["revision"]
+        if manifest.get("format") != 1 or (revision and not knows_revision(revision)):
+            raise RestoreRefused(
+                f"the backup was made by vbm {manifest.get('vbm')} (schema {revision}), newer than this"
+                " one: restore it with that version or a newer one"
+            )
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         done = Restored(database=manifest["database"]["kind"], counts={})
         _restore_database(settings, stage, manifest)

@@ -133,10 +133,7 @@ def file_fingerprint(cert_path: Path) -> str:
 def host_names(host: str) -> tuple[list[str], list[str]]:
     """(DNS names, IP addresses) the self-signed certificate names: the machine, the bind address
     (when it is one address, not all) and localhost."""
-    dns = ["localhost", socket.gethostname()]
-    fqdn = socket.getfqdn()
-    if fqdn not in dns:
-        dns.append(fqdn)
+    dns = ["localhost", socket.gethostname()]  # not getfqdn(): a DNS lookup that can hang a start
     ips = ["127.0.0.1", "::1"]
     try:
         addr = ipaddress.ip_address(host)
