@@ -195,3 +195,22 @@ def test_a_backup_of_a_newer_schema_is_refused_and_nothing_written(tmp_path: Pat
     refused = vbm(tmp_path / "new", f"sqlite:///{tmp_path / 'new' / 'vbm.db'}", "config-restore", str(out))
     assert refused.returncode == 2 and "schema 9999), newer than this one" in refused.stderr, refused.stderr
     assert not (tmp_path / "new").exists() and not list(tmp_path.glob(".new.restore-*"))
+
+
+def test_the_new_machines_settings_file_stays_and_a_missing_database_is_said(tmp_path: Path) -> None:
+    old, new = tmp_path / "old", tmp_path / "new"
+    missing = vbm(old, f"sqlite:///{old / 'vbm.db'}", "config-backup", "-o", str(tmp_path / "x.vbmcfg"))
+    assert missing.returncode == 2 and f"no vbm database at {old / 'vbm.db'}" in missing.stderr
+    assert not (tmp_path / "x.vbmcfg").exists() and not list(tmp_path.glob(".x.vbmcfg*"))
+
+    fill(f"sqlite:///{old / 'vbm.db'}")
+    (old / "vbm.toml").write_text('log_level = "WARNING"\n')
+    out = tmp_path / "cfg.vbmcfg"
+    assert vbm(old, f"sqlite:///{old / 'vbm.db'}", "config-backup", "-o", str(out)).returncode == 0
+    new.mkdir()
+    (new / "vbm.toml").write_text('log_level = "DEBUG"\n')  # set up before the restore: not "in use"
+    done = vbm(new, f"sqlite:///{new / 'vbm.db'}", "config-restore", str(out))
+    assert done.returncode == 0, done.stderr
+    assert "files: vbm.toml.restored" in done.stdout
+    assert (new / "vbm.toml").read_text() == 'log_level = "DEBUG"\n'
+    assert (new / "vbm.toml.restored").read_text() == 'log_level = "WARNING"\n'

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import os
+import sqlite3
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -76,7 +77,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         if args.command == "config-backup":
             return _backup(args, settings, phrase)
         return _restore(args, settings, phrase)
-    except (ValueError, SealError, RestoreRefused, SQLAlchemyError, OSError) as exc:
+    except (ValueError, SealError, RestoreRefused, SQLAlchemyError, sqlite3.Error, OSError) as exc:
         what = exc.args[0] if isinstance(exc, SQLAlchemyError) and exc.args else exc
         print(f"vbm {args.command}: {what}", file=sys.stderr)
         return 2 if isinstance(exc, RestoreRefused | ValueError) else 1

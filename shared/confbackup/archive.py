@@ -36,6 +36,7 @@ FILES = (
     "tls/gateway.key",
     "vbm.toml",  # the settings file
 )
+SETTINGS_FILE = "vbm.toml"  # a restore keeps the new machine's own; the old one as vbm.toml.restored
 ENV_SECRET = "VBM_SECRET_KEY"
 ENV_SECRET_FILE = "secret-key.env"  # where a restore leaves an included VBM_SECRET_KEY
 
@@ -83,8 +84,15 @@ def write_backup(
     engine = make_engine(settings.db_url)
     sealed = SealedWriter(out, passphrase)
     try:
-        revision = current_revision(engine)
         source = dbcopy.sqlite_path(settings.db_url)
+        if source is not None and not source.is_file():
+            raise ValueError(
+                f"no vbm database at {source}: is VBM_DATA_DIR (or VBM_DATABASE_URL) the system's?"
+            )
+        revision = current_revision(engine)
+        if revision is None:
+            where = engine.url.render_as_string(hide_password=True)
+            raise ValueError(f"the database {where} holds no vbm schema: nothing to back up")
         with (
             tempfile.TemporaryDirectory(prefix="vbm-config-backup-") as tmp,
             tarfile.open(fileobj=sealed, mode="w|") as tar,  # type: ignore[call-overload]
@@ -142,7 +150,8 @@ def _staged(reader: SealedReader, stage: Path) -> dict[str, Any]:
 
 def check_target(settings: Settings, force: bool) -> None:
     data_dir = settings.data_dir
-    if data_dir.is_dir() and any(data_dir.iterdir()) and not force:
+    here = [p.name for p in data_dir.iterdir()] if data_dir.is_dir() else []
+    if [name for name in here if name != SETTINGS_FILE] and not force:
         raise RestoreRefused(
             f"the data directory {data_dir.resolve()} is not empty: restore into a new one, or give --force"
             " to overwrite its database and keys (stop vbm first)"
@@ -178,10 +187,12 @@ def restore_backup(settings: Settings, src: BinaryIO, passphrase: str, *, force:
         _restore_database(settings, stage, manifest)
         for rel in manifest["files"]:
             target = data_dir / rel
+            if rel == SETTINGS_FILE and target.exists():  # this machine's settings stay
+                target = data_dir / f"{SETTINGS_FILE}.restored"
             target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.replace(stage / "files" / rel, target)
             target.chmod(0o600)
-            done.files.append(rel)
+            done.files.append(str(target.relative_to(data_dir)))
         if manifest.get("env_secret"):
             done.env_secret_file = data_dir / ENV_SECRET_FILE
             os.replace(stage / "env" / ENV_SECRET, done.env_secret_file)

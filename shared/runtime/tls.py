@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import ipaddress
 import logging
 import os
@@ -146,15 +147,37 @@ def host_names(host: str) -> tuple[list[str], list[str]]:
 
 
 def self_signed(host: str, where: Path) -> ServedTLS:
+    """vbm's own certificate under `where`: reused while it names the host, else made (under a
+    lock, so gateways starting together on one data directory serve one certificate)."""
+    try:
+        where.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (where / ".lock").open("w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return _reuse_or_make(host, where)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot keep the gateway's self-signed certificate in {where}: {exc.strerror}; make it"
+            " writable, or configure gateway.tls_cert and gateway.tls_key"
+        ) from None
+
+
+def _reuse_or_make(host: str, where: Path) -> ServedTLS:
     cert_path, key_path = where / CERT_NAME, where / KEY_NAME
     dns, ips = host_names(host)
     names = ("the generated certificate", "the generated key")
     if cert_path.is_file() and key_path.is_file():
-        cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
-        if _covers(cert, dns, ips) and cert.not_valid_after_utc > dt.datetime.now(dt.UTC):
-            return load_pair(cert_path, key_path, names)
+        try:
+            cert = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
+            usable = _covers(cert, dns, ips) and cert.not_valid_after_utc > dt.datetime.now(dt.UTC)
+        except ValueError:
+            usable = False
+        if usable:
+            try:
+                return load_pair(cert_path, key_path, names)
+            except ConfigError as exc:
+                log.warning("%s", exc)
         log.warning(
-            "the self-signed certificate in %s no longer names %s or has expired: making a new one",
+            "the self-signed certificate in %s is unusable, does not name %s or has expired: making one",
             where,
             host,
         )
@@ -204,7 +227,6 @@ def _make(cert_path: Path, key_path: Path, dns: list[str], ips: list[str]) -> No
     key_pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     _write_private(key_path, key_pem)
     _write_private(cert_path, cert.public_bytes(serialization.Encoding.PEM))
 

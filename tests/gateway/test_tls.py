@@ -276,3 +276,18 @@ def test_vbm_up_on_all_addresses_serves_https_and_prints_the_fingerprint(tmp_pat
             proc.wait()
         proc.stdout.close()
     assert proc.returncode == 0
+
+
+def test_a_damaged_or_foreign_self_signed_certificate_is_made_again(tmp_path: Path) -> None:
+    where = tmp_path / "tls"
+    first = server_tls(GatewaySettings(host="0.0.0.0", tls="auto"), tmp_path)
+    assert first is not None and first.generated and first.cert == where / "gateway.crt"
+    assert server_tls(GatewaySettings(host="0.0.0.0"), tmp_path).fingerprint == first.fingerprint  # type: ignore[union-attr]
+    # another bind address the certificate does not name: a new one that names it
+    moved = server_tls(GatewaySettings(host="192.0.2.7"), tmp_path)
+    assert moved is not None and moved.fingerprint != first.fingerprint
+    (where / "gateway.crt").write_text("garbage")
+    again = server_tls(GatewaySettings(host="192.0.2.7"), tmp_path)
+    assert again is not None and again.generated and again.fingerprint != moved.fingerprint
+    assert server_tls(GatewaySettings(host="127.0.0.1", tls="on"), tmp_path) is not None
+    assert server_tls(GatewaySettings(host="127.0.0.1"), tmp_path) is None
