@@ -23,10 +23,10 @@ from pydantic_settings import (
 )
 
 from shared.model.retention import Policy
+from shared.settings_access import ConfigBackupSettings, GatewaySettings, SecuritySettings
 from shared.settings_models import (
     AzureSettings,
     ChannelSettings,
-    GatewaySettings,
     HotAddSettings,
     InstantSettings,
     LabSettings,
@@ -40,7 +40,6 @@ from shared.settings_models import (
     RcloneSettings,
     ReplicationSettings,
     S3Settings,
-    SecuritySettings,
     SFTPSettings,
     SMTPSettings,
     VCenterSettings,
@@ -52,6 +51,7 @@ __all__ = [
     "OTHER_VARIABLES",
     "AzureSettings",
     "ChannelSettings",
+    "ConfigBackupSettings",
     "ConfigError",
     "GatewaySettings",
     "HotAddSettings",
@@ -69,6 +69,7 @@ __all__ = [
     "S3Settings",
     "SFTPSettings",
     "SMTPSettings",
+    "SecuritySettings",
     "Settings",
     "VCenterSettings",
     "VerifySettings",
@@ -133,6 +134,7 @@ class Settings(BaseSettings):
     rclone: RcloneSettings = RcloneSettings()
     notifications: NotificationSettings = NotificationSettings()
     security: SecuritySettings = SecuritySettings()
+    config_backup: ConfigBackupSettings = ConfigBackupSettings()
 
     @property
     def instant_root(self) -> Path:

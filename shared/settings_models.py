@@ -37,13 +37,6 @@ class VCenterSettings(BaseModel):
         return value.rstrip("/")
 
 
-class GatewaySettings(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    host: str = "127.0.0.1"
-    port: int = Field(default=8420, ge=0, le=65535)
-
-
 class NatsSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -314,27 +307,6 @@ class NotificationSettings(BaseModel):
 
     def channel(self, name: str) -> ChannelSettings | None:
         return next((c for c in self.channels if c.name == name), None)
-
-
-class SecuritySettings(BaseModel):
-    """People: password rules, lockout after failed logins, browser session timeouts."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    password_min_length: int = Field(default=12, ge=8, le=128)
-    lockout_after: int = Field(
-        default=5, ge=1, le=100, description="Failed logins in a row before the account waits"
-    )
-    lockout_seconds: float = Field(
-        default=30.0,
-        gt=0,
-        description="The first wait; it doubles with every further failure (at most 15 min)",
-    )
-    session_idle_minutes: float = Field(default=30.0, gt=0, le=24 * 60)
-    session_max_hours: float = Field(default=12.0, gt=0, le=24 * 30)
-    api_key_max_days: int | None = Field(
-        default=None, ge=1, description="The longest life a new API key may have; unset: keys may not expire"
-    )
 
 
 class HotAddSettings(BaseModel):

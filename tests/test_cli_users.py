@@ -11,7 +11,7 @@ from shared.catalog import apikeys, users
 from shared.db import make_engine, make_sessionmaker
 from shared.model.access import Role
 from shared.runtime.service import utcnow
-from shared.settings_models import SecuritySettings
+from shared.settings_access import SecuritySettings
 from tests.test_cli_jobs import ROOT, env_for
 
 PW = "a long passphrase 1"

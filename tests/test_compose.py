@@ -31,3 +31,12 @@ def test_environment_names_real_settings() -> None:
             assert key[4:].split("__")[0].lower() in fields, key
     assert services["gateway"]["environment"]["VBM_GATEWAY__HOST"] == "0.0.0.0"
     assert services["nats"]["command"][0] == "-js"
+
+
+def test_no_plain_http_on_all_addresses() -> None:
+    """Published on every address of the host: only over TLS; plain HTTP only on 127.0.0.1."""
+    gateway = load()["services"]["gateway"]
+    tls = gateway["environment"].get("VBM_GATEWAY__TLS", "auto")
+    for port in gateway["ports"]:
+        on_loopback = str(port).startswith("127.0.0.1:")
+        assert on_loopback or tls == "on", f"{port} publishes plain HTTP to the network"

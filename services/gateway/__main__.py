@@ -9,9 +9,16 @@ from aiohttp import web
 
 from services.gateway.app import create_app
 from shared.runtime.service import Context, Parts, main
+from shared.runtime.supervisor import CERT_PREFIX, LISTEN_PREFIX
+from shared.runtime.tls import HSTS, server_tls
 from shared.vsphere.pool import sync_rows
 
 log = logging.getLogger(__name__)
+
+
+async def strict_transport(_request: web.Request, response: web.StreamResponse) -> None:
+    """HSTS on every answer served over TLS (never on plain HTTP: the gateway serves one or the other)."""
+    response.headers["Strict-Transport-Security"] = HSTS
 
 
 async def wire(ctx: Context) -> Parts:
@@ -20,14 +27,22 @@ async def wire(ctx: Context) -> Parts:
             sync_rows(s, ctx.settings, ctx.clock())
 
     await asyncio.to_thread(sync)
-    runner = web.AppRunner(create_app(ctx), access_log=None, handle_signals=False)
-    await runner.setup()
     gw = ctx.settings.gateway
-    site = web.TCPSite(runner, gw.host, gw.port)
+    served = await asyncio.to_thread(server_tls, gw, ctx.settings.data_dir)
+    app = create_app(ctx)
+    if served is not None:
+        app.on_response_prepare.append(strict_transport)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, gw.host, gw.port, ssl_context=served.context if served else None)
     await site.start()
     port = runner.addresses[0][1] if runner.addresses else gw.port
-    # One machine-readable line: `vbm up` and the tests read the real port from it.
-    print(f"vbm gateway listening on http://{gw.host}:{port}", flush=True)
+    if served is not None:
+        made = "self-signed, clients trust this file" if served.generated else "configured"
+        log.info("serving HTTPS with %s (%s), SHA-256 fingerprint %s", served.cert, made, served.fingerprint)
+        print(f"{CERT_PREFIX}{served.cert} ({made}) SHA-256 {served.fingerprint}", flush=True)
+    # One machine-readable line: `vbm up` and the tests read the scheme and the real port from it.
+    print(f"{LISTEN_PREFIX}{'https' if served else 'http'}://{gw.host}:{port}", flush=True)
 
     async def serve_until_stop() -> None:
         await ctx.stop.wait()

@@ -1,5 +1,6 @@
 """The scheduler: turns job schedules into `vbm.job.requested` events (see docs/design.md, Scheduling)."""
 
+from services.scheduler.confbackup import ConfigBackupLoop
 from services.scheduler.planner import Planner
 from services.scheduler.service import SchedulerLoop
 from shared.contracts import JOBS_CHANGED_SUBJECT
@@ -10,7 +11,7 @@ async def wire(ctx: Context) -> Parts:
     planner = Planner(ctx.sessions, ctx.clock)
     loop = SchedulerLoop(planner, ctx.relay.kick, ctx.stop)
     await ctx.bus.nc.subscribe(JOBS_CHANGED_SUBJECT, cb=loop.on_jobs_changed)
-    return Parts(tasks=[loop.run])
+    return Parts(tasks=[loop.run, ConfigBackupLoop(ctx).run])
 
 
 if __name__ == "__main__":

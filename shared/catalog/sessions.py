@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 from shared.clock import utcnow
 from shared.db.users import SetupToken, User, WebSession
 from shared.model.access import Role
-from shared.settings_models import SecuritySettings
+from shared.settings_access import SecuritySettings
 
 COOKIE = "vbm_session"
 CSRF_HEADER = "X-CSRF-Token"
@@ -165,3 +165,17 @@ def first_admin_token(db_url: str) -> str | None:
         return None
     finally:
         engine.dispose()
+
+
+def first_admin_lines(db_url: str, gateway_url: str) -> list[str]:
+    """What `vbm up` prints while no user exists: a fresh setup token and how to spend it."""
+    token = first_admin_token(db_url)
+    if token is None:
+        return []
+    trust = " --cacert <the certificate above>" if gateway_url.startswith("https:") else ""
+    return [
+        "  No user exists yet. Make the first admin (this token works once, for 24 h):",
+        f"    curl{trust} -X POST {gateway_url}/api/v1/setup -H 'Content-Type: application/json'"
+        f""" -d '{{"token": "{token}", "name": "admin", "password": "..."}}'""",
+        "    or: vbm user add NAME --role admin",
+    ]

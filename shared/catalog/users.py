@@ -21,7 +21,7 @@ from shared.db.models import ApiKey
 from shared.db.users import User, WebSession
 from shared.errors import Conflict, Invalid, NotFound
 from shared.model.access import Role, parse_role
-from shared.settings_models import SecuritySettings
+from shared.settings_access import SecuritySettings
 
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_.@-]{0,63}$")
 MAX_PASSWORD = 256  # argon2 takes any length; a bound keeps a login from costing a lot

@@ -4,6 +4,7 @@ vbm up                 every service in one supervised process tree (and NATS, a
 vbm lab ...            the vCenter simulator on its own, for demos
 vbm db upgrade|status  the database schema
 vbm config             the effective settings, secrets masked
+vbm config-backup|config-restore   vbm's own database and keys, in one encrypted file
 vbm version
 """
 
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from shared import __version__
 from shared.cli import alerts as cli_alerts
+from shared.cli import confbackup as cli_confbackup
 from shared.cli import jobs as cli_jobs
 from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
@@ -56,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_alerts.add_parsers(sub)
     cli_vcenter.add_parsers(sub)
     cli_secrets.add_parsers(sub)
+    cli_confbackup.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -112,6 +115,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_secrets.run(args, settings)
     if args.command in ("prune", "gc"):
         return cli_prune.run(args, settings)
+    if args.command in cli_confbackup.COMMANDS:
+        return cli_confbackup.run(args, settings)
     if args.command == "report":
         return cli_restore.run_report(args, settings)
     if args.command == "repo":

@@ -15,6 +15,8 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from alembic.script.revision import ResolutionError
+from alembic.util.exc import CommandError
 from sqlalchemy import Connection, Engine, text
 
 MIGRATIONS = Path(__file__).resolve().parent.parent / "migrations"
@@ -37,6 +39,14 @@ def head_revision() -> str:
     head = ScriptDirectory.from_config(_config()).get_current_head()
     assert head is not None
     return head
+
+
+def knows_revision(revision: str) -> bool:
+    """Whether this vbm's migrations hold `revision` (a database from a newer vbm: not)."""
+    try:
+        return ScriptDirectory.from_config(_config()).get_revision(revision) is not None
+    except (ResolutionError, CommandError):
+        return False
 
 
 def current_revision(engine: Engine) -> str | None:

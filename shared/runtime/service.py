@@ -93,6 +93,9 @@ def main(service: str, wire: Wiring) -> None:
     except (BusUnavailable, SchemaNotCurrent) as exc:
         log.error("%s cannot start: %s", service, exc)
         raise SystemExit(3) from None
+    except ConfigError as exc:  # found at start, e.g. a TLS certificate that does not load
+        log.error("%s: %s", service, exc)
+        raise SystemExit(2) from None
 
 
 async def serve(service: str, wire: Wiring, settings: Settings) -> None:

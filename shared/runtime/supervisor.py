@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shared.catalog.sessions import first_admin_token
+from shared.catalog.sessions import first_admin_lines
 from shared.db import make_engine, upgrade
 from shared.runtime.process import die_with_parent, find_program, tcp_reachable
 from shared.settings import ConfigError, Settings, runtime_lab_file
@@ -45,9 +45,10 @@ SECRETS = {
     "vcenters": ("VBM_VCENTERS",),
     "storage": ("VBM_S3", "VBM_AZURE", "VBM_SFTP", "VBM_RCLONE", "RCLONE_CONFIG_"),
     "notifications": ("VBM_NOTIFICATIONS",),
+    "config_backup": ("VBM_CONFIG_BACKUP__PASSPHRASE",),
 }
 NEEDS: dict[str, tuple[str, ...]] = {
-    "scheduler": (),
+    "scheduler": ("storage", "config_backup"),  # the daily configuration backup to a repository
     "snapshotter": ("vcenters",),
     "mover": ("vcenters", "storage"),
     "verifier": ("vcenters", "storage"),
@@ -55,6 +56,7 @@ NEEDS: dict[str, tuple[str, ...]] = {
     "gateway": ("vcenters", "storage", "notifications"),
 }
 LISTEN_PREFIX = "vbm gateway listening on "
+CERT_PREFIX = "vbm gateway certificate "
 
 
 @dataclass
@@ -121,6 +123,7 @@ class Supervisor:
         self.stop_event = asyncio.Event()
         self.children: dict[str, Child] = {}
         self.gateway_url: asyncio.Future[str] | None = None
+        self.gateway_cert = ""
         self.nats: Child | None = None
         self.lab: Any = None
         self.fatal: str | None = None
@@ -159,6 +162,8 @@ class Supervisor:
         return 0
 
     def _line(self, name: str, line: str) -> None:
+        if line.startswith(CERT_PREFIX):
+            self.gateway_cert = line[len(CERT_PREFIX) :].strip()
         if line.startswith(LISTEN_PREFIX) and self.gateway_url and not self.gateway_url.done():
             self.gateway_url.set_result(line[len(LISTEN_PREFIX) :].strip())
         self.say(f"[{name}] {line}")
@@ -282,16 +287,12 @@ class Supervisor:
         vc = ", ".join(f"{v['name']} {v['url']}" for v in vcenters) or "none"
         self.say("")
         self.say(f"vbm is up. Gateway (REST API): {url}/api/v1")
+        if self.gateway_cert:
+            self.say(f"  TLS certificate: {self.gateway_cert}")
         self.say(f"  NATS: {nats_url}   vCenter: {vc}")
         self.say(f"  data: {self.data_dir}   database: {self.settings.db_url}")
-        token = await asyncio.to_thread(first_admin_token, self.settings.db_url)
-        if token:
-            self.say("  No user exists yet. Make the first admin (this token works once, for 24 h):")
-            self.say(
-                f"    curl -X POST {url}/api/v1/setup -H 'Content-Type: application/json'"
-                f""" -d '{{"token": "{token}", "name": "admin", "password": "..."}}'"""
-            )
-            self.say("    or: vbm user add NAME --role admin")
+        for line in await asyncio.to_thread(first_admin_lines, self.settings.db_url, url):
+            self.say(line)
         self.say("  Ctrl-C stops everything.")
 
     async def _watch(self) -> None:

@@ -17,7 +17,7 @@ from shared.catalog import apikeys, users
 from shared.model.access import GRANTS, PUBLIC, Permission, Role, allows
 from shared.runtime.service import utcnow
 from shared.settings import Settings
-from shared.settings_models import SecuritySettings
+from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import MakeApi
 
 

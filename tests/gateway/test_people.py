@@ -15,7 +15,7 @@ from shared.db import make_engine, upgrade
 from shared.db.users import WebSession
 from shared.model.access import Role
 from shared.runtime.service import utcnow
-from shared.settings_models import SecuritySettings
+from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
 
 PW = "correct horse battery"
