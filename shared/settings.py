@@ -24,6 +24,7 @@ from pydantic_settings import (
 
 from shared.model.retention import Policy
 from shared.settings_models import (
+    AuditSettings,
     AzureSettings,
     ChannelSettings,
     GatewaySettings,
@@ -49,6 +50,7 @@ from shared.settings_models import (
 # the sections are re-exported: `from shared.settings import S3Settings` as before
 __all__ = [
     "OTHER_VARIABLES",
+    "AuditSettings",
     "AzureSettings",
     "ChannelSettings",
     "ConfigError",
@@ -126,6 +128,7 @@ class Settings(BaseSettings):
     sftp: SFTPSettings = SFTPSettings()
     rclone: RcloneSettings = RcloneSettings()
     notifications: NotificationSettings = NotificationSettings()
+    audit: AuditSettings = AuditSettings()
 
     @property
     def instant_root(self) -> Path:

@@ -177,6 +177,21 @@ class VerifySettings(BaseModel):
     )
 
 
+class AuditSettings(BaseModel):
+    """The audit log (docs/design.md, "Audit log"): how long its records are kept."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retention_days: int = Field(
+        default=400, ge=1, le=36500, description="Audit records older than this are pruned (daily)"
+    )
+    auto_prune: bool = Field(
+        default=True,
+        description="The scheduler prunes the audit log daily; false: only `vbm audit prune` does"
+        " (e.g. when the services' PostgreSQL role may not DELETE from audit_log)",
+    )
+
+
 class S3Settings(BaseModel):
     """Credentials for repositories at s3:// locations (never logged, never in a location)."""
 

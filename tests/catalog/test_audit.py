@@ -1,0 +1,167 @@
+"""The audit log on SQLite and PostgreSQL: the chain, tampering named, concurrent writers, pruning."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.orm import Session, sessionmaker
+
+from shared.catalog import audit
+from shared.catalog.audit_chain import PRUNE, Verdict, prune, verify
+from shared.db.audit import AuditRecord
+from shared.model.audit import GENESIS, MASK, params_text
+
+T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+
+
+def _write(sessions: sessionmaker[Session], n: int, start: datetime = T0) -> None:
+    for i in range(n):
+        audit.append(
+            sessions,
+            actor="alice" if i % 2 else "bob (key 0123456789abcdef)",
+            source="127.0.0.1",
+            action="POST /api/v1/jobs/{job_id}/run" if i % 3 else "DELETE /api/v1/jobs/{job_id}",
+            target=f"job:j{i}",
+            params={"n": i, "vm": f"vc1/vm-{i}"},
+            result="ok" if i % 4 else "404 Not Found",
+            request_id=f"req-{i}",
+            at=start + timedelta(minutes=i),
+        )
+
+
+def _verdict(sessions: sessionmaker[Session]) -> Verdict:
+    with sessions() as s:
+        return verify(s)
+
+
+def test_a_chain_verifies_and_links_each_record_to_the_one_before(sessions: sessionmaker[Session]) -> None:
+    assert _verdict(sessions).ok and _verdict(sessions).count == 0
+    _write(sessions, 10)
+    v = _verdict(sessions)
+    assert v.ok and v.count == 10 and (v.first_id, v.last_id) == (1, 10) and not v.anchored
+    with sessions() as s:
+        rows = list(s.scalars(select(AuditRecord).order_by(AuditRecord.id)))
+    assert rows[0].prev_hash == GENESIS
+    assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(rows))
+    assert v.last_hash == rows[-1].hash
+    assert json.loads(rows[3].params) == {"n": 3, "vm": "vc1/vm-3"}
+
+
+def test_an_edited_record_is_named(sessions: sessionmaker[Session]) -> None:
+    _write(sessions, 10)
+    with sessions.begin() as s:
+        s.execute(update(AuditRecord).where(AuditRecord.id == 6).values(params='{"n":666}'))
+    v = _verdict(sessions)
+    assert not v.ok and v.record_id == 6 and "record 6 was changed" in (v.problem or "")
+
+
+def test_an_edit_with_its_hash_recomputed_is_named_by_the_next_link(sessions: sessionmaker[Session]) -> None:
+    _write(sessions, 10)
+    with sessions.begin() as s:
+        row = s.get(AuditRecord, 4)
+        assert row is not None
+        row.actor = "mallory"
+        row.hash = audit.fields_of(row).digest(row.prev_hash)
+    v = _verdict(sessions)
+    assert not v.ok and v.record_id == 4 and "record 4 was changed" in (v.problem or "")
+
+
+def test_a_deleted_record_is_named(sessions: sessionmaker[Session]) -> None:
+    _write(sessions, 10)
+    with sessions.begin() as s:
+        s.execute(delete(AuditRecord).where(AuditRecord.id == 7))
+    v = _verdict(sessions)
+    assert not v.ok and v.record_id == 7 and "record 7 removed" in (v.problem or "")
+    with sessions.begin() as s:
+        s.execute(delete(AuditRecord).where(AuditRecord.id.in_((1, 2))))
+    v = _verdict(sessions)
+    assert v.record_id == 1 and "records 1..2 removed from the start" in (v.problem or "")
+
+
+def test_concurrent_writers_never_fork_the_chain(sessions: sessionmaker[Session]) -> None:
+    errors: list[BaseException] = []
+
+    def writer(n: int) -> None:
+        try:
+            for i in range(50):
+                audit.append(sessions, actor=f"system:t{n}", action="test", target=f"t:{n}:{i}")
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=writer, args=(n,)) for n in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    v = _verdict(sessions)
+    assert v.ok and v.count == 400
+    with sessions() as s:
+        ids = list(s.scalars(select(AuditRecord.id).order_by(AuditRecord.id)))
+        targets = set(s.scalars(select(AuditRecord.target)))
+    assert ids == list(range(1, 401)) and len(targets) == 400
+
+
+def test_prune_keeps_the_chain_verifiable_and_is_recorded(sessions: sessionmaker[Session]) -> None:
+    _write(sessions, 10)  # 09:00 .. 09:09
+    now = T0 + timedelta(days=30, minutes=5)  # records older than 09:05 go
+    done = prune(sessions, 30, now, actor="system:scheduler")
+    assert done.deleted == 5 and done.anchor_id == 6 and done.record_id == 11
+    v = _verdict(sessions)
+    assert v.ok and v.count == 6 and v.first_id == 6 and v.anchored
+    with sessions() as s:
+        rec = s.get(AuditRecord, 11)
+    assert rec is not None and rec.action == PRUNE and rec.actor == "system:scheduler"
+    assert json.loads(rec.params)["deleted"] == 5 and json.loads(rec.params)["anchor_id"] == 6
+    # removing more from the start than the prune did is named
+    with sessions.begin() as s:
+        s.execute(delete(AuditRecord).where(AuditRecord.id == 6))
+    v = _verdict(sessions)
+    assert not v.ok and v.record_id == 6 and "record 6 removed from the start" in (v.problem or "")
+
+
+def test_prune_never_empties_the_log_and_a_second_prune_moves_the_anchor(
+    sessions: sessionmaker[Session],
+) -> None:
+    _write(sessions, 3)
+    far = T0 + timedelta(days=1000)
+    first = prune(sessions, 400, far, actor="alice", source="cli")
+    assert first.deleted == 2 and first.anchor_id == 3  # the newest record stays
+    second = prune(sessions, 400, far + timedelta(days=500), actor="alice", source="cli")
+    assert second.deleted == 1 and second.anchor_id == 4  # the first prune's record is the anchor now
+    v = _verdict(sessions)
+    assert v.ok and v.count == 2 and v.first_id == 4
+
+
+def test_secrets_are_masked_and_filters_select(sessions: sessionmaker[Session]) -> None:
+    body = {
+        "name": "j",
+        "password": "canary-xyz",
+        "nested": [{"account_key": "canary-xyz", "webhook_url": "https://h/canary-xyz"}],
+        "note": "vbm_0123456789abcdef_canarycanarycanarycanary",
+    }
+    text = params_text(body)
+    assert "canary" not in text and json.loads(text)["password"] == MASK
+    _write(sessions, 12)
+    with sessions() as s:
+
+        def ids(**f: object) -> list[int]:
+            return [r.id for r in audit.query(s, audit.Filters(**f), limit=100)]  # type: ignore[arg-type]
+
+        assert ids(user="bob") == [11, 9, 7, 5, 3, 1]
+        assert ids(user="alice") == [12, 10, 8, 6, 4, 2]
+        assert ids(user="ali") == []
+        assert ids(action="delete") == [10, 7, 4, 1]
+        assert ids(target="job:j3") == [4] and len(ids(target="job:*")) == 12
+        assert ids(vm="VM-11") == [12]
+        assert ids(result="error") == [9, 5, 1]
+        assert ids(since=T0 + timedelta(minutes=10)) == [12, 11]
+        assert ids(until=T0 + timedelta(minutes=2)) == [2, 1]
+        assert [r.id for r in audit.query(s, audit.Filters(), limit=3, cursor=5)] == [4, 3, 2]
+        assert [r.id for r in audit.query(s, audit.Filters(), limit=2, offset=2)] == [10, 9]
+        assert audit.count(s, audit.Filters(result="ok")) == 9
+    assert [r.id for r in audit.iterate(sessions, audit.Filters(), limit=5)] == [12, 11, 10, 9, 8]
