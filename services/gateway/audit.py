@@ -13,8 +13,6 @@ change still stands (it was made): the gateway logs `AUDIT RECORD NOT WRITTEN` a
 from __future__ import annotations
 
 import asyncio
-import csv
-import io
 import json
 import logging
 import re
@@ -47,6 +45,7 @@ TARGETS = (
     ("alert_id", "alert"), ("report_id", "report"), ("vcenter", "vcenter"), ("key_id", "apikey"),
     ("user", "user"), ("name", "object"),
 )  # fmt: skip
+NAMED = {"POST /api/v1/session": "login", "DELETE /api/v1/session": "logout"}
 QUERY_TARGETS = (("job", "job"), ("vm", "vm"), ("repository", "repository"))
 COLLECTIONS = {"jobs": "job", "restores": "restore", "vcenters": "vcenter", "users": "user", "keys": "apikey"}
 # the API key's row of the authentication of today (until it sets an Identity for every caller)
@@ -126,12 +125,16 @@ async def _record(
     request: web.Request, response: web.StreamResponse | None, outcome: str, request_id: str
 ) -> None:
     route = request.match_info.route.resource
-    path = route.canonical if route is not None else request.path
+    action = f"{request.method} {route.canonical if route is not None else request.path}"
     body, params = await _params(request)
+    target = target_of(request, response, body)
+    if action in NAMED:  # a login names who tried (the password is masked with the rest)
+        action = NAMED[action]
+        who = body.get("user") or body.get("username") or body.get("name") if isinstance(body, dict) else None
+        target = f"user:{who}" if isinstance(who, str) else target
     record = {
-        "actor": actor_of(request), "source": request.remote or "-", "action": f"{request.method} {path}",
-        "target": target_of(request, response, body), "params": params, "result": outcome,
-        "request_id": request_id,
+        "actor": actor_of(request), "source": request.remote or "-", "action": action, "target": target,
+        "params": params, "result": outcome, "request_id": request_id,
     }  # fmt: skip
     await asyncio.to_thread(audit.try_append, request.app[CTX].sessions, **record)
 
@@ -231,40 +234,16 @@ async def _export(
     )
     await response.prepare(request)
     if form == "csv":
-        await response.write(_csv_line(audit.COLUMNS))
+        await response.write(audit.csv_line(audit.COLUMNS).encode())
     left = limit
     while left is None or left > 0:
         size = 500 if left is None else min(500, left)
         rows = await in_session(request, lambda s: audit.query(s, f, limit=size, cursor=cursor))  # noqa: B023
         for row in rows:
-            await response.write(_line(row, form))
+            await response.write(audit.export_line(row, form).encode())
         if len(rows) < size:
             break
         cursor = rows[-1].id
         left = None if left is None else left - len(rows)
     await response.write_eof()
     return response
-
-
-def _line(row: Any, form: str) -> bytes:
-    record = audit.view(row)
-    if form == "jsonl":
-        return (json.dumps(record, ensure_ascii=False) + "\n").encode()
-    record["params"] = row.params  # the stored text, as hashed
-    return _csv_line([record[c] for c in audit.COLUMNS])
-
-
-def _csv_line(values: Any) -> bytes:
-    out = io.StringIO()
-    csv.writer(out, lineterminator="\r\n").writerow([_cell(v) for v in values])
-    return out.getvalue().encode()
-
-
-def _cell(value: Any) -> Any:
-    """No cell a spreadsheet runs as a formula: text starting =, +, @, a tab or a CR, or - with
-    more after it, gets a leading apostrophe (a record's target or action comes from callers)."""
-    if value is None:
-        return ""
-    if isinstance(value, str) and value and (value[0] in "=+@\t\r" or (value[0] == "-" and len(value) > 1)):
-        return "'" + value
-    return value

@@ -12,11 +12,13 @@ PostgreSQL alike, and ids stay contiguous (a gap is a removed record).
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -203,3 +205,29 @@ def view(row: AuditRecord) -> dict[str, Any]:
         "target": row.target, "params": params, "result": row.result, "request_id": row.request_id,
         "prev_hash": row.prev_hash, "hash": row.hash,
     }  # fmt: skip
+
+
+def export_line(row: AuditRecord, form: str) -> str:
+    """One record of an export: a JSON line (`jsonl`) or a CSV row (`csv`, COLUMNS, the params
+    as the stored text that is hashed)."""
+    record = view(row)
+    if form == "jsonl":
+        return json.dumps(record, ensure_ascii=False) + "\n"
+    record["params"] = row.params
+    return csv_line([record[c] for c in COLUMNS])
+
+
+def csv_line(values: Iterable[Any]) -> str:
+    out = io.StringIO()
+    csv.writer(out, lineterminator="\r\n").writerow([_cell(v) for v in values])
+    return out.getvalue()
+
+
+def _cell(value: Any) -> Any:
+    """No cell a spreadsheet runs as a formula: text starting =, +, @, a tab or a CR, or - with
+    more after it, gets a leading apostrophe (a record's target or action comes from callers)."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value and (value[0] in "=+@\t\r" or (value[0] == "-" and len(value) > 1)):
+        return "'" + value
+    return value

@@ -161,6 +161,21 @@ def prune(
     raise AuditWriteFailed(f"audit prune not done after {ATTEMPTS} tries: {last}")
 
 
+EVERY = timedelta(hours=23)  # the daily prune, with room for a late start
+
+
+def prune_if_due(
+    sessions: sessionmaker[Session], retention_days: int, now: datetime, *, actor: str
+) -> Pruned | None:
+    """The daily prune: `prune` unless the newest `audit.prune` record is younger than a day
+    (several schedulers, or restarts, prune once a day between them)."""
+    with sessions() as s:
+        last = s.scalar(select(func.max(AuditRecord.at)).where(AuditRecord.action == PRUNE))
+    if last is not None and now - last < EVERY:
+        return None
+    return prune(sessions, retention_days, now, actor=actor)
+
+
 def _prune(s: Session, days: int, before: datetime, now: datetime, actor: str, source: str) -> Pruned:
     newest = s.scalar(select(func.max(AuditRecord.id)))
     deleted = 0

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from shared import __version__
 from shared.cli import alerts as cli_alerts
+from shared.cli import audit as cli_audit
 from shared.cli import jobs as cli_jobs
 from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
@@ -52,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_restore.add_report_parser(sub)
     cli_prune.add_parsers(sub)
     cli_alerts.add_parsers(sub)
+    cli_audit.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -102,6 +104,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_restore.run(args, settings)
     if args.command in cli_alerts.COMMANDS:
         return cli_alerts.run(args, settings)
+    if args.command in cli_audit.COMMANDS:
+        return cli_audit.run(args, settings)
     if args.command in ("prune", "gc"):
         return cli_prune.run(args, settings)
     if args.command == "report":

@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import itertools
 import json
+import os
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import audit
-from shared.catalog.audit_chain import PRUNE, Verdict, prune, verify
+from shared.catalog.audit_chain import PRUNE, Verdict, prune, prune_if_due, verify
 from shared.db.audit import AuditRecord
 from shared.model.audit import GENESIS, MASK, params_text
 
 T0 = datetime(2026, 1, 1, 9, 0, tzinfo=UTC)
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _write(sessions: sessionmaker[Session], n: int, start: datetime = T0) -> None:
@@ -165,3 +172,58 @@ def test_secrets_are_masked_and_filters_select(sessions: sessionmaker[Session]) 
         assert [r.id for r in audit.query(s, audit.Filters(), limit=2, offset=2)] == [10, 9]
         assert audit.count(s, audit.Filters(result="ok")) == 9
     assert [r.id for r in audit.iterate(sessions, audit.Filters(), limit=5)] == [12, 11, 10, 9, 8]
+
+
+def test_the_daily_prune_runs_once_a_day(sessions: sessionmaker[Session]) -> None:
+    _write(sessions, 3)
+    now = T0 + timedelta(days=500)
+    first = prune_if_due(sessions, 400, now, actor="system:scheduler")
+    assert first is not None and first.deleted == 2
+    assert prune_if_due(sessions, 400, now + timedelta(hours=12), actor="system:scheduler") is None
+    again = prune_if_due(sessions, 400, now + timedelta(hours=24), actor="system:scheduler")
+    assert again is not None and again.deleted == 1 and again.anchor_id == 4  # the old record 3 went
+    assert _verdict(sessions).ok
+
+
+def _vbm(db_url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VBM_")}
+    env |= {"VBM_DATA_DIR": str(tmp_path), "VBM_DATABASE_URL": db_url, "VBM_AUDIT__RETENTION_DAYS": "30"}
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "audit", *args],
+        env=env, cwd=ROOT, capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+
+
+def test_vbm_audit_lists_exports_verifies_and_prunes(
+    sessions: sessionmaker[Session], db_url: str, tmp_path: Path
+) -> None:
+    _write(sessions, 6)  # in January 2026: older than 30 days
+    audit.append(sessions, actor="alice", action="DELETE /api/v1/jobs/{job_id}", target="job:new")
+    listed = _vbm(db_url, tmp_path, "--user", "alice", "--action", "delete")
+    assert listed.returncode == 0, listed.stderr
+    assert [line.split()[0] for line in listed.stdout.splitlines()] == ["7", "4"]
+    as_json = json.loads(_vbm(db_url, tmp_path, "--result", "error", "--json").stdout)
+    assert [r["id"] for r in as_json] == [5, 1] and as_json[0]["result"] == "404 Not Found"
+    exported = _vbm(db_url, tmp_path, "--format", "csv", "--until", "2026-01-01T09:02:00Z").stdout
+    rows = list(csv.reader(io.StringIO(exported)))
+    assert rows[0] == list(audit.COLUMNS) and [r[0] for r in rows[1:]] == ["2", "1"]
+    jsonl = _vbm(db_url, tmp_path, "ls", "--format", "jsonl", "--vm", "vm-3").stdout
+    assert [json.loads(line)["id"] for line in jsonl.splitlines()] == [4]
+    bad = _vbm(db_url, tmp_path, "--since", "last week")
+    assert bad.returncode == 2 and "--since: 'last week' is not an ISO 8601 time" in bad.stderr
+
+    ok = _vbm(db_url, tmp_path, "verify")
+    assert ok.returncode == 0 and "intact: 7 records from record 1 to 7" in ok.stdout
+    pruned = _vbm(db_url, tmp_path, "prune")
+    assert pruned.returncode == 0, pruned.stderr
+    assert "6 audit record(s) older than 30 days removed; record 7 is the chain's anchor" in pruned.stdout
+    with sessions() as s:
+        rec = s.scalar(select(AuditRecord).where(AuditRecord.action == PRUNE))
+    assert rec is not None and rec.actor.startswith("os:") and rec.source == "cli"
+    ok = _vbm(db_url, tmp_path, "verify")
+    assert ok.returncode == 0 and "intact: 2 records from record 7 (the anchor" in ok.stdout
+
+    with sessions.begin() as s:
+        s.execute(update(AuditRecord).where(AuditRecord.id == 8).values(result="error"))
+    broken = _vbm(db_url, tmp_path, "verify")
+    assert broken.returncode == 1 and "BROKEN at record 8: record 8 was changed" in broken.stderr

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 from shared.catalog import marker
+from shared.db.audit import AuditRecord
 from shared.db.models import Alert, SnapshotLedger
 from shared.settings import VCenterSettings
 from shared.vsphere import VCenter
@@ -45,6 +46,13 @@ async def test_orphaned_vbm_snapshots_are_removed_at_start(pipeline_factory: Cal
         assert entry is not None and entry.state == "removed"
         assert s.get(SnapshotLedger, ("vbm-mine", db, "lab")) is None
         assert s.query(Alert).count() == 0
+        [cleanup] = s.query(AuditRecord).filter(AuditRecord.action == "snapshot.cleanup").all()
+        assert (cleanup.actor, cleanup.target, cleanup.result) == (
+            "system:snapshotter",
+            f"vm:lab/{web}",
+            "ok",
+        )
+        assert orphan in cleanup.params
 
     # a backup of that VM is refused: a user's snapshot named vbm-... is still the user's
     p.start("mover", "verifier", "notifier")
