@@ -124,6 +124,15 @@ def _failure(exc: Exception) -> str:
 async def _record(
     request: web.Request, response: web.StreamResponse | None, outcome: str, request_id: str
 ) -> None:
+    try:
+        await _write(request, response, outcome, request_id)
+    except Exception:  # the change stands; the missing record is said loudly
+        log.exception("AUDIT RECORD NOT WRITTEN: %s %s", request.method, request.path)
+
+
+async def _write(
+    request: web.Request, response: web.StreamResponse | None, outcome: str, request_id: str
+) -> None:
     route = request.match_info.route.resource
     action = f"{request.method} {route.canonical if route is not None else request.path}"
     body, params = await _params(request)

@@ -10,10 +10,15 @@ import os
 import subprocess
 import sys
 import threading
+import uuid
+from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import delete, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import audit
@@ -227,3 +232,69 @@ def test_vbm_audit_lists_exports_verifies_and_prunes(
         s.execute(update(AuditRecord).where(AuditRecord.id == 8).values(result="error"))
     broken = _vbm(db_url, tmp_path, "verify")
     assert broken.returncode == 1 and "BROKEN at record 8: record 8 was changed" in broken.stderr
+
+
+def _append_in_child(url: str, n: int) -> int:
+    from shared.db import make_engine, make_sessionmaker
+
+    engine = make_engine(url)
+    sessions = make_sessionmaker(engine)
+    for i in range(50):
+        audit.append(sessions, actor=f"system:p{n}", action="test", target=f"p:{n}:{i}")
+    engine.dispose()
+    return n
+
+
+def test_concurrent_processes_never_fork_the_chain(sessions: sessionmaker[Session], db_url: str) -> None:
+    with ProcessPoolExecutor(4) as pool:
+        assert sorted(pool.map(_append_in_child, [db_url] * 4, range(4))) == [0, 1, 2, 3]
+    v = _verdict(sessions)
+    assert v.ok and v.count == 200 and v.last_id == 200
+
+
+def test_a_postgresql_role_with_insert_and_select_only_appends_and_verifies(postgres_url: str) -> None:
+    """The grants docs/design.md gives for the services' role: enough to write and read the log,
+    not to change or delete it (pruning needs a role that may DELETE)."""
+    import psycopg
+    from psycopg import sql
+
+    from shared.db import make_engine, make_sessionmaker, upgrade
+    from tests.plugins.postgres import admin_url
+
+    engine = make_engine(postgres_url)
+    upgrade(engine)
+    owner = make_sessionmaker(engine)
+    _write(owner, 3)
+    role = f"vbm_svc_{uuid.uuid4().hex[:12]}"
+    database = make_url(postgres_url).database
+    with psycopg.connect(admin_url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD 'x'").format(sql.Identifier(role)))
+    try:
+        with psycopg.connect(
+            make_url(postgres_url).set(drivername="postgresql").render_as_string(False)
+        ) as conn:
+            for statement in (
+                "REVOKE ALL ON audit_log FROM {}",
+                "GRANT SELECT, INSERT ON audit_log TO {}",
+                "GRANT USAGE ON SCHEMA public TO {}",
+            ):
+                conn.execute(sql.SQL(statement).format(sql.Identifier(role)))
+        service = make_engine(make_url(postgres_url).set(username=role, password="x").render_as_string(False))
+        sessions = make_sessionmaker(service)
+        audit.append(sessions, actor="system:scheduler", action="run.scheduled", target="job:j")
+        assert _verdict(sessions).ok and _verdict(sessions).count == 4
+        with pytest.raises(ProgrammingError, match="permission denied"), sessions.begin() as s:
+            s.execute(update(AuditRecord).values(result="ok"))
+        with pytest.raises(ProgrammingError, match="permission denied"):
+            prune(sessions, 1, T0 + timedelta(days=9), actor="system:scheduler")
+        service.dispose()
+        assert prune(owner, 1, T0 + timedelta(days=9), actor="os:root", source="cli").deleted == 3
+    finally:
+        engine.dispose()
+        with psycopg.connect(admin_url(), autocommit=True) as conn:
+            conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (role,))
+            with psycopg.connect(
+                make_url(admin_url()).set(database=database).render_as_string(False), autocommit=True
+            ) as db:
+                db.execute(sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)))
+            conn.execute(sql.SQL("DROP ROLE {}").format(sql.Identifier(role)))
