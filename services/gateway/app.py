@@ -160,6 +160,7 @@ async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:
 def create_app(ctx: Context) -> web.Application:
     app = web.Application(middlewares=[errors, audit.audit_trail, require_key], client_max_size=MAX_BODY)
     app[CTX] = ctx
+    app.on_response_prepare.append(audit.tag_response)
     app[AUTH] = KeyState()
     app[PRESENCE] = Presence(interval=ctx.settings.heartbeat_interval)
     app.cleanup_ctx.append(_follow_heartbeats)

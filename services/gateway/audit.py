@@ -2,12 +2,14 @@
 recorded after its handler ran, and `GET /api/v1/audit` reads the log.
 
 `audit_trail` records each POST, PUT, PATCH and DELETE (GET, HEAD and OPTIONS change nothing):
-who (the identity's actor, `-` when nobody was identified), from where, the route, the target
-(from the route's parameters, the created resource's Location, or the query), the JSON body with
-secrets masked, the result (`ok`, or the status, title and detail of the error, refusals
-included) and the request id (the caller's sane `X-Request-Id`, else a new one; sent back in
-`X-Request-Id`). The record is written before the answer leaves. If it cannot be written the
-change still stands (it was made): the gateway logs `AUDIT RECORD NOT WRITTEN` as an error.
+who (the identity's actor, `-` when nobody was identified), from where, the route (`login` and
+`logout` for /api/v1/session, naming the user who tried), the target (from the route's
+parameters, the created resource's Location, or the query), the JSON body with secrets masked,
+the result (`ok`, or the status, title and detail of the error, refusals included) and the
+request id (the caller's sane `X-Request-Id`, else a new one; every answer carries it, set by
+`tag_response`, an `on_response_prepare` signal). The record is written before the answer
+leaves. If it cannot be written the change still stands (it was made): the gateway logs
+`AUDIT RECORD NOT WRITTEN` as an error.
 """
 
 from __future__ import annotations
@@ -158,16 +160,20 @@ async def audit_trail(
     try:
         response = await handler(request)
     except Exception as exc:
-        if isinstance(exc, web.HTTPException):
-            exc.headers[HEADER] = request_id
         if request.method in CHANGES:
             await _record(request, None, _failure(exc), request_id)
         raise
-    if not response.prepared:
-        response.headers[HEADER] = request_id
     if request.method in CHANGES:
         await _record(request, response, _outcome(response), request_id)
     return response
+
+
+async def tag_response(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: every answer says its request id, errors the outer middleware
+    made from an exception and streamed answers included."""
+    request_id = request.get(REQUEST_ID)
+    if request_id:
+        response.headers[HEADER] = request_id
 
 
 FILTERS = ("user", "action", "target", "vm", "result", "since", "until")
@@ -238,7 +244,6 @@ async def _export(
         headers={
             "Content-Type": f"{kind}; charset=utf-8",
             "Content-Disposition": f'attachment; filename="vbm-audit.{form}"',
-            HEADER: request.get(REQUEST_ID, ""),
         }
     )
     await response.prepare(request)

@@ -60,20 +60,25 @@ async def test_changes_and_refusals_are_recorded_without_secrets(make_api: MakeA
     assert (refused.actor, refused.action, refused.request_id) == ("-", "POST /api/v1/jobs", generated)
     assert refused.result.startswith("401 Unauthorized: ")
     # an error of a known caller, with the secret masked
-    status, body = await api.call(
-        "POST", "/notifications/test", json={"channel": "nope", "token": "canary-xyz"}
-    )
-    assert status == 422
+    secret = {"channel": "nope", "token": "canary-xyz"}
+    async with api.client.post("/api/v1/notifications/test", json=secret, headers=api.auth) as resp:
+        assert resp.status == 422 and len(resp.headers["X-Request-Id"]) == 32  # an error answer too
     failed = _records(api)[-1]
     assert failed.result.startswith("422 Unprocessable Entity: channel: no notification channel named")
     assert json.loads(failed.params) == {"body": {"channel": "nope", "token": "***"}}
     status, body = await api.call("DELETE", "/jobs/no-such-job")
     assert status == 404 and _records(api)[-1].target == "job:no-such-job"
     assert _records(api)[-1].result.startswith("404 Not Found")
+    # a login that fails names who tried, never the password (whatever answers /api/v1/session)
+    async with api.client.post("/api/v1/session", json={"user": "alice", "password": "canary-xyz"}) as resp:
+        assert resp.status >= 400
+    login = _records(api)[-1]
+    assert (login.action, login.target, login.actor) == ("login", "user:alice", "-")
+    assert login.result != "ok" and json.loads(login.params)["body"]["password"] == "***"
     for row in _records(api):
         assert "canary" not in f"{row.params} {row.result} {row.target}"
     with api.ctx.sessions() as s:
-        assert verify(s).ok and verify(s).count == 4
+        assert verify(s).ok and verify(s).count == 5
 
 
 async def test_the_log_is_read_filtered_paged_and_exported(make_api: MakeApi, db_url: str) -> None:
