@@ -18,10 +18,10 @@ import json
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError, OperationalError
@@ -34,6 +34,8 @@ from shared.model.audit import GENESIS, Fields, params_text
 log = logging.getLogger(__name__)
 
 ATTEMPTS = 100  # a writer that loses this many races in a row gives up (and says so)
+BUSY_ATTEMPTS = 3
+T = TypeVar("T")
 
 
 class AuditWriteFailed(Exception):
@@ -57,15 +59,27 @@ def append(
         "actor": actor or "-", "source": source, "action": action, "target": target,
         "params": params_text(params), "result": result or "ok", "request_id": request_id,
     }  # fmt: skip
-    last: Exception | None = None
-    for attempt in range(ATTEMPTS):
+    return retried(lambda s: insert(s, at or utcnow(), text), sessions, f"audit record {action!r}")
+
+
+def retried(work: Callable[[Session], T], sessions: sessionmaker[Session], what: str) -> T:
+    """`work` in a transaction of its own, again while another writer took the end of the chain
+    first (a unique violation: up to ATTEMPTS times) or the database was busy (a lock or
+    serialization error: up to BUSY_ATTEMPTS times, SQLite having waited its busy timeout)."""
+    lost = busy = 0
+    while True:
         try:
             with sessions.begin() as s:
-                return insert(s, at or utcnow(), text)
-        except (IntegrityError, OperationalError) as exc:  # lost the race (or the lock): again
-            last = exc
-            time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
-    raise AuditWriteFailed(f"audit record {action!r} not written after {ATTEMPTS} tries: {last}")
+                return work(s)
+        except IntegrityError as exc:
+            lost += 1
+            if lost >= ATTEMPTS:
+                raise AuditWriteFailed(f"{what} not written: lost the race {lost} times: {exc}") from exc
+        except OperationalError as exc:
+            busy += 1
+            if busy >= BUSY_ATTEMPTS:
+                raise AuditWriteFailed(f"{what} not written: the database is busy: {exc}") from exc
+        time.sleep(random.uniform(0, min(0.05, 0.002 * (lost + busy))))
 
 
 def try_append(sessions: sessionmaker[Session], **record: Any) -> bool:

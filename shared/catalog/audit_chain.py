@@ -16,17 +16,14 @@ milliseconds); the prefix is everything before the oldest record inside the rete
 from __future__ import annotations
 
 import json
-import random
-import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
-from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog.audit import ATTEMPTS, AuditWriteFailed, fields_of, insert
+from shared.catalog.audit import fields_of, insert, retried
 from shared.clock import iso
 from shared.db.audit import AuditRecord
 from shared.model.audit import GENESIS, params_text
@@ -150,15 +147,7 @@ def prune(
     """Delete the records older than `retention_days` (never the newest) and append the
     `audit.prune` record naming the new anchor, in one transaction (retried on a writer's race)."""
     before = now - timedelta(days=retention_days)
-    last: Exception | None = None
-    for attempt in range(ATTEMPTS):
-        try:
-            with sessions.begin() as s:
-                return _prune(s, retention_days, before, now, actor, source)
-        except (IntegrityError, OperationalError) as exc:
-            last = exc
-            time.sleep(random.uniform(0, min(0.05, 0.002 * (attempt + 1))))
-    raise AuditWriteFailed(f"audit prune not done after {ATTEMPTS} tries: {last}")
+    return retried(lambda s: _prune(s, retention_days, before, now, actor, source), sessions, "audit prune")
 
 
 EVERY = timedelta(hours=23)  # the daily prune, with room for a late start
