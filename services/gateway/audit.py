@@ -45,7 +45,7 @@ _SANE_ID = re.compile(r"^[A-Za-z0-9._:@+=/-]{1,128}$")
 TARGETS = (
     ("job_id", "job"), ("run_id", "run"), ("rp_id", "restore_point"), ("restore_id", "restore"),
     ("alert_id", "alert"), ("report_id", "report"), ("vcenter", "vcenter"), ("key_id", "apikey"),
-    ("user", "user"), ("name", "object"),
+    ("user", "user"), ("username", "user"),
 )  # fmt: skip
 NAMED = {"POST /api/v1/session": "login", "DELETE /api/v1/session": "logout"}
 QUERY_TARGETS = (("job", "job"), ("vm", "vm"), ("repository", "repository"))
@@ -65,6 +65,9 @@ def actor_of(request: web.Request) -> str:
 def target_of(request: web.Request, response: web.StreamResponse | None, body: Any) -> str:
     info = request.match_info
     found = [f"{kind}:{info[name]}" for name, kind in TARGETS if name in info]
+    if "name" in info:  # /api/v1/vcenters/{name}: named by its collection
+        collection = request.path.removeprefix("/api/v1/").split("/", 1)[0]
+        found.append(f"{COLLECTIONS.get(collection, collection.rstrip('s') or 'object')}:{info['name']}")
     if not found and response is not None and response.status < 400:
         created = re.fullmatch(r"/api/v1/([a-z]+)/([^/?]+)", response.headers.get("Location", ""))
         if created and created[1] in COLLECTIONS:
@@ -119,7 +122,9 @@ def _failure(exc: Exception) -> str:
     if isinstance(exc, StoreError):
         return f"{exc.status} {exc.title}: {exc}"
     if isinstance(exc, ValidationError):
-        return "422 Unprocessable Entity"
+        err = exc.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "(body)"
+        return f"422 Unprocessable Entity: {where}: {err['msg']}"
     return "500 Internal Server Error"
 
 

@@ -100,7 +100,7 @@ class Fields:
         """Fields from raw text, each cleaned and cut to its column's length."""
         lengths = {**_LENGTHS, "result": MAX_RESULT}
         values = {k: clean(v, lengths.get(k)) for k, v in text.items()}
-        return cls(id=id, at=at.astimezone(UTC).replace(microsecond=at.microsecond), **values)
+        return cls(id=id, at=at.astimezone(UTC), **values)
 
     def digest(self, prev_hash: str) -> str:
         body = canonical(

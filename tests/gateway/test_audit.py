@@ -69,6 +69,9 @@ async def test_changes_and_refusals_are_recorded_without_secrets(make_api: MakeA
     status, body = await api.call("DELETE", "/jobs/no-such-job")
     assert status == 404 and _records(api)[-1].target == "job:no-such-job"
     assert _records(api)[-1].result.startswith("404 Not Found")
+    status, body = await api.call("POST", "/restores", json={"mode": "new_vm"})
+    assert status == 422
+    assert _records(api)[-1].result == f"422 Unprocessable Entity: {body['detail']}"
     # a login that fails names who tried, never the password (whatever answers /api/v1/session)
     async with api.client.post("/api/v1/session", json={"user": "alice", "password": "canary-xyz"}) as resp:
         assert resp.status >= 400
@@ -78,7 +81,7 @@ async def test_changes_and_refusals_are_recorded_without_secrets(make_api: MakeA
     for row in _records(api):
         assert "canary" not in f"{row.params} {row.result} {row.target}"
     with api.ctx.sessions() as s:
-        assert verify(s).ok and verify(s).count == 5
+        assert verify(s).ok and verify(s).count == 6
 
 
 async def test_the_log_is_read_filtered_paged_and_exported(make_api: MakeApi, db_url: str) -> None:
