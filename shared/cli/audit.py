@@ -24,17 +24,20 @@ def add_parsers(sub: Any) -> None:
     a = sub.add_parser("audit", help="the audit log: list, export, verify the chain, prune")
     acts = a.add_subparsers(dest="audit_command", metavar="ACTION")
     ls = acts.add_parser("ls", help="records, newest first (the default action)")
-    for parser in (a, ls):
-        parser.add_argument("--user", help="who: a user (their keys too), os:NAME, system:SERVICE or -")
-        parser.add_argument("--action", help="part of the action (e.g. DELETE, login, prune)")
-        parser.add_argument("--target", help="what, exactly (job:nightly), or a prefix ending in * (job:*)")
-        parser.add_argument("--vm", help="part of a VM's name or moref in the target or parameters")
-        parser.add_argument("--result", choices=("ok", "error"))
-        parser.add_argument("--since", help="from this time (ISO 8601, UTC when no zone)")
-        parser.add_argument("--until", help="before this time (ISO 8601)")
-        parser.add_argument("--limit", type=int, help="at most this many (default 50; exports: all)")
-        parser.add_argument("--json", action="store_true", help="one JSON array")
-        parser.add_argument("--format", choices=("csv", "jsonl"), help="export to stdout")
+    for parser in (a, ls):  # `ls` only sets what it is given (else it would reset what came before it)
+        kw: dict[str, Any] = {"default": argparse.SUPPRESS} if parser is ls else {}
+        parser.add_argument("--user", help="who: a user (their keys too), os:NAME, system:SERVICE or -", **kw)
+        parser.add_argument("--action", help="part of the action (e.g. DELETE, login, prune)", **kw)
+        parser.add_argument(
+            "--target", help="what, exactly (job:nightly), or a prefix ending in * (job:*)", **kw
+        )
+        parser.add_argument("--vm", help="part of a VM's name or moref in the target or parameters", **kw)
+        parser.add_argument("--result", choices=("ok", "error"), **kw)
+        parser.add_argument("--since", help="from this time (ISO 8601, UTC when no zone)", **kw)
+        parser.add_argument("--until", help="before this time (ISO 8601)", **kw)
+        parser.add_argument("--limit", type=int, help="at most this many (default 50; exports: all)", **kw)
+        parser.add_argument("--json", action="store_true", help="one JSON array", **kw)
+        parser.add_argument("--format", choices=("csv", "jsonl"), help="export to stdout", **kw)
     acts.add_parser("verify", help="recompute the hash chain; name the first record changed or removed")
     acts.add_parser("prune", help="remove records older than audit.retention_days (recorded)")
 

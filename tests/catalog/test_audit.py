@@ -212,8 +212,8 @@ def test_vbm_audit_lists_exports_verifies_and_prunes(
     exported = _vbm(db_url, tmp_path, "--format", "csv", "--until", "2026-01-01T09:02:00Z").stdout
     rows = list(csv.reader(io.StringIO(exported)))
     assert rows[0] == list(audit.COLUMNS) and [r[0] for r in rows[1:]] == ["2", "1"]
-    jsonl = _vbm(db_url, tmp_path, "ls", "--format", "jsonl", "--vm", "vm-3").stdout
-    assert [json.loads(line)["id"] for line in jsonl.splitlines()] == [4]
+    jsonl = _vbm(db_url, tmp_path, "--result", "error", "ls", "--format", "jsonl", "--vm", "vm-").stdout
+    assert [json.loads(line)["id"] for line in jsonl.splitlines()] == [5, 1]  # both filters hold
     bad = _vbm(db_url, tmp_path, "--since", "last week")
     assert bad.returncode == 2 and "--since: 'last week' is not an ISO 8601 time" in bad.stderr
 
