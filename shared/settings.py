@@ -23,7 +23,7 @@ from pydantic_settings import (
 )
 
 from shared.model.retention import Policy
-from shared.settings_access import ConfigBackupSettings, GatewaySettings, SecuritySettings
+from shared.settings_access import AuditSettings, ConfigBackupSettings, GatewaySettings, SecuritySettings
 from shared.settings_models import (
     AzureSettings,
     ChannelSettings,
@@ -49,6 +49,7 @@ from shared.settings_models import (
 # the sections are re-exported: `from shared.settings import S3Settings` as before
 __all__ = [
     "OTHER_VARIABLES",
+    "AuditSettings",
     "AzureSettings",
     "ChannelSettings",
     "ConfigBackupSettings",
@@ -135,6 +136,7 @@ class Settings(BaseSettings):
     notifications: NotificationSettings = NotificationSettings()
     security: SecuritySettings = SecuritySettings()
     config_backup: ConfigBackupSettings = ConfigBackupSettings()
+    audit: AuditSettings = AuditSettings()
 
     @property
     def instant_root(self) -> Path:

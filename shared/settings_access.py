@@ -76,3 +76,18 @@ class SecuritySettings(BaseModel):
     api_key_max_days: int | None = Field(
         default=None, ge=1, description="The longest life a new API key may have; unset: keys may not expire"
     )
+
+
+class AuditSettings(BaseModel):
+    """The audit log (docs/design.md, "Audit log"): how long its records are kept."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    retention_days: int = Field(
+        default=400, ge=1, le=36500, description="Audit records older than this are pruned (daily)"
+    )
+    auto_prune: bool = Field(
+        default=True,
+        description="The scheduler prunes the audit log daily; false: only `vbm audit prune` does"
+        " (e.g. when the services' PostgreSQL role may not DELETE from audit_log)",
+    )

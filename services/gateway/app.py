@@ -13,7 +13,16 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from services.gateway import api_alerts, api_jobs, api_people, api_restores, api_runs, api_vcenters, api_vms
+from services.gateway import (
+    api_alerts,
+    api_jobs,
+    api_people,
+    api_restores,
+    api_runs,
+    api_vcenters,
+    api_vms,
+    audit,
+)
 from services.gateway.access import needs
 from services.gateway.auth import AUTH, AuthState, authorize
 from services.gateway.common import CTX, json_response, problem
@@ -171,8 +180,9 @@ async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors, authorize], client_max_size=MAX_BODY)
+    app = web.Application(middlewares=[errors, audit.audit_trail, authorize], client_max_size=MAX_BODY)
     app[CTX] = ctx
+    app.on_response_prepare.append(audit.tag_response)
     app[AUTH] = AuthState()
     app[PRESENCE] = Presence(interval=ctx.settings.heartbeat_interval)
     app.cleanup_ctx.append(_follow_heartbeats)
@@ -182,6 +192,6 @@ def create_app(ctx: Context) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1", api_root)
     app.router.add_get("/api/v1/services", api_services)
-    for module in (api_jobs, api_runs, api_vms, api_vcenters, api_restores, api_alerts, api_people):
+    for module in (api_jobs, api_runs, api_vms, api_vcenters, api_restores, api_alerts, api_people, audit):
         app.router.add_routes(module.routes)
     return app

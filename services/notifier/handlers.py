@@ -22,7 +22,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from shared.catalog import ledger, replication, runlog
+from shared.catalog import audit, ledger, replication, runlog
 from shared.catalog import tasks as state
 from shared.catalog.alerts import raise_alert
 from shared.catalog.restore_end import end_restore
@@ -37,6 +37,7 @@ from shared.contracts import (
     event_type_for,
 )
 from shared.db.models import Job, Outbox, Restore, Run, SnapshotLedger, Task
+from shared.model.audit import system
 from shared.notify import log as notify_log
 from shared.pipeline.cleanup import remove_entries, remove_one
 from shared.pipeline.restores import clean as clean_restore
@@ -303,4 +304,8 @@ async def sweep(deps: Deps) -> None:
             )
         ).all()
     for name, vcenter, moref in rows:
-        await remove_one(ctx, deps.vcenters, name, vcenter, moref)
+        if await remove_one(ctx, deps.vcenters, name, vcenter, moref):
+            await asyncio.to_thread(
+                audit.try_append, ctx.sessions, actor=system(ctx.service), action="snapshot.cleanup",
+                target=f"vm:{vcenter}/{moref}", params={"snapshot": name, "why": "its task ended"},
+            )  # fmt: skip

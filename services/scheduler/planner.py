@@ -23,8 +23,11 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.scheduler.slots import TICK, is_slot, newest_slot, next_slot
+from shared.catalog import audit
 from shared.catalog.runs import request_run
+from shared.clock import iso
 from shared.db.models import Job
+from shared.model.audit import system
 from shared.model.schedules import Schedule
 
 if TYPE_CHECKING:
@@ -179,6 +182,10 @@ class Planner:
                 slot.isoformat(),
             )
             return None
+        audit.try_append(
+            self.sessions, actor=system("scheduler"), action="run.scheduled",
+            target=f"job:{job_id} run:{run.id}", params={"slot": iso(slot)}, at=now,
+        )  # fmt: skip
         log.info(
             "job %s: run %s requested for slot %s%s",
             job_id,

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import datetime
 
-from shared.catalog import ledger, marker
+from shared.catalog import audit, ledger, marker
 from shared.catalog import tasks as state
 from shared.catalog import vcenters as vcstore
 from shared.catalog.alerts import raise_alert
 from shared.db.models import SnapshotLedger, Task
+from shared.model.audit import system
 from shared.runtime.bus import Permanent
 from shared.runtime.service import Context
 from shared.vsphere import VCenter, VMInfo, VSphereError
@@ -42,6 +44,17 @@ def _owned(ctx: Context, name: str, vcenter: str, vm_moref: str) -> bool:
 
 def _record(ctx: Context, vcenter: str, vm: VMInfo, name: str, moref: str, error: str | None) -> None:
     now = ctx.clock()
+    _ledger(ctx, vcenter, vm, name, moref, error, now)
+    audit.try_append(
+        ctx.sessions, actor=system(ctx.service), action="snapshot.cleanup",
+        target=f"vm:{vcenter}/{vm.moref}", params={"snapshot": name, "vm_name": vm.name, "why": "orphaned"},
+        result="ok" if error is None else f"error: {error}", at=now,
+    )  # fmt: skip
+
+
+def _ledger(
+    ctx: Context, vcenter: str, vm: VMInfo, name: str, moref: str, error: str | None, now: datetime
+) -> None:
     with ctx.sessions.begin() as s:
         entry = ledger.get(s, name, vcenter, vm.moref)
         if entry is None:

@@ -15,11 +15,12 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from shared.catalog import prune, replication
+from shared.catalog import audit, prune, replication
 from shared.catalog import tasks as state
 from shared.catalog.alerts import raise_alert
 from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
 from shared.db.models import Job, RestorePointRow, Task
+from shared.model.audit import system
 from shared.repo import ChunkError, ManifestError, RepoError, Repository
 from shared.repo import chunk as chunks
 from shared.repo.locations import Credentials, opened
@@ -270,4 +271,10 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
         else:
             for rp_id, reason in pruned:
                 log.info("pruned %s of %s: %s", rp_id, vm_moref, reason)
+            if pruned:
+                await asyncio.to_thread(
+                    audit.try_append, ctx.sessions, actor=system(ctx.service), action="prune",
+                    target=f"vm:{vcenter}/{vm_moref}" + (f" job:{job_id}" if job_id else ""),
+                    params={"removed": [{"id": rp_id, "rule": why} for rp_id, why in pruned]},
+                )  # fmt: skip
     return []

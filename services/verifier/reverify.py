@@ -25,8 +25,10 @@ from datetime import datetime, timedelta
 from sqlalchemy import select, update
 
 from services.verifier.handlers import Deps, record
+from shared.catalog import audit
 from shared.catalog.alerts import raise_alert
 from shared.db.models import RestorePointRow, VerifyRound
+from shared.model.audit import system
 from shared.repo import RepoError
 from shared.repo.check import CheckReport, check
 from shared.repo.locations import Credentials, opened
@@ -189,13 +191,27 @@ async def gc_loop(deps: Deps) -> None:
                 continue
             except (RepoError, OSError) as exc:
                 log.error("scheduled GC of %s failed: %s", location, exc)
+                await asyncio.to_thread(_audit_gc, ctx, location, {}, f"error: {exc}")
                 continue
+            figures = {
+                "chunks_removed": report.chunks_removed, "bytes_removed": report.bytes_removed,
+                "leftovers_removed": report.leftovers_removed, "chunks_put_back": report.chunks_put_back,
+                "stopped_early": report.stopped_early,
+            }  # fmt: skip
+            await asyncio.to_thread(_audit_gc, ctx, location, figures, "ok")
             log.info(
                 "GC %s: freed %d chunks (%d bytes), %d spared as recent, %d leftovers removed, %d put back%s",
                 location, report.chunks_removed, report.bytes_removed, report.chunks_spared_young,
                 report.leftovers_removed, report.chunks_put_back,
                 "; stopped early (its time was up): the next GC goes on" if report.stopped_early else "",
             )  # fmt: skip
+
+
+def _audit_gc(ctx: Context, location: str, figures: dict[str, object], result: str) -> None:
+    audit.try_append(
+        ctx.sessions, actor=system(ctx.service), action="gc", target=f"repository:{location}",
+        params=figures, result=result,
+    )  # fmt: skip
 
 
 async def usage_loop(deps: Deps) -> None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from shared import __version__
 from shared.cli import alerts as cli_alerts
+from shared.cli import audit as cli_audit
 from shared.cli import confbackup as cli_confbackup
 from shared.cli import jobs as cli_jobs
 from shared.cli import prune as cli_prune
@@ -59,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_vcenter.add_parsers(sub)
     cli_secrets.add_parsers(sub)
     cli_confbackup.add_parsers(sub)
+    cli_audit.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -113,6 +115,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_vcenter.run(args, settings)
     if args.command in cli_secrets.COMMANDS:
         return cli_secrets.run(args, settings)
+    if args.command in cli_audit.COMMANDS:
+        return cli_audit.run(args, settings)
     if args.command in ("prune", "gc"):
         return cli_prune.run(args, settings)
     if args.command in cli_confbackup.COMMANDS:

@@ -7,7 +7,8 @@ import asyncio
 import sys
 from typing import Any
 
-from shared.catalog import prune
+from shared.catalog import audit, prune
+from shared.cli.audit import actor
 from shared.clock import utcnow
 from shared.repo.locations import Credentials
 from shared.settings import Settings
@@ -47,6 +48,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                         )
                 return 0
             done = asyncio.run(prune.apply(sessions, settings, now, job_id=args.job, vm=args.vm))
+            scope = " ".join(f"{k}:{v}" for k, v in (("job", args.job), ("vm", args.vm)) if v)
+            removed = [{"id": rp_id, "rule": reason} for rp_id, reason in done]
+            audit.try_append(
+                sessions,
+                actor=actor(),
+                source="cli",
+                action="prune",
+                target=scope,
+                params={"removed": removed},
+            )
             for rp_id, reason in done:
                 print(f"removed {rp_id}: {reason}")
             print(
@@ -64,7 +75,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                 )
             except RepoError as exc:
                 print(f"vbm gc: {location}: {exc}", file=sys.stderr)
+                _audit_gc(sessions, location, {}, f"error: {exc}")
                 return 1
+            if not args.dry_run:
+                figures = {"chunks_removed": report.chunks_removed, "bytes_removed": report.bytes_removed}
+                _audit_gc(sessions, location, figures, "ok")
             verb = "would free" if args.dry_run else "freed"
             print(
                 f"{location}: {report.restore_points} restore points,"
@@ -86,3 +101,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     finally:
         engine.dispose()
+
+
+def _audit_gc(sessions: Any, location: str, figures: dict[str, object], result: str) -> None:
+    audit.try_append(
+        sessions, actor=actor(), source="cli", action="gc", target=f"repository:{location}",
+        params=figures, result=result,
+    )  # fmt: skip

@@ -11,6 +11,7 @@ import asyncio
 from collections.abc import Callable
 
 from shared.catalog import marker
+from shared.db.audit import AuditRecord
 from shared.db.models import Alert, SnapshotLedger
 from shared.settings import VCenterSettings
 from shared.vsphere import VCenter
@@ -40,11 +41,28 @@ async def test_orphaned_vbm_snapshots_are_removed_at_start(pipeline_factory: Cal
     assert p.lab.snapshots("web") == []
     # never touch what vbm did not make, even named like vbm's
     assert p.lab.snapshots("db") == ["before upgrade", "vbm-mine"]
+    for _ in range(50):  # the ledger is written just after the removal
+        with p.sessions() as s:
+            entry = s.get(SnapshotLedger, (orphan, web, "lab"))
+            if entry is not None and entry.state == "removed":
+                break
+        await asyncio.sleep(0.1)
+    assert entry is not None and entry.state == "removed"
+    for _ in range(50):  # and the audit record just after the ledger
+        with p.sessions() as s:
+            if s.query(AuditRecord).filter(AuditRecord.action == "snapshot.cleanup").count():
+                break
+        await asyncio.sleep(0.1)
     with p.sessions() as s:
-        entry = s.get(SnapshotLedger, (orphan, web, "lab"))
-        assert entry is not None and entry.state == "removed"
         assert s.get(SnapshotLedger, ("vbm-mine", db, "lab")) is None
         assert s.query(Alert).count() == 0
+        [cleanup] = s.query(AuditRecord).filter(AuditRecord.action == "snapshot.cleanup").all()
+        assert (cleanup.actor, cleanup.target, cleanup.result) == (
+            "system:snapshotter",
+            f"vm:lab/{web}",
+            "ok",
+        )
+        assert orphan in cleanup.params
 
     # a backup of that VM is refused: a user's snapshot named vbm-... is still the user's
     p.start("mover", "verifier", "notifier")

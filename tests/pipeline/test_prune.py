@@ -10,6 +10,8 @@ from collections.abc import Callable
 
 from sqlalchemy import select
 
+from shared.catalog.audit_chain import verify
+from shared.db.audit import AuditRecord
 from shared.db.models import Pruned, RestorePointRow
 from shared.repo import LocalBackend, Repository
 from shared.repo.repository import chunk_key
@@ -66,4 +68,13 @@ async def test_prune_after_verify_then_gc_frees_exactly_the_removed_points_chunk
     assert before - chunk_bytes(p) == held
     for key, data in content.items():
         assert await p.read_back(rp2.id, key) == data
+    # both are in the audit log: the verifier's prune on its own, the GC someone ran
+    with p.sessions() as s:
+        records = {r.action: r for r in s.scalars(select(AuditRecord))}
+        assert verify(s).ok
+    prune_rec, gc_rec = records["prune"], records["gc"]
+    assert prune_rec.actor == "system:verifier" and rp1.id in prune_rec.params
+    assert prune_rec.target.startswith("vm:lab/") and f"job:{job}" in prune_rec.target
+    assert gc_rec.actor.startswith("os:") and gc_rec.source == "cli"
+    assert gc_rec.target == f"repository:{p.repo_dir}" and f'"bytes_removed":{held}' in gc_rec.params
     p.assert_clean()

@@ -204,3 +204,19 @@ def test_a_slot_joins_a_run_of_its_job_that_still_waits_to_start(
     clock.advance(minutes=10)
     assert planner.tick() == []  # joins the 09:20 run, which waits behind the running one
     assert slots_run(sessions) == [T0, T0 + 20 * M]
+
+
+def test_a_scheduled_run_is_in_the_audit_log(sessions: sessionmaker[Session], clock: FakeClock) -> None:
+    from shared.catalog.audit_chain import verify
+    from shared.db.audit import AuditRecord
+
+    add_job(sessions, schedule=EVERY_10, last_slot=T0 - 10 * M)
+    Planner(sessions, clock).tick()
+    with sessions() as s:
+        [rec] = s.query(AuditRecord).all()
+        assert (rec.actor, rec.action, rec.target) == (
+            "system:scheduler",
+            "run.scheduled",
+            "job:job-1 run:job-1-20261126T090000Z",
+        )
+        assert rec.at == T0 and verify(s).ok

@@ -9,6 +9,7 @@ from services.notifier.handlers import Deps, on_bus_rejected, on_step_failed, ov
 from services.notifier.notify import on_alert_raised, on_run_finished
 from shared.catalog import ledger, marker
 from shared.contracts import AlertRaised, BusRejected, RunFinished, StepFailed
+from shared.db.audit import AuditRecord
 from shared.db.models import Task
 from shared.notify import channels, messages
 from shared.runtime.bus import Delivery, Retryable
@@ -158,6 +159,12 @@ async def test_the_sweeper_removes_an_ended_tasks_snapshot_or_says_it_is_stuck(w
     world.clock.advance(minutes=20)
     await sweep(deps(world))  # vCenter lets go: the sweeper keeps trying
     assert [e.state for e in world.ledger()] == ["removed"] and world.vc.snapshot_names("vm-1") == []
+    with world.sessions() as s:  # the clean-up that succeeded is in the audit log, the tries not
+        (record,) = s.query(AuditRecord).all()
+    assert record.action == "snapshot.cleanup" and record.actor.startswith("system:")
+    assert (
+        record.target.startswith("vm:") and record.target.endswith("/vm-1") and "vbm-run-1" in record.params
+    )
 
 
 def webhook(name: str, **kw: object) -> ChannelSettings:
