@@ -63,7 +63,7 @@ def _record(ctx: Context, vcenter: str, vm: VMInfo, name: str, moref: str, error
         entry.last_error = error[:2000]
         raise_alert(
             s,
-            key=f"orphan:{name}:{vm.moref}",
+            key=f"orphan:{name}:{vcenter}:{vm.moref}",  # morefs repeat across vCenters
             kind="snapshot-left-behind",
             severity="critical",
             vm_name=vm.name,
