@@ -20,6 +20,7 @@ from typing import Any
 from lab.launcher import DiskSpec, Lab, LabSpec, VMSpec
 from shared.catalog import prune
 from shared.db.models import Task
+from shared.repo import LocalBackend, Repository
 from shared.settings import Settings, VCenterSettings
 from tests.gateway import conftest as gateway
 from tests.gateway.conftest import Api, MakeApi
@@ -156,8 +157,14 @@ async def test_one_job_across_two_vcenters_and_one_down(
     assert sorted((x["vcenter"], x["vm_name"]) for x in run1["tasks"]) == ALL
     points1 = {(x["vcenter"], x["vm_name"]): x["restore_point_id"] for x in run1["tasks"]}
     assert len(set(points1.values())) == 4
+    repo = await Repository.open(LocalBackend(p.repo_dir))
     for key, rp_id in points1.items():
         assert await p.read_back(rp_id, 2000) == first[key], key
+        manifest = await repo.load(rp_id)  # the restore point itself names its VM's vCenter
+        assert (manifest.vcenter, manifest.vm_name, manifest.vm_moref) == (
+            *key,
+            t.labs[key[0]].vm(key[1])["moref"],
+        )
     status, app01 = await api.call("GET", "/backups?vm=app01")
     assert status == 200 and sorted(b["vcenter"] for b in app01["backups"]) == ["vc1", "vc2"], app01
     assert {b["id"] for b in app01["backups"]} == {points1[("vc1", "app01")], points1[("vc2", "app01")]}
