@@ -229,6 +229,13 @@ async def test_one_job_across_two_vcenters_and_one_down(
         assert rp["parent"] == (points3 if key[0] == "vc1" else points1)[key], (key, rp)
         assert await p.read_back(rp_id, 2000) == fourth[key], key
     t.assert_no_snapshot("vc1", "vc2")
+    # the CLI's edits keep each VM's vCenter (a moref alone would name vc1's VM of that moref)
+    for args in (("disable",), ("edit", "--remove-vm", "only1", "--add-vm", "only1"), ("enable",)):
+        out, err, code = await p.cli("job", args[0], "two-vcenters", *args[1:])
+        assert code == 0, (args, out, err)
+    status, edited = await api.call("GET", f"/jobs/{job['id']}")
+    assert status == 200 and edited["enabled"], edited
+    assert sorted((v.get("vcenter") or "vc1", v["name"], v["moref"]) for v in edited["vms"]) == refs, edited
 
     # --- 5. vc2 gone (its simulator killed): connection refused, only its VMs fail
     vc2.kill()
