@@ -149,6 +149,9 @@ async def test_one_job_across_two_vcenters_and_one_down(
     assert status == 201, job
     refs = sorted((v.get("vcenter") or job["vcenter"], v["name"], v["moref"]) for v in job["vms"])
     assert refs == [(vc, vm, t.labs[vc].vm(vm)["moref"]) for vc, vm in ALL], job["vms"]
+    out, err, code = await p.cli("vm", "ls", "--vcenter", "vc2")  # vc2's VMs are protected by the job
+    assert code == 0 and re.search(r"^vc2 +app01 .* yes$", out, re.M), (out, err)
+    assert re.search(r"^vc2 +only2 .* yes$", out, re.M), out
 
     # --- 1. both up: four backups, the two app01 apart
     first = {k: t.content(k) for k in ALL}
