@@ -183,7 +183,7 @@ def test_run_watch_follows_progress_to_the_end(tmp_path: Path) -> None:
     listed = vbm(env, "backups", "ls", "--job", "j")
     assert listed.returncode == 0 and "1 of 1 restore points" in listed.stderr
     row = listed.stdout.splitlines()[1].split()
-    assert row[:3] == ["rp-20261126T090000Z-0000000a", "web", "full"] and row[-1] == "pending"
+    assert row[:4] == ["rp-20261126T090000Z-0000000a", "lab", "web", "full"] and row[-1] == "pending"
     assert "8.0 MiB    3.0 MiB" in listed.stdout
     zero = vbm(env, "backups", "ls", "--limit", "0")
     assert zero.returncode == 1 and "limit: must be between 1 and 500, not 0" in zero.stderr

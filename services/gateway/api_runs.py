@@ -73,7 +73,9 @@ async def list_backups(request: web.Request) -> web.Response:
     page = runstore.Page.parse(q.get("limit"), q.get("offset"))
 
     def work(session: Session) -> tuple[int, list[dict[str, Any]]]:
-        total, rows = runstore.list_backups(session, page, vm=q.get("vm"), job=q.get("job"))
+        total, rows = runstore.list_backups(
+            session, page, vm=q.get("vm"), job=q.get("job"), vcenter=q.get("vcenter")
+        )
         return total, [runstore.backup_view(r) for r in rows]
 
     total, rows = await in_session(request, work)

@@ -62,6 +62,7 @@ async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> S
     ctx = deps.ctx
     now = ctx.clock()
     vm_name = None
+    where = ""  # the VM's vCenter: names repeat across vCenters
     retry = False
     keep: str | None = None  # the snapshot of the task's try in progress, if it has one
     with ctx.sessions.begin() as s:
@@ -78,7 +79,7 @@ async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> S
             if task.phase in ("snapshot", "transfer"):
                 keep = ledger.snapshot_name(task.run_id, task.tries)
         elif task is not None:
-            vm_name = task.vm_name
+            vm_name, where = task.vm_name, f" on vCenter {task.vcenter}"
             if event.reason.startswith("cancelled"):
                 state.end_task(s, task, "cancelled", now, event.reason)
             else:  # another try if one is left; its snapshot goes all the same (below)
@@ -101,7 +102,7 @@ async def on_step_failed(event: StepFailed, delivery: Delivery, deps: Deps) -> S
                 vm_name=vm_name,
                 run_id=event.run_id,
                 now=now,
-                message=f"backup of {vm_name or 'run ' + event.run_id} failed in {event.step}:"
+                message=f"backup of {vm_name or 'run ' + event.run_id}{where} failed in {event.step}:"
                 f" {event.reason}",
             )
     ctx.relay.kick()

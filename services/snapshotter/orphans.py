@@ -78,7 +78,7 @@ def _ledger(
         entry.last_error = error[:2000]
         raise_alert(
             s,
-            key=f"orphan:{name}:{vm.moref}",
+            key=f"orphan:{name}:{vcenter}:{vm.moref}",  # morefs repeat across vCenters
             kind="snapshot-left-behind",
             severity="critical",
             vm_name=vm.name,

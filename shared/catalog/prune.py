@@ -1,8 +1,9 @@
 """Pruning restore points by retention, and garbage collection, over the catalog and repositories.
 
 A prune group is one VM's restore points of one job in one repository (a VM backed up by two
-jobs has two groups). Its policy is the job's retention, or the global default
-(`settings.retention`) when the job sets none. `preview` decides every point of every group
+jobs has two groups); a VM is its vCenter and its moref (morefs repeat across vCenters). Its
+policy is the job's retention, or the global default (`settings.retention`) when the job sets
+none. `preview` decides every point of every group
 (keep or remove, and the rule); `apply` removes what the preview removes: each point's manifest
 first (`Repository.forget`), then its catalog row, then a `pruned` log row; a crash in between
 leaves a catalog row whose manifest is gone, which the next prune removes. A point whose manifest
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 class Group:
     repository: str
     job_id: str | None
+    vcenter: str
     vm_moref: str
 
 
@@ -67,7 +69,7 @@ def preview(
     }
     groups: dict[Group, list[RestorePointRow]] = defaultdict(list)
     for row in rows:
-        groups[Group(row.repository, row.job_id, row.vm_moref)].append(row)
+        groups[Group(row.repository, row.job_id, row.vcenter, row.vm_moref)].append(row)
     out: list[tuple[RestorePointRow, Decision, Policy]] = []
     for group, members in groups.items():
         policy = policy_for(session.get(Job, group.job_id) if group.job_id else None, settings)
@@ -112,7 +114,7 @@ def with_expiry(
     decided = preview(session, settings, now, job_id=job_id, vm=vm)
     groups: dict[Group, list[tuple[RestorePointRow, Decision, Policy]]] = defaultdict(list)
     for row, d, policy in decided:
-        groups[Group(row.repository, row.job_id, row.vm_moref)].append((row, d, policy))
+        groups[Group(row.repository, row.job_id, row.vcenter, row.vm_moref)].append((row, d, policy))
     out: list[dict[str, Any]] = []
     for group, members in groups.items():
         policy = members[0][2]

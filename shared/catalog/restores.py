@@ -215,7 +215,10 @@ def start_restore_tests(session: Session, job: Job, run: Run, now: datetime) -> 
     started: list[str] = []
     missing: list[str] = []
     for vm in job.vms:
-        query = select(RestorePointRow).where(RestorePointRow.verify_state != "failed")
+        query = select(RestorePointRow).where(
+            RestorePointRow.verify_state != "failed",
+            RestorePointRow.vcenter == (vm.get("vcenter") or job.vcenter),  # morefs repeat across vCenters
+        )
         query = (
             query.where(RestorePointRow.vm_moref == vm["moref"])
             if vm.get("moref")

@@ -160,12 +160,15 @@ def backup_view(row: RestorePointRow) -> dict[str, Any]:
 
 
 def list_backups(
-    session: Session, page: Page, *, vm: str | None = None, job: str | None = None
+    session: Session, page: Page, *, vm: str | None = None, job: str | None = None, vcenter: str | None = None
 ) -> tuple[int, list[RestorePointRow]]:
-    """Newest first; `vm` matches a VM name or moref, `job` a job id or name."""
+    """Newest first; `vm` matches a VM name or moref, `job` a job id or name, `vcenter` the
+    vCenter's name (VM names and morefs repeat across vCenters)."""
     query = select(RestorePointRow).order_by(RestorePointRow.finished_at.desc(), RestorePointRow.id.desc())
     if vm:
         query = query.where(or_(RestorePointRow.vm_name == vm, RestorePointRow.vm_moref == vm))
+    if vcenter:
+        query = query.where(RestorePointRow.vcenter == vcenter)
     if job:
         named = select(Job.id).where(Job.name == job).scalar_subquery()
         query = query.where(or_(RestorePointRow.job_id == job, RestorePointRow.job_id == named))

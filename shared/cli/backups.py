@@ -20,6 +20,7 @@ def add_parsers(sub: Any) -> None:
     b_acts = backups.add_subparsers(dest="backups_command", required=True, metavar="ACTION")
     ls = b_acts.add_parser("ls", help="restore points, newest first")
     ls.add_argument("--vm", help="VM name or moref")
+    ls.add_argument("--vcenter", help="only the VMs of this vCenter")
     ls.add_argument("--job", help="job id or name")
     ls.add_argument("--limit", type=int, default=50)
     copies = b_acts.add_parser("copies", help="copies to secondary repositories (replication), newest first")
@@ -38,7 +39,7 @@ def dispatch(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
         return _verify(args, sessions)
     if action == "copies":
         return copies_ls(sessions, args.state, args.restore_point, args.limit)
-    return backups_ls(sessions, args.vm, args.job, args.limit)
+    return backups_ls(sessions, args.vm, args.job, args.limit, args.vcenter)
 
 
 def _verify_args(p: Any) -> None:
@@ -75,15 +76,19 @@ def _verify(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
     return 2
 
 
-def backups_ls(sessions: sessionmaker[Session], vm: str | None, job: str | None, limit: int) -> int:
+def backups_ls(
+    sessions: sessionmaker[Session], vm: str | None, job: str | None, limit: int, vcenter: str | None = None
+) -> int:
     with sessions() as s:
-        total, rows = runstore.list_backups(s, runstore.Page.parse(str(limit), None), vm=vm, job=job)
+        page = runstore.Page.parse(str(limit), None)
+        total, rows = runstore.list_backups(s, page, vm=vm, job=job, vcenter=vcenter)
         views = [runstore.backup_view(r) for r in rows]
-    head = f"{'restore point':<32} {'vm':<20} {'kind':<11} {'finished':<21}"
+    head = f"{'restore point':<32} {'vcenter':<12} {'vm':<20} {'kind':<11} {'finished':<21}"
     print(f"{head} {'size':>10} {'stored':>10} verify")
     for b in views:
         print(
-            f"{b['id']:<32} {b['vm_name'][:20]:<20} {b['kind']:<11} {when(b['finished_at']):<21}"
+            f"{b['id']:<32} {b['vcenter'][:12]:<12} {b['vm_name'][:20]:<20} {b['kind']:<11}"
+            f" {when(b['finished_at']):<21}"
             f" {human_bytes(b['logical_bytes']):>10} {human_bytes(b['bytes_stored']):>10} {b['verify_state']}"
         )
     print(f"{len(views)} of {total} restore points", file=sys.stderr)

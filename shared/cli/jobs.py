@@ -221,7 +221,7 @@ def _job_edit(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         if args.new_name:
             body["name"] = args.new_name
     else:
-        body["vms"] = [{"moref": v["moref"]} for v in view["vms"]]
+        body["vms"] = [jobspec.kept_ref(v) for v in view["vms"]]
         body["enabled"] = args.job_command == "enable"
     spec = jobstore.check_spec(sessions, JobSpec.model_validate(body), settings, view["id"])
     with sessions.begin() as s:

@@ -145,18 +145,28 @@ def apply_spec_args(body: dict[str, Any], args: argparse.Namespace) -> dict[str,
     return body
 
 
+def kept_ref(vm: dict[str, Any]) -> dict[str, str]:
+    """A VM of the job as it is: its moref, and its vCenter when it is not the job's (morefs
+    repeat across vCenters: without it, the moref would name another VM)."""
+    return {"moref": vm["moref"], **({"vcenter": vm["vcenter"]} if vm.get("vcenter") else {})}
+
+
 def edited_vms(current: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The job's VMs after --vm (replace), --add-vm and --remove-vm (by name or moref)."""
-    vms = [vm_ref(v) for v in args.vm] if args.vm else [{"moref": v["moref"]} for v in current]
-    names = {v["moref"]: v.get("name") for v in current}
+    """The job's VMs after --vm (replace), --add-vm and --remove-vm (by name or moref; a name
+    held on several vCenters removes each)."""
+    own = {v["moref"]: v.get("name") for v in current if not v.get("vcenter")}  # the job's vCenter's
+    if args.vm:
+        held = [(ref := vm_ref(v), own.get(ref.get("moref", ""))) for v in args.vm]
+    else:
+        held = [(kept_ref(v), v.get("name")) for v in current]
+
+    def called(ref: dict[str, str], name: str | None) -> set[str | None]:
+        return {ref.get("moref"), ref.get("name"), name}
+
     gone = set(args.remove_vm)
-    missing = [
-        r
-        for r in gone
-        if not any(r in (v.get("moref"), v.get("name"), names.get(v.get("moref", ""))) for v in vms)
-    ]
+    missing = [r for r in gone if not any(r in called(*h) for h in held)]
     if missing:
         raise ValueError(f"--remove-vm: the job holds no VM {', '.join(map(repr, sorted(missing)))}")
-    vms = [v for v in vms if not ({v.get("moref"), v.get("name"), names.get(v.get("moref", ""))} & gone)]
+    vms: list[dict[str, Any]] = [ref for ref, name in held if not called(ref, name) & gone]
     vms += [vm_ref(v) for v in args.add_vm]
     return vms

@@ -65,13 +65,16 @@ def _eta(seconds: float | None) -> str:
     return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes:02d}:{secs:02d}"
 
 
-def task_line(task: Task) -> str:
+def task_line(task: Task, several_vcenters: bool = False) -> str:
+    """One task's progress; its VM named with its vCenter when the run spans several (VM names
+    repeat across vCenters)."""
+    vm = f"{task.vm_name[:20]} on {task.vcenter}" if several_vcenters else task.vm_name[:20]
     total, done = task.bytes_total, min(task.bytes_done, task.bytes_total or task.bytes_done)
     moved = task.phase in ("verify", "done") or task.state == "succeeded"  # its transfer is over
     frac = done / total if total else (1.0 if moved or task.finished_at else 0.0)
     bar = "#" * int(frac * BAR) + "-" * (BAR - int(frac * BAR))
     text = (
-        f"{task.vm_name[:20]:<20} {task.phase[:10]:<10} {task.state[:10]:<10} [{bar}] {frac * 100:3.0f}%"
+        f"{vm:<20} {task.phase[:10]:<10} {task.state[:10]:<10} [{bar}] {frac * 100:3.0f}%"
         f" {human_bytes(done)} / {human_bytes(total)}  {human_bytes(task.rate)}/s"
         f"  ETA {_eta(eta_seconds(task))}"
     )
@@ -105,7 +108,8 @@ def watch(sessions: sessionmaker[Session], run_id: str, out: TextIO | None = Non
             except NotFound as exc:
                 print(f"vbm run watch: {exc}", file=sys.stderr)
                 return 1
-            lines = [run_line(run), *(task_line(t) for t in tasks)]
+            several = len({t.vcenter for t in tasks}) > 1
+            lines = [run_line(run), *(task_line(t, several) for t in tasks)]
             state = run.state
         if tty:
             if drawn:
@@ -147,12 +151,15 @@ def run_log(sessions: sessionmaker[Session], run_id: str, follow: bool) -> int:
     last = 0
     while True:
         with sessions() as s:
-            run, _ = get_run(s, run_id)
+            run, tasks = get_run(s, run_id)
             ended = run.state in FINISHED
             lines = runlog.lines(s, run_id, after=last)
+        vcenters = {t.id: t.vcenter for t in tasks}
+        several = len(set(vcenters.values())) > 1  # a task's lines name its vCenter: VM names repeat
         for line in lines:
             at = line["at"].strftime("%Y-%m-%d %H:%M:%S")
-            print(f"{at} {line['level']:<7} {line['message']}", flush=True)
+            where = f"[{vcenters[line['task_id']]}] " if several and line["task_id"] in vcenters else ""
+            print(f"{at} {line['level']:<7} {where}{line['message']}", flush=True)
             last = line["id"]
         if not follow or (ended and not lines):
             return 0

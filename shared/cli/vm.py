@@ -29,7 +29,10 @@ def vm_ls(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[S
             "vcenter", "no vCenter is configured (set VBM_VCENTERS, vbm vcenter add, or run vbm up's lab)"
         )
     with sessions() as s:
-        protected = {(j.vcenter, v["moref"]) for j in jobstore.list_jobs(s) for v in j.vms}
+        # a VM is (vCenter, moref): a job's VM names its own vCenter when it is not the job's
+        protected = {
+            (v.get("vcenter") or j.vcenter, v["moref"]) for j in jobstore.list_jobs(s) for v in j.vms
+        }
     print(f"{'vcenter':<12} {'vm':<32} {'moref':<10} {'power':<11} {'disks':>5} {'size':>10}  cbt  protected")
     failed = 0
     for vc in vcenters:

@@ -114,12 +114,21 @@ def for_run(
         for r in session.scalars(
             select(Restore).where(Restore.run_id == run.id).order_by(Restore.created_at)
         ):
-            vms.append({"vm": str(r.target.get("name", "")), "state": r.state, "error": r.error})
+            vms.append(
+                {
+                    "vm": str(r.target.get("name", "")),
+                    "vcenter": r.vcenter,
+                    "state": r.state,
+                    "error": r.error,
+                }
+            )
     else:
-        for t in session.scalars(select(Task).where(Task.run_id == run.id).order_by(Task.vm_name)):
+        tasks = select(Task).where(Task.run_id == run.id).order_by(Task.vm_name, Task.vcenter)
+        for t in session.scalars(tasks):
             vms.append(
                 {
                     "vm": t.vm_name,
+                    "vcenter": t.vcenter,
                     "state": t.state,
                     "kind": t.kind,
                     "bytes_read": t.bytes_read,
@@ -146,15 +155,17 @@ def for_run(
     if run.error:
         lines.append(f"Error: {run.error}")
     lines.append("")
+    several = len({v.get("vcenter") for v in vms}) > 1  # VM names repeat across vCenters: say which
     for v in vms:
+        vm = f"{v['vm']} on {v['vcenter']}" if several else v["vm"]
         if v["state"] == "succeeded" and not test:
             lines.append(
-                f"- {v['vm']}: {v['kind'] or 'backup'} ok, {human_bytes(v['bytes_read'])} read,"
+                f"- {vm}: {v['kind'] or 'backup'} ok, {human_bytes(v['bytes_read'])} read,"
                 f" {human_bytes(v['bytes_stored'])} stored, restore point {v['restore_point']}"
             )
             lines.extend(f"    warning: {w}" for w in v.get("warnings") or [])
         else:
-            lines.append(f"- {v['vm']}: {v['state']}" + (f": {v['error']}" if v["error"] else ""))
+            lines.append(f"- {vm}: {v['state']}" + (f": {v['error']}" if v["error"] else ""))
     data = {"run_id": run.id, "job_id": run.job_id, "job": job_name, "state": event.state, "vms": vms}
     message = Message(
         event=event.msg_id(),

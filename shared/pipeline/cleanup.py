@@ -104,7 +104,7 @@ def _failed(ctx: Context, name: str, vcenter: str, vm_moref: str, error: str) ->
             entry.next_attempt_at = now + min(STUCK_RETRY, timedelta(seconds=delay))
             raise_alert(
                 s,
-                key=f"snapshot-stuck:{name}:{vm_moref}",
+                key=f"snapshot-stuck:{name}:{vcenter}:{vm_moref}",  # morefs repeat across vCenters
                 kind="snapshot-left-behind",
                 severity="critical",
                 vm_name=entry.vm_name,

@@ -124,7 +124,8 @@ class Session:
             try:
                 # SmartConnect's steps, done here so a failed login can close its connections.
                 ssl_ctx = ssl_context(self.settings, self.host)
-                version = _find_version(self.scheme, self.host, self.port, self.path, ssl_ctx)
+                doing = f"connecting to vCenter {self.settings.name}"
+                version = _find_version(doing, self.scheme, self.host, self.port, self.path, ssl_ctx)
                 stub = SoapStubAdapter(
                     host=self.host,
                     port=self.port if self.scheme == "https" else -self.port,  # <0: plain HTTP
@@ -259,14 +260,15 @@ def _datacenter(entity: Any) -> Any:
     return node
 
 
-def _find_version(scheme: str, host: str, port: int, path: str, ssl_ctx: Any) -> str:
-    """The newest API version both pyVmomi and the server speak (as SmartConnect finds it)."""
+def _find_version(doing: str, scheme: str, host: str, port: int, path: str, ssl_ctx: Any) -> str:
+    """The newest API version both pyVmomi and the server speak (as SmartConnect finds it); a
+    failure says which vCenter (names, not URLs, are what people know them by)."""
     find = getattr(connect, "__FindSupportedVersion")
     preferred = GetServiceVersions("vim25")
     version = find(scheme, host, port, path, preferred, ssl_ctx, None, 80, None)
     if version is None:
         raise VSphereError(
-            f"{scheme}://{host}:{port}{path} is down or is not a vSphere API endpoint",
+            f"{doing}: {scheme}://{host}:{port}{path} is down or is not a vSphere API endpoint",
             fault="NotVSphere",
             retryable=True,
         )

@@ -185,10 +185,10 @@ class Pipeline:
             return []
         repo = await Repository.open(LocalBackend(self.repo_dir))
         ids = await repo.restore_point_ids()
-        seen: dict[tuple[str | None, str | None], str] = {}
+        seen: dict[tuple[str | None, str | None, str | None], str] = {}
         for rp_id in ids:
             rp = await repo.load(rp_id)
-            key = (rp.run_id, rp.vm_moref)
+            key = (rp.run_id, rp.vcenter, rp.vm_moref)  # a VM is its vCenter and moref
             assert key not in seen, f"two restore points for one task: {seen[key]} and {rp_id}"
             seen[key] = rp_id
             for disk in rp.disks:

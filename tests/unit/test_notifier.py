@@ -97,7 +97,7 @@ async def test_a_failed_step_ends_the_task_removes_its_snapshot_and_raises_an_al
     assert [e.state for e in world.ledger()] == ["removed"]
     (alert,) = world.alerts()
     assert (alert.kind, alert.severity, alert.vm_name) == ("backup-failed", "error", "vm1")
-    assert alert.message == "backup of vm1 failed in transfer: repository full"
+    assert alert.message == "backup of vm1 on vCenter vc1 failed in transfer: repository full"
     assert [e["alert_id"] for e in world.staged("vbm.alert.raised")] == [alert.id]
     assert world.staged("vbm.run.finished")[0]["state"] == "failed"
 
