@@ -59,3 +59,18 @@ def test_users_and_their_keys_from_the_cli(tmp_path: Path) -> None:
             assert users.authenticate(s, "ana", PW, utcnow(), SecuritySettings()).role == Role.ADMIN
     finally:
         engine.dispose()
+    # every change above is in the audit log, as the operating system's user, from the CLI
+    trail = json.loads(vbm(env, "audit", "--json", "--limit", "100").stdout)
+    records = trail["records"] if isinstance(trail, dict) else trail
+    done = [(r["action"], r["target"], r["result"].split(":")[0]) for r in records]
+    for expected in [
+        ("vbm user add", "user:ana", "ok"),
+        ("vbm user add", "user:bob", "error"),
+        ("vbm apikey create", "apikey:bob-ro", "ok"),
+        ("vbm user disable", "user:ana", "error"),
+        ("vbm user passwd", "user:bob", "ok"),
+    ]:
+        assert expected in done, (expected, done)
+    assert all(r["actor"].startswith("os:") and r["source"] == "cli" for r in records)
+    assert PW not in json.dumps(records)
+    assert vbm(env, "audit", "verify").returncode == 0

@@ -26,6 +26,7 @@ from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
 from shared.cli import restore as cli_restore
 from shared.cli import secrets as cli_secrets
+from shared.cli import trail
 from shared.cli import vcenter as cli_vcenter
 from shared.db.existing import NoDatabase, open_existing
 from shared.repo.locations import Credentials
@@ -96,10 +97,15 @@ def _main(argv: Sequence[str] | None) -> int:
         print(json.dumps(settings.public_dict(), indent=2, default=str))
         return 0
     try:
-        return _run(args, settings)
+        code = _run(args, settings)
     except NoDatabase as exc:
         print(f"vbm {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BaseException as exc:
+        trail.record(args, settings.db_url, 1, type(exc).__name__)
+        raise
+    trail.record(args, settings.db_url, code)
+    return code
 
 
 def _run(args: argparse.Namespace, settings: Settings) -> int:
