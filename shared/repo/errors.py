@@ -14,8 +14,9 @@ class NotARepository(RepoError):
 
 
 class Misconfigured(RepoError):
-    """The location cannot work as configured (a bucket without the Object Lock it asks for):
-    trying again changes nothing; a person must change the bucket or the location."""
+    """The location cannot work as configured (refused credentials, a bucket or container that
+    does not exist, a bucket without the Object Lock it asks for): trying again changes nothing;
+    a person must change the credentials, the bucket or the location."""
 
 
 class UnsupportedVersion(RepoError):

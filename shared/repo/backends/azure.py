@@ -48,7 +48,7 @@ from azure.core.pipeline import PipelineResponse
 from azure.storage.blob import ContainerClient, ExponentialRetry
 
 from shared.repo.backend import ObjectInfo, listed_in_batches
-from shared.repo.errors import ObjectMissing, RepoError
+from shared.repo.errors import Misconfigured, ObjectMissing, RepoError
 
 SINGLE_PUT = 128 << 20  # above the largest object (a 64 MiB chunk): never staged blocks
 
@@ -150,12 +150,12 @@ class AzureBackend:
             "AuthenticationFailed",
             "AuthorizationFailure",
         ):
-            return RepoError(
+            return Misconfigured(
                 f"{where}: {doing}: the account key was refused ({code or 'AuthenticationFailed'}): check"
                 " VBM_AZURE__ACCOUNT_KEY and the account name"
             )
         if code == "ContainerNotFound":
-            return RepoError(
+            return Misconfigured(
                 f"{where}: container {self.where.container} does not exist: create it (vbm does not)"
             )
         status = getattr(exc, "status_code", None)

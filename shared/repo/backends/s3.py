@@ -64,7 +64,7 @@ from urllib3.exceptions import HTTPError as Urllib3Error
 from shared.repo.backend import ObjectInfo, listed_in_batches
 from shared.repo.backends.s3_location import S3Location
 from shared.repo.backends.s3_lock import ObjectLock, iso, retained_until
-from shared.repo.errors import ObjectLocked, ObjectMissing, RepoError
+from shared.repo.errors import Misconfigured, ObjectLocked, ObjectMissing, RepoError
 
 MISSING = ("NoSuchKey", "NoSuchObject", "ResourceNotFound", "NoSuchVersion")  # gone, or its version is
 BODY_TRIES = 3  # reads of an object whose body was cut off or stalled after its headers
@@ -123,12 +123,12 @@ class S3Backend(ObjectLock):
         where = f"s3://{self.where.endpoint}/{self.where.bucket}"
         if isinstance(exc, S3Error):
             if exc.code in DENIED:
-                return RepoError(
+                return Misconfigured(
                     f"{where}: {doing}: the credentials were refused ({exc.code}): check"
                     " VBM_S3__ACCESS_KEY / VBM_S3__SECRET_KEY and the key's permissions on the bucket"
                 )
             if exc.code == "NoSuchBucket":
-                return RepoError(
+                return Misconfigured(
                     f"{where}: bucket {self.where.bucket} does not exist: create it (vbm does not)"
                 )
             return RepoError(f"{where}: {doing}: {exc.code} (HTTP {exc.response.status}): {exc.message}")
