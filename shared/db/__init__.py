@@ -1,5 +1,6 @@
 """The database: engine and sessions, the tables, and migrations (SQLite by default, PostgreSQL by URL)."""
 
+from shared.db import objects as _objects  # noqa: F401 - registers the credential objects on Base
 from shared.db import usage as _usage  # noqa: F401 - registers the usage tables on Base
 from shared.db import work as _work  # noqa: F401 - registers the scheduling tables on Base
 from shared.db.engine import make_engine, make_sessionmaker

@@ -15,7 +15,9 @@ passed in (`Credentials`, built from the settings), and `opened` opens and close
 from __future__ import annotations
 
 import asyncio
+import configparser
 import os
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -47,6 +49,10 @@ class Credentials:
     sftp_password: SecretStr = field(default=_NONE, repr=False)
     sftp_known_hosts: str | None = None
     rclone_config: str | None = None
+    # as text (locations stored through the API): the key, the known_hosts lines, the config
+    sftp_private_key: SecretStr = field(default=_NONE, repr=False)
+    sftp_known_hosts_text: str | None = None
+    rclone_config_text: SecretStr = field(default=_NONE, repr=False)
 
     @classmethod
     def of(cls, settings: Settings) -> Credentials:
@@ -63,6 +69,23 @@ class Credentials:
 
 
 NO_CREDENTIALS = Credentials()
+
+
+def config_env(text: str) -> dict[str, str]:
+    """An rclone config file's remotes as rclone's environment variables
+    (`RCLONE_CONFIG_<REMOTE>_<KEY>`); ValueError (never quoting a value) when it cannot be read."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        line = getattr(exc, "lineno", "?")
+        raise ValueError(f"the rclone config is not an INI file (line {line})") from None
+    env = {}
+    for remote in parser.sections():
+        prefix = "RCLONE_CONFIG_" + re.sub(r"[^A-Z0-9]", "_", remote.upper())
+        for key, value in parser.items(remote):
+            env[f"{prefix}_{re.sub(r'[^A-Z0-9]', '_', key.upper())}"] = value
+    return env
 
 
 def open_backend(location: str, credentials: Credentials) -> Backend:
@@ -103,6 +126,8 @@ def open_backend(location: str, credentials: Credentials) -> Backend:
                 key_file=credentials.sftp_key_file,
                 password=credentials.sftp_password.get_secret_value() or None,
                 known_hosts=credentials.sftp_known_hosts,
+                private_key=credentials.sftp_private_key.get_secret_value() or None,
+                known_hosts_text=credentials.sftp_known_hosts_text,
             )
         except ValueError as exc:
             raise RepoError(str(exc)) from None
@@ -110,6 +135,9 @@ def open_backend(location: str, credentials: Credentials) -> Backend:
         from shared.repo.backends.rclone import RcloneBackend
 
         try:
+            text = credentials.rclone_config_text.get_secret_value()
+            if text:  # the remotes given as environment variables: no plain-text file is written
+                return RcloneBackend(location, env=config_env(text))
             return RcloneBackend(location, config=credentials.rclone_config)
         except ValueError as exc:
             raise RepoError(str(exc)) from None
