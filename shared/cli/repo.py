@@ -21,7 +21,7 @@ from typing import Any
 from shared.cli.progress import Progress
 from shared.model.units import human_bytes
 from shared.repo import Backend, LocalBackend, RepoError, Repository, check, read_disk
-from shared.repo.locations import Credentials, open_backend, opened
+from shared.repo.locations import Credentials, CredentialsFor, credentials_at, open_backend, opened
 from shared.repo.repair import repair_from
 
 LOCATION_HELP = "repository location: a path, s3://, azure://, sftp:// or rclone:// (default: the setting)"
@@ -77,14 +77,14 @@ def _fraction(text: str) -> float:
     return value
 
 
-def run(args: argparse.Namespace, default_location: str, credentials: Credentials) -> int:
+def run(args: argparse.Namespace, default_location: str, credentials: Credentials | CredentialsFor) -> int:
     given = [g for g in (args.repo, getattr(args, "repo_here", None), getattr(args, "location", None)) if g]
     if len(set(given)) > 1:
         print(f"vbm repo: two locations given ({', '.join(given)}): give one", file=sys.stderr)
         return 2
     location = given[0] if given else default_location
     try:
-        return asyncio.run(_run(args, location, credentials))
+        return asyncio.run(_run(args, location, credentials_at(credentials, location)))
     except (RepoError, OSError) as exc:  # OSError: e.g. --repo or -o names a file/folder it cannot use
         print(f"vbm repo: {exc}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ import asyncio
 import configparser
 import os
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -69,6 +69,13 @@ class Credentials:
 
 
 NO_CREDENTIALS = Credentials()
+# the credentials of each location (shared/catalog/locations.py: stored ones, else the settings')
+CredentialsFor = Callable[[str], Credentials]
+
+
+def credentials_at(credentials: Credentials | CredentialsFor, location: str) -> Credentials:
+    """The credentials `location` is opened with: the same for every location, or looked up."""
+    return credentials if isinstance(credentials, Credentials) else credentials(location)
 
 
 def config_env(text: str) -> dict[str, str]:
@@ -159,6 +166,26 @@ async def opened(location: str, credentials: Credentials) -> AsyncIterator[Repos
         yield await Repository.open(backend)
     finally:
         await backend.close()
+
+
+async def try_open(location: str, credentials: Credentials) -> str | None:
+    """Whether `location` can be used with `credentials`: None when it opens as a repository or
+    is empty (the first backup makes one), else what failed (the error, never a secret)."""
+    try:
+        backend = open_backend(location, credentials)
+    except RepoError as exc:
+        return str(exc)
+    try:
+        try:
+            await Repository.open(backend)
+        except NotARepository:
+            if not isinstance(backend, LocalBackend) and [o async for o in _first(backend.list(""))]:
+                return f"{location} holds objects that are not a vbm repository"
+    except (RepoError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await backend.close()
+    return None
 
 
 async def open_or_init(backend: Backend, chunk_size: int | None = None) -> Repository:
