@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import ValidationError
 from sqlalchemy import text
 
-from services.gateway import api_alerts, api_jobs, api_restores, api_runs, api_vcenters, api_vms
+from services.gateway import api_alerts, api_jobs, api_restores, api_runs, api_settings, api_vcenters, api_vms
 from services.gateway.auth import AUTH, KeyState, require_key
 from services.gateway.common import CTX, json_response, problem
 from shared import __version__
@@ -169,6 +169,6 @@ def create_app(ctx: Context) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1", api_root)
     app.router.add_get("/api/v1/services", api_services)
-    for module in (api_jobs, api_runs, api_vms, api_vcenters, api_restores, api_alerts):
+    for module in (api_jobs, api_runs, api_vms, api_vcenters, api_settings, api_restores, api_alerts):
         app.router.add_routes(module.routes)
     return app

@@ -44,6 +44,7 @@ class Permission(StrEnum):
     REPORTS_READ = "reports:read"
     REPOSITORIES_READ = "repositories:read"
     ALERTS_READ = "alerts:read"
+    NOTIFICATIONS_READ = "notifications:read"  # channels and the SMTP server, never their secrets
     VMS_READ = "vms:read"
     VCENTERS_READ = "vcenters:read"
     PRUNE_READ = "prune:read"
