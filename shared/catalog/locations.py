@@ -156,11 +156,17 @@ def _check_ssh(values: dict[str, str]) -> None:
             asyncssh.import_private_key(values["private_key"])
         except (asyncssh.KeyImportError, ValueError):
             raise Invalid("private_key", "is not an OpenSSH or PEM private key (no passphrase)") from None
-    if values.get("known_hosts"):
+    for i, line in enumerate((values.get("known_hosts") or "").splitlines(), 1):
+        parts = line.split()
+        if not parts or parts[0].startswith("#"):
+            continue
+        parts = parts[1:] if parts[0].startswith("@") else parts  # @cert-authority, @revoked
         try:
-            asyncssh.import_known_hosts(values["known_hosts"])
-        except ValueError:
-            raise Invalid("known_hosts", "is not OpenSSH known_hosts lines (ssh-keyscan HOST)") from None
+            asyncssh.import_public_key(" ".join(parts[1:3]))
+        except (asyncssh.KeyImportError, ValueError):
+            raise Invalid(
+                "known_hosts", f"line {i} is not `HOST KEYTYPE BASE64KEY` (ssh-keyscan HOST)"
+            ) from None
 
 
 def location_of(row: LocationRow, secrets: dict[str, str]) -> Location:
