@@ -122,16 +122,23 @@ async def test_an_s3_location_with_its_keys_is_stored_encrypted_and_used(
     async with opened(url, found(url)) as repo:
         assert repo.config.chunk_size > 0
 
-    # a job uses it: deleting is refused naming the job
+    # a job uses it and names a stored channel: deleting either is refused naming the job
+    hook = {"name": "ops", "type": "webhook", "url": "http://127.0.0.1:9/hook"}
+    assert (await call("POST", "/channels", json=hook))[0] == 201
     job = {
         "name": "to-s3",
         "vcenter": "lab",
         "vms": [{"name": "vm1"}],
         "repository": f"{url.split('?')[0]}/x",
+        "options": {"notify": {"channels": ["nope"]}},
     }
-    status, made = await call("POST", "/jobs", json=job)
+    status, problem = await call("POST", "/jobs", json=job)
+    assert status == 422 and "no notification channel named 'nope' (channels: ops)" in problem["detail"]
+    status, made = await call("POST", "/jobs", json={**job, "options": {"notify": {"channels": ["ops"]}}})
     assert status == 201, made
     status, problem = await call("DELETE", "/locations/b")
+    assert status == 409 and "to-s3" in problem["detail"]
+    status, problem = await call("DELETE", "/channels/ops")
     assert status == 409 and "to-s3" in problem["detail"]
     assert (await call("DELETE", f"/jobs/{made['id']}"))[0] in (200, 204)
     assert (await call("DELETE", "/locations/b"))[0] == 200
