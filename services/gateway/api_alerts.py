@@ -7,11 +7,13 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.common import CTX, flag, in_session, json_response, query_int, read_json
+from shared.catalog import channels as chstore
 from shared.catalog.alerts import acknowledge, alert_view, list_alerts
 from shared.errors import Invalid, NotFound
 from shared.model.access import Permission
 from shared.notify import channels as notify
 from shared.notify.log import deliveries, delivery_view
+from shared.settings import NotificationSettings
 
 routes = web.RouteTableDef()
 
@@ -45,7 +47,8 @@ async def ack_alert(request: web.Request) -> web.Response:
 @routes.get("/api/v1/notifications")
 @needs(Permission.NOTIFICATIONS_READ)
 async def get_notifications(request: web.Request) -> web.Response:
-    settings, limit = request.app[CTX].settings.notifications, _limit(request, 50)
+    ctx, limit = request.app[CTX], _limit(request, 50)
+    settings = await in_session(request, lambda s: chstore.effective(s, ctx.settings))
     rows = await in_session(request, lambda s: [delivery_view(r) for r in deliveries(s, limit)])
     channels = [notify.channel_view(c, settings) for c in settings.channels]
     return json_response({"channels": channels, "deliveries": rows})
@@ -59,11 +62,17 @@ async def test_notifications(request: web.Request) -> web.Response:
     name = body.get("channel") if isinstance(body, dict) else None
     if name is not None and not isinstance(name, str):
         raise Invalid("channel", "must be a channel's name")
+
+    def effective(s: Session) -> NotificationSettings:
+        _, broken = chstore.usable(s, ctx.settings)
+        if name in broken:  # says what cannot be decrypted and how to fix it
+            raise broken[name]
+        return chstore.effective(s, ctx.settings)
+
+    settings = await in_session(request, effective)
     try:
-        results = await notify.send_test(ctx.settings.notifications, ctx.clock(), name)
+        results = await notify.send_test(settings, ctx.clock(), name)
     except KeyError:
-        known = ", ".join(c.name for c in ctx.settings.notifications.channels) or "none configured"
-        raise Invalid(
-            "channel", f"no notification channel named {name!r} (notifications.channels: {known})"
-        ) from None
+        known = ", ".join(c.name for c in settings.channels) or "none configured or added"
+        raise Invalid("channel", f"no notification channel named {name!r} (channels: {known})") from None
     return json_response({"results": results, "ok": all(r["ok"] for r in results)})

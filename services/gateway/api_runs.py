@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.common import CTX, flag, in_session, json_response, query_int
+from shared.catalog import locations as locstore
 from shared.catalog import prune, replication, runlog, usage
 from shared.catalog import runs as runstore
 from shared.clock import iso
@@ -116,7 +117,7 @@ async def get_backup(request: web.Request) -> web.Response:
     manifest: dict[str, Any] | None = None
     error: str | None = None
     try:
-        async with opened(view["repository"], Credentials.of(request.app[CTX].settings)) as repo:
+        async with opened(view["repository"], _credentials(request, view["repository"])) as repo:
             manifest = (await repo.load(rp_id)).model_dump(mode="json")
     except (RepoError, OSError) as exc:
         error = str(exc)
@@ -157,10 +158,11 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
             text=f"disk {request.match_info['disk']!r} is not a disk key or index"
         ) from None
     row = await in_session(request, lambda s: runstore.backup_view(runstore.get_backup(s, rp_id)))
-    ctx = request.app[CTX]
     async with contextlib.AsyncExitStack() as stack:  # the repository closes when the response ends
         try:
-            repo = await stack.enter_async_context(opened(row["repository"], Credentials.of(ctx.settings)))
+            repo = await stack.enter_async_context(
+                opened(row["repository"], _credentials(request, row["repository"]))
+            )
             rp = await repo.load(rp_id)
             disk = rp.disk(ref)
         except ManifestError as exc:
@@ -275,7 +277,7 @@ async def gc_now(request: web.Request) -> web.Response:
     for location in locations:
         try:
             r = await prune.collect_garbage(
-                ctx.sessions, location, Credentials.of(ctx.settings), ctx.clock(), dry_run=dry
+                ctx.sessions, location, _credentials(request, location), ctx.clock(), dry_run=dry
             )
         except RepoError as exc:
             raise web.HTTPConflict(text=f"{location}: {exc}") from None
@@ -294,6 +296,13 @@ async def gc_now(request: web.Request) -> web.Response:
             }
         )
     return json_response({"repositories": out})
+
+
+def _credentials(request: web.Request, location: str) -> Credentials:
+    """What `location` is opened with: a stored location's credentials, else the settings'
+    (Misconfigured, a RepoError, when the stored ones cannot be decrypted)."""
+    ctx = request.app[CTX]
+    return locstore.lookup(ctx.settings, ctx.sessions)(location)
 
 
 def _names(session: Session) -> list[str]:
@@ -326,7 +335,7 @@ async def measure_repositories(request: web.Request) -> web.Response:
     out = []
     for location in await in_session(request, _names):
         try:
-            measured = await usage.measure(location, Credentials.of(ctx.settings))
+            measured = await usage.measure(location, _credentials(request, location))
         except (RepoError, OSError) as exc:
             out.append({"repository": location, "error": str(exc)})
             continue

@@ -19,6 +19,7 @@ from services.gateway import (
     api_people,
     api_restores,
     api_runs,
+    api_settings,
     api_vcenters,
     api_vms,
     audit,
@@ -192,6 +193,16 @@ def create_app(ctx: Context) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/api/v1", api_root)
     app.router.add_get("/api/v1/services", api_services)
-    for module in (api_jobs, api_runs, api_vms, api_vcenters, api_restores, api_alerts, api_people, audit):
+    for module in (
+        api_jobs,
+        api_runs,
+        api_vms,
+        api_vcenters,
+        api_settings,
+        api_restores,
+        api_alerts,
+        api_people,
+        audit,
+    ):
         app.router.add_routes(module.routes)
     return app

@@ -7,8 +7,9 @@ import asyncio
 from dataclasses import dataclass, field
 
 from services.mover.streams import Latency, LocalStreams
+from shared.catalog import locations
 from shared.repo import Writer
-from shared.repo.locations import Credentials, open_backend, open_or_init
+from shared.repo.locations import open_backend, open_or_init
 from shared.runtime.service import Context
 from shared.vsphere.datastore import DatastoreHTTP
 from shared.vsphere.pool import VCenters
@@ -54,7 +55,8 @@ class Deps:
 
     async def _writer(self, location: str) -> Writer:
         if location not in self.writers:
-            backend = open_backend(location, Credentials.of(self.ctx.settings))
+            credentials = locations.lookup(self.ctx.settings, self.ctx.sessions)(location)
+            backend = open_backend(location, credentials)
             try:
                 repo = await open_or_init(backend)  # the first backup to an empty location makes it
             except BaseException:

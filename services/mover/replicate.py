@@ -26,14 +26,21 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from services.mover.deps import Deps
-from shared.catalog import replication
+from shared.catalog import locations, replication
 from shared.catalog.alerts import raise_alert
 from shared.clock import aware
 from shared.contracts import Event, ReplicateDone, ReplicateRequested
 from shared.db.models import Replication, RestorePointRow
 from shared.repo import ObjectMissing, RepoError, Repository
 from shared.repo import chunk as chunks
-from shared.repo.locations import Credentials, open_backend, open_or_init, opened
+from shared.repo.locations import (
+    Credentials,
+    CredentialsFor,
+    credentials_at,
+    open_backend,
+    open_or_init,
+    opened,
+)
 from shared.repo.repository import chunk_key, manifest_key
 from shared.runtime.bus import Delivery
 from shared.runtime.outbox import stage
@@ -95,7 +102,7 @@ async def on_replicate_requested(
                 target,
                 event.restore_point_id,
                 copied,
-                Credentials.of(ctx.settings),
+                locations.lookup(ctx.settings, ctx.sessions),
                 ctx.settings.replication.bandwidth_mbps,
             )
         except (RepoError, OSError, ValueError) as exc:
@@ -167,10 +174,16 @@ async def _heartbeat(deps: Deps, replication_id: str, copied: Copied) -> None:
 
 
 async def copy_point(
-    source: str, target: str, rp_id: str, copied: Copied, credentials: Credentials, bandwidth_mbps: float = 0
+    source: str,
+    target: str,
+    rp_id: str,
+    copied: Copied,
+    credentials: Credentials | CredentialsFor,
+    bandwidth_mbps: float = 0,
 ) -> None:
-    """Copy restore point `rp_id` from `source` to `target` (see the module's docstring)."""
-    async with opened(source, credentials) as src:
+    """Copy restore point `rp_id` from `source` to `target` (see the module's docstring), each
+    opened with its credentials (one set for both, or looked up per location)."""
+    async with opened(source, credentials_at(credentials, source)) as src:
         await _copy(src, source, target, rp_id, copied, credentials, bandwidth_mbps)
 
 
@@ -180,10 +193,10 @@ async def _copy(
     target: str,
     rp_id: str,
     copied: Copied,
-    credentials: Credentials,
+    credentials: Credentials | CredentialsFor,
     bandwidth_mbps: float,
 ) -> None:
-    backend = open_backend(target, credentials)
+    backend = open_backend(target, credentials_at(credentials, target))
     try:
         dst = await open_or_init(backend, chunk_size=src.chunk_size)
         mine, theirs = src.config, dst.config

@@ -16,6 +16,7 @@ from datetime import timedelta
 from sqlalchemy.orm import Session
 
 from services.notifier.handlers import Deps
+from shared.catalog import channels
 from shared.catalog.alerts import raise_alert
 from shared.contracts import AlertRaised, Event, RestoreDone, RunFinished
 from shared.db.models import Notification
@@ -25,7 +26,7 @@ from shared.notify.log import notification_id
 from shared.notify.messages import Message
 from shared.runtime.bus import Delivery, Retryable
 from shared.runtime.service import Context
-from shared.settings import ChannelSettings
+from shared.settings import ChannelSettings, NotificationSettings
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +35,12 @@ log = logging.getLogger(__name__)
 STALE_AFTER = timedelta(hours=24)
 
 Built = tuple[Message, list[ChannelSettings]] | None
+
+
+def effective(ctx: Context) -> NotificationSettings:
+    """The channels and SMTP server in effect: configured ones and those stored through the API
+    (read afresh: a channel added or changed is used from the next event on)."""
+    return channels.notifications(ctx.settings, ctx.sessions)
 
 
 def _stale(event: Event, deps: Deps) -> bool:
@@ -48,21 +55,21 @@ def _stale(event: Event, deps: Deps) -> bool:
 async def on_run_finished(event: RunFinished, delivery: Delivery, deps: Deps) -> Sequence[Event]:
     if _stale(event, deps):
         return []
-    settings = deps.ctx.settings.notifications
+    settings = effective(deps.ctx)
     return await _deliver(deps, delivery, lambda s: messages.for_run(s, event, settings), quiet=False)
 
 
 async def on_restore_done(event: RestoreDone, delivery: Delivery, deps: Deps) -> Sequence[Event]:
     if _stale(event, deps):
         return []
-    settings = deps.ctx.settings.notifications
+    settings = effective(deps.ctx)
     return await _deliver(deps, delivery, lambda s: messages.for_restore(s, event, settings), quiet=False)
 
 
 async def on_alert_raised(event: AlertRaised, delivery: Delivery, deps: Deps) -> Sequence[Event]:
     if _stale(event, deps):
         return []
-    settings = deps.ctx.settings.notifications
+    settings = effective(deps.ctx)
     quiet = event.kind == messages.NOTIFICATION_FAILED  # its own failure raises nothing more
     return await _deliver(deps, delivery, lambda s: messages.for_alert(s, event, settings), quiet=quiet)
 
@@ -71,7 +78,7 @@ async def _deliver(
     deps: Deps, delivery: Delivery, build: Callable[[Session], Built], *, quiet: bool
 ) -> Sequence[Event]:
     ctx = deps.ctx
-    settings = ctx.settings.notifications
+    settings = effective(ctx)
     if not settings.channels:
         return []
     with ctx.sessions() as s:

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from shared.catalog import audit, prune, replication
+from shared.catalog import locations as locstore
 from shared.catalog import tasks as state
 from shared.catalog.alerts import raise_alert
 from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
@@ -23,7 +24,7 @@ from shared.db.models import Job, RestorePointRow, Task
 from shared.model.audit import system
 from shared.repo import ChunkError, ManifestError, RepoError, Repository
 from shared.repo import chunk as chunks
-from shared.repo.locations import Credentials, opened
+from shared.repo.locations import opened
 from shared.repo.manifest import expand, tree_digest
 from shared.runtime.bus import Delivery, Permanent
 from shared.runtime.outbox import stage
@@ -136,7 +137,8 @@ async def compare_sizes(deps: Deps, vcenter: str, vm_moref: str, disks: list[dic
 async def check(deps: Deps, row: RestorePointRow) -> tuple[list[str], list[str]]:
     """Verify a catalogued restore point: repository contents, then sizes against vCenter."""
     try:
-        async with opened(row.repository, Credentials.of(deps.ctx.settings)) as repo:
+        credentials = locstore.lookup(deps.ctx.settings, deps.ctx.sessions)
+        async with opened(row.repository, credentials(row.repository)) as repo:
             problems, notes = await verify_restore_point(repo, row.id)
     except RepoError as exc:
         problems, notes = [f"repository {row.repository}: {exc}"], []

@@ -26,6 +26,7 @@ from sqlalchemy import select, update
 
 from services.verifier.handlers import Deps, record
 from shared.catalog import audit
+from shared.catalog import locations as locstore
 from shared.catalog.alerts import raise_alert
 from shared.db.models import RestorePointRow, VerifyRound
 from shared.model.audit import system
@@ -85,7 +86,7 @@ async def cycle(deps: Deps, location: str) -> CheckReport | None:
         return None
     k, n, started = claimed
     try:
-        async with opened(location, Credentials.of(ctx.settings)) as repo:
+        async with opened(location, _credentials(ctx, location)) as repo:
             report = await check(repo, part=(k, n))
     except (RepoError, OSError) as exc:
         with ctx.sessions.begin() as s:
@@ -184,7 +185,7 @@ async def gc_loop(deps: Deps) -> None:
         for location in await asyncio.to_thread(repositories, ctx, True):
             try:
                 report = await prune.collect_garbage(
-                    ctx.sessions, location, Credentials.of(ctx.settings), ctx.clock()
+                    ctx.sessions, location, _credentials(ctx, location), ctx.clock()
                 )
             except GCBusy as exc:
                 log.info("scheduled GC skipped: %s", exc)
@@ -214,6 +215,10 @@ def _audit_gc(ctx: Context, location: str, figures: dict[str, object], result: s
     )  # fmt: skip
 
 
+def _credentials(ctx: Context, location: str) -> Credentials:
+    return locstore.lookup(ctx.settings, ctx.sessions)(location)
+
+
 async def usage_loop(deps: Deps) -> None:
     """The verifier's other background task: sample every repository's storage, alert at the
     threshold (shared/catalog/usage.py)."""
@@ -227,7 +232,7 @@ async def usage_loop(deps: Deps) -> None:
             }
             for location in sorted(locations):
                 try:
-                    measured = await usage.measure(location, Credentials.of(ctx.settings))
+                    measured = await usage.measure(location, _credentials(ctx, location))
                 except (RepoError, OSError):
                     continue  # not a repository (yet): the first backup makes it
                 now = ctx.clock()

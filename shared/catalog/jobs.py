@@ -19,13 +19,14 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog import replication
+from shared.catalog import channels, locations, replication
 from shared.catalog.runs import request_run
 from shared.clock import iso
 from shared.contracts import RUN_FINAL
 from shared.db.models import Job, RestorePointRow, Run
 from shared.errors import Conflict, Invalid, NotFound, Unreachable
 from shared.model.jobs import JobSpec, Trigger, VMRef, new_job_id
+from shared.repo.locations import Credentials, CredentialsFor
 from shared.settings import Settings, VCenterSettings
 
 if TYPE_CHECKING:
@@ -106,21 +107,23 @@ def check_spec(
             vcenter_of(settings, selector.vcenter, f"select.{i}.vcenter")
     for name in spec.vcenter_names():
         vcenter_of(settings, name, "vcenter")
-    check_immutable_locations(spec, settings)
-    unknown = [c for c in spec.options.notify.channels if settings.notifications.channel(c) is None]
-    if unknown:
-        known = ", ".join(c.name for c in settings.notifications.channels) or "none configured"
-        raise Invalid(
-            "options.notify.channels",
-            f"no notification channel named {', '.join(map(repr, unknown))}"
-            f" (notifications.channels: {known})",
-        )
+    check_immutable_locations(spec, settings, locations.lookup(settings, sessions))
     with sessions() as session:
+        known = channels.names(session, settings)
+        unknown = [c for c in spec.options.notify.channels if c not in known]
+        if unknown:
+            raise Invalid(
+                "options.notify.channels",
+                f"no notification channel named {', '.join(map(repr, unknown))}"
+                f" (channels: {', '.join(known) or 'none configured or added'})",
+            )
         name_free(session, spec.name, job_id)
     return resolve_vms(spec, settings, lister)
 
 
-def check_immutable_locations(spec: JobSpec, settings: Settings) -> None:
+def check_immutable_locations(
+    spec: JobSpec, settings: Settings, credentials: CredentialsFor | None = None
+) -> None:
     """An s3:// location with `immutable_days` (primary or secondary) on a bucket that cannot
     keep it is refused now, not at the first run or copy; an endpoint that does not answer now is
     left to the run (which says so)."""
@@ -135,7 +138,10 @@ def check_immutable_locations(spec: JobSpec, settings: Settings) -> None:
         if not location.startswith("s3://") or "immutable_days=" not in location:
             continue
         try:
-            backend = S3Backend(location, settings.s3.access_key, settings.s3.secret_key.get_secret_value())
+            creds = credentials(location) if credentials else Credentials.of(settings)
+            backend = S3Backend(location, creds.s3_access_key, creds.s3_secret_key.get_secret_value())
+        except Misconfigured as exc:  # its stored credentials cannot be decrypted
+            raise Invalid(field, str(exc)) from None
         except ValueError as exc:
             raise Invalid(field, str(exc)) from None
 

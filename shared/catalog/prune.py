@@ -25,6 +25,7 @@ from pydantic import ValidationError
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.catalog import locations
 from shared.catalog.restores import FINAL as RESTORE_FINAL
 from shared.catalog.tasks import FINAL as TASK_FINAL
 from shared.clock import aware, iso
@@ -33,7 +34,7 @@ from shared.model.retention import Decision, Point, Policy, expiries, plan
 from shared.model.schedules import NeverFires, Schedule
 from shared.repo.errors import NotARepository, ObjectLocked, RepoError
 from shared.repo.gc import GCBusy, collect
-from shared.repo.locations import Credentials, opened
+from shared.repo.locations import Credentials, CredentialsFor, credentials_at, opened
 from shared.settings import Settings
 
 GC_MARGIN = timedelta(minutes=5)
@@ -208,9 +209,10 @@ async def apply(
             return removals(s, settings, now, job_id=job_id, vm=vm)
 
     done: list[tuple[str, str]] = []
+    credentials = locations.lookup(settings, sessions)
     for rp_id, location, reason in await asyncio.to_thread(decide):
         try:
-            async with opened(location, Credentials.of(settings)) as repo:
+            async with opened(location, credentials(location)) as repo:
                 await repo.forget(rp_id)
         except ObjectLocked as exc:
             # immutable still (Object Lock): kept, catalog included; a later prune removes it
@@ -226,11 +228,11 @@ async def apply(
 
         await asyncio.to_thread(record)
         done.append((rp_id, reason))
-    await forget_copies(sessions, Credentials.of(settings))
+    await forget_copies(sessions, credentials)
     return done
 
 
-async def forget_copies(sessions: Any, credentials: Credentials) -> list[tuple[str, str]]:
+async def forget_copies(sessions: Any, credentials: Credentials | CredentialsFor) -> list[tuple[str, str]]:
     """Copies follow their restore point: a copy (replication row) whose point left the catalog
     is removed from its secondary repository, then its row; a copy still immutable there stays
     for a later prune, a secondary that cannot be reached too. Returns (restore point, target)
@@ -251,7 +253,7 @@ async def forget_copies(sessions: Any, credentials: Credentials) -> list[tuple[s
         # a failed copy may have got as far as its manifest: removed too (a no-op when absent)
         try:
             try:
-                async with opened(target, credentials) as repo:
+                async with opened(target, credentials_at(credentials, target)) as repo:
                     await repo.forget(rp_id)
             except NotARepository:  # a first copy that failed before it made the repository
                 pass

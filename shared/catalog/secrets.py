@@ -32,7 +32,13 @@ class Encrypted:
     what: str
 
 
-ENCRYPTED: tuple[Encrypted, ...] = (Encrypted("vcenters", "password", "the password of vCenter {key!r}"),)
+ENCRYPTED: tuple[Encrypted, ...] = (
+    Encrypted("vcenters", "password", "the password of vCenter {key!r}"),
+    Encrypted("locations", "secrets", "the credentials of repository location {key!r}"),
+    Encrypted("smtp", "password", "the SMTP password"),
+    Encrypted("channels", "url", "the URL of notification channel {key!r}"),
+    Encrypted("channels", "secret", "the HMAC key of notification channel {key!r}"),
+)
 
 
 @dataclass(frozen=True)

@@ -30,12 +30,36 @@ def add_parsers(sub: Any) -> None:
     n_acts.add_parser("channels", help="the configured channels (without their secrets)")
 
 
+def with_stored(settings: Settings) -> Settings:
+    """`settings` with the channels and SMTP server stored through the API (`vbm channel`,
+    `vbm smtp`), when there is a database."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from shared.catalog import channels
+    from shared.db import make_sessionmaker
+    from shared.db.existing import NoDatabase, open_existing
+
+    try:
+        engine = open_existing(settings.db_url, settings.data_dir, migrate=False)
+    except NoDatabase:
+        return settings
+    try:
+        with make_sessionmaker(engine)() as s:
+            return settings.model_copy(update={"notifications": channels.effective(s, settings)})
+    except SQLAlchemyError:  # an older schema: no stored channels
+        return settings
+    finally:
+        engine.dispose()
+
+
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "notify" and args.notify_command in ("channels", "test"):
+        settings = with_stored(settings)
     if args.command == "notify" and args.notify_command == "channels":
         from shared.notify.channels import channel_view
 
         if not settings.notifications.channels:
-            print("no notification channels (set notifications.channels; see the README)")
+            print("no notification channels (vbm channel add, or notifications.channels; see the README)")
         for c in settings.notifications.channels:
             v = channel_view(c, settings.notifications)
             print(
@@ -94,13 +118,13 @@ def _test(args: argparse.Namespace, settings: Settings) -> int:
     from shared.notify.channels import send_test
 
     if not settings.notifications.channels:
-        print("vbm notify test: no notification channels are configured (notifications.channels)")
+        print("vbm notify test: no notification channels (vbm channel add, or notifications.channels)")
         return 2
     try:
         results = asyncio.run(send_test(settings.notifications, utcnow(), args.channel))
     except KeyError:
         known = ", ".join(c.name for c in settings.notifications.channels)
-        print(f"vbm notify test: no channel named {args.channel!r} (configured: {known})")
+        print(f"vbm notify test: no channel named {args.channel!r} (channels: {known})")
         return 2
     for r in results:
         print(f"{r['channel']}: " + ("sent" if r["ok"] else f"FAILED: {r['error']}"))

@@ -20,8 +20,10 @@ from pathlib import Path
 from shared import __version__
 from shared.cli import alerts as cli_alerts
 from shared.cli import audit as cli_audit
+from shared.cli import channel as cli_channel
 from shared.cli import confbackup as cli_confbackup
 from shared.cli import jobs as cli_jobs
+from shared.cli import location as cli_location
 from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
 from shared.cli import restore as cli_restore
@@ -29,7 +31,6 @@ from shared.cli import secrets as cli_secrets
 from shared.cli import trail
 from shared.cli import vcenter as cli_vcenter
 from shared.db.existing import NoDatabase, open_existing
-from shared.repo.locations import Credentials
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
 
 
@@ -59,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     cli_prune.add_parsers(sub)
     cli_alerts.add_parsers(sub)
     cli_vcenter.add_parsers(sub)
+    cli_location.add_parsers(sub)
+    cli_channel.add_parsers(sub)
     cli_secrets.add_parsers(sub)
     cli_confbackup.add_parsers(sub)
     cli_audit.add_parsers(sub)
@@ -119,6 +122,10 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_alerts.run(args, settings)
     if args.command in cli_vcenter.COMMANDS:
         return cli_vcenter.run(args, settings)
+    if args.command in cli_location.COMMANDS:
+        return cli_location.run(args, settings)
+    if args.command in cli_channel.COMMANDS:
+        return cli_channel.run(args, settings)
     if args.command in cli_secrets.COMMANDS:
         return cli_secrets.run(args, settings)
     if args.command in cli_audit.COMMANDS:
@@ -130,7 +137,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "report":
         return cli_restore.run_report(args, settings)
     if args.command == "repo":
-        return cli_repo.run(args, settings.repository_location, Credentials.of(settings))
+        return cli_repo.run(args, settings.repository_location, cli_location.credentials(settings))
     if args.command == "up":
         from shared.runtime.service import setup_logging
         from shared.runtime.supervisor import run_up

@@ -7,10 +7,9 @@ import asyncio
 import sys
 from typing import Any
 
-from shared.catalog import audit, prune
+from shared.catalog import audit, locations, prune
 from shared.cli.audit import actor
 from shared.clock import utcnow
-from shared.repo.locations import Credentials
 from shared.settings import Settings
 
 
@@ -65,12 +64,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             )
             return 0
         with sessions() as s:
-            locations = [args.repository] if args.repository else prune.repositories(s)
-        for location in locations:
+            places = [args.repository] if args.repository else prune.repositories(s)
+        for location in places:
             try:
                 report = asyncio.run(
                     prune.collect_garbage(
-                        sessions, location, Credentials.of(settings), now, dry_run=args.dry_run
+                        sessions,
+                        location,
+                        locations.lookup(settings, sessions)(location),
+                        now,
+                        dry_run=args.dry_run,
                     )
                 )
             except RepoError as exc:

@@ -21,7 +21,7 @@ from typing import Any
 from shared.cli.progress import Progress
 from shared.model.units import human_bytes
 from shared.repo import Backend, LocalBackend, RepoError, Repository, check, read_disk
-from shared.repo.locations import Credentials, open_backend, opened
+from shared.repo.locations import Credentials, CredentialsFor, credentials_at, open_backend, opened
 from shared.repo.repair import repair_from
 
 LOCATION_HELP = "repository location: a path, s3://, azure://, sftp:// or rclone:// (default: the setting)"
@@ -77,7 +77,7 @@ def _fraction(text: str) -> float:
     return value
 
 
-def run(args: argparse.Namespace, default_location: str, credentials: Credentials) -> int:
+def run(args: argparse.Namespace, default_location: str, credentials: Credentials | CredentialsFor) -> int:
     given = [g for g in (args.repo, getattr(args, "repo_here", None), getattr(args, "location", None)) if g]
     if len(set(given)) > 1:
         print(f"vbm repo: two locations given ({', '.join(given)}): give one", file=sys.stderr)
@@ -90,7 +90,8 @@ def run(args: argparse.Namespace, default_location: str, credentials: Credential
         return 1
 
 
-async def _run(args: argparse.Namespace, location: str, credentials: Credentials) -> int:
+async def _run(args: argparse.Namespace, location: str, lookup: Credentials | CredentialsFor) -> int:
+    credentials = credentials_at(lookup, location)
     action = args.repo_command
     if action in ("init", "undelete"):
         backend = open_backend(location, credentials)
@@ -104,7 +105,7 @@ async def _run(args: argparse.Namespace, location: str, credentials: Credentials
         if action == "ls":
             return await _ls(repo)
         if action == "check":
-            return await _check(repo, args.read_data, args.start, credentials, args.repair_from)
+            return await _check(repo, args.read_data, args.start, lookup, args.repair_from)
         if action == "cat-manifest":
             rp = await repo.load(args.id)
             print(rp.model_dump_json(indent=2))
@@ -185,7 +186,11 @@ async def _ls(repo: Repository) -> int:
 
 
 async def _check(
-    repo: Repository, fraction: float, start: float, credentials: Credentials, repair: str | None = None
+    repo: Repository,
+    fraction: float,
+    start: float,
+    credentials: Credentials | CredentialsFor,
+    repair: str | None = None,
 ) -> int:
     bar = Progress("reading chunks", None, unit="chunks") if fraction else None
     report = await check(repo, read_data=fraction, start=start, progress=bar)
@@ -202,7 +207,7 @@ async def _check(
         for problem in problems:
             print(f"  {problem}")
     if repair and report.damaged_chunks:
-        replica = open_backend(repair, credentials)
+        replica = open_backend(repair, credentials_at(credentials, repair))
         try:
             fixed, failed = await repair_from(repo, replica, report.damaged_chunks)
         finally:

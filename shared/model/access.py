@@ -44,11 +44,11 @@ class Permission(StrEnum):
     REPORTS_READ = "reports:read"
     REPOSITORIES_READ = "repositories:read"
     ALERTS_READ = "alerts:read"
+    NOTIFICATIONS_READ = "notifications:read"  # channels and the SMTP server, never their secrets
     VMS_READ = "vms:read"
     VCENTERS_READ = "vcenters:read"
     PRUNE_READ = "prune:read"
     AUDIT_READ = "audit:read"
-    NOTIFICATIONS_READ = "notifications:read"  # channels, their secrets masked
     SELF = "self"  # one's own account: who am I, log out, change one's password, one's own keys
     # operate: operator and up
     JOBS_RUN = "jobs:run"

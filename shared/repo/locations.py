@@ -15,8 +15,10 @@ passed in (`Credentials`, built from the settings), and `opened` opens and close
 from __future__ import annotations
 
 import asyncio
+import configparser
 import os
-from collections.abc import AsyncIterator
+import re
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -47,6 +49,10 @@ class Credentials:
     sftp_password: SecretStr = field(default=_NONE, repr=False)
     sftp_known_hosts: str | None = None
     rclone_config: str | None = None
+    # as text (locations stored through the API): the key, the known_hosts lines, the config
+    sftp_private_key: SecretStr = field(default=_NONE, repr=False)
+    sftp_known_hosts_text: str | None = None
+    rclone_config_text: SecretStr = field(default=_NONE, repr=False)
 
     @classmethod
     def of(cls, settings: Settings) -> Credentials:
@@ -63,6 +69,30 @@ class Credentials:
 
 
 NO_CREDENTIALS = Credentials()
+# the credentials of each location (shared/catalog/locations.py: stored ones, else the settings')
+CredentialsFor = Callable[[str], Credentials]
+
+
+def credentials_at(credentials: Credentials | CredentialsFor, location: str) -> Credentials:
+    """The credentials `location` is opened with: the same for every location, or looked up."""
+    return credentials if isinstance(credentials, Credentials) else credentials(location)
+
+
+def config_env(text: str) -> dict[str, str]:
+    """An rclone config file's remotes as rclone's environment variables
+    (`RCLONE_CONFIG_<REMOTE>_<KEY>`); ValueError (never quoting a value) when it cannot be read."""
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text)
+    except configparser.Error as exc:
+        line = getattr(exc, "lineno", "?")
+        raise ValueError(f"the rclone config is not an INI file (line {line})") from None
+    env = {}
+    for remote in parser.sections():
+        prefix = "RCLONE_CONFIG_" + re.sub(r"[^A-Z0-9]", "_", remote.upper())
+        for key, value in parser.items(remote):
+            env[f"{prefix}_{re.sub(r'[^A-Z0-9]', '_', key.upper())}"] = value
+    return env
 
 
 def open_backend(location: str, credentials: Credentials) -> Backend:
@@ -103,6 +133,8 @@ def open_backend(location: str, credentials: Credentials) -> Backend:
                 key_file=credentials.sftp_key_file,
                 password=credentials.sftp_password.get_secret_value() or None,
                 known_hosts=credentials.sftp_known_hosts,
+                private_key=credentials.sftp_private_key.get_secret_value() or None,
+                known_hosts_text=credentials.sftp_known_hosts_text,
             )
         except ValueError as exc:
             raise RepoError(str(exc)) from None
@@ -110,6 +142,9 @@ def open_backend(location: str, credentials: Credentials) -> Backend:
         from shared.repo.backends.rclone import RcloneBackend
 
         try:
+            text = credentials.rclone_config_text.get_secret_value()
+            if text:  # the remotes given as environment variables: no plain-text file is written
+                return RcloneBackend(location, env=config_env(text))
             return RcloneBackend(location, config=credentials.rclone_config)
         except ValueError as exc:
             raise RepoError(str(exc)) from None
@@ -131,6 +166,26 @@ async def opened(location: str, credentials: Credentials) -> AsyncIterator[Repos
         yield await Repository.open(backend)
     finally:
         await backend.close()
+
+
+async def try_open(location: str, credentials: Credentials) -> str | None:
+    """Whether `location` can be used with `credentials`: None when it opens as a repository or
+    is empty (the first backup makes one), else what failed (the error, never a secret)."""
+    try:
+        backend = open_backend(location, credentials)
+    except RepoError as exc:
+        return str(exc)
+    try:
+        try:
+            await Repository.open(backend)
+        except NotARepository:
+            if not isinstance(backend, LocalBackend) and [o async for o in _first(backend.list(""))]:
+                return f"{location} holds objects that are not a vbm repository"
+    except (RepoError, OSError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    finally:
+        await backend.close()
+    return None
 
 
 async def open_or_init(backend: Backend, chunk_size: int | None = None) -> Repository:

@@ -65,10 +65,7 @@ async def test_channels_are_shown_without_secrets_and_can_be_tested(
         "results"
     ][1]["error"]
     status, body = await api.call("POST", "/notifications/test", json={"channel": "nope"})
-    assert (
-        status == 422
-        and "no notification channel named 'nope' (notifications.channels: chat, dead)" in body["detail"]
-    )
+    assert status == 422 and "no notification channel named 'nope' (channels: chat, dead)" in body["detail"]
 
 
 async def test_a_job_naming_an_unknown_channel_is_refused(make_api: MakeApi, db_url: str, lab: Lab) -> None:
@@ -80,10 +77,7 @@ async def test_a_job_naming_an_unknown_channel_is_refused(make_api: MakeApi, db_
     job = {"name": "n", "vcenter": "lab", "vms": [{"name": "vm1"}]}
     status, body = await api.call("POST", "/jobs", json={**job, "options": {"notify": {"channels": ["opz"]}}})
     assert status == 422
-    assert (
-        body["detail"]
-        == "options.notify.channels: no notification channel named 'opz' (notifications.channels: ops)"
-    )
+    assert body["detail"] == "options.notify.channels: no notification channel named 'opz' (channels: ops)"
     status, body = await api.call(
         "POST", "/jobs", json={**job, "options": {"notify": {"channels": ["ops"], "on": ["success"]}}}
     )

@@ -65,7 +65,8 @@ class _CollectingHandler:
 class SmtpServer:
     """aiosmtpd ``Controller`` on 127.0.0.1:<free port>; ``start()``/``stop()`` (joins its thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, login: tuple[str, str] | None = None) -> None:
+        """With `login` (user, password), AUTH is offered (without TLS) and checked."""
         try:
             from aiosmtpd.controller import Controller
         except ImportError as exc:
@@ -73,6 +74,13 @@ class SmtpServer:
         self.host = "127.0.0.1"
         self.port: int = free_port()
         self._handler = _CollectingHandler()
+        self.logins: list[tuple[str, bool]] = []  # (user, accepted) of each AUTH
+        auth: dict[str, Any] = {}
+        if login is not None:
+            auth = {
+                "authenticator": self._authenticator(login),
+                "auth_require_tls": False,
+            }
         self._controller = Controller(
             self._handler,
             hostname=self.host,
@@ -80,8 +88,19 @@ class SmtpServer:
             server_hostname="vbm-test-smtp",
             ready_timeout=10,
             enable_SMTPUTF8=True,
+            **auth,
         )
         self._started = False
+
+    def _authenticator(self, login: tuple[str, str]) -> Any:
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+            ok = isinstance(data, LoginPassword) and (data.login.decode(), data.password.decode()) == login
+            self.logins.append((data.login.decode() if isinstance(data, LoginPassword) else "?", ok))
+            return AuthResult(success=ok, handled=False)  # handled=True would leave a refusal unanswered
+
+        return check
 
     def __repr__(self) -> str:
         return f"<SmtpServer {self.host}:{self.port} messages={len(self.received)}>"
@@ -124,6 +143,16 @@ class SmtpServer:
                     )
                 self._handler.condition.wait(remaining)
             return [mail.message for mail in self._handler.received]
+
+
+@pytest.fixture
+def smtp_login_server() -> Iterator[SmtpServer]:
+    """A private SMTP server that offers AUTH (checking vbm-mailer / Smtp-pw-7c1e; no TLS)."""
+    server = SmtpServer(login=("vbm-mailer", "Smtp-pw-7c1e")).start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

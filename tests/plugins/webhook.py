@@ -87,7 +87,8 @@ class WebhookReceiver:
         return self
 
     def stop(self) -> None:
-        if self._stopped is not None:
+        """Stop it (a test may, to make deliveries fail); again is a no-op."""
+        if self._stopped is not None and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._stopped.set)
         self._thread.join(10)
 

@@ -13,11 +13,12 @@ from datetime import timedelta
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from services.mover.deps import Deps
+from shared.catalog import locations
 from shared.catalog.restores import FINAL
 from shared.db.models import Restore
 from shared.pipeline.restores import clean
 from shared.repo import RepoError, Repository, read_file
-from shared.repo.locations import Credentials, opened
+from shared.repo.locations import opened
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.runtime.bus import Permanent, Retryable
 from shared.settings import VCenterSettings
@@ -126,7 +127,8 @@ async def clean_up(vc: VC, created: dict[str, str]) -> None:
 async def open_point(attempt: Attempt, rp_id: str, location: str) -> tuple[Repository, RestorePoint]:
     """The restore point, its repository open until the attempt ends."""
     try:
-        credentials = Credentials.of(attempt.deps.ctx.settings)
+        ctx = attempt.deps.ctx
+        credentials = locations.lookup(ctx.settings, ctx.sessions)(location)
         repo = await attempt.repos.enter_async_context(opened(location, credentials))
         return repo, await repo.load(rp_id)
     except RepoError as exc:

@@ -33,7 +33,6 @@ import uuid
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import TypeVar
 from urllib.parse import unquote, urlsplit
 
@@ -45,6 +44,7 @@ with warnings.catch_warnings():
 
 from shared.repo.backend import TMP_PREFIX, ObjectInfo, aside_name
 from shared.repo.backends.sftp_watchdog import Activity, Watchdog, progress, watching
+from shared.repo.backends.ssh_login import ssh_login
 from shared.repo.errors import ObjectMissing, RepoError
 
 T = TypeVar("T")
@@ -84,6 +84,8 @@ class SFTPBackend:
         key_file: str | None = None,
         password: str | None = None,
         known_hosts: str | None = None,
+        private_key: str | None = None,
+        known_hosts_text: str | None = None,
         timeout: float = 30.0,
         attempts: int = ATTEMPTS,
         backoff: float = 0.5,
@@ -92,7 +94,9 @@ class SFTPBackend:
         self.where = SFTPLocation(location)
         self.location = location
         self._key_file, self._password = key_file, password
-        self._known_hosts = known_hosts or str(Path.home() / ".ssh" / "known_hosts")
+        self._client_keys, self._hosts, self._known_hosts = ssh_login(
+            location, key_file, private_key, known_hosts, known_hosts_text
+        )
         self._timeout = timeout
         self._attempts, self._backoff = attempts, backoff
         self._clock = clock
@@ -138,8 +142,8 @@ class SFTPBackend:
     async def _open(self) -> tuple[asyncssh.SSHClientConnection, asyncssh.SFTPClient]:
         conn = await asyncssh.connect(
             self.where.host, self.where.port, username=self.where.user,
-            client_keys=[self._key_file] if self._key_file else None,
-            password=self._password, known_hosts=self._known_hosts,
+            client_keys=self._client_keys,
+            password=self._password, known_hosts=self._hosts,
             keepalive_interval=15, login_timeout=self._timeout,
         )  # fmt: skip
         try:

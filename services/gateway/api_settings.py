@@ -1,0 +1,171 @@
+"""/api/v1/locations, /api/v1/smtp, /api/v1/channels: repository locations with their
+credentials, the SMTP login and notification channels, stored with their secrets encrypted
+(shared/catalog/locations.py, smtp.py, channels.py). Configured ones (environment, TOML) take
+precedence and are read only here (`"source": "env"`, 409 on a change). Secrets are write-only:
+answers say `"secret_key": "set"`. A location is opened with the given credentials before it is
+saved (`?skip_test=true` to save without)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+from sqlalchemy.orm import Session
+
+from services.gateway.access import needs
+from services.gateway.common import CTX, flag, in_session, json_response, read_json
+from shared.catalog import channels as chstore
+from shared.catalog import locations as locstore
+from shared.catalog import smtp as smtpstore
+from shared.model.access import Permission
+from shared.repo.locations import try_open
+
+routes = web.RouteTableDef()
+
+
+async def _tested(request: web.Request, loc: locstore.Location) -> dict[str, Any] | web.Response:
+    """The open test's result for the answer, or a 422 saying what failed (nothing saved)."""
+    if flag(request, "skip_test"):
+        return {"ok": None, "message": "saved untested (skip_test)"}
+    failed = await try_open(loc.url, loc.credentials())
+    if failed is None:
+        return {"ok": True, "message": f"{loc.url} opens with these credentials"}
+    detail = f"url: {loc.url} cannot be opened with these credentials: {failed}; nothing was saved"
+    test = {"ok": False, "message": failed}
+    body = {"status": 422, "title": "Unprocessable Entity", "detail": detail, "test": test}
+    return json_response(body, 422)
+
+
+@routes.get("/api/v1/locations")
+@needs(Permission.REPOSITORIES_READ)
+async def list_locations(request: web.Request) -> web.Response:
+    settings = request.app[CTX].settings
+    views = await in_session(request, lambda s: locstore.list_views(s, settings))
+    return json_response({"locations": views, "total": len(views)})
+
+
+@routes.post("/api/v1/locations")
+@needs(Permission.SETTINGS_WRITE)
+async def add_location(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json(request)
+    loc = await in_session(request, lambda s: locstore.candidate_new(s, ctx.settings, body))
+    tested = await _tested(request, loc)
+    if isinstance(tested, web.Response):
+        return tested
+
+    def save(s: Session) -> dict[str, Any]:
+        locstore.candidate_new(s, ctx.settings, body)  # still free (another request may have won)
+        return locstore.row_view(locstore.save(s, ctx.settings, loc, ctx.clock()), secrets=set(loc.secrets))
+
+    view = await in_session(request, save, write=True)
+    return json_response({**view, "test": tested}, 201, {"Location": f"/api/v1/locations/{loc.name}"})
+
+
+@routes.get("/api/v1/locations/{name}")
+@needs(Permission.REPOSITORIES_READ)
+async def get_location(request: web.Request) -> web.Response:
+    settings, name = request.app[CTX].settings, request.match_info["name"]
+    return json_response(await in_session(request, lambda s: locstore.get_view(s, settings, name)))
+
+
+@routes.put("/api/v1/locations/{name}")
+@needs(Permission.SETTINGS_WRITE)
+async def change_location(request: web.Request) -> web.Response:
+    ctx, name = request.app[CTX], request.match_info["name"]
+    body = await read_json(request)
+    loc = await in_session(request, lambda s: locstore.candidate_change(s, ctx.settings, name, body))
+    tested = await _tested(request, loc)
+    if isinstance(tested, web.Response):
+        return tested
+
+    def save(s: Session) -> dict[str, Any]:
+        return locstore.row_view(locstore.save(s, ctx.settings, loc, ctx.clock()), secrets=set(loc.secrets))
+
+    return json_response({**await in_session(request, save, write=True), "test": tested})
+
+
+@routes.delete("/api/v1/locations/{name}")
+@needs(Permission.SETTINGS_WRITE)
+async def delete_location(request: web.Request) -> web.Response:
+    name = request.match_info["name"]
+    await in_session(request, lambda s: locstore.remove(s, name), write=True)
+    return json_response({"deleted": name})
+
+
+@routes.get("/api/v1/smtp")
+@needs(Permission.NOTIFICATIONS_READ)
+async def get_smtp(request: web.Request) -> web.Response:
+    settings = request.app[CTX].settings
+    return json_response(await in_session(request, lambda s: smtpstore.view(s, settings)))
+
+
+@routes.put("/api/v1/smtp")
+@needs(Permission.SETTINGS_WRITE)
+async def put_smtp(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json(request)
+
+    def save(s: Session) -> dict[str, Any]:
+        return smtpstore.save(s, ctx.settings, smtpstore.candidate(s, ctx.settings, body), ctx.clock())
+
+    return json_response(await in_session(request, save, write=True))
+
+
+@routes.delete("/api/v1/smtp")
+@needs(Permission.SETTINGS_WRITE)
+async def delete_smtp(request: web.Request) -> web.Response:
+    settings = request.app[CTX].settings
+    await in_session(request, lambda s: smtpstore.clear(s, settings), write=True)
+    return json_response({"deleted": "smtp"})
+
+
+@routes.get("/api/v1/channels")
+@needs(Permission.NOTIFICATIONS_READ)
+async def list_channels(request: web.Request) -> web.Response:
+    settings = request.app[CTX].settings
+    views = await in_session(request, lambda s: chstore.list_views(s, settings))
+    return json_response({"channels": views, "total": len(views)})
+
+
+@routes.post("/api/v1/channels")
+@needs(Permission.SETTINGS_WRITE)
+async def add_channel(request: web.Request) -> web.Response:
+    ctx = request.app[CTX]
+    body = await read_json(request)
+
+    def save(s: Session) -> dict[str, Any]:
+        channel = chstore.candidate_new(s, ctx.settings, body)
+        chstore.save(s, ctx.settings, channel, ctx.clock())
+        return chstore.get_view(s, ctx.settings, channel.name)
+
+    view = await in_session(request, save, write=True)
+    return json_response(view, 201, {"Location": f"/api/v1/channels/{view['name']}"})
+
+
+@routes.get("/api/v1/channels/{name}")
+@needs(Permission.NOTIFICATIONS_READ)
+async def get_channel(request: web.Request) -> web.Response:
+    settings, name = request.app[CTX].settings, request.match_info["name"]
+    return json_response(await in_session(request, lambda s: chstore.get_view(s, settings, name)))
+
+
+@routes.put("/api/v1/channels/{name}")
+@needs(Permission.SETTINGS_WRITE)
+async def change_channel(request: web.Request) -> web.Response:
+    ctx, name = request.app[CTX], request.match_info["name"]
+    body = await read_json(request)
+
+    def save(s: Session) -> dict[str, Any]:
+        chstore.save(s, ctx.settings, chstore.candidate_change(s, ctx.settings, name, body), ctx.clock())
+        return chstore.get_view(s, ctx.settings, name)
+
+    return json_response(await in_session(request, save, write=True))
+
+
+@routes.delete("/api/v1/channels/{name}")
+@needs(Permission.SETTINGS_WRITE)
+async def delete_channel(request: web.Request) -> web.Response:
+    ctx, name = request.app[CTX], request.match_info["name"]
+    await in_session(request, lambda s: chstore.remove(s, ctx.settings, name), write=True)
+    return json_response({"deleted": name})
