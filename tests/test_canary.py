@@ -197,7 +197,7 @@ async def test_no_secret_anywhere(
     ]
     hits = []
     for canary in canaries:
-        hits += [str(f) for f, data in files.items() if canary.encode() in data]
+        hits += [f"{f}: {canary}" for f, data in files.items() if canary.encode() in data]
         hits += [f"answer {b}" for b in call.leaked(canary)]
         hits += [f"message {m[:80]}" for m in sent if canary in m]
         hits += [f"row {r[:80]}" for r in rows + records if canary in r]

@@ -26,6 +26,7 @@ SYSTEM = "system:"
 # a key name that holds, or may embed, a secret (matched anywhere in the lower-cased name)
 _SECRET_NAME = re.compile(
     r"pass|secret|token|key|credential|auth|cookie|session|webhook|url|uri|dsn|hmac|signature|private|cert"
+    r"|config"  # an rclone config holds its remotes' credentials
 )
 _SECRET_VALUE = re.compile(r"vbm_[0-9a-f]{16}_[A-Za-z0-9_-]{20,}")
 _LENGTHS = {"actor": 255, "source": 255, "action": 255, "target": 1024, "request_id": 128}
