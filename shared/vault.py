@@ -14,13 +14,18 @@ from __future__ import annotations
 import contextlib
 import os
 import stat
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 
 from shared.errors import StoreError
 from shared.settings import Settings
+
+R = TypeVar("R")
+T = TypeVar("T")
 
 KEY_FILE = "secret.key"
 NEW_SUFFIX = ".new"
@@ -135,3 +140,24 @@ def write_key(path: Path, key: bytes, *, replace: bool = False) -> None:
     finally:
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+
+
+def decrypt_each(
+    rows: Sequence[R], settings: Settings, convert: Callable[[R, Vault], T], name: Callable[[R], str]
+) -> tuple[list[T], dict[str, VaultError]]:
+    """`convert(row, vault)` for every row: the converted ones, and apart, by `name(row)`, those
+    whose secret cannot be decrypted (all of them when the key itself cannot be read)."""
+    if not rows:
+        return [], {}
+    try:
+        vault = load(settings)
+    except VaultError as exc:
+        return [], {name(r): exc for r in rows}
+    done: list[T] = []
+    broken: dict[str, VaultError] = {}
+    for row in rows:
+        try:
+            done.append(convert(row, vault))
+        except VaultError as exc:
+            broken[name(row)] = exc
+    return done, broken

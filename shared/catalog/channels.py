@@ -23,7 +23,7 @@ from shared.db.objects import ChannelRow
 from shared.errors import Conflict, Invalid, NotFound
 from shared.notify.channels import channel_view
 from shared.settings import ChannelSettings, NotificationSettings, Settings
-from shared.vault import Vault, VaultError
+from shared.vault import Vault, VaultError, decrypt_each
 from shared.vault import load as load_vault
 
 FIELDS = ("type", "to", "url", "secret", "on", "scope")
@@ -61,19 +61,8 @@ def stored_rows(session: Session, settings: Settings) -> list[ChannelRow]:
 
 def usable(session: Session, settings: Settings) -> tuple[list[ChannelSettings], dict[str, VaultError]]:
     """Every channel, configured first; stored ones that cannot be decrypted apart, with the error."""
-    found, broken = list(settings.notifications.channels), {}
-    rows = stored_rows(session, settings)
-    if rows:
-        try:
-            vault = load_vault(settings)
-        except VaultError as exc:
-            return found, {r.name: exc for r in rows}
-        for row in rows:
-            try:
-                found.append(settings_of(row, vault))
-            except VaultError as exc:
-                broken[row.name] = exc
-    return found, broken
+    done, broken = decrypt_each(stored_rows(session, settings), settings, settings_of, lambda r: r.name)
+    return list(settings.notifications.channels) + done, broken
 
 
 def effective(session: Session, settings: Settings) -> NotificationSettings:

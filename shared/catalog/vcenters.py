@@ -26,7 +26,7 @@ from shared.clock import iso
 from shared.db.models import Job, VCenterRow
 from shared.errors import Conflict, Invalid, NotFound
 from shared.settings import Settings, VCenterSettings
-from shared.vault import Vault, VaultError
+from shared.vault import Vault, VaultError, decrypt_each
 from shared.vault import load as load_vault
 
 API, CONFIG = "api", "config"
@@ -77,19 +77,8 @@ def stored_rows(session: Session, settings: Settings) -> list[VCenterRow]:
 def usable(session: Session, settings: Settings) -> tuple[list[VCenterSettings], dict[str, VaultError]]:
     """Every vCenter: configured ones first, then stored ones; those whose secret cannot be
     decrypted are left out and returned apart, each with its error."""
-    found, broken = list(settings.vcenters), {}
-    rows = stored_rows(session, settings)
-    if rows:
-        try:
-            vault = load_vault(settings)
-        except VaultError as exc:
-            return found, {r.name: exc for r in rows}
-        for row in rows:
-            try:
-                found.append(settings_of(row, vault))
-            except VaultError as exc:
-                broken[row.name] = exc
-    return found, broken
+    done, broken = decrypt_each(stored_rows(session, settings), settings, settings_of, lambda r: r.name)
+    return list(settings.vcenters) + done, broken
 
 
 def names(session: Session, settings: Settings) -> list[str]:
