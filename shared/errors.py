@@ -25,9 +25,10 @@ class Invalid(StoreError):
 
     status, title = 422, "Unprocessable Entity"
 
-    def __init__(self, field: str, message: str) -> None:
+    def __init__(self, field: str, message: str, where: str | None = None) -> None:
         super().__init__(f"{field}: {message}")
-        self.field = field
+        self.field, self.message = field, message
+        self.where = where  # "body", "query", "path" or "header"; None: the API finds out
 
 
 class Unreachable(StoreError):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from typing import Any
 from urllib.parse import quote
@@ -206,10 +205,7 @@ def content_disposition(filename: str) -> str:
 
 
 def _unsatisfiable(size: int, detail: str) -> web.HTTPRequestRangeNotSatisfiable:
-    body = {"status": 416, "title": "Range Not Satisfiable", "detail": detail}
-    return web.HTTPRequestRangeNotSatisfiable(
-        text=json.dumps(body), content_type="application/json", headers={"Content-Range": f"bytes */{size}"}
-    )
+    return web.HTTPRequestRangeNotSatisfiable(text=detail, headers={"Content-Range": f"bytes */{size}"})
 
 
 def _range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -13,7 +13,7 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
-from services.gateway.common import CTX, flag, in_session, json_response, read_json
+from services.gateway.common import CTX, field_error, flag, in_session, json_response, problem, read_json
 from shared.catalog import channels as chstore
 from shared.catalog import locations as locstore
 from shared.catalog import smtp as smtpstore
@@ -32,8 +32,8 @@ async def _tested(request: web.Request, loc: locstore.Location) -> dict[str, Any
         return {"ok": True, "message": f"{loc.url} opens with these credentials"}
     detail = f"url: {loc.url} cannot be opened with these credentials: {failed}; nothing was saved"
     test = {"ok": False, "message": failed}
-    body = {"status": 422, "title": "Unprocessable Entity", "detail": detail, "test": test}
-    return json_response(body, 422)
+    errors = [field_error("url", "body", f"cannot be opened with these credentials: {failed}")]
+    return problem(422, "Unprocessable Entity", detail, errors, extra={"test": test})
 
 
 @routes.get("/api/v1/locations")

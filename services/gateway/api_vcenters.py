@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.api_vms import VCENTERS
-from services.gateway.common import CTX, flag, in_session, json_response, read_json
+from services.gateway.common import CTX, field_error, flag, in_session, json_response, problem, read_json
 from shared.catalog import vcenters as vcstore
 from shared.errors import NotFound
 from shared.model.access import Permission
@@ -33,8 +33,12 @@ async def _tested(request: web.Request, vc: VCenterSettings) -> Probe | None:
 def _failed(result: Probe) -> web.Response:
     """422 naming the field to change, with the test's result: nothing was saved."""
     detail = f"{result.field}: connection test failed ({result.kind}): {result.message}; nothing was saved"
-    body = {"status": 422, "title": "Unprocessable Entity", "detail": detail, "test": result.view()}
-    return json_response(body, 422)
+    errors = [
+        field_error(
+            result.field or "url", "body", f"connection test failed ({result.kind}): {result.message}"
+        )
+    ]
+    return problem(422, "Unprocessable Entity", detail, errors, extra={"test": result.view()})
 
 
 def _answer(view: dict[str, object], tested: Probe | None) -> dict[str, object]:

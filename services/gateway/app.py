@@ -26,10 +26,10 @@ from services.gateway import (
 )
 from services.gateway.access import needs
 from services.gateway.auth import AUTH, AuthState, authorize
-from services.gateway.common import CTX, json_response, problem
+from services.gateway.common import CTX, field_error, json_response, problem
 from shared import __version__
 from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
-from shared.errors import StoreError
+from shared.errors import Invalid, StoreError
 from shared.model.access import PUBLIC, Permission
 from shared.runtime.service import Context
 
@@ -38,7 +38,12 @@ log = logging.getLogger(__name__)
 __all__ = ["CTX", "PRESENCE", "create_app", "json_response", "problem"]
 
 MAX_BODY = 1024 * 1024  # no request body vbm takes is near this
-KEPT_HEADERS = ("Retry-After", "Allow")  # what an error's own headers tell the client
+KEPT_HEADERS = (
+    "Retry-After",
+    "Allow",
+    "Content-Range",
+    "ETag",
+)  # what an error's own headers tell the client
 SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
 
 
@@ -72,22 +77,37 @@ async def errors(
     try:
         return await handler(request)
     except web.HTTPException as exc:
-        if exc.content_type == "application/json":
-            raise
+        if exc.status < 400:
+            raise  # a redirect is an answer, not an error
         answer = problem(exc.status, exc.reason, _detail(request, exc))
         for name in KEPT_HEADERS:
             if name in exc.headers:
                 answer.headers[name] = exc.headers[name]
         return answer
+    except Invalid as exc:
+        where = exc.where or _location(request, exc.field)
+        return problem(exc.status, exc.title, str(exc), [field_error(exc.field, where, exc.message)])
     except StoreError as exc:
         return problem(exc.status, exc.title, str(exc))
     except ValidationError as exc:
-        err = exc.errors()[0]
-        where = ".".join(str(p) for p in err["loc"]) or "(body)"
-        return problem(422, "Unprocessable Entity", f"{where}: {err['msg']}")
+        found = [
+            field_error(".".join(str(p) for p in err["loc"]) or "(body)", "body", err["msg"])
+            for err in exc.errors()
+        ]
+        return problem(422, "Unprocessable Entity", f"{found[0]['field']}: {found[0]['detail']}", found)
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return problem(500, "Internal Server Error", "see the gateway's log")
+
+
+def _location(request: web.Request, field: str) -> str:
+    """Where an invalid field came from: a query parameter, a path parameter, else the body."""
+    name = field.split(".", 1)[0]
+    if name in request.query:
+        return "query"
+    if name in request.match_info:
+        return "path"
+    return "body"
 
 
 def _detail(request: web.Request, exc: web.HTTPException) -> str:

@@ -27,7 +27,7 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from services.gateway.access import identity_of, needs
-from services.gateway.common import CTX, in_session, json_response, query_int
+from services.gateway.common import CTX, PROBLEM, in_session, json_response, query_int
 from shared.catalog import audit
 from shared.errors import Invalid, StoreError
 from shared.model.access import Permission
@@ -97,7 +97,15 @@ def _outcome(response: web.StreamResponse) -> str:
     if response.status < 400:
         return "ok"
     outcome = f"{response.status} {response.reason}"
-    if isinstance(response, web.Response) and response.body and response.content_type == "application/json":
+    if (
+        isinstance(response, web.Response)
+        and response.body
+        and response.content_type
+        in (
+            "application/json",
+            PROBLEM,
+        )
+    ):
         try:
             detail = json.loads(bytes(response.body)).get("detail")  # type: ignore[arg-type]
         except (ValueError, TypeError, AttributeError):

@@ -24,8 +24,31 @@ def json_response(data: object, status: int = 200, headers: dict[str, str] | Non
     return web.json_response(data, status=status, headers=headers, dumps=lambda d: json.dumps(d, default=str))
 
 
-def problem(status: int, title: str, detail: str) -> web.Response:
-    return json_response({"status": status, "title": title, "detail": detail}, status)
+PROBLEM = "application/problem+json"  # RFC 9457
+
+
+def problem(
+    status: int,
+    title: str,
+    detail: str,
+    errors: list[dict[str, str]] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> web.Response:
+    """An RFC 9457 problem: `type` (about:blank: the status says it), `title`, `status`, `detail`
+    in words, and `errors` naming each invalid field and where it was (body, query, path,
+    header); `extra` adds members of the route's own (e.g. a connection test's result)."""
+    body: dict[str, Any] = {"type": "about:blank", "title": title, "status": status, "detail": detail}
+    if errors:
+        body["errors"] = errors
+    if extra:
+        body.update(extra)
+    return web.json_response(
+        body, status=status, content_type=PROBLEM, dumps=lambda d: json.dumps(d, default=str)
+    )
+
+
+def field_error(field: str, where: str, detail: str) -> dict[str, str]:
+    return {"field": field, "in": where, "detail": detail}
 
 
 async def in_session(request: web.Request, work: Callable[[Session], T], *, write: bool = False) -> T:
@@ -102,7 +125,7 @@ def query_int(request: web.Request, name: str, default: int, low: int, high: int
     if raw is None or raw == "":
         return default
     if not (raw.isascii() and raw.isdigit()) or not low <= int(raw) <= high:
-        raise Invalid(name, f"{raw!r} is not a whole number from {low} to {high}")
+        raise Invalid(name, f"{raw!r} is not a whole number from {low} to {high}", where="query")
     return int(raw)
 
 
@@ -113,4 +136,4 @@ def flag(request: web.Request, name: str) -> bool:
         return True
     if value in ("false", "0", "no", ""):
         return False
-    raise web.HTTPUnprocessableEntity(text=f"{name}: {value!r} is not true or false")
+    raise Invalid(name, f"{value!r} is not true or false", where="query")

@@ -24,7 +24,9 @@ async def test_bootstrap_without_any_key_opens_only_status(
     resp = await api.client.get("/api/v1/jobs")
     assert resp.status == 401
     body = await resp.json()
+    assert resp.content_type == "application/problem+json"
     assert body == {
+        "type": "about:blank",
         "status": 401,
         "title": "Unauthorized",
         "detail": "missing X-API-Key header or session cookie: log in (POST /api/v1/session) or send"

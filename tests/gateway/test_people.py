@@ -24,7 +24,7 @@ RULES = SecuritySettings()
 
 async def _json(api: Api, method: str, path: str, **kw: Any) -> tuple[int, Any, Any]:
     async with api.client.request(method, f"/api/v1{path}", **kw) as resp:
-        body = await resp.json() if resp.content_type == "application/json" else None
+        body = await resp.json() if resp.content_type.endswith("json") else None
         return resp.status, body, resp
 
 
