@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 from sqlalchemy.orm import Session
 
@@ -9,6 +11,7 @@ from services.gateway.access import needs
 from services.gateway.common import CTX, flag, in_session, json_response, query_int, read_json
 from shared.catalog import channels as chstore
 from shared.catalog.alerts import acknowledge, alert_view, list_alerts
+from shared.catalog.listing import Window
 from shared.errors import Invalid, NotFound
 from shared.model.access import Permission
 from shared.notify import channels as notify
@@ -25,9 +28,19 @@ def _limit(request: web.Request, default: int) -> int:
 @routes.get("/api/v1/alerts")
 @needs(Permission.ALERTS_READ)
 async def get_alerts(request: web.Request) -> web.Response:
-    everything, limit = flag(request, "all"), _limit(request, 100)
-    total, rows = await in_session(request, lambda s: list_alerts(s, everything=everything, limit=limit))
-    return json_response({"alerts": [alert_view(a) for a in rows], "total": total})
+    """Open alerts (`all=true`: acknowledged too), newest first (`order=asc`), by `severity`,
+    `kind`, `vm`, `since`/`until`; paged by `limit` (default 100) and `offset` or `cursor`."""
+    q = request.query
+    window = Window.parse(q, ("all", "severity", "kind", "vm"), default_limit=100, max_limit=1000)
+    everything = flag(request, "all")
+
+    def work(s: Session) -> dict[str, Any]:
+        found = list_alerts(
+            s, window, everything=everything, severity=q.get("severity"), kind=q.get("kind"), vm=q.get("vm")
+        )
+        return found.answer("alerts", [alert_view(a) for a in found.rows], window)
+
+    return json_response(await in_session(request, work))
 
 
 @routes.post("/api/v1/alerts/{alert_id}/ack")

@@ -4,6 +4,7 @@ cancel; the signed reports of restore tests and the key that verifies them."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 from sqlalchemy import select
@@ -12,7 +13,7 @@ from sqlalchemy.orm import Session
 from services.gateway.access import needs
 from services.gateway.common import CTX, in_session, json_response, read_json
 from shared.catalog import reports, restores
-from shared.catalog.runs import Page
+from shared.catalog.listing import Window
 from shared.catalog.vcenters import effective
 from shared.clock import iso
 from shared.db.models import RestoreReport
@@ -41,14 +42,19 @@ async def create_restore(request: web.Request) -> web.Response:
 @routes.get("/api/v1/restores")
 @needs(Permission.RESTORES_READ)
 async def list_restores(request: web.Request) -> web.Response:
-    page = Page.parse(request.query.get("limit"), request.query.get("offset"))
+    """Restores, newest first (`order=asc`), by `state`, `mode`, `vcenter`, `restore_point`,
+    `since`/`until`; paged by `limit` and `offset` or `cursor`."""
+    q = request.query
+    window = Window.parse(q, ("state", "mode", "vcenter", "restore_point"))
 
-    def work(session: Session) -> tuple[int, list[dict[str, object]]]:
-        total, rows = restores.list_restores(session, page.limit, page.offset)
-        return total, [restores.restore_view(r) for r in rows]
+    def work(session: Session) -> dict[str, Any]:
+        found = restores.list_restores(
+            session, window, state=q.get("state"), mode=q.get("mode"), vcenter=q.get("vcenter"),
+            restore_point=q.get("restore_point"),
+        )  # fmt: skip
+        return found.answer("restores", [restores.restore_view(r) for r in found.rows], window)
 
-    total, rows = await in_session(request, work)
-    return json_response({"restores": rows, "total": total, "limit": page.limit, "offset": page.offset})
+    return json_response(await in_session(request, work))
 
 
 @routes.get("/api/v1/restores/{restore_id}")

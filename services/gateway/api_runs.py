@@ -16,6 +16,7 @@ from services.gateway.common import CTX, flag, in_session, json_response, query_
 from shared.catalog import locations as locstore
 from shared.catalog import prune, replication, runlog, usage
 from shared.catalog import runs as runstore
+from shared.catalog.listing import Window
 from shared.clock import iso
 from shared.db.models import Replication, RestorePointRow
 from shared.errors import Invalid
@@ -26,6 +27,9 @@ from shared.repo.locations import Credentials, check_location, opened
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
+RUN_FILTERS = ("job", "job_id", "state", "trigger")
+BACKUP_FILTERS = ("vm", "job", "vcenter", "verify")
+
 
 def _paging(page: runstore.Page, total: int) -> dict[str, int]:
     return {"total": total, "limit": page.limit, "offset": page.offset}
@@ -34,15 +38,22 @@ def _paging(page: runstore.Page, total: int) -> dict[str, int]:
 @routes.get("/api/v1/runs")
 @needs(Permission.RUNS_READ)
 async def list_runs(request: web.Request) -> web.Response:
+    """Runs, newest first (`order=asc`), by `job` (id or name; `job_id` too), `state`, `trigger`,
+    `since`/`until`; paged by `limit` and `offset` or `cursor`."""
     q = request.query
-    page = runstore.Page.parse(q.get("limit"), q.get("offset"))
+    window = Window.parse(q, RUN_FILTERS)
 
-    def work(session: Session) -> tuple[int, list[dict[str, Any]]]:
-        total, rows = runstore.list_runs(session, page, job_id=q.get("job_id"), state=q.get("state"))
-        return total, [runstore.run_view(r) for r in rows]
+    def work(session: Session) -> dict[str, Any]:
+        found = runstore.list_runs(
+            session,
+            window,
+            job=q.get("job") or q.get("job_id"),
+            state=q.get("state"),
+            trigger=q.get("trigger"),
+        )
+        return found.answer("runs", [runstore.run_view(r) for r in found.rows], window)
 
-    total, runs = await in_session(request, work)
-    return json_response({"runs": runs, **_paging(page, total)})
+    return json_response(await in_session(request, work))
 
 
 @routes.get("/api/v1/runs/{run_id}")
@@ -69,17 +80,23 @@ async def run_log(request: web.Request) -> web.Response:
 @routes.get("/api/v1/backups")
 @needs(Permission.BACKUPS_READ)
 async def list_backups(request: web.Request) -> web.Response:
+    """Restore points, newest first (`order=asc`), by `vm`, `job`, `vcenter`, `verify` (state),
+    `since`/`until` (finish time); paged by `limit` and `offset` or `cursor`."""
     q = request.query
-    page = runstore.Page.parse(q.get("limit"), q.get("offset"))
+    window = Window.parse(q, BACKUP_FILTERS)
 
-    def work(session: Session) -> tuple[int, list[dict[str, Any]]]:
-        total, rows = runstore.list_backups(
-            session, page, vm=q.get("vm"), job=q.get("job"), vcenter=q.get("vcenter")
+    def work(session: Session) -> dict[str, Any]:
+        found = runstore.list_backups(
+            session,
+            window,
+            vm=q.get("vm"),
+            job=q.get("job"),
+            vcenter=q.get("vcenter"),
+            verify=q.get("verify"),
         )
-        return total, [runstore.backup_view(r) for r in rows]
+        return found.answer("backups", [runstore.backup_view(r) for r in found.rows], window)
 
-    total, rows = await in_session(request, work)
-    return json_response({"backups": rows, **_paging(page, total)})
+    return json_response(await in_session(request, work))
 
 
 @routes.get("/api/v1/replications")

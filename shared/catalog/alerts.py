@@ -6,9 +6,11 @@ import hashlib
 from datetime import datetime
 from typing import Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.catalog import listing
+from shared.catalog.listing import Paged, Window
 from shared.contracts import AlertRaised
 from shared.db.models import Alert
 from shared.runtime.outbox import stage
@@ -71,14 +73,26 @@ def alert_view(alert: Alert) -> dict[str, object]:
     }
 
 
-def list_alerts(session: Session, *, everything: bool = False, limit: int = 100) -> tuple[int, list[Alert]]:
-    """Open (unacknowledged) alerts, newest first, or all of them; (how many match, the page)."""
+def list_alerts(
+    session: Session,
+    window: Window,
+    *,
+    everything: bool = False,
+    severity: str | None = None,
+    kind: str | None = None,
+    vm: str | None = None,
+) -> Paged:
+    """Open (unacknowledged) alerts, or all of them, by creation time."""
     query = select(Alert)
     if not everything:
         query = query.where(Alert.acknowledged_at.is_(None))
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Alert.created_at.desc(), Alert.id).limit(limit))
-    return total, list(rows)
+    if severity:
+        query = query.where(Alert.severity == severity)
+    if kind:
+        query = query.where(Alert.kind == kind)
+    if vm:
+        query = query.where(Alert.vm_name == vm)
+    return listing.page(session, query, Alert.created_at, Alert.id, window)
 
 
 def acknowledge(session: Session, alert_id: str, now: datetime) -> Alert | None:

@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from shared.catalog import listing
+from shared.catalog.listing import Paged, Window
 from shared.catalog.tasks import close_run
 from shared.clock import iso
 from shared.contracts import RestoreRequested, RestoreTarget
@@ -287,9 +289,26 @@ def get_restore(session: Session, restore_id: str) -> Restore:
     return row
 
 
-def list_restores(session: Session, limit: int = 50, offset: int = 0) -> tuple[int, list[Restore]]:
-    rows = session.scalars(select(Restore).order_by(Restore.created_at.desc(), Restore.id.desc())).all()
-    return len(rows), list(rows[offset : offset + limit])
+def list_restores(
+    session: Session,
+    window: Window,
+    *,
+    state: str | None = None,
+    mode: str | None = None,
+    vcenter: str | None = None,
+    restore_point: str | None = None,
+) -> Paged:
+    """Restores by creation time."""
+    query = select(Restore)
+    for column, value in (
+        (Restore.state, state),
+        (Restore.mode, mode),
+        (Restore.vcenter, vcenter),
+        (Restore.restore_point_id, restore_point),
+    ):
+        if value:
+            query = query.where(column == value)
+    return listing.page(session, query, Restore.created_at, Restore.id, window)
 
 
 def cancel_restore(session: Session, restore_id: str) -> Restore:

@@ -11,7 +11,8 @@ from sqlalchemy import Select, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from shared.catalog import runlog
+from shared.catalog import listing, runlog
+from shared.catalog.listing import Paged, Window
 from shared.clock import iso
 from shared.contracts import RUN_FINAL as FINISHED
 from shared.contracts import JobRequested, VerifyRequested
@@ -108,14 +109,23 @@ def task_view(task: Task) -> dict[str, Any]:
 
 
 def list_runs(
-    session: Session, page: Page, *, job_id: str | None = None, state: str | None = None
-) -> tuple[int, list[Run]]:
-    query = select(Run).order_by(Run.created_at.desc(), Run.id.desc())
-    if job_id:
-        query = query.where(Run.job_id == job_id)
+    session: Session,
+    window: Window,
+    *,
+    job: str | None = None,
+    state: str | None = None,
+    trigger: str | None = None,
+) -> Paged:
+    """Runs by creation time; `job` is a job id or name."""
+    query = select(Run)
+    if job:
+        named = select(Job.id).where(Job.name == job).scalar_subquery()
+        query = query.where(or_(Run.job_id == job, Run.job_id == named))
     if state:
         query = query.where(Run.state == state)
-    return _paged(session, query, page)
+    if trigger:
+        query = query.where(Run.trigger == trigger)
+    return listing.page(session, query, Run.created_at, Run.id, window)
 
 
 def get_run(session: Session, run_id: str) -> tuple[Run, list[Task]]:
@@ -160,11 +170,17 @@ def backup_view(row: RestorePointRow) -> dict[str, Any]:
 
 
 def list_backups(
-    session: Session, page: Page, *, vm: str | None = None, job: str | None = None, vcenter: str | None = None
-) -> tuple[int, list[RestorePointRow]]:
-    """Newest first; `vm` matches a VM name or moref, `job` a job id or name, `vcenter` the
-    vCenter's name (VM names and morefs repeat across vCenters)."""
-    query = select(RestorePointRow).order_by(RestorePointRow.finished_at.desc(), RestorePointRow.id.desc())
+    session: Session,
+    window: Window,
+    *,
+    vm: str | None = None,
+    job: str | None = None,
+    vcenter: str | None = None,
+    verify: str | None = None,
+) -> Paged:
+    """By finish time; `vm` matches a VM name or moref, `job` a job id or name, `vcenter` the
+    vCenter's name (VM names and morefs repeat across vCenters), `verify` the verification state."""
+    query = select(RestorePointRow)
     if vm:
         query = query.where(or_(RestorePointRow.vm_name == vm, RestorePointRow.vm_moref == vm))
     if vcenter:
@@ -172,7 +188,9 @@ def list_backups(
     if job:
         named = select(Job.id).where(Job.name == job).scalar_subquery()
         query = query.where(or_(RestorePointRow.job_id == job, RestorePointRow.job_id == named))
-    return _paged(session, query, page)
+    if verify:
+        query = query.where(RestorePointRow.verify_state == verify)
+    return listing.page(session, query, RestorePointRow.finished_at, RestorePointRow.id, window)
 
 
 def get_backup(session: Session, rp_id: str) -> RestorePointRow:

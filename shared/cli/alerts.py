@@ -86,6 +86,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
                     )
             return 0
         from shared.catalog.alerts import acknowledge, list_alerts
+        from shared.catalog.listing import Window
 
         if args.alerts_command == "ack":
             missing = []
@@ -98,7 +99,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{len(args.alert_ids) - len(missing)} alert(s) acknowledged")
             return 1 if missing else 0
         with sessions() as s:
-            total, rows = list_alerts(s, everything=args.all, limit=args.limit)
+            found = list_alerts(s, Window(limit=args.limit), everything=args.all)
+            total, rows = found.total, found.rows
             for a in rows:
                 seen = " (acknowledged)" if a.acknowledged_at else ""
                 print(

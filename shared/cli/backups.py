@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import runs as runstore
+from shared.catalog.listing import Window
 from shared.cli.runs import when
 from shared.clock import iso, utcnow
 from shared.model.units import human_bytes
@@ -80,8 +81,8 @@ def backups_ls(
     sessions: sessionmaker[Session], vm: str | None, job: str | None, limit: int, vcenter: str | None = None
 ) -> int:
     with sessions() as s:
-        page = runstore.Page.parse(str(limit), None)
-        total, rows = runstore.list_backups(s, page, vm=vm, job=job, vcenter=vcenter)
+        found = runstore.list_backups(s, Window(limit=limit), vm=vm, job=job, vcenter=vcenter)
+        total, rows = found.total, found.rows
         views = [runstore.backup_view(r) for r in rows]
     head = f"{'restore point':<32} {'vcenter':<12} {'vm':<20} {'kind':<11} {'finished':<21}"
     print(f"{head} {'size':>10} {'stored':>10} verify")

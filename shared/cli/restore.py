@@ -17,6 +17,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import restores, vcenters
+from shared.catalog.listing import Window
 from shared.clock import utcnow
 from shared.errors import StoreError
 from shared.settings import Settings
@@ -191,7 +192,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         return watch(sessions, restore_id)
     if action == "list":
         with sessions() as s:
-            _, rows = restores.list_restores(s, args.limit)
+            rows = restores.list_restores(s, Window(limit=args.limit)).rows
             for r in rows:
                 target = r.target
                 print(

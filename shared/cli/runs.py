@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import jobs as jobstore
 from shared.catalog import runs as runstore
+from shared.catalog.listing import Window
 from shared.catalog.runs import eta_seconds, get_run
 from shared.contracts import RUN_FINAL as FINISHED
 from shared.contracts import TASK_FINAL
@@ -135,7 +136,8 @@ def when(text: str | None) -> str:
 def run_list(sessions: sessionmaker[Session], job: str | None, limit: int) -> int:
     with sessions() as s:
         job_id = jobstore.find_job(s, job).id if job else None
-        total, runs = runstore.list_runs(s, runstore.Page.parse(str(limit), None), job_id=job_id)
+        found = runstore.list_runs(s, Window(limit=limit), job=job_id)
+        total, runs = found.total, found.rows
         views = [runstore.run_view(r) for r in runs]
     print(f"{'run':<44} {'state':<10} {'trigger':<9} created")
     for r in views:

@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
@@ -126,6 +127,7 @@ class Run(Base):
     """One execution of a job; its id is derived from the job and the schedule slot."""
 
     __tablename__ = "runs"
+    __table_args__ = (Index("ix_runs_created_at_id", "created_at", "id"),)  # lists page by time (0018)
 
     id: Mapped[str] = mapped_column(String(128), primary_key=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
@@ -181,6 +183,7 @@ class RestorePointRow(Base):
     """The catalog: every committed restore point, for listing without reading the repository."""
 
     __tablename__ = "restore_points"
+    __table_args__ = (Index("ix_restore_points_finished_at_id", "finished_at", "id"),)  # (0018)
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     task_id: Mapped[str | None] = mapped_column(String(160), nullable=True, index=True)

@@ -55,7 +55,7 @@ async def test_errors_name_the_path_and_the_root_says_where_things_are(
         ("POST", "/jobs", b'{"name": "\xff"}', 400, "body is not valid JSON"),
         ("GET", "/alerts?limit=%C2%B2", None, 422, "limit: '²' is not a whole number from 1 to 1000"),
         ("GET", "/notifications?limit=%C2%B2", None, 422, "limit: '²' is not a whole number"),
-        ("GET", "/runs?limit=%C2%B2", None, 422, "limit: '²' is not an integer"),
+        ("GET", "/runs?limit=%C2%B2", None, 422, "limit: '²' is not a whole number from 1 to 500"),
         (
             "POST",
             "/gc?dry_run=true&repository=%00",

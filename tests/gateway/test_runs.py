@@ -17,6 +17,19 @@ from tests.gateway.conftest import Api, MakeApi
 T0 = datetime(2026, 11, 26, 9, 0, tzinfo=UTC)
 
 
+def seed_extra_run(api: Api) -> None:
+    with api.ctx.sessions.begin() as s:
+        s.add(
+            Run(
+                id="job-b-r9",
+                job_id="job-b",
+                trigger="api",
+                state="queued",
+                created_at=T0 + timedelta(hours=1),
+            )
+        )
+
+
 def seed_runs(api: Api) -> None:
     """Jobs a (4 runs) and b (1 run); the newest run of a is running with two tasks."""
     with api.ctx.sessions.begin() as s:
@@ -68,11 +81,34 @@ async def test_runs_filters_paging_and_detail(make_api: MakeApi, db_url: str) ->
     assert (await api.call("GET", "/runs?state=cancelled"))[1]["total"] == 0
 
     for query, detail in [
-        ("limit=0", "limit: must be between 1 and 500"),
+        ("limit=0", "limit: '0' is not a whole number from 1 to 500"),
         ("offset=x", "offset: 'x' is not"),
+        ("jobid=job-a", "jobid: unknown query parameter (known: "),
+        ("cursor=nonsense", "cursor: is not a cursor this list gave"),
+        ("since=yesterday", "since: 'yesterday' is not an ISO 8601 time"),
+        ("order=up", "order: 'up' is neither asc nor desc"),
+        ("since=2026-11-27T00:00:00Z&until=2026-11-26T00:00:00Z", "until: must be later than since"),
     ]:
         status, problem = await api.call("GET", f"/runs?{query}")
-        assert status == 422 and problem["detail"].startswith(detail)
+        assert status == 422 and problem["detail"].startswith(detail), problem
+        assert problem["errors"][0]["in"] == "query"
+
+    # a cursor walk sees every run once, also when runs are added while it walks
+    seen: list[str] = []
+    status, page = await api.call("GET", "/runs?limit=2")
+    while True:
+        seen += [r["id"] for r in page["runs"]]
+        if len(seen) == 2:
+            seed_extra_run(api)  # newer than every run seen: it is not on the pages to come
+        if page["next_cursor"] is None:
+            break
+        status, page = await api.call("GET", f"/runs?limit=2&cursor={page['next_cursor']}")
+        assert status == 200, page
+    assert seen == ["job-a-r3", "job-a-r2", "job-a-r1", "job-a-r0", "job-b-r0"], seen
+    status, problem = await api.call("GET", f"/runs?limit=2&offset=2&cursor={page['next_cursor'] or 'x'}")
+    assert status == 422
+    oldest = (await api.call("GET", "/runs?order=asc&limit=1"))[1]
+    assert [r["id"] for r in oldest["runs"]] == [seen[-1]] and oldest["total"] == 6
 
     status, run = await api.call("GET", "/runs/job-a-r3")
     assert status == 200 and run["state"] == "running" and not run["finished"]
