@@ -20,7 +20,7 @@ class Conflict(StoreError):
     status, title = 409, "Conflict"
 
 
-class Stale(StoreError):
+class PreconditionFailed(StoreError):
     """A conditional change (If-Match) was made from a version that is no longer current."""
 
     status, title = 412, "Precondition Failed"

@@ -25,7 +25,7 @@ from shared.catalog.runs import request_run
 from shared.clock import iso
 from shared.contracts import RUN_FINAL
 from shared.db.models import Job, RestorePointRow, Run
-from shared.errors import Conflict, Invalid, NotFound, Stale, Unreachable
+from shared.errors import Conflict, Invalid, NotFound, PreconditionFailed, Unreachable
 from shared.model.jobs import JobSpec, Trigger, VMRef, new_job_id
 from shared.repo.locations import Credentials, CredentialsFor
 from shared.settings import Settings, VCenterSettings
@@ -239,15 +239,15 @@ def replace_job(
     if_match: str | None = None,
 ) -> Job:
     """Replace a job's spec (PUT); its id, creation time and schedule position stay. With
-    `if_match` (an If-Match header) it is replaced only while its ETag matches, else Stale
-    names the current one: the job's row is locked first, so of two edits made from one
-    version, the second finds the first's and is refused."""
+    `if_match` (an If-Match header) it is replaced only while its ETag matches, else
+    PreconditionFailed names the current one: the job's row is locked first, so of two edits
+    made from one version, the second finds the first's and is refused."""
     session.execute(update(Job).where(Job.id == job_id).values(updated_at=Job.updated_at))
     job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
     if if_match is not None and not matches(if_match, etag(job)):
-        raise Stale(
+        raise PreconditionFailed(
             f"If-Match: job {job.name} ({job_id}) changed since that ETag was read: its ETag is now"
             f" {etag(job)} (updated {iso(job.updated_at)}); read it again and redo the change"
         )
