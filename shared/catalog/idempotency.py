@@ -131,7 +131,10 @@ def _stored(session: Session, claim: Claim, now: datetime) -> Answer | Idempoten
     )
     renewed = cast("CursorResult[Any]", session.execute(renew)).rowcount == 1
     stored = session.get(IdempotencyKey, pk, populate_existing=True)
-    if stored is None:  # cannot be: it was there when the insert failed, and rows only expire
+    if stored is None and _insert(session, claim, now):  # an expired row purged meanwhile
+        stored = session.get(IdempotencyKey, pk)
+        renewed = True
+    if stored is None:
         raise Invalid(HEADER, "was being expired by another request at the same time: send it again")
     if renewed:
         return stored
