@@ -20,6 +20,12 @@ class Conflict(StoreError):
     status, title = 409, "Conflict"
 
 
+class PreconditionFailed(StoreError):
+    """A conditional change (If-Match) was made from a version that is no longer current."""
+
+    status, title = 412, "Precondition Failed"
+
+
 class Invalid(StoreError):
     """A value is wrong; the message starts with the field's path (e.g. `vms.0.name: ...`)."""
 

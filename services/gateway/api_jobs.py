@@ -11,7 +11,10 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.common import CTX, flag, in_session, json_response, read_json, with_vcenters
+from services.gateway.idempotency import answer_once
 from shared.catalog import jobs as jobstore
+from shared.catalog.etags import matches
+from shared.catalog.idempotency import Answer
 from shared.catalog.runs import run_view
 from shared.contracts import JOBS_CHANGED_SUBJECT, cancel_subject
 from shared.model.access import Permission
@@ -68,31 +71,37 @@ async def create_job(request: web.Request) -> web.Response:
     )
     log.info("job %s (%s) created", view["id"], view["name"])
     await jobs_changed(request)
-    return json_response(view, 201, headers={"Location": f"/api/v1/jobs/{view['id']}"})
+    return json_response(view, 201, headers={"Location": f"/api/v1/jobs/{view['id']}", "ETag": view["etag"]})
 
 
 @routes.get("/api/v1/jobs/{job_id}")
 @needs(Permission.JOBS_READ)
 async def get_job(request: web.Request) -> web.Response:
     ref = request.match_info["job_id"]
-    return json_response(await in_session(request, lambda s: jobstore.job_view(jobstore.find_job(s, ref))))
+    view = await in_session(request, lambda s: jobstore.job_view(jobstore.find_job(s, ref)))
+    return json_response(view, headers={"ETag": view["etag"]})
 
 
 @routes.put("/api/v1/jobs/{job_id}")
 @needs(Permission.JOBS_WRITE)
 async def replace_job(request: web.Request) -> web.Response:
+    """Replace a job; with `If-Match`, only while its ETag is that one (412 names the current)."""
     ctx = request.app[CTX]
+    if_match = request.headers.get("If-Match")
+    if if_match is not None:
+        matches(if_match, "")  # a malformed header is refused before vCenter is asked
     job_id = await _job_id(request)
     spec = await _resolved_spec(request, job_id)
     default_repo = ctx.settings.repository_location
-    view = await in_session(
-        request,
-        lambda s: jobstore.job_view(jobstore.replace_job(s, job_id, spec, ctx.clock(), default_repo)),
-        write=True,
-    )
+
+    def replace(s: Session) -> dict[str, object]:
+        job = jobstore.replace_job(s, job_id, spec, ctx.clock(), default_repo, if_match)
+        return jobstore.job_view(job)
+
+    view = await in_session(request, replace, write=True)
     ctx.relay.kick()  # copies of earlier restore points to a secondary it added
     await jobs_changed(request)
-    return json_response(view)
+    return json_response(view, headers={"ETag": str(view["etag"])})
 
 
 @routes.delete("/api/v1/jobs/{job_id}")
@@ -110,16 +119,18 @@ async def delete_job(request: web.Request) -> web.Response:
 @routes.post("/api/v1/jobs/{job_id}/run")
 @needs(Permission.JOBS_RUN)
 async def run_job(request: web.Request) -> web.Response:
+    """Start a run now: 409 names the run in progress; an `Idempotency-Key` makes a retry
+    answer the first answer (services/gateway/idempotency.py)."""
     ctx = request.app[CTX]
 
-    def start(session: Session) -> dict[str, object]:
+    def start(session: Session) -> Answer:
         job = jobstore.find_job(session, request.match_info["job_id"])
-        return run_view(jobstore.run_now(session, job, "api", ctx.clock()))
+        run = run_view(jobstore.run_now(session, job, "api", ctx.clock()))
+        return Answer(202, {"run_id": run["id"], "run": run}, f"/api/v1/runs/{run['id']}")
 
-    run = await in_session(request, start, write=True)
+    answer = await answer_once(request, start)
     ctx.relay.kick()
-    location = f"/api/v1/runs/{run['id']}"
-    return json_response({"run_id": run["id"], "run": run}, 202, headers={"Location": location})
+    return answer
 
 
 @routes.post("/api/v1/jobs/{job_id}/cancel")

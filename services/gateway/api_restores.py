@@ -12,7 +12,9 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.common import CTX, in_session, json_response, read_json
+from services.gateway.idempotency import answer_once
 from shared.catalog import reports, restores
+from shared.catalog.idempotency import Answer
 from shared.catalog.listing import Window
 from shared.catalog.vcenters import effective
 from shared.clock import iso
@@ -29,14 +31,15 @@ async def create_restore(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = restores.RestoreRequest.model_validate(await read_json(request))
 
-    def start(session: Session) -> dict[str, object]:
-        return restores.restore_view(
+    def start(session: Session) -> Answer:
+        view = restores.restore_view(
             restores.request_restore(session, body, effective(session, ctx.settings), ctx.clock())
         )
+        return Answer(202, view, f"/api/v1/restores/{view['id']}")
 
-    view = await in_session(request, start, write=True)
+    answer = await answer_once(request, start)  # an Idempotency-Key: a retry starts nothing twice
     ctx.relay.kick()
-    return json_response(view, 202, headers={"Location": f"/api/v1/restores/{view['id']}"})
+    return answer
 
 
 @routes.get("/api/v1/restores")

@@ -13,9 +13,11 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.common import CTX, flag, in_session, json_response, query_int
+from services.gateway.idempotency import answer_once
 from shared.catalog import locations as locstore
 from shared.catalog import prune, replication, runlog, usage
 from shared.catalog import runs as runstore
+from shared.catalog.idempotency import Answer
 from shared.catalog.listing import Window
 from shared.clock import iso
 from shared.db.models import Replication, RestorePointRow
@@ -146,15 +148,15 @@ async def verify_backup(request: web.Request) -> web.Response:
     """Verify a restore point now (every chunk read); the result lands on the restore point."""
     ctx = request.app[CTX]
     rp_id = request.match_info["rp_id"]
-    request_id = await in_session(
-        request, lambda s: runstore.request_verify(s, rp_id, ctx.clock()), write=True
-    )
+
+    def start(session: Session) -> Answer:
+        request_id = runstore.request_verify(session, rp_id, ctx.clock())
+        body = {"request_id": request_id, "restore_point_id": rp_id, "status": "queued"}
+        return Answer(202, body, f"/api/v1/backups/{rp_id}")
+
+    answer = await answer_once(request, start)  # an Idempotency-Key: a retry starts nothing twice
     ctx.relay.kick()
-    return json_response(
-        {"request_id": request_id, "restore_point_id": rp_id, "status": "queued"},
-        202,
-        headers={"Location": f"/api/v1/backups/{rp_id}"},
-    )
+    return answer
 
 
 @routes.get("/api/v1/backups/{rp_id}/disks/{disk}")

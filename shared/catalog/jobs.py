@@ -20,11 +20,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import channels, locations, replication
+from shared.catalog.etags import etag, matches
 from shared.catalog.runs import request_run
 from shared.clock import iso
 from shared.contracts import RUN_FINAL
 from shared.db.models import Job, RestorePointRow, Run
-from shared.errors import Conflict, Invalid, NotFound, Unreachable
+from shared.errors import Conflict, Invalid, NotFound, PreconditionFailed, Unreachable
 from shared.model.jobs import JobSpec, Trigger, VMRef, new_job_id
 from shared.repo.locations import Credentials, CredentialsFor
 from shared.settings import Settings, VCenterSettings
@@ -175,6 +176,7 @@ def job_view(job: Job) -> dict[str, Any]:
         "last_slot": iso(job.last_slot),
         "created_at": iso(job.created_at),
         "updated_at": iso(job.updated_at),
+        "etag": etag(job),
     }
 
 
@@ -228,11 +230,27 @@ def create_job(session: Session, spec: JobSpec, now: datetime, default_repositor
     return job
 
 
-def replace_job(session: Session, job_id: str, spec: JobSpec, now: datetime, default_repository: str) -> Job:
-    """Replace a job's spec (PUT); its id, creation time and schedule position stay."""
-    job = session.get(Job, job_id)
+def replace_job(
+    session: Session,
+    job_id: str,
+    spec: JobSpec,
+    now: datetime,
+    default_repository: str,
+    if_match: str | None = None,
+) -> Job:
+    """Replace a job's spec (PUT); its id, creation time and schedule position stay. With
+    `if_match` (an If-Match header) it is replaced only while its ETag matches, else
+    PreconditionFailed names the current one: the job's row is locked first, so of two edits
+    made from one version, the second finds the first's and is refused."""
+    session.execute(update(Job).where(Job.id == job_id).values(updated_at=Job.updated_at))
+    job = session.get(Job, job_id, populate_existing=True)
     if job is None:
         raise NotFound(f"no job {job_id!r}")
+    if if_match is not None and not matches(if_match, etag(job)):
+        raise PreconditionFailed(
+            f"If-Match: job {job.name} ({job_id}) changed since that ETag was read: its ETag is now"
+            f" {etag(job)} (updated {iso(job.updated_at)}); read it again and redo the change"
+        )
     name_free(session, spec.name, job_id)
     fresh = job_row(spec, job_id, now, default_repository)
     before = set((job.options or {}).get("replicate_to", ()))

@@ -1,7 +1,8 @@
 """`vbm job|run|backups|apikey|vm ...`: jobs, runs, the catalog, API keys and VMs.
 
 job create --name N --vcenter V --vm NAME_OR_MOREF... [--schedule S] [--keep-daily N ...]
-job list | show J | run J | cancel J | edit J [...] | enable J | disable J | delete J [--force]
+job list | show J | run J [--idempotency-key K] [--json] | cancel J | edit J [...] [--json]
+job enable J | disable J | delete J [--force]
 run list [--job J] | run watch RUN_ID | run cancel RUN_ID
 backups ls [--vm VM] [--job J] | backups copies [--state S] [--restore-point ID]
 apikey create NAME | list | revoke NAME
@@ -24,9 +25,11 @@ from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog import apikeys, vcenters
+from shared.catalog import apikeys, idempotency, vcenters
 from shared.catalog import jobs as jobstore
+from shared.catalog.runs import run_view
 from shared.cli import apikey as cli_apikey
+from shared.cli import audit as cli_audit
 from shared.cli import backups as cli_backups
 from shared.cli import jobspec
 from shared.cli import runs as cli_runs
@@ -63,15 +66,23 @@ def add_parsers(sub: Any) -> None:
     for name, text in (
         ("show", "one job as JSON"),
         ("preview", "the VMs the job holds today (its selectors resolved now), and why each"),
-        ("run", "run a job now"),
         ("cancel", "stop the job's running runs (snapshots are removed)"),
         ("enable", "scheduled runs happen again"),
         ("disable", "no scheduled runs (run it by hand still works)"),
     ):
         acts.add_parser(name, help=text).add_argument("job", metavar="NAME_OR_ID")
+    run_now = acts.add_parser("run", help="run a job now (refused while a run of it is in progress)")
+    run_now.add_argument("job", metavar="NAME_OR_ID")
+    run_now.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="run at most once for KEY (24 h): a retry with it prints the first run again",
+    )
+    run_now.add_argument("--json", action="store_true", help="the run as JSON")
     edit = acts.add_parser("edit", help="change a job: only what the options name")
     edit.add_argument("job", metavar="NAME_OR_ID")
     jobspec.add_spec_args(edit, editing=True)
+    edit.add_argument("--json", action="store_true", help="the saved job as JSON")
     delete = acts.add_parser("delete", help="delete a job (its restore points stay)")
     delete.add_argument("job", metavar="NAME_OR_ID")
     delete.add_argument("--force", action="store_true", help="even while it runs (the run is cancelled)")
@@ -142,16 +153,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
             return 0
         if action == "delete":
             return _job_delete(args, sessions)
-        with sessions.begin() as s:
-            new = jobstore.run_now(s, jobstore.find_job(s, args.job), "manual", utcnow())
-            run_id, job_name = new.id, args.job
-        print(run_id)
-        print(
-            f"run of {job_name} requested; a running vbm publishes it within a second."
-            f" Follow it with: vbm run watch {run_id}",
-            file=sys.stderr,
-        )
-        return 0
+        return _job_run(args, sessions)
     if args.command == "run":
         return cli_runs.dispatch(args, sessions)
     if args.command in ("backups", "verify"):
@@ -159,6 +161,41 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
     if args.command == "user":
         return cli_user.dispatch(str(action), args, settings, sessions)
     return cli_apikey.dispatch(str(action), args, sessions)
+
+
+def _job_run(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
+    """`vbm job run J [--idempotency-key K]`: the same function as `POST .../run` (409 there,
+    an error here, while a run of the job is in progress); a key as the API keeps it, for the
+    caller `os:<user>` on the route `vbm job run J`."""
+
+    def start(s: Session) -> idempotency.Answer:
+        run = run_view(jobstore.run_now(s, jobstore.find_job(s, args.job), "manual", utcnow()))
+        return idempotency.Answer(202, {"run_id": run["id"], "run": run})
+
+    if args.idempotency_key is None:
+        with sessions.begin() as s:
+            answer = start(s)
+    else:
+        key = idempotency.check_key(args.idempotency_key)
+        claim = idempotency.Claim(
+            caller=cli_audit.actor(),
+            route=f"vbm job run {args.job}",
+            key=key,
+            body_sha256=idempotency.body_hash(b""),
+        )
+        answer = idempotency.once(sessions, claim, start, utcnow())
+    run_id = answer.body["run_id"]
+    if args.json:
+        print(json.dumps({**answer.body, "replayed": answer.replayed}, indent=2))
+    else:
+        print(run_id)
+    again = " (the run this key started before)" if answer.replayed else ""
+    print(
+        f"run of {args.job} requested{again}; a running vbm publishes it within a second."
+        f" Follow it with: vbm run watch {run_id}",
+        file=sys.stderr,
+    )
+    return 0
 
 
 def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
@@ -224,9 +261,12 @@ def _job_edit(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         body["vms"] = [jobspec.kept_ref(v) for v in view["vms"]]
         body["enabled"] = args.job_command == "enable"
     spec = jobstore.check_spec(sessions, JobSpec.model_validate(body), settings, view["id"])
-    with sessions.begin() as s:
-        job = jobstore.replace_job(s, view["id"], spec, utcnow(), settings.repository_location)
+    with sessions.begin() as s:  # only the version read above: a change made since is not undone
+        job = jobstore.replace_job(s, view["id"], spec, utcnow(), settings.repository_location, view["etag"])
         after = jobstore.job_view(job)
+    if getattr(args, "json", False):
+        print(json.dumps(after, indent=2))
+        return 0
     state = "enabled" if after["enabled"] else "disabled"
     print(f"job {after['id']} {after['name']!r} saved ({state}, {len(after['vms'])} VMs)")
     return 0

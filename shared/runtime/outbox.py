@@ -62,11 +62,11 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
+            self._wake.clear()  # before publishing: a kick while it publishes is not lost
             try:
                 await self.publish_pending()
             except Exception as exc:  # NATS or the database away: try again next round
                 log.warning("outbox relay: %s", exc)
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), self.interval)
         with contextlib.suppress(Exception):
