@@ -10,7 +10,7 @@ vbm's own phases are mapped onto a small public set, the same for backups and re
 | snapshot | snapshot | - |
 | downloading | transfer (the mover reads, compresses and writes in one stream) | - |
 | writing | - | uploading, materializing, mounting, registering, resetting_cbt, migrating |
-| verifying | verify | - |
+| verifying | verify | testing (a restore test checks the VM it restored) |
 | replicating | (a replication of its restore point) | - |
 | done | done | powering_on, instant, stopping, migrated, stopped, cleaning_up, done |
 
@@ -44,6 +44,7 @@ RESTORE_PHASES = {
     "registering": "writing",
     "resetting_cbt": "writing",
     "migrating": "writing",
+    "testing": "verifying",
     "powering_on": "done",
     "instant": "done",
     "stopping": "done",
