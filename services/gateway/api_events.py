@@ -72,14 +72,15 @@ async def events(request: web.Request) -> web.StreamResponse:
             }
         )
         await response.prepare(request)
-        await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
-        sent = last_id or 0
-        if resume.reset is not None:
-            await response.write(frame("reset", {"type": "reset", "reason": resume.reset}))
-        for event in resume.backlog:
-            await response.write(frame(event["type"], event, event["id"]))
-            sent = event["id"]
-        await _follow(response, client, sent, settings.events_heartbeat)
+        with contextlib.suppress(ConnectionError):  # the client went away: nothing to answer
+            await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())
+            sent = last_id or 0
+            if resume.reset is not None:
+                await response.write(frame("reset", {"type": "reset", "reason": resume.reset}))
+            for event in resume.backlog:
+                await response.write(frame(event["type"], event, event["id"]))
+                sent = event["id"]
+            await _follow(response, client, sent, settings.events_heartbeat)
         return response
     finally:
         hub.unsubscribe(client)

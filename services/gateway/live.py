@@ -126,7 +126,7 @@ class Hub:
         while True:
             rows = await asyncio.to_thread(self._read, _after(self.cursor))
             for row in rows:
-                if row.id != self.cursor + 1:  # a hole: wait a little for its transaction
+                if self.cursor and row.id != self.cursor + 1:  # a hole: wait for its transaction
                     now = time.monotonic()
                     if self._gap_since is None:
                         self._gap_since = now

@@ -17,13 +17,17 @@ from services.gateway.live import Hub
 from shared.catalog import apikeys, users
 from shared.catalog import tasks as state
 from shared.catalog.alerts import raise_alert
+from shared.clock import utcnow
+from shared.contracts import RUN_FINAL, TASK_FINAL
 from shared.db.eventlog import EventRow
 from shared.db.models import Job, Run, Task
 from shared.model.access import Role
 from shared.model.live import Filter
-from shared.runtime.service import utcnow
 from shared.settings import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
+from tests.pipeline.conftest import Pipeline, pipeline_factory
+
+__all__ = ["pipeline_factory"]  # the pipeline's fixture: services on the lab, the API on their database
 
 FAST = {"gateway": {"events_heartbeat": 0.3, "events_poll": 0.05}}
 
@@ -253,3 +257,48 @@ async def test_a_slow_client_is_dropped_not_grown(make_api: MakeApi, db_url: str
         assert hub.cursor >= 21  # the hub went on for everyone else
     finally:
         await hub.close()
+
+
+async def test_a_client_that_reconnects_mid_run_sees_every_state_change_once(
+    pipeline_factory: Callable[..., Pipeline], make_api: MakeApi
+) -> None:
+    """A real run on the lab: the client drops after the first VM starts, reconnects with
+    Last-Event-ID after more has happened, and has then seen every state change of the run
+    exactly once, in order, up to the run's end; `vbm events` prints the same from the log."""
+    p = pipeline_factory()
+    p.start()
+    api = await make_api(f"sqlite:///{p.data / 'vbm.db'}", **FAST)
+    job_id = p.create_job("live", ["web", "db"])
+    first: list[dict[str, Any]] = []
+    async with open_stream(api, f"?job={job_id}") as resp:
+        stream = Stream(resp)
+        await stream.block(5)
+        run_id = await p.run_job(job_id)
+        first = await stream.until(lambda e: e["type"] == "task.state" and e["phase"] == "snapshot", 60)
+    await p.wait_task(run_id, lambda t: t.phase in ("verify", "done") or t.state in TASK_FINAL, 60)
+    async with open_stream(api, f"?job={job_id}", {"Last-Event-ID": str(first[-1]["id"])}) as resp:
+        rest = await Stream(resp).until(lambda e: e["type"] == "run.state" and e["state"] in RUN_FINAL, 90)
+    seen = [e["id"] for e in first + rest]
+    with api.ctx.sessions() as s:
+        logged = list(
+            s.scalars(
+                select(EventRow.id)
+                .where(EventRow.job_id == job_id, EventRow.id <= seen[-1])
+                .order_by(EventRow.id)
+            )
+        )
+    assert seen == logged  # every one, once, in order
+    assert rest[-1]["state"] == "succeeded" and rest[-1]["run_id"] == run_id
+    states = [(e["vm_name"], e["phase"]) for e in first + rest if e["type"] == "task.state"]
+    for vm in ("web", "db"):
+        phases = [ph for name, ph in states if name == vm]
+        assert phases[0] == "queued" and phases[-1] == "done", (vm, phases)
+        assert {"snapshot", "downloading", "verifying"} <= set(phases), (vm, phases)
+    out, err, code = await p.cli("events", "--once", "--after", "0", "--json", "--job", job_id)
+    assert code == 0, err
+    printed = [json.loads(line) for line in out.splitlines()]
+    assert [e["id"] for e in printed][: len(logged)] == logged
+    out, err, code = await p.cli("events", "--once", "--after", "0", "--type", "run", "--run", run_id)
+    assert code == 0 and f"run.state {run_id}" in out and "(succeeded)" in out, (out, err)
+    out, err, code = await p.cli("events", "--type", "bogus")
+    assert code == 2 and "--type: unknown type bogus" in err
