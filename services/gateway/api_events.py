@@ -22,6 +22,7 @@ routes = web.RouteTableDef()
 
 HUB = web.AppKey("live_hub", Hub)
 RETRY_MS = 3000  # how soon a browser's EventSource reconnects
+HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
 def frame(event_type: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
@@ -60,17 +61,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     identity = identity_of(request)
     if identity is None:
         raise web.HTTPUnauthorized(text="live events need a session or an API key")
+    if request.method == "HEAD":  # the headers a GET would have, without opening a stream
+        return web.Response(headers=HEADERS)
     hub = request.app[HUB]
     settings = request.app[CTX].settings.gateway
     client, resume = await hub.subscribe(wanted, identity.role, last_id)
     try:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                "X-Accel-Buffering": "no",
-            }
-        )
+        response = web.StreamResponse(headers=HEADERS)
         await response.prepare(request)
         with contextlib.suppress(ConnectionError):  # the client went away: nothing to answer
             await response.write(f"retry: {RETRY_MS}\n: connected\n\n".encode())

@@ -222,6 +222,8 @@ async def test_access_and_bad_queries(make_api: MakeApi, db_url: str) -> None:
     api = await make_api(db_url, **FAST)
     async with api.client.get("/api/v1/events") as resp:
         assert resp.status == 401
+    async with api.client.head("/api/v1/events", headers=api.auth) as resp:
+        assert resp.status == 200 and resp.headers["Content-Type"] == "text/event-stream"
     viewer = key_of(api, Role.VIEWER)
     async with open_stream(api, key=viewer) as resp:
         assert resp.status == 200
