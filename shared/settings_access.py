@@ -25,6 +25,19 @@ class GatewaySettings(BaseModel):
     )
     tls_cert: Path | None = Field(default=None, description="PEM certificate (chain) the gateway serves")
     tls_key: Path | None = Field(default=None, description="PEM private key of tls_cert (unencrypted)")
+    events_heartbeat: float = Field(
+        default=15.0, gt=0, le=300, description="Seconds between heartbeat comments on GET /api/v1/events"
+    )
+    events_poll: float = Field(
+        default=0.5, gt=0, le=10, description="Seconds between the gateway's reads of the event log"
+    )
+    events_queue: int = Field(
+        default=1000,
+        ge=10,
+        le=100000,
+        description="State changes queued per live-events client before"
+        " it is dropped as too slow (it resumes with Last-Event-ID)",
+    )
 
     @model_validator(mode="after")
     def _cert_and_key(self) -> GatewaySettings:

@@ -15,6 +15,7 @@ from sqlalchemy import text
 
 from services.gateway import (
     api_alerts,
+    api_events,
     api_jobs,
     api_people,
     api_restores,
@@ -208,6 +209,7 @@ def create_app(ctx: Context) -> web.Application:
     app[PRESENCE] = Presence(interval=ctx.settings.heartbeat_interval)
     app.cleanup_ctx.append(_follow_heartbeats)
     app.cleanup_ctx.append(api_vms.vcenter_sessions)
+    app.cleanup_ctx.append(api_events.live_hub)
     app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -221,6 +223,7 @@ def create_app(ctx: Context) -> web.Application:
         api_settings,
         api_restores,
         api_alerts,
+        api_events,
         api_people,
         audit,
     ):

@@ -23,6 +23,7 @@ from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from shared.catalog import audit, ledger, replication, runlog
+from shared.catalog import events as eventlog
 from shared.catalog import tasks as state
 from shared.catalog.alerts import raise_alert
 from shared.catalog.restore_end import end_restore
@@ -150,6 +151,9 @@ def _trim_notifications(ctx: Context) -> None:
     with ctx.sessions.begin() as s:
         gone = notify_log.trim_log(s, ctx.clock())
         lines = runlog.trim(s, ctx.clock())
+        events = eventlog.trim(s, ctx.clock())
+    if events:
+        log.info("trimmed %d event log row(s)", events)
     if lines:
         log.info("trimmed %d run log line(s)", lines)
     if gone:

@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from services.snapshotter.limits import Usage, job_limit, mover_streams, throttles
 from shared.catalog import ledger, runlog
 from shared.catalog import tasks as state
+from shared.db.eventlog import record_run
 from shared.db.models import Job, Run, Task
 from shared.db.work import DispatchLock
 from shared.runtime.service import Context
@@ -167,6 +168,7 @@ class Dispatcher:
             )
             if claimed.rowcount != 1:  # type: ignore[attr-defined]
                 return  # another snapshotter planned it
+            record_run(s, run_id, job_id, "running", "queued")  # a bulk update: not seen by the listener
             job = s.get(Job, job_id)
             if job is None:
                 return

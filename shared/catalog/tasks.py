@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from shared.catalog import runlog
 from shared.contracts import RUN_FINAL, TASK_FINAL, RunFinished, RunState, Step, StepFailed
+from shared.db.eventlog import record_task
 from shared.db.models import Job, Run, SnapshotLedger, Task
 from shared.runtime.outbox import stage
 
@@ -77,6 +78,8 @@ def move(
     )
     if result.rowcount != 1:  # type: ignore[attr-defined]
         raise Stale(f"task {task_id} is no longer in phase {expect}")
+    if "phase" in changes or "state" in changes:
+        record_task(session, task_id)  # a bulk update: the event log's listener does not see it
 
 
 def warn(session: Session, task: Task, message: str, now: datetime) -> None:

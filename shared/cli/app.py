@@ -22,6 +22,7 @@ from shared.cli import alerts as cli_alerts
 from shared.cli import audit as cli_audit
 from shared.cli import channel as cli_channel
 from shared.cli import confbackup as cli_confbackup
+from shared.cli import events as cli_events
 from shared.cli import jobs as cli_jobs
 from shared.cli import location as cli_location
 from shared.cli import prune as cli_prune
@@ -65,6 +66,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_secrets.add_parsers(sub)
     cli_confbackup.add_parsers(sub)
     cli_audit.add_parsers(sub)
+    cli_events.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     sub.add_parser("version", help="print the version")
@@ -130,6 +132,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_secrets.run(args, settings)
     if args.command in cli_audit.COMMANDS:
         return cli_audit.run(args, settings)
+    if args.command in cli_events.COMMANDS:
+        return cli_events.run(args, settings)
     if args.command in ("prune", "gc"):
         return cli_prune.run(args, settings)
     if args.command in cli_confbackup.COMMANDS:

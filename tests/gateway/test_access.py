@@ -68,6 +68,8 @@ PARAMS = {
 
 
 def _fill(path: str) -> str:
+    if path == "/api/v1/events":  # a stream that never ends: a bad filter checks the access and stops
+        return path + "?type=nope"
     return re.sub(r"\{(\w+)\}", lambda m: PARAMS.get(m.group(1), "x"), path)
 
 

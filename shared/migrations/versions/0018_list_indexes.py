@@ -4,7 +4,7 @@ so that a page of a large catalog (GET /api/v1/backups, /runs: newest first, by 
 is read in index order rather than by sorting every row (bench/catalog.py).
 
 Revision ID: 0018
-Revises: 0016
+Revises: 0017
 Create Date: 2026-12-06 09:10:00
 """
 
@@ -13,7 +13,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "0018"
-down_revision = "0016"
+down_revision = "0017"
 branch_labels = None
 depends_on = None
 
