@@ -16,6 +16,7 @@ from sqlalchemy import text
 from services.gateway import (
     api_alerts,
     api_jobs,
+    api_manifest,
     api_people,
     api_restores,
     api_runs,
@@ -196,6 +197,7 @@ def create_app(ctx: Context) -> web.Application:
     for module in (
         api_jobs,
         api_runs,
+        api_manifest,
         api_vms,
         api_vcenters,
         api_settings,

@@ -41,7 +41,7 @@ class Counting:
             self.reads[cid] = self.reads.get(cid, 0) + 1
             return await real(cid, rp)
 
-        repo.get_chunk = get_chunk  # type: ignore[method-assign]
+        repo.get_chunk = get_chunk  # type: ignore[method-assign,assignment]
 
 
 async def test_a_full_hashes_its_image_in_disk_order(repo: Repository, writer: Writer) -> None:
