@@ -150,9 +150,10 @@ async def ordered_windows(
                     live.pop(kept.pop(0), None)
             yield data
     finally:
-        for task in [*live.values(), *tasks.values()]:
-            if not task.done():
-                task.cancel()
+        left_over = [*live.values(), *tasks.values()]
+        for task in left_over:
+            task.cancel()
+        await asyncio.gather(*left_over, return_exceptions=True)  # none fails with no one to see
 
 
 def document(rp_id: str, disks: dict[str, dict[str, Any]]) -> bytes:
