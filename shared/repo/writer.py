@@ -174,10 +174,14 @@ class Writer:
                     raise RepoError(f"short read of {file} at offset {offset}: {len(data)} of {length} bytes")
                 stats.windows_read += 1
                 stats.bytes_read += length
-                if sha256 is not None:  # in a thread, while the window is stored
-                    entries[index], _ = await asyncio.gather(
-                        self._store(data, stats), sha256.feed(index, data)
-                    )
+                if sha256 is not None:  # in a thread, in disk order, while the window is stored
+                    hashing = asyncio.ensure_future(sha256.feed(index, data))
+                    try:
+                        entries[index] = await self._store(data, stats)
+                        await hashing
+                    finally:  # the buffer is reused only once both are done with it
+                        hashing.cancel()
+                        await asyncio.gather(hashing, return_exceptions=True)
                 else:
                     entries[index] = await self._store(data, stats)
                 if on_window is not None:
