@@ -24,7 +24,7 @@ from shared.clock import iso
 from shared.errors import NotFound
 from shared.repo import ManifestError, RepoError, Repository, read_file
 from shared.repo import digests as sha
-from shared.repo.manifest import RestorePoint
+from shared.repo.manifest import FileEntry, RestorePoint
 from shared.repo.repository import manifest_key
 
 NOT_YET = "not computed yet: the verifier computes it when it reads the restore point (vbm verify ID)"
@@ -52,7 +52,7 @@ async def build(repo: Repository, row: dict[str, Any]) -> dict[str, Any]:
         for key, value in (await sha.read_sums(repo, rp_id) or {}).items():
             if value.get("sha256") and not (disks.get(key) or {}).get("sha256"):
                 disks[key] = value
-    files = [await _file(repo, rp, f.path, f.size, f.disk_key, disks) for f in rp.files]
+    files = [await _file(repo, rp, f, disks) for f in rp.files]
     return {
         "job_id": row.get("job_id") or rp.job_id,
         "vm_name": rp.vm_name,
@@ -65,17 +65,14 @@ async def build(repo: Repository, row: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def _file(
-    repo: Repository, rp: RestorePoint, path: str, size: int, disk_key: int | None, disks: dict[str, Any]
-) -> dict[str, Any]:
-    entry: dict[str, Any] = {"path": path, "size_bytes": size, "sha256": None}
-    if disk_key is not None:
-        known = disks.get(str(disk_key)) or {}
+async def _file(repo: Repository, rp: RestorePoint, f: FileEntry, disks: dict[str, Any]) -> dict[str, Any]:
+    entry: dict[str, Any] = {"path": f.path, "size_bytes": f.size, "sha256": None}
+    if f.disk_key is not None:
+        known = disks.get(str(f.disk_key)) or {}
         entry["sha256"] = known.get("sha256")
         if entry["sha256"] is None:
             entry["sha256_missing"] = known.get("why") or NOT_YET
         return entry
-    f = next(f for f in rp.files if f.path == path)
     try:
         entry["sha256"] = hashlib.sha256(await read_file(repo, rp, f)).hexdigest()
     except RepoError as exc:
