@@ -188,10 +188,11 @@ class Repository:
 
     async def forget(self, rp_id: str) -> None:
         """Remove a restore point's manifest and its SHA-256 object (digests.py); its chunks stay
-        until garbage collection."""
-        await self.backend.delete(manifest_key(rp_id))
+        until garbage collection. The SHA-256 object goes first: written after the manifest, it may
+        be locked (Object Lock) a little longer, and a point kept for that must keep its manifest."""
         with contextlib.suppress(ObjectMissing):
             await self.backend.delete(manifest_key(rp_id) + ".sha256.json")
+        await self.backend.delete(manifest_key(rp_id))
 
 
 async def _check_immutability(backend: Backend) -> None:
