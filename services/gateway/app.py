@@ -17,6 +17,7 @@ from services.gateway import (
     api_alerts,
     api_events,
     api_jobs,
+    api_manifest,
     api_people,
     api_restores,
     api_runs,
@@ -218,6 +219,7 @@ def create_app(ctx: Context) -> web.Application:
     for module in (
         api_jobs,
         api_runs,
+        api_manifest,
         api_vms,
         api_vcenters,
         api_settings,

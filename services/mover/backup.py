@@ -37,6 +37,7 @@ from shared.catalog import tasks as state
 from shared.contracts import Event, SnapshotReady
 from shared.db.models import Job, RestorePointRow, Run, Task
 from shared.repo import DiskEntry, FileEntry, RestorePoint, Writer, WriteStats, restore_point
+from shared.repo.digests import OrderedSha256, write_sums
 from shared.repo.errors import Misconfigured
 from shared.repo.manifest import SkippedDiskEntry
 from shared.runtime.bus import Delivery, Permanent, Retryable
@@ -129,6 +130,7 @@ async def _transfer(
     resumed = False  # windows stored by an earlier attempt: their locks date from that attempt
 
     entries: dict[int, tuple[DiskEntry, FileEntry]] = {}
+    sums: dict[str, dict[str, Any]] = {}  # disk key -> its SHA-256 (a full) or why not yet
 
     async def copy_disk(plan: Plan) -> None:
         nonlocal resumed
@@ -144,6 +146,7 @@ async def _transfer(
             log.info("%s disk %d: resuming, %d windows already stored", event.vm_name, d.key, len(known))
         checkpoints.append(cp)
         tracker.checkpoints = checkpoints
+        sha = OrderedSha256(d.capacity_bytes, writer.repo.chunk_size)
         entry, st = await writer.write_disk(
             source,
             key=d.key,
@@ -157,7 +160,16 @@ async def _transfer(
             progress=tracker,
             known=known,
             on_window=cp.add,
+            sha256=sha,
         )
+        digest = sha.hexdigest()
+        sums[str(d.key)] = {
+            "file": flat,
+            "size_bytes": d.capacity_bytes,
+            "sha256": digest,
+            "by": "mover" if digest else None,
+            "why": sha.skipped,
+        }
         stats.add(st)
         entries[d.key] = (entry, FileEntry(path=flat, size=d.capacity_bytes, disk_key=d.key))
 
@@ -246,9 +258,14 @@ async def _transfer(
     )
     still_ours(deps, event)
     await writer.repo.commit(rp, resumed=resumed)
+    if all(v["sha256"] for v in sums.values()):  # every disk hashed: its object, next to the manifest
+        try:
+            await write_sums(writer.repo, rp.id, sums)
+        except Exception as exc:  # the verifier writes it when it is missing
+            log.warning("%s: SHA-256 object of %s not written: %s", event.vm_name, rp.id, exc)
     seconds = max((ctx.clock() - started).total_seconds(), 1e-3)
     # Done: the whole plan (windows found all zero count as done), at the transfer's average rate.
-    record(deps, event, rp, repository, stats, total, stats.bytes_read / seconds)
+    record(deps, event, rp, repository, stats, total, stats.bytes_read / seconds, sums)
     for cp in checkpoints:
         with contextlib.suppress(Exception):  # leftovers are harmless; GC removes them
             await cp.clear()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from services.mover.deps import Deps
 from shared.catalog import tasks as state
@@ -25,6 +26,7 @@ def record(
     stats: WriteStats,
     done: int,
     rate: float = 0.0,
+    sha256: dict[str, Any] | None = None,
 ) -> None:
     """In one transaction: the catalog row (`shared/catalog/points.py`), the task's move to verify,
     `vbm.transfer.done`."""
@@ -43,6 +45,7 @@ def record(
             repository=repository,
             bytes_read=stats.bytes_read,
             bytes_stored=stats.bytes_stored,
+            sha256=sha256,
         )
         state.move(
             s,

@@ -33,6 +33,7 @@ from shared.contracts import Event, ReplicateDone, ReplicateRequested
 from shared.db.models import Replication, RestorePointRow
 from shared.repo import ObjectMissing, RepoError, Repository
 from shared.repo import chunk as chunks
+from shared.repo.digests import sums_key
 from shared.repo.locations import (
     Credentials,
     CredentialsFor,
@@ -247,6 +248,12 @@ async def _copy(
             await backend.put_if_absent(
                 manifest_key(rp_id), await src.backend.get(manifest_key(rp_id)), durable=True
             )
+        try:  # the SHA-256 of its disks, next to the manifest, when the source has it
+            sums = await src.backend.get(sums_key(rp_id))
+        except ObjectMissing:
+            pass
+        else:
+            await backend.put_if_absent(sums_key(rp_id), sums, durable=True)
         # checked on the target: the manifest loads, every chunk is there, the new ones decode
         await dst.load(rp_id)
         for cid in queue:

@@ -2,15 +2,17 @@
 
 Checks: the manifest loads and passes its checksum; every chunk exists and its content matches
 its BLAKE3 digest (every chunk is read); each disk's tree digest matches its chunk list; each disk's
-capacity equals what vCenter reports now (a changed size is reported, not a failure).
+capacity equals what vCenter reports now (a changed size is reported, not a failure). On the way,
+the SHA-256 of each disk image the mover could not hash (an incremental, a resumed full).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,7 +24,7 @@ from shared.catalog.alerts import raise_alert
 from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
 from shared.db.models import Job, RestorePointRow, Task
 from shared.model.audit import system
-from shared.repo import ChunkError, ManifestError, RepoError, Repository
+from shared.repo import ChunkError, ManifestError, RepoError, Repository, digests
 from shared.repo import chunk as chunks
 from shared.repo.locations import opened
 from shared.repo.manifest import expand, tree_digest
@@ -42,19 +44,49 @@ class Deps:
 
 
 async def verify_restore_point(
-    repo: Repository, rp_id: str, parallel: int = 4
-) -> tuple[list[str], list[str]]:
-    """(problems, notes) of one restore point; no problems means it restores byte-identical.
+    repo: Repository, rp_id: str, parallel: int = 4, known_sha256: Collection[int] = ()
+) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
+    """(problems, notes, SHA-256 of disks) of one restore point; no problems means it restores
+    byte-identical.
 
     Problems: the manifest missing, damaged or invalid; a chunk missing or damaged (every chunk
     is read, its CRC and BLAKE3 digest checked); a disk's tree digest not matching its chunk
     list; a small file (vmx, nvram, descriptor) whose size or whole-file digest differs.
+
+    The chunks of each disk not in `known_sha256` are read in disk order, and the SHA-256 of the
+    disk's image (as `vbm repo export` writes it) is computed over them on the way (digests.py);
+    the other chunks are read in any order.
     """
     try:
         rp = await repo.load(rp_id)
     except ManifestError as exc:
-        return [str(exc)], []
+        return [str(exc)], [], {}
     problems: list[str] = []
+    damaged: set[str] = set()
+
+    def problem(exc: ChunkError) -> None:
+        if exc.chunk not in damaged:
+            damaged.add(exc.chunk)
+            problems.append(str(exc))
+
+    sums: dict[str, dict[str, Any]] = {}
+    seen: set[str] = set()
+    for disk in rp.disks:
+        if disk.key in known_sha256:
+            continue
+        h, whole = hashlib.sha256(), True
+        async for data in digests.ordered_windows(repo, rp_id, disk, seen, problem, ahead=parallel):
+            if data is None:
+                whole = False
+            elif whole:
+                await asyncio.to_thread(h.update, data)
+        sums[str(disk.key)] = {
+            "file": disk.file,
+            "size_bytes": disk.capacity,
+            "sha256": h.hexdigest() if whole else None,
+            "by": "verifier" if whole else None,
+            "why": None if whole else digests.DAMAGED,
+        }
     sem = asyncio.Semaphore(parallel)
     plain: dict[str, bytes] = {}  # the small files' chunks, kept to check their digests
     small = {e for f in rp.files for e in f.chunks if isinstance(e, str)}
@@ -64,12 +96,12 @@ async def verify_restore_point(
             try:
                 data = await repo.get_chunk(cid, rp_id)
             except ChunkError as exc:
-                problems.append(str(exc))
+                problem(exc)
                 return
             if cid in small:
                 plain[cid] = data
 
-    await asyncio.gather(*(one(cid) for cid in sorted(rp.chunk_ids())))
+    await asyncio.gather(*(one(cid) for cid in sorted((rp.chunk_ids() - seen) | small)))
     for disk in rp.disks:
         if tree_digest(expand(disk.chunks), disk.capacity, disk.chunk_size) != disk.tree:
             problems.append(f"disk {disk.key}: tree digest does not match its chunk list")
@@ -88,7 +120,7 @@ async def verify_restore_point(
             problems.append(f"file {f.path}: {len(data)} bytes stored, {f.size} recorded")
         elif chunks.chunk_id(data) != f.digest:
             problems.append(f"file {f.path}: its content does not match its recorded digest")
-    return problems, []
+    return problems, [], sums
 
 
 NOT_COMPARED = "sizes not compared"
@@ -134,19 +166,34 @@ async def compare_sizes(deps: Deps, vcenter: str, vm_moref: str, disks: list[dic
     return notes
 
 
-async def check(deps: Deps, row: RestorePointRow) -> tuple[list[str], list[str]]:
-    """Verify a catalogued restore point: repository contents, then sizes against vCenter."""
+async def check(deps: Deps, row: RestorePointRow) -> tuple[list[str], list[str], dict[str, dict[str, Any]]]:
+    """Verify a catalogued restore point: repository contents (and the SHA-256 of each disk not
+    known yet, written next to the manifest once every disk has one), then sizes against vCenter."""
+    known = {int(k) for k, v in (row.sha256 or {}).items() if v.get("sha256")}
+    sums: dict[str, dict[str, Any]] = {}
     try:
         credentials = locstore.lookup(deps.ctx.settings, deps.ctx.sessions)
         async with opened(row.repository, credentials(row.repository)) as repo:
-            problems, notes = await verify_restore_point(repo, row.id)
+            problems, notes, sums = await verify_restore_point(repo, row.id, known_sha256=known)
+            every = {**(row.sha256 or {}), **sums}
+            if not problems and every and all(v.get("sha256") for v in every.values()):
+                await digests.write_sums(repo, row.id, every)  # once: kept if it exists
     except RepoError as exc:
         problems, notes = [f"repository {row.repository}: {exc}"], []
     notes += await compare_sizes(deps, row.vcenter, row.vm_moref, row.disks)
-    return problems, notes
+    return problems, notes, sums
 
 
-def record(row: RestorePointRow, problems: list[str], notes: list[str], how: str, now: datetime) -> None:
+def record(
+    row: RestorePointRow,
+    problems: list[str],
+    notes: list[str],
+    how: str,
+    now: datetime,
+    sums: dict[str, dict[str, Any]] | None = None,
+) -> None:
+    if sums:
+        row.sha256 = {**(row.sha256 or {}), **sums}
     row.verify_state = "failed" if problems else "ok"
     row.verified_at = now
     row.verify_problems = problems
@@ -165,13 +212,13 @@ async def on_verify_requested(event: VerifyRequested, delivery: Delivery, deps: 
             )
             return []
         s.expunge(row)
-    problems, notes = await check(deps, row)
+    problems, notes, sums = await check(deps, row)
     now = ctx.clock()
     with ctx.sessions.begin() as s:
         live = s.get(RestorePointRow, event.restore_point_id)
         if live is None:
             return []  # removed meanwhile (retention)
-        record(live, problems, notes, "on demand", now)
+        record(live, problems, notes, "on demand", now, sums)
         stage(
             s,
             VerifyDone(
@@ -212,7 +259,7 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
         s.expunge(row)
     alive = asyncio.create_task(_keep_alive(ctx, event.task_id))
     try:
-        problems, notes = await check(deps, row)
+        problems, notes, sums = await check(deps, row)
     finally:
         alive.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -230,7 +277,7 @@ async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) 
             or task.restore_point_id != event.restore_point_id
         ):
             return []  # the task moved on meanwhile (the watchdog, another try): this verdict is late
-        record(row, problems, notes, "after backup", now)
+        record(row, problems, notes, "after backup", now, sums)
         stage(
             s,
             VerifyDone(

@@ -3,6 +3,8 @@ a restore point is committed to its repository); readers query `RestorePointRow`
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy.orm import Session
 
 from shared.db.models import RestorePointRow, Run
@@ -21,6 +23,7 @@ def record_restore_point(
     repository: str,
     bytes_read: int,
     bytes_stored: int,
+    sha256: dict[str, Any] | None = None,
 ) -> RestorePointRow:
     """Add the row of committed restore point `rp` (verification pending); returns it."""
     run = session.get(Run, run_id)
@@ -51,6 +54,7 @@ def record_restore_point(
         finished_at=rp.finished,
         verify_state="pending",
         verify_problems=[],
+        sha256=sha256,
     )
     session.add(row)
     return row

@@ -1,19 +1,26 @@
-"""`vbm backups ls|copies|verify` and `vbm verify`: the restore point catalog on the terminal."""
+"""`vbm backups ls|copies|verify|manifest` and `vbm verify`: the restore point catalog on the terminal."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import json
 import sys
 import time
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from shared.catalog import locations as locstore
+from shared.catalog import manifest_json
 from shared.catalog import runs as runstore
 from shared.catalog.listing import Window
 from shared.cli.runs import when
 from shared.clock import iso, utcnow
 from shared.model.units import human_bytes
+from shared.repo import RepoError
+from shared.repo.locations import opened
+from shared.settings import Settings
 
 
 def add_parsers(sub: Any) -> None:
@@ -28,19 +35,57 @@ def add_parsers(sub: Any) -> None:
     copies.add_argument("--state", choices=("pending", "running", "done", "failed"))
     copies.add_argument("--restore-point", help="only the copies of this restore point")
     copies.add_argument("--limit", type=int, default=50)
+    manifest = b_acts.add_parser(
+        "manifest", help="manifest.json of a restore point: every file with its SHA-256 (as the API's)"
+    )
+    manifest.add_argument("restore_point", metavar="RESTORE_POINT_ID")
+    manifest.add_argument("--json", action="store_true", help="JSON (the default and only output)")
+    manifest.add_argument("-o", "--output", default="-", help="file to write, or - for stdout (default)")
     verify = b_acts.add_parser("verify", help="verify a restore point now (every chunk read)")
     _verify_args(verify)
     _verify_args(sub.add_parser("verify", help="verify a restore point now (same as: backups verify)"))
 
 
-def dispatch(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
+def dispatch(
+    args: argparse.Namespace, sessions: sessionmaker[Session], settings: Settings | None = None
+) -> int:
     """`vbm backups ACTION` or `vbm verify`."""
     action = getattr(args, "backups_command", None)
+    if action == "manifest":
+        assert settings is not None
+        return _manifest(args, sessions, settings)
     if args.command == "verify" or action == "verify":
         return _verify(args, sessions)
     if action == "copies":
         return copies_ls(sessions, args.state, args.restore_point, args.limit)
     return backups_ls(sessions, args.vm, args.job, args.limit, args.vcenter)
+
+
+def _manifest(args: argparse.Namespace, sessions: sessionmaker[Session], settings: Settings) -> int:
+    """The same document as GET /api/v1/backups/{id}/manifest.json."""
+    with sessions() as s:
+        row = manifest_json.catalogued(s, args.restore_point)
+    location = row["repository"]
+
+    async def build() -> dict[str, Any]:
+        async with opened(location, locstore.lookup(settings, sessions)(location)) as repo:
+            return await manifest_json.build(repo, row)
+
+    try:
+        document = asyncio.run(build())
+    except (RepoError, OSError) as exc:
+        print(f"vbm backups manifest: repository {location}: {exc}", file=sys.stderr)
+        return 1
+    text = json.dumps(document, indent=2) + "\n"
+    if args.output == "-":
+        sys.stdout.write(text)
+    else:
+        with open(args.output, "w", encoding="utf-8") as fh:
+            fh.write(text)
+    missing = [f["path"] for f in document["files"] if f["sha256"] is None]
+    if missing:
+        print(f"no SHA-256 yet for: {', '.join(missing)} (see sha256_missing)", file=sys.stderr)
+    return 0
 
 
 def _verify_args(p: Any) -> None:

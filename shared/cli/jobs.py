@@ -4,7 +4,7 @@ job create --name N --vcenter V --vm NAME_OR_MOREF... [--schedule S] [--keep-dai
 job list | show J | run J [--idempotency-key K] [--json] | cancel J | edit J [...] [--json]
 job enable J | disable J | delete J [--force]
 run list [--job J] | run watch RUN_ID | run cancel RUN_ID
-backups ls [--vm VM] [--job J] | backups copies [--state S] [--restore-point ID]
+backups ls [--vm VM] [--job J] | backups copies [--state S] [--restore-point ID] | backups manifest ID
 apikey create NAME | list | revoke NAME
 vm ls [--vcenter V]
 
@@ -157,7 +157,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
     if args.command == "run":
         return cli_runs.dispatch(args, sessions)
     if args.command in ("backups", "verify"):
-        return cli_backups.dispatch(args, sessions)
+        return cli_backups.dispatch(args, sessions, settings)
     if args.command == "user":
         return cli_user.dispatch(str(action), args, settings, sessions)
     return cli_apikey.dispatch(str(action), args, sessions)

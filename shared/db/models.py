@@ -208,6 +208,8 @@ class RestorePointRow(Base):
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     verify_how: Mapped[str | None] = mapped_column(String(16), nullable=True)
     verify_requested_at: Mapped[datetime | None] = _ts_null()
+    # Per disk key (a string): {"sha256": hex or None, "by": "mover"|"verifier", "why": why not yet}
+    sha256: Mapped[dict[str, Any] | None] = mapped_column(JSONType, nullable=True)
 
 
 class Pruned(Base):

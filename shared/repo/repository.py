@@ -3,6 +3,7 @@
     config                      JSON: format, version, id, chunk size, hash, compression
     chunks/<2 hex>/<64 hex>     chunk objects (see chunk.py), named by the BLAKE3 digest of their content
     manifests/<restore point>   restore point manifests (see manifest.py), written last
+    manifests/<rp>.sha256.json  the SHA-256 of each disk image, once known (see digests.py)
 
 Order of writes: chunks, then `flush()` (chunks durable), then the manifest, durably. A manifest
 therefore never names a chunk that a crash could have lost, and a restore point is visible only
@@ -16,6 +17,7 @@ from now, and records the date in the manifest (`immutable_until`); see `_keep_i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import secrets
 import uuid
@@ -175,7 +177,7 @@ class Repository:
 
     async def restore_point_ids(self) -> list[str]:
         ids = [info.key.split("/", 1)[1] async for info in self.backend.list("manifests/")]
-        return sorted(ids)
+        return sorted(i for i in ids if "." not in i)  # not the SHA-256 objects (digests.py)
 
     async def load(self, rp_id: str) -> RestorePoint:
         try:
@@ -185,7 +187,11 @@ class Repository:
         return manifest.load(raw, rp_id)
 
     async def forget(self, rp_id: str) -> None:
-        """Remove a restore point's manifest (its chunks stay until garbage collection)."""
+        """Remove a restore point's manifest and its SHA-256 object (digests.py); its chunks stay
+        until garbage collection. The SHA-256 object goes first: written after the manifest, it may
+        be locked (Object Lock) a little longer, and a point kept for that must keep its manifest."""
+        with contextlib.suppress(ObjectMissing):
+            await self.backend.delete(manifest_key(rp_id) + ".sha256.json")
         await self.backend.delete(manifest_key(rp_id))
 
 

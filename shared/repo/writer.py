@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Protocol
 
 from shared.repo import chunk as chunks
+from shared.repo.digests import INCREMENTAL, RESUMED, OrderedSha256
 from shared.repo.errors import RepoError
 from shared.repo.manifest import (
     DiskEntry,
@@ -114,6 +115,7 @@ class Writer:
         progress: Progress | None = None,
         known: Mapping[int, str | None] | None = None,
         on_window: Callable[[int, str | None], None] | None = None,
+        sha256: OrderedSha256 | None = None,
     ) -> tuple[DiskEntry, WriteStats]:
         """Back up one disk: all windows, or (with `parent` and `changed`) only touched ones.
 
@@ -123,6 +125,9 @@ class Writer:
         Resuming: `known` gives windows an earlier attempt already stored (index -> chunk id, None
         for zero); they are not read again. `on_window` hears of every window this call stores,
         so the caller can checkpoint them.
+
+        `sha256`: for a full read from the start, it hears every window in disk order (the SHA-256
+        of the flat image, see digests.py); otherwise its `skipped` says why it is not computed.
         """
         size = self.repo.chunk_size
         count = -(-capacity // size)
@@ -145,6 +150,12 @@ class Writer:
                 if 0 <= index < count:
                     entries[index] = cid
             todo = [i for i in todo if i not in known]
+        if sha256 is not None:
+            sha256.skipped = INCREMENTAL if incremental else RESUMED if known else None
+            todo = list(todo)
+            sha256.expect(todo)
+            if sha256.skipped:
+                sha256 = None
         indexes = iter(todo)
         read_into: Callable[[int, memoryview], Awaitable[None]] | None = getattr(source, "read_into", None)
 
@@ -163,13 +174,24 @@ class Writer:
                     raise RepoError(f"short read of {file} at offset {offset}: {len(data)} of {length} bytes")
                 stats.windows_read += 1
                 stats.bytes_read += length
-                entries[index] = await self._store(data, stats)
+                if sha256 is not None:  # in a thread, in disk order, while the window is stored
+                    hashing = asyncio.ensure_future(sha256.feed(index, data))
+                    try:
+                        entries[index] = await self._store(data, stats)
+                        await hashing
+                    finally:  # the buffer is reused only once both are done with it
+                        hashing.cancel()
+                        await asyncio.gather(hashing, return_exceptions=True)
+                else:
+                    entries[index] = await self._store(data, stats)
                 if on_window is not None:
                     on_window(index, entries[index])
                 if progress is not None:
                     progress(length)
 
         await _run_all([work() for _ in range(self.workers)])
+        if sha256 is not None:
+            await sha256.finish()
         disk = DiskEntry(
             key=key,
             label=label,

@@ -75,7 +75,7 @@ async def test_no_sftp_connection_stays_open(
         s.add(row)
     assert await closed(sftp_server) == 0
 
-    problems, _notes = await check(Deps(api.ctx, NoVCenter()), row)  # type: ignore[arg-type]  # a verify
+    problems, _notes, _sums = await check(Deps(api.ctx, NoVCenter()), row)  # type: ignore[arg-type]  # a verify
     assert problems == []
     measured = await usage.measure(location, Credentials.of(api.ctx.settings))  # a usage sample
     assert measured["stored"]

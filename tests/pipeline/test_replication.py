@@ -13,6 +13,7 @@ from shared.db.models import Alert, Replication
 from shared.repo import LocalBackend, Repository, read_disk
 from shared.repo.backends.azure import AzureBackend
 from shared.repo.backends.s3 import S3Backend
+from shared.repo.digests import read_sums
 from tests.pipeline.conftest import Pipeline
 from tests.plugins.azurite import AzuriteServer
 from tests.plugins.s3 import S3Server
@@ -86,6 +87,8 @@ async def test_full_and_incremental_are_copied_to_s3_and_azure_sending_only_new_
         assert sorted(await copy.restore_point_ids()) == sorted([full.id, incr.id])
         point = await copy.load(incr.id)
         assert b"".join([x async for x in read_disk(copy, point, point.disk(2000))]) == later
+        for rp_id in (full.id, incr.id):  # the SHA-256 of the disks came along (manifest.json)
+            assert await read_sums(copy, rp_id) == await read_sums(primary, rp_id) is not None
         await backend.close()
     p.assert_clean()
 

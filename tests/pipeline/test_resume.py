@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from collections.abc import Callable
 
 from shared.repo import LocalBackend
@@ -34,5 +35,10 @@ async def test_redelivered_transfer_resumes(pipeline_factory: Callable[..., Pipe
     assert windows[2000] == 0  # nothing of the first disk was read again
     for key, content in before.items():
         assert await p.read_back(rp.id, key) == content
+    # the SHA-256 of a disk the mover did not read again is the verifier's (manifest.json)
+    assert rp.sha256 is not None and rp.sha256["2000"]["by"] == "verifier"
+    assert {int(k): v["sha256"] for k, v in rp.sha256.items()} == {
+        k: hashlib.sha256(c).hexdigest() for k, c in before.items()
+    }
     assert [i async for i in backend.list("checkpoints/")] == []
     p.assert_clean()
