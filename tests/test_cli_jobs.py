@@ -186,7 +186,7 @@ def test_run_watch_follows_progress_to_the_end(tmp_path: Path) -> None:
     assert row[:4] == ["rp-20261126T090000Z-0000000a", "lab", "web", "full"] and row[-1] == "pending"
     assert "8.0 MiB    3.0 MiB" in listed.stdout
     zero = vbm(env, "backups", "ls", "--limit", "0")
-    assert zero.returncode == 1 and "limit: must be between 1 and 500, not 0" in zero.stderr
+    assert zero.returncode == 1 and "limit: '0' is not a whole number from 1 to 500" in zero.stderr
     unknown = vbm(env, "run", "watch", "nope")
     assert unknown.returncode == 1 and "no run 'nope'" in unknown.stderr
 

@@ -99,7 +99,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             print(f"{len(args.alert_ids) - len(missing)} alert(s) acknowledged")
             return 1 if missing else 0
         with sessions() as s:
-            found = list_alerts(s, Window(limit=args.limit), everything=args.all)
+            found = list_alerts(
+                s, Window.parse({"limit": str(args.limit)}, max_limit=1000), everything=args.all
+            )
             total, rows = found.total, found.rows
             for a in rows:
                 seen = " (acknowledged)" if a.acknowledged_at else ""

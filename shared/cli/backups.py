@@ -126,7 +126,7 @@ def backups_ls(
     sessions: sessionmaker[Session], vm: str | None, job: str | None, limit: int, vcenter: str | None = None
 ) -> int:
     with sessions() as s:
-        found = runstore.list_backups(s, Window(limit=limit), vm=vm, job=job, vcenter=vcenter)
+        found = runstore.list_backups(s, Window.parse({"limit": str(limit)}), vm=vm, job=job, vcenter=vcenter)
         total, rows = found.total, found.rows
         views = [runstore.backup_view(r) for r in rows]
     head = f"{'restore point':<32} {'vcenter':<12} {'vm':<20} {'kind':<11} {'finished':<21}"

@@ -192,7 +192,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         return watch(sessions, restore_id)
     if action == "list":
         with sessions() as s:
-            rows = restores.list_restores(s, Window(limit=args.limit)).rows
+            rows = restores.list_restores(s, Window.parse({"limit": str(args.limit)})).rows
             for r in rows:
                 target = r.target
                 print(

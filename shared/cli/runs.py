@@ -136,7 +136,7 @@ def when(text: str | None) -> str:
 def run_list(sessions: sessionmaker[Session], job: str | None, limit: int) -> int:
     with sessions() as s:
         job_id = jobstore.find_job(s, job).id if job else None
-        found = runstore.list_runs(s, Window(limit=limit), job=job_id)
+        found = runstore.list_runs(s, Window.parse({"limit": str(limit)}), job=job_id)
         total, runs = found.total, found.rows
         views = [runstore.run_view(r) for r in runs]
     print(f"{'run':<44} {'state':<10} {'trigger':<9} created")
