@@ -174,20 +174,21 @@ class Writer:
                     raise RepoError(f"short read of {file} at offset {offset}: {len(data)} of {length} bytes")
                 stats.windows_read += 1
                 stats.bytes_read += length
-                if sha256 is not None:  # in a thread, in disk order, while the window is stored
-                    hashing = asyncio.ensure_future(sha256.feed(index, data))
-                    try:
-                        entries[index] = await self._store(data, stats)
+                # the SHA-256 in a thread, in disk order, while the window is stored; the window
+                # counts as done (progress, checkpoint) once stored, even while it waits its turn
+                hashing = asyncio.ensure_future(sha256.feed(index, data)) if sha256 is not None else None
+                try:
+                    entries[index] = await self._store(data, stats)
+                    if on_window is not None:
+                        on_window(index, entries[index])
+                    if progress is not None:
+                        progress(length)
+                    if hashing is not None:
                         await hashing
-                    finally:  # the buffer is reused only once both are done with it
+                finally:  # the buffer is reused only once both are done with it
+                    if hashing is not None:
                         hashing.cancel()
                         await asyncio.gather(hashing, return_exceptions=True)
-                else:
-                    entries[index] = await self._store(data, stats)
-                if on_window is not None:
-                    on_window(index, entries[index])
-                if progress is not None:
-                    progress(length)
 
         await _run_all([work() for _ in range(self.workers)])
         if sha256 is not None:
