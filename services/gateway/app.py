@@ -25,8 +25,10 @@ from services.gateway import (
     api_vcenters,
     api_vms,
     audit,
+    openapi,
 )
 from services.gateway.access import needs
+from services.gateway.apidoc import op
 from services.gateway.auth import AUTH, AuthState, authorize
 from services.gateway.common import CTX, field_error, json_response, problem
 from shared import __version__
@@ -127,6 +129,7 @@ def _detail(request: web.Request, exc: web.HTTPException) -> str:
 
 
 @needs(PUBLIC)
+@op("Where things are: a short page for a browser, JSON for a client", no_cli="see `vbm --help`")
 async def root(request: web.Request) -> web.Response:
     """`/`: where things are (a browser gets a short page, a client JSON), no key needed."""
     info = {
@@ -134,7 +137,8 @@ async def root(request: web.Request) -> web.Response:
         "version": __version__,
         "api": "/api/v1",
         "health": "/healthz",
-        "docs": "docs/api.md in the source tree",
+        "docs": "/api/v1/docs",
+        "openapi": "/api/v1/openapi.json",
         "ui": "not in this version: use the REST API or the vbm command",
     }
     if "text/html" not in request.headers.get("Accept", ""):
@@ -144,18 +148,25 @@ async def root(request: web.Request) -> web.Response:
         f"<h1>vSphere Backup Manager {__version__}</h1>"
         "<p>The REST API is at <a href=/api/v1>/api/v1</a> (log in with <code>POST /api/v1/session</code>"
         " or send an <code>X-API-Key</code>: <code>vbm apikey create NAME</code>), described in"
-        " <code>docs/api.md</code>."
+        " the <a href=/api/v1/docs>API reference</a> (<a href=/api/v1/openapi.json>openapi.json</a>)"
+        " and <code>docs/api.md</code>."
         " There is no web UI in this version: use the API or the <code>vbm</code> command.</p></html>"
     )
     return web.Response(text=html, content_type="text/html")
 
 
 @needs(PUBLIC)
+@op("Liveness: the gateway answers", no_cli="a probe for a load balancer or an orchestrator")
 async def healthz(_request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
 
 @needs(PUBLIC)
+@op(
+    "Readiness: NATS connected and the database answering (503 names what is not)",
+    errors=(503,),
+    no_cli="a probe for a load balancer or an orchestrator",
+)
 async def readyz(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     problems: list[str] = []
@@ -176,11 +187,13 @@ def _ping_db(ctx: Context) -> None:
 
 
 @needs(PUBLIC)
+@op("The API's name and version", cli="vbm version")
 async def api_root(_request: web.Request) -> web.Response:
     return json_response({"name": "vSphere Backup Manager", "version": __version__, "api": "v1"})
 
 
 @needs(Permission.STATUS_READ)
+@op("The services seen on the bus, with their last heartbeat, and those missing", cli="vbm status")
 async def api_services(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     rows = request.app[PRESENCE].view(ctx.clock())
@@ -228,6 +241,7 @@ def create_app(ctx: Context) -> web.Application:
         api_events,
         api_people,
         audit,
+        openapi,
     ):
         app.router.add_routes(module.routes)
     return app
