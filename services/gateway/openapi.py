@@ -67,9 +67,8 @@ def document(app: web.Application) -> dict[str, Any]:
     wanted: list[tuple[type[BaseModel], Mode]] = [(Problem, "serialization")]
     found: list[tuple[str, str, Any, Operation]] = []
     for method, path, handler in app_routes(app):
-        declared_op = operation(handler)
-        if declared_op is None:
-            raise LookupError(f"{method} {path} has no @op declaration (services/gateway/apidoc.py)")
+        # a route without @op still appears (test_openapi.py fails on it), so the document never breaks
+        declared_op = operation(handler) or Operation("(not declared: a defect)", no_cli="(not declared)")
         found.append((method, path, handler, declared_op))
         if declared_op.body is not None:
             wanted.append((declared_op.body, "validation"))
