@@ -1,0 +1,1 @@
+"""Pydantic models of the REST API's answers, for the OpenAPI document (services/gateway/openapi.py)."""
