@@ -65,7 +65,12 @@ IDEMPOTENCY_KEY = Param(
     "Idempotency-Key",
     "a retry with the same key (from the same caller, within a day) answers as the first request"
     " did and starts nothing twice",
-    {"type": "string", "minLength": 1, "maxLength": 200},
+    {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 255,
+        "pattern": "^[ -~]+$",
+    },  # shared/catalog/idempotency.py
     where="header",
 )
 IF_MATCH = Param(
