@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHON VENV
 
-.PHONY: up test deps deps-test venv venv-runtime lab lint typecheck pytest format clean lock lock-upgrade outdated
+.PHONY: up test deps deps-test venv venv-runtime lab lint typecheck pytest format clean lock lock-upgrade outdated vendor-web
 
 up: deps venv-runtime lab  ## install what is missing, then run every service (Ctrl-C stops)
 	$(BIN)/vbm up
@@ -36,6 +36,9 @@ outdated: venv  ## newer releases than the lock has (a refresh is `make lock-upg
 
 lab: venv-runtime  ## build the vCenter simulator (cached by a hash of its sources and Go's version)
 	$(BIN)/python -c "from lab.launcher import build_lab; print('lab binary:', build_lab())"
+
+vendor-web:  ## copy the front-end libraries web/package-lock.json pins into the gateway's static files (npm)
+	scripts/vendor-web.py
 
 lint: venv
 	$(BIN)/ruff check .
