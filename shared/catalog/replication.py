@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.catalog.listing import Paged, Window, page
-from shared.clock import aware
+from shared.clock import aware, iso
 from shared.contracts import ReplicateRequested
 from shared.db.models import Replication
 from shared.errors import Invalid
@@ -121,8 +121,8 @@ def view(rep: Replication) -> dict[str, Any]:
         "chunks_sent": rep.chunks_sent,
         "bytes_sent": rep.bytes_sent,
         "error": rep.error,
-        "created_at": rep.created_at.isoformat(),
-        "updated_at": rep.updated_at.isoformat(),
-        "finished_at": rep.finished_at.isoformat() if rep.finished_at else None,
-        "next_try_at": rep.next_try_at.isoformat() if rep.next_try_at else None,
+        "created_at": iso(rep.created_at),
+        "updated_at": iso(rep.updated_at),
+        "finished_at": iso(rep.finished_at),
+        "next_try_at": iso(rep.next_try_at),
     }

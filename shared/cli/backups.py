@@ -171,11 +171,12 @@ def _verify(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
         with sessions() as s:
             row = runstore.get_backup(s, args.restore_point)
             if row.verified_at is not None and row.verified_at >= asked:
-                print(f"{row.id}: {row.verify_state} ({row.verify_how}, {iso(row.verified_at)})")
+                out = sys.stderr if args.json else sys.stdout  # with --json, stdout holds the JSON only
+                print(f"{row.id}: {row.verify_state} ({row.verify_how}, {iso(row.verified_at)})", file=out)
                 for line in row.verify_problems:
-                    print(f"  problem: {line}")
+                    print(f"  problem: {line}", file=out)
                 for line in row.verify_notes:
-                    print(f"  note: {line}")
+                    print(f"  note: {line}", file=out)
                 return 0 if row.verify_state == "ok" else 1
         time.sleep(0.5)
     print(f"vbm verify: no result within {args.timeout:.0f}s: is vbm running (vbm up)?", file=sys.stderr)
