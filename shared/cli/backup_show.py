@@ -40,9 +40,8 @@ def show(args: argparse.Namespace, sessions: sessionmaker[Session], settings: Se
         print(f"  copy to {copy['target']}: {copy['state']}")
     if detail["manifest"] is not None:
         for disk in detail["manifest"]["disks"]:
-            print(
-                f"  disk {disk['key']} {disk['label'] or ''}: {human_bytes(disk['capacity'])}  {disk['file']}"
-            )
+            name = f"disk {disk['key']} ({disk['label']})" if disk["label"] else f"disk {disk['key']}"
+            print(f"  {name}: {human_bytes(disk['capacity'])}  {disk['file']}")
     else:
         print(f"  manifest: cannot be read: {detail['manifest_error']}", file=sys.stderr)
     return 0
