@@ -40,12 +40,12 @@ routes = web.RouteTableDef()
 async def _tested(request: web.Request, loc: locstore.Location) -> dict[str, Any] | web.Response:
     """The open test's result for the answer, or a 422 saying what failed (nothing saved)."""
     if flag(request, "skip_test"):
-        return {"ok": None, "message": "saved untested (skip_test)"}
+        return locstore.SKIPPED
     failed = await try_open(loc.url, loc.credentials())
+    test = locstore.open_test(loc.url, failed)
     if failed is None:
-        return {"ok": True, "message": f"{loc.url} opens with these credentials"}
+        return test
     detail = f"url: {loc.url} cannot be opened with these credentials: {failed}; nothing was saved"
-    test = {"ok": False, "message": failed}
     errors = [field_error("url", "body", f"cannot be opened with these credentials: {failed}")]
     return problem(422, "Unprocessable Entity", detail, errors, extra={"test": test})
 

@@ -47,9 +47,7 @@ def _failed(result: Probe) -> web.Response:
 
 
 def _answer(view: dict[str, object], tested: Probe | None) -> dict[str, object]:
-    if tested is None:
-        return {**view, "test": {"ok": None, "kind": "skipped", "message": "saved untested (skip_test)"}}
-    return {**view, "test": tested.view()}
+    return vcstore.saved_view(view, None if tested is None else tested.view())
 
 
 @routes.get("/api/v1/vcenters")
