@@ -10,7 +10,8 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
-from services.gateway.answers.jobs import Job, JobCancelled, JobDeleted, Jobs, Preview, Run, RunStarted
+from services.gateway.answers.jobs import Job, JobCancelled, JobDeleted, Jobs, Preview, RunStarted
+from services.gateway.answers.runs import RunAnswer
 from services.gateway.apidoc import IDEMPOTENCY_KEY, IF_MATCH, boolean, op
 from services.gateway.common import CTX, flag, in_session, json_response, read_json, with_vcenters
 from services.gateway.idempotency import answer_once
@@ -200,7 +201,7 @@ async def cancel_job(request: web.Request) -> web.Response:
     "Stop a run",
     description="Stop one run: its movers stop within a second, its snapshots are removed. 409"
     " when it has ended already.",
-    answer=Run,
+    answer=RunAnswer,
     status=202,
     errors=(409,),
     cli="vbm run cancel RUN_ID --json",

@@ -9,6 +9,7 @@ from datetime import datetime
 
 from pydantic import BaseModel, Field
 
+from services.gateway.answers.runs import RunAnswer
 from shared.model.jobs import JobOptions
 from shared.model.retention import Policy
 from shared.model.schedules import Schedule
@@ -52,28 +53,11 @@ class JobCancelled(BaseModel):
     cancelled_runs: list[str] = Field(description="the runs asked to stop; empty when none was unfinished")
 
 
-class Run(BaseModel):
-    """A run of a job (run_view)."""
-
-    id: str
-    job_id: str
-    trigger: str = Field(description="schedule, manual, api or retry")
-    slot: datetime | None = Field(description="the schedule slot it runs for; null when started by hand")
-    state: str
-    finished: bool
-    error: str | None
-    cancel_requested: bool
-    wait_reason: str | None = Field(description="while queued: what it waits for")
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
 class RunStarted(BaseModel):
     """The run a job was asked for (Location: /api/v1/runs/{run_id})."""
 
     run_id: str
-    run: Run
+    run: RunAnswer
 
 
 class SkippedDisk(BaseModel):

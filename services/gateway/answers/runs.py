@@ -4,6 +4,7 @@ manifest_json.py). Times are RFC 3339 strings in UTC; a field that can be null s
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -18,15 +19,15 @@ class RunAnswer(BaseModel):
     id: str
     job_id: str
     trigger: str = Field(description="schedule, manual, api, ...")
-    slot: str | None = Field(description="the schedule slot it runs for; null for a manual run")
+    slot: datetime | None = Field(description="the schedule slot it runs for; null for a manual run")
     state: str = Field(description="queued, running, succeeded, warning, failed, cancelled")
     finished: bool
     error: str | None
     cancel_requested: bool
     wait_reason: str | None = Field(description="while queued: what it waits for")
-    created_at: str
-    started_at: str | None
-    finished_at: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
 
 
 class TaskAnswer(BaseModel):
