@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from lab.launcher import Lab
 from services.gateway.answers import jobs as answers
+from services.gateway.answers.runs import RunAnswer
 from shared.contracts import JOBS_CHANGED_SUBJECT, JobRequested, cancel_subject
 from shared.db.models import Job, Outbox, Replication, RestorePointRow, Run
 from tests.gateway.conftest import Api, MakeApi, lab_vcenter
@@ -164,7 +165,7 @@ async def test_run_now_reaches_the_stream_and_cancel_stops_it(
     assert status == 202 and cancelled == {"job_id": job["id"], "cancelled_runs": [run_id]}
     answers.JobCancelled.model_validate(cancelled)
     status, run = await api.call("POST", f"/runs/{run_id}/cancel")
-    assert status == 202 and answers.Run.model_validate(run).cancel_requested
+    assert status == 202 and RunAnswer.model_validate(run).cancel_requested
     assert (await live.next_msg(timeout=5)).data == b""
     await live.unsubscribe()
     with api.ctx.sessions() as s:
