@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.answers.alerts import Alert, AlertPage, Notifications, TestWhich, Tried
-from services.gateway.apidoc import WINDOW, choice, op, text
+from services.gateway.apidoc import WINDOW, boolean, choice, op, text
 from services.gateway.common import CTX, flag, in_session, json_response, read_json
 from shared.catalog import alerts
 from shared.catalog import channels as chstore
@@ -22,9 +22,11 @@ from shared.settings import NotificationSettings
 
 routes = web.RouteTableDef()
 
+SEVERITIES = ("info", "warning", "error", "critical")
+
 ALERT_FILTERS = (
-    choice("all", "acknowledged alerts too", ("true", "false")),
-    choice("severity", "only of this severity", ("info", "warning", "error", "critical")),
+    boolean("all", "acknowledged alerts too"),
+    choice("severity", "only of this severity", SEVERITIES),
     text("kind", "only of this kind, e.g. verify_failed"),
     text("vm", "only about this VM (its name)"),
 )
@@ -50,6 +52,8 @@ async def get_alerts(request: web.Request) -> web.Response:
     q = request.query
     window = Window.parse(q, alerts.FILTERS, default_limit=100, max_limit=1000)
     everything = flag(request, "all")
+    if q.get("severity") and q["severity"] not in SEVERITIES:
+        raise Invalid("severity", f"{q['severity']!r} is not one of {', '.join(SEVERITIES)}", where="query")
 
     def work(s: Session) -> dict[str, Any]:
         return alerts.alerts_page(

@@ -41,7 +41,10 @@ def _last_id(request: web.Request) -> int | None:
         if raw is None or not raw.strip():
             continue
         if not raw.strip().isdigit() or len(raw.strip()) > 18:
-            raise Invalid(name, f"{raw[:40]!r} is not an event id (a whole number from an event's `id`)")
+            where = "header" if name == "Last-Event-ID" else "query"
+            raise Invalid(
+                name, f"{raw[:40]!r} is not an event id (a whole number from an event's `id`)", where=where
+            )
         return int(raw.strip())
     return None
 

@@ -59,6 +59,8 @@ async def test_alerts_are_listed_newest_first_and_acknowledged(
     )  # the CLI says the same
     status, body = await api.call("POST", "/alerts/alert-nope/ack")
     assert status == 404 and "no alert 'alert-nope'" in body["detail"]
+    status, body = await api.call("GET", "/alerts?severity=bad")
+    assert status == 422 and body["detail"].startswith("severity: 'bad' is not one of info")
     status, body = await api.call("GET", "/alerts?limit=0")
     assert status == 422 and body["detail"].startswith("limit:")
 
