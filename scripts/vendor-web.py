@@ -32,7 +32,10 @@ VENDOR = ROOT / "services" / "gateway" / "static" / "vendor"
 
 # package -> {file in the package: name under static/vendor/<package>/}; its licence is added.
 FILES: dict[str, dict[str, str]] = {
-    "redoc": {"bundles/redoc.standalone.js": "redoc.standalone.js"},
+    "chart.js": {"dist/chart.umd.min.js": "chart.umd.min.js"},  # the UI's charts
+    "htmx-ext-sse": {"dist/sse.min.js": "sse.min.js"},  # htmx's Server-Sent Events extension
+    "htmx.org": {"dist/htmx.min.js": "htmx.min.js"},  # the UI's partial updates
+    "redoc": {"bundles/redoc.standalone.js": "redoc.standalone.js"},  # the API reference
 }
 
 NPM_FLAGS = ["--ignore-scripts", "--legacy-peer-deps", "--no-audit", "--no-fund", "--loglevel=error"]
