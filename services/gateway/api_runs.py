@@ -11,19 +11,17 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.answers import runs as answers
-from services.gateway.apidoc import IDEMPOTENCY_KEY, WINDOW, boolean, choice, number, op, text
-from services.gateway.common import CTX, flag, in_session, json_response, query_int
+from services.gateway.apidoc import IDEMPOTENCY_KEY, WINDOW, choice, number, op, text
+from services.gateway.common import CTX, credentials_for, in_session, json_response, query_int
 from services.gateway.idempotency import answer_once
 from services.gateway.ranges import byte_range, content_disposition
-from shared.catalog import backups, prune, replication, usage
-from shared.catalog import locations as locstore
+from shared.catalog import backups, replication
 from shared.catalog import runs as runstore
 from shared.catalog.idempotency import Answer
 from shared.catalog.listing import Window
-from shared.errors import Invalid
 from shared.model.access import Permission
 from shared.repo import ChunkError, ManifestError, RepoError, read_disk
-from shared.repo.locations import CredentialsFor, check_location, opened
+from shared.repo.locations import opened
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
@@ -31,10 +29,6 @@ routes = web.RouteTableDef()
 RUN_FILTERS = ("job", "job_id", "state", "trigger")
 BACKUP_FILTERS = ("vm", "job", "vcenter", "verify")
 REPLICATION_FILTERS = ("state", "restore_point")
-RP_SCOPE = (
-    text("job", "only the restore points of this job (id)"),
-    text("vm", "only the restore points of this VM (name or moref)"),
-)
 
 
 @routes.get("/api/v1/runs")
@@ -167,7 +161,7 @@ async def get_backup(request: web.Request) -> web.Response:
     """The catalog's view, the copies to secondary repositories, and the manifest as the
     repository holds it (null, with `manifest_error` saying why, when it cannot be read)."""
     view = await in_session(request, lambda s: backups.catalogued(s, request.match_info["rp_id"]))
-    return json_response(await backups.with_manifest(view, _lookup(request)))
+    return json_response(await backups.with_manifest(view, credentials_for(request)))
 
 
 @routes.post("/api/v1/backups/{rp_id}/verify")
@@ -221,7 +215,7 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
     async with contextlib.AsyncExitStack() as stack:  # the repository closes when the response ends
         try:
             repo = await stack.enter_async_context(
-                opened(row["repository"], _lookup(request)(row["repository"]))
+                opened(row["repository"], credentials_for(request)(row["repository"]))
             )
             rp = await repo.load(rp_id)
             disk = rp.disk(ref)
@@ -257,127 +251,6 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
             return resp
         await resp.write_eof()
         return resp
-
-
-@routes.get("/api/v1/prune")
-@needs(Permission.PRUNE_READ)
-@op(
-    "What retention does now to each restore point (nothing is removed)",
-    query=RP_SCOPE,
-    answer=answers.PrunePreview,
-    cli="vbm prune --dry-run --json",
-)
-async def prune_preview(request: web.Request) -> web.Response:
-    """Every restore point (of `?job=`, `?vm=`, or all): keep or remove now, and the rule."""
-    ctx = request.app[CTX]
-    job, vm = request.query.get("job"), request.query.get("vm")
-
-    def work(session: Session) -> list[dict[str, Any]]:
-        return prune.with_expiry(session, ctx.settings, ctx.clock(), job_id=job, vm=vm)
-
-    return json_response({"restore_points": await in_session(request, work)})
-
-
-@routes.post("/api/v1/prune")
-@needs(Permission.PRUNE_RUN)
-@op(
-    "Remove the restore points retention lets go",
-    query=RP_SCOPE,
-    answer=answers.PruneDone,
-    cli="vbm prune --json",
-)
-async def prune_now(request: web.Request) -> web.Response:
-    """Remove what the preview removes (manifests and catalog rows; `POST /api/v1/gc` after)."""
-    ctx = request.app[CTX]
-    job, vm = request.query.get("job"), request.query.get("vm")
-    done = await prune.apply(ctx.sessions, ctx.settings, ctx.clock(), job_id=job, vm=vm)
-    return json_response({"removed": [{"id": rp_id, "rule": reason} for rp_id, reason in done]})
-
-
-@routes.post("/api/v1/gc")
-@needs(Permission.PRUNE_RUN)
-@op(
-    "Reclaim the chunks no restore point references",
-    query=(
-        text("repository", "only this repository (default: every one, and the secondaries)"),
-        boolean("dry_run", "count what would be freed, delete nothing"),
-    ),
-    answer=answers.GCDone,
-    errors=(409,),
-    cli="vbm gc --json",
-)
-async def gc_now(request: web.Request) -> web.Response:
-    """Garbage-collect `?repository=` (default: every repository in the catalog, and the
-    secondaries copies went to); `?dry_run=true`."""
-    ctx = request.app[CTX]
-    dry = flag(request, "dry_run")
-    wanted = request.query.get("repository")
-
-    if wanted is not None:
-        try:
-            check_location(wanted)
-        except ValueError as exc:
-            raise Invalid("repository", str(exc)) from None
-    locations = [wanted] if wanted else await in_session(request, prune.repositories)
-    out = []
-    for location in locations:
-        try:
-            r = await prune.collect_garbage(
-                ctx.sessions, location, _lookup(request)(location), ctx.clock(), dry_run=dry
-            )
-        except RepoError as exc:
-            raise web.HTTPConflict(text=f"{location}: {exc}") from None
-        out.append(prune.gc_view(location, r, dry))
-    return json_response({"repositories": out})
-
-
-def _lookup(request: web.Request) -> CredentialsFor:
-    """What a location is opened with: a stored location's credentials, else the settings'
-    (Misconfigured, a RepoError, when the stored ones cannot be decrypted)."""
-    ctx = request.app[CTX]
-    return locstore.lookup(ctx.settings, ctx.sessions)
-
-
-@routes.get("/api/v1/repositories")
-@needs(Permission.REPOSITORIES_READ)
-@op(
-    "Repositories: used, free, per VM and job, growth",
-    answer=answers.Repositories,
-    cli="vbm repo usage --json",
-)
-async def repositories(request: web.Request) -> web.Response:
-    """Every repository in the catalog: used, free, stored vs logical, per VM and per job, and
-    the daily samples (growth), as of the latest stored sample (`sampled_at`; the verifier
-    samples every `verify.usage_seconds`). Nothing is measured or written here: `POST
-    /api/v1/repositories/measure` measures now."""
-
-    return json_response({"repositories": await in_session(request, usage.listing)})
-
-
-@routes.post("/api/v1/repositories/measure")
-@needs(Permission.REPOSITORIES_MEASURE)
-@op("Measure every repository now", answer=answers.Measured, cli="vbm repo measure --json")
-async def measure_repositories(request: web.Request) -> web.Response:
-    """Measure every repository in the catalog now (the chunk objects are listed), store the
-    samples (alerting at the threshold) and answer as the GET does, with the ratios."""
-    ctx = request.app[CTX]
-    out = []
-    for location in await in_session(request, usage.locations):
-        try:
-            measured = await usage.measure(location, _lookup(request)(location))
-        except (RepoError, OSError) as exc:
-            out.append({"repository": location, "error": str(exc)})
-            continue
-
-        def view(
-            session: Session, location: str = location, measured: dict[str, int | None] = measured
-        ) -> Any:
-            threshold = ctx.settings.verify.usage_alert_percent
-            return usage.recorded(session, location, measured, threshold, ctx.clock())
-
-        out.append(await in_session(request, view, write=True))
-    ctx.relay.kick()
-    return json_response({"repositories": out})
 
 
 @routes.post("/api/v1/backups/{rp_id}/pin")

@@ -18,7 +18,9 @@ from services.gateway import (
     api_manifest,
     api_people,
     api_restores,
+    api_retention,
     api_runs,
+    api_session,
     api_settings,
     api_vcenters,
     api_vms,
@@ -216,6 +218,7 @@ def create_app(ctx: Context) -> web.Application:
     for module in (
         api_jobs,
         api_runs,
+        api_retention,
         api_manifest,
         api_vms,
         api_vcenters,
@@ -224,6 +227,7 @@ def create_app(ctx: Context) -> web.Application:
         api_alerts,
         api_events,
         api_people,
+        api_session,
         audit,
         openapi,
     ):

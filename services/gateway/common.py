@@ -10,8 +10,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 from sqlalchemy.orm import Session
 
+from shared.catalog import locations as locstore
 from shared.catalog import vcenters
 from shared.errors import Invalid
+from shared.repo.locations import CredentialsFor
 from shared.runtime.service import Context
 from shared.settings import Settings
 
@@ -69,6 +71,13 @@ async def with_vcenters(request: web.Request) -> Settings:
     """The settings with the vCenters added through the API too (shared/catalog/vcenters.py)."""
     settings = request.app[CTX].settings
     return await in_session(request, lambda s: vcenters.effective(s, settings))
+
+
+def credentials_for(request: web.Request) -> CredentialsFor:
+    """What a location is opened with: a stored location's credentials, else the settings'
+    (Misconfigured, a RepoError, when the stored ones cannot be decrypted)."""
+    ctx = request.app[CTX]
+    return locstore.lookup(ctx.settings, ctx.sessions)
 
 
 MAX_DEPTH = 32  # objects and arrays nested deeper than this are refused (no body needs more)
