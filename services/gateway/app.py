@@ -162,7 +162,8 @@ async def readyz(request: web.Request) -> web.Response:
     except Exception as exc:
         problems.append(f"database unreachable: {exc}")
     if problems:
-        return json_response({"status": "unavailable", "problems": problems}, 503)
+        # a problem like every error (RFC 9457), its `problems` member listing each one
+        return problem(503, "Service Unavailable", "; ".join(problems), extra={"problems": problems})
     return json_response({"status": "ready"})
 
 

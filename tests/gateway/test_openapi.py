@@ -116,3 +116,25 @@ def test_every_operation_has_a_vbm_command_with_json(doc: dict[str, Any]) -> Non
     assert wrong == [], "operations whose vbm command does not exist"
     assert no_json == [], "vbm commands without --json"
     assert len(without) <= 12, f"too many operations without a vbm command: {without}"
+
+
+def test_every_changing_operation_is_audited_from_the_cli_too(doc: dict[str, Any]) -> None:
+    """What changes state through the API is recorded by the gateway's audit trail; the `vbm`
+    command that does the same must be recorded as well (shared/cli/trail.py), or record itself."""
+    from shared.cli import trail
+
+    records_itself = {"vbm prune", "vbm gc", "vbm audit prune"}
+    leaves = _commands()
+    missing = []
+    for path, item in doc["paths"].items():
+        for method, o in item.items():
+            if method == "get" or "x-vbm-cli" not in o:
+                continue
+            line = " ".join(w for w in shlex.split(o["x-vbm-cli"]) if not w.startswith(("-", "<")))
+            command = next((c for c in sorted(leaves, key=len, reverse=True) if line.startswith(c)), None)
+            if command is None or command in records_itself:
+                continue
+            words = command.split()[1:]
+            if (words[0], words[1] if len(words) > 1 else None) not in trail.CHANGES:
+                missing.append(f"{method.upper()} {path}: {command}")
+    assert missing == [], "changing commands the audit log would not see"
