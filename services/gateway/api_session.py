@@ -54,7 +54,9 @@ def _session_answer(user: users.UserInfo, found: sessions.SessionInfo) -> dict[s
     }
 
 
-async def _start_session(request: web.Request, user: users.UserInfo, status: int) -> web.Response:
+async def open_session(request: web.Request, user: users.UserInfo) -> tuple[str, sessions.SessionInfo]:
+    """A new session for `user`, who is from now on the caller of `request`: (the cookie's
+    token, the session)."""
     ctx = request.app[CTX]
     now, rules = ctx.clock(), ctx.settings.security
     source = request.remote or ""
@@ -62,16 +64,69 @@ async def _start_session(request: web.Request, user: users.UserInfo, status: int
         request, lambda s: sessions.start(s, user.name, now, rules, source), write=True
     )
     request[IDENTITY] = Identity(user=user.name, role=user.role, via="session", session_id=found.id)
-    resp = json_response(_session_answer(user, found), status)
-    resp.set_cookie(
+    return token, found
+
+
+def set_session_cookie(response: web.StreamResponse, request: web.Request, token: str) -> None:
+    """The session's cookie: HttpOnly (no script reads it), SameSite=Lax (a link from an alert's
+    mail opens the page logged in; every change still needs the CSRF token), Secure over TLS."""
+    rules = request.app[CTX].settings.security
+    response.set_cookie(
         sessions.COOKIE,
         token,
         max_age=int(rules.session_max_hours * 3600),
         path="/",
         httponly=True,
-        samesite="Strict",
+        samesite="Lax",
         secure=request.secure,
     )
+
+
+async def try_login(request: web.Request, name: str, password: str) -> users.UserInfo | users.LoginRefused:
+    """The user, or why the login was refused (the failure is counted: the lockout delay)."""
+    ctx = request.app[CTX]
+    now, rules = ctx.clock(), ctx.settings.security
+
+    def check(s: Session) -> users.UserInfo | users.LoginRefused:
+        try:
+            return users.authenticate(s, name, password, now, rules)
+        except users.LoginRefused as refused:
+            return refused  # returned, not raised: the failure count must be committed
+
+    outcome = await in_session(request, check, write=True)
+    if isinstance(outcome, users.LoginRefused):
+        log.warning("login refused from %s: %s", request.remote, outcome.reason)
+    else:
+        log.info("%s logged in from %s", outcome.name, request.remote)
+    return outcome
+
+
+async def first_admin(
+    request: web.Request, token: str, name: str, password: str, display_name: str = ""
+) -> users.UserInfo:
+    """The first admin, made with the one-time setup token (Conflict once anyone exists,
+    403 for a wrong or spent token, Invalid for a name or password the rules refuse)."""
+    ctx = request.app[CTX]
+    now, rules = ctx.clock(), ctx.settings.security
+
+    def make(s: Session) -> users.UserInfo:
+        if users.any_exist(s):
+            raise Conflict("a user exists already: setup is done (log in, or ask an admin)")
+        users.check_name(name)
+        users.check_password(password, name, rules)
+        if not sessions.use_setup_token(s, token, now):
+            raise web.HTTPForbidden(text="wrong or expired setup token: restart `vbm up` for a new one")
+        return users.add(s, name, Role.ADMIN, now, rules, password, display_name)
+
+    user = await in_session(request, make, write=True)
+    log.warning("first admin %r made with the setup token from %s", user.name, request.remote)
+    return user
+
+
+async def _start_session(request: web.Request, user: users.UserInfo, status: int) -> web.Response:
+    token, found = await open_session(request, user)
+    resp = json_response(_session_answer(user, found), status)
+    set_session_cookie(resp, request, token)
     return resp
 
 
@@ -88,24 +143,13 @@ async def _start_session(request: web.Request, user: users.UserInfo, status: int
 async def login(request: web.Request) -> web.Response:
     body = Login.model_validate(await read_json(request))
     request[LOGIN_NAME] = body.name
-    ctx = request.app[CTX]
-    now, rules = ctx.clock(), ctx.settings.security
-
-    def check(s: Session) -> users.UserInfo | users.LoginRefused:
-        try:
-            return users.authenticate(s, body.name, body.password, now, rules)
-        except users.LoginRefused as refused:
-            return refused  # returned, not raised: the failure count must be committed
-
-    outcome = await in_session(request, check, write=True)
+    outcome = await try_login(request, body.name, body.password)
     if isinstance(outcome, users.LoginRefused):
-        log.warning("login refused from %s: %s", request.remote, outcome.reason)
         if outcome.retry_after is not None:
             raise web.HTTPTooManyRequests(
                 text=outcome.public, headers={"Retry-After": str(int(outcome.retry_after) + 1)}
             )
         raise web.HTTPUnauthorized(text=outcome.public)
-    log.info("%s logged in from %s", outcome.name, request.remote)
     return await _start_session(request, outcome, 201)
 
 
@@ -196,18 +240,5 @@ async def setup(request: web.Request) -> web.Response:
     """The first admin, made with the one-time token `vbm up` printed on an empty database."""
     body = Setup.model_validate(await read_json(request))
     request[LOGIN_NAME] = body.name
-    ctx = request.app[CTX]
-    now, rules = ctx.clock(), ctx.settings.security
-
-    def make(s: Session) -> users.UserInfo:
-        if users.any_exist(s):
-            raise Conflict("a user exists already: setup is done (log in, or ask an admin)")
-        users.check_name(body.name)
-        users.check_password(body.password, body.name, rules)
-        if not sessions.use_setup_token(s, body.token, now):
-            raise web.HTTPForbidden(text="wrong or expired setup token: restart `vbm up` for a new one")
-        return users.add(s, body.name, Role.ADMIN, now, rules, body.password, body.display_name)
-
-    user = await in_session(request, make, write=True)
-    log.warning("first admin %r made with the setup token from %s", user.name, request.remote)
+    user = await first_admin(request, body.token, body.name, body.password, body.display_name)
     return await _start_session(request, user, 201)

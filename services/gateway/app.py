@@ -26,12 +26,14 @@ from services.gateway import (
     api_vms,
     audit,
     openapi,
+    ui,
 )
 from services.gateway.access import needs
 from services.gateway.answers.service import About, Health, Ready, Services, Where
 from services.gateway.apidoc import op
 from services.gateway.auth import AUTH, AuthState, authorize
-from services.gateway.common import CTX, field_error, json_response, problem
+from services.gateway.common import CTX, PRESENCE, field_error, json_response, problem
+from services.gateway.ui.render import html_errors
 from shared import __version__
 from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
 from shared.errors import Invalid, StoreError
@@ -50,7 +52,6 @@ KEPT_HEADERS = (
     "Content-Range",
     "ETag",
 )  # what an error's own headers tell the client
-PRESENCE = web.AppKey("presence", Presence)
 
 
 @web.middleware
@@ -110,33 +111,25 @@ def _detail(request: web.Request, exc: web.HTTPException) -> str:
 
 @needs(PUBLIC)
 @op(
-    "Where things are: a short page for a browser, JSON for a client",
+    "Where things are, for a client (a browser asking for text/html is sent to the web UI: 303)",
     answer=Where,
     no_cli="see `vbm --help`",
 )
 async def root(request: web.Request) -> web.Response:
-    """`/`: where things are (a browser gets a short page, a client JSON), no key needed."""
-    info = {
-        "name": NAME,
-        "version": __version__,
-        "api": "/api/v1",
-        "health": "/healthz",
-        "docs": "/api/v1/docs",
-        "openapi": "/api/v1/openapi.json",
-        "ui": "not in this version: use the REST API or the vbm command",
-    }
-    if "text/html" not in request.headers.get("Accept", ""):
-        return json_response(info)
-    html = (
-        "<!doctype html><html lang=en><meta charset=utf-8><title>vSphere Backup Manager</title>"
-        f"<h1>vSphere Backup Manager {__version__}</h1>"
-        "<p>The REST API is at <a href=/api/v1>/api/v1</a> (log in with <code>POST /api/v1/session</code>"
-        " or send an <code>X-API-Key</code>: <code>vbm apikey create NAME</code>), described in"
-        " the <a href=/api/v1/docs>API reference</a> (<a href=/api/v1/openapi.json>openapi.json</a>)"
-        " and <code>docs/api.md</code>."
-        " There is no web UI in this version: use the API or the <code>vbm</code> command.</p></html>"
+    """`/`: where things are, for a client (JSON, no key needed); a browser goes to the web UI."""
+    if "text/html" in request.headers.get("Accept", ""):
+        raise web.HTTPSeeOther("/dashboard")  # the login page first when nobody is logged in
+    return json_response(
+        {
+            "name": NAME,
+            "version": __version__,
+            "api": "/api/v1",
+            "health": "/healthz",
+            "docs": "/api/v1/docs",
+            "openapi": "/api/v1/openapi.json",
+            "ui": "/dashboard",
+        }
     )
-    return web.Response(text=html, content_type="text/html")
 
 
 @needs(PUBLIC)
@@ -203,7 +196,9 @@ async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(ctx: Context) -> web.Application:
-    app = web.Application(middlewares=[errors, audit.audit_trail, authorize], client_max_size=MAX_BODY)
+    app = web.Application(
+        middlewares=[html_errors, errors, audit.audit_trail, authorize], client_max_size=MAX_BODY
+    )
     app[CTX] = ctx
     app.on_response_prepare.append(audit.tag_response)
     app[AUTH] = AuthState()
@@ -233,4 +228,5 @@ def create_app(ctx: Context) -> web.Application:
         openapi,
     ):
         app.router.add_routes(module.routes)
+    ui.install(app)
     return app

@@ -48,7 +48,10 @@ TARGETS = (
     ("alert_id", "alert"), ("report_id", "report"), ("vcenter", "vcenter"), ("key_id", "apikey"),
     ("user", "user"), ("username", "user"),
 )  # fmt: skip
-NAMED = {"POST /api/v1/session": "login", "DELETE /api/v1/session": "logout"}
+NAMED = {
+    "POST /api/v1/session": "login", "DELETE /api/v1/session": "logout",
+    "POST /login": "login", "POST /logout": "logout",  # the web UI's doors, named alike
+}  # fmt: skip
 QUERY_TARGETS = (("job", "job"), ("vm", "vm"), ("repository", "repository"))
 COLLECTIONS = {"jobs": "job", "restores": "restore", "vcenters": "vcenter", "users": "user", "keys": "apikey"}
 
@@ -86,6 +89,11 @@ async def _params(request: web.Request) -> tuple[Any, dict[str, Any]]:
         except web.HTTPException:  # too large: refused, and not stored
             params["body"] = "(larger than the gateway accepts)"
             return None, params
+        if request.content_type == "application/x-www-form-urlencoded":  # a web UI form
+            form = await request.post()
+            body = {k: v for k, v in form.items() if isinstance(v, str)}
+            params["body"] = body
+            return body, params
         try:
             body = json.loads(raw)
         except (ValueError, RecursionError):
@@ -118,6 +126,8 @@ def _outcome(response: web.StreamResponse) -> str:
 
 
 def _failure(exc: Exception) -> str:
+    if isinstance(exc, web.HTTPException) and exc.status < 400:
+        return "ok"  # a redirect raised as the answer (a web UI form's 303): it worked
     if isinstance(exc, web.HTTPException):
         text = exc.text or ""
         return f"{exc.status} {exc.reason}" + (

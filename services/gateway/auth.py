@@ -21,6 +21,7 @@ from aiohttp import web
 
 from services.gateway.access import IDENTITY, Identity, declared
 from services.gateway.common import CTX, in_session, problem
+from services.gateway.ui.render import CSRF, is_page, login_redirect
 from shared.catalog import apikeys, sessions, users
 from shared.model.access import PUBLIC, Permission, allows
 
@@ -76,6 +77,8 @@ async def authorize(
     assert isinstance(needed, Permission)
     identity, why = await _identify(request)
     if identity is None:
+        if is_page(request.match_info.handler):
+            raise login_redirect(request)  # which leads to the setup page while nobody exists
         if needed == Permission.STATUS_READ and not await _anyone_exists(request):
             _warn_bootstrap(request)
             return await handler(request)
@@ -126,19 +129,30 @@ async def _by_key(request: web.Request, presented: str) -> tuple[Identity | None
     return Identity(user=key.owner, role=key.role, via="key", key_id=key.id), ""
 
 
+async def _csrf_of(request: web.Request) -> str | None:
+    """The CSRF token a change repeats: the header, or for a page's form (which works without
+    JavaScript) its `csrf_token` field."""
+    header = request.headers.get(sessions.CSRF_HEADER)
+    if header is not None or not is_page(request.match_info.handler):
+        return header
+    if request.content_type not in ("application/x-www-form-urlencoded", "multipart/form-data"):
+        return None
+    field = (await request.post()).get("csrf_token")
+    return field if isinstance(field, str) else None
+
+
 async def _by_session(request: web.Request, token: str) -> tuple[Identity | None, str]:
     ctx = request.app[CTX]
     now, rules = ctx.clock(), ctx.settings.security
     found, why = await in_session(request, lambda s: sessions.lookup(s, token, now, rules))
     if found is None:
         return None, why
-    if request.method not in SAFE_METHODS and not sessions.csrf_ok(
-        found, request.headers.get(sessions.CSRF_HEADER)
-    ):
+    if request.method not in SAFE_METHODS and not sessions.csrf_ok(found, await _csrf_of(request)):
         raise web.HTTPForbidden(
             text=f"missing or wrong {sessions.CSRF_HEADER} header: a change made with a session cookie"
             " must repeat the session's CSRF token (given at login and in GET /api/v1/session)"
         )
+    request[CSRF] = found.csrf_token
     if sessions.needs_touch(found, now):
         try:
             await in_session(request, lambda s: sessions.touch(s, found.id, now), write=True)

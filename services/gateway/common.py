@@ -15,11 +15,13 @@ from shared.catalog import vcenters
 from shared.errors import Invalid
 from shared.repo.locations import CredentialsFor
 from shared.runtime.service import Context
+from shared.runtime.status import Presence
 from shared.settings import Settings
 
 T = TypeVar("T")
 
 CTX = web.AppKey("ctx", Context)
+PRESENCE = web.AppKey("presence", Presence)  # the services seen on the bus (their heartbeats)
 
 
 def json_response(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

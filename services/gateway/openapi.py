@@ -18,6 +18,7 @@ from pydantic.json_schema import models_json_schema
 from services.gateway.access import declared, needs
 from services.gateway.apidoc import Operation, Param, op, operation
 from services.gateway.common import PROBLEM, json_response
+from services.gateway.ui.render import is_page
 from shared import __version__
 from shared.model.access import PUBLIC
 
@@ -111,14 +112,15 @@ def document(app: web.Application) -> dict[str, Any]:
 
 
 def app_routes(app: web.Application) -> list[tuple[str, str, Any]]:
-    """(method, path template, handler) of every route but HEAD."""
+    """(method, path template, handler) of every route of the REST API: not HEAD, not the web
+    UI's pages (`@page`: HTML for people, services/gateway/ui)."""
     out = []
     for route in app.router.routes():
         if route.method == "HEAD" or route.resource is None:
             continue
         info = route.resource.get_info()
         path = info.get("path") or info.get("formatter")
-        if path is None:
+        if path is None or is_page(route.handler):
             continue
         out.append((route.method, str(path), route.handler))
     return out

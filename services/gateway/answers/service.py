@@ -11,7 +11,7 @@ from shared.contracts import ServiceHeartbeat
 
 
 class Where(BaseModel):
-    """Where things are (a browser asking for text/html gets a short page instead)."""
+    """Where things are (a browser asking for text/html is sent to the web UI instead)."""
 
     name: str
     version: str
