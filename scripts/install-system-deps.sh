@@ -37,6 +37,8 @@ command -v go >/dev/null 2>&1 || missing+=(golang-go)
 command -v rclone >/dev/null 2>&1 || apt_install rclone
 if [ "$for_tests" = 1 ]; then
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
+  # the web UI's browser tests: Playwright (from the lock) drives Debian's chromium
+  command -v chromium >/dev/null 2>&1 || apt_install chromium
   # Exactly what node/package-lock.json says (npm ci checks every package's integrity hash);
   # again whenever the lock changes.
   want=$(cat node/package.json node/package-lock.json | sha256sum | cut -c1-64)

@@ -1,0 +1,30 @@
+"""The web UI in a real browser (Chromium through Playwright) against vbm on the lab."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+from playwright.async_api import expect
+
+from shared.model.access import Role
+from tests.ui.conftest import System
+
+
+async def test_log_in_see_the_dashboard_and_log_out(system: Callable[..., Awaitable[System]]) -> None:
+    s = await system()
+    page = await s.logged_in(Role.ADMIN)
+    await expect(page.get_by_role("heading", name="Dashboard")).to_be_visible()
+    await expect(page.get_by_role("navigation", name="Main").get_by_role("link", name="Jobs")).to_be_visible()
+    await s.shot(page, "dashboard")
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.reload()
+    assert errors == [], errors  # no script or CSP error on a page
+    await page.get_by_role("button", name="Log out").click()
+    await page.wait_for_url("**/login")
+
+    await page.get_by_label("User name").fill("vic")
+    await page.get_by_label("Password").fill("wrong")
+    await page.get_by_role("button", name="Log in").click()
+    await expect(page.get_by_role("alert")).to_contain_text("did not work")
+    assert await page.title() == "Error: Log in · vbm"
