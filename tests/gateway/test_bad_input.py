@@ -30,8 +30,8 @@ async def test_errors_name_the_path_and_the_root_says_where_things_are(
     status, problem = await api.call("DELETE", "/runs")
     assert status == 405 and problem["detail"] == "DELETE is not allowed on /api/v1/runs (allowed: GET, HEAD)"
     async with api.client.get("/", headers={"Accept": "text/html"}) as resp:  # a browser, no key
-        assert resp.status == 200 and resp.content_type == "text/html"
-        assert "/api/v1" in await resp.text()
+        assert resp.status == 200 and resp.content_type == "text/html"  # the web UI's login page
+        assert "Log in" in await resp.text() and resp.url.path == "/login"
     async with api.client.get("/") as resp:
         assert resp.status == 200 and (await resp.json())["api"] == "/api/v1"
     big = io.BytesIO(b"x" * (1024 * 1024 + 1))
