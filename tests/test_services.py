@@ -125,7 +125,8 @@ def vbm_up(tmp_path: Path, lab_binary: Path) -> Iterator[tuple[subprocess.Popen[
             if line.startswith("  Ctrl-C stops everything") or time.monotonic() > deadline:
                 break
         text = "".join(lines)
-        assert f"vbm is up. Gateway (REST API): http://127.0.0.1:{port}/api/v1" in text, text
+        assert f"vbm is up. Web UI: http://127.0.0.1:{port}/" in text, text
+        assert f"REST API: http://127.0.0.1:{port}/api/v1" in text, text
         yield proc, {"port": port, "output": lines, "data": tmp_path / "data", "env": env}
     finally:
         if proc.poll() is None:

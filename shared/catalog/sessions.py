@@ -175,7 +175,8 @@ def first_admin_lines(db_url: str, gateway_url: str) -> list[str]:
     trust = " --cacert <the certificate above>" if gateway_url.startswith("https:") else ""
     return [
         "  No user exists yet. Make the first admin (this token works once, for 24 h):",
-        f"    curl{trust} -X POST {gateway_url}/api/v1/setup -H 'Content-Type: application/json'"
+        f"    open {gateway_url}/setup and enter the setup token: {token}",
+        f"    or: curl{trust} -X POST {gateway_url}/api/v1/setup -H 'Content-Type: application/json'"
         f""" -d '{{"token": "{token}", "name": "admin", "password": "..."}}'""",
         "    or: vbm user add NAME --role admin",
     ]

@@ -286,7 +286,8 @@ class Supervisor:
         url = self.gateway_url.result()
         vc = ", ".join(f"{v['name']} {v['url']}" for v in vcenters) or "none"
         self.say("")
-        self.say(f"vbm is up. Gateway (REST API): {url}/api/v1")
+        self.say(f"vbm is up. Web UI: {url}/")
+        self.say(f"  REST API: {url}/api/v1   reference: {url}/api/v1/docs")
         if self.gateway_cert:
             self.say(f"  TLS certificate: {self.gateway_cert}")
         self.say(f"  NATS: {nats_url}   vCenter: {vc}")

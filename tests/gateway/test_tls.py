@@ -262,7 +262,8 @@ def test_vbm_up_on_all_addresses_serves_https_and_prints_the_fingerprint(tmp_pat
             lines.append(line)
         banner = "".join(lines)
         cert = data / "tls" / "gateway.crt"
-        assert f"Gateway (REST API): https://0.0.0.0:{port}/api/v1" in banner
+        assert f"vbm is up. Web UI: https://0.0.0.0:{port}/" in banner
+        assert f"REST API: https://0.0.0.0:{port}/api/v1" in banner
         assert f"TLS certificate: {cert} (self-signed" in banner and file_fingerprint(cert) in banner
         trusting = ssl.create_default_context(cafile=str(cert))
         status, headers, _ = get(f"https://localhost:{port}/healthz", trusting)
