@@ -136,6 +136,8 @@ async def test_pages_render_filter_and_refuse(make_api: MakeApi, tmp_path: Path)
     async with c.get("/backups/rp-2") as resp:
         page = await resp.text()
         assert "Verify now" in page and "Download" in page and ">Unpin<" not in page
+    async with c.get("/api/v1/backups/rp-2/disks/2000") as resp:  # the link works with the session
+        assert resp.status == 503 and "nowhere" in await resp.text()
     async with c.post("/backups/rp-2/pin", data={"csrf_token": csrf}) as resp:
         assert resp.status == 403
     async with c.post("/backups/rp-2/verify", data={"csrf_token": csrf}, allow_redirects=False) as r:
@@ -207,6 +209,10 @@ async def test_a_backup_shows_on_every_page_and_verifies_live(
     await expect(web).to_contain_text("nightly")
     await expect(page.locator("#vm-rows tr", has_text="db")).to_contain_text("Unprotected")
     await s.shot(page, "vms")
+    await web.get_by_role("link", name="web").click()  # the VM's page: its jobs and restore points
+    await expect(page.get_by_role("heading", name="web")).to_be_visible()
+    await expect(page.locator("section", has_text="Protected by")).to_contain_text("nightly")
+    await expect(page.locator("table.points tbody tr")).to_have_count(1)
 
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Backups").click()
     await expect(page.get_by_role("heading", name="Backups")).to_be_visible()

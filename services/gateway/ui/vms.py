@@ -214,10 +214,6 @@ def _choice(got: dict[str, str], name: str, allowed: tuple[str, ...]) -> None:
         raise Invalid(name, f"{got[name]!r} is not one of {shown}", where="query")
 
 
-def _age_s(inv: Inventory) -> int:
-    return max(0, int(time.monotonic() - inv.monotonic))
-
-
 @routes.get("/vms")
 @needs(Permission.VMS_READ)
 @page
@@ -233,7 +229,6 @@ async def vms(request: web.Request) -> web.Response:
         "filters": filters,
         "columns": COLUMNS,
         "inventory": inv,
-        "age_s": _age_s(inv),
         "vcenters": sorted({*inv.vms, *inv.unreachable}),
         "datastores": sorted({d for r in rows for d in r["datastores"]}),
         "states": [s for s in STATES if s],
