@@ -100,7 +100,7 @@ async def test_pages_render_filter_and_refuse(make_api: MakeApi, tmp_path: Path)
     async with c.get("/backups") as resp:
         page = await resp.text()
         assert resp.status == 200 and "3 restore points" in page
-        for shown in ("web-1", "nightly", "incremental", "Verified", "Pinned", "1 of 1"):
+        for shown in ("web-1", "nightly", "incremental", "Verified", "Pinned", "1 of 1", "By VM: 1 VM"):
             assert shown in page, shown
     async with c.get("/backups?verify=ok") as resp:
         page = await resp.text()

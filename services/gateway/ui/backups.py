@@ -59,6 +59,25 @@ def copies_of(session: Session, ids: list[str]) -> dict[str, dict[str, int]]:
     return out
 
 
+def by_vm(session: Session) -> list[dict[str, Any]]:
+    """Per VM with restore points (PBS's backup groups): how many, and the newest's time."""
+    found = session.execute(
+        select(
+            RestorePointRow.vcenter,
+            RestorePointRow.vm_moref,
+            func.max(RestorePointRow.vm_name),
+            func.count(),
+            func.max(RestorePointRow.finished_at),
+        )
+        .group_by(RestorePointRow.vcenter, RestorePointRow.vm_moref)
+        .order_by(func.max(RestorePointRow.vm_name), RestorePointRow.vcenter)
+    )
+    return [
+        {"vcenter": vc, "moref": moref, "name": name, "count": n, "newest": newest}
+        for vc, moref, name, n, newest in found
+    ]
+
+
 @routes.get("/backups")
 @needs(Permission.BACKUPS_READ)
 @page
@@ -83,6 +102,7 @@ async def backups_list(request: web.Request) -> web.Response:
             "copies": copies_of(s, [p["id"] for p in points]),
             "job_names": {j.id: j.name for j in jobs},
             "vcenter_names": vcenters,
+            "groups": [] if any(q.get(name) for name in BACKUP_FILTERS) else by_vm(s),
         }
 
     found = await in_session(request, work)
