@@ -28,6 +28,8 @@ VM_PROPS = [
     "resourcePool",
     "parent",
     "config.files.vmPathName",
+    "config.hardware.numCPU",
+    "config.hardware.memoryMB",
 ]
 PAGE = 500
 
@@ -64,6 +66,8 @@ class InventoryVM:
     datastores: tuple[str, ...]
     disks: tuple[InventoryDisk, ...]
     tags: tuple[str, ...] = ()
+    cpus: int = 0
+    memory_mb: int = 0
 
     def view(self) -> dict[str, Any]:
         return {
@@ -122,6 +126,8 @@ def read_inventory(vc: VCenter) -> list[InventoryVM]:
                     pools=_pool_chain(obj.get("resourcePool"), names, parents),
                     datastores=_stores(obj.get("config.files.vmPathName"), disks),
                     disks=disks,
+                    cpus=int(obj.get("config.hardware.numCPU") or 0),
+                    memory_mb=int(obj.get("config.hardware.memoryMB") or 0),
                 )
             )
         return out
