@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-from playwright.async_api import expect
+from playwright.async_api import Locator, Page, expect
 from pydantic import SecretStr
 
 from shared.catalog import jobs as jobstore
@@ -213,6 +213,10 @@ async def test_fragments(make_api: MakeApi, tmp_path: Path) -> None:
     assert status == 200 and "whole number" in page
 
 
+def vm_box(page: Page, name: str) -> Locator:
+    return page.get_by_role("checkbox", name=re.compile(f"^{name} "))
+
+
 async def test_create_a_job_in_the_browser(system: Callable[..., Awaitable[System]]) -> None:
     s = await system()
     page = await s.logged_in(Role.ADMIN)
@@ -224,12 +228,16 @@ async def test_create_a_job_in_the_browser(system: Callable[..., Awaitable[Syste
     await page.wait_for_url("**/jobs/new")
     await page.get_by_label("Name", exact=True).fill("lab-nightly")
     await page.get_by_label("vCenter").select_option("lab")
-    await page.get_by_label("Search VMs").fill("vm")
-    await page.get_by_role("checkbox", name=re.compile(r"^vm1 ")).check()
-    await page.get_by_role("checkbox", name=re.compile(r"^vm2 ")).check()
+    search, web, db = page.get_by_label("Search VMs"), vm_box(page, "web"), vm_box(page, "db")
+    await search.fill("we")  # the lab's VMs: web and db; htmx filters the list as one types
+    await expect(db).to_have_count(0)
+    await web.check()
+    await search.fill("db")
+    await db.check()
+    await expect(web).to_be_checked()  # a chosen VM stays while the search shows others
     times = page.locator("#next-times li")
     await expect(times).to_have_count(5)
-    await page.get_by_label("Preset", exact=True).select_option("quarterly")
+    await page.get_by_label("Repeats").select_option("quarterly")
     await page.get_by_label("Time zone").fill("Asia/Tokyo")
     await expect(page.locator("#next-times")).to_contain_text("The next 5 runs (Asia/Tokyo)")
     await expect(times.first).to_contain_text("01 ")  # the 1st of a month
@@ -243,7 +251,7 @@ async def test_create_a_job_in_the_browser(system: Callable[..., Awaitable[Syste
     await expect(page.locator("#repository")).to_be_focused()
     await expect(page.locator("#repository")).to_have_attribute("aria-invalid", "true")
     await expect(page.get_by_label("Name", exact=True)).to_have_value("lab-nightly")
-    await expect(page.get_by_role("checkbox", name=re.compile(r"^vm2 "))).to_be_checked()
+    await expect(page.get_by_role("checkbox", name=re.compile(r"^db "))).to_be_checked()
     await page.locator("#repository").select_option(index=1)
     await page.get_by_role("button", name="Create job").click()
     await page.wait_for_url("**/jobs")
@@ -252,7 +260,7 @@ async def test_create_a_job_in_the_browser(system: Callable[..., Awaitable[Syste
     await expect(row.locator("time.next-run")).to_have_attribute("title", re.compile(r"UTC"))
     await expect(row.locator("td").nth(2)).to_have_text("2")
     await s.shot(page, "jobs")
-    assert errors == [], errors
+    assert [e for e in errors if "status of 422" not in e] == [], errors  # the 422 is the form's answer
 
 
 async def test_a_viewer_sees_jobs_without_controls(system: Callable[..., Awaitable[System]]) -> None:

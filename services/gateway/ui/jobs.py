@@ -49,7 +49,7 @@ KEEP_FIELDS = ("keep_last", "keep_within_days", "keep_hourly", "keep_daily", "ke
 FIELDS = ("name", "vcenter", "vms", "schedule_kind", "preset", "at", "cron", "every", "timezone",
           *KEEP_FIELDS, "repository", "replicate_to", "channels", "version")  # fmt: skip
 LABELS = {"name": "Name", "vcenter": "vCenter", "vms": "VMs", "schedule_kind": "Schedule",
-          "preset": "Preset", "at": "Time of day", "cron": "Cron expression", "every": "Every",
+          "preset": "Repeats", "at": "Time of day", "cron": "Cron expression", "every": "Every",
           "timezone": "Time zone", "repository": "Repository", "replicate_to": "Secondary repositories",
           "channels": "Notification channels", "version": "Version", "keep_last": "Keep the last",
           "keep_within_days": "Keep everything of the last (days)", "keep_hourly": "Hourly",
@@ -593,26 +593,16 @@ async def cancel_job(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther(_back(await request.post()))
 
 
-async def _switch(request: web.Request, on: bool) -> web.Response:
+@routes.post(r"/jobs/{job_id}/{switch:enable|disable}")
+@needs(Permission.JOBS_WRITE)
+@page
+async def switch_job(request: web.Request) -> web.Response:
+    """Enable or disable a job's schedule (one click: the other button undoes it)."""
     ctx = request.app[CTX]
-    ref = request.match_info["job_id"]
+    ref, on = request.match_info["job_id"], request.match_info["switch"] == "enable"
     await in_session(request, lambda s: job_pages.set_enabled(s, ref, on, ctx.clock()), write=True)
     await jobs_changed(request)
     raise web.HTTPSeeOther(_back(await request.post()))
-
-
-@routes.post("/jobs/{job_id}/enable")
-@needs(Permission.JOBS_WRITE)
-@page
-async def enable_job(request: web.Request) -> web.Response:
-    return await _switch(request, True)
-
-
-@routes.post("/jobs/{job_id}/disable")
-@needs(Permission.JOBS_WRITE)
-@page
-async def disable_job(request: web.Request) -> web.Response:
-    return await _switch(request, False)
 
 
 @routes.post("/jobs/{job_id}/delete")
