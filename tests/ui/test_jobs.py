@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ from pydantic import SecretStr
 
 from shared.catalog import jobs as jobstore
 from shared.catalog import users
+from shared.db.models import RestorePointRow
 from shared.model.access import Role
 from shared.model.jobs import JobSpec
 from shared.runtime.service import utcnow
@@ -21,6 +23,7 @@ from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
 from tests.ui.conftest import PEOPLE, System
 
+T0 = datetime(2026, 11, 20, 2, tzinfo=UTC)
 # A vCenter nobody answers at: jobs that select VMs by folder need not ask it to be saved.
 VC = VCenterSettings(name="vc1", url="https://127.0.0.1:9/sdk", username="u", password=SecretStr("p"))
 
@@ -153,6 +156,7 @@ async def test_form_validates_saves_and_refuses_a_stale_edit(make_api: MakeApi, 
     )
 
     bad = (("cron", "61 * * * *"), ("timezone", "Mars/Base"), ("name", "!bad"), ("at", "25:00"))
+    bad += (("repository", "/tmp/\x00"),)
     for field, value in bad:
         wanted = f'href="#{field}"'
         data = {**FORM, "csrf_token": csrf, field: value} | (
@@ -209,6 +213,21 @@ async def test_fragments(make_api: MakeApi, tmp_path: Path) -> None:
     job = _job(api)
     status, page = await _get(api, f"/jobs/{job['id']}/retention?keep_last=2")
     assert status == 200 and "no restore points yet" in page
+    with api.ctx.sessions.begin() as s:
+        for i in range(5):  # one a day, 1 GiB each
+            s.add(
+                RestorePointRow(
+                    id=f"rp-2026112{i}T020000Z-0000000{i}", job_id=job["id"], vcenter="vc1", vm_moref="vm-1",
+                    vm_name="web", repository="/tmp/repo", kind="full", disks=[], logical_bytes=0,
+                    bytes_read=0,
+                    bytes_stored=2**30, started_at=T0 + timedelta(days=i), finished_at=T0 + timedelta(days=i),
+                    verify_problems=[],
+                )
+            )  # fmt: skip
+    status, page = await _get(api, f"/jobs/{job['id']}/retention?keep_last=2")
+    assert status == 200 and "keeps 2 restore points; the next prune removes 3, freeing up to 3.0 GiB" in page
+    status, page = await _get(api, f"/jobs/{job['id']}/retention?keep_last=")  # the default: keeps all
+    assert "(the default):</strong>" in page and "keeps 5 restore points" in page
     status, page = await _get(api, f"/jobs/{job['id']}/retention?keep_last=abc")
     assert status == 200 and "whole number" in page
 

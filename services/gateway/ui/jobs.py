@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from services.gateway.access import needs
 from services.gateway.api_jobs import jobs_changed, publish_cancels, starter
 from services.gateway.api_vms import VCENTERS
-from services.gateway.common import CTX, in_session, with_vcenters
+from services.gateway.common import CTX, bad_character, in_session, with_vcenters
 from services.gateway.idempotency import answer_once
 from services.gateway.ui.render import page, render
 from services.scheduler.slots import next_slot
@@ -249,6 +249,13 @@ def _spec(values: dict[str, Any], stored: dict[str, Any] | None) -> tuple[JobSpe
     """The JobSpec the form's values make (the stored job's parts the form does not show kept),
     or the errors by field, each naming the field and the fix."""
     errors: dict[str, str] = {}
+    for field, value in values.items():
+        for text in value if isinstance(value, list) else [value]:
+            bad = bad_character(text) if isinstance(text, str) else None
+            if bad:
+                errors.setdefault(field if field in FIELDS else "vms", f"{LABELS.get(field, 'VMs')}: {bad}")
+    if errors:
+        return None, errors
     if not values["name"]:
         errors["name"] = "Enter a name for the job"
     if not values["vcenter"]:
