@@ -286,10 +286,17 @@ async def test_a_viewer_sees_jobs_without_controls(system: Callable[..., Awaitab
     s = await system()
     with s.api.ctx.sessions.begin() as sess:
         spec = JobSpec.model_validate({"name": "watched", "vcenter": "lab", "select": [{"name": "vm*"}]})
-        jobstore.create_job(sess, spec, utcnow(), s.api.ctx.settings.repository_location)
+        job = jobstore.create_job(sess, spec, utcnow(), s.api.ctx.settings.repository_location)
     page = await s.logged_in(Role.VIEWER)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     await page.goto("/jobs")
-    await expect(page.locator("tr", has_text="watched")).to_be_visible()
+    row = page.locator("tr", has_text="watched")
+    await expect(row).to_contain_text("Never run")
+    await expect(page.get_by_role("status").filter(has_text="Live")).to_be_visible()
+    status, _ = await s.api.call("POST", f"/jobs/{job.id}/run")  # someone else starts it: the row follows
+    assert status == 202
+    await expect(row.locator(".badge")).to_be_visible(timeout=10_000)
     for name in ("Run now", "Edit", "Delete", "Disable", "Create job"):
         assert await page.get_by_text(name, exact=True).count() == 0, name
     await page.get_by_role("link", name=re.compile("^Disabled")).click()
@@ -303,6 +310,7 @@ async def test_a_viewer_sees_jobs_without_controls(system: Callable[..., Awaitab
     await page.wait_for_url("**/jobs")
     await page.go_forward()
     await page.wait_for_url("**/jobs?enabled=no")
+    assert errors == [], errors
     status = await page.evaluate(
         """async () => (await fetch('/jobs/x/run', {method: 'POST', headers: {'X-CSRF-Token':
         document.querySelector('meta[name=csrf-token]').content}})).status"""
