@@ -261,6 +261,7 @@ async def test_create_a_job_in_the_browser(system: Callable[..., Awaitable[Syste
     await expect(page.locator("#next-times")).to_contain_text("The next 5 runs (Asia/Tokyo)")
     await expect(times.first).to_contain_text("01 ")  # the 1st of a month
     await page.get_by_label("Daily").fill("7")
+    await page.evaluate("window.scrollTo(0, document.getElementById('vms').offsetTop - 10)")
     await s.shot(page, "job-form")
     await page.get_by_role("button", name="Create job").click()  # no repository chosen
     summary = page.get_by_role("alert")
