@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from sqlalchemy.orm import Session
@@ -22,6 +23,7 @@ from shared.catalog.runs import run_view
 from shared.contracts import JOBS_CHANGED_SUBJECT, cancel_subject
 from shared.model.access import Permission
 from shared.model.jobs import JobSpec
+from shared.runtime.service import Context
 from shared.vsphere import selection
 
 log = logging.getLogger(__name__)
@@ -169,15 +171,20 @@ async def run_job(request: web.Request) -> web.Response:
     """Start a run now: 409 names the run in progress; an `Idempotency-Key` makes a retry
     answer the first answer (services/gateway/idempotency.py)."""
     ctx = request.app[CTX]
+    answer = await answer_once(request, starter(ctx, request.match_info["job_id"]))
+    ctx.relay.kick()
+    return answer
+
+
+def starter(ctx: Context, ref: str) -> Callable[[Session], Answer]:
+    """The work of a run now of job `ref` (id or name), for `answer_once` (here and the web UI)."""
 
     def start(session: Session) -> Answer:
-        job = jobstore.find_job(session, request.match_info["job_id"])
+        job = jobstore.find_job(session, ref)
         run = run_view(jobstore.run_now(session, job, "api", ctx.clock()))
         return Answer(202, {"run_id": run["id"], "run": run}, f"/api/v1/runs/{run['id']}")
 
-    answer = await answer_once(request, start)
-    ctx.relay.kick()
-    return answer
+    return start
 
 
 @routes.post("/api/v1/jobs/{job_id}/cancel")

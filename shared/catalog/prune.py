@@ -55,9 +55,16 @@ def policy_for(job: Job | None, settings: Settings) -> Policy:
 
 
 def preview(
-    session: Session, settings: Settings, now: datetime, *, job_id: str | None = None, vm: str | None = None
+    session: Session,
+    settings: Settings,
+    now: datetime,
+    *,
+    job_id: str | None = None,
+    vm: str | None = None,
+    policy: Policy | None = None,
 ) -> list[tuple[RestorePointRow, Decision, Policy]]:
-    """Every restore point (of a job, a VM, or all) with the decision retention makes now."""
+    """Every restore point (of a job, a VM, or all) with the decision retention makes now; with
+    `policy`, the decision that policy would make instead (the job form's preview)."""
     query = select(RestorePointRow)
     if job_id:
         query = query.where(RestorePointRow.job_id == job_id)
@@ -73,14 +80,14 @@ def preview(
         groups[Group(row.repository, row.job_id, row.vcenter, row.vm_moref)].append(row)
     out: list[tuple[RestorePointRow, Decision, Policy]] = []
     for group, members in groups.items():
-        policy = policy_for(session.get(Job, group.job_id) if group.job_id else None, settings)
+        rules = policy or policy_for(session.get(Job, group.job_id) if group.job_id else None, settings)
         points = [
             Point(r.id, aware(r.finished_at), verified_ok=r.verify_state == "ok", pinned=r.pinned,
                   in_use=r.id in reading)
             for r in members
         ]  # fmt: skip
         by_id = {r.id: r for r in members}
-        out += [(by_id[d.id], d, policy) for d in plan(points, policy, now)]
+        out += [(by_id[d.id], d, rules) for d in plan(points, rules, now)]
     return out
 
 
