@@ -227,8 +227,13 @@ async def test_viewer_sees_no_controls_and_forged_posts_are_refused(
         assert resp.status == 200 and await resp.text() == ""  # htmx: the item leaves the open list
     status, found = await api.call("GET", "/alerts")
     assert found["total"] == 1  # the same store as the API
+    other = found["alerts"][0]["id"]
+    dash = {**form, "list": "dashboard", "next": "/dashboard"}
+    async with api.client.post(f"/alerts/{other}/ack", data=dash, headers={"HX-Request": "true"}) as resp:
+        text = await resp.text()  # the dashboard's list and its count, afresh
+        assert "No open alerts" in text and 'id="dash-alert-count" hx-swap-oob="true">0<' in text
     page = await _get(api, "/alerts?all=yes")
-    assert "acknowledged" in page and "2 alerts" in page
+    assert "acknowledged" in page and "2 alerts" in page and "Acknowledge<" not in page
     async with api.client.post("/alerts/alert-nope/ack", data=form) as resp:
         assert resp.status == 404 and resp.content_type == "text/html"
 
@@ -299,11 +304,18 @@ async def test_browser_dashboard_live_and_acknowledge(system: Callable[..., Awai
             now=utcnow(),
             vm_name="vm1",
         )
+    for _ in range(100):  # the pipeline's services beat (the fixture runs no scheduler, no gateway service)
+        _, seen = await s.api.call("GET", "/services")
+        if len([x for x in seen["services"] if x["up"]]) == 4:
+            break
+        await asyncio.sleep(0.2)
     page = await s.logged_in(Role.ADMIN)
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     await page.reload()
-    await expect(page.locator("[data-services-up]")).to_contain_text("Every service is up", timeout=15000)
+    services = page.get_by_role("region", name="Services")
+    for name in ("snapshotter", "mover", "verifier", "notifier"):
+        await expect(services.get_by_role("row").filter(has_text=name).locator(".badge")).to_have_text("up")
     await expect(page.locator("[data-open-snapshots]")).to_have_text("0")
     await expect(page.locator("#dash-vms")).to_contain_text("protected", timeout=20000)
     item = page.locator(".alert-item", has_text="rp-x failed verification")
@@ -311,6 +323,8 @@ async def test_browser_dashboard_live_and_acknowledge(system: Callable[..., Awai
     await page.evaluate("window.__same = true")  # gone after a full reload
     await item.get_by_role("button", name="Acknowledge").click()
     await expect(item).to_have_count(0)
+    await expect(page.locator("#dash-alerts")).to_contain_text("No open alerts")
+    await expect(page.locator("#dash-alert-count")).to_have_text("0")
     assert await page.evaluate("window.__same === true")
     await expect(page.locator("[data-live-state]")).to_have_text("")  # the event stream is up
     await s.shot(page, "dashboard")
@@ -337,8 +351,16 @@ async def test_browser_send_test_shows_the_outcome_inline(system: Callable[..., 
         await down.get_by_role("button", name="Send test").click()
         await expect(down.locator("[data-tested]")).to_have_text("Failed", timeout=10000)
         await expect(down.locator(".tested-error")).to_contain_text("cannot post to")
+        await s.shot(page, "notifications")
+        with s.api.ctx.sessions.begin() as db:
+            for key, severity, kind in (
+                ("s1", "critical", "snapshot_stuck"),
+                ("s2", "warning", "storage_usage"),
+            ):
+                message = f"{kind.replace('_', ' ')}: seeded for the screenshot"
+                alerts.raise_alert(db, key=key, kind=kind, severity=severity, message=message, now=utcnow())  # type: ignore[arg-type]
         await page.get_by_role("link", name="Alerts").click()
-        await expect(page.get_by_role("heading", name="Alerts")).to_be_visible()
+        await expect(page.locator(".alert-item .badge").first).to_have_text("Warning")  # newest first
         await s.shot(page, "alerts")
     finally:
         await gen.aclose()

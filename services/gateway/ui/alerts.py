@@ -15,7 +15,7 @@ from services.gateway.access import needs
 from services.gateway.api_alerts import SEVERITIES, send_test
 from services.gateway.common import CTX, flag, in_session
 from services.gateway.ui.render import page, render, safe_next
-from shared.catalog import alerts
+from shared.catalog import alerts, overview
 from shared.catalog import channels as chstore
 from shared.catalog.listing import Window
 from shared.errors import Invalid, NotFound
@@ -99,6 +99,9 @@ async def ack_alert(request: web.Request) -> web.Response:
     target = form.get("next")
     if request.headers.get("HX-Request") != "true":
         raise web.HTTPSeeOther(safe_next(target if isinstance(target, str) else "/alerts"))
+    if form.get("list") == "dashboard":  # the dashboard's list and count, afresh
+        found = await in_session(request, overview.open_alerts)
+        return render(request, "dashboard/alerts.html", alerts=found, back="/dashboard", oob=True)
     if form.get("list") == "all":  # a list of every alert keeps it, acknowledged
         return render(request, "alerts/item.html", a=seen, back=safe_next(str(target)), everything=True)
     return web.Response(text="", content_type="text/html")  # an open list loses it

@@ -63,7 +63,7 @@ async def running_fragment(request: web.Request) -> web.Response:
 async def alerts_fragment(request: web.Request) -> web.Response:
     _no_query(request)
     found = await in_session(request, overview.open_alerts)
-    return render(request, "dashboard/alerts.html", alerts=found, back="/dashboard")
+    return render(request, "dashboard/alerts.html", alerts=found, back="/dashboard", oob=True)
 
 
 @routes.get("/dashboard/vms")
