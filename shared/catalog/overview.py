@@ -92,21 +92,14 @@ def open_alerts(session: Session, shown: int = ALERTS_SHOWN) -> dict[str, Any]:
 
 
 def repositories(session: Session, threshold: float) -> list[dict[str, Any]]:
-    """Each repository as GET /api/v1/repositories views it (latest sample), with `over`: its
-    used share reached the threshold the usage alert uses."""
+    """Each repository's used and free as GET /api/v1/repositories shows them (its latest
+    sample), with `over`: its used share reached the threshold the usage alert uses."""
     out = []
-    for location in usage.locations(session):
-        seen = usage.view(session, location)
+    for seen in usage.brief(session):
         percent = seen["used_percent"]
         used = None if seen["total"] is None or seen["free"] is None else seen["total"] - seen["free"]
-        out.append(
-            {
-                **seen,
-                "used": used,
-                "threshold": threshold,
-                "over": percent is not None and percent >= threshold,
-            }
-        )
+        over = percent is not None and percent >= threshold
+        out.append({**seen, "used": used, "threshold": threshold, "over": over})
     return out
 
 
