@@ -22,6 +22,7 @@ from shared.catalog.runs import run_view, task_view
 from shared.clock import iso
 from shared.contracts import RUN_FINAL
 from shared.db.models import Alert, Job, Run, SnapshotLedger, Task
+from shared.model.live import public_phase
 from shared.model.schedules import Schedule
 
 if TYPE_CHECKING:
@@ -66,7 +67,8 @@ def runs_since(session: Session, since: datetime) -> dict[str, Any]:
 
 
 def running(session: Session) -> list[dict[str, Any]]:
-    """Runs queued or running now, oldest first, each with its job's name and its tasks."""
+    """Runs queued or running now, oldest first, each with its job's name and its tasks (with
+    the public phase the event stream names, docs/api.md "Live events")."""
     runs = list(
         session.scalars(
             select(Run).where(Run.state.in_(("queued", "running"))).order_by(Run.created_at, Run.id)
@@ -79,7 +81,7 @@ def running(session: Session) -> list[dict[str, Any]]:
     for task in session.scalars(
         select(Task).where(Task.run_id.in_(list(tasks))).order_by(Task.vm_name, Task.id)
     ):
-        tasks[task.run_id].append(task_view(task))
+        tasks[task.run_id].append({**task_view(task), "public_phase": public_phase("task", task.phase)})
     return [{**run_view(r), "job_name": names.get(r.job_id, r.job_id), "tasks": tasks[r.id]} for r in runs]
 
 

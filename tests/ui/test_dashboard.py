@@ -166,7 +166,8 @@ async def test_dashboard_shows_the_estate(make_api: MakeApi, tmp_path: Path) -> 
     assert "daily at 02:00 (UTC)" in page and 'href="/jobs/job-n"' in page
     assert 'hx-get="/dashboard/vms"' in page and "/static/ui/dash.js" in page
     running = await _get(api, "/dashboard/running")
-    assert 'data-task="r-now.vm1"' in running and "<html" not in running
+    assert 'data-task="r-now.vm1"' in running and "<html" not in running and ">Downloading<" in running
+    assert 'data-open-snapshots hx-swap-oob="true">0<' in running  # the count, refreshed with it
 
     with api.ctx.sessions.begin() as s:  # a snapshot taken and not yet removed counts
         s.add(
@@ -292,7 +293,8 @@ def _closed_port() -> int:
 
 
 async def test_browser_dashboard_live_and_acknowledge(system: Callable[..., Awaitable[System]]) -> None:
-    """Admin: services up, 0 open snapshots when idle; acknowledging an alert removes it in place."""
+    """Admin: services up, 0 open snapshots when idle; acknowledging an alert removes it in place;
+    a run shows a live bar and leaves, with no reload; 0 open snapshots after it."""
     s = await system()
     with s.api.ctx.sessions.begin() as db:
         alerts.raise_alert(
@@ -327,7 +329,23 @@ async def test_browser_dashboard_live_and_acknowledge(system: Callable[..., Awai
     await expect(page.locator("#dash-alert-count")).to_have_text("0")
     assert await page.evaluate("window.__same === true")
     await expect(page.locator("[data-live-state]")).to_have_text("")  # the event stream is up
+
+    # A run started elsewhere appears with a moving bar, and leaves when done, without a reload;
+    # afterwards no snapshot is held (the no-leak promise) and the run counts in the last 24 h.
+    s.pipeline.lab.datastore_limits(s.pipeline.lab.datastore, bandwidth_mbps=24)  # ~3 s for 9 MiB
+    run_id = await s.pipeline.run_job(s.pipeline.create_job("dash", ["db"]))
+    bar = page.locator("#dash-running [role=progressbar]")
+    await expect(bar).to_have_count(1, timeout=15000)
+    await expect(bar).not_to_have_attribute("aria-valuenow", "0", timeout=15000)
     await s.shot(page, "dashboard")
+    await expect(bar.locator("xpath=ancestor::tr")).to_contain_text(re.compile("Downloading|Verifying|Done"))
+    await expect(page.locator("#dash-running [data-idle]")).to_be_visible(timeout=60000)
+    await expect(page.locator("[data-open-snapshots]")).to_have_text("0")  # live: removed, not leaked
+    assert (await s.pipeline.wait_run(run_id)).state == "succeeded"
+    assert await page.evaluate("window.__same === true")
+    await page.reload()
+    await expect(page.locator("[data-open-snapshots]")).to_have_text("0")
+    await expect(page.get_by_role("link", name="Succeeded 1")).to_be_visible()
     assert errors == [], errors
 
 

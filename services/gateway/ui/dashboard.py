@@ -51,10 +51,11 @@ async def dashboard(request: web.Request) -> web.Response:
 @needs(Permission.RUNS_READ)
 @page
 async def running_fragment(request: web.Request) -> web.Response:
-    """The runs now (dash.js asks again when a run or task changes state, and at each connect)."""
+    """The runs now and the open-snapshot count (dash.js asks again when a run or task changes
+    state, and at each connect)."""
     _no_query(request)
-    runs = await in_session(request, overview.running)
-    return render(request, "dashboard/running.html", running=runs)
+    runs, snapshots = await in_session(request, lambda s: (overview.running(s), overview.open_snapshots(s)))
+    return render(request, "dashboard/running.html", running=runs, snapshots=snapshots)
 
 
 @routes.get("/dashboard/alerts")

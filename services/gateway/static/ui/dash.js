@@ -51,7 +51,7 @@
         var el = row.querySelector('[data-field="' + field + '"]');
         if (el) el.textContent = text;
       };
-      if (data.phase) set("phase", data.vbm_phase || data.phase);
+      if (data.phase) set("phase", data.phase.charAt(0).toUpperCase() + data.phase.slice(1));
       set("bytes", human(data.bytes_done || 0) + " of " + human(data.bytes_total || 0));
       set("rate", data.rate ? human(data.rate) + "/s" : "-");
       set("eta", data.eta_s != null ? Math.round(data.eta_s) + " s" : "-");
