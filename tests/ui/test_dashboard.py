@@ -242,7 +242,20 @@ async def test_viewer_sees_no_controls_and_forged_posts_are_refused(
 async def test_alerts_and_notifications_pages(make_api: MakeApi, tmp_path: Path) -> None:
     api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}")
     seed(api)
-    await _login(api, Role.ADMIN)
+    closed = f"http://127.0.0.1:{_closed_port()}/hook"
+    status, body = await api.call("POST", "/channels", json={"name": "ops", "type": "webhook", "url": closed})
+    assert status == 201, body
+    csrf = await _login(api, Role.ADMIN)
+    form = {"csrf_token": csrf, "channel": "ops"}
+    async with api.client.post("/notifications/test", data=form) as resp:  # no JavaScript: the page
+        page = await resp.text()
+        assert resp.status == 200 and "<html" in page and 'data-tested="failed"' in page
+        assert "cannot post to 127.0.0.1" in page and closed not in page  # the host, never the URL
+    async with api.client.post("/notifications/test", data=form, headers={"HX-Request": "true"}) as resp:
+        page = await resp.text()
+        assert resp.status == 200 and "<html" not in page and ">Failed<" in page
+    async with api.client.post("/notifications/test", data={**form, "channel": "nope"}) as resp:
+        assert resp.status == 422 and "no notification channel named &#39;nope&#39;" in await resp.text()
     page = await _get(api, "/alerts?severity=warning")
     assert "alert a2" in page and "alert a1" not in page and ">Warning<" in page
     page = await _get(api, "/alerts?limit=1")
