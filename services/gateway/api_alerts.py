@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from aiohttp import web
@@ -110,11 +111,20 @@ async def get_notifications(request: web.Request) -> web.Response:
     cli="vbm notify test CHANNEL --json",
 )
 async def test_notifications(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
     body = await read_json(request) if request.can_read_body else {}
     name = body.get("channel") if isinstance(body, dict) else None
     if name is not None and not isinstance(name, str):
         raise Invalid("channel", "must be a channel's name")
+    return json_response(notify.tested(await send_test(request, name)))
+
+
+async def send_test(
+    request: web.Request, name: str | None, timeout: float | None = None
+) -> list[dict[str, Any]]:
+    """A test message over every channel or the one named (the API's and the web UI's "Send
+    test"): one result per channel, its error included. Invalid names an unknown channel; with
+    `timeout`, a channel that has not answered by then is a failure saying so."""
+    ctx = request.app[CTX]
 
     def effective(s: Session) -> NotificationSettings:
         _, broken = chstore.usable(s, ctx.settings)
@@ -124,8 +134,13 @@ async def test_notifications(request: web.Request) -> web.Response:
 
     settings = await in_session(request, effective)
     try:
-        results = await notify.send_test(settings, ctx.clock(), name)
+        sending = notify.send_test(settings, ctx.clock(), name)
+        if timeout is None:
+            return await sending
+        try:
+            return await asyncio.wait_for(sending, timeout)
+        except TimeoutError:
+            return [{"channel": name, "ok": False, "error": f"no answer within {timeout:g} s"}]
     except KeyError:
         known = ", ".join(c.name for c in settings.channels) or "none configured or added"
         raise Invalid("channel", f"no notification channel named {name!r} (channels: {known})") from None
-    return json_response(notify.tested(results))

@@ -16,7 +16,7 @@ from collections import defaultdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.catalog.alerts import raise_alert
@@ -74,7 +74,7 @@ def record(
             unique_bytes=measured.get("unique"), referenced_bytes=measured.get("referenced"), sampled_at=now,
         )
     )  # fmt: skip
-    percent = 100.0 * (total - free) / total if total and free is not None else None
+    percent = _percent(total, free)
     if percent is not None:
         state = session.get(UsageState, location)
         above = percent >= threshold
@@ -123,6 +123,30 @@ def listing(session: Session) -> list[dict[str, Any]]:
     ]
 
 
+def brief(session: Session) -> list[dict[str, Any]]:
+    """Every repository with `view`'s used and free (its latest sample) and its number of restore
+    points, counted in the database: without the sizes per VM and per job, so it stays fast
+    with many restore points (the dashboard)."""
+    counted = select(RestorePointRow.repository, func.count()).group_by(RestorePointRow.repository)
+    out = []
+    for location, points in sorted(session.execute(counted).all()):
+        query = select(UsageSample).where(UsageSample.repository == location).order_by(UsageSample.day.desc())
+        latest = session.scalars(query.limit(1)).first()
+        total, free = (latest.total, latest.free) if latest is not None else (None, None)
+        percent = _percent(total, free)
+        out.append({
+            "repository": location, "total": total, "free": free,
+            "used_percent": None if percent is None else round(percent, 1),
+            "stored": latest.stored if latest is not None else None, "restore_points": int(points),
+            "sampled_at": iso(latest.sampled_at) if latest is not None else None,
+        })  # fmt: skip
+    return out
+
+
+def _percent(total: int | None, free: int | None) -> float | None:
+    return 100.0 * (total - free) / total if total and free is not None else None
+
+
 def locations(session: Session) -> list[str]:
     """Every repository the catalog names (its restore points')."""
     return sorted(set(session.scalars(select(RestorePointRow.repository).distinct())))
@@ -145,7 +169,7 @@ def _view(
     measured: dict[str, int | None],
 ) -> dict[str, Any]:
     logical = sum(r.logical_bytes for r in rows)
-    percent = 100.0 * (total - free) / total if total and free is not None else None
+    percent = _percent(total, free)
     per_vm: dict[str, int] = defaultdict(int)
     per_job: dict[str, int] = defaultdict(int)
     for r in rows:
