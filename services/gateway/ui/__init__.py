@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.ui import dashboard, session_pages
+from services.gateway.ui import dashboard, runs, session_pages
 from services.gateway.ui.render import ENV, environment
 
-PAGES = (session_pages, dashboard)
+PAGES = (session_pages, dashboard, runs)
 
 
 def install(app: web.Application) -> None:
