@@ -288,5 +288,6 @@ async def test_a_failed_run_says_why(system: Callable[..., Awaitable[System]]) -
     await page.goto(f"/runs?state=failed&job={job_id}")
     await expect(page.locator("#runs-rows tr")).to_have_count(1)
     await expect(page.locator("#runs-rows .badge")).to_have_text("Failed")
+    await s.shot(page, "runs")
     assert errors == [], errors
     s.pipeline.lab.clear_faults()

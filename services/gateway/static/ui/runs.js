@@ -95,7 +95,10 @@
     var phases = {}, decile = null, live = null, pending = null, logBusy = false, logAgain = false;
     var programmatic = false;
 
-    if (note) note.textContent = "Live: this page follows the run as it happens.";
+    if (note) {
+      note.textContent = panel.getAttribute("data-finished") === "true"
+        ? "This run has ended." : "Live: this page follows the run as it happens.";
+    }
 
     function say(text) { if (announce) announce.textContent = text; }
     function current() { return document.getElementById("run-panel"); }
@@ -127,7 +130,11 @@
         .then(function () {
           pending = null;
           moreLog();
-          if (finished() && live) { live.close(); live = null; }
+          if (finished() && live) {
+            live.close();
+            live = null;
+            if (note) note.textContent = "This run has ended.";
+          }
         });
       return pending;
     }
