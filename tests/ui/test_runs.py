@@ -184,7 +184,12 @@ async def _start(s: System, job_id: str) -> str:
 
 
 async def _watch(
-    page: Page, seen: list[str], values: list[int], until: Callable[[], bool], timeout: float
+    page: Page,
+    seen: list[str],
+    values: list[int],
+    heard: list[str],
+    until: Callable[[], bool],
+    timeout: float,
 ) -> None:
     """Sample the page (no navigation) until `until`: the phase labels and the bar's value."""
     deadline = time.monotonic() + timeout
@@ -193,6 +198,9 @@ async def _watch(
         for label in labels:
             if not seen or seen[-1] != label:
                 seen.append(label)
+        said = await page.locator("#run-announce").text_content()
+        if said and (not heard or heard[-1] != said):
+            heard.append(said)
         now = await page.locator("#run-progress").get_attribute("aria-valuenow")
         if now is not None:
             values.append(int(now))
@@ -226,7 +234,8 @@ async def test_a_run_live_to_succeeded_through_a_cut_stream(system: Callable[...
     # statement 1: the bar rises without navigation (the stall holds the transfer part way)
     seen: list[str] = []
     values: list[int] = []
-    await _watch(page, seen, values, lambda: bool(values) and values[-1] > 0, 20)
+    heard: list[str] = []
+    await _watch(page, seen, values, heard, lambda: bool(values) and values[-1] > 0, 20)
     assert values and values[-1] > 0, (seen, values)
     await expect(page.locator("#run-panel .phase-now")).to_have_text("Downloading", timeout=10_000)
     await s.shot(page, "run-live")
@@ -243,14 +252,16 @@ async def test_a_run_live_to_succeeded_through_a_cut_stream(system: Callable[...
     await expect(page.get_by_text("Reconnecting...")).to_be_hidden(timeout=10_000)
 
     # statement 2: phases in order, the end reads "Succeeded", with no reload
-    await _watch(page, seen, values, lambda: bool(seen) and seen[-1] == "Done", 40)
+    await _watch(page, seen, values, heard, lambda: bool(seen) and seen[-1] == "Done", 40)
     await expect(page.locator("#state-h .badge")).to_have_text("Succeeded", timeout=20_000)
     order = ["Queued", "Connecting", "Snapshot", "Downloading", "Verifying", "Replicating", "Done"]
     assert [order.index(x) for x in seen] == sorted(order.index(x) for x in seen), seen
     assert "Downloading" in seen and seen[-1] == "Done", seen
+    assert any(said.startswith("web: ") for said in heard), heard  # phase changes are announced
     assert values == sorted(values) or max(values) == 100, values
     await expect(page.locator("#run-progress")).to_have_attribute("aria-valuenow", "100")
     await expect(page.locator("#run-cleanup")).to_contain_text("none left behind")
+    await expect(page.locator("#run-announce")).to_have_text("The run ended: Succeeded")  # polite status
     assert page.url == url  # no navigation
 
     await expect(page.locator("#run-log li").last).to_contain_text("run succeeded", timeout=10_000)

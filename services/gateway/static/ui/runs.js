@@ -158,8 +158,8 @@
       // the run's bar: the sum over its VMs (those without a sample keep the panel's numbers)
       var sumDone = 0, sumTotal = 0;
       p.querySelectorAll(".task").forEach(function (t) {
-        var d = t.getAttribute("data-done"), tt = t.getAttribute("data-total");
-        if (d !== null) { sumDone += Number(d); sumTotal += Number(tt); }
+        sumDone += Number(t.getAttribute("data-done")) || 0;
+        sumTotal += Number(t.getAttribute("data-total")) || 0;
       });
       if (sumTotal > 0) {
         var pct = (sumDone * 100) / sumTotal;
