@@ -227,7 +227,14 @@ async def test_a_run_live_to_succeeded_through_a_cut_stream(system: Callable[...
     run_id = await _start(s, job_id)
     page = await s.logged_in(Role.ADMIN)
     errors = _console(page)
-    await page.goto(f"/runs/{run_id}")
+    await page.goto("/runs")  # the list: its running row moves too, then its link opens the run
+    row = page.locator(f'#runs-rows tr[data-run-id="{run_id}"]')
+    await expect(row.get_by_role("progressbar")).to_have_attribute(
+        "aria-valuenow", re.compile("^[1-9]"), timeout=20_000
+    )
+    await expect(row.locator(".badge")).to_have_text("Running")
+    await row.get_by_role("link", name=run_id).click()
+    await page.wait_for_url(f"**/runs/{run_id}")
     url = page.url
     await expect(page.locator("#run-live-note")).to_contain_text("Live")
 
@@ -261,7 +268,7 @@ async def test_a_run_live_to_succeeded_through_a_cut_stream(system: Callable[...
     assert values == sorted(values) or max(values) == 100, values
     await expect(page.locator("#run-progress")).to_have_attribute("aria-valuenow", "100")
     await expect(page.locator("#run-cleanup")).to_contain_text("none left behind")
-    await expect(page.locator("#run-announce")).to_have_text("The run ended: Succeeded")  # polite status
+    await expect(page.locator("#run-announce")).to_contain_text("The run ended: Succeeded")  # polite status
     assert page.url == url  # no navigation
 
     await expect(page.locator("#run-log li").last).to_contain_text("run succeeded", timeout=10_000)

@@ -104,22 +104,24 @@
     function current() { return document.getElementById("run-panel"); }
     function finished() { var p = current(); return p && p.getAttribute("data-finished") === "true"; }
 
-    // What the panel shows now, remembered so that only changes are announced.
+    // What the panel shows now, remembered so that only changes are announced (in one message,
+    // so that one does not cut another short).
     function remember(first) {
-      var p = current();
+      var p = current(), said = [];
       if (!p) return;
       p.querySelectorAll(".task").forEach(function (task) {
         var id = task.getAttribute("data-task-id"), phase = task.getAttribute("data-phase");
         var name = task.querySelector("h3").firstChild.textContent.trim();
-        if (!first && phases[id] !== phase) say(name + ": " + (LABELS[phase] || phase));
+        if (!first && phases[id] !== phase) said.push(name + ": " + (LABELS[phase] || phase));
         phases[id] = phase;
       });
       var bar = document.getElementById("run-progress");
       if (bar) decile = Math.floor(Number(bar.getAttribute("aria-valuenow")) / 10);
       if (!first && p.getAttribute("data-finished") === "true") {
         var badge = p.querySelector("#state-h .badge");
-        say("The run ended: " + (badge ? badge.textContent : p.getAttribute("data-state")));
+        said.push("The run ended: " + (badge ? badge.textContent : p.getAttribute("data-state")));
       }
+      if (said.length) say(said.join(". "));
     }
 
     function refresh() {
