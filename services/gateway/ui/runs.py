@@ -25,6 +25,7 @@ from shared.catalog import jobs as jobstore
 from shared.catalog import run_pages
 from shared.catalog import runs as runstore
 from shared.catalog.listing import Window
+from shared.errors import NotFound
 from shared.model.access import Permission
 
 routes = web.RouteTableDef()
@@ -97,8 +98,17 @@ async def runs_rows(request: web.Request) -> web.Response:
     return render(request, "runs/_rows.html", **found, filters=_filters(request))
 
 
-async def _run(request: web.Request) -> dict[str, Any]:
+def _run_id(request: web.Request) -> str:
+    """The run named in the path; NotFound (404) for what no run id can be (a control
+    character, which PostgreSQL would refuse, or longer than an id's column)."""
     run_id = request.match_info["run_id"]
+    if len(run_id) > 128 or not run_id.isprintable():
+        raise NotFound(f"no run {run_id[:40]!r}")
+    return run_id
+
+
+async def _run(request: web.Request) -> dict[str, Any]:
+    run_id = _run_id(request)
     now = request.app[CTX].clock()
     return await in_session(request, lambda s: run_pages.run_page(s, run_id, now))
 
@@ -126,7 +136,7 @@ async def run_panel(request: web.Request) -> web.Response:
 @page
 async def cancel_form(request: web.Request) -> web.Response:
     """Cancel, as POST /api/v1/runs/{id}/cancel does (409 page when the run has ended)."""
-    run_id = request.match_info["run_id"]
+    run_id = _run_id(request)
     await in_session(request, lambda s: runstore.run_view(jobstore.cancel_run(s, run_id)), write=True)
     await publish_cancels(request, [run_id])
     raise web.HTTPSeeOther(f"/runs/{run_id}")
