@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.ui import alerts, backups, dashboard, jobs, session_pages, vms
+from services.gateway.ui import alerts, backups, dashboard, jobs, runs, session_pages, vms
 from services.gateway.ui.render import ENV, environment
 
-PAGES = (session_pages, dashboard, jobs, vms, backups, alerts)
+PAGES = (session_pages, dashboard, jobs, runs, vms, backups, alerts)
 
 
 def install(app: web.Application) -> None:
