@@ -50,6 +50,7 @@
         ? ago(seconds) : when.toLocaleString();
     });
   }
+  window.vbmShowTimes = showTimes;  // for HTML a page's own script adds
   document.addEventListener("DOMContentLoaded", function () { showTimes(document); });
   document.addEventListener("htmx:afterSettle", function (event) { showTimes(event.target); });
 
