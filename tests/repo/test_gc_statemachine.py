@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
@@ -152,6 +153,11 @@ class GCMachine(RuleBasedStateMachine):
                 if cid is not None:
                     assert (self.dir / chunk_key(cid)).exists(), f"in-flight chunk {cid} was deleted"
 
+
+# 1,000 histories in one test: on a 2-core machine shared with the other test worker
+# (pytest-xdist) that takes longer than the suite's 120 s default. test_the_histories_exercised_gc
+# reads what TestGC counted: the suite distributes whole files (--dist loadfile), in file order.
+pytestmark = pytest.mark.timeout(300)
 
 GCMachine.TestCase.settings = settings(
     max_examples=1000,

@@ -367,6 +367,10 @@ class RepoMachine(RuleBasedStateMachine):
         return [i async for i in self.r.backend.list("chunks/")]
 
 
+# Hypothesis runs many histories in one test: on a 2-core machine shared with the other test
+# worker (pytest-xdist) that takes longer than the suite's 120 s default.
+pytestmark = pytest.mark.timeout(300)
+
 RepoMachine.TestCase.settings = settings(
     max_examples=40,
     stateful_step_count=25,
