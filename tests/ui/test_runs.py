@@ -117,7 +117,7 @@ async def test_runs_list_and_a_run_page(make_api: MakeApi, tmp_path: Path) -> No
     assert "HTTP 500 reading db-flat.vmdk" in page and "Reading the VM&#39;s disks" in page  # explained
     assert 'class="phase-now" data-phase="downloading">Downloading</strong> (failed here)' in page
     assert "Snapshot removed: none left behind" in page  # the clean-up, per VM and for the run
-    assert 'href="/alerts#alert-' in page and "db did not back up" in page
+    assert 'href="/alerts?all=true#alert-' in page and "db did not back up" in page
     assert 'aria-valuenow="100"' in page and 'aria-valuemin="0"' in page and 'aria-valuemax="100"' in page
     assert "HTTP 500 &lt;reading&gt;" in page and 'data-after="' in page  # the log, escaped
     assert f'href="/runs/{RUN}" class="button">Refresh' in page and 'role="status" aria-live="polite"' in page
