@@ -152,7 +152,13 @@ async def run(points: int, reps: int, lab: bool) -> int:
                 status, baseline = await median_ms(http, BASELINE, reps)
                 assert status == 200, f"{BASELINE}: {status}"
                 print(f"{'baseline: GET ' + BASELINE:<44} {baseline:8.1f} ms")
-                for path in PAGES:
+                details = []  # a restore point's, a run's and a job's own pages, and the job form
+                for api, key, page in (("backups", "backups", "/backups/"), ("runs", "runs", "/runs/")):
+                    async with http.get(f"/api/v1/{api}?limit=1") as resp:
+                        rows = (await resp.json()).get(key) or []
+                    details += [page + rows[0]["id"]] if rows else []
+                details.append("/jobs/new")
+                for path in (*PAGES, *details):
                     if path == "/dashboard/vms" and not lab:
                         print(f"{'GET ' + path:<44}  skipped: it asks vCenter (run without --no-lab)")
                         continue
