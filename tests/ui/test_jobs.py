@@ -236,7 +236,9 @@ def vm_box(page: Page, name: str) -> Locator:
     return page.get_by_role("checkbox", name=re.compile(f"^{name} "))
 
 
-async def test_create_a_job_in_the_browser(system: Callable[..., Awaitable[System]]) -> None:
+async def test_create_a_job_in_the_browser_run_it_and_verify_its_backup(
+    system: Callable[..., Awaitable[System]],
+) -> None:
     s = await system()
     page = await s.logged_in(Role.ADMIN)
     errors: list[str] = []
@@ -280,6 +282,20 @@ async def test_create_a_job_in_the_browser(system: Callable[..., Awaitable[Syste
     await expect(row.locator("time.next-run")).to_have_attribute("title", re.compile(r"UTC"))
     await expect(row.locator("td").nth(2)).to_have_text("2")
     await s.shot(page, "jobs")
+
+    # the journey goes on (issue 20): run it, follow it live to done, see a restore point, verify it
+    await row.get_by_role("button", name="Run now").click()
+    await page.wait_for_url(re.compile(r"/runs/[^/]+$"))
+    bar = page.locator("#run-progress")
+    await expect(page.locator("#state-h .badge")).to_have_text("Succeeded", timeout=60_000)
+    await expect(bar).to_have_attribute("aria-valuenow", "100")
+    await expect(page.locator(".task")).to_have_count(2)  # one row per VM, db and web
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Backups").click()
+    point = page.locator("table.points tbody tr", has_text="db")
+    await expect(point).to_have_count(1)
+    await point.get_by_role("link").first.click()
+    await page.get_by_role("button", name="Verify now").click()
+    await expect(page.locator("#verify-panel")).to_contain_text("Verified", timeout=30_000)
     assert [e for e in errors if "status of 422" not in e] == [], errors  # the 422 is the form's answer
 
 
