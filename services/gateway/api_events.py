@@ -15,6 +15,7 @@ from services.gateway.access import identity_of, needs
 from services.gateway.apidoc import Param, op, text
 from services.gateway.common import CTX
 from services.gateway.live import Client, Hub
+from shared.contracts import PROGRESS_WILDCARD
 from shared.errors import Invalid
 from shared.model.access import Permission
 from shared.model.live import FAMILIES, BadQuery, Filter
@@ -135,6 +136,16 @@ async def live_hub(app: web.Application) -> AsyncIterator[None]:
     """The app's one fan-out, started by the first client and stopped with the app."""
     ctx = app[CTX]
     gateway = ctx.settings.gateway
-    app[HUB] = Hub(ctx.sessions, ctx.clock, poll=gateway.events_poll, queue_size=gateway.events_queue)
+    hub = app[HUB] = Hub(ctx.sessions, ctx.clock, poll=gateway.events_poll, queue_size=gateway.events_queue)
+
+    async def on_progress(msg: Any) -> None:  # the movers' live samples: the disks of each task
+        hub.heard(msg.data)
+
+    sub = None
+    with contextlib.suppress(Exception):  # without the bus the samples come without their disks
+        sub = await ctx.bus.nc.subscribe(PROGRESS_WILDCARD, cb=on_progress)
     yield
-    await app[HUB].close()
+    if sub is not None:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()
+    await hub.close()

@@ -1,9 +1,11 @@
 """The gateway's one fan-out of live events (docs/design.md, "Live events"): a single poller per
 gateway process reads the event log after its cursor and the progress of running work, and hands
 each event to the clients whose filter and role want it, through a bounded queue per client.
-Progress is a latest value: a client keeps only the newest sample per task or restore. A client
-whose queue fills (it reads too slowly) is marked dropped; its handler sends a final event and
-closes, and the client resumes from the event log with `Last-Event-ID`, losing nothing."""
+Progress is a latest value: a client keeps only the newest sample per task or restore; a backup
+task's sample carries its disks (`disks`) as last heard on the movers' live progress subject
+(`heard`), which is the only place they are. A client whose queue fills (it reads too slowly) is
+marked dropped; its handler sends a final event and closes, and the client resumes from the event
+log with `Last-Event-ID`, losing nothing."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import events as store
+from shared.contracts import TaskProgress
 from shared.model.access import Role
 from shared.model.live import Filter, visible
 
@@ -72,12 +76,20 @@ class Hub:
         self._start = asyncio.Lock()
         self._gap_since: float | None = None
         self._progress_at = 0.0
+        self.disks: dict[str, list[dict[str, Any]]] = {}  # task id -> its disks, as last heard
+
+    def heard(self, data: bytes) -> None:
+        """A mover's live TaskProgress: keep its disks for the task's next sample."""
+        with contextlib.suppress(ValidationError):
+            sample = TaskProgress.model_validate_json(data)
+            if sample.disks:
+                self.disks[sample.task_id] = [d.model_dump() for d in sample.disks]
 
     async def _ensure_started(self) -> None:
         async with self._start:
             if self._task is None:
                 self.cursor = await asyncio.to_thread(self._read, lambda s: store.bounds(s)[1])
-                self.samples = await asyncio.to_thread(self._samples)
+                self.samples = self._with_disks(await asyncio.to_thread(self._samples))
                 self._task = asyncio.create_task(self._run(), name="live-events")
 
     def _read(self, work: Callable[[Session], Any]) -> Any:
@@ -139,10 +151,19 @@ class Hub:
                 break
         if time.monotonic() - self._progress_at >= PROGRESS_EVERY:
             self._progress_at = time.monotonic()
-            self._progress(await asyncio.to_thread(self._samples))
+            self._progress(self._with_disks(await asyncio.to_thread(self._samples)))
 
     def _samples(self) -> dict[str, dict[str, Any]]:
         return {s["key"]: s for s in self._read(store.progress)}
+
+    def _with_disks(self, samples: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """The tasks' samples with their disks; the disks of tasks no longer running forgotten."""
+        running = {s["task_id"] for s in samples.values() if s.get("task_id")}
+        self.disks = {k: v for k, v in self.disks.items() if k in running}
+        for sample in samples.values():
+            if sample.get("task_id") in self.disks:
+                sample["disks"] = self.disks[sample["task_id"]]
+        return samples
 
     def _deliver(self, event: dict[str, Any]) -> None:
         for client in list(self.clients):

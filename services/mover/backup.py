@@ -121,6 +121,8 @@ async def _transfer(
         plans.append(await plan_disk(deps, event, d, parent, use_cbt, writer.repo.chunk_size))
     total = sum(p[3] for p in plans)
     tracker = Tracker(deps, event, total)
+    for p in plans:  # each disk's part of the total, in the order of the VM's disks
+        tracker.disk(p[0].key, f"Disk {p[0].key}", p[3])
     reporter = asyncio.create_task(tracker.run())
     stats = WriteStats()
     disks: list[DiskEntry] = []
@@ -157,7 +159,7 @@ async def _transfer(
             parent_id=parent.id if parent and parent_disk else None,
             changed=changed,
             allocated=allocated,
-            progress=tracker,
+            progress=tracker.disks[d.key],
             known=known,
             on_window=cp.add,
             sha256=sha,
@@ -239,6 +241,8 @@ async def _transfer(
         raise state.Stale(f"task {event.task_id} was ended while transferring")
     if tracker.cancelled.is_set():
         raise Cancelled()
+    seconds = max((ctx.clock() - started).total_seconds(), 1e-3)
+    await tracker.publish(stats.bytes_read / seconds)  # the last sample: every disk at its end
     finished = ctx.clock()
     rp = restore_point(
         rp_id=f"rp-{finished.astimezone(UTC):%Y%m%dT%H%M%SZ}-{id_suffix(event.task_id)}",

@@ -12,7 +12,7 @@ from typing import Any
 from services.mover.checkpoint import Checkpoint
 from services.mover.deps import Deps
 from shared.catalog import tasks as state
-from shared.contracts import SnapshotReady, TaskProgress, cancel_subject, progress_subject
+from shared.contracts import DiskProgress, SnapshotReady, TaskProgress, cancel_subject, progress_subject
 from shared.db.models import Run, Task
 
 
@@ -35,9 +35,37 @@ class Tracker:
     notes: dict[int, str] = field(default_factory=dict)  # disk key -> what it waits for
     sources: list[Any] = field(default_factory=list)  # disks being read: bytes arriving = alive
     received: int = -1
+    disks: dict[int, DiskCount] = field(default_factory=dict)  # disk key -> its count
 
     def __call__(self, n: int) -> None:
         self.done += n
+
+    def disk(self, key: int, label: str, planned: int) -> DiskCount:
+        """The counter of one disk, to pass as `progress=`: adds to the disk's bytes and the total."""
+        count = self.disks[key] = DiskCount(self, key, label, planned)
+        return count
+
+    async def publish(self, rate: float) -> None:
+        """One live sample of the task, with its disks (best effort)."""
+        with contextlib.suppress(Exception):
+            await self.deps.ctx.bus.publish_live(
+                progress_subject(self.event.run_id),
+                TaskProgress(
+                    run_id=self.event.run_id,
+                    task_id=self.event.task_id,
+                    vm_name=self.event.vm_name,
+                    phase="transfer",
+                    bytes_done=self.done,
+                    bytes_total=self.total,
+                    rate=rate,
+                    sent_at=self.deps.ctx.clock(),
+                    note=self.note,
+                    disks=[
+                        DiskProgress(key=c.key, label=c.label, bytes_done=c.done, bytes_total=c.total)
+                        for c in self.disks.values()
+                    ],
+                ),
+            )
 
     def waiting(self, disk: int) -> Any:
         """A setter for one disk's note (None: no longer waiting)."""
@@ -72,22 +100,7 @@ class Tracker:
                 if await asyncio.to_thread(self._save, rate):
                     self.cancelled.set()
                     return
-                now = ctx.clock()
-                with contextlib.suppress(Exception):
-                    await ctx.bus.publish_live(
-                        progress_subject(self.event.run_id),
-                        TaskProgress(
-                            run_id=self.event.run_id,
-                            task_id=self.event.task_id,
-                            vm_name=self.event.vm_name,
-                            phase="transfer",
-                            bytes_done=self.done,
-                            bytes_total=self.total,
-                            rate=rate,
-                            sent_at=now,
-                            note=self.note,
-                        ),
-                    )
+                await self.publish(rate)
         finally:
             with contextlib.suppress(Exception):
                 await sub.unsubscribe()
@@ -118,6 +131,19 @@ class Tracker:
                 task.updated_at = now
                 task.deadline_at = now + timedelta(seconds=ctx.settings.pipeline.transfer_stall)
             return bool(run is not None and run.cancel_requested)
+
+
+class DiskCount:
+    """One disk's bytes done of its plan; calling it adds to the disk and to the task's total."""
+
+    __slots__ = ("done", "key", "label", "total", "tracker")
+
+    def __init__(self, tracker: Tracker, key: int, label: str, total: int) -> None:
+        self.tracker, self.key, self.label, self.total, self.done = tracker, key, label, total, 0
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        self.tracker.done += n
 
 
 class CancellableDisk:

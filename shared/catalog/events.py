@@ -60,7 +60,7 @@ def progress(session: Session) -> list[dict[str, Any]]:
         out.append(
             _sample(task.id, "task", task.phase, task.bytes_done, task.bytes_total, task.rate)
             | {"run_id": task.run_id, "job_id": job_id, "task_id": task.id, "restore_id": None,
-               "vm_name": task.vm_name, "vcenter": task.vcenter, "note": task.wait_reason}
+               "vm_name": task.vm_name, "vcenter": task.vcenter, "note": task.wait_reason, "disks": []}
         )  # fmt: skip
     for r in session.scalars(select(Restore).where(Restore.state == "running")):
         restore = r

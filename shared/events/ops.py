@@ -56,8 +56,18 @@ class ServiceHeartbeat(Payload):
     state: Literal["starting", "ready", "stopping"]
 
 
+class DiskProgress(Payload):
+    """One disk's part of a TaskProgress: bytes of its plan done and planned."""
+
+    key: int
+    label: str
+    bytes_done: int
+    bytes_total: int
+
+
 class TaskProgress(Payload):
-    """Live: a task's progress, subject `vbm.live.progress.<run_id>`, about once a second."""
+    """Live: a task's progress, subject `vbm.live.progress.<run_id>`, about once a second; `disks`
+    splits it per disk (empty from a mover that does not say)."""
 
     run_id: str
     task_id: str
@@ -68,3 +78,4 @@ class TaskProgress(Payload):
     rate: float
     sent_at: datetime
     note: str | None = None  # what slows it (waiting for a datastore slot, a slow datastore)
+    disks: list[DiskProgress] = Field(default_factory=list)

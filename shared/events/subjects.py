@@ -40,6 +40,9 @@ def progress_subject(run_id: str) -> str:
     return f"{LIVE_PREFIX}.progress.{run_id}"
 
 
+PROGRESS_WILDCARD = f"{LIVE_PREFIX}.progress.*"
+
+
 def cancel_subject(run_id: str) -> str:
     """Any message here asks every worker of the run to stop at once (the database has the flag)."""
     return f"{LIVE_PREFIX}.cancel.{run_id}"

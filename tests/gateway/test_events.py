@@ -18,7 +18,7 @@ from shared.catalog import apikeys, users
 from shared.catalog import tasks as state
 from shared.catalog.alerts import raise_alert
 from shared.clock import utcnow
-from shared.contracts import RUN_FINAL, TASK_FINAL
+from shared.contracts import RUN_FINAL, TASK_FINAL, DiskProgress, TaskProgress, progress_subject
 from shared.db.eventlog import EventRow
 from shared.db.models import Job, Restore, Run, Task
 from shared.model.access import Role
@@ -146,6 +146,16 @@ async def test_state_changes_arrive_in_order_with_ids_and_the_answer_is_an_event
         assert "id" not in sample
         got = [sample[k] for k in ("task_id", "bytes_done", "bytes_total", "rate", "eta_s", "phase")]
         assert got == ["run-1.lab:web", 40, 100, 20.0, 3.0, "downloading"]
+        assert sample["disks"] == []  # none heard from the mover yet
+        disk = DiskProgress(key=2000, label="Disk 2000", bytes_done=40, bytes_total=100)
+        heard = TaskProgress(run_id="run-1", task_id="run-1.lab:web", vm_name="web", phase="transfer",
+                             bytes_done=40, bytes_total=100, rate=20.0, sent_at=utcnow(),
+                             disks=[disk])  # fmt: skip
+        await api.ctx.bus.publish_live(progress_subject("run-1"), heard)  # the mover's live sample
+        event = await stream.next(skip_progress=False)
+        while not event.get("disks"):  # its disks ride on the task's next sample
+            event = await stream.next(skip_progress=False)
+        assert (event["task_id"], event["disks"]) == ("run-1.lab:web", [disk.model_dump()])
         with api.ctx.sessions.begin() as s:
             raise_alert(s, key="k1", kind="backup_failed", severity="error", message="web failed",
                         now=utcnow(), vm_name="web", run_id="run-1")  # fmt: skip

@@ -113,6 +113,30 @@ async def test_a_transfer_commits_records_its_restore_point_and_moves_the_task_t
     assert ("ds1/vm1/vm1-flat.vmdk", 0) in mover.http.reads
 
 
+async def test_the_live_progress_counts_each_disk_and_their_bytes_add_up_to_the_tasks(
+    world: World, mover: Mover
+) -> None:
+    mover.transferring()
+    mover.http.disks["ds1/vm1/vm1_1-flat.vmdk"] = bytes(2 * MiB)
+    second = DiskRef(
+        key=2001, capacity_bytes=2 * MiB, datastore_path="[ds1] vm1/vm1_1.vmdk", change_id="cid-2"
+    )
+
+    await on_snapshot_ready(event(disks=(event().disks[0], second)), delivery(), mover.deps)
+
+    subject, last = mover.bus.live[-1]  # the last sample: the transfer's end
+    assert subject == f"vbm.live.progress.{RUN}" and last.task_id == TASK
+    assert [(d.key, d.label) for d in last.disks] == [(2000, "Disk 2000"), (2001, "Disk 2001")]
+    assert all(d.bytes_done == d.bytes_total for d in last.disks)
+    assert (
+        sum(d.bytes_done for d in last.disks)
+        == last.bytes_done
+        == last.bytes_total
+        == world.task().bytes_total
+    )
+    assert last.disks[0].bytes_total == 4 * MiB
+
+
 async def test_the_next_backup_reads_only_what_cbt_says_changed_since_its_parent(
     world: World, mover: Mover
 ) -> None:
