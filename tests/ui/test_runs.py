@@ -248,6 +248,12 @@ async def test_a_run_live_to_succeeded_through_a_cut_stream(system: Callable[...
     await _watch(page, seen, values, heard, lambda: bool(values) and values[-1] > 0, 20)
     assert values and values[-1] > 0, (seen, values)
     await expect(page.locator("#run-panel .phase-now")).to_have_text("Downloading", timeout=10_000)
+    # under the VM's bar, one per disk (web has two; the stall holds the first part way)
+    disks = page.locator("#run-panel .task .disk-bars li")
+    await expect(disks).to_have_count(2, timeout=10_000)
+    first = page.get_by_role("progressbar", name=re.compile("^Progress of web Disk ")).first
+    await expect(first).to_have_attribute("aria-valuenow", re.compile("^[1-9]"))
+    await expect(disks.first).to_contain_text(re.compile(r"MiB of 12\.0 MiB"))
     await s.shot(page, "run-live")
 
     # statement 3: the stream cut shows "Reconnecting...", then resumes; no log line twice
