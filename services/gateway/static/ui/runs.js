@@ -318,53 +318,6 @@
     function shown(runId) {
       return document.querySelector('#runs-rows tr[data-run-id="' + cssEscape(runId) + '"]');
     }
-    // Under a VM's bar, one small bar per disk, from the samples that carry `disks` (a sample
-    // without them, or none yet: nothing extra is shown). Made once, then moved in place.
-    function diskBars(task, list) {
-      if (!list || !list.length) return;
-      var box = task.querySelector(".disk-bars");
-      var vm = task.querySelector("h3").firstChild.textContent.trim();
-      if (!box) {
-        box = document.createElement("ul");
-        box.className = "disk-bars";
-        box.setAttribute("aria-label", "Disks of " + vm);
-        var after = task.querySelector(".numbers") || task.querySelector(".runbar");
-        if (after) after.insertAdjacentElement("afterend", box); else task.appendChild(box);
-      }
-      list.forEach(function (d) {
-        var item = box.querySelector('li[data-disk-key="' + cssEscape(String(d.key)) + '"]');
-        if (!item) {
-          item = document.createElement("li");
-          item.setAttribute("data-disk-key", String(d.key));
-          var label = document.createElement("span");
-          label.className = "d-label";
-          label.textContent = d.label;
-          var bar = document.createElement("div");
-          bar.className = "runbar diskbar";
-          bar.setAttribute("role", "progressbar");
-          bar.setAttribute("aria-label", "Progress of " + vm + " " + d.label);
-          bar.setAttribute("aria-valuemin", "0");
-          bar.setAttribute("aria-valuemax", "100");
-          var meter = document.createElement("progress");
-          meter.max = 100;
-          meter.setAttribute("aria-hidden", "true");
-          var pct = document.createElement("span");
-          pct.className = "pct";
-          bar.appendChild(meter);
-          bar.appendChild(pct);
-          var bytes = document.createElement("span");
-          bytes.className = "d-bytes";
-          item.appendChild(label);
-          item.appendChild(bar);
-          item.appendChild(bytes);
-          box.appendChild(item);
-        }
-        var total = d.bytes_total || 0, done = d.bytes_done || 0, text = human(done) + " of " + human(total);
-        setBar(item.querySelector(".diskbar"), total ? (done * 100) / total : 100, "(" + text + ")");
-        item.querySelector(".d-bytes").textContent = text;
-      });
-    }
-
     function progress(sample) {
       var row = shown(sample.run_id || "");
       if (!row) return;
