@@ -7,6 +7,7 @@ services/gateway/static/vendor, no CDN)."""
 from __future__ import annotations
 
 import re
+import weakref
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,7 +24,9 @@ from shared.model.access import PUBLIC
 routes = web.RouteTableDef()
 
 STATIC = Path(__file__).parent / "static"
-_DOC = web.AppKey("openapi", dict)
+# Each app's document, made at its first request: a running app's own state is frozen (aiohttp
+# deprecates changing it, and a warning is an error in the suite), so the cache lives beside it.
+_DOCS: weakref.WeakKeyDictionary[web.Application, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 Mode = Literal["validation", "serialization"]
 
@@ -210,9 +213,9 @@ def _docstring(handler: Any) -> str:
 @needs(PUBLIC)
 @op("The OpenAPI 3.1 document of this API", no_cli="the document itself: fetch it with any client")
 async def openapi_json(request: web.Request) -> web.Response:
-    if _DOC not in request.app:
-        request.app[_DOC] = document(request.app)
-    return json_response(request.app[_DOC])
+    if request.app not in _DOCS:
+        _DOCS[request.app] = document(request.app)
+    return json_response(_DOCS[request.app])
 
 
 REFERENCE = """<!doctype html>
