@@ -10,6 +10,8 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
+from services.gateway.answers.jobs import Job, JobCancelled, JobDeleted, Jobs, Preview, Run, RunStarted
+from services.gateway.apidoc import IDEMPOTENCY_KEY, IF_MATCH, boolean, op
 from services.gateway.common import CTX, flag, in_session, json_response, read_json, with_vcenters
 from services.gateway.idempotency import answer_once
 from shared.catalog import jobs as jobstore
@@ -53,6 +55,7 @@ async def _job_id(request: web.Request) -> str:
 
 @routes.get("/api/v1/jobs")
 @needs(Permission.JOBS_READ)
+@op("Every job", answer=Jobs, cli="vbm job list --json")
 async def list_jobs(request: web.Request) -> web.Response:
     jobs = await in_session(request, lambda s: [jobstore.job_view(j) for j in jobstore.list_jobs(s)])
     return json_response({"jobs": jobs, "total": len(jobs)})
@@ -60,6 +63,17 @@ async def list_jobs(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/jobs")
 @needs(Permission.JOBS_WRITE)
+@op(
+    "Create a job",
+    description="Its VMs are resolved against vCenter now (each stored with moref and name); the"
+    " answer's ETag header and etag field are its version, for If-Match. 409 when the name is"
+    " taken; 502 when a vCenter it names cannot be asked.",
+    body=JobSpec,
+    answer=Job,
+    status=201,
+    errors=(409, 502),
+    cli="vbm job create --name NAME --vm VM --json",
+)
 async def create_job(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     spec = await _resolved_spec(request, None)
@@ -76,6 +90,7 @@ async def create_job(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/jobs/{job_id}")
 @needs(Permission.JOBS_READ)
+@op("A job, by id or name (its ETag as header too)", answer=Job, cli="vbm job show JOB --json")
 async def get_job(request: web.Request) -> web.Response:
     ref = request.match_info["job_id"]
     view = await in_session(request, lambda s: jobstore.job_view(jobstore.find_job(s, ref)))
@@ -84,6 +99,17 @@ async def get_job(request: web.Request) -> web.Response:
 
 @routes.put("/api/v1/jobs/{job_id}")
 @needs(Permission.JOBS_WRITE)
+@op(
+    "Replace a job",
+    description="Replace a job (its id, creation time and schedule position stay). With If-Match"
+    " (optional), only while its ETag is that one: 412 names the current ETag. 409 when the name"
+    " is another job's; 502 when a vCenter it names cannot be asked.",
+    query=(IF_MATCH,),
+    body=JobSpec,
+    answer=Job,
+    errors=(409, 412, 502),
+    cli="vbm job edit JOB --json",
+)
 async def replace_job(request: web.Request) -> web.Response:
     """Replace a job; with `If-Match`, only while its ETag is that one (412 names the current)."""
     ctx = request.app[CTX]
@@ -106,6 +132,15 @@ async def replace_job(request: web.Request) -> web.Response:
 
 @routes.delete("/api/v1/jobs/{job_id}")
 @needs(Permission.JOBS_WRITE)
+@op(
+    "Delete a job (its restore points stay)",
+    description="Refused (409, naming the run) while a run of it is running, unless force=true:"
+    " then its unfinished runs are cancelled and named in the answer.",
+    query=(boolean("force", "delete it even while it runs (its runs are cancelled)"),),
+    answer=JobDeleted,
+    errors=(409,),
+    cli="vbm job delete JOB --yes --force --json",
+)
 async def delete_job(request: web.Request) -> web.Response:
     force = flag(request, "force")
     job_id = await _job_id(request)
@@ -118,6 +153,17 @@ async def delete_job(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/jobs/{job_id}/run")
 @needs(Permission.JOBS_RUN)
+@op(
+    "Run a job now",
+    description="Start a run now (trigger api); Location names it. A job runs once at a time: while"
+    " a run of it is queued or running, 409 names that run. With an Idempotency-Key, a retry"
+    " answers the first answer (Idempotent-Replayed: true) and starts nothing twice.",
+    query=(IDEMPOTENCY_KEY,),
+    answer=RunStarted,
+    status=202,
+    errors=(409,),
+    cli="vbm job run JOB --idempotency-key KEY --json",
+)
 async def run_job(request: web.Request) -> web.Response:
     """Start a run now: 409 names the run in progress; an `Idempotency-Key` makes a retry
     answer the first answer (services/gateway/idempotency.py)."""
@@ -135,6 +181,12 @@ async def run_job(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/jobs/{job_id}/cancel")
 @needs(Permission.JOBS_RUN)
+@op(
+    "Stop every unfinished run of a job",
+    answer=JobCancelled,
+    status=202,
+    cli="vbm job cancel JOB --json",
+)
 async def cancel_job(request: web.Request) -> web.Response:
     job_id = await _job_id(request)
     runs = await in_session(request, lambda s: jobstore.cancel_job_runs(s, job_id), write=True)
@@ -144,6 +196,15 @@ async def cancel_job(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/runs/{run_id}/cancel")
 @needs(Permission.JOBS_RUN)
+@op(
+    "Stop a run",
+    description="Stop one run: its movers stop within a second, its snapshots are removed. 409"
+    " when it has ended already.",
+    answer=Run,
+    status=202,
+    errors=(409,),
+    cli="vbm run cancel RUN_ID --json",
+)
 async def cancel_run(request: web.Request) -> web.Response:
     """Stop one run: its movers stop within a second, its snapshots are removed."""
     run_id = request.match_info["run_id"]
@@ -154,6 +215,12 @@ async def cancel_run(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/jobs/preview")
 @needs(Permission.JOBS_READ)
+@op(
+    "What a job body would hold today (nothing is saved)",
+    body=JobSpec,
+    answer=Preview,
+    cli="vbm job create --name NAME --vm VM --preview --json",
+)
 async def preview_spec(request: web.Request) -> web.Response:
     """What a job body would hold today (nothing is saved): its VMs, why each, skipped disks."""
     spec = JobSpec.model_validate(await read_json(request))
@@ -166,6 +233,7 @@ async def preview_spec(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/jobs/{job_id}/preview")
 @needs(Permission.JOBS_READ)
+@op("What a job holds today", answer=Preview, cli="vbm job preview JOB --json")
 async def preview_job(request: web.Request) -> web.Response:
     """What a job holds today: its selection resolved against each vCenter now."""
     ref = request.match_info["job_id"]

@@ -11,8 +11,20 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 from sqlalchemy.orm import Session
 
 from services.gateway.access import IDENTITY, Identity, needs
+from services.gateway.answers.people import (
+    KeyAnswer,
+    KeyList,
+    NewKeyAnswer,
+    PasswordChanged,
+    SessionAnswer,
+    UserAnswer,
+    UserList,
+    WhoAmI,
+)
+from services.gateway.apidoc import op
 from services.gateway.common import CTX, in_session, json_response, read_json
 from shared.catalog import apikeys, sessions, users
+from shared.clock import iso
 from shared.errors import Conflict, Invalid, NotFound
 from shared.model.access import PUBLIC, Permission, Role
 
@@ -73,8 +85,8 @@ def _session_answer(user: users.UserInfo, found: sessions.SessionInfo) -> dict[s
     return {
         "user": user.public(),
         "csrf_token": found.csrf_token,
-        "expires_at": found.expires_at,
-        "idle_expires_at": found.idle_expires_at,
+        "expires_at": iso(found.expires_at),
+        "idle_expires_at": iso(found.idle_expires_at),
     }
 
 
@@ -101,6 +113,14 @@ async def _start_session(request: web.Request, user: users.UserInfo, status: int
 
 @routes.post("/api/v1/session")
 @needs(PUBLIC)
+@op(
+    "Log in: a session cookie and its CSRF token (429 with Retry-After while the account waits)",
+    body=Login,
+    answer=SessionAnswer,
+    status=201,
+    errors=(401, 429),
+    no_cli="a browser's session: vbm works on the database as the OS user, and clients use API keys",
+)
 async def login(request: web.Request) -> web.Response:
     body = Login.model_validate(await read_json(request))
     request[LOGIN_NAME] = body.name
@@ -127,6 +147,11 @@ async def login(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/session")
 @needs(Permission.SELF)
+@op(
+    "Who the caller is: the user, the role this request has, and the session or key it came with",
+    answer=WhoAmI,
+    no_cli="the caller of the API itself: on the command line the OS user works on the database",
+)
 async def whoami(request: web.Request) -> web.Response:
     me = _me(request)
     ctx = request.app[CTX]
@@ -146,6 +171,12 @@ async def whoami(request: web.Request) -> web.Response:
 
 @routes.delete("/api/v1/session")
 @needs(Permission.SELF)
+@op(
+    "Log out: the session ends (409 for a request with an API key: revoke the key instead)",
+    status=204,
+    errors=(409,),
+    no_cli="a browser's session: the command line has none",
+)
 async def logout(request: web.Request) -> web.Response:
     me = _me(request)
     if me.session_id is None:
@@ -161,6 +192,12 @@ async def logout(request: web.Request) -> web.Response:
 
 @routes.put("/api/v1/session/password")
 @needs(Permission.SELF)
+@op(
+    "Change the caller's own password (given the current one): every session ends, this one starts anew",
+    body=PasswordChange,
+    answer=PasswordChanged,
+    cli="vbm user passwd NAME --password-stdin",
+)
 async def change_own_password(request: web.Request) -> web.Response:
     body = PasswordChange.model_validate(await read_json(request))
     me, ctx = _me(request), request.app[CTX]
@@ -183,6 +220,14 @@ async def change_own_password(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/setup")
 @needs(PUBLIC)
+@op(
+    "Make the first admin with the one-time setup token `vbm up` printed, and log in as them",
+    body=Setup,
+    answer=SessionAnswer,
+    status=201,
+    errors=(403, 409),
+    cli="vbm user add NAME --role admin",
+)
 async def setup(request: web.Request) -> web.Response:
     """The first admin, made with the one-time token `vbm up` printed on an empty database."""
     body = Setup.model_validate(await read_json(request))
@@ -206,6 +251,7 @@ async def setup(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/users")
 @needs(Permission.USERS_READ)
+@op("The users, by name (never a password)", answer=UserList, cli="vbm user list")
 async def list_users(request: web.Request) -> web.Response:
     rows = await in_session(request, users.list_users)
     return json_response({"users": [u.public() for u in rows], "total": len(rows)})
@@ -213,6 +259,14 @@ async def list_users(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/users")
 @needs(Permission.USERS_WRITE)
+@op(
+    "Add a user (without a password: API keys only, until one is set)",
+    body=NewUser,
+    answer=UserAnswer,
+    status=201,
+    errors=(409,),
+    cli="vbm user add NAME --role ROLE",
+)
 async def add_user(request: web.Request) -> web.Response:
     body = NewUser.model_validate(await read_json(request))
     ctx = request.app[CTX]
@@ -227,6 +281,7 @@ async def add_user(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/users/{name}")
 @needs(Permission.USERS_READ)
+@op("A user", answer=UserAnswer, cli="vbm user show NAME")
 async def get_user(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     user = await in_session(request, lambda s: users.info(users.get(s, name)))
@@ -235,6 +290,13 @@ async def get_user(request: web.Request) -> web.Response:
 
 @routes.put("/api/v1/users/{name}")
 @needs(Permission.USERS_WRITE)
+@op(
+    "Change a user's role, state, display name or password (409 for the last enabled admin)",
+    body=UserChange,
+    answer=UserAnswer,
+    errors=(409,),
+    cli="vbm user edit NAME",
+)
 async def change_user(request: web.Request) -> web.Response:
     body = UserChange.model_validate(await read_json(request))
     name, ctx = request.match_info["name"], request.app[CTX]
@@ -264,6 +326,7 @@ def _expiry(request: web.Request, days: int | None) -> object:
 
 @routes.get("/api/v1/keys")
 @needs(Permission.SELF)
+@op("The caller's own API keys (never their secrets)", answer=KeyList, cli="vbm apikey list --user USER")
 async def my_keys(request: web.Request) -> web.Response:
     me = _me(request)
     keys = await in_session(request, lambda s: apikeys.list_keys(s, owner=me.user))
@@ -272,6 +335,14 @@ async def my_keys(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/keys")
 @needs(Permission.SELF)
+@op(
+    "Mint an API key of the caller's own: the key is in this answer only",
+    body=NewKey,
+    answer=NewKeyAnswer,
+    status=201,
+    errors=(409,),
+    cli="vbm apikey create NAME --user USER",
+)
 async def mint_key(request: web.Request) -> web.Response:
     """A key of the caller's own, carrying at most the caller's role (a key's own role, when the
     caller is a key: a key cannot mint a stronger one)."""
@@ -309,12 +380,18 @@ async def _revoke(request: web.Request, owner: str) -> web.Response:
 
 @routes.delete("/api/v1/keys/{key}")
 @needs(Permission.SELF)
+@op(
+    "Revoke one of the caller's own keys (by id or name): it stops working at once",
+    answer=KeyAnswer,
+    cli="vbm apikey revoke KEY --user USER",
+)
 async def revoke_my_key(request: web.Request) -> web.Response:
     return await _revoke(request, _me(request).user)
 
 
 @routes.get("/api/v1/users/{name}/keys")
 @needs(Permission.KEYS_ADMIN)
+@op("A user's API keys (never their secrets)", answer=KeyList, cli="vbm apikey list --user NAME")
 async def keys_of_user(request: web.Request) -> web.Response:
     name = request.match_info["name"]
 
@@ -328,5 +405,10 @@ async def keys_of_user(request: web.Request) -> web.Response:
 
 @routes.delete("/api/v1/users/{name}/keys/{key}")
 @needs(Permission.KEYS_ADMIN)
+@op(
+    "Revoke a key of a user (by id or name): it stops working at once",
+    answer=KeyAnswer,
+    cli="vbm apikey revoke KEY --user NAME",
+)
 async def revoke_key_of_user(request: web.Request) -> web.Response:
     return await _revoke(request, request.match_info["name"])

@@ -7,19 +7,25 @@ import asyncio
 from typing import Any
 
 from aiohttp import web
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
+from services.gateway.answers.restores import (
+    MigrateRequest,
+    PublicKey,
+    Reports,
+    Restore,
+    Restores,
+    SignedReport,
+)
+from services.gateway.apidoc import IDEMPOTENCY_KEY, WINDOW, op, text
 from services.gateway.common import CTX, in_session, json_response, read_json
 from services.gateway.idempotency import answer_once
 from shared.catalog import reports, restores
 from shared.catalog.idempotency import Answer
 from shared.catalog.listing import Window
 from shared.catalog.vcenters import effective
-from shared.clock import iso
-from shared.db.models import RestoreReport
-from shared.errors import Invalid, NotFound
+from shared.errors import Invalid
 from shared.model.access import Permission
 
 routes = web.RouteTableDef()
@@ -27,6 +33,18 @@ routes = web.RouteTableDef()
 
 @routes.post("/api/v1/restores")
 @needs(Permission.RESTORES_RUN)
+@op(
+    "Restore a restore point: as a new VM, in place, as a test, or instantly",
+    description="Checked and queued (202, Location names it); the mover carries it out. 409 when"
+    " the restore point failed verification (unless allow_unverified) or another restore is making"
+    " the same VM. With an Idempotency-Key, a retry answers the first answer and starts nothing twice.",
+    query=(IDEMPOTENCY_KEY,),
+    body=restores.RestoreRequest,
+    answer=Restore,
+    status=202,
+    errors=(409,),
+    cli="vbm restore start RESTORE_POINT --idempotency-key KEY --json",
+)
 async def create_restore(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = restores.RestoreRequest.model_validate(await read_json(request))
@@ -44,6 +62,18 @@ async def create_restore(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/restores")
 @needs(Permission.RESTORES_READ)
+@op(
+    "Restores, newest first (paged)",
+    query=(
+        *WINDOW,
+        text("state", "only restores in this state (queued, running, succeeded, failed, cancelled)"),
+        text("mode", "only restores of this mode (new_vm, in_place, test, instant)"),
+        text("vcenter", "only restores to this vCenter"),
+        text("restore_point", "only restores of this restore point (its id)"),
+    ),
+    answer=Restores,
+    cli="vbm restore list --json",
+)
 async def list_restores(request: web.Request) -> web.Response:
     """Restores, newest first (`order=asc`), by `state`, `mode`, `vcenter`, `restore_point`,
     `since`/`until`; paged by `limit` and `offset` or `cursor`."""
@@ -62,6 +92,7 @@ async def list_restores(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/restores/{restore_id}")
 @needs(Permission.RESTORES_READ)
+@op("A restore and its progress", answer=Restore, cli="vbm restore show RESTORE_ID --json")
 async def get_restore(request: web.Request) -> web.Response:
     restore_id = request.match_info["restore_id"]
     return json_response(
@@ -71,6 +102,15 @@ async def get_restore(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/restores/{restore_id}/cancel")
 @needs(Permission.RESTORES_RUN)
+@op(
+    "Stop a restore",
+    description="Stop a restore: the mover notices within a second and removes what it made. 409"
+    " when it has ended already.",
+    answer=Restore,
+    status=202,
+    errors=(409,),
+    cli="vbm restore cancel RESTORE_ID --json",
+)
 async def cancel_restore(request: web.Request) -> web.Response:
     """Stop a restore: the mover notices within a second and removes what it made."""
     restore_id = request.match_info["restore_id"]
@@ -82,25 +122,25 @@ async def cancel_restore(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/reports")
 @needs(Permission.REPORTS_READ)
+@op(
+    "Restore-test reports, newest first (at most 500)",
+    query=(text("vm", "only the reports of this VM (by name)"),),
+    answer=Reports,
+    cli="vbm report list --vm VM --json",
+)
 async def list_reports(request: web.Request) -> web.Response:
     """Restore-test reports, newest first (`?vm=` filters by VM name)."""
     vm = request.query.get("vm")
 
     def work(session: Session) -> list[dict[str, object]]:
-        query = select(RestoreReport).order_by(RestoreReport.created_at.desc())
-        if vm:
-            query = query.where(RestoreReport.vm_name == vm)
-        return [
-            {"id": r.id, "restore_point_id": r.restore_point_id, "vm_name": r.vm_name, "ok": r.ok,
-             "created_at": iso(r.created_at)}
-            for r in session.scalars(query.limit(500))
-        ]  # fmt: skip
+        return [reports.report_view(r) for r in reports.list_reports(session, vm)]
 
     return json_response({"reports": await in_session(request, work)})
 
 
 @routes.get("/api/v1/reports/public-key")
 @needs(Permission.REPORTS_READ)
+@op("The public key that verifies every report", answer=PublicKey, cli="vbm report public-key --json")
 async def report_key(request: web.Request) -> web.Response:
     """The public key that verifies every report (PEM) and its key id."""
     key = await asyncio.to_thread(reports.signing_key, request.app[CTX].settings.data_dir)
@@ -109,21 +149,33 @@ async def report_key(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/reports/{report_id}")
 @needs(Permission.REPORTS_READ)
+@op(
+    "A signed report, as stored (give it to an auditor)",
+    answer=SignedReport,
+    cli="vbm report show REPORT_ID --json",
+)
 async def get_report(request: web.Request) -> web.Response:
     """A signed report as stored: {"report", "signature", "key_id"}; give it to an auditor."""
     report_id = request.match_info["report_id"]
 
     def work(session: Session) -> str:
-        row = session.get(RestoreReport, report_id)
-        if row is None:
-            raise NotFound(f"no report {report_id!r}")
-        return row.signed
+        return reports.signed_report(session, report_id)
 
     return web.Response(text=await in_session(request, work), content_type="application/json")
 
 
 @routes.post("/api/v1/restores/{restore_id}/migrate")
 @needs(Permission.RESTORES_RUN)
+@op(
+    "Move an instantly recovered VM to a production datastore",
+    description="Storage vMotion, then the restore point is unmounted. 409 unless the restore is a"
+    " running instant VM.",
+    body=MigrateRequest,
+    answer=Restore,
+    status=202,
+    errors=(409,),
+    cli="vbm restore migrate RESTORE_ID --datastore DATASTORE --json",
+)
 async def migrate_instant(request: web.Request) -> web.Response:
     """Move an instantly recovered VM to a production datastore (Storage vMotion), then unmount."""
     ctx = request.app[CTX]
@@ -145,6 +197,15 @@ async def migrate_instant(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/restores/{restore_id}/stop")
 @needs(Permission.RESTORES_RUN)
+@op(
+    "Stop an instantly recovered VM",
+    description="Power it off, remove it, unmount the published restore point. 409 unless the"
+    " restore is a running instant VM.",
+    answer=Restore,
+    status=202,
+    errors=(409,),
+    cli="vbm restore stop RESTORE_ID --json",
+)
 async def stop_instant(request: web.Request) -> web.Response:
     """Stop an instantly recovered VM: power off, remove it, unmount the published restore point."""
     ctx = request.app[CTX]

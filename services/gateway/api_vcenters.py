@@ -10,15 +10,20 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
+from services.gateway.answers.settings import Deleted, VCenterAnswer, VCenterList, VCenterSaved, VCenterTested
 from services.gateway.api_vms import VCENTERS
+from services.gateway.apidoc import boolean, op
 from services.gateway.common import CTX, field_error, flag, in_session, json_response, problem, read_json
 from shared.catalog import vcenters as vcstore
+from shared.catalog.vcenters import VCenterChange
 from shared.errors import NotFound
 from shared.model.access import Permission
 from shared.settings import VCenterSettings
 from shared.vsphere.probe import Probe, probe
 
 routes = web.RouteTableDef()
+
+SKIP_TEST = boolean("skip_test", "save without testing the connection")
 
 
 async def _test(vc: VCenterSettings) -> Probe:
@@ -42,13 +47,16 @@ def _failed(result: Probe) -> web.Response:
 
 
 def _answer(view: dict[str, object], tested: Probe | None) -> dict[str, object]:
-    if tested is None:
-        return {**view, "test": {"ok": None, "kind": "skipped", "message": "saved untested (skip_test)"}}
-    return {**view, "test": tested.view()}
+    return vcstore.saved_view(view, None if tested is None else tested.view())
 
 
 @routes.get("/api/v1/vcenters")
 @needs(Permission.VCENTERS_READ)
+@op(
+    "The vCenters: configured (source env, read only here) and added (source api)",
+    answer=VCenterList,
+    cli="vbm vcenter list",
+)
 async def list_vcenters(request: web.Request) -> web.Response:
     settings = request.app[CTX].settings
     views = await in_session(request, lambda s: vcstore.list_views(s, settings))
@@ -57,6 +65,15 @@ async def list_vcenters(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/vcenters")
 @needs(Permission.VCENTERS_WRITE)
+@op(
+    "Add a vCenter, its connection tested first (a failed test: 422 with `test`, nothing saved)",
+    query=(SKIP_TEST,),
+    body=VCenterSettings,
+    answer=VCenterSaved,
+    status=201,
+    errors=(409, 503),
+    cli="vbm vcenter add NAME --url URL --username USER",
+)
 async def add_vcenter(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = await read_json(request)
@@ -76,6 +93,7 @@ async def add_vcenter(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/vcenters/{name}")
 @needs(Permission.VCENTERS_READ)
+@op("A vCenter (never its password)", answer=VCenterAnswer, cli="vbm vcenter show NAME")
 async def get_vcenter(request: web.Request) -> web.Response:
     settings, name = request.app[CTX].settings, request.match_info["name"]
     return json_response(await in_session(request, lambda s: vcstore.get_view(s, settings, name)))
@@ -83,6 +101,14 @@ async def get_vcenter(request: web.Request) -> web.Response:
 
 @routes.put("/api/v1/vcenters/{name}")
 @needs(Permission.VCENTERS_WRITE)
+@op(
+    "Change an added vCenter (fields left out stay), tested first; 409 for a configured one",
+    query=(SKIP_TEST,),
+    body=VCenterChange,
+    answer=VCenterSaved,
+    errors=(409, 503),
+    cli="vbm vcenter edit NAME",
+)
 async def change_vcenter(request: web.Request) -> web.Response:
     ctx, name = request.app[CTX], request.match_info["name"]
     body = await read_json(request)
@@ -99,6 +125,12 @@ async def change_vcenter(request: web.Request) -> web.Response:
 
 @routes.delete("/api/v1/vcenters/{name}")
 @needs(Permission.VCENTERS_WRITE)
+@op(
+    "Remove an added vCenter (409 while a job uses it, or for a configured one)",
+    answer=Deleted,
+    errors=(409,),
+    cli="vbm vcenter rm NAME",
+)
 async def delete_vcenter(request: web.Request) -> web.Response:
     ctx, name = request.app[CTX], request.match_info["name"]
     await in_session(request, lambda s: vcstore.remove(s, ctx.settings, name), write=True)
@@ -108,6 +140,12 @@ async def delete_vcenter(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/vcenters/{name}/test")
 @needs(Permission.VCENTERS_WRITE)
+@op(
+    "Test a vCenter's connection: 200 with ok, and the step that failed when it did",
+    answer=VCenterTested,
+    errors=(503,),
+    cli="vbm vcenter test NAME",
+)
 async def test_vcenter(request: web.Request) -> web.Response:
     """Test a vCenter's connection as it is saved (or configured): 200 with `ok` and, when it
     failed, which step (`kind`: dns, tcp, tls, not_vcenter, credentials) and how to fix it."""

@@ -6,15 +6,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from typing import Any
 
 from aiohttp import web
 
 from services.gateway.access import needs
+from services.gateway.answers.jobs import VMs
+from services.gateway.apidoc import op, text
 from services.gateway.common import CTX, in_session, json_response
 from shared.catalog import jobs as jobstore
 from shared.catalog import vcenters as vcstore
-from shared.clock import iso
+from shared.catalog import vms as vmstore
 from shared.errors import Unreachable
 from shared.model.access import Permission
 from shared.runtime.bus import Permanent
@@ -42,21 +43,15 @@ async def _list(pool: VCenters, vc: VCenterSettings) -> list[VMInfo]:
         raise Unreachable(f"vCenter {vc.name} ({vc.url}) cannot be asked: {exc}") from None
 
 
-def vm_view(vcenter: str, vm: VMInfo) -> dict[str, Any]:
-    return {
-        "vcenter": vcenter,
-        "name": vm.name,
-        "moref": vm.moref,
-        "uuid": vm.uuid,
-        "power_state": vm.power_state,
-        "cbt": vm.cbt_enabled,
-        "disks": [{"key": d.key, "label": d.label, "capacity": d.capacity} for d in vm.disks],
-        "snapshots": [{"name": s.name, "moref": s.moref, "created": iso(s.created)} for s in vm.snapshots],
-    }
-
-
 @routes.get("/api/v1/vms")
 @needs(Permission.VMS_READ)
+@op(
+    "Every VM of every vCenter, asked now",
+    query=(text("vcenter", "only this vCenter (by name): 502 when it cannot be asked"),),
+    answer=VMs,
+    errors=(502,),
+    cli="vbm vm ls --vcenter NAME --json",
+)
 async def list_vms(request: web.Request) -> web.Response:
     """Every VM of every vCenter; one that cannot be asked is named under `unreachable` (with
     why) while the others' VMs are listed. Asked for by name (`?vcenter=`), it is a 502."""
@@ -68,24 +63,14 @@ async def list_vms(request: web.Request) -> web.Response:
     vcenters = [jobstore.vcenter_of(settings.model_copy(update={"vcenters": known}), name)] if name else known
     pool = request.app[VCENTERS]
     found = await asyncio.gather(*(_list(pool, vc) for vc in vcenters), return_exceptions=True)
-    vms: list[dict[str, Any]] = []
-    unreachable = [{"vcenter": n, "url": None, "error": str(e)} for n, e in broken.items() if not name]
+    asked: list[tuple[VCenterSettings, list[VMInfo] | Unreachable]] = []
     for vc, listed in zip(vcenters, found, strict=True):
         if isinstance(listed, Unreachable):
             if name:
                 raise listed
-            unreachable.append({"vcenter": vc.name, "url": vc.url, "error": str(listed)})
+            asked.append((vc, listed))
         elif isinstance(listed, BaseException):
             raise listed
         else:
-            vms.extend(vm_view(vc.name, vm) for vm in listed)
-    vms.sort(key=lambda v: (v["vcenter"], v["name"]))
-    return json_response(
-        {
-            "vms": vms,
-            "total": len(vms),
-            "vcenters": [vc.name for vc in vcenters]
-            + [u["vcenter"] for u in unreachable if u["url"] is None],
-            "unreachable": unreachable,
-        }
-    )
+            asked.append((vc, listed))
+    return json_response(vmstore.listing(asked, {} if name else broken))

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import exists, or_, select, update
 from sqlalchemy.orm import Session
 
+from shared.clock import iso
 from shared.db.models import ApiKey
 from shared.db.users import User
 from shared.model.access import Role
@@ -55,10 +56,10 @@ class KeyInfo:
             "name": self.name,
             "owner": self.owner,
             "role": self.role.value,
-            "created_at": self.created_at,
-            "expires_at": self.expires_at,
-            "last_used_at": self.last_used_at,
-            "revoked_at": self.revoked_at,
+            "created_at": iso(self.created_at),
+            "expires_at": iso(self.expires_at),
+            "last_used_at": iso(self.last_used_at),
+            "revoked_at": iso(self.revoked_at),
         }
 
 

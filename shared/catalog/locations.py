@@ -282,6 +282,17 @@ def _view(row: LocationRow, settings: Settings) -> dict[str, Any]:
         return row_view(row, str(exc))
 
 
+SKIPPED = {"ok": None, "message": "saved untested (skip_test)"}
+
+
+def open_test(url: str, failed: str | None) -> dict[str, Any]:
+    """An open test's result in an answer (API and `vbm location add|edit --json`): `failed` is
+    what shared.repo.locations.try_open said, None when it opened."""
+    if failed is None:
+        return {"ok": True, "message": f"{url} opens with these credentials"}
+    return {"ok": False, "message": failed}
+
+
 def list_views(session: Session, settings: Settings) -> list[dict[str, Any]]:
     """The configured repository, then every stored location by name; never a secret."""
     rows = session.scalars(select(LocationRow).order_by(LocationRow.name))

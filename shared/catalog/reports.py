@@ -9,6 +9,8 @@ UTF-8), and a signed report is stored and handed out as
 
 `key_id` is the first 16 hex digits of the SHA-256 of the raw public key, so a verifier knows
 which key to use after a key change. `verify()` needs only the signed report and the public key.
+
+The stored reports are listed and read here too, for the API and `vbm report` alike.
 """
 
 from __future__ import annotations
@@ -23,6 +25,12 @@ from typing import Any
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from shared.clock import iso
+from shared.db.models import RestoreReport
+from shared.errors import NotFound
 
 KEY_FILE = Path("keys") / "report-signing.pem"
 
@@ -96,3 +104,30 @@ def verify(signed: dict[str, Any], public_key_pem: str) -> dict[str, Any]:
     except InvalidSignature:
         raise ReportError("the signature does not match the report: it was changed after signing") from None
     return dict(report)
+
+
+def report_view(row: RestoreReport) -> dict[str, Any]:
+    """A report as lists show it (GET /api/v1/reports, `vbm report list --json`)."""
+    return {
+        "id": row.id,
+        "restore_point_id": row.restore_point_id,
+        "vm_name": row.vm_name,
+        "ok": row.ok,
+        "created_at": iso(row.created_at),
+    }
+
+
+def list_reports(session: Session, vm: str | None = None, limit: int = 500) -> list[RestoreReport]:
+    """Restore-test reports, newest first; of one VM (by name) when `vm` is given."""
+    query = select(RestoreReport).order_by(RestoreReport.created_at.desc())
+    if vm:
+        query = query.where(RestoreReport.vm_name == vm)
+    return list(session.scalars(query.limit(limit)))
+
+
+def signed_report(session: Session, report_id: str) -> str:
+    """A signed report as stored (JSON text: report, signature, key_id); NotFound names it."""
+    row = session.get(RestoreReport, report_id)
+    if row is None:
+        raise NotFound(f"no report {report_id!r}")
+    return row.signed

@@ -17,6 +17,7 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from shared.clock import iso
 from shared.db.models import ApiKey
 from shared.db.users import User, WebSession
 from shared.errors import Conflict, Invalid, NotFound
@@ -49,9 +50,9 @@ class UserInfo:
             "role": self.role.value,
             "enabled": self.enabled,
             "password": "set" if self.has_password else "not set",
-            "locked_until": self.locked_until,
-            "last_login_at": self.last_login_at,
-            "created_at": self.created_at,
+            "locked_until": iso(self.locked_until),
+            "last_login_at": iso(self.last_login_at),
+            "created_at": iso(self.created_at),
         }
 
 

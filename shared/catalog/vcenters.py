@@ -143,6 +143,15 @@ def row_view(row: VCenterRow, error: str | None = None) -> dict[str, Any]:
     return view
 
 
+SKIPPED = {"ok": None, "kind": "skipped", "message": "saved untested (skip_test)"}
+
+
+def saved_view(view: dict[str, Any], test: dict[str, object] | None) -> dict[str, Any]:
+    """The answer to an add or a change (API and `vbm vcenter add|edit --json`): the vCenter and
+    its connection test's result (shared/vsphere/probe.py: Probe.view), None when skipped."""
+    return {**view, "test": SKIPPED if test is None else test}
+
+
 def list_views(session: Session, settings: Settings) -> list[dict[str, Any]]:
     """Every vCenter, configured and stored, by name; never a password."""
     views = [_config_view(vc) for vc in settings.vcenters]

@@ -1,10 +1,10 @@
 """`vbm apikey create|list|revoke`: REST API keys (a key is shown once, at its creation); each
-belongs to a user and carries at most that user's role."""
+belongs to a user and carries at most that user's role. With `--json` each prints what the REST API
+answers (/api/v1/keys): `create --json` the key's view with the key itself, once."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import timedelta
 from typing import Any
@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import apikeys
 from shared.cli.runs import when
+from shared.cli.say import listing, say
 from shared.clock import iso, utcnow
 from shared.model.access import Role
 
@@ -29,10 +30,14 @@ def add_parsers(sub: Any) -> None:
         help="what it may do (default and at most: its owner's role)",
     )
     create.add_argument("--expires-days", type=int, metavar="DAYS", help="it stops working after DAYS days")
-    listing = k_acts.add_parser("list", help="list keys (never their secrets)")
-    listing.add_argument("--user", help="only this user's keys")
-    listing.add_argument("--json", action="store_true")
-    k_acts.add_parser("revoke", help="revoke a key at once (by name or id)").add_argument("name")
+    create.add_argument("--json", action="store_true", help="the key's view with the key (shown once)")
+    ls = k_acts.add_parser("list", help="list keys (never their secrets)")
+    ls.add_argument("--user", help="only this user's keys")
+    ls.add_argument("--json", action="store_true")
+    revoke = k_acts.add_parser("revoke", help="revoke a key at once (by name or id)")
+    revoke.add_argument("name")
+    revoke.add_argument("--user", help="only if it is this user's key")
+    revoke.add_argument("--json", action="store_true")
 
 
 def dispatch(action: str, args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
@@ -44,18 +49,18 @@ def dispatch(action: str, args: argparse.Namespace, sessions: sessionmaker[Sessi
         role = None if args.role is None else Role(args.role)
         with sessions.begin() as s:
             info, key = apikeys.create(s, args.name, now, owner=args.user, role=role, expires_at=expires)
-        print(key)
+        say(args, {**info.public(), "key": key}, key)
         print(f"API key {info.name!r} created: store it now, it is not shown again", file=sys.stderr)
         return 0
     if action == "revoke":
         with sessions.begin() as s:
-            info = apikeys.revoke(s, args.name, utcnow())
-        print(f"API key {info.name!r} revoked")
+            info = apikeys.revoke(s, args.name, utcnow(), owner=args.user)
+        say(args, info.public(), f"API key {info.name!r} revoked")
         return 0
     with sessions() as s:
         keys = apikeys.list_keys(s, owner=args.user)
     if args.json:
-        print(json.dumps([k.public() for k in keys], indent=2, default=str))
+        say(args, listing("keys", [k.public() for k in keys]), "")
         return 0
     print(f"{'name':<20} {'id':<16} {'owner':<14} {'role':<9} {'created':<21} {'last used':<21} state")
     for k in keys:

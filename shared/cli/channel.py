@@ -1,13 +1,13 @@
-"""`vbm channel add|list|rm` and `vbm smtp set|show|clear`: notification channels and the SMTP
-login stored in the database (as the API does: shared/catalog/channels.py, smtp.py). A channel's
-URL (it may embed a token), its HMAC key and the SMTP password are read from stdin or asked for
-without echo, never from the command line, and stored encrypted."""
+"""`vbm channel add|list|show|edit|rm` and `vbm smtp set|show|clear`: notification channels and
+the SMTP login stored in the database (as the API does: shared/catalog/channels.py, smtp.py). A
+channel's URL (it may embed a token), its HMAC key and the SMTP password are read from stdin or
+asked for without echo, never from the command line, and stored encrypted. With `--json` each
+prints what the REST API answers (/api/v1/channels, /api/v1/smtp)."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
 from typing import Any
 
@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import channels as chstore
 from shared.catalog import smtp as smtpstore
+from shared.cli.say import listing, say
 from shared.clock import utcnow
 from shared.db import make_sessionmaker
 from shared.db.existing import open_existing
@@ -22,6 +23,7 @@ from shared.errors import StoreError
 from shared.settings import Settings
 
 COMMANDS = ("channel", "smtp")
+TYPES = ("email", "slack", "teams", "webhook")
 
 
 def add_parsers(sub: Any) -> None:
@@ -29,20 +31,21 @@ def add_parsers(sub: Any) -> None:
     acts = p.add_subparsers(dest="channel_command", required=True, metavar="ACTION")
     add = acts.add_parser("add", help="add a channel (email, slack, teams or webhook)")
     add.add_argument("name")
-    add.add_argument("--type", required=True, choices=("email", "slack", "teams", "webhook"))
-    add.add_argument("--to", action="append", default=[], metavar="ADDRESS", help="email: a recipient")
-    add.add_argument("--on", action="append", choices=("success", "warning", "failure"), default=None)
-    add.add_argument("--scope", choices=("all", "jobs"), default="all")
-    add.add_argument(
-        "--secrets-stdin",
-        action="store_true",
-        help="read the URL (first line) and, for webhooks, the HMAC key (second line, optional) from stdin",
+    add.add_argument("--type", required=True, choices=TYPES)
+    _fields(add)
+    edit = acts.add_parser(
+        "edit", help="change a stored channel (what is given; secrets with --secrets-stdin)"
     )
-    add.add_argument("--hmac", action="store_true", help="webhook: ask for an HMAC key too")
-    ls = acts.add_parser("list", help="every channel, configured (source env) and stored (source api)")
-    ls.add_argument("--json", action="store_true", help="as JSON")
-    rm = acts.add_parser("rm", help="remove a stored channel (refused while a job names it)")
-    rm.add_argument("name")
+    edit.add_argument("name")
+    edit.add_argument("--type", choices=TYPES)
+    _fields(edit)
+    for action, what in (("list", "every channel, configured (source env) and stored (source api)"),
+                         ("show", "one channel (never its URL's path or key)"),
+                         ("rm", "remove a stored channel (refused while a job names it)")):  # fmt: skip
+        parser = acts.add_parser(action, help=what)
+        if action != "list":
+            parser.add_argument("name")
+        parser.add_argument("--json", action="store_true", help="as JSON")
 
     p = sub.add_parser("smtp", help="the mail server email channels send through (stored encrypted)")
     acts = p.add_subparsers(dest="smtp_command", required=True, metavar="ACTION")
@@ -54,9 +57,25 @@ def add_parsers(sub: Any) -> None:
     st.add_argument("--sender", default="vbm@localhost")
     st.add_argument("--ca-file", metavar="FILE")
     st.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    st.add_argument("--json", action="store_true", help="the stored server as JSON")
     sh = acts.add_parser("show", help="the SMTP server in effect (never its password)")
     sh.add_argument("--json", action="store_true", help="as JSON")
-    acts.add_parser("clear", help="remove the stored SMTP server")
+    acts.add_parser("clear", help="remove the stored SMTP server").add_argument(
+        "--json", action="store_true", help="as JSON"
+    )
+
+
+def _fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--to", action="append", default=None, metavar="ADDRESS", help="email: a recipient")
+    parser.add_argument("--on", action="append", choices=("success", "warning", "failure"), default=None)
+    parser.add_argument("--scope", choices=("all", "jobs"), default=None, help="default: all")
+    parser.add_argument(
+        "--secrets-stdin",
+        action="store_true",
+        help="read the URL (first line) and, for webhooks, the HMAC key (second line, optional) from stdin",
+    )
+    parser.add_argument("--hmac", action="store_true", help="webhook: ask for an HMAC key too")
+    parser.add_argument("--json", action="store_true", help="the channel as JSON")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -66,7 +85,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         sessions = make_sessionmaker(engine)
         actions = {
             ("channel", "add"): _add,
+            ("channel", "edit"): _edit,
             ("channel", "list"): _list,
+            ("channel", "show"): _show,
             ("channel", "rm"): _rm,
             ("smtp", "set"): _smtp_set,
             ("smtp", "show"): _smtp_show,
@@ -83,7 +104,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _read(args: argparse.Namespace) -> tuple[str, str]:
-    if args.type == "email":
+    """The URL and HMAC key: `add` asks for them (but for email), `edit` reads them only with
+    --secrets-stdin or --hmac."""
+    if args.type == "email" or (args.channel_command == "edit" and not (args.secrets_stdin or args.hmac)):
         return "", ""
     if args.secrets_stdin:
         lines = sys.stdin.read().splitlines()
@@ -93,24 +116,48 @@ def _read(args: argparse.Namespace) -> tuple[str, str]:
     return url, secret
 
 
-def _add(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+def _body(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields given (as the API's body): what is left out is the default (add) or stays (edit)."""
     url, secret = _read(args)
-    body: dict[str, Any] = {"name": args.name, "type": args.type, "to": args.to, "scope": args.scope}
-    body |= {"on": args.on} if args.on else {}
+    given = {"type": args.type, "to": args.to, "on": args.on, "scope": args.scope}
+    body = {k: v for k, v in given.items() if v is not None}
     body |= {"url": url} if url else {}
-    body |= {"secret": secret} if secret else {}
+    return body | ({"secret": secret} if secret else {})
+
+
+def _add(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    body = {"name": args.name, "to": [], **_body(args)}
     with sessions.begin() as s:
         channel = chstore.candidate_new(s, settings, body)
         chstore.save(s, settings, channel, utcnow())
-    print(f"channel {channel.name} added ({channel.type}); try it: vbm notify test {channel.name}")
+        view = chstore.get_view(s, settings, channel.name)
+    say(args, view, f"channel {channel.name} added ({channel.type}); try it: vbm notify test {channel.name}")
     return 0
+
+
+def _edit(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """As PUT /api/v1/channels/NAME."""
+    body = _body(args)
+    with sessions.begin() as s:
+        channel = chstore.candidate_change(s, settings, args.name, body)
+        chstore.save(s, settings, channel, utcnow())
+        view = chstore.get_view(s, settings, channel.name)
+    say(args, view, f"channel {channel.name} changed ({channel.type})")
+    return 0
+
+
+def _show(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    with sessions() as s:
+        view = chstore.get_view(s, settings, args.name)
+    say(args, view, "\n".join(f"{k:<10} {'' if v is None else v}" for k, v in view.items()))
+    return 1 if view.get("error") else 0
 
 
 def _list(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions() as s:
         views = chstore.list_views(s, settings)
     if args.json:
-        print(json.dumps(views, indent=2, default=str))
+        say(args, listing("channels", views), "")
         return 0
     if not views:
         print("no notification channels (vbm channel add NAME --type TYPE ...)")
@@ -125,7 +172,7 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[S
 def _rm(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions.begin() as s:
         chstore.remove(s, settings, args.name)
-    print(f"channel {args.name} removed")
+    say(args, {"deleted": args.name}, f"channel {args.name} removed")
     return 0
 
 
@@ -144,24 +191,20 @@ def _smtp_set(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         body["password"] = getpass.getpass(f"SMTP password of {args.username}: ")
     with sessions.begin() as s:
         smtp = smtpstore.candidate(s, settings, body)
-        smtpstore.save(s, settings, smtp, utcnow())
-    print(f"SMTP server {smtp.host}:{smtp.port} stored")
+        view = smtpstore.save(s, settings, smtp, utcnow())
+    say(args, view, f"SMTP server {smtp.host}:{smtp.port} stored")
     return 0
 
 
 def _smtp_show(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions() as s:
         view = smtpstore.view(s, settings)
-    if args.json:
-        print(json.dumps(view, indent=2, default=str))
-        return 0
-    for key, value in view.items():
-        print(f"{key:<10} {value}")
+    say(args, view, "\n".join(f"{key:<10} {value}" for key, value in view.items()))
     return 0
 
 
 def _smtp_clear(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions.begin() as s:
         smtpstore.clear(s, settings)
-    print("stored SMTP server removed")
+    say(args, {"deleted": "smtp"}, "stored SMTP server removed")
     return 0

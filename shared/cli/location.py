@@ -1,14 +1,14 @@
-"""`vbm location add|list|rm`: repository locations and their credentials, on the database
-directly (as the API does: shared/catalog/locations.py). A location is opened with the given
-credentials before it is saved (unless `--skip-test`); secrets are read from stdin or asked for
-without echo, never from the command line, and stored encrypted."""
+"""`vbm location add|list|show|edit|rm`: repository locations and their credentials, on the
+database directly (as the API does: shared/catalog/locations.py). A location is opened with the
+given credentials before it is saved (unless `--skip-test`); secrets are read from stdin or asked
+for without echo, never from the command line, and stored encrypted. With `--json` each prints
+what the REST API answers (/api/v1/locations)."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import getpass
-import json
 import sys
 from typing import Any
 
@@ -16,6 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import locations as locstore
+from shared.cli.say import listing, say
 from shared.clock import utcnow
 from shared.db import make_sessionmaker
 from shared.db.existing import NoDatabase, open_existing
@@ -33,20 +34,33 @@ def add_parsers(sub: Any) -> None:
     add = acts.add_parser("add", help="add a location (opened with its credentials first)")
     add.add_argument("name")
     add.add_argument("--url", required=True, help="a path, s3://, azure://, sftp:// or rclone://")
-    add.add_argument("--access-key", help="s3: the access key id (not secret)")
-    add.add_argument("--known-hosts-file", metavar="FILE", help="sftp: the server's known_hosts lines")
-    add.add_argument(
+    _fields(add)
+    edit = acts.add_parser("edit", help="change a stored location (what is given; opened first)")
+    edit.add_argument("name")
+    edit.add_argument("--url", help="a path, s3://, azure://, sftp:// or rclone://")
+    _fields(edit)
+    ls = acts.add_parser("list", help="every location: the configured repository (env) and stored ones")
+    ls.add_argument("--json", action="store_true", help="as JSON")
+    show = acts.add_parser("show", help="one location (never its secrets)")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="as JSON")
+    rm = acts.add_parser("rm", help="remove a stored location (refused while a job uses it)")
+    rm.add_argument("name")
+    rm.add_argument("--json", action="store_true", help="as JSON")
+
+
+def _fields(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--access-key", help="s3: the access key id (not secret)")
+    parser.add_argument("--known-hosts-file", metavar="FILE", help="sftp: the server's known_hosts lines")
+    parser.add_argument(
         "--secret-stdin",
         action="store_true",
         help="read the secret from stdin, to its end (s3 secret key, azure account key, sftp password"
         " or private key with --private-key, rclone config text)",
     )
-    add.add_argument("--private-key", action="store_true", help="sftp: the secret is a private key")
-    add.add_argument("--skip-test", action="store_true", help="save without opening the location")
-    ls = acts.add_parser("list", help="every location: the configured repository (env) and stored ones")
-    ls.add_argument("--json", action="store_true", help="as JSON")
-    rm = acts.add_parser("rm", help="remove a stored location (refused while a job uses it)")
-    rm.add_argument("name")
+    parser.add_argument("--private-key", action="store_true", help="sftp: the secret is a private key")
+    parser.add_argument("--skip-test", action="store_true", help="save without opening the location")
+    parser.add_argument("--json", action="store_true", help="the location and its test as JSON")
 
 
 def credentials(settings: Settings) -> CredentialsFor:
@@ -72,8 +86,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_existing(settings.db_url, settings.data_dir)
     try:
         sessions = make_sessionmaker(engine)
-        action = {"add": _add, "list": _list, "rm": _rm}[args.location_command]
-        return action(args, settings, sessions)
+        action = {"add": _add, "edit": _edit, "list": _list, "show": _show, "rm": _rm}
+        return action[args.location_command](args, settings, sessions)
     except StoreError as exc:
         print(f"vbm location {args.location_command}: {exc}", file=sys.stderr)
         return 1
@@ -90,44 +104,78 @@ def _secret(args: argparse.Namespace, field: str) -> str:
     return getpass.getpass(f"{field.replace('_', ' ')} of location {args.name}: ")
 
 
-def _body(args: argparse.Namespace) -> dict[str, Any]:
-    body: dict[str, Any] = {"name": args.name, "url": args.url}
-    kind = locstore.kind_of(args.url)
-    if kind == "s3":
+def _body(args: argparse.Namespace, url: str) -> dict[str, Any]:
+    """The fields given on the command line (and the secret from stdin or a prompt) for a
+    location at `url`; `add` always asks for the secret, `edit` only with --secret-stdin."""
+    body: dict[str, Any] = {"url": args.url} if args.url else {}
+    kind = locstore.kind_of(url)
+    if kind == "s3" and args.access_key is not None:
         body["access_key"] = args.access_key
     if kind == "sftp" and args.known_hosts_file:
         with open(args.known_hosts_file) as f:
             body["known_hosts"] = f.read()
     field = "private_key" if kind == "sftp" and args.private_key else SECRETS.get(kind)
-    if field:
+    if field and (args.location_command == "add" or args.secret_stdin):
         body[field] = _secret(args, field)
     return body
 
 
 def _add(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
-    body = _body(args)
+    body = {"name": args.name, **_body(args, args.url)}
     with sessions() as s:
         loc = locstore.candidate_new(s, settings, body)
-    if args.skip_test:
-        print(f"location {loc.name}: saved without opening it (--skip-test)")
-    else:
-        failed = asyncio.run(try_open(loc.url, loc.credentials()))
-        if failed is not None:
-            print(f"vbm location add: {loc.url} cannot be opened: {failed}", file=sys.stderr)
-            print("nothing was saved (--skip-test saves it anyway)", file=sys.stderr)
-            return 1
+    tested = _opened(args, loc)
+    if tested is None:
+        return 1
     with sessions.begin() as s:
         locstore.candidate_new(s, settings, body)
-        locstore.save(s, settings, loc, utcnow())
-    print(f"location {loc.name} added ({loc.url})")
+        view = locstore.row_view(locstore.save(s, settings, loc, utcnow()), secrets=set(loc.secrets))
+    say(args, {**view, "test": tested}, f"location {loc.name} added ({loc.url})")
     return 0
+
+
+def _edit(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """As PUT /api/v1/locations/NAME: what is given changes, the rest (secrets too) stays."""
+    with sessions() as s:
+        url = args.url or locstore.get_view(s, settings, args.name)["url"]
+    body = _body(args, url)
+    with sessions() as s:
+        loc = locstore.candidate_change(s, settings, args.name, body)
+    tested = _opened(args, loc)
+    if tested is None:
+        return 1
+    with sessions.begin() as s:
+        view = locstore.row_view(locstore.save(s, settings, loc, utcnow()), secrets=set(loc.secrets))
+    say(args, {**view, "test": tested}, f"location {loc.name} changed ({loc.url})")
+    return 0
+
+
+def _opened(args: argparse.Namespace, loc: locstore.Location) -> dict[str, Any] | None:
+    """The open test's view for the answer, or None when it failed (said on stderr)."""
+    if args.skip_test:
+        if not args.json:
+            print(f"location {loc.name}: saved without opening it (--skip-test)")
+        return locstore.SKIPPED
+    failed = asyncio.run(try_open(loc.url, loc.credentials()))
+    if failed is not None:
+        print(f"vbm location {args.location_command}: {loc.url} cannot be opened: {failed}", file=sys.stderr)
+        print("nothing was saved (--skip-test saves it anyway)", file=sys.stderr)
+        return None
+    return locstore.open_test(loc.url, None)
+
+
+def _show(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    with sessions() as s:
+        view = locstore.get_view(s, settings, args.name)
+    say(args, view, "\n".join(f"{k:<12} {'' if v is None else v}" for k, v in view.items()))
+    return 1 if view.get("error") else 0
 
 
 def _list(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions() as s:
         views = locstore.list_views(s, settings)
     if args.json:
-        print(json.dumps(views, indent=2, default=str))
+        say(args, listing("locations", views), "")
         return 0
     for v in views:
         secrets = [f"{k} {v[k]}" for k in locstore.KINDS[v["kind"]][1]]
@@ -140,5 +188,5 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[S
 def _rm(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions.begin() as s:
         locstore.remove(s, args.name)
-    print(f"location {args.name} removed")
+    say(args, {"deleted": args.name}, f"location {args.name} removed")
     return 0

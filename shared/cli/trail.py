@@ -25,9 +25,12 @@ CHANGES: frozenset[tuple[str, str | None]] = frozenset(
         ("notify", "test"),
         ("apikey", "create"),
         ("apikey", "revoke"),
-        *(("user", a) for a in ("add", "passwd", "disable", "enable", "role")),
-        ("vcenter", "add"),
-        ("vcenter", "rm"),
+        *(("user", a) for a in ("add", "edit", "passwd", "disable", "enable", "role")),
+        *(("vcenter", a) for a in ("add", "edit", "rm")),
+        *(("location", a) for a in ("add", "edit", "rm")),
+        *(("channel", a) for a in ("add", "edit", "rm")),
+        ("smtp", "set"),
+        ("smtp", "clear"),
         ("secrets", "rotate"),
         ("config-backup", None),
     }
@@ -37,7 +40,10 @@ TARGETS = (
     ("job", "job"), ("run_id", "run"), ("restore_point", "restore_point"), ("restore_id", "restore"),
     ("alert_ids", "alert"), ("channel", "channel"),
 )  # fmt: skip
-NAMED = {"apikey": "apikey", "user": "user", "vcenter": "vcenter", "job": "job"}
+NAMED = {
+    "apikey": "apikey", "user": "user", "vcenter": "vcenter", "job": "job", "location": "location",
+    "channel": "channel",
+}  # fmt: skip
 
 
 def action_of(args: argparse.Namespace) -> str | None:
@@ -57,7 +63,7 @@ def target_of(args: argparse.Namespace) -> str:
     name = getattr(args, "name", None)
     if name and args.command in NAMED:
         return f"{NAMED[args.command]}:{name}"
-    return ""
+    return "smtp" if args.command == "smtp" else ""
 
 
 def params_of(args: argparse.Namespace) -> dict[str, Any]:

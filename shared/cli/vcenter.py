@@ -1,19 +1,20 @@
-"""`vbm vcenter add|list|test|rm`: vCenters added beside the configured ones, on the database
-directly (as the API does: shared/catalog/vcenters.py). A vCenter is tested before it is saved
-(DNS, TCP, TLS, the vSphere API, the login) unless `--skip-test`; its password is read from
-stdin (`--password-stdin`) or asked for without echo, and stored encrypted."""
+"""`vbm vcenter add|list|show|edit|test|rm`: vCenters added beside the configured ones, on the
+database directly (as the API does: shared/catalog/vcenters.py). A vCenter is tested before it is
+saved (DNS, TCP, TLS, the vSphere API, the login) unless `--skip-test`; its password is read from
+stdin (`--password-stdin`) or asked for without echo, and stored encrypted. With `--json` each
+prints what the REST API answers (/api/v1/vcenters)."""
 
 from __future__ import annotations
 
 import argparse
 import getpass
-import json
 import sys
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import vcenters as vcstore
+from shared.cli.say import listing, say
 from shared.clock import utcnow
 from shared.db import make_sessionmaker
 from shared.db.existing import open_existing
@@ -27,30 +28,50 @@ COMMANDS = ("vcenter",)
 
 
 def add_parsers(sub: Any) -> None:
-    p = sub.add_parser("vcenter", help="vCenters: add, list, test, remove (beside the configured ones)")
+    p = sub.add_parser(
+        "vcenter", help="vCenters: add, list, show, edit, test, remove (beside the configured ones)"
+    )
     acts = p.add_subparsers(dest="vcenter_command", required=True, metavar="ACTION")
     add = acts.add_parser("add", help="add a vCenter (its connection is tested first)")
     add.add_argument("name")
     add.add_argument("--url", required=True, help="the SDK endpoint, e.g. https://vcsa.example.com/sdk")
     add.add_argument("--username", required=True)
-    add.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    add.add_argument("--no-verify-tls", action="store_true", help="do not check vCenter's certificate")
-    add.add_argument("--ca-file", metavar="FILE", help="PEM of the CA that signed vCenter's certificate")
-    add.add_argument("--hotadd-proxy", metavar="VM", help="the VM vbm runs in (fast in-place restores)")
-    add.add_argument("--skip-test", action="store_true", help="save without testing the connection")
+    _fields(add, "do not check vCenter's certificate")
+    edit = acts.add_parser("edit", help="change an added vCenter (what is given; tested first)")
+    edit.add_argument("name")
+    edit.add_argument("--url", help="the SDK endpoint")
+    edit.add_argument("--username")
+    _fields(edit, "do not check vCenter's certificate (--verify-tls: check it again)")
+    edit.add_argument("--verify-tls", action="store_true", help="check vCenter's certificate again")
     ls = acts.add_parser("list", help="every vCenter, configured (source env) and added (source api)")
     ls.add_argument("--json", action="store_true", help="as JSON")
+    show = acts.add_parser("show", help="one vCenter (never its password)")
+    show.add_argument("name")
+    show.add_argument("--json", action="store_true", help="as JSON")
     test = acts.add_parser("test", help="test a vCenter's connection: says which step failed")
     test.add_argument("name")
+    test.add_argument("--json", action="store_true", help="the test's result as JSON")
     rm = acts.add_parser("rm", help="remove an added vCenter (refused while a job uses it)")
     rm.add_argument("name")
+    rm.add_argument("--json", action="store_true", help="as JSON")
+
+
+def _fields(parser: argparse.ArgumentParser, no_verify: str) -> None:
+    parser.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    parser.add_argument("--no-verify-tls", action="store_true", help=no_verify)
+    parser.add_argument("--ca-file", metavar="FILE", help="PEM of the CA that signed vCenter's certificate")
+    parser.add_argument("--hotadd-proxy", metavar="VM", help="the VM vbm runs in (fast in-place restores)")
+    parser.add_argument("--skip-test", action="store_true", help="save without testing the connection")
+    parser.add_argument("--json", action="store_true", help="the vCenter and its test as JSON")
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_existing(settings.db_url, settings.data_dir)
     try:
         sessions = make_sessionmaker(engine)
-        action = {"add": _add, "list": _list, "test": _test, "rm": _rm}[args.vcenter_command]
+        action = {"add": _add, "edit": _edit, "list": _list, "show": _show, "test": _test, "rm": _rm}[
+            args.vcenter_command
+        ]
         return action(args, settings, sessions)
     except StoreError as exc:
         print(f"vbm vcenter {args.vcenter_command}: {exc}", file=sys.stderr)
@@ -85,29 +106,74 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Se
     }
     with sessions() as s:
         vc = vcstore.candidate_new(s, settings, body)
-    if args.skip_test:
-        print(f"vCenter {vc.name}: saved without a connection test (--skip-test)")
-    else:
-        result = _probe(vc)
-        if not result.ok:
-            print(
-                f"vbm vcenter add: connection test failed ({result.kind}): {result.message}", file=sys.stderr
-            )
-            print("nothing was saved (--skip-test saves it anyway)", file=sys.stderr)
-            return 1
-        print(result.message)
+    tested = _tested(args, vc)
+    if tested is False:
+        return 1
     with sessions.begin() as s:
         vcstore.candidate_new(s, settings, body)
-        vcstore.save(s, settings, vc, utcnow())
-    print(f"vCenter {vc.name} added ({vc.url})")
+        view = vcstore.row_view(vcstore.save(s, settings, vc, utcnow()))
+    say(args, vcstore.saved_view(view, tested), f"vCenter {vc.name} added ({vc.url})")
     return 0
+
+
+def _edit(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """As PUT /api/v1/vcenters/NAME: what is given changes, the rest (the password too) stays."""
+    body: dict[str, Any] = {
+        k: v
+        for k, v in (
+            ("url", args.url),
+            ("username", args.username),
+            ("ca_file", args.ca_file),
+            ("hotadd_proxy", args.hotadd_proxy),
+        )
+        if v is not None
+    }
+    if args.no_verify_tls or args.verify_tls:
+        body["verify_tls"] = args.verify_tls
+    if args.password_stdin:
+        body["password"] = sys.stdin.readline().rstrip("\r\n")
+    with sessions() as s:
+        vc = vcstore.candidate_change(s, settings, args.name, body)
+    tested = _tested(args, vc)
+    if tested is False:
+        return 1
+    with sessions.begin() as s:
+        view = vcstore.row_view(vcstore.save(s, settings, vc, utcnow()))
+    say(args, vcstore.saved_view(view, tested), f"vCenter {vc.name} changed ({vc.url})")
+    return 0
+
+
+def _tested(args: argparse.Namespace, vc: VCenterSettings) -> dict[str, object] | Literal[False] | None:
+    """The connection test's view (None: skipped), or False when it failed (said on stderr)."""
+    if args.skip_test:
+        if not args.json:
+            print(f"vCenter {vc.name}: saved without a connection test (--skip-test)")
+        return None
+    result = _probe(vc)
+    if not result.ok:
+        print(
+            f"vbm vcenter {args.vcenter_command}: connection test failed ({result.kind}): {result.message}",
+            file=sys.stderr,
+        )
+        print("nothing was saved (--skip-test saves it anyway)", file=sys.stderr)
+        return False
+    if not args.json:
+        print(result.message)
+    return result.view()
+
+
+def _show(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    with sessions() as s:
+        view = vcstore.get_view(s, settings, args.name)
+    say(args, view, "\n".join(f"{k:<13} {'' if v is None else v}" for k, v in view.items()))
+    return 1 if view.get("error") else 0
 
 
 def _list(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions() as s:
         views = vcstore.list_views(s, settings)
     if args.json:
-        print(json.dumps(views, indent=2, default=str))
+        say(args, listing("vcenters", views), "")
         return 0
     if not views:
         print("no vCenters (vbm vcenter add NAME --url URL --username USER, or VBM_VCENTERS)")
@@ -128,15 +194,17 @@ def _test(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[S
     if vc is None:
         raise NotFound(f"no vCenter {args.name!r} (see `vbm vcenter list`)")
     result = _probe(vc)
-    if result.ok:
+    if args.json:
+        say(args, {"name": vc.name, **result.view()}, "")
+    elif result.ok:
         print(result.message)
-        return 0
-    print(f"{vc.name}: connection test failed ({result.kind}): {result.message}")
-    return 1
+    else:
+        print(f"{vc.name}: connection test failed ({result.kind}): {result.message}")
+    return 0 if result.ok else 1
 
 
 def _rm(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions.begin() as s:
         vcstore.remove(s, settings, args.name)
-    print(f"vCenter {args.name} removed")
+    say(args, {"deleted": args.name}, f"vCenter {args.name} removed")
     return 0
