@@ -175,7 +175,9 @@ def _responses(
         success["content"] = {declared_op.media: {}}
     codes = {400, 500, *declared_op.errors}
     if not public:
-        codes |= {401, 403}
+        # the common ones (apidoc.Operation.errors): a route may miss an object its body or the
+        # settings name (POST /restores: the restore point; GET /smtp: none set), or refuse a field
+        codes |= {401, 403, 404, 422}
     if "{" in path:
         codes.add(404)
     if declared_op.body is not None:
