@@ -19,6 +19,7 @@ snapshotter, mover or verifier consumes the bus here, so nothing touches the lab
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
@@ -38,9 +39,12 @@ from tests.plugins.nats import NatsServer
 
 T = TypeVar("T")
 
-MAX_EXAMPLES = 8  # per operation and phase: the suite's time budget, not the fuzzer's appetite
+# Per operation and phase: the suite's time budget, not the fuzzer's appetite. The seed makes the
+# same cases every run, so a failure repeats; VBM_FUZZ_SEED / VBM_FUZZ_EXAMPLES look elsewhere or
+# deeper by hand, and VBM_FUZZ_CHECKS=all adds Schemathesis's other checks.
+MAX_EXAMPLES = int(os.environ.get("VBM_FUZZ_EXAMPLES", "8"))
 STATEFUL_STEPS = 50
-SEED = 19  # the same cases every run: a failure repeats; change it to look elsewhere
+SEED = int(os.environ.get("VBM_FUZZ_SEED", "19"))
 TIMEOUT = 10.0  # seconds: an answer slower than this is a hang
 EXCLUDED = {"GET": ["/api/v1/events"]}  # see the module's docstring
 
@@ -50,6 +54,11 @@ CHECKS = (
     "content_type_conformance",
     "response_schema_conformance",
     "response_headers_conformance",
+)
+CHECKS_CONFIG: dict[str, Any] = (
+    {}
+    if os.environ.get("VBM_FUZZ_CHECKS") == "all"
+    else {"enabled": False, **{name: {"enabled": True} for name in CHECKS}}
 )
 
 
@@ -112,8 +121,9 @@ def load_schema(live: Live) -> Any:
             "headers": {apikeys.HEADER: live.key},
             "request-timeout": TIMEOUT,
             "seed": SEED,
+            "continue-on-failure": True,
             "generation": {"max-examples": MAX_EXAMPLES},
-            "checks": {"enabled": False, **{name: {"enabled": True} for name in CHECKS}},
+            "checks": CHECKS_CONFIG,
             "phases": {"stateful": {"max-steps": STATEFUL_STEPS}},
         }
     )
@@ -136,6 +146,7 @@ class Outcome:
     failures: list[str] = field(default_factory=list)
     operations: set[str] = field(default_factory=set)
     cases: int = 0
+    phases: dict[str, str] = field(default_factory=dict)
 
     def see(self, event: events.EngineEvent) -> None:
         if isinstance(event, events.ScenarioFinished):
@@ -150,6 +161,8 @@ class Outcome:
                             f"{recorder.label}: {check.name}: {failure.title}: {failure.message}\n"
                             f"{check.failure_info.code_sample}"
                         )
+        elif isinstance(event, events.PhaseFinished):
+            self.phases[event.phase.name.value] = event.status.value
         elif isinstance(event, events.NonFatalError):
             self.failures.append(f"{event.label}: {event.info.title}: {event.info.message}")
         elif isinstance(event, events.FatalError):
@@ -161,5 +174,5 @@ def test_every_operation_answers_as_documented(live: Live) -> None:
     outcome = Outcome()
     for event in engine.from_schema(schema).execute():
         outcome.see(event)
-    print(f"schemathesis: {len(outcome.operations)} operations, {outcome.cases} cases")
+    print(f"schemathesis: {len(outcome.operations)} operations, {outcome.cases} cases, {outcome.phases}")
     assert not outcome.failures, "\n\n".join(sorted(set(outcome.failures)))
