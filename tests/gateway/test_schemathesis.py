@@ -30,6 +30,7 @@ import pytest
 import schemathesis
 from schemathesis import engine
 from schemathesis.engine import events
+from schemathesis.engine.run import PhaseName
 
 from lab.launcher import Lab, start_lab
 from shared.catalog import apikeys
@@ -147,11 +148,13 @@ class Outcome:
     operations: set[str] = field(default_factory=set)
     cases: int = 0
     phases: dict[str, str] = field(default_factory=dict)
+    links: int = 0  # transitions between operations the stateful phase followed
 
     def see(self, event: events.EngineEvent) -> None:
         if isinstance(event, events.ScenarioFinished):
             recorder = event.recorder
-            self.operations.add(recorder.label)
+            if event.phase != PhaseName.STATEFUL_TESTING:  # its scenario is labelled "Stateful tests"
+                self.operations.add(recorder.label)
             self.cases += len(recorder.cases)
             for checks in recorder.checks.values():
                 for check in checks:
@@ -161,6 +164,8 @@ class Outcome:
                             f"{recorder.label}: {check.name}: {failure.title}: {failure.message}\n"
                             f"{check.failure_info.code_sample}"
                         )
+        elif isinstance(event, events.PhaseStarted) and event.payload is not None:
+            self.links = event.payload.transitions_selected
         elif isinstance(event, events.PhaseFinished):
             self.phases[event.phase.name.value] = event.status.value
         elif isinstance(event, events.NonFatalError):
@@ -174,5 +179,8 @@ def test_every_operation_answers_as_documented(live: Live) -> None:
     outcome = Outcome()
     for event in engine.from_schema(schema).execute():
         outcome.see(event)
-    print(f"schemathesis: {len(outcome.operations)} operations, {outcome.cases} cases, {outcome.phases}")
+    print(
+        f"schemathesis: {len(outcome.operations)} operations, {outcome.cases} cases,"
+        f" {outcome.links} links, phases {outcome.phases}"
+    )
     assert not outcome.failures, "\n\n".join(sorted(set(outcome.failures)))
