@@ -17,7 +17,7 @@ from shared.catalog import apikeys
 from shared.catalog.jobs import job_row
 from shared.cli.jobs import parse_schedule
 from shared.db import make_engine, make_sessionmaker, upgrade
-from shared.db.models import Job, Outbox, RestorePointRow, Run, Task
+from shared.db.models import Job, Outbox, Restore, RestorePointRow, Run, Task
 from shared.model.jobs import JobSpec, VMRef
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,9 +39,9 @@ def env_for(tmp_path: Path, db_url: str, lab: Lab | None = None) -> dict[str, st
     return env
 
 
-def vbm(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+def vbm(env: dict[str, str], *args: str, module: str = "shared.cli.jobs") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "shared.cli.jobs", *args],
+        [sys.executable, "-m", module, *args],
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
 
@@ -207,6 +207,8 @@ def test_an_admin_manages_jobs_from_the_cli(tmp_path: Path, lab: Lab) -> None:
 
     first = job()
     assert first["retention"] == {"keep_daily": 7, "keep_monthly": 6}
+    listed_json = vbm(env, "job", "list", "--json")  # what GET /api/v1/jobs answers, and only that
+    assert json.loads(listed_json.stdout) == {"jobs": [first], "total": 1}, listed_json.stderr
     assert first["options"]["replicate_to"] == [str(second)]  # type: ignore[index]
     edited = vbm(env, "job", "edit", "web", "--add-vm", "vm2", "--keep-daily", "0", "--keep-last", "3",
                  "--schedule", "weekly@03:00", "--no-replicate", "--name", "web-and-db")  # fmt: skip
@@ -226,8 +228,9 @@ def test_an_admin_manages_jobs_from_the_cli(tmp_path: Path, lab: Lab) -> None:
     assert json.loads(vbm(env, "job", "show", first["id"]).stdout)["enabled"] is True
 
     run_id = vbm(env, "job", "run", first["id"]).stdout.strip()
-    cancelled = vbm(env, "run", "cancel", run_id)
+    cancelled = vbm(env, "run", "cancel", run_id, "--json")
     assert cancelled.returncode == 0, cancelled.stderr
+    assert json.loads(cancelled.stdout)["id"] == run_id and json.loads(cancelled.stdout)["cancel_requested"]
     engine = make_engine(db_url)
     try:
         with make_sessionmaker(engine)() as s:
@@ -242,6 +245,8 @@ def test_an_admin_manages_jobs_from_the_cli(tmp_path: Path, lab: Lab) -> None:
     assert listed.returncode == 0, listed.stderr
     rows = {line.split()[1]: line.split() for line in listed.stdout.splitlines()[1:]}
     assert rows["vm1"][-1] == "no" and rows["vm2"][-1] == "yes"  # protected by a job
+    vms = json.loads(vbm(env, "vm", "ls", "--json").stdout)
+    assert [v["name"] for v in vms["vms"]] == ["vm1", "vm2"] and vms["vcenters"] == ["lab"]
 
     engine = make_engine(db_url)
     try:
@@ -260,6 +265,19 @@ def test_an_admin_manages_jobs_from_the_cli(tmp_path: Path, lab: Lab) -> None:
         env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
     )  # fmt: skip
     assert fast.returncode == 1 and "method: a fast in-place restore" in fast.stderr, fast.stderr
+    again = ("restore", "start", "rp-20261126T090000Z-0000000b", "--in-place", "--yes", "--json")
+    made_once = [vbm(env, *again, "--idempotency-key", "k-1", module="shared.cli") for _ in range(2)]
+    assert [m.returncode for m in made_once] == [0, 0], made_once[1].stderr
+    restored = [json.loads(m.stdout) for m in made_once]
+    assert (
+        restored[0] == restored[1] and "started before" in made_once[1].stderr
+    )  # the second started nothing
+    engine = make_engine(db_url)
+    try:
+        with make_sessionmaker(engine)() as s:
+            assert [r.id for r in s.query(Restore)] == [restored[0]["id"]]
+    finally:
+        engine.dispose()
 
     refused = vbm(env, "job", "delete", first["id"])  # no terminal to ask: --yes is needed
     assert refused.returncode == 1 and "needs --yes" in refused.stderr

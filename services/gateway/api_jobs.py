@@ -225,10 +225,7 @@ async def preview_spec(request: web.Request) -> web.Response:
     """What a job body would hold today (nothing is saved): its VMs, why each, skipped disks."""
     spec = JobSpec.model_validate(await read_json(request))
     settings = await with_vcenters(request)
-    for name in spec.vcenter_names():
-        jobstore.vcenter_of(settings, name)
-    chosen = selection.of_spec(spec.vcenter, spec.vms, spec.select, spec.exclude)
-    return json_response(await asyncio.to_thread(jobstore.preview, settings, chosen))
+    return json_response(await asyncio.to_thread(jobstore.preview_spec, settings, spec))
 
 
 @routes.get("/api/v1/jobs/{job_id}/preview")

@@ -144,7 +144,7 @@ async def list_reports(request: web.Request) -> web.Response:
 async def report_key(request: web.Request) -> web.Response:
     """The public key that verifies every report (PEM) and its key id."""
     key = await asyncio.to_thread(reports.signing_key, request.app[CTX].settings.data_dir)
-    return json_response({"key_id": reports.key_id(key), "public_key_pem": reports.public_pem(key)})
+    return json_response(reports.public_key_view(key))
 
 
 @routes.get("/api/v1/reports/{report_id}")

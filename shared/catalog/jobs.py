@@ -372,3 +372,13 @@ def preview(settings: Settings, spec: JobSelection) -> dict[str, Any]:
             client.close()
 
     return selection.preview(spec, read)
+
+
+def preview_spec(settings: Settings, spec: JobSpec) -> dict[str, Any]:
+    """What a job body would hold now (nothing is saved; blocking): every vCenter it names must
+    be configured, its VMs are not resolved first (preview names what it cannot find)."""
+    from shared.vsphere import selection
+
+    for name in spec.vcenter_names():
+        vcenter_of(settings, name)
+    return preview(settings, selection.of_spec(spec.vcenter, spec.vms, spec.select, spec.exclude))

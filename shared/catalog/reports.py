@@ -117,8 +117,14 @@ def report_view(row: RestoreReport) -> dict[str, Any]:
     }
 
 
-def list_reports(session: Session, vm: str | None = None, limit: int = 500) -> list[RestoreReport]:
-    """Restore-test reports, newest first; of one VM (by name) when `vm` is given."""
+def public_key_view(key: Ed25519PrivateKey) -> dict[str, str]:
+    """The key that verifies the reports, as GET /api/v1/reports/public-key answers it."""
+    return {"key_id": key_id(key), "public_key_pem": public_pem(key)}
+
+
+def list_reports(session: Session, vm: str | None = None, limit: int | None = 500) -> list[RestoreReport]:
+    """Restore-test reports, newest first (the first `limit`, None: all); of one VM (by name)
+    when `vm` is given."""
     query = select(RestoreReport).order_by(RestoreReport.created_at.desc())
     if vm:
         query = query.where(RestoreReport.vm_name == vm)

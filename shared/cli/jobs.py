@@ -1,8 +1,9 @@
 """`vbm job|run|backups|apikey|vm ...`: jobs, runs, the catalog, API keys and VMs.
 
-job create --name N --vcenter V --vm NAME_OR_MOREF... [--schedule S] [--keep-daily N ...]
-job list | show J | run J [--idempotency-key K] [--json] | cancel J | edit J [...] [--json]
+job create --name N --vcenter V --vm NAME_OR_MOREF... [--schedule S] [--keep-daily N ...] [--preview]
+job list | show J | preview J | run J [--idempotency-key K] | cancel J | edit J [...]
 job enable J | disable J | delete J [--force]
+(each takes --json: the same JSON the REST API answers, and nothing else on stdout)
 run list [--job J] | run watch RUN_ID | run cancel RUN_ID
 backups ls [--vm VM] [--job J] | backups copies [--state S] [--restore-point ID] | backups manifest ID
 apikey create NAME | list | revoke NAME
@@ -29,12 +30,12 @@ from shared.catalog import apikeys, idempotency, vcenters
 from shared.catalog import jobs as jobstore
 from shared.catalog.runs import run_view
 from shared.cli import apikey as cli_apikey
-from shared.cli import audit as cli_audit
 from shared.cli import backups as cli_backups
-from shared.cli import jobspec
+from shared.cli import jobpreview, jobspec
 from shared.cli import runs as cli_runs
 from shared.cli import user as cli_user
 from shared.cli import vm as cli_vm
+from shared.cli.once import once
 from shared.clock import utcnow
 from shared.errors import Invalid, StoreError
 from shared.model.jobs import JobSpec
@@ -62,7 +63,11 @@ def add_parsers(sub: Any) -> None:
     )
     create.add_argument("--test-network", metavar="NETWORK", help="the isolated network of restore tests")
     create.add_argument("--disabled", action="store_true", help="create it disabled (no scheduled runs)")
-    acts.add_parser("list", help="list jobs")
+    create.add_argument(
+        "--preview", action="store_true", help="save nothing: the VMs the job would hold today, and why each"
+    )
+    create.add_argument("--json", action="store_true", help="the job (or the preview) as JSON")
+    acts.add_parser("list", help="list jobs").add_argument("--json", action="store_true", help="as JSON")
     for name, text in (
         ("show", "one job as JSON"),
         ("preview", "the VMs the job holds today (its selectors resolved now), and why each"),
@@ -70,7 +75,9 @@ def add_parsers(sub: Any) -> None:
         ("enable", "scheduled runs happen again"),
         ("disable", "no scheduled runs (run it by hand still works)"),
     ):
-        acts.add_parser(name, help=text).add_argument("job", metavar="NAME_OR_ID")
+        one = acts.add_parser(name, help=text)
+        one.add_argument("job", metavar="NAME_OR_ID")
+        one.add_argument("--json", action="store_true", help="the answer as JSON (as the REST API's)")
     run_now = acts.add_parser("run", help="run a job now (refused while a run of it is in progress)")
     run_now.add_argument("job", metavar="NAME_OR_ID")
     run_now.add_argument(
@@ -87,6 +94,7 @@ def add_parsers(sub: Any) -> None:
     delete.add_argument("job", metavar="NAME_OR_ID")
     delete.add_argument("--force", action="store_true", help="even while it runs (the run is cancelled)")
     delete.add_argument("--yes", action="store_true", help="do not ask")
+    delete.add_argument("--json", action="store_true", help="what was deleted and cancelled, as JSON")
 
     cli_vm.add_parsers(sub)
     cli_runs.add_parsers(sub)
@@ -137,19 +145,23 @@ def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmak
         if action == "create":
             return _job_create(args, settings, sessions)
         if action == "list":
-            return _job_list(sessions)
+            return _job_list(sessions, args.json)
         if action in ("edit", "enable", "disable"):
             return _job_edit(args, settings, sessions)
         if action == "preview":
-            return _job_preview(args, settings, sessions)
+            return jobpreview.job_preview(args, settings, sessions)
         if action == "show":
             with sessions() as s:
                 print(json.dumps(jobstore.job_view(jobstore.find_job(s, args.job)), indent=2))
             return 0
         if action == "cancel":
             with sessions.begin() as s:
-                runs = jobstore.cancel_job_runs(s, jobstore.find_job(s, args.job).id)
-            print(f"cancel requested for {len(runs)} run(s): {', '.join(runs) or 'none running'}")
+                job_id = jobstore.find_job(s, args.job).id
+                runs = jobstore.cancel_job_runs(s, job_id)
+            if args.json:
+                print(json.dumps({"job_id": job_id, "cancelled_runs": runs}, indent=2))
+            else:
+                print(f"cancel requested for {len(runs)} run(s): {', '.join(runs) or 'none running'}")
             return 0
         if action == "delete":
             return _job_delete(args, sessions)
@@ -172,21 +184,10 @@ def _job_run(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
         run = run_view(jobstore.run_now(s, jobstore.find_job(s, args.job), "manual", utcnow()))
         return idempotency.Answer(202, {"run_id": run["id"], "run": run})
 
-    if args.idempotency_key is None:
-        with sessions.begin() as s:
-            answer = start(s)
-    else:
-        key = idempotency.check_key(args.idempotency_key)
-        claim = idempotency.Claim(
-            caller=cli_audit.actor(),
-            route=f"vbm job run {args.job}",
-            key=key,
-            body_sha256=idempotency.body_hash(b""),
-        )
-        answer = idempotency.once(sessions, claim, start, utcnow())
+    answer = once(sessions, args.idempotency_key, f"vbm job run {args.job}", b"", start)
     run_id = answer.body["run_id"]
     if args.json:
-        print(json.dumps({**answer.body, "replayed": answer.replayed}, indent=2))
+        print(json.dumps(answer.body, indent=2))  # as POST .../run answers it (replayed: on stderr)
     else:
         print(run_id)
     again = " (the run this key started before)" if answer.replayed else ""
@@ -199,6 +200,23 @@ def _job_run(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
 
 
 def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """`vbm job create`, or with --preview what `POST /api/v1/jobs/preview` answers for that body."""
+    body = _create_body(args, settings)
+    if args.preview:
+        return jobpreview.show(jobstore.preview_spec(settings, JobSpec.model_validate(body)), args.json)
+    spec = jobstore.check_spec(sessions, JobSpec.model_validate(body), settings)
+    with sessions.begin() as s:
+        job = jobstore.create_job(s, spec, utcnow(), settings.repository_location)
+        view = jobstore.job_view(job)
+    if args.json:
+        print(json.dumps(view, indent=2))
+    else:
+        print(f"created job {view['id']} {view['name']!r}: {_holds(view)}; repository {view['repository']}")
+    return 0
+
+
+def _create_body(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The job body (as POST /api/v1/jobs takes it) the command line of `job create` says."""
     vcenter = args.vcenter
     if vcenter is None:
         if len(settings.vcenters) != 1:
@@ -217,12 +235,7 @@ def _job_create(args: argparse.Namespace, settings: Settings, sessions: sessionm
         if not args.test_network:
             raise Invalid("test-network", "a restore-test job needs --test-network (an isolated network)")
         body["options"]["restore_test"] = {"datastore": args.restore_test, "network": args.test_network}
-    spec = jobstore.check_spec(sessions, JobSpec.model_validate(body), settings)
-    with sessions.begin() as s:
-        job = jobstore.create_job(s, spec, utcnow(), settings.repository_location)
-        view = jobstore.job_view(job)
-    print(f"created job {view['id']} {view['name']!r}: {_holds(view)}; repository {view['repository']}")
-    return 0
+    return body
 
 
 def _holds(view: dict[str, Any]) -> str:
@@ -284,30 +297,13 @@ def _job_delete(args: argparse.Namespace, sessions: sessionmaker[Session]) -> in
             return 1
     with sessions.begin() as s:
         gone = jobstore.delete_job(s, view["id"], force=args.force)
-    print(f"deleted job {view['id']} {view['name']!r}" + (f"; cancelled {', '.join(gone)}" if gone else ""))
+    if args.json:
+        print(json.dumps({"deleted": view["id"], "cancelled_runs": gone}, indent=2))
+    else:
+        print(
+            f"deleted job {view['id']} {view['name']!r}" + (f"; cancelled {', '.join(gone)}" if gone else "")
+        )
     return 0
-
-
-def _job_preview(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
-    from shared.vsphere import selection
-
-    with sessions() as s:
-        chosen = selection.of_job(jobstore.find_job(s, args.job))
-    found = jobstore.preview(settings, chosen)
-    if getattr(args, "json", False):
-        print(json.dumps(found, indent=2))
-        return 0
-    print(f"{'vcenter':<12} {'vm':<32} {'moref':<10} {'host':<14} chosen by")
-    for vm in found["vms"]:
-        host = (vm["host"] or "-")[:14]
-        name = vm["name"][:32]
-        print(f"{vm['vcenter'][:12]:<12} {name:<32} {vm['moref']:<10} {host:<14} {vm['chosen_by']}")
-        for disk in vm["skipped_disks"]:
-            print(f"{'':<12}   disk {disk['key']} ({disk['label']}) skipped: {disk['reason']}")
-    for down in found["unreachable"]:
-        print(f"vbm job preview: vCenter {down['vcenter']} cannot be read: {down['error']}", file=sys.stderr)
-    print(f"{found['total']} VM(s)", file=sys.stderr)
-    return 1 if found["unreachable"] else 0
 
 
 def _vcenter_names(settings: Settings) -> str:
@@ -324,9 +320,12 @@ def _schedule_text(schedule: dict[str, Any] | None) -> str:
     return f"{schedule['preset']}@{schedule.get('at', '02:00')}"
 
 
-def _job_list(sessions: sessionmaker[Session]) -> int:
+def _job_list(sessions: sessionmaker[Session], as_json: bool = False) -> int:
     with sessions() as s:
         jobs = [jobstore.job_view(j) for j in jobstore.list_jobs(s)]
+    if as_json:
+        print(json.dumps({"jobs": jobs, "total": len(jobs)}, indent=2))
+        return 0
     print(f"{'id':<14} {'name':<24} {'vcenter':<10} {'vms':>3}  {'schedule':<20} enabled")
     for j in jobs:
         sched = _schedule_text(j["schedule"])

@@ -1,25 +1,29 @@
-"""`vbm restore`: restore a restore point as a new VM, list, show, follow and cancel restores.
+"""`vbm restore`: restore a restore point as a new VM, list, show, follow and cancel restores;
+`vbm report`: the signed reports of restore tests.
 
 The request is written to the database (with its event, through the outbox) as the REST API
-does; a running vbm (the mover) carries it out.
+does; a running vbm (the mover) carries it out. With --json, each command prints what its REST
+API operation answers (the same views), and nothing else on stdout.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TextIO
 
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from shared.catalog import restores, vcenters
+from shared.catalog import idempotency, restores, vcenters
 from shared.catalog.listing import Window
+from shared.cli.once import once
 from shared.clock import utcnow
-from shared.errors import StoreError
+from shared.errors import NotFound, StoreError
 from shared.settings import Settings
 
 
@@ -55,18 +59,29 @@ def add_parser(sub: Any) -> None:
     start.add_argument("--power-on", action="store_true")
     start.add_argument("--allow-unverified", action="store_true", help="even if its verification failed")
     start.add_argument("--wait", action="store_true", help="follow it to the end; exit 0 if it succeeded")
+    start.add_argument(
+        "--idempotency-key",
+        metavar="KEY",
+        help="start at most once for KEY (24 h): a retry with it prints the restore it started before",
+    )
+    start.add_argument("--json", action="store_true", help="the restore as JSON (with --wait: once ended)")
     listing = acts.add_parser("list", help="newest first")
     listing.add_argument("--limit", type=int, default=20)
+    listing.add_argument("--json", action="store_true", help="the page as GET /api/v1/restores answers it")
     for name, text in (
         ("show", "one restore, as JSON"),
         ("watch", "follow to the end"),
         ("cancel", "stop it"),
         ("stop", "stop an instant VM: power off, remove, unmount"),
     ):
-        acts.add_parser(name, help=text).add_argument("restore_id")
+        one = acts.add_parser(name, help=text)
+        one.add_argument("restore_id")
+        if name != "watch":
+            one.add_argument("--json", action="store_true", help="the restore as JSON")
     mig = acts.add_parser("migrate", help="move an instant VM to a production datastore, then unmount")
     mig.add_argument("restore_id")
     mig.add_argument("--datastore", required=True)
+    mig.add_argument("--json", action="store_true", help="the restore as JSON")
 
 
 def _mode(args: argparse.Namespace) -> Literal["new_vm", "in_place", "test", "instant"]:
@@ -80,27 +95,30 @@ def _mode(args: argparse.Namespace) -> Literal["new_vm", "in_place", "test", "in
 def add_report_parser(sub: Any) -> None:
     p = sub.add_parser("report", help="signed restore-test reports: list, show, public-key, verify")
     acts = p.add_subparsers(dest="report_command", required=True, metavar="ACTION")
-    acts.add_parser("list", help="newest first").add_argument("--vm")
-    acts.add_parser("show", help="the signed report as JSON (give this to an auditor)").add_argument(
-        "report_id"
-    )
-    acts.add_parser("public-key", help="the PEM public key that verifies the reports")
+    listing = acts.add_parser("list", help="newest first")
+    listing.add_argument("--vm")
+    show = acts.add_parser("show", help="the signed report as JSON (give this to an auditor)")
+    show.add_argument("report_id")
+    key = acts.add_parser("public-key", help="the PEM public key that verifies the reports")
+    for one in (listing, show, key):
+        one.add_argument("--json", action="store_true", help="as the REST API answers it")
     v = acts.add_parser("verify", help="check a signed report file; exit 0 if it is genuine")
     v.add_argument("file")
     v.add_argument("--key", help="PEM public key file (default: this server's)")
 
 
 def run_report(args: argparse.Namespace, settings: Settings) -> int:
-    import json
-
     from shared.catalog import reports
     from shared.db import make_sessionmaker
     from shared.db.existing import open_existing
-    from shared.db.models import RestoreReport
 
     action = args.report_command
     if action == "public-key":
-        print(reports.public_pem(reports.signing_key(settings.data_dir)), end="")
+        key = reports.signing_key(settings.data_dir)
+        if args.json:
+            print(json.dumps(reports.public_key_view(key), indent=2))
+        else:
+            print(reports.public_pem(key), end="")
         return 0
     if action == "verify":
         try:
@@ -119,19 +137,22 @@ def run_report(args: argparse.Namespace, settings: Settings) -> int:
     engine = open_existing(settings.db_url, settings.data_dir)
     try:
         with make_sessionmaker(engine)() as s:
-            if action == "show":
-                row = s.get(RestoreReport, args.report_id)
-                if row is None:
-                    print(f"vbm report: no report {args.report_id!r}", file=sys.stderr)
+            if action == "show":  # as stored and as the API answers it: --json or not
+                try:
+                    print(reports.signed_report(s, args.report_id))
+                except NotFound as exc:
+                    print(f"vbm report: {exc}", file=sys.stderr)
                     return 1
-                print(row.signed)
                 return 0
-            from sqlalchemy import select
-
-            query = select(RestoreReport).order_by(RestoreReport.created_at.desc())
-            if args.vm:
-                query = query.where(RestoreReport.vm_name == args.vm)
-            for r in s.scalars(query):
+            if args.json:
+                print(
+                    json.dumps(
+                        {"reports": [reports.report_view(r) for r in reports.list_reports(s, args.vm)]},
+                        indent=2,
+                    )
+                )
+                return 0
+            for r in reports.list_reports(s, args.vm, limit=None):
                 verdict = "passed" if r.ok else "FAILED"
                 print(f"{r.id}  {verdict}  {r.vm_name}  {r.restore_point_id}  {r.created_at}")
         return 0
@@ -168,60 +189,100 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def _dispatch(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     action = args.restore_command
     if action == "start":
-        body = restores.RestoreRequest(
-            restore_point_id=args.restore_point,
-            mode=_mode(args),
-            confirm=args.yes,
-            method=args.method,
-            name=args.name,
-            datastore=args.datastore,
-            vcenter=args.vcenter,
-            datacenter=args.datacenter,
-            folder=args.folder,
-            resource_pool=args.resource_pool,
-            network=args.network,
-            power_on=args.power_on,
-            allow_unverified=args.allow_unverified,
-        )
-        with sessions.begin() as s:
-            restore_id = restores.request_restore(s, body, settings, utcnow()).id
-        print(restore_id)
-        if not args.wait:
-            print(f"restore requested; follow it with: vbm restore watch {restore_id}", file=sys.stderr)
-            return 0
-        return watch(sessions, restore_id)
+        return _start(args, settings, sessions)
     if action == "list":
+        window = Window.parse({"limit": str(args.limit)})
         with sessions() as s:
-            rows = restores.list_restores(s, Window.parse({"limit": str(args.limit)})).rows
-            for r in rows:
+            found = restores.list_restores(s, window)
+            if args.json:
+                print(
+                    json.dumps(
+                        found.answer("restores", [restores.restore_view(r) for r in found.rows], window),
+                        indent=2,
+                    )
+                )
+                return 0
+            for r in found.rows:
                 target = r.target
                 print(
                     f"{r.id}  {r.state:<9} {r.phase:<11} {r.restore_point_id} -> {target.get('name')}"
                     f" on [{target.get('datastore')}]  {r.error or ''}".rstrip()
                 )
         return 0
-    if action == "show":
-        import json
-
+    if action == "show":  # JSON, --json or not
         with sessions() as s:
             print(json.dumps(restores.restore_view(restores.get_restore(s, args.restore_id)), indent=2))
         return 0
     if action == "watch":
         return watch(sessions, args.restore_id)
-    if action in ("migrate", "stop"):
-        with sessions.begin() as s:
-            restores.instant_action(s, args.restore_id, action, getattr(args, "datastore", None), utcnow())
-        print(f"{action} of {args.restore_id} requested; follow it with: vbm restore show {args.restore_id}")
-        return 0
     with sessions.begin() as s:
-        restores.cancel_restore(s, args.restore_id)
-    print(f"cancel of {args.restore_id} requested; the mover stops and removes what it made", file=sys.stderr)
+        if action in ("migrate", "stop"):
+            datastore = getattr(args, "datastore", None)
+            row = restores.instant_action(s, args.restore_id, action, datastore, utcnow())
+        else:
+            row = restores.cancel_restore(s, args.restore_id)
+        view = restores.restore_view(row)
+    if args.json:
+        print(json.dumps(view, indent=2))
+    elif action in ("migrate", "stop"):
+        print(f"{action} of {args.restore_id} requested; follow it with: vbm restore show {args.restore_id}")
+    else:
+        print(
+            f"cancel of {args.restore_id} requested; the mover stops and removes what it made",
+            file=sys.stderr,
+        )
     return 0
 
 
-def watch(sessions: sessionmaker[Session], restore_id: str, interval: float = 0.5) -> int:
-    """One status line, refreshed, until the restore ends; exit 0 if it succeeded."""
-    tty = sys.stdout.isatty()
+def _start(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
+    """`vbm restore start`: the same function as POST /api/v1/restores; with --idempotency-key,
+    at most once per key, kept as the API keeps it (shared/catalog/idempotency.py) for the caller
+    `os:<user>` on the route `vbm restore start RP`, the request's JSON as its body."""
+    body = restores.RestoreRequest(
+        restore_point_id=args.restore_point,
+        mode=_mode(args),
+        confirm=args.yes,
+        method=args.method,
+        name=args.name,
+        datastore=args.datastore,
+        vcenter=args.vcenter,
+        datacenter=args.datacenter,
+        folder=args.folder,
+        resource_pool=args.resource_pool,
+        network=args.network,
+        power_on=args.power_on,
+        allow_unverified=args.allow_unverified,
+    )
+
+    def start(s: Session) -> idempotency.Answer:
+        view = restores.restore_view(restores.request_restore(s, body, settings, utcnow()))
+        return idempotency.Answer(202, view, f"/api/v1/restores/{view['id']}")
+
+    route = f"vbm restore start {args.restore_point}"
+    answer = once(sessions, args.idempotency_key, route, body.model_dump_json().encode(), start)
+    restore_id = answer.body["id"]
+    again = " (the restore this key started before)" if answer.replayed else ""
+    if args.json and not args.wait:
+        print(json.dumps(answer.body, indent=2))
+    elif not args.json:
+        print(restore_id)
+    if not args.wait:
+        print(f"restore requested{again}; follow it with: vbm restore watch {restore_id}", file=sys.stderr)
+        return 0
+    if not args.json:
+        return watch(sessions, restore_id)
+    code = watch(sessions, restore_id, out=sys.stderr)
+    with sessions() as s:
+        print(json.dumps(restores.restore_view(restores.get_restore(s, restore_id)), indent=2))
+    return code
+
+
+def watch(
+    sessions: sessionmaker[Session], restore_id: str, interval: float = 0.5, out: TextIO | None = None
+) -> int:
+    """One status line on `out` (stdout), refreshed, until the restore ends; exit 0 if it succeeded."""
+    out = out or sys.stdout
+    tty = out.isatty()
     last = ""
     while True:
         with sessions() as s:
@@ -234,13 +295,13 @@ def watch(sessions: sessionmaker[Session], restore_id: str, interval: float = 0.
             f" {view['rate'] / (1 << 20):.0f} MiB/s{eta}"
         )
         if line != last:
-            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+            print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True, file=out)
             last = line
         if view["state"] in restores.FINAL:
             if tty:
-                print()
+                print(file=out)
             if view["state"] == "succeeded":
-                print(f"VM {view['target'].get('name')} is {view['vm_moref']}")
+                print(f"VM {view['target'].get('name')} is {view['vm_moref']}", file=out)
                 return 0
             print(f"{view['state']}: {view['error']}", file=sys.stderr)
             return 1

@@ -10,6 +10,7 @@ ended otherwise or does not exist.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from typing import Any, TextIO
@@ -19,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.catalog import jobs as jobstore
 from shared.catalog import runs as runstore
 from shared.catalog.listing import Window
-from shared.catalog.runs import eta_seconds, get_run
+from shared.catalog.runs import eta_seconds, get_run, run_view
 from shared.contracts import RUN_FINAL as FINISHED
 from shared.contracts import TASK_FINAL
 from shared.db.models import Run, Task
@@ -38,7 +39,9 @@ def add_parsers(sub: Any) -> None:
     listing.add_argument("--limit", type=int, default=20)
     w = run_acts.add_parser("watch", help="progress bars until the run ends; exit 0 if it succeeded")
     w.add_argument("run_id")
-    run_acts.add_parser("cancel", help="stop a run (its snapshots are removed)").add_argument("run_id")
+    cancel = run_acts.add_parser("cancel", help="stop a run (its snapshots are removed)")
+    cancel.add_argument("run_id")
+    cancel.add_argument("--json", action="store_true", help="the run as JSON (as the REST API answers it)")
     log = run_acts.add_parser("log", help="what happened to a run, in words")
     log.add_argument("run_id")
     log.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until it ends")
@@ -52,8 +55,11 @@ def dispatch(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
         return run_log(sessions, args.run_id, args.follow)
     if args.run_command == "cancel":
         with sessions.begin() as s:
-            jobstore.cancel_run(s, args.run_id)
-        print(f"cancel requested for run {args.run_id}; its movers stop within a second")
+            run = run_view(jobstore.cancel_run(s, args.run_id))
+        if args.json:
+            print(json.dumps(run, indent=2))
+        else:
+            print(f"cancel requested for run {args.run_id}; its movers stop within a second")
         return 0
     return run_list(sessions, args.job, args.limit)
 

@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from lab.launcher import Lab
+from services.gateway.answers import jobs as answers
 from shared.contracts import JOBS_CHANGED_SUBJECT, JobRequested, cancel_subject
 from shared.db.models import Job, Outbox, Replication, RestorePointRow, Run
 from tests.gateway.conftest import Api, MakeApi, lab_vcenter
@@ -47,11 +48,18 @@ async def test_create_list_get_and_reject_bad_input(make_api: MakeApi, db_url: s
     assert job["vms"] == [{"moref": vm1, "name": "vm1"}, {"moref": vm2, "name": "vm2"}]
     assert job["schedule"]["preset"] == "daily" and job["options"]["cbt"] is True
     assert job["repository"] == api.ctx.settings.repository_location
+    answers.Job.model_validate(job)
 
     by_moref = await make(api, name="by-moref", vms=[{"moref": vm2}], schedule=None)
     assert by_moref["vms"] == [{"moref": vm2, "name": "vm2"}]
     status, listed = await api.call("GET", "/jobs")
     assert status == 200 and [j["name"] for j in listed["jobs"]] == ["by-moref", "nightly"]
+    answers.Jobs.model_validate(listed)
+    status, preview = await api.call("POST", "/jobs/preview", json=body(name="x", select=[{"name": "vm*"}]))
+    assert status == 200 and [v["name"] for v in preview["vms"]] == ["vm1", "vm2"], preview
+    answers.Preview.model_validate(preview)
+    status, preview = await api.call("GET", f"/jobs/{by_moref['id']}/preview")
+    assert status == 200 and answers.Preview.model_validate(preview).total == 1
     assert (await api.call("GET", f"/jobs/{job['id']}"))[1] == job
     assert (await api.call("GET", "/jobs/nightly"))[1]["id"] == job["id"]
 
@@ -106,6 +114,7 @@ async def test_replace_and_delete(make_api: MakeApi, db_url: str, lab: Lab) -> N
     assert replaced["id"] == job["id"] and replaced["created_at"] == job["created_at"]
     assert replaced["vms"] == [{"moref": lab.vm("vm2")["moref"], "name": "vm2"}]
     assert replaced["schedule"] is None and replaced["options"]["quiesce"] is True
+    answers.Job.model_validate(replaced)
 
     before = jobs_in_db(api)
     status, problem = await api.call("PUT", f"/jobs/{job['id']}", json=body(name="other"))
@@ -117,6 +126,7 @@ async def test_replace_and_delete(make_api: MakeApi, db_url: str, lab: Lab) -> N
 
     status, gone = await api.call("DELETE", f"/jobs/{other['id']}")
     assert status == 200 and gone == {"deleted": other["id"], "cancelled_runs": []}
+    answers.JobDeleted.model_validate(gone)
     for _ in range(2):  # the replace, the delete
         await changed.next_msg(timeout=5)
     await changed.unsubscribe()
@@ -139,6 +149,7 @@ async def test_run_now_reaches_the_stream_and_cancel_stops_it(
         run_id = started["run_id"]
         assert resp.headers["Location"] == f"/api/v1/runs/{run_id}"
     assert started["run"]["state"] == "queued" and started["run"]["trigger"] == "api"
+    answers.RunStarted.model_validate(started)
     event = JobRequested.model_validate_json((await requested.next_msg(timeout=5)).data)
     assert (event.run_id, event.job_id, event.trigger) == (run_id, job["id"], "api")
     await requested.unsubscribe()  # an open ordered consumer makes the bus's drain wait 30 s
@@ -151,6 +162,9 @@ async def test_run_now_reaches_the_stream_and_cancel_stops_it(
     live = await api.ctx.bus.nc.subscribe(cancel_subject(run_id))
     status, cancelled = await api.call("POST", f"/jobs/{job['id']}/cancel")
     assert status == 202 and cancelled == {"job_id": job["id"], "cancelled_runs": [run_id]}
+    answers.JobCancelled.model_validate(cancelled)
+    status, run = await api.call("POST", f"/runs/{run_id}/cancel")
+    assert status == 202 and answers.Run.model_validate(run).cancel_requested
     assert (await live.next_msg(timeout=5)).data == b""
     await live.unsubscribe()
     with api.ctx.sessions() as s:

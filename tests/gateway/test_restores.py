@@ -8,6 +8,7 @@ from pathlib import Path
 from pydantic import SecretStr
 from sqlalchemy import select
 
+from services.gateway.answers import restores as answers
 from shared.db.models import Outbox, Restore, RestorePointRow
 from shared.settings import VCenterSettings
 from tests.gateway.conftest import MakeApi
@@ -52,6 +53,7 @@ async def test_restore_requests(make_api: MakeApi, tmp_path: Path) -> None:
     assert status == 202 and body["state"] == "queued" and body["bytes_total"] == 1 << 30
     restore_id = body["id"]
     assert body["target"]["network"] == "VM Network" and body["target"]["vcenter"] == "vc1"
+    answers.Restore.model_validate(body)
     status, again = await api.call("POST", "/restores", json=good)
     assert status == 409 and "already creating a VM named 'web-restored'" in again["detail"]
     with api.ctx.sessions() as s:
@@ -60,10 +62,11 @@ async def test_restore_requests(make_api: MakeApi, tmp_path: Path) -> None:
 
     status, page = await api.call("GET", "/restores")
     assert status == 200 and page["total"] == 1 and page["restores"][0]["id"] == restore_id
+    answers.Restores.model_validate(page)
     status, one = await api.call("GET", f"/restores/{restore_id}")
     assert status == 200 and one["phase"] == "queued"
     status, one = await api.call("POST", f"/restores/{restore_id}/cancel")
-    assert status == 202 and one["cancel_requested"] is True
+    assert status == 202 and answers.Restore.model_validate(one).cancel_requested is True
     with api.ctx.sessions.begin() as s:
         row = s.get(Restore, restore_id)
         assert row is not None
@@ -83,6 +86,7 @@ async def test_reports_and_the_public_key(make_api: MakeApi, tmp_path: Path) -> 
     api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=(VC,))
     status, key = await api.call("GET", "/reports/public-key")
     assert status == 200 and key["public_key_pem"].startswith("-----BEGIN PUBLIC KEY-----")
+    answers.PublicKey.model_validate(key)
     signed = reports.sign(
         reports.signing_key(api.ctx.settings.data_dir), {"restore_id": "restore-1", "result": "passed"}
     )
@@ -96,8 +100,10 @@ async def test_reports_and_the_public_key(make_api: MakeApi, tmp_path: Path) -> 
         )  # fmt: skip
     status, listing = await api.call("GET", "/reports?vm=web")
     assert status == 200 and [r["id"] for r in listing["reports"]] == ["restore-1"]
+    answers.Reports.model_validate(listing)
     assert (await api.call("GET", "/reports?vm=db"))[1]["reports"] == []
     status, got = await api.call("GET", "/reports/restore-1")
+    answers.SignedReport.model_validate(got)
     assert status == 200 and reports.verify(got, key["public_key_pem"]) == {
         "restore_id": "restore-1",
         "result": "passed",

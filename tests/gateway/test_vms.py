@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lab.launcher import Lab
+from services.gateway.answers.jobs import VMs
 from shared.settings import VCenterSettings
 from tests.gateway.conftest import MakeApi, lab_vcenter
 from tests.plugins.procs import free_port
@@ -22,6 +23,7 @@ async def test_vms_from_the_lab_and_an_unreachable_vcenter(
     status, body = await api.call("GET", "/vms?vcenter=lab")
     assert status == 200, body
     assert body["vcenters"] == ["lab"] and body["total"] == 2
+    VMs.model_validate(body)
     vm1, vm2 = body["vms"]
     assert (vm1["name"], vm1["moref"], vm1["vcenter"]) == ("vm1", lab.vm("vm1")["moref"], "lab")
     assert vm1["cbt"] is True and vm2["cbt"] is False and vm1["power_state"] == "poweredOn"
@@ -32,7 +34,7 @@ async def test_vms_from_the_lab_and_an_unreachable_vcenter(
     status, listed = await api.call("GET", "/vms")  # every vCenter: one is down, the other's VMs show
     assert status == 200, listed
     assert [v["name"] for v in listed["vms"]] == ["vm1", "vm2"] and listed["vcenters"] == ["lab", "dead"]
-    [down] = listed["unreachable"]
+    [down] = VMs.model_validate(listed).model_dump()["unreachable"]
     assert down["vcenter"] == "dead" and down["url"] == dead.url
     assert down["error"].startswith("vCenter dead (http://127.0.0.1:") and "cannot be asked" in down["error"]
     status, problem = await api.call("GET", "/vms?vcenter=dead")  # asked for by name: 502

@@ -105,13 +105,13 @@ class Preview(BaseModel):
     unreachable: list[PreviewUnreachable]
 
 
-class Disk(BaseModel):
+class VMDisk(BaseModel):
     key: int
     label: str
     capacity: int = Field(description="bytes")
 
 
-class Snapshot(BaseModel):
+class VMSnapshot(BaseModel):
     name: str
     moref: str
     created: datetime | None
@@ -124,8 +124,8 @@ class VM(BaseModel):
     uuid: str
     power_state: str = Field(description="poweredOn, poweredOff or suspended")
     cbt: bool = Field(description="Changed Block Tracking is on")
-    disks: list[Disk]
-    snapshots: list[Snapshot]
+    disks: list[VMDisk]
+    snapshots: list[VMSnapshot]
 
 
 class VMsUnreachable(BaseModel):
