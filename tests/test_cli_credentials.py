@@ -7,6 +7,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from services.gateway.answers.settings import (
+    ChannelAnswer,
+    ChannelList,
+    Deleted,
+    LocationAnswer,
+    LocationList,
+    LocationSaved,
+    SmtpAnswer,
+)
 from tests.plugins.s3 import S3Server
 from tests.plugins.smtp import SmtpServer
 from tests.plugins.webhook import WebhookReceiver
@@ -34,13 +43,20 @@ def test_locations_channels_and_smtp_from_the_command_line(
     assert out.returncode == 0 and "location b added" in out.stdout, out
     out = vbm(env, "location", "list", "--json")
     assert out.returncode == 0, out
-    views = json.loads(out.stdout)
+    views = json.loads(out.stdout)["locations"]
+    LocationList.model_validate_json(out.stdout)  # --json prints what the API answers
     assert [(v["name"], v["source"], v.get("secret_key")) for v in views] == [
         ("default", "env", None),
         ("b", "api", "set"),
     ]
     out = vbm(env, "repo", "init", "--repo", url)  # the stored keys open it
     assert out.returncode == 0, out
+    out = vbm(env, "location", "edit", "b", "--access-key", s3_server.access_key, "--json")
+    assert LocationSaved.model_validate_json(out.stdout).test.ok, out  # the stored secret kept
+    assert (
+        LocationAnswer.model_validate_json(vbm(env, "location", "show", "b", "--json").stdout).secret_key
+        == "set"
+    )
 
     out = vbm(env, "channel", "add", "hook", "--type", "webhook", "--secrets-stdin",
               stdin=f"{webhook_receiver.url(f'/h/{TOKEN}')}\n{HMAC_KEY}\n")  # fmt: skip
@@ -49,15 +65,30 @@ def test_locations_channels_and_smtp_from_the_command_line(
     assert out.returncode == 1 and "url: " in out.stderr
     server = ["--host", smtp_login_server.host, "--port", str(smtp_login_server.port), "--security", "none"]
     out = vbm(
-        env, "smtp", "set", *server, "--username", SMTP_USER, "--password-stdin", stdin=SMTP_PASSWORD + "\n"
+        env,
+        "smtp",
+        "set",
+        *server,
+        "--username",
+        SMTP_USER,
+        "--password-stdin",
+        "--json",
+        stdin=SMTP_PASSWORD + "\n",
     )
     assert out.returncode == 0, out
-    out = vbm(env, "channel", "add", "mail", "--type", "email", "--to", "ops@example.com")
-    assert out.returncode == 0, out
+    assert SmtpAnswer.model_validate_json(out.stdout).source == "api"
+    out = vbm(env, "channel", "add", "mail", "--type", "email", "--to", "ops@example.com", "--json")
+    assert ChannelAnswer.model_validate_json(out.stdout).to == ["ops@example.com"], out
+    out = vbm(env, "channel", "edit", "mail", "--on", "failure", "--json")
+    assert ChannelAnswer.model_validate_json(out.stdout).on == ["failure"], out
+    assert ChannelAnswer.model_validate_json(vbm(env, "channel", "show", "mail", "--json").stdout).on == [
+        "failure"
+    ]
     out = vbm(env, "smtp", "show", "--json")
     assert out.returncode == 0 and json.loads(out.stdout)["password"] == "set", out
     out = vbm(env, "channel", "list", "--json")
-    assert [(c["name"], c["url"], c["secret"]) for c in json.loads(out.stdout)] == [
+    ChannelList.model_validate_json(out.stdout)
+    assert [(c["name"], c["url"], c["secret"]) for c in json.loads(out.stdout)["channels"]] == [
         ("hook", "set", "set"),
         ("mail", "not set", "not set"),
     ]
@@ -76,8 +107,12 @@ def test_locations_channels_and_smtp_from_the_command_line(
     assert out.returncode == 0, out
 
     for args in (["channel", "rm", "hook"], ["smtp", "clear"], ["location", "rm", "b"]):
-        out = vbm(env, *args)
-        assert out.returncode == 0, (args, out)
+        out = vbm(env, *args, "--json")
+        assert out.returncode == 0 and Deleted.model_validate_json(out.stdout).deleted in (
+            "hook",
+            "smtp",
+            "b",
+        ), (args, out)
     out = vbm(env, "location", "rm", "default")
     assert out.returncode == 1 and "configuration takes precedence" in out.stderr
     data = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file() and "cli.db" in p.name)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from services.gateway.answers.people import KeyAnswer, KeyList, NewKeyAnswer, UserAnswer, UserList
 from shared.catalog import apikeys, users
 from shared.db import make_engine, make_sessionmaker
 from shared.model.access import Role
@@ -35,7 +36,8 @@ def test_users_and_their_keys_from_the_cli(tmp_path: Path) -> None:
     assert no_tty.returncode == 1 and "--password-stdin" in no_tty.stderr
     assert vbm(env, "user", "add", "bob", "--role", "operator", "--no-password").returncode == 0
     listed = json.loads(vbm(env, "user", "list", "--json").stdout)
-    assert [(u["name"], u["role"], u["password"]) for u in listed] == [
+    UserList.model_validate(listed)  # --json prints what the API answers
+    assert [(u["name"], u["role"], u["password"]) for u in listed["users"]] == [
         ("ana", "admin", "set"),
         ("bob", "operator", "not set"),
     ]
@@ -44,12 +46,29 @@ def test_users_and_their_keys_from_the_cli(tmp_path: Path) -> None:
     assert strong.returncode == 1 and "cannot carry the role admin" in strong.stderr
     key = vbm(env, "apikey", "create", "bob-ro", "--user", "bob", "--role", "viewer", "--expires-days", "30")
     assert key.returncode == 0, key.stderr
-    keys = json.loads(vbm(env, "apikey", "list", "--user", "bob", "--json").stdout)
+    keys = KeyList.model_validate_json(vbm(env, "apikey", "list", "--user", "bob", "--json").stdout).keys
+    keys = [k.model_dump(mode="json") for k in keys]
     assert [(k["name"], k["owner"], k["role"]) for k in keys] == [("bob-ro", "bob", "viewer")]
     assert keys[0]["expires_at"] is not None
+    made_json = vbm(env, "apikey", "create", "bob-2", "--user", "bob", "--role", "viewer", "--json")
+    assert NewKeyAnswer.model_validate_json(made_json.stdout).key.startswith("vbm_"), made_json
+    out = vbm(env, "apikey", "revoke", "bob-2", "--user", "ana", "--json")
+    assert out.returncode == 1 and out.stdout == "", out  # not ana's key
+    revoked = KeyAnswer.model_validate_json(
+        vbm(env, "apikey", "revoke", "bob-2", "--user", "bob", "--json").stdout
+    )
+    assert revoked.revoked_at is not None
     last = vbm(env, "user", "disable", "ana")
     assert last.returncode == 1 and "last enabled admin" in last.stderr
-    assert vbm(env, "user", "role", "bob", "viewer").returncode == 0
+    assert (
+        UserAnswer.model_validate_json(vbm(env, "user", "role", "bob", "viewer", "--json").stdout).role
+        == Role.VIEWER
+    )
+    edit = ["user", "edit", "bob", "--display-name", "Bob B", "--disable", "--json"]
+    assert not UserAnswer.model_validate_json(vbm(env, *edit).stdout).enabled
+    shown = UserAnswer.model_validate_json(vbm(env, "user", "show", "bob", "--json").stdout)
+    assert (shown.display_name, shown.enabled) == ("Bob B", False)
+    assert vbm(env, "user", "enable", "bob").returncode == 0
     assert vbm(env, "user", "passwd", "bob", "--password-stdin", stdin=PW + "\n").returncode == 0
     assert vbm(env, "user", "disable", "bob").returncode == 0
     engine = make_engine(db_url)
@@ -69,6 +88,8 @@ def test_users_and_their_keys_from_the_cli(tmp_path: Path) -> None:
         ("vbm apikey create", "apikey:bob-ro", "ok"),
         ("vbm user disable", "user:ana", "error"),
         ("vbm user passwd", "user:bob", "ok"),
+        ("vbm user edit", "user:bob", "ok"),
+        ("vbm apikey revoke", "apikey:bob-2", "ok"),
     ]:
         assert expected in done, (expected, done)
     assert all(r["actor"].startswith("os:") and r["source"] == "cli" for r in records)

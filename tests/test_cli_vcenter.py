@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lab.launcher import Lab, LabSpec
+from services.gateway.answers.settings import Deleted, VCenterAnswer, VCenterList, VCenterSaved, VCenterTested
 from tests.plugins.lab import DEFAULT_SPEC
 from tests.test_cli_jobs import ROOT, env_for
 
@@ -32,6 +33,9 @@ def test_vcenter_add_list_test_rotate_rm(tmp_path: Path, lab_factory: Callable[[
     assert "nothing was saved" in out.stderr
     out = vbm(env, *add, stdin=lab.password + "\n")
     assert out.returncode == 0 and "vCenter lab2 added" in out.stdout, out
+    out = vbm(env, "vcenter", "edit", "lab2", "--no-verify-tls", "--skip-test", "--json")
+    saved = VCenterSaved.model_validate_json(out.stdout)  # --json prints what the API answers
+    assert (saved.verify_tls, saved.test.kind) == (False, "skipped"), out
     out = vbm(env, *add, stdin=lab.password + "\n")
     assert out.returncode == 1 and "a vCenter named 'lab2' exists" in out.stderr
     out = vbm(env, "vcenter", "add", "dns", "--url", "https://no-such-host.invalid/sdk", "--username", "u",
@@ -40,11 +44,13 @@ def test_vcenter_add_list_test_rotate_rm(tmp_path: Path, lab_factory: Callable[[
 
     out = vbm(env, "vcenter", "list", "--json")
     assert out.returncode == 0, out
-    [view] = json.loads(out.stdout)
-    assert view["name"] == "lab2" and view["password"] == "set" and view["source"] == "api"
+    [view] = VCenterList.model_validate(json.loads(out.stdout)).vcenters
+    assert view.name == "lab2" and view.password == "set" and view.source == "api"
     assert lab.password not in out.stdout
+    assert VCenterAnswer.model_validate_json(vbm(env, "vcenter", "show", "lab2", "--json").stdout) == view
     out = vbm(env, "vcenter", "test", "lab2")
     assert out.returncode == 0 and "connected to lab2" in out.stdout, out
+    assert VCenterTested.model_validate_json(vbm(env, "vcenter", "test", "lab2", "--json").stdout).ok
 
     out = vbm(env, "secrets", "rotate")
     assert out.returncode == 0 and "1 secret(s) re-encrypted" in out.stdout, out
@@ -68,8 +74,8 @@ def test_vcenter_add_list_test_rotate_rm(tmp_path: Path, lab_factory: Callable[[
     out = vbm(env, "vcenter", "rm", "lab2")
     assert out.returncode == 1 and "used by job(s) on-lab2" in out.stderr, out
     assert vbm(env, "job", "delete", "on-lab2", "--yes").returncode == 0
-    out = vbm(env, "vcenter", "rm", "lab2")
-    assert out.returncode == 0 and "removed" in out.stdout
+    out = vbm(env, "vcenter", "rm", "lab2", "--json")
+    assert Deleted.model_validate_json(out.stdout).deleted == "lab2", out
     out = vbm(env, "vcenter", "rm", "lab2")
     assert out.returncode == 1 and "no vCenter 'lab2'" in out.stderr
     assert lab.password.encode() not in db.read_bytes()

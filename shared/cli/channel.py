@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import channels as chstore
 from shared.catalog import smtp as smtpstore
-from shared.cli.say import listing, say
+from shared.cli.say import fields, listing, plain_actions, say
 from shared.clock import utcnow
 from shared.db import make_sessionmaker
 from shared.db.existing import open_existing
@@ -39,13 +39,14 @@ def add_parsers(sub: Any) -> None:
     edit.add_argument("name")
     edit.add_argument("--type", choices=TYPES)
     _fields(edit)
-    for action, what in (("list", "every channel, configured (source env) and stored (source api)"),
-                         ("show", "one channel (never its URL's path or key)"),
-                         ("rm", "remove a stored channel (refused while a job names it)")):  # fmt: skip
-        parser = acts.add_parser(action, help=what)
-        if action != "list":
-            parser.add_argument("name")
-        parser.add_argument("--json", action="store_true", help="as JSON")
+    plain_actions(
+        acts,
+        {
+            "list": "every channel, configured (source env) and stored (source api)",
+            "show": "one channel (never its URL's path or key)",
+            "rm": "remove a stored channel (refused while a job names it)",
+        },
+    )
 
     p = sub.add_parser("smtp", help="the mail server email channels send through (stored encrypted)")
     acts = p.add_subparsers(dest="smtp_command", required=True, metavar="ACTION")
@@ -149,7 +150,7 @@ def _edit(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[S
 def _show(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions() as s:
         view = chstore.get_view(s, settings, args.name)
-    say(args, view, "\n".join(f"{k:<10} {'' if v is None else v}" for k, v in view.items()))
+    say(args, view, fields(view))
     return 1 if view.get("error") else 0
 
 
@@ -199,7 +200,7 @@ def _smtp_set(args: argparse.Namespace, settings: Settings, sessions: sessionmak
 def _smtp_show(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions() as s:
         view = smtpstore.view(s, settings)
-    say(args, view, "\n".join(f"{key:<10} {value}" for key, value in view.items()))
+    say(args, view, fields(view))
     return 0
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import locations as locstore
-from shared.cli.say import listing, say
+from shared.cli.say import fields, listing, plain_actions, say
 from shared.clock import utcnow
 from shared.db import make_sessionmaker
 from shared.db.existing import NoDatabase, open_existing
@@ -39,14 +39,14 @@ def add_parsers(sub: Any) -> None:
     edit.add_argument("name")
     edit.add_argument("--url", help="a path, s3://, azure://, sftp:// or rclone://")
     _fields(edit)
-    ls = acts.add_parser("list", help="every location: the configured repository (env) and stored ones")
-    ls.add_argument("--json", action="store_true", help="as JSON")
-    show = acts.add_parser("show", help="one location (never its secrets)")
-    show.add_argument("name")
-    show.add_argument("--json", action="store_true", help="as JSON")
-    rm = acts.add_parser("rm", help="remove a stored location (refused while a job uses it)")
-    rm.add_argument("name")
-    rm.add_argument("--json", action="store_true", help="as JSON")
+    plain_actions(
+        acts,
+        {
+            "list": "every location: the configured repository (env) and stored ones",
+            "show": "one location (never its secrets)",
+            "rm": "remove a stored location (refused while a job uses it)",
+        },
+    )
 
 
 def _fields(parser: argparse.ArgumentParser) -> None:
@@ -167,7 +167,7 @@ def _opened(args: argparse.Namespace, loc: locstore.Location) -> dict[str, Any] 
 def _show(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions() as s:
         view = locstore.get_view(s, settings, args.name)
-    say(args, view, "\n".join(f"{k:<12} {'' if v is None else v}" for k, v in view.items()))
+    say(args, view, fields(view))
     return 1 if view.get("error") else 0
 
 

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import users
 from shared.cli.runs import when
-from shared.cli.say import listing, say
+from shared.cli.say import fields, listing, say
 from shared.clock import iso, utcnow
 from shared.model.access import Role
 from shared.settings import Settings
@@ -103,7 +103,7 @@ def dispatch(
         with sessions() as s:
             user = users.info(users.get(s, args.name))
         view = user.public()
-        say(args, view, "\n".join(f"{k:<14} {'' if v is None else v}" for k, v in view.items()))
+        say(args, view, fields(view))
         return 0
     if action == "add":
         password = None if args.no_password else _read_password(args)

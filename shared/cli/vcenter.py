@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import vcenters as vcstore
-from shared.cli.say import listing, say
+from shared.cli.say import fields, listing, plain_actions, say
 from shared.clock import utcnow
 from shared.db import make_sessionmaker
 from shared.db.existing import open_existing
@@ -43,17 +43,15 @@ def add_parsers(sub: Any) -> None:
     edit.add_argument("--username")
     _fields(edit, "do not check vCenter's certificate (--verify-tls: check it again)")
     edit.add_argument("--verify-tls", action="store_true", help="check vCenter's certificate again")
-    ls = acts.add_parser("list", help="every vCenter, configured (source env) and added (source api)")
-    ls.add_argument("--json", action="store_true", help="as JSON")
-    show = acts.add_parser("show", help="one vCenter (never its password)")
-    show.add_argument("name")
-    show.add_argument("--json", action="store_true", help="as JSON")
-    test = acts.add_parser("test", help="test a vCenter's connection: says which step failed")
-    test.add_argument("name")
-    test.add_argument("--json", action="store_true", help="the test's result as JSON")
-    rm = acts.add_parser("rm", help="remove an added vCenter (refused while a job uses it)")
-    rm.add_argument("name")
-    rm.add_argument("--json", action="store_true", help="as JSON")
+    plain_actions(
+        acts,
+        {
+            "list": "every vCenter, configured (source env) and added (source api)",
+            "show": "one vCenter (never its password)",
+            "test": "test a vCenter's connection: says which step failed",
+            "rm": "remove an added vCenter (refused while a job uses it)",
+        },
+    )
 
 
 def _fields(parser: argparse.ArgumentParser, no_verify: str) -> None:
@@ -165,7 +163,7 @@ def _tested(args: argparse.Namespace, vc: VCenterSettings) -> dict[str, object] 
 def _show(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     with sessions() as s:
         view = vcstore.get_view(s, settings, args.name)
-    say(args, view, "\n".join(f"{k:<13} {'' if v is None else v}" for k, v in view.items()))
+    say(args, view, fields(view))
     return 1 if view.get("error") else 0
 
 

@@ -19,6 +19,14 @@ from sqlalchemy.engine import make_url
 from lab.launcher import Lab
 from services.gateway import api_settings
 from services.gateway.access import declared
+from services.gateway.answers.settings import (
+    ChannelAnswer,
+    ChannelList,
+    LocationAnswer,
+    LocationList,
+    LocationSaved,
+    SmtpAnswer,
+)
 from shared.catalog import locations as locstore
 from shared.catalog import secrets as vault_secrets
 from shared.clock import utcnow
@@ -95,10 +103,12 @@ async def test_an_s3_location_with_its_keys_is_stored_encrypted_and_used(
     assert status == 201, added
     assert added["secret_key"] == "set" and added["access_key"] == s3_server.access_key
     assert added["source"] == "api" and added["kind"] == "s3" and added["test"]["ok"] is True
+    LocationSaved.model_validate(added)  # the answer models of the OpenAPI document hold
     assert (await call("POST", "/locations", json={"name": "b", "url": url, **keys}))[0] == 409
     status, taken = await call("POST", "/locations", json={"name": "c", "url": url, **keys})
     assert status == 409 and taken["detail"].startswith("url: ")
     status, listed = await call("GET", "/locations")
+    LocationList.model_validate(listed)
     assert status == 200 and [(v["name"], v["source"]) for v in listed["locations"]] == [
         ("default", "env"),
         ("b", "api"),
@@ -114,7 +124,7 @@ async def test_an_s3_location_with_its_keys_is_stored_encrypted_and_used(
     status, problem = await call("PUT", "/locations/b", json={"secret_key": "wrong"})
     assert status == 422 and "cannot be opened" in problem["detail"]
     status, changed = await call("PUT", "/locations/b", json={"url": url})  # the keys are kept
-    assert status == 200 and changed["test"]["ok"] is True and changed["secret_key"] == "set"
+    assert status == 200 and LocationSaved.model_validate(changed).test.ok and changed["secret_key"] == "set"
 
     # rotation re-encrypts it, and it still opens
     rotated = vault_secrets.rotate(api.ctx.engine, api.ctx.settings, utcnow())
@@ -174,7 +184,7 @@ async def test_a_stored_webhook_and_smtp_login_send_and_never_show_their_secrets
         assert status == 422 and problem["detail"].startswith(f"{field}: "), (body, problem)
     status, added = await call("POST", "/channels", json=hook)
     assert status == 201, added
-    assert added["url"] == "set" and added["secret"] == "set" and added["signed"] is True
+    assert added["url"] == "set" and added["secret"] == "set" and ChannelAnswer.model_validate(added).signed
     assert added["endpoint"] == f"127.0.0.1:{webhook_receiver.port}" and added["source"] == "api"
     assert (await call("POST", "/channels", json=hook))[0] == 409
 
@@ -203,6 +213,7 @@ async def test_a_stored_webhook_and_smtp_login_send_and_never_show_their_secrets
     }
     status, stored = await call("PUT", "/smtp", json=smtp)
     assert status == 200 and stored["password"] == "set" and stored["source"] == "api", stored
+    SmtpAnswer.model_validate(stored)
     mail = {"name": "mail", "type": "email", "to": ["ops@example.com"], "on": ["failure"]}
     assert (await call("POST", "/channels", json=mail))[0] == 201
     status, result = await call("POST", "/notifications/test", json={"channel": "mail"})
@@ -216,7 +227,7 @@ async def test_a_stored_webhook_and_smtp_login_send_and_never_show_their_secrets
     assert "Wrong-pw-11" not in json.dumps(result)
 
     status, listed = await call("GET", "/channels")
-    assert status == 200 and [c["name"] for c in listed["channels"]] == ["hook", "mail"]
+    assert status == 200 and [c.name for c in ChannelList.model_validate(listed).channels] == ["hook", "mail"]
     status, notifications = await call("GET", "/notifications")
     assert status == 200 and {c["name"] for c in notifications["channels"]} == {"hook", "mail"}
     status, changed = await call("PUT", "/channels/hook", json={"on": ["failure", "success"]})
@@ -251,13 +262,15 @@ async def test_the_configuration_wins_and_is_read_only(make_api: MakeApi, db_url
     )
     call = Answers(api)
     status, default = await call("GET", "/locations/default")
-    assert status == 200 and default["source"] == "env" and default["secret_key"] == "set"
+    assert status == 200 and LocationAnswer.model_validate(default).source == "env"
+    assert default["secret_key"] == "set"
     assert default["access_key"] == "Env-ak" and default["url"] == "s3://127.0.0.1:9/configured?tls=false"
     for method, path in [("PUT", "/locations/default"), ("DELETE", "/locations/default")]:
         status, problem = await call(method, path, json={})
         assert status == 409 and "configuration takes precedence" in problem["detail"], (path, problem)
     status, channels = await call("GET", "/channels")
     assert [(c["name"], c["source"], c["url"]) for c in channels["channels"]] == [("ops", "env", "set")]
+    ChannelList.model_validate(channels)
     for method, path, body in [
         ("POST", "/channels", {"name": "ops", "type": "webhook", "url": "http://h/"}),
         ("PUT", "/channels/ops", {"on": ["success"]}),
@@ -268,7 +281,7 @@ async def test_the_configuration_wins_and_is_read_only(make_api: MakeApi, db_url
         status, problem = await call(method, path, json=body)
         assert status == 409 and "configuration takes precedence" in problem["detail"], (path, problem)
     status, smtp = await call("GET", "/smtp")
-    assert status == 200 and smtp["source"] == "env" and smtp["password"] == "set"
+    assert status == 200 and SmtpAnswer.model_validate(smtp).source == "env" and smtp["password"] == "set"
 
     # a stored location at the configured repository: the settings' keys are used
     body = {
@@ -278,7 +291,7 @@ async def test_the_configuration_wins_and_is_read_only(make_api: MakeApi, db_url
         "secret_key": "Api-sk",
     }
     status, added = await call("POST", "/locations?skip_test=true", json=body)
-    assert status == 201 and added["test"]["ok"] is None
+    assert status == 201 and LocationSaved.model_validate(added).test.ok is None
     found = locstore.lookup(api.ctx.settings, api.ctx.sessions)
     assert found("s3://127.0.0.1:9/configured/sub?tls=false").s3_access_key == "Env-ak"
     body = {
@@ -304,6 +317,7 @@ async def test_a_lost_key_fails_that_location_alone(make_api: MakeApi, db_url: s
     status, listed = await api.call("GET", "/locations")
     assert status == 200
     [far] = [v for v in listed["locations"] if v["name"] == "far"]
+    LocationList.model_validate(listed)
     assert "the credentials of repository location 'far' cannot be decrypted" in far["error"]
     found = locstore.lookup(api.ctx.settings, api.ctx.sessions)
     try:
@@ -314,6 +328,7 @@ async def test_a_lost_key_fails_that_location_alone(make_api: MakeApi, db_url: s
     assert found("/srv/elsewhere").s3_access_key == ""  # every other location as before
     status, channels = await api.call("GET", "/channels")
     assert status == 200 and "cannot be decrypted" in channels["channels"][0]["error"]
+    ChannelList.model_validate(channels)
     status, problem = await api.call("POST", "/notifications/test", json={"channel": "hook"})
     assert status == 503 and "notification channel 'hook' cannot be decrypted" in problem["detail"]
     assert (await api.call("GET", "/notifications"))[0] == 200

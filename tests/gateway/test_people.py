@@ -10,6 +10,16 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from services.gateway.answers.people import (
+    KeyAnswer,
+    KeyList,
+    NewKeyAnswer,
+    PasswordChanged,
+    SessionAnswer,
+    UserAnswer,
+    UserList,
+    WhoAmI,
+)
 from shared.catalog import apikeys, sessions, users
 from shared.db import make_engine, upgrade
 from shared.db.users import WebSession
@@ -49,11 +59,12 @@ async def test_first_admin_by_setup_token_then_setup_is_closed(make_api: MakeApi
         api, "POST", "/setup", json={"token": token, "name": "ana", "password": PW}
     )
     assert status == 201 and body["user"]["role"] == "admin" and body["user"]["password"] == "set"
+    SessionAnswer.model_validate(body)  # the answer models of the OpenAPI document hold
     assert PW not in str(body)
     cookie = resp.cookies[sessions.COOKIE]
     assert cookie["httponly"] and cookie["samesite"] == "Strict" and not cookie["secure"]  # plain HTTP here
     status, body, _ = await _json(api, "GET", "/users")
-    assert status == 200 and [u["name"] for u in body["users"]] == ["ana"]
+    assert status == 200 and [u.name for u in UserList.model_validate(body).users] == ["ana"]
     api.client.session.cookie_jar.clear()
     status, body, _ = await _json(api, "POST", "/setup", json={"token": token, "name": "bob", "password": PW})
     assert status == 409 and "setup is done" in body["detail"]
@@ -97,6 +108,7 @@ async def test_sessions_need_csrf_for_changes_and_expire(make_api: MakeApi, db_u
     assert (
         status == 200 and me["user"]["name"] == "vic" and me["csrf_token"] == csrf and me["via"] == "session"
     )
+    WhoAmI.model_validate(me)
     assert (await _json(api, "GET", "/jobs"))[0] == 200
     status, body, _ = await _json(api, "POST", "/keys", json={"name": "mine"})
     assert status == 403 and "X-CSRF-Token" in body["detail"]
@@ -105,7 +117,8 @@ async def test_sessions_need_csrf_for_changes_and_expire(make_api: MakeApi, db_u
     )
     assert status == 403
     status, body, _ = await _json(api, "POST", "/keys", json={"name": "mine"}, headers={"X-CSRF-Token": csrf})
-    assert status == 201 and body["role"] == "viewer" and body["key"].startswith("vbm_")
+    assert status == 201 and NewKeyAnswer.model_validate(body).key.startswith("vbm_")
+    assert body["role"] == "viewer"
     status, body, _ = await _json(api, "POST", "/jobs", json={}, headers={"X-CSRF-Token": csrf})
     assert status == 403 and "jobs:write" in body["detail"]
     # idle: 31 minutes without a request
@@ -155,7 +168,7 @@ async def test_keys_carry_at_most_their_owner_role(make_api: MakeApi, db_url: st
     # the owner demoted: their operator key acts as a viewer at once
     as_root = {"X-API-Key": root_key}
     status, body, _ = await _json(api, "PUT", "/users/ops", json={"role": "viewer"}, headers=as_root)
-    assert status == 200 and body["role"] == "viewer"
+    assert status == 200 and UserAnswer.model_validate(body).role == Role.VIEWER
     assert (await _json(api, "POST", "/jobs/no-such/run", headers=as_ops))[0] == 403
     # the owner disabled: nothing
     assert (await _json(api, "PUT", "/users/ops", json={"enabled": False}, headers=as_root))[0] == 200
@@ -183,8 +196,15 @@ async def test_keys_carry_at_most_their_owner_role(make_api: MakeApi, db_url: st
     )
     assert status == 422 and "too easy" in body["detail"]
     status, body, _ = await _json(api, "GET", "/users/root/keys", headers=as_root)
-    assert status == 200 and {k["name"] for k in body["keys"]} == {"root-key", "short"}
+    assert status == 200 and {k.name for k in KeyList.model_validate(body).keys} == {"root-key", "short"}
     assert all("key" not in k and "secret" not in str(k) for k in body["keys"])
+    status, body, _ = await _json(api, "DELETE", "/keys/short", headers=as_root)
+    assert status == 200 and KeyAnswer.model_validate(body).revoked_at is not None
+    status, body, _ = await _json(api, "GET", "/session", headers=as_root)
+    assert status == 200 and WhoAmI.model_validate(body).key_id == body["key_id"] != None  # noqa: E711
+    change = {"current_password": PW, "new_password": PW + " 2"}
+    status, body, _ = await _json(api, "PUT", "/session/password", json=change, headers=as_root)
+    assert status == 200 and PasswordChanged.model_validate(body).csrf_token is None
 
 
 def test_keys_of_before_become_admin_keys_of_a_migrated_admin(tmp_path: Any, caplog: Any) -> None:

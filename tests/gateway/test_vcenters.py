@@ -17,6 +17,7 @@ from aiohttp import web
 from sqlalchemy import select
 
 from lab.launcher import Lab, LabSpec
+from services.gateway.answers.settings import Deleted, VCenterAnswer, VCenterList, VCenterSaved, VCenterTested
 from shared.db.models import VCenterRow
 from tests.gateway.conftest import Api, MakeApi, lab_vcenter
 from tests.plugins.lab import DEFAULT_SPEC
@@ -63,14 +64,15 @@ async def test_add_list_test_change_delete(make_api: MakeApi, db_url: str, lab: 
     assert status == 201, added
     assert added["password"] == "set" and added["source"] == "api" and added["test"]["ok"] is True
     assert added["test"]["kind"] == "ok" and added["test"]["server"]
+    VCenterSaved.model_validate(added)  # the answer models of the OpenAPI document hold
     status, listed = await call("GET", "/vcenters")
-    assert status == 200 and [v["name"] for v in listed["vcenters"]] == ["lab", "lab2"]
+    assert status == 200 and [v.name for v in VCenterList.model_validate(listed).vcenters] == ["lab", "lab2"]
     configured = listed["vcenters"][0]
     assert configured["source"] == "env" and configured["password"] == "set"
     status, one = await call("GET", "/vcenters/lab2")
-    assert status == 200 and one["url"] == canary_lab.sdk_url and one["verify_tls"] is True
+    assert status == 200 and VCenterAnswer.model_validate(one).url == canary_lab.sdk_url and one["verify_tls"]
     status, tested = await call("POST", "/vcenters/lab2/test")
-    assert status == 200 and tested["ok"] is True and tested["name"] == "lab2"
+    assert status == 200 and VCenterTested.model_validate(tested).ok is True and tested["name"] == "lab2"
 
     # the stored vCenter is usable at once: VMs of both, and a job on it
     status, vms = await call("GET", "/vms")
@@ -91,7 +93,7 @@ async def test_add_list_test_change_delete(make_api: MakeApi, db_url: str, lab: 
     status, tested = await call("POST", "/vcenters/lab2/test")
     assert tested["ok"] is True  # the stored password is still the right one
     status, skipped = await call("PUT", "/vcenters/lab2?skip_test=true", json={"password": "wrong-one"})
-    assert status == 200 and skipped["test"]["kind"] == "skipped"
+    assert status == 200 and VCenterSaved.model_validate(skipped).test.kind == "skipped"
     status, tested = await call("POST", "/vcenters/lab2/test")
     assert status == 200 and tested["ok"] is False and tested["kind"] == "credentials"
     status, _ = await call("PUT", "/vcenters/lab2", json={"password": CANARY})
@@ -109,7 +111,7 @@ async def test_add_list_test_change_delete(make_api: MakeApi, db_url: str, lab: 
     status, _ = await call("DELETE", f"/jobs/{job['id']}")
     assert status in (200, 204)
     status, gone = await call("DELETE", "/vcenters/lab2")
-    assert status == 200 and gone == {"deleted": "lab2"}
+    assert status == 200 and gone == {"deleted": "lab2"} == Deleted(deleted="lab2").model_dump()
     status, problem = await call("GET", "/vcenters/lab2")
     assert status == 404 and "lab2" in problem["detail"]
     assert call.leaked(CANARY) == []
@@ -237,6 +239,7 @@ async def test_a_lost_key_names_the_vcenter(make_api: MakeApi, tmp_path: Path, c
     status, listed = await api.call("GET", "/vcenters")
     assert status == 200
     [row] = listed["vcenters"]
+    assert VCenterList.model_validate(listed).vcenters[0].error == row["error"]
     assert "the password of vCenter 'lab2' cannot be decrypted" in row["error"]
     assert "secret.key" in row["error"] and "VBM_SECRET_KEY" in row["error"]
     status, problem = await api.call("POST", "/vcenters/lab2/test")
