@@ -126,7 +126,7 @@ def vbm_up(tmp_path: Path, lab_binary: Path) -> Iterator[tuple[subprocess.Popen[
                 break
         text = "".join(lines)
         assert f"vbm is up. Gateway (REST API): http://127.0.0.1:{port}/api/v1" in text, text
-        yield proc, {"port": port, "output": lines, "data": tmp_path / "data"}
+        yield proc, {"port": port, "output": lines, "data": tmp_path / "data", "env": env}
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -144,6 +144,13 @@ def wait_all_up(port: int, timeout: float = 30) -> dict[str, Any]:
         time.sleep(0.3)
 
 
+def vbm_status(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "shared.cli", "status", "--json"],
+        env=env, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
 def test_vbm_up_runs_everything_and_stops_cleanly(
     vbm_up: tuple[subprocess.Popen[str], dict[str, Any]],
 ) -> None:
@@ -154,6 +161,10 @@ def test_vbm_up_runs_everything_and_stops_cleanly(
     pids = {row["pid"] for row in body["services"] if row["up"]}
     assert {row["service"] for row in body["services"] if row["up"]} == set(SERVICES)
     assert get_json(f"http://127.0.0.1:{port}/readyz") == (200, {"status": "ready"})
+    status = vbm_status(info["env"])  # `vbm status` hears the same services on the bus
+    assert status.returncode == 0, status.stderr
+    seen = {(r["service"], r["instance"]) for r in json.loads(status.stdout)["services"] if r["up"]}
+    assert seen == {(r["service"], r["instance"]) for r in body["services"] if r["up"]}
 
     # A service that dies is restarted by the supervisor.
     mover = next(r for r in body["services"] if r["service"] == "mover")
@@ -176,6 +187,8 @@ def test_vbm_up_runs_everything_and_stops_cleanly(
         assert f"{service} stopped" in out
     for pid in pids - {mover["pid"]}:
         assert not Path(f"/proc/{pid}").exists(), f"pid {pid} outlived vbm up"
+    status = vbm_status(info["env"])  # NATS stopped with vbm up
+    assert status.returncode == 2 and status.stderr.startswith("vbm status: cannot reach NATS at")
 
 
 def test_vbm_up_refuses_bad_config(tmp_path: Path) -> None:

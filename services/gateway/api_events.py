@@ -12,11 +12,12 @@ from typing import Any
 from aiohttp import web
 
 from services.gateway.access import identity_of, needs
+from services.gateway.apidoc import Param, op, text
 from services.gateway.common import CTX
 from services.gateway.live import Client, Hub
 from shared.errors import Invalid
 from shared.model.access import Permission
-from shared.model.live import BadQuery, Filter
+from shared.model.live import FAMILIES, BadQuery, Filter
 
 routes = web.RouteTableDef()
 
@@ -40,13 +41,38 @@ def _last_id(request: web.Request) -> int | None:
         if raw is None or not raw.strip():
             continue
         if not raw.strip().isdigit() or len(raw.strip()) > 18:
-            raise Invalid(name, f"{raw[:40]!r} is not an event id (a whole number from an event's `id`)")
+            where = "header" if name == "Last-Event-ID" else "query"
+            raise Invalid(
+                name, f"{raw[:40]!r} is not an event id (a whole number from an event's `id`)", where=where
+            )
         return int(raw.strip())
     return None
 
 
+EVENT_ID = {"type": "string", "pattern": "^[0-9]{1,18}$"}
+QUERY = (
+    text("run", "only about these runs (their ids: repeat, or separate with commas)"),
+    text("job", "only about these jobs' runs (their ids: repeat, or separate with commas)"),
+    text("restore", "only about these restores (their ids: repeat, or separate with commas)"),
+    text("type", f"only these kinds: {', '.join(FAMILIES)} (repeat, or separate with commas)"),
+    Param("last_event_id", "resume after this event id (as the Last-Event-ID header does)", EVENT_ID),
+    Param(
+        "Last-Event-ID",
+        "resume after this event id: a reconnecting EventSource sends the id of the last event it got",
+        EVENT_ID,
+        where="header",
+    ),
+)
+
+
 @routes.get("/api/v1/events")
 @needs(Permission.RUNS_READ)
+@op(
+    "Live events (Server-Sent Events): state changes with ids, progress samples, alerts",
+    query=QUERY,
+    media="text/event-stream",
+    cli="vbm events --json",
+)
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-Sent Events: state changes (with ids), progress samples, alerts; see docs/api.md."""
     known = {"run", "job", "restore", "type", "last_event_id"}

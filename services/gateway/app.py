@@ -6,8 +6,6 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from datetime import datetime
 
 from aiohttp import web
 from pydantic import ValidationError
@@ -28,6 +26,7 @@ from services.gateway import (
     openapi,
 )
 from services.gateway.access import needs
+from services.gateway.answers.service import About, Health, Ready, Services, Where
 from services.gateway.apidoc import op
 from services.gateway.auth import AUTH, AuthState, authorize
 from services.gateway.common import CTX, field_error, json_response, problem
@@ -36,6 +35,7 @@ from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
 from shared.errors import Invalid, StoreError
 from shared.model.access import PUBLIC, Permission
 from shared.runtime.service import Context
+from shared.runtime.status import NAME, Presence, about
 
 log = logging.getLogger(__name__)
 
@@ -48,28 +48,6 @@ KEPT_HEADERS = (
     "Content-Range",
     "ETag",
 )  # what an error's own headers tell the client
-SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
-
-
-@dataclass
-class Presence:
-    """The newest heartbeat of every service instance seen on the bus."""
-
-    interval: float
-    beats: dict[str, ServiceHeartbeat] = field(default_factory=dict)
-
-    def see(self, beat: ServiceHeartbeat) -> None:
-        self.beats[beat.instance] = beat
-
-    def view(self, now: datetime) -> list[dict[str, object]]:
-        rows = []
-        for beat in sorted(self.beats.values(), key=lambda b: (b.service, b.instance)):
-            age = (now - beat.sent_at).total_seconds()
-            up = beat.state != "stopping" and age <= 3 * self.interval
-            rows.append({**beat.model_dump(mode="json"), "age_s": round(age, 1), "up": up})
-        return rows
-
-
 PRESENCE = web.AppKey("presence", Presence)
 
 
@@ -129,11 +107,15 @@ def _detail(request: web.Request, exc: web.HTTPException) -> str:
 
 
 @needs(PUBLIC)
-@op("Where things are: a short page for a browser, JSON for a client", no_cli="see `vbm --help`")
+@op(
+    "Where things are: a short page for a browser, JSON for a client",
+    answer=Where,
+    no_cli="see `vbm --help`",
+)
 async def root(request: web.Request) -> web.Response:
     """`/`: where things are (a browser gets a short page, a client JSON), no key needed."""
     info = {
-        "name": "vSphere Backup Manager",
+        "name": NAME,
         "version": __version__,
         "api": "/api/v1",
         "health": "/healthz",
@@ -156,7 +138,7 @@ async def root(request: web.Request) -> web.Response:
 
 
 @needs(PUBLIC)
-@op("Liveness: the gateway answers", no_cli="a probe for a load balancer or an orchestrator")
+@op("Liveness: the gateway answers", answer=Health, no_cli="a probe for a load balancer or an orchestrator")
 async def healthz(_request: web.Request) -> web.Response:
     return json_response({"status": "ok"})
 
@@ -164,6 +146,7 @@ async def healthz(_request: web.Request) -> web.Response:
 @needs(PUBLIC)
 @op(
     "Readiness: NATS connected and the database answering (503 names what is not)",
+    answer=Ready,
     errors=(503,),
     no_cli="a probe for a load balancer or an orchestrator",
 )
@@ -187,18 +170,19 @@ def _ping_db(ctx: Context) -> None:
 
 
 @needs(PUBLIC)
-@op("The API's name and version", cli="vbm version")
+@op("The API's name and version", answer=About, cli="vbm version --json")
 async def api_root(_request: web.Request) -> web.Response:
-    return json_response({"name": "vSphere Backup Manager", "version": __version__, "api": "v1"})
+    return json_response(about())
 
 
 @needs(Permission.STATUS_READ)
-@op("The services seen on the bus, with their last heartbeat, and those missing", cli="vbm status")
+@op(
+    "The services seen on the bus, with their last heartbeat, and those missing",
+    answer=Services,
+    cli="vbm status --json",
+)
 async def api_services(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    rows = request.app[PRESENCE].view(ctx.clock())
-    seen = {r["service"] for r in rows if r["up"]}
-    return json_response({"services": rows, "missing": [s for s in SERVICES if s not in seen]})
+    return json_response(request.app[PRESENCE].answer(request.app[CTX].clock()))
 
 
 async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:

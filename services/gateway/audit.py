@@ -27,6 +27,8 @@ from aiohttp import web
 from pydantic import ValidationError
 
 from services.gateway.access import identity_of, needs
+from services.gateway.answers.alerts import AuditPage
+from services.gateway.apidoc import choice, number, op, text
 from services.gateway.common import CTX, PROBLEM, in_session, json_response, query_int
 from shared.catalog import audit
 from shared.errors import Invalid, StoreError
@@ -215,8 +217,31 @@ def filters_of(request: web.Request) -> audit.Filters:
     return audit.Filters(result=result, since=since, until=until, **text)
 
 
+QUERY = (
+    text("user", "who: a user (their keys too), os:NAME, system:SERVICE or -"),
+    text("action", "part of the action, e.g. DELETE, login, prune"),
+    text("target", "what, exactly (job:nightly), or a prefix ending in * (job:*)"),
+    text("vm", "part of a VM's name or moref in the target or the parameters"),
+    choice("result", "only those that succeeded, or those refused or failed", ("ok", "error")),
+    text("since", "only records at or after this time (ISO 8601)", format="date-time"),
+    text("until", "only records before this time (ISO 8601, later than since)", format="date-time"),
+    number("limit", "records in a page (default 100; an export: all)", 1, 1000),
+    number("cursor", "the next_cursor of the page before: the records older than it", 1, 2**62),
+    number("offset", "records to skip", 0, 10**9),
+    choice(
+        "format", "json (a page), or an export of everything selected: csv or jsonl", ("json", "csv", "jsonl")
+    ),
+)
+
+
 @routes.get("/api/v1/audit")
 @needs(Permission.AUDIT_READ)
+@op(
+    "The audit log, newest first: a page, or an export (format=csv or jsonl)",
+    query=QUERY,
+    answer=AuditPage,
+    cli="vbm audit ls --json",
+)
 async def get_audit(request: web.Request) -> web.StreamResponse:
     """The audit log, newest first: filters, a page (`limit`, `cursor` or `offset`), or an
     export of everything selected (`format=csv` or `jsonl`, streamed)."""
@@ -231,16 +256,9 @@ async def get_audit(request: web.Request) -> web.StreamResponse:
         return await _export(request, f, form, limit, cursor)
     limit = query_int(request, "limit", 100, 1, 1000)
 
-    def page(s: Any) -> dict[str, Any]:
-        rows = audit.query(s, f, limit=limit, cursor=cursor, offset=offset)
-        more = len(rows) == limit
-        return {
-            "records": [audit.view(r) for r in rows],
-            "total": audit.count(s, f),
-            "next_cursor": rows[-1].id if rows and more else None,
-        }
-
-    return json_response(await in_session(request, page))
+    return json_response(
+        await in_session(request, lambda s: audit.page(s, f, limit=limit, cursor=cursor, offset=offset))
+    )
 
 
 async def _export(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import datetime
-from typing import Literal
+from typing import Any, Literal
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -93,6 +93,15 @@ def list_alerts(
     if vm:
         query = query.where(Alert.vm_name == vm)
     return listing.page(session, query, Alert.created_at, Alert.id, window)
+
+
+FILTERS = ("all", "severity", "kind", "vm")
+
+
+def alerts_page(session: Session, window: Window, **filters: Any) -> dict[str, Any]:
+    """A page of alerts (`list_alerts`' filters) as the API and `vbm alerts ls --json` answer it."""
+    found = list_alerts(session, window, **filters)
+    return found.answer("alerts", [alert_view(a) for a in found.rows], window)
 
 
 def acknowledge(session: Session, alert_id: str, now: datetime) -> Alert | None:

@@ -184,6 +184,19 @@ def query(
     return list(session.scalars(q))
 
 
+def page(
+    session: Session, f: Filters, *, limit: int, cursor: int | None = None, offset: int = 0
+) -> dict[str, Any]:
+    """A page of records as GET /api/v1/audit and `vbm audit ls --json` answer it."""
+    rows = query(session, f, limit=limit, cursor=cursor, offset=offset)
+    more = len(rows) == limit
+    return {
+        "records": [view(r) for r in rows],
+        "total": count(session, f),
+        "next_cursor": rows[-1].id if rows and more else None,
+    }
+
+
 def count(session: Session, f: Filters) -> int:
     return int(session.scalar(select(func.count()).select_from(selection(f).subquery())) or 0)
 

@@ -5,6 +5,7 @@ vbm lab ...            the vCenter simulator on its own, for demos
 vbm db upgrade|status  the database schema
 vbm config             the effective settings, secrets masked
 vbm config-backup|config-restore   vbm's own database and keys, in one encrypted file
+vbm status             the services on the bus, by their heartbeats
 vbm version
 """
 
@@ -29,9 +30,11 @@ from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
 from shared.cli import restore as cli_restore
 from shared.cli import secrets as cli_secrets
+from shared.cli import status as cli_status
 from shared.cli import trail
 from shared.cli import vcenter as cli_vcenter
 from shared.db.existing import NoDatabase, open_existing
+from shared.runtime.status import about
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
 
 
@@ -67,9 +70,11 @@ def _parser() -> argparse.ArgumentParser:
     cli_confbackup.add_parsers(sub)
     cli_audit.add_parsers(sub)
     cli_events.add_parsers(sub)
+    cli_status.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
-    sub.add_parser("version", help="print the version")
+    version = sub.add_parser("version", help="print the version")
+    version.add_argument("--json", action="store_true", help="what GET /api/v1 answers, as JSON")
     return parser
 
 
@@ -89,7 +94,7 @@ def _main(argv: Sequence[str] | None) -> int:
         return lab_main(args_list[1:])
     args = _parser().parse_args(args_list)
     if args.command == "version":
-        print(f"vbm {__version__}")
+        print(json.dumps(about(), indent=2) if args.json else f"vbm {__version__}")
         return 0
     try:
         settings = load_settings()
@@ -134,6 +139,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_audit.run(args, settings)
     if args.command in cli_events.COMMANDS:
         return cli_events.run(args, settings)
+    if args.command in cli_status.COMMANDS:
+        return cli_status.run(args, settings)
     if args.command in ("prune", "gc"):
         return cli_prune.run(args, settings)
     if args.command in cli_confbackup.COMMANDS:

@@ -9,6 +9,7 @@ the actor (`os:alice`) and `cli` as the source.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import getpass
 import json
 import sys
@@ -36,10 +37,19 @@ def add_parsers(sub: Any) -> None:
         parser.add_argument("--since", help="from this time (ISO 8601, UTC when no zone)", **kw)
         parser.add_argument("--until", help="before this time (ISO 8601)", **kw)
         parser.add_argument("--limit", type=int, help="at most this many (default 50; exports: all)", **kw)
-        parser.add_argument("--json", action="store_true", help="one JSON array", **kw)
+        parser.add_argument(
+            "--cursor", type=int, help="the next_cursor of the page before (--json shows it)", **kw
+        )
+        parser.add_argument(
+            "--json", action="store_true", help="the page as GET /api/v1/audit answers it", **kw
+        )
         parser.add_argument("--format", choices=("csv", "jsonl"), help="export to stdout", **kw)
-    acts.add_parser("verify", help="recompute the hash chain; name the first record changed or removed")
-    acts.add_parser("prune", help="remove records older than audit.retention_days (recorded)")
+    verify = acts.add_parser(
+        "verify", help="recompute the hash chain; name the first record changed or removed"
+    )
+    prune = acts.add_parser("prune", help="remove records older than audit.retention_days (recorded)")
+    for parser in (verify, prune):
+        parser.add_argument("--json", action="store_true", help="what was found, as JSON")
 
 
 def actor() -> str:
@@ -62,9 +72,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         sessions = make_sessionmaker(engine)
         if action == "verify":
-            return _verify(sessions)
+            return _verify(sessions, args.json)
         if action == "prune":
-            return _prune(sessions, settings)
+            return _prune(sessions, settings, args.json)
         assert filters is not None
         return _list(sessions, filters, args)
     finally:
@@ -106,25 +116,29 @@ def _list(sessions: Any, filters: Any, args: argparse.Namespace) -> int:
             sys.stdout.write(audit.export_line(row, args.format))
         return 0
     with sessions() as s:
-        rows = audit.query(s, filters, limit=args.limit or 50)
+        page = audit.page(s, filters, limit=args.limit or 50, cursor=args.cursor)
     if args.json:
-        print(json.dumps([audit.view(r) for r in rows], indent=2))
+        print(json.dumps(page, indent=2))
         return 0
+    rows = page["records"]
     for r in rows:
         print(
-            f"{r.id:>7} {r.at:%Y-%m-%d %H:%M:%S} {r.actor:<24} {r.source:<15} {r.action}"
-            f" {r.target or '-'} {r.result}"
+            f"{r['id']:>7} {datetime.fromisoformat(r['at']):%Y-%m-%d %H:%M:%S} {r['actor']:<24}"
+            f" {r['source']:<15} {r['action']} {r['target'] or '-'} {r['result']}"
         )
     if not rows:
         print("no audit records match", file=sys.stderr)
     return 0
 
 
-def _verify(sessions: Any) -> int:
+def _verify(sessions: Any, as_json: bool) -> int:
     from shared.catalog.audit_chain import verify
 
     with sessions() as s:
         v = verify(s)
+    if as_json:
+        print(json.dumps({"ok": v.ok, **dataclasses.asdict(v)}, indent=2))
+        return 0 if v.ok else 1
     if not v.ok:
         print(f"vbm audit verify: BROKEN at record {v.record_id}: {v.problem}", file=sys.stderr)
         return 1
@@ -136,7 +150,7 @@ def _verify(sessions: Any) -> int:
     return 0
 
 
-def _prune(sessions: Any, settings: Settings) -> int:
+def _prune(sessions: Any, settings: Settings, as_json: bool) -> int:
     from shared.catalog.audit_chain import prune
     from shared.clock import utcnow
 
@@ -146,6 +160,9 @@ def _prune(sessions: Any, settings: Settings) -> int:
     except Exception as exc:  # e.g. a PostgreSQL role that may not DELETE from audit_log
         print(f"vbm audit prune: not pruned: {exc}", file=sys.stderr)
         return 1
+    if as_json:
+        print(json.dumps({"retention_days": days, **dataclasses.asdict(done)}, indent=2, default=str))
+        return 0
     print(
         f"{done.deleted} audit record(s) older than {days} days removed;"
         f" record {done.anchor_id} is the chain's anchor now; the prune is record {done.record_id}"

@@ -186,6 +186,16 @@ def channel_view(channel: ChannelSettings, settings: NotificationSettings) -> di
     }
 
 
+def channels_view(settings: NotificationSettings) -> list[dict[str, Any]]:
+    """Every channel without its secrets, as the API and `vbm notify channels --json` show them."""
+    return [channel_view(c, settings) for c in settings.channels]
+
+
+def tested(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """What `send_test` found, as the API and `vbm notify test --json` answer it."""
+    return {"results": results, "ok": all(r["ok"] for r in results)}
+
+
 async def send_test(
     settings: NotificationSettings, now: datetime, name: str | None = None
 ) -> list[dict[str, Any]]:

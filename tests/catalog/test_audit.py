@@ -207,8 +207,9 @@ def test_vbm_audit_lists_exports_verifies_and_prunes(
     listed = _vbm(db_url, tmp_path, "--user", "alice", "--action", "delete")
     assert listed.returncode == 0, listed.stderr
     assert [line.split()[0] for line in listed.stdout.splitlines()] == ["7", "4"]
-    as_json = json.loads(_vbm(db_url, tmp_path, "--result", "error", "--json").stdout)
-    assert [r["id"] for r in as_json] == [5, 1] and as_json[0]["result"] == "404 Not Found"
+    as_json = json.loads(_vbm(db_url, tmp_path, "--result", "error", "--json", "--limit", "1").stdout)
+    assert [r["id"] for r in as_json["records"]] == [5] and as_json["records"][0]["result"] == "404 Not Found"
+    assert (as_json["total"], as_json["next_cursor"]) == (2, 5)  # as GET /api/v1/audit answers
     exported = _vbm(db_url, tmp_path, "--format", "csv", "--until", "2026-01-01T09:02:00Z").stdout
     rows = list(csv.reader(io.StringIO(exported)))
     assert rows[0] == list(audit.COLUMNS) and [r[0] for r in rows[1:]] == ["2", "1"]
@@ -219,6 +220,7 @@ def test_vbm_audit_lists_exports_verifies_and_prunes(
 
     ok = _vbm(db_url, tmp_path, "verify")
     assert ok.returncode == 0 and "intact: 7 records from record 1 to 7" in ok.stdout
+    assert json.loads(_vbm(db_url, tmp_path, "verify", "--json").stdout)["ok"] is True
     pruned = _vbm(db_url, tmp_path, "prune")
     assert pruned.returncode == 0, pruned.stderr
     assert "6 audit record(s) older than 30 days removed; record 7 is the chain's anchor" in pruned.stdout

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from services.gateway.answers.alerts import AuditPage
 from shared.catalog import audit
 from shared.catalog.alerts import raise_alert
 from shared.catalog.audit_chain import verify
@@ -100,6 +101,7 @@ async def test_the_log_is_read_filtered_paged_and_exported(make_api: MakeApi, db
     status, body = await api.call("GET", "/audit?limit=10")
     assert status == 200 and body["total"] == 30 and len(body["records"]) == 10
     assert [r["id"] for r in body["records"]] == list(range(30, 20, -1)) and body["next_cursor"] == 21
+    AuditPage.model_validate(body)
     status, body = await api.call("GET", "/audit?limit=10&cursor=21")
     assert [r["id"] for r in body["records"]] == list(range(20, 10, -1))
     status, body = await api.call("GET", "/audit?limit=5&offset=28")

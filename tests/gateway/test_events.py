@@ -245,6 +245,7 @@ async def test_access_and_bad_queries(make_api: MakeApi, db_url: str) -> None:
         assert status == 422 and body["detail"].startswith(f"{field}:"), (query, body)
     status, body = await api.call("GET", "/events", headers={"Last-Event-ID": "-1"})
     assert status == 422 and body["detail"].startswith("Last-Event-ID:"), body
+    assert body["errors"][0]["in"] == "header"
 
 
 async def test_a_slow_client_is_dropped_not_grown(make_api: MakeApi, db_url: str) -> None:
