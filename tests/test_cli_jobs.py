@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from lab.launcher import Lab
+from services.gateway.answers import runs as answers
 from shared.catalog import apikeys
 from shared.catalog.jobs import job_row
 from shared.cli.jobs import parse_schedule
@@ -185,6 +186,19 @@ def test_run_watch_follows_progress_to_the_end(tmp_path: Path) -> None:
     row = listed.stdout.splitlines()[1].split()
     assert row[:4] == ["rp-20261126T090000Z-0000000a", "lab", "web", "full"] and row[-1] == "pending"
     assert "8.0 MiB    3.0 MiB" in listed.stdout
+    shown = json.loads(vbm(env, "run", "show", "job-w-1", "--json").stdout)
+    assert answers.RunDetail.model_validate(shown).tasks[0].vm_name == "web"
+    page = answers.BackupPage.model_validate_json(vbm(env, "backups", "ls", "--json").stdout)
+    assert page.total == 1 and page.backups[0].vm_name == "web"
+    rp = "rp-20261126T090000Z-0000000a"
+    detail = answers.BackupDetail.model_validate_json(vbm(env, "backups", "show", rp, "--json").stdout)
+    assert detail.manifest is None and detail.manifest_error  # its repository /r is not there
+    asked = [vbm(env, "verify", rp, "--idempotency-key", "K1", "--json") for _ in range(2)]
+    first, again = (answers.VerifyQueued.model_validate_json(a.stdout) for a in asked)
+    assert first == again and "the request this key made before" in asked[1].stderr
+    with sessions() as s:
+        queued = [o for o in s.query(Outbox) if o.subject == "vbm.verify.requested"]
+        assert len(queued) == 1 and first.request_id in queued[0].payload
     zero = vbm(env, "backups", "ls", "--limit", "0")
     assert zero.returncode == 1 and "limit: '0' is not a whole number from 1 to 500" in zero.stderr
     unknown = vbm(env, "run", "watch", "nope")

@@ -6,6 +6,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from services.gateway.access import needs
+from services.gateway.answers.runs import ManifestJson
+from services.gateway.apidoc import op
 from services.gateway.common import CTX, in_session, json_response
 from shared.catalog import locations as locstore
 from shared.catalog import manifest_json
@@ -18,6 +20,12 @@ routes = web.RouteTableDef()
 
 @routes.get("/api/v1/backups/{rp_id}/manifest.json")
 @needs(Permission.BACKUPS_READ)
+@op(
+    "manifest.json of a restore point: every file with its SHA-256",
+    answer=ManifestJson,
+    errors=(503,),
+    cli="vbm backups manifest RESTORE_POINT_ID --json",
+)
 async def get_manifest(request: web.Request) -> web.Response:
     """Every file of the restore point (flat disk images as exported, vmx, nvram, descriptors)
     with `path`, `size_bytes` and `sha256` (null with `sha256_missing` saying why), and vbm's own

@@ -5,40 +5,52 @@ from __future__ import annotations
 import contextlib
 import logging
 from typing import Any
-from urllib.parse import quote
 
 from aiohttp import web
-from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
+from services.gateway.answers import runs as answers
+from services.gateway.apidoc import IDEMPOTENCY_KEY, WINDOW, boolean, choice, number, op, text
 from services.gateway.common import CTX, flag, in_session, json_response, query_int
 from services.gateway.idempotency import answer_once
+from services.gateway.ranges import byte_range, content_disposition
+from shared.catalog import backups, prune, replication, usage
 from shared.catalog import locations as locstore
-from shared.catalog import prune, replication, runlog, usage
 from shared.catalog import runs as runstore
 from shared.catalog.idempotency import Answer
 from shared.catalog.listing import Window
-from shared.clock import iso
-from shared.db.models import Replication, RestorePointRow
 from shared.errors import Invalid
 from shared.model.access import Permission
 from shared.repo import ChunkError, ManifestError, RepoError, read_disk
-from shared.repo.locations import Credentials, check_location, opened
+from shared.repo.locations import CredentialsFor, check_location, opened
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 RUN_FILTERS = ("job", "job_id", "state", "trigger")
 BACKUP_FILTERS = ("vm", "job", "vcenter", "verify")
-
-
-def _paging(page: runstore.Page, total: int) -> dict[str, int]:
-    return {"total": total, "limit": page.limit, "offset": page.offset}
+REPLICATION_FILTERS = ("state", "restore_point")
+RP_SCOPE = (
+    text("job", "only the restore points of this job (id)"),
+    text("vm", "only the restore points of this VM (name or moref)"),
+)
 
 
 @routes.get("/api/v1/runs")
 @needs(Permission.RUNS_READ)
+@op(
+    "Runs, newest first",
+    query=(
+        *WINDOW,
+        text("job", "job id or name"),
+        text("job_id", "job id or name (the same as job)"),
+        text("state", "queued, running, succeeded, warning, failed, cancelled"),
+        text("trigger", "schedule, manual, api, ..."),
+    ),
+    answer=answers.RunPage,
+    cli="vbm run list --json",
+)
 async def list_runs(request: web.Request) -> web.Response:
     """Runs, newest first (`order=asc`), by `job` (id or name; `job_id` too), `state`, `trigger`,
     `since`/`until`; paged by `limit` and `offset` or `cursor`."""
@@ -60,6 +72,7 @@ async def list_runs(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/runs/{run_id}")
 @needs(Permission.RUNS_READ)
+@op("A run with its tasks (progress, ETA)", answer=answers.RunDetail, cli="vbm run show RUN_ID --json")
 async def get_run(request: web.Request) -> web.Response:
     run_id = request.match_info["run_id"]
     return json_response(await in_session(request, lambda s: runstore.run_detail(s, run_id)))
@@ -67,20 +80,34 @@ async def get_run(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/runs/{run_id}/log")
 @needs(Permission.RUNS_READ)
+@op(
+    "What happened to a run, in words",
+    query=(number("after", "only the lines after this line id", 0, 2**62),),
+    answer=answers.RunLog,
+    cli="vbm run log RUN_ID --json",
+)
 async def run_log(request: web.Request) -> web.Response:
     """What happened to the run, in words, oldest first; `?after=<id>` for the lines after one."""
     run_id = request.match_info["run_id"]
     after = query_int(request, "after", 0, 0, 2**62)
 
-    def work(session: Session) -> list[dict[str, Any]]:
-        runstore.get_run(session, run_id)  # 404 for an unknown run
-        return [{**line, "at": iso(line["at"])} for line in runlog.lines(session, run_id, after=after)]
-
-    return json_response({"run_id": run_id, "lines": await in_session(request, work)})
+    return json_response(await in_session(request, lambda s: runstore.log_view(s, run_id, after)))
 
 
 @routes.get("/api/v1/backups")
 @needs(Permission.BACKUPS_READ)
+@op(
+    "Restore points, newest first",
+    query=(
+        *WINDOW,
+        text("vm", "VM name or moref"),
+        text("job", "job id or name"),
+        text("vcenter", "the vCenter's name"),
+        text("verify", "verification state: pending, ok, failed, ..."),
+    ),
+    answer=answers.BackupPage,
+    cli="vbm backups ls --json",
+)
 async def list_backups(request: web.Request) -> web.Response:
     """Restore points, newest first (`order=asc`), by `vm`, `job`, `vcenter`, `verify` (state),
     `since`/`until` (finish time); paged by `limit` and `offset` or `cursor`."""
@@ -103,56 +130,62 @@ async def list_backups(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/replications")
 @needs(Permission.BACKUPS_READ)
+@op(
+    "Copies to secondary repositories (replication), newest first",
+    query=(
+        *WINDOW,
+        choice("state", "only the copies in this state", replication.STATES),
+        text("restore_point", "only the copies of this restore point"),
+    ),
+    answer=answers.ReplicationPage,
+    cli="vbm backups copies --json",
+)
 async def list_replications(request: web.Request) -> web.Response:
-    """Copies to secondary repositories, newest first; `?state=pending|running|done|failed`,
-    `?restore_point=<id>`."""
+    """Copies to secondary repositories by creation time, newest first (`order=asc`);
+    `?state=pending|running|done|failed`, `?restore_point=<id>`, `since`/`until`; paged by
+    `limit` and `offset` or `cursor`."""
     q = request.query
-    page = runstore.Page.parse(q.get("limit"), q.get("offset"))
-    state = q.get("state")
-    if state is not None and state not in replication.STATES:
-        raise Invalid("state", f"{state!r} is not pending, running, done or failed")
+    window = Window.parse(q, REPLICATION_FILTERS)
 
-    def work(session: Session) -> tuple[int, list[dict[str, Any]]]:
-        return replication.listing(
-            session, page.limit, page.offset, state=state, restore_point=q.get("restore_point")
+    def work(session: Session) -> dict[str, Any]:
+        found = replication.listing(
+            session, window, state=q.get("state"), restore_point=q.get("restore_point")
         )
+        return found.answer("replications", [replication.view(r) for r in found.rows], window)
 
-    total, rows = await in_session(request, work)
-    return json_response({"replications": rows, **_paging(page, total)})
+    return json_response(await in_session(request, work))
 
 
 @routes.get("/api/v1/backups/{rp_id}")
 @needs(Permission.BACKUPS_READ)
+@op(
+    "A restore point, its copies and its manifest",
+    answer=answers.BackupDetail,
+    cli="vbm backups show RESTORE_POINT_ID --json",
+)
 async def get_backup(request: web.Request) -> web.Response:
-    rp_id = request.match_info["rp_id"]
-
-    def work(session: Session) -> dict[str, Any]:
-        view = runstore.backup_view(runstore.get_backup(session, rp_id))
-        reps = session.scalars(select(Replication).where(Replication.restore_point_id == rp_id))
-        return {**view, "replications": [replication.view(r) for r in reps]}
-
-    view = await in_session(request, work)
-    manifest: dict[str, Any] | None = None
-    error: str | None = None
-    try:
-        async with opened(view["repository"], _credentials(request, view["repository"])) as repo:
-            manifest = (await repo.load(rp_id)).model_dump(mode="json")
-    except (RepoError, OSError) as exc:
-        error = str(exc)
-    return json_response({**view, "manifest": manifest, "manifest_error": error})
+    """The catalog's view, the copies to secondary repositories, and the manifest as the
+    repository holds it (null, with `manifest_error` saying why, when it cannot be read)."""
+    view = await in_session(request, lambda s: backups.catalogued(s, request.match_info["rp_id"]))
+    return json_response(await backups.with_manifest(view, _lookup(request)))
 
 
 @routes.post("/api/v1/backups/{rp_id}/verify")
 @needs(Permission.BACKUPS_VERIFY)
+@op(
+    "Verify a restore point now",
+    query=(IDEMPOTENCY_KEY,),
+    answer=answers.VerifyQueued,
+    status=202,
+    cli="vbm verify RESTORE_POINT_ID --json",
+)
 async def verify_backup(request: web.Request) -> web.Response:
     """Verify a restore point now (every chunk read); the result lands on the restore point."""
     ctx = request.app[CTX]
     rp_id = request.match_info["rp_id"]
 
     def start(session: Session) -> Answer:
-        request_id = runstore.request_verify(session, rp_id, ctx.clock())
-        body = {"request_id": request_id, "restore_point_id": rp_id, "status": "queued"}
-        return Answer(202, body, f"/api/v1/backups/{rp_id}")
+        return Answer(202, runstore.verify_request(session, rp_id, ctx.clock()), f"/api/v1/backups/{rp_id}")
 
     answer = await answer_once(request, start)  # an Idempotency-Key: a retry starts nothing twice
     ctx.relay.kick()
@@ -161,6 +194,15 @@ async def verify_backup(request: web.Request) -> web.Response:
 
 @routes.get("/api/v1/backups/{rp_id}/disks/{disk}")
 @needs(Permission.RESTORES_RUN)
+@op(
+    "A disk of a restore point as a raw image",
+    description="200 with the whole disk, or 206 with the one `Range: bytes=a-b` (also `a-`, `-n`) asked"
+    " for, with `Content-Range`; 416 when the range is outside the disk or not one range of bytes."
+    " HEAD answers the size. A damaged chunk ends the transfer early (a short body).",
+    media="application/octet-stream",
+    errors=(416, 503),
+    cli="vbm backups download RESTORE_POINT_ID --disk DISK --json",
+)
 async def download_disk(request: web.Request) -> web.StreamResponse:
     """A disk of a restore point as a raw image, streamed and verified chunk by chunk.
 
@@ -179,7 +221,7 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
     async with contextlib.AsyncExitStack() as stack:  # the repository closes when the response ends
         try:
             repo = await stack.enter_async_context(
-                opened(row["repository"], _credentials(request, row["repository"]))
+                opened(row["repository"], _lookup(request)(row["repository"]))
             )
             rp = await repo.load(rp_id)
             disk = rp.disk(ref)
@@ -188,7 +230,7 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
         except (RepoError, OSError) as exc:
             raise web.HTTPServiceUnavailable(text=f"repository {row['repository']}: {exc}") from None
         size = disk.capacity
-        span = _range(request.headers.get("Range"), size)
+        span = byte_range(request.headers.get("Range"), size)
         offset, length = span if span is not None else (0, size)
         headers = {
             "Content-Type": "application/octet-stream",
@@ -217,41 +259,14 @@ async def download_disk(request: web.Request) -> web.StreamResponse:
         return resp
 
 
-def content_disposition(filename: str) -> str:
-    """RFC 6266: an ASCII `filename` for old clients, the exact name as RFC 5987 `filename*`."""
-    fallback = "".join(c if c.isascii() and c.isprintable() and c not in '"\\/;' else "_" for c in filename)
-    return f"attachment; filename=\"{fallback}\"; filename*=UTF-8''{quote(filename, safe='')}"
-
-
-def _unsatisfiable(size: int, detail: str) -> web.HTTPRequestRangeNotSatisfiable:
-    return web.HTTPRequestRangeNotSatisfiable(text=detail, headers={"Content-Range": f"bytes */{size}"})
-
-
-def _range(header: str | None, size: int) -> tuple[int, int] | None:
-    """(offset, length) of a single `bytes=` range; None for no header; 416 when unsatisfiable."""
-    if not header:
-        return None
-    unit, _, spec = header.partition("=")
-    if unit.strip() != "bytes" or "," in spec:
-        raise _unsatisfiable(size, "only one range in bytes is supported")
-    first, _, last = spec.strip().partition("-")
-    try:
-        if first == "":
-            n = int(last)
-            start, end = max(0, size - n), size - 1
-        else:
-            start = int(first)
-            end = int(last) if last else size - 1
-    except ValueError:
-        raise _unsatisfiable(size, f"range {header!r} is malformed") from None
-    end = min(end, size - 1)
-    if start >= size or start > end or start < 0:
-        raise _unsatisfiable(size, f"range {header!r} is outside the disk ({size} bytes)")
-    return start, end - start + 1
-
-
 @routes.get("/api/v1/prune")
 @needs(Permission.PRUNE_READ)
+@op(
+    "What retention does now to each restore point (nothing is removed)",
+    query=RP_SCOPE,
+    answer=answers.PrunePreview,
+    cli="vbm prune --dry-run --json",
+)
 async def prune_preview(request: web.Request) -> web.Response:
     """Every restore point (of `?job=`, `?vm=`, or all): keep or remove now, and the rule."""
     ctx = request.app[CTX]
@@ -265,6 +280,12 @@ async def prune_preview(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/prune")
 @needs(Permission.PRUNE_RUN)
+@op(
+    "Remove the restore points retention lets go",
+    query=RP_SCOPE,
+    answer=answers.PruneDone,
+    cli="vbm prune --json",
+)
 async def prune_now(request: web.Request) -> web.Response:
     """Remove what the preview removes (manifests and catalog rows; `POST /api/v1/gc` after)."""
     ctx = request.app[CTX]
@@ -275,6 +296,16 @@ async def prune_now(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/gc")
 @needs(Permission.PRUNE_RUN)
+@op(
+    "Reclaim the chunks no restore point references",
+    query=(
+        text("repository", "only this repository (default: every one, and the secondaries)"),
+        boolean("dry_run", "count what would be freed, delete nothing"),
+    ),
+    answer=answers.GCDone,
+    errors=(409,),
+    cli="vbm gc --json",
+)
 async def gc_now(request: web.Request) -> web.Response:
     """Garbage-collect `?repository=` (default: every repository in the catalog, and the
     secondaries copies went to); `?dry_run=true`."""
@@ -292,65 +323,48 @@ async def gc_now(request: web.Request) -> web.Response:
     for location in locations:
         try:
             r = await prune.collect_garbage(
-                ctx.sessions, location, _credentials(request, location), ctx.clock(), dry_run=dry
+                ctx.sessions, location, _lookup(request)(location), ctx.clock(), dry_run=dry
             )
         except RepoError as exc:
             raise web.HTTPConflict(text=f"{location}: {exc}") from None
-        out.append(
-            {
-                "repository": location,
-                "restore_points": r.restore_points,
-                "chunks_referenced": r.chunks_referenced,
-                "chunks_removed": r.chunks_removed,
-                "bytes_removed": r.bytes_removed,
-                "chunks_spared_young": r.chunks_spared_young,
-                "leftovers_removed": r.leftovers_removed,
-                "chunks_put_back": r.chunks_put_back,
-                "stopped_early": r.stopped_early,
-                "dry_run": dry,
-            }
-        )
+        out.append(prune.gc_view(location, r, dry))
     return json_response({"repositories": out})
 
 
-def _credentials(request: web.Request, location: str) -> Credentials:
-    """What `location` is opened with: a stored location's credentials, else the settings'
+def _lookup(request: web.Request) -> CredentialsFor:
+    """What a location is opened with: a stored location's credentials, else the settings'
     (Misconfigured, a RepoError, when the stored ones cannot be decrypted)."""
     ctx = request.app[CTX]
-    return locstore.lookup(ctx.settings, ctx.sessions)(location)
-
-
-def _names(session: Session) -> list[str]:
-    return sorted(set(session.scalars(select(RestorePointRow.repository).distinct())))
+    return locstore.lookup(ctx.settings, ctx.sessions)
 
 
 @routes.get("/api/v1/repositories")
 @needs(Permission.REPOSITORIES_READ)
+@op(
+    "Repositories: used, free, per VM and job, growth",
+    answer=answers.Repositories,
+    cli="vbm repo usage --json",
+)
 async def repositories(request: web.Request) -> web.Response:
     """Every repository in the catalog: used, free, stored vs logical, per VM and per job, and
     the daily samples (growth), as of the latest stored sample (`sampled_at`; the verifier
     samples every `verify.usage_seconds`). Nothing is measured or written here: `POST
     /api/v1/repositories/measure` measures now."""
 
-    def work(session: Session) -> list[dict[str, Any]]:
-        return [
-            {**usage.view(session, location), "samples": usage.samples(session, location)}
-            for location in _names(session)
-        ]
-
-    return json_response({"repositories": await in_session(request, work)})
+    return json_response({"repositories": await in_session(request, usage.listing)})
 
 
 @routes.post("/api/v1/repositories/measure")
 @needs(Permission.REPOSITORIES_MEASURE)
+@op("Measure every repository now", answer=answers.Measured, cli="vbm repo measure --json")
 async def measure_repositories(request: web.Request) -> web.Response:
     """Measure every repository in the catalog now (the chunk objects are listed), store the
     samples (alerting at the threshold) and answer as the GET does, with the ratios."""
     ctx = request.app[CTX]
     out = []
-    for location in await in_session(request, _names):
+    for location in await in_session(request, usage.locations):
         try:
-            measured = await usage.measure(location, _credentials(request, location))
+            measured = await usage.measure(location, _lookup(request)(location))
         except (RepoError, OSError) as exc:
             out.append({"repository": location, "error": str(exc)})
             continue
@@ -358,9 +372,8 @@ async def measure_repositories(request: web.Request) -> web.Response:
         def view(
             session: Session, location: str = location, measured: dict[str, int | None] = measured
         ) -> Any:
-            now = ctx.clock()
-            info = usage.record(session, location, measured, ctx.settings.verify.usage_alert_percent, now)
-            return {**info, "sampled_at": iso(now), "samples": usage.samples(session, location)}
+            threshold = ctx.settings.verify.usage_alert_percent
+            return usage.recorded(session, location, measured, threshold, ctx.clock())
 
         out.append(await in_session(request, view, write=True))
     ctx.relay.kick()
@@ -369,6 +382,11 @@ async def measure_repositories(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/backups/{rp_id}/pin")
 @needs(Permission.BACKUPS_PIN)
+@op(
+    "Pin a restore point: retention keeps it",
+    answer=answers.BackupAnswer,
+    cli="vbm backups pin RESTORE_POINT_ID --json",
+)
 async def pin_backup(request: web.Request) -> web.Response:
     """Pin a restore point: retention never removes it (until unpinned)."""
     return await _pin(request, True)
@@ -376,6 +394,11 @@ async def pin_backup(request: web.Request) -> web.Response:
 
 @routes.post("/api/v1/backups/{rp_id}/unpin")
 @needs(Permission.BACKUPS_PIN)
+@op(
+    "Unpin a restore point: retention decides again",
+    answer=answers.BackupAnswer,
+    cli="vbm backups unpin RESTORE_POINT_ID --json",
+)
 async def unpin_backup(request: web.Request) -> web.Response:
     return await _pin(request, False)
 
@@ -383,9 +406,6 @@ async def unpin_backup(request: web.Request) -> web.Response:
 async def _pin(request: web.Request, pinned: bool) -> web.Response:
     rp_id = request.match_info["rp_id"]
 
-    def work(session: Session) -> dict[str, Any]:
-        row = runstore.get_backup(session, rp_id)
-        row.pinned = pinned
-        return runstore.backup_view(row)
-
-    return json_response(await in_session(request, work, write=True))
+    return json_response(
+        await in_session(request, lambda s: runstore.set_pinned(s, rp_id, pinned), write=True)
+    )

@@ -307,3 +307,20 @@ async def collect_garbage(
                 return gc_cutoff(s, now) - extra
 
         return await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)
+
+
+def gc_view(location: str, report: Any, dry_run: bool) -> dict[str, Any]:
+    """One repository's GC report (shared/repo/gc.py: GCReport), as `POST /api/v1/gc` and
+    `vbm gc --json` give it."""
+    return {
+        "repository": location,
+        "restore_points": report.restore_points,
+        "chunks_referenced": report.chunks_referenced,
+        "chunks_removed": report.chunks_removed,
+        "bytes_removed": report.bytes_removed,
+        "chunks_spared_young": report.chunks_spared_young,
+        "leftovers_removed": report.leftovers_removed,
+        "chunks_put_back": report.chunks_put_back,
+        "stopped_early": report.stopped_early,
+        "dry_run": dry_run,
+    }

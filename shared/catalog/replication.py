@@ -16,12 +16,14 @@ import hashlib
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from shared.clock import aware
+from shared.catalog.listing import Paged, Window, page
+from shared.clock import aware, iso
 from shared.contracts import ReplicateRequested
 from shared.db.models import Replication
+from shared.errors import Invalid
 from shared.runtime.outbox import stage
 
 MAX_ATTEMPTS = 5
@@ -94,25 +96,19 @@ STATES = ("pending", "running", "done", "failed")
 
 
 def listing(
-    session: Session,
-    limit: int,
-    offset: int = 0,
-    *,
-    state: str | None = None,
-    restore_point: str | None = None,
-) -> tuple[int, list[dict[str, Any]]]:
-    """(total, views) of copies newest first, of one state and/or one restore point; the API's
-    `GET /api/v1/replications` and `vbm backups copies`."""
+    session: Session, window: Window, *, state: str | None = None, restore_point: str | None = None
+) -> Paged:
+    """Copies by creation time (newest first unless the window says asc), of one state and/or
+    one restore point, in a window (shared/catalog/listing.py); the API's
+    `GET /api/v1/replications` and `vbm backups copies`. Invalid for an unknown state."""
     if state is not None and state not in STATES:
-        raise ValueError(f"{state!r} is not pending, running, done or failed")
+        raise Invalid("state", f"{state!r} is not pending, running, done or failed", where="query")
     query = select(Replication)
     if state:
         query = query.where(Replication.state == state)
     if restore_point:
         query = query.where(Replication.restore_point_id == restore_point)
-    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    rows = session.scalars(query.order_by(Replication.created_at.desc()).limit(limit).offset(offset))
-    return total, [view(r) for r in rows]
+    return page(session, query, Replication.created_at, Replication.id, window)
 
 
 def view(rep: Replication) -> dict[str, Any]:
@@ -125,7 +121,8 @@ def view(rep: Replication) -> dict[str, Any]:
         "chunks_sent": rep.chunks_sent,
         "bytes_sent": rep.bytes_sent,
         "error": rep.error,
-        "updated_at": rep.updated_at.isoformat(),
-        "finished_at": rep.finished_at.isoformat() if rep.finished_at else None,
-        "next_try_at": rep.next_try_at.isoformat() if rep.next_try_at else None,
+        "created_at": iso(rep.created_at),
+        "updated_at": iso(rep.updated_at),
+        "finished_at": iso(rep.finished_at),
+        "next_try_at": iso(rep.next_try_at),
     }

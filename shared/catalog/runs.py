@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, func, or_, select
+from sqlalchemy import or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -17,40 +16,10 @@ from shared.clock import iso
 from shared.contracts import RUN_FINAL as FINISHED
 from shared.contracts import JobRequested, VerifyRequested
 from shared.db.models import Job, RestorePointRow, Run, Task
-from shared.errors import Invalid, NotFound
+from shared.errors import NotFound
 from shared.model.jobs import Trigger
 from shared.model.schedules import run_id_for
 from shared.runtime.outbox import stage
-
-MAX_LIMIT = 500
-
-
-@dataclass(frozen=True)
-class Page:
-    limit: int = 50
-    offset: int = 0
-
-    @classmethod
-    def parse(cls, limit: str | None, offset: str | None) -> Page:
-        """From query strings; Invalid names the parameter."""
-        return cls(_int("limit", limit, 50, 1, MAX_LIMIT), _int("offset", offset, 0, 0, 10**9))
-
-
-def _int(field: str, text: str | None, default: int, low: int, high: int) -> int:
-    if text is None or text == "":
-        return default
-    if not (text.isascii() and text.lstrip("-").isdigit()):
-        raise Invalid(field, f"{text!r} is not an integer")
-    value = int(text)
-    if not low <= value <= high:
-        raise Invalid(field, f"must be between {low} and {high}, not {value}")
-    return value
-
-
-def _paged(session: Session, query: Select[Any], page: Page) -> tuple[int, list[Any]]:
-    total = session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
-    rows = list(session.scalars(query.limit(page.limit).offset(page.offset)))
-    return int(total), rows
 
 
 def run_view(run: Run) -> dict[str, Any]:
@@ -141,6 +110,14 @@ def run_detail(session: Session, run_id: str) -> dict[str, Any]:
     return {**run_view(run), "tasks": [task_view(t) for t in tasks]}
 
 
+def log_view(session: Session, run_id: str, after: int = 0) -> dict[str, Any]:
+    """The run's log after line `after`, as `GET /api/v1/runs/{id}/log` and `vbm run log --json`
+    give it (NotFound for an unknown run)."""
+    get_run(session, run_id)
+    lines = [{**line, "at": iso(line["at"])} for line in runlog.lines(session, run_id, after=after)]
+    return {"run_id": run_id, "lines": lines}
+
+
 def backup_view(row: RestorePointRow) -> dict[str, Any]:
     return {
         "id": row.id,
@@ -207,6 +184,19 @@ def request_verify(session: Session, rp_id: str, now: datetime) -> str:
     row.verify_requested_at = now
     stage(session, VerifyRequested(occurred_at=now, request_id=request_id, restore_point_id=rp_id), now)
     return request_id
+
+
+def verify_request(session: Session, rp_id: str, now: datetime) -> dict[str, Any]:
+    """`request_verify`, answered as `POST /api/v1/backups/{id}/verify` and `vbm verify` do."""
+    request_id = request_verify(session, rp_id, now)
+    return {"request_id": request_id, "restore_point_id": rp_id, "status": "queued"}
+
+
+def set_pinned(session: Session, rp_id: str, pinned: bool) -> dict[str, Any]:
+    """Pin (retention never removes it) or unpin a restore point; its view after."""
+    row = get_backup(session, rp_id)
+    row.pinned = pinned
+    return backup_view(row)
 
 
 def request_run(

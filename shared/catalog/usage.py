@@ -115,6 +115,27 @@ def view(session: Session, location: str) -> dict[str, Any]:
     return {**out, "sampled_at": iso(latest.sampled_at)}
 
 
+def listing(session: Session) -> list[dict[str, Any]]:
+    """Every repository of the catalog with its daily samples, as of the latest sample (`GET
+    /api/v1/repositories`, `vbm repo usage`)."""
+    return [
+        {**view(session, location), "samples": samples(session, location)} for location in locations(session)
+    ]
+
+
+def locations(session: Session) -> list[str]:
+    """Every repository the catalog names (its restore points')."""
+    return sorted(set(session.scalars(select(RestorePointRow.repository).distinct())))
+
+
+def recorded(
+    session: Session, location: str, measured: dict[str, int | None], threshold: float, now: datetime
+) -> dict[str, Any]:
+    """`record`, answered as a listed repository is (`POST /api/v1/repositories/measure`)."""
+    info = record(session, location, measured, threshold, now)
+    return {**info, "sampled_at": iso(now), "samples": samples(session, location)}
+
+
 def _view(
     location: str,
     rows: list[RestorePointRow],

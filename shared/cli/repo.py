@@ -6,6 +6,8 @@ ls                         restore points
 check [--read-data[=F]]    structure check; with --read-data re-hash all or a fraction F
 cat-manifest ID            a restore point's manifest as JSON
 export ID [--disk N] [-o FILE]   a disk as a raw image (sparse file, or stdout with -o -)
+usage [--json]             every repository of the catalog: used, free, per VM and job, growth
+measure [--json]           measure every repository of the catalog now (stores a sample)
 """
 
 from __future__ import annotations
@@ -68,6 +70,12 @@ def add_parser(sub: Any) -> None:
     exp.add_argument("id")
     exp.add_argument("--disk", type=int, default=0, help="disk device key or index (default 0)")
     exp.add_argument("-o", "--output", default="-", help="file to write, or - for stdout")
+    for name, text in (
+        ("usage", "every repository of the catalog: used, free, stored vs logical (latest sample)"),
+        ("measure", "measure every repository of the catalog now and store the sample"),
+    ):
+        act = actions.add_parser(name, help=text)
+        act.add_argument("--json", action="store_true", help=f"as JSON (as the API's {name})")
 
 
 def _fraction(text: str) -> float:
@@ -78,6 +86,10 @@ def _fraction(text: str) -> float:
 
 
 def run(args: argparse.Namespace, default_location: str, credentials: Credentials | CredentialsFor) -> int:
+    if args.repo_command in ("usage", "measure"):  # of the catalog's repositories, not one location
+        from shared.cli.usage import run as usage_run
+
+        return usage_run(args)
     given = [g for g in (args.repo, getattr(args, "repo_here", None), getattr(args, "location", None)) if g]
     if len(set(given)) > 1:
         print(f"vbm repo: two locations given ({', '.join(given)}): give one", file=sys.stderr)
@@ -111,7 +123,12 @@ async def _run(args: argparse.Namespace, location: str, lookup: Credentials | Cr
             print(rp.model_dump_json(indent=2))
             return 0
         if action == "export":
-            return await _export(repo, args.id, args.disk, args.output)
+            written = await export_disk(repo, args.id, args.disk, args.output)
+            print(
+                f"sha256 {written['sha256']}  disk {written['disk']} of {written['restore_point']}",
+                file=sys.stderr,
+            )
+            return 0
     raise AssertionError(action)
 
 
@@ -225,7 +242,9 @@ async def _check(
     return 0 if report.ok else 1
 
 
-async def _export(repo: Repository, rp_id: str, disk_ref: int, output: str) -> int:
+async def export_disk(repo: Repository, rp_id: str, disk_ref: int, output: str) -> dict[str, Any]:
+    """Write a disk as a raw image to `output` (a sparse file, or stdout for -); what was
+    written: restore point, disk key, output, size_bytes, sha256."""
     rp = await repo.load(rp_id)
     disk = rp.disk(disk_ref)
     digest = hashlib.sha256()
@@ -252,5 +271,10 @@ async def _export(repo: Repository, rp_id: str, disk_ref: int, output: str) -> i
             os.fsync(fh.fileno())
         os.replace(tmp, output)
     bar.done()
-    print(f"sha256 {digest.hexdigest()}  disk {disk.key} of {rp.id}", file=sys.stderr)
-    return 0
+    return {
+        "restore_point": rp.id,
+        "disk": disk.key,
+        "output": output,
+        "size_bytes": disk.capacity,
+        "sha256": digest.hexdigest(),
+    }

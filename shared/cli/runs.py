@@ -1,4 +1,5 @@
-"""`vbm run list|watch|cancel|log`: runs on the terminal.
+"""`vbm run list|show|watch|cancel|log`: runs on the terminal; `--json` prints what the REST API
+answers (GET /api/v1/runs, /runs/{id}, /runs/{id}/log, POST /runs/{id}/cancel).
 
 `vbm run watch RUN_ID` shows a run's tasks as progress bars, refreshed from the database.
 
@@ -20,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from shared.catalog import jobs as jobstore
 from shared.catalog import runs as runstore
 from shared.catalog.listing import Window
-from shared.catalog.runs import eta_seconds, get_run, run_view
+from shared.catalog.runs import eta_seconds, get_run
 from shared.contracts import RUN_FINAL as FINISHED
 from shared.contracts import TASK_FINAL
 from shared.db.models import Run, Task
@@ -36,15 +37,30 @@ def add_parsers(sub: Any) -> None:
     run_acts = run.add_subparsers(dest="run_command", required=True, metavar="ACTION")
     listing = run_acts.add_parser("list", help="newest runs first")
     listing.add_argument("--job", help="only runs of this job (id or name)")
+    listing.add_argument("--state", help="only runs in this state (queued, running, succeeded, failed, ...)")
     listing.add_argument("--limit", type=int, default=20)
+    _json(listing, "the page as JSON (as GET /api/v1/runs)")
+    show = run_acts.add_parser("show", help="a run and its tasks")
+    show.add_argument("run_id")
+    _json(show, "the run as JSON (as GET /api/v1/runs/{id})")
     w = run_acts.add_parser("watch", help="progress bars until the run ends; exit 0 if it succeeded")
     w.add_argument("run_id")
     cancel = run_acts.add_parser("cancel", help="stop a run (its snapshots are removed)")
     cancel.add_argument("run_id")
-    cancel.add_argument("--json", action="store_true", help="the run as JSON (as the REST API answers it)")
+    _json(cancel, "the run as JSON (as POST /api/v1/runs/{id}/cancel)")
     log = run_acts.add_parser("log", help="what happened to a run, in words")
     log.add_argument("run_id")
     log.add_argument("--follow", "-f", action="store_true", help="keep printing new lines until it ends")
+    _json(log, "the lines as JSON (as GET /api/v1/runs/{id}/log); not with --follow")
+
+
+def _json(parser: Any, what: str) -> None:
+    parser.add_argument("--json", action="store_true", help=what)
+
+
+def print_json(document: Any) -> None:
+    """What a command prints with --json: the API's answer, and nothing else on stdout."""
+    print(json.dumps(document, indent=2))
 
 
 def dispatch(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
@@ -52,16 +68,22 @@ def dispatch(args: argparse.Namespace, sessions: sessionmaker[Session]) -> int:
     if args.run_command == "watch":
         return watch(sessions, args.run_id)
     if args.run_command == "log":
+        if args.json:
+            with sessions() as s:
+                print_json(runstore.log_view(s, args.run_id))
+            return 0
         return run_log(sessions, args.run_id, args.follow)
+    if args.run_command == "show":
+        return run_show(sessions, args.run_id, args.json)
     if args.run_command == "cancel":
         with sessions.begin() as s:
-            run = run_view(jobstore.cancel_run(s, args.run_id))
+            view = runstore.run_view(jobstore.cancel_run(s, args.run_id))
         if args.json:
-            print(json.dumps(run, indent=2))
+            print_json(view)
         else:
             print(f"cancel requested for run {args.run_id}; its movers stop within a second")
         return 0
-    return run_list(sessions, args.job, args.limit)
+    return run_list(sessions, args.job, args.limit, args.state, args.json)
 
 
 def _eta(seconds: float | None) -> str:
@@ -139,12 +161,35 @@ def when(text: str | None) -> str:
     return text[:19].replace("T", " ") if text else "-"
 
 
-def run_list(sessions: sessionmaker[Session], job: str | None, limit: int) -> int:
+def run_show(sessions: sessionmaker[Session], run_id: str, as_json: bool) -> int:
+    """The run and its tasks: as JSON, or as `watch` draws it once."""
+    with sessions() as s:
+        if as_json:
+            print_json(runstore.run_detail(s, run_id))
+            return 0
+        run, tasks = get_run(s, run_id)
+        several = len({t.vcenter for t in tasks}) > 1
+        for line in (run_line(run), *(task_line(t, several) for t in tasks)):
+            print(line)
+    return 0
+
+
+def run_list(
+    sessions: sessionmaker[Session],
+    job: str | None,
+    limit: int,
+    state: str | None = None,
+    as_json: bool = False,
+) -> int:
     with sessions() as s:
         job_id = jobstore.find_job(s, job).id if job else None
-        found = runstore.list_runs(s, Window.parse({"limit": str(limit)}), job=job_id)
+        window = Window.parse({"limit": str(limit)})
+        found = runstore.list_runs(s, window, job=job_id, state=state)
         total, runs = found.total, found.rows
         views = [runstore.run_view(r) for r in runs]
+    if as_json:
+        print_json(found.answer("runs", views, window))
+        return 0
     print(f"{'run':<44} {'state':<10} {'trigger':<9} created")
     for r in views:
         print(f"{r['id']:<44} {r['state']:<10} {r['trigger']:<9} {when(r['created_at'])}")

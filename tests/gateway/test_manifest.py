@@ -8,6 +8,7 @@ import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 
+from services.gateway.answers.runs import ManifestJson
 from shared.catalog import apikeys
 from shared.catalog.points import record_restore_point
 from shared.clock import utcnow
@@ -68,6 +69,7 @@ async def test_manifest_json(make_api: MakeApi, tmp_path: Path) -> None:
         "mover",
     )
     assert body["vbm"]["restore_point"] == rp.id and body["vbm"]["chunk_hash"] == "blake3"
+    ManifestJson.model_validate(body)
 
     # not computed yet (an incremental before verification): null, and why
     with api.ctx.sessions.begin() as s:
@@ -77,6 +79,7 @@ async def test_manifest_json(make_api: MakeApi, tmp_path: Path) -> None:
     status, body = await api.call("GET", f"/backups/{rp.id}/manifest.json")
     missing = {"sha256": None, "sha256_missing": sha.INCREMENTAL}
     assert body["files"][0] == {"path": "web/web-flat.vmdk", "size_bytes": len(data), **missing}
+    ManifestJson.model_validate(body)
     # ... unless the repository's object next to the manifest has it
     assert await sha.write_sums(repo, rp.id, {"2000": entry})
     status, body = await api.call("GET", f"/backups/{rp.id}/manifest.json")

@@ -7,6 +7,8 @@ from pathlib import Path
 
 from sqlalchemy import select
 
+from services.gateway.answers import runs as answers
+from shared.catalog import runlog
 from shared.catalog.jobs import job_row
 from shared.db.models import RestorePointRow, Run, Task
 from shared.db.usage import UsageSample
@@ -73,6 +75,7 @@ async def test_runs_filters_paging_and_detail(make_api: MakeApi, db_url: str) ->
     seed_runs(api)
     status, page = await api.call("GET", "/runs?limit=2")
     assert status == 200 and (page["total"], page["limit"], page["offset"]) == (5, 2, 0)
+    answers.RunPage.model_validate(page)
     assert [r["id"] for r in page["runs"]] == ["job-a-r3", "job-a-r2"]
     page = (await api.call("GET", "/runs?limit=2&offset=4"))[1]
     assert [r["id"] for r in page["runs"]] == ["job-b-r0"] and page["total"] == 5
@@ -112,6 +115,11 @@ async def test_runs_filters_paging_and_detail(make_api: MakeApi, db_url: str) ->
 
     status, run = await api.call("GET", "/runs/job-a-r3")
     assert status == 200 and run["state"] == "running" and not run["finished"]
+    answers.RunDetail.model_validate(run)
+    with api.ctx.sessions.begin() as s:
+        runlog.write(s, "job-a-r3", "vm2 is being read", T0, task_id="job-a-r3.vm2")
+    log = answers.RunLog.model_validate((await api.call("GET", "/runs/job-a-r3/log"))[1])
+    assert [line.message for line in log.lines] == ["vm2 is being read"]
     tasks = {t["vm_name"]: t for t in run["tasks"]}
     assert tasks["vm2"]["eta_s"] == 4.0 and tasks["vm2"]["bytes_done"] == 256 << 20
     assert tasks["vm1"]["eta_s"] is None and tasks["vm1"]["finished_at"] == "2026-11-26T09:00:00Z"
@@ -148,6 +156,7 @@ async def test_backups_catalog_and_manifest(make_api: MakeApi, db_url: str, tmp_
 
     status, page = await api.call("GET", "/backups")
     assert status == 200 and page["total"] == 2
+    answers.BackupPage.model_validate(page)
     assert [b["vm_name"] for b in page["backups"]] == ["vm2", "vm1"]
     assert [b["id"] for b in (await api.call("GET", "/backups?vm=vm-1"))[1]["backups"]] == [rp.id]
     assert [b["id"] for b in (await api.call("GET", "/backups?job=job-b&limit=1"))[1]["backups"]] == [
@@ -158,8 +167,10 @@ async def test_backups_catalog_and_manifest(make_api: MakeApi, db_url: str, tmp_
     status, detail = await api.call("GET", f"/backups/{rp.id}")
     assert status == 200 and detail["manifest"]["id"] == rp.id and detail["manifest_error"] is None
     assert detail["manifest"]["disks"][0]["key"] == 2000
+    answers.BackupDetail.model_validate(detail)
     status, detail = await api.call("GET", "/backups/rp-20261126T100000Z-00000002")
     assert status == 200 and detail["manifest"] is None and "not a vbm repository" in detail["manifest_error"]
+    answers.BackupDetail.model_validate(detail)
     status, problem = await api.call("GET", "/backups/rp-nope")
     assert status == 404 and problem["detail"] == "no restore point 'rp-nope'"
 
@@ -244,6 +255,7 @@ async def test_verify_request_is_queued(make_api: MakeApi, tmp_path: Path) -> No
     rp_id, _ = await _one_point(api, tmp_path, b"x" * 1000)
     status, body = await api.call("POST", f"/backups/{rp_id}/verify")
     assert status == 202 and body["status"] == "queued" and body["request_id"].startswith("verify-")
+    answers.VerifyQueued.model_validate(body)
     with api.ctx.sessions() as s:
         row = s.get(RestorePointRow, rp_id)
         assert row is not None and row.verify_requested_at is not None
@@ -266,23 +278,29 @@ async def test_prune_preview_and_repository_usage(make_api: MakeApi, tmp_path: P
     assert body["restore_points"][0]["rule"] == "keep-last"  # the default policy: keep_last 14
     # no schedule: expected to go after 14 more daily backups
     assert body["restore_points"][0]["expires_at"].startswith("2026-")
+    answers.PrunePreview.model_validate(body)
     status, body = await api.call("GET", "/repositories")  # not measured yet: nothing written
     assert status == 200 and body["repositories"][0]["sampled_at"] is None
+    answers.Repositories.model_validate(body)
     with api.ctx.sessions() as s:
         assert s.scalars(select(UsageSample)).first() is None
     status, body = await api.call("POST", "/repositories/measure")
     assert status == 200
+    answers.Measured.model_validate(body)
     (repo,) = body["repositories"]
     assert repo["repository"] == str(repo_dir) and repo["restore_points"] == 1
     assert repo["stored"] > 100 * 1024 and repo["logical"] == 100 * 1024 and repo["total"] > 0
     assert repo["samples"][0]["stored"] == repo["stored"]
     assert repo["dedup_ratio"] == 1.0 and 0.9 < repo["compression_ratio"] <= 1.0  # random data
     status, body = await api.call("GET", "/repositories")  # the latest sample
-    (stored,) = body["repositories"]
+    (stored,) = answers.Repositories.model_validate(body).model_dump()["repositories"]
     kept = ("stored", "logical", "total", "samples", "dedup_ratio", "compression_ratio")
     assert {k: stored[k] for k in kept} == {k: repo[k] for k in kept}
     status, body = await api.call("POST", "/gc?dry_run=true")
     assert status == 200 and body["repositories"][0]["chunks_removed"] == 0
+    answers.GCDone.model_validate(body)
+    status, body = await api.call("POST", "/prune?vm=nobody")
+    assert status == 200 and answers.PruneDone.model_validate(body).removed == []
 
 
 async def test_pin_and_unpin(make_api: MakeApi, tmp_path: Path) -> None:
@@ -292,6 +310,7 @@ async def test_pin_and_unpin(make_api: MakeApi, tmp_path: Path) -> None:
     rp_id, _ = await _one_point(api, tmp_path, b"y" * 5000)
     status, body = await api.call("POST", f"/backups/{rp_id}/pin")
     assert status == 200 and body["pinned"] is True
+    answers.BackupAnswer.model_validate(body)
     with api.ctx.sessions.begin() as s:  # an older point of the same VM that retention would remove
         s.add(
             Row(
@@ -324,6 +343,21 @@ async def test_replications_are_listed_and_filtered(make_api: MakeApi, db_url: s
         replication.request(s, "rp-a", "s3://h/b", T0)  # asked again: the same one
     status, body = await api.call("GET", "/replications")
     assert status == 200 and body["total"] == 3
+    answers.ReplicationPage.model_validate(body)
+    # a cursor walk sees each copy once, in a stable order (their times tie: by id)
+    seen: list[str] = []
+    status, page = await api.call("GET", "/replications?limit=2&order=asc")
+    while True:
+        assert status == 200, page
+        seen += [r["id"] for r in page["replications"]]
+        if page["next_cursor"] is None:
+            break
+        status, page = await api.call("GET", f"/replications?limit=2&order=asc&cursor={page['next_cursor']}")
+    assert seen == sorted(r["id"] for r in body["replications"])
+    status, page = await api.call("GET", "/replications?since=2026-11-26T09:00:01Z")
+    assert status == 200 and page["total"] == 0
+    status, problem = await api.call("GET", "/replications?rp=rp-a")
+    assert status == 422 and problem["detail"].startswith("rp: unknown query parameter")
     status, body = await api.call("GET", "/replications?state=done")
     assert [(r["restore_point_id"], r["target"], r["bytes_sent"]) for r in body["replications"]] == [
         ("rp-a", "s3://h/b", 7000)
