@@ -173,6 +173,8 @@ def _responses(
         success["content"] = {declared_op.media: {"schema": schemas[(declared_op.answer, "serialization")]}}
     elif declared_op.status != 204:
         success["content"] = {declared_op.media: {}}
+    for media in declared_op.other_media:
+        success.setdefault("content", {})[media] = {}
     codes = {400, 500, *declared_op.errors}
     if not public:
         # the common ones (apidoc.Operation.errors): a route may miss an object its body or the
