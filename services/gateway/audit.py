@@ -240,6 +240,7 @@ QUERY = (
     "The audit log, newest first: a page, or an export (format=csv or jsonl)",
     query=QUERY,
     answer=AuditPage,
+    other_media=("text/csv", "application/x-ndjson"),
     cli="vbm audit ls --json",
 )
 async def get_audit(request: web.Request) -> web.StreamResponse:
