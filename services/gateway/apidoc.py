@@ -81,6 +81,7 @@ class Operation:
     description: str = ""
     query: tuple[Param, ...] = ()
     body: type[BaseModel] | None = None
+    body_required: bool = True  # False: the body may be left out (the handler's default then)
     answer: type[BaseModel] | None = None  # the JSON answer of `status`
     status: int = 200
     media: str = "application/json"  # of the answer: e.g. octet-stream, event-stream, html
@@ -98,6 +99,7 @@ def op(
     description: str = "",
     query: Iterable[Param] = (),
     body: type[BaseModel] | None = None,
+    body_required: bool = True,
     answer: type[BaseModel] | None = None,
     status: int = 200,
     media: str = "application/json",
@@ -117,6 +119,7 @@ def op(
         description=description,
         query=tuple(query),
         body=body,
+        body_required=body_required,
         answer=answer,
         status=status,
         media=media,

@@ -158,7 +158,7 @@ def _operation(
         out["parameters"] = params
     if declared_op.body is not None:
         out["requestBody"] = {
-            "required": True,
+            "required": declared_op.body_required,
             "content": {"application/json": {"schema": schemas[(declared_op.body, "validation")]}},
         }
     out["responses"] = _responses(path, declared_op, schemas, public)
