@@ -80,6 +80,7 @@ class Live:
     data: Path  # the module's own directory
     rp_id: str  # the seeded restore point
     job_id: str  # the seeded job
+    lab: Lab
 
 
 class GatewayThread:
@@ -128,7 +129,7 @@ def live(tmp_path_factory: pytest.TempPathFactory, lab_binary: Path) -> Iterator
             with api.ctx.sessions() as s:
                 (info,) = apikeys.list_keys(s)
             url = str(api.client.make_url("")).rstrip("/")
-            yield Live(url, api.key, info.id, info.owner, base, rp_id, job_id)
+            yield Live(url, api.key, info.id, info.owner, base, rp_id, job_id, lab)
         finally:
             gateway.run(close())
     finally:
@@ -238,6 +239,7 @@ def test_the_seeded_objects_answer_as_documented(live: Live) -> None:
             {"restore_point_id": live.rp_id, "name": "vm1-restored", "datastore": "ds1"},
         ),
     ]
+    calls += people_and_vcenters(live)
     problems: list[str] = []
     answers = {(m, p): check(schema, live, problems, m, p, params, body) for m, p, params, body in calls}
     restore = answers.get(("POST", "/api/v1/restores")) or {}
@@ -247,7 +249,31 @@ def test_the_seeded_objects_answer_as_documented(live: Live) -> None:
             ("POST", "/api/v1/restores/{restore_id}/cancel"),
         ):
             check(schema, live, problems, method, path, {"restore_id": restore["id"]}, None)
+    key = answers.get(("POST", "/api/v1/keys")) or {}
+    if "id" in key:
+        check(schema, live, problems, "DELETE", "/api/v1/keys/{key}", {"key": key["id"]}, None)
     assert not problems, "\n".join(problems)
+
+
+def people_and_vcenters(live: Live) -> list[tuple[str, str, dict[str, str], Any]]:
+    """A user made, changed, logged in as and given a key; a second vCenter (the lab again)."""
+    olga = {"name": "olga"}
+    lab2 = {"name": "lab2"}
+    secret = "a-long-enough-passphrase-19"
+    vcenter = {"url": live.lab.sdk_url, "username": live.lab.username, "password": live.lab.password}
+    return [
+        ("POST", "/api/v1/users", {}, {**olga, "role": "viewer", "password": secret}),
+        ("GET", "/api/v1/users/{name}", olga, None),
+        ("PUT", "/api/v1/users/{name}", olga, {"display_name": "Olga"}),
+        ("POST", "/api/v1/session", {}, {**olga, "password": secret}),
+        ("GET", "/api/v1/users/{name}/keys", olga, None),
+        ("POST", "/api/v1/keys", {}, {"name": "spare", "expires_in_days": 1}),
+        ("POST", "/api/v1/vcenters", {}, {**lab2, **vcenter, "verify_tls": False}),
+        ("GET", "/api/v1/vcenters/{name}", lab2, None),
+        ("PUT", "/api/v1/vcenters/{name}", lab2, {**vcenter, "verify_tls": False}),
+        ("POST", "/api/v1/vcenters/{name}/test", lab2, None),
+        ("DELETE", "/api/v1/vcenters/{name}", lab2, None),
+    ]
 
 
 def check(
