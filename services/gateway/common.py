@@ -118,6 +118,11 @@ def bad_character(text: str) -> str | None:
     return None
 
 
+# The largest row id a query may name: an Integer column is 32 bits on PostgreSQL, where a larger
+# value is not "no such row" but an error ("integer out of range").
+MAX_ROW_ID = 2**31 - 1
+
+
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
     """An integer query parameter in [low, high]; 422 names it otherwise (ASCII digits only:
     `"²".isdigit()` is true in Python, `int("²")` is not)."""
