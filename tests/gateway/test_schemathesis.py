@@ -24,6 +24,7 @@ snapshotter, mover or verifier consumes the bus here, so nothing touches the lab
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import threading
 from collections.abc import Coroutine, Iterator
@@ -43,15 +44,18 @@ from tests.gateway.conftest import Api, lab_vcenter, open_api
 from tests.gateway.test_runs import _one_point as one_point
 from tests.plugins.lab import DEFAULT_SPEC
 from tests.plugins.nats import NatsServer
+from tests.plugins.postgres import private_database
 
 T = TypeVar("T")
 
 # Per operation and phase: the suite's time budget, not the fuzzer's appetite. The seed makes the
 # same cases every run, so a failure repeats; VBM_FUZZ_SEED / VBM_FUZZ_EXAMPLES look elsewhere or
-# deeper by hand, and VBM_FUZZ_CHECKS=all adds Schemathesis's other checks.
+# deeper by hand, VBM_FUZZ_CHECKS=all adds Schemathesis's other checks, VBM_FUZZ_DB=postgresql
+# puts the gateway on PostgreSQL.
 MAX_EXAMPLES = int(os.environ.get("VBM_FUZZ_EXAMPLES", "8"))
 STATEFUL_STEPS = 50
 SEED = int(os.environ.get("VBM_FUZZ_SEED", "19"))
+DATABASE = os.environ.get("VBM_FUZZ_DB", "sqlite")  # or postgresql, which enforces column sizes
 TIMEOUT = 10.0  # seconds: an answer slower than this is a hang
 EXCLUDED = {"GET": ["/api/v1/events"]}  # see the module's docstring
 
@@ -115,28 +119,24 @@ async def seed(api: Api, where: Path) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def live(tmp_path_factory: pytest.TempPathFactory, lab_binary: Path) -> Iterator[Live]:
     base = tmp_path_factory.mktemp("fuzz")
-    nats = NatsServer(base / "nats")
-    nats.start()
-    lab: Lab | None = None
-    gateway = GatewayThread()
-    try:
+    with contextlib.ExitStack() as stack:  # undone in reverse: the app, its loop, db, lab, NATS
+        nats = NatsServer(base / "nats")
+        nats.start()
+        stack.callback(nats.stop)
         lab = start_lab(DEFAULT_SPEC, base / "lab", binary=lab_binary)
-        api, close = gateway.run(
-            open_api(nats.url, base / "data", f"sqlite:///{base / 'vbm.db'}", (lab_vcenter(lab),))
-        )
-        try:
-            rp_id, job_id = gateway.run(seed(api, base))
-            with api.ctx.sessions() as s:
-                (info,) = apikeys.list_keys(s)
-            url = str(api.client.make_url("")).rstrip("/")
-            yield Live(url, api.key, info.id, info.owner, base, rp_id, job_id, lab)
-        finally:
-            gateway.run(close())
-    finally:
-        gateway.close()
-        if lab is not None:
-            lab.stop()
-        nats.stop()
+        stack.callback(lab.stop)
+        db_url = f"sqlite:///{base / 'vbm.db'}"
+        if DATABASE == "postgresql":
+            db_url = stack.enter_context(private_database())
+        gateway = GatewayThread()
+        stack.callback(gateway.close)
+        api, close = gateway.run(open_api(nats.url, base / "data", db_url, (lab_vcenter(lab),)))
+        stack.callback(lambda: gateway.run(close()))
+        rp_id, job_id = gateway.run(seed(api, base))
+        with api.ctx.sessions() as s:
+            (info,) = apikeys.list_keys(s)
+        url = str(api.client.make_url("")).rstrip("/")
+        yield Live(url, api.key, info.id, info.owner, base, rp_id, job_id, lab)
 
 
 def load_schema(live: Live) -> Any:
