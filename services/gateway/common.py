@@ -109,6 +109,17 @@ def _check_json(value: Any, where: str, depth: int) -> None:
             _check_json(item, f"{where}.{i}" if where else str(i), depth + 1)
 
 
+def check_parameters(request: web.Request) -> None:
+    """422 naming a query or path parameter that holds what no database or name can (a NUL, a lone
+    surrogate), before any handler: PostgreSQL refuses a NUL in text with an error, not a miss."""
+    for where, values in (("query", request.query), ("path", request.match_info)):
+        for name, value in values.items():
+            for text, field in ((name, repr(name)), (value, name)):
+                bad = bad_character(text)
+                if bad:
+                    raise Invalid(field, bad, where=where)
+
+
 def bad_character(text: str) -> str | None:
     """Why `text` cannot be stored or used as a name, or None: lone surrogates and NUL."""
     if "\x00" in text:
