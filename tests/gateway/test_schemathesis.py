@@ -3,10 +3,11 @@ every declared operation gets generated requests, valid and invalid, with an adm
 stateful sequences follow the links between operations. No answer may be a server error (5xx),
 carry a status, content type or body the document does not declare, or take over 10 s.
 
-The gateway is the real app (services/gateway/app.py) on a real NATS JetStream, a real SQLite
-database and the lab's vCenter simulator, served from an event loop of its own in a thread, so the
-fuzzer's blocking HTTP calls reach it over a real socket; it is made once for the module (the
-fuzzing is the cost, not the servers). It holds a job of the lab's vm1 and a restore point in a
+The gateway is the real app (services/gateway/app.py) on a real NATS JetStream, a real PostgreSQL
+database (stricter than SQLite: column sizes, 32-bit integers, no NUL in text) and the lab's
+vCenter simulator, served from an event loop of its own in a thread, so the fuzzer's blocking HTTP
+calls reach it over a real socket; it is made once for the module (the fuzzing is the cost, not
+the servers). It holds a job of the lab's vm1 and a restore point in a
 real repository, so the routes of one object answer something besides 404.
 
 Schemathesis runs through its engine (what its CLI runs: coverage, fuzzing and stateful phases,
@@ -50,13 +51,14 @@ T = TypeVar("T")
 
 # Per operation and phase: the suite's time budget, not the fuzzer's appetite. The seed makes the
 # same cases every run, so a failure repeats; VBM_FUZZ_SEED / VBM_FUZZ_EXAMPLES look elsewhere or
-# deeper by hand, VBM_FUZZ_CHECKS=all adds Schemathesis's other checks, VBM_FUZZ_DB=postgresql
-# puts the gateway on PostgreSQL.
+# deeper by hand, VBM_FUZZ_CHECKS=all adds Schemathesis's other checks, VBM_FUZZ_DB=sqlite
+# puts the gateway on SQLite instead of PostgreSQL.
 MAX_EXAMPLES = int(os.environ.get("VBM_FUZZ_EXAMPLES", "8"))
 STATEFUL_STEPS = 50
 SEED = int(os.environ.get("VBM_FUZZ_SEED", "19"))
-DATABASE = os.environ.get("VBM_FUZZ_DB", "sqlite")  # or postgresql, which enforces column sizes
+DATABASE = os.environ.get("VBM_FUZZ_DB", "postgresql")  # stricter than sqlite: sizes, int4 ranges
 TIMEOUT = 10.0  # seconds: an answer slower than this is a hang
+MAX_TIME = 90  # seconds: on a loaded machine the fuzzer stops here (said in the summary) rather than time out
 EXCLUDED = {"GET": ["/api/v1/events"]}  # see the module's docstring
 
 CHECKS = (
@@ -145,6 +147,7 @@ def load_schema(live: Live) -> Any:
         {
             "headers": {apikeys.HEADER: live.key},
             "request-timeout": TIMEOUT,
+            "max-time": MAX_TIME,
             "seed": SEED,
             "continue-on-failure": True,
             "generation": {"max-examples": MAX_EXAMPLES},
@@ -174,6 +177,7 @@ class Outcome:
     phases: dict[str, str] = field(default_factory=dict)
     links: int = 0  # transitions between operations the stateful phase followed
     answered: set[str] = field(default_factory=set)  # operations that answered 2xx at least once
+    stop: str = ""  # why the engine stopped: completed, or max_time
 
     def see(self, event: events.EngineEvent) -> None:
         if isinstance(event, events.ScenarioFinished):
@@ -196,6 +200,8 @@ class Outcome:
             self.links = event.payload.transitions_selected
         elif isinstance(event, events.PhaseFinished):
             self.phases[event.phase.name.value] = event.status.value
+        elif isinstance(event, events.EngineFinished):
+            self.stop = event.stop_reason.value
         elif isinstance(event, events.NonFatalError):
             self.failures.append(f"{event.label}: {event.info.title}: {event.info.message}")
         elif isinstance(event, events.FatalError):
@@ -306,7 +312,7 @@ def test_every_operation_answers_as_documented(live: Live) -> None:
         outcome.see(event)
     print(
         f"schemathesis: {len(outcome.operations)} operations, {outcome.cases} cases,"
-        f" {outcome.links} links, phases {outcome.phases};"
+        f" {outcome.links} links, phases {outcome.phases}, stopped: {outcome.stop};"
         f" never a success: {sorted(outcome.operations - outcome.answered)}"
     )
     assert not outcome.failures, "\n\n".join(sorted(set(outcome.failures)))
