@@ -40,7 +40,7 @@ from schemathesis.engine import events
 from schemathesis.engine.run import PhaseName
 
 from lab.launcher import Lab, start_lab
-from shared.catalog import apikeys
+from shared.catalog import alerts, apikeys
 from tests.gateway.conftest import Api, lab_vcenter, open_api
 from tests.gateway.test_runs import _one_point as one_point
 from tests.plugins.lab import DEFAULT_SPEC
@@ -113,6 +113,10 @@ async def seed(api: Api, where: Path) -> tuple[str, str]:
     """Something for the routes of one object to find: a job of the lab's vm1 and a restore point
     of it in a real repository; their ids."""
     rp_id, _ = await one_point(api, where, bytes(range(256)) * 512)
+    with api.ctx.sessions.begin() as s:
+        alerts.raise_alert(
+            s, key="fuzz", kind="verify_failed", severity="error", message="seeded", now=api.ctx.clock()
+        )
     status, answer = await api.call("POST", "/jobs", json=JOB)
     assert status == 201, answer
     return rp_id, answer["id"]
@@ -228,6 +232,9 @@ def test_the_seeded_objects_answer_as_documented(live: Live) -> None:
         ("PUT", "/api/v1/jobs/{job_id}", {"job_id": live.job_id}, {**JOB, "enabled": False}),
         ("POST", "/api/v1/jobs/preview", {}, JOB),
         ("GET", "/api/v1/jobs/{job_id}/preview", {"job_id": live.job_id}, None),
+        ("POST", "/api/v1/jobs/{job_id}/run", {"job_id": live.job_id}, None),
+        ("GET", "/api/v1/runs", {}, None),
+        ("GET", "/api/v1/alerts", {}, None),
         ("POST", "/api/v1/jobs", {}, {**JOB, "name": "weekly"}),
         ("GET", "/api/v1/vcenters/{name}", {"name": "lab"}, None),
         ("POST", "/api/v1/locations", {}, spare),
@@ -255,6 +262,18 @@ def test_the_seeded_objects_answer_as_documented(live: Live) -> None:
             ("POST", "/api/v1/restores/{restore_id}/cancel"),
         ):
             check(schema, live, problems, method, path, {"restore_id": restore["id"]}, None)
+    run = answers.get(("POST", "/api/v1/jobs/{job_id}/run")) or {}
+    if "run_id" in run:  # requested only: no snapshotter runs here
+        for method, path in (
+            ("GET", "/api/v1/runs/{run_id}"),
+            ("GET", "/api/v1/runs/{run_id}/log"),
+            ("POST", "/api/v1/runs/{run_id}/cancel"),
+        ):
+            check(schema, live, problems, method, path, {"run_id": run["run_id"]}, None)
+    for alert in (answers.get(("GET", "/api/v1/alerts")) or {}).get("alerts", [])[:1]:
+        check(
+            schema, live, problems, "POST", "/api/v1/alerts/{alert_id}/ack", {"alert_id": alert["id"]}, None
+        )
     key = answers.get(("POST", "/api/v1/keys")) or {}
     if "id" in key:
         check(schema, live, problems, "DELETE", "/api/v1/keys/{key}", {"key": key["id"]}, None)
