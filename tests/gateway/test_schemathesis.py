@@ -110,8 +110,8 @@ JOB = {"name": "nightly", "vcenter": "lab", "vms": [{"name": "vm1"}]}
 
 
 async def seed(api: Api, where: Path) -> tuple[str, str]:
-    """Something for the routes of one object to find: a job of the lab's vm1 and a restore point
-    of it in a real repository; their ids."""
+    """Something for the routes of one object to find: a restore point of the lab's vm1 in a real
+    repository, an open alert and a job of vm1; the ids of the restore point and the job."""
     rp_id, _ = await one_point(api, where, bytes(range(256)) * 512)
     with api.ctx.sessions.begin() as s:
         alerts.raise_alert(
