@@ -7,8 +7,8 @@ The gateway is the real app (services/gateway/app.py) on a real NATS JetStream, 
 database (stricter than SQLite: column sizes, 32-bit integers, no NUL in text) and the lab's
 vCenter simulator, served from an event loop of its own in a thread, so the fuzzer's blocking HTTP
 calls reach it over a real socket; it is made once for the module (the fuzzing is the cost, not
-the servers). It holds a job of the lab's vm1 and a restore point in a
-real repository, so the routes of one object answer something besides 404.
+the servers). It holds a job of the lab's vm1, a restore point in a real repository and an
+alert, so the routes of one object answer something besides 404.
 
 Schemathesis runs through its engine (what its CLI runs: coverage, fuzzing and stateful phases,
 links inferred from the answers), not `@schema.parametrize()`: a schema from a fixture
