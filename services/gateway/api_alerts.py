@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
 from services.gateway.answers.alerts import Alert, AlertPage, Notifications, TestWhich, Tried
-from services.gateway.apidoc import WINDOW, boolean, choice, op, text
+from services.gateway.apidoc import WINDOW, boolean, choice, number, op, text
 from services.gateway.common import CTX, flag, in_session, json_response, read_json
 from shared.catalog import alerts
 from shared.catalog import channels as chstore
@@ -43,7 +43,8 @@ DELIVERY_FILTERS = (
 @needs(Permission.ALERTS_READ)
 @op(
     "Alerts: the open ones, or all",
-    query=(*WINDOW, *ALERT_FILTERS),
+    # its own page size: up to 1000 alerts, 100 unless asked (the other lists: 500, 50)
+    query=(number("limit", "rows in a page (default 100)", 1, 1000), *WINDOW[1:], *ALERT_FILTERS),
     answer=AlertPage,
     cli="vbm alerts ls --json",
 )
@@ -106,13 +107,16 @@ async def get_notifications(request: web.Request) -> web.Response:
 @op(
     "Send a test message over every channel, or one (`channel` in the body)",
     body=TestWhich,
+    body_required=False,
     answer=Tried,
     errors=(503,),
     cli="vbm notify test CHANNEL --json",
 )
 async def test_notifications(request: web.Request) -> web.Response:
     body = await read_json(request) if request.can_read_body else {}
-    name = body.get("channel") if isinstance(body, dict) else None
+    if not isinstance(body, dict):
+        raise Invalid("(body)", 'must be a JSON object: {} for every channel, or {"channel": NAME}')
+    name = body.get("channel")
     if name is not None and not isinstance(name, str):
         raise Invalid("channel", "must be a channel's name")
     return json_response(notify.tested(await send_test(request, name)))

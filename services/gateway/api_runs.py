@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 from services.gateway.access import needs
 from services.gateway.answers import runs as answers
 from services.gateway.apidoc import IDEMPOTENCY_KEY, WINDOW, choice, number, op, text
-from services.gateway.common import CTX, credentials_for, in_session, json_response, query_int
+from services.gateway.common import CTX, MAX_ROW_ID, credentials_for, in_session, json_response, query_int
 from services.gateway.idempotency import answer_once
 from services.gateway.ranges import byte_range, content_disposition
 from shared.catalog import backups, replication
@@ -76,14 +76,14 @@ async def get_run(request: web.Request) -> web.Response:
 @needs(Permission.RUNS_READ)
 @op(
     "What happened to a run, in words",
-    query=(number("after", "only the lines after this line id", 0, 2**62),),
+    query=(number("after", "only the lines after this line id", 0, MAX_ROW_ID),),
     answer=answers.RunLog,
     cli="vbm run log RUN_ID --json",
 )
 async def run_log(request: web.Request) -> web.Response:
     """What happened to the run, in words, oldest first; `?after=<id>` for the lines after one."""
     run_id = request.match_info["run_id"]
-    after = query_int(request, "after", 0, 0, 2**62)
+    after = query_int(request, "after", 0, 0, MAX_ROW_ID)
 
     return json_response(await in_session(request, lambda s: runstore.log_view(s, run_id, after)))
 

@@ -86,9 +86,12 @@ class Operation:
     description: str = ""
     query: tuple[Param, ...] = ()
     body: type[BaseModel] | None = None
+    body_required: bool = True  # False: the body may be left out (the handler's default then)
     answer: type[BaseModel] | None = None  # the JSON answer of `status`
     status: int = 200
     media: str = "application/json"  # of the answer: e.g. octet-stream, event-stream, html
+    # other forms of the same answer a query parameter asks for (an export: text/csv), schema-less
+    other_media: tuple[str, ...] = ()
     errors: tuple[int, ...] = ()  # beyond 400/401/403/404/422/500 (409, 412, 413, 502, 503...)
     cli: str | None = None  # the `vbm` command that does the same: "vbm job run"
     no_cli: str | None = None  # why there is none (a browser's session, a probe): said in the doc
@@ -101,9 +104,11 @@ def op(
     description: str = "",
     query: Iterable[Param] = (),
     body: type[BaseModel] | None = None,
+    body_required: bool = True,
     answer: type[BaseModel] | None = None,
     status: int = 200,
     media: str = "application/json",
+    other_media: Iterable[str] = (),
     errors: Iterable[int] = (),
     cli: str | None = None,
     no_cli: str | None = None,
@@ -119,9 +124,11 @@ def op(
         description=description,
         query=tuple(query),
         body=body,
+        body_required=body_required,
         answer=answer,
         status=status,
         media=media,
+        other_media=tuple(other_media),
         errors=tuple(errors),
         cli=cli,
         no_cli=no_cli,

@@ -32,7 +32,7 @@ from services.gateway.access import needs
 from services.gateway.answers.service import About, Health, Ready, Services, Where
 from services.gateway.apidoc import op
 from services.gateway.auth import AUTH, AuthState, authorize
-from services.gateway.common import CTX, PRESENCE, field_error, json_response, problem
+from services.gateway.common import CTX, PRESENCE, check_parameters, field_error, json_response, problem
 from services.gateway.ui.render import html_errors
 from shared import __version__
 from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
@@ -60,6 +60,7 @@ async def errors(
 ) -> web.StreamResponse:
     """Every error is JSON that says what was wrong; nothing leaks a stack trace."""
     try:
+        check_parameters(request)
         return await handler(request)
     except web.HTTPException as exc:
         if exc.status < 400:

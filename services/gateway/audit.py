@@ -29,7 +29,7 @@ from pydantic import ValidationError
 from services.gateway.access import identity_of, needs
 from services.gateway.answers.alerts import AuditPage
 from services.gateway.apidoc import choice, number, op, text
-from services.gateway.common import CTX, PROBLEM, in_session, json_response, query_int
+from services.gateway.common import CTX, MAX_ROW_ID, PROBLEM, in_session, json_response, query_int
 from shared.catalog import audit
 from shared.errors import Invalid, StoreError
 from shared.model.access import Permission
@@ -236,7 +236,7 @@ QUERY = (
     text("since", "only records at or after this time (ISO 8601)", format="date-time"),
     text("until", "only records before this time (ISO 8601, later than since)", format="date-time"),
     number("limit", "records in a page (default 100; an export: all)", 1, 1000),
-    number("cursor", "the next_cursor of the page before: the records older than it", 1, 2**62),
+    number("cursor", "the next_cursor of the page before: the records older than it", 1, MAX_ROW_ID),
     number("offset", "records to skip", 0, 10**9),
     choice(
         "format", "json (a page), or an export of everything selected: csv or jsonl", ("json", "csv", "jsonl")
@@ -250,6 +250,7 @@ QUERY = (
     "The audit log, newest first: a page, or an export (format=csv or jsonl)",
     query=QUERY,
     answer=AuditPage,
+    other_media=("text/csv", "application/x-ndjson"),
     cli="vbm audit ls --json",
 )
 async def get_audit(request: web.Request) -> web.StreamResponse:
@@ -259,7 +260,7 @@ async def get_audit(request: web.Request) -> web.StreamResponse:
     form = request.query.get("format", "json")
     if form not in ("json", "csv", "jsonl"):
         raise Invalid("format", f"{form!r} is not json, csv or jsonl")
-    cursor = query_int(request, "cursor", 0, 1, 2**62) or None
+    cursor = query_int(request, "cursor", 0, 1, MAX_ROW_ID) or None
     offset = query_int(request, "offset", 0, 0, 10**9)
     if form != "json":
         limit = query_int(request, "limit", 0, 1, 10**9) or None

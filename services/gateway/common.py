@@ -120,6 +120,17 @@ def _check_json(value: Any, where: str, depth: int) -> None:
             _check_json(item, f"{where}.{i}" if where else str(i), depth + 1)
 
 
+def check_parameters(request: web.Request) -> None:
+    """422 naming a query or path parameter that holds what no database or name can (a NUL, a lone
+    surrogate), before any handler: PostgreSQL refuses a NUL in text with an error, not a miss."""
+    for where, values in (("query", request.query), ("path", request.match_info)):
+        for name, value in values.items():
+            for text, field in ((name, repr(name)), (value, name)):
+                bad = bad_character(text)
+                if bad:
+                    raise Invalid(field, bad, where=where)
+
+
 def bad_character(text: str) -> str | None:
     """Why `text` cannot be stored or used as a name, or None: lone surrogates and NUL."""
     if "\x00" in text:
@@ -127,6 +138,11 @@ def bad_character(text: str) -> str | None:
     if any("\ud800" <= c <= "\udfff" for c in text):
         return "contains a lone UTF-16 surrogate (not a character): send valid Unicode"
     return None
+
+
+# The largest row id a query may name: an Integer column is 32 bits on PostgreSQL, where a larger
+# value is not "no such row" but an error ("integer out of range").
+MAX_ROW_ID = 2**31 - 1
 
 
 def query_int(request: web.Request, name: str, default: int, low: int, high: int) -> int:

@@ -25,6 +25,8 @@ from shared.model.access import PUBLIC
 routes = web.RouteTableDef()
 
 STATIC = Path(__file__).parent / "static"
+# Each app's document, made at its first request: a running app's own state is frozen (aiohttp
+# deprecates changing it, and a warning is an error in the suite), so the cache lives beside it.
 _DOCS: weakref.WeakKeyDictionary[web.Application, dict[str, Any]] = weakref.WeakKeyDictionary()
 
 Mode = Literal["validation", "serialization"]
@@ -158,7 +160,7 @@ def _operation(
         out["parameters"] = params
     if declared_op.body is not None:
         out["requestBody"] = {
-            "required": True,
+            "required": declared_op.body_required,
             "content": {"application/json": {"schema": schemas[(declared_op.body, "validation")]}},
         }
     out["responses"] = _responses(path, declared_op, schemas, public)
@@ -173,9 +175,13 @@ def _responses(
         success["content"] = {declared_op.media: {"schema": schemas[(declared_op.answer, "serialization")]}}
     elif declared_op.status != 204:
         success["content"] = {declared_op.media: {}}
+    for media in declared_op.other_media:
+        success.setdefault("content", {})[media] = {}
     codes = {400, 500, *declared_op.errors}
     if not public:
-        codes |= {401, 403}
+        # the common ones (apidoc.Operation.errors): a route may miss an object its body or the
+        # settings name (POST /restores: the restore point; GET /smtp: none set), or refuse a field
+        codes |= {401, 403, 404, 422}
     if "{" in path:
         codes.add(404)
     if declared_op.body is not None:
@@ -213,7 +219,6 @@ def _docstring(handler: Any) -> str:
 @needs(PUBLIC)
 @op("The OpenAPI 3.1 document of this API", no_cli="the document itself: fetch it with any client")
 async def openapi_json(request: web.Request) -> web.Response:
-    # made once per app, kept beside it: a started app's own state must not change
     if request.app not in _DOCS:
         _DOCS[request.app] = document(request.app)
     return json_response(_DOCS[request.app])

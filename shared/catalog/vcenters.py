@@ -211,7 +211,7 @@ def _check_ca(vc: VCenterSettings) -> None:
     if vc.ca_pem:
         try:
             ssl.create_default_context(cadata=vc.ca_pem)
-        except (ssl.SSLError, ValueError):
+        except (ssl.SSLError, ValueError, TypeError):  # TypeError: not ASCII
             raise Invalid("ca_pem", "is not a PEM certificate (-----BEGIN CERTIFICATE-----...)") from None
 
 

@@ -51,6 +51,42 @@ def lab_vcenter(lab: Lab, name: str = "lab") -> VCenterSettings:
 MakeApi = Callable[..., Awaitable[Api]]
 
 
+async def open_api(
+    nats_url: str,
+    data_dir: Path,
+    db_url: str,
+    vcenters: tuple[VCenterSettings, ...] = (),
+    with_key: bool = True,
+    **extra: Any,
+) -> tuple[Api, Callable[[], Awaitable[None]]]:
+    """A running app on the current event loop and the coroutine function that stops it all."""
+    settings = Settings(data_dir=data_dir, database_url=db_url, vcenters=vcenters, **extra)
+    engine = make_engine(db_url)
+    await asyncio.to_thread(upgrade, engine)
+    bus = await Bus.connect(nats_url, "t")
+    await bus.ensure_stream()
+    sessions = make_sessionmaker(engine)
+    stop = asyncio.Event()
+    relay = Relay(bus, sessions, utcnow, interval=30)  # long interval: only kick() publishes fast
+    ctx = Context("gateway", "gateway-test", settings, bus, engine, sessions, stop, relay)
+    relay_task = asyncio.create_task(relay.run(stop))
+    client: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
+    await client.start_server()
+
+    async def close() -> None:
+        await client.close()
+        stop.set()
+        relay.kick()
+        await relay_task
+        await bus.close()
+        engine.dispose()
+
+    api = Api(client, ctx)
+    if with_key:
+        api.key = api.new_key("tests")
+    return api, close
+
+
 @pytest.fixture
 async def make_api(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[MakeApi]:
     """make_api(db_url, vcenters=(), with_key=True, **settings): a running app; everything stopped
@@ -60,31 +96,8 @@ async def make_api(nats_server: NatsServer, tmp_path: Path) -> AsyncIterator[Mak
     async def make(
         db_url: str, vcenters: tuple[VCenterSettings, ...] = (), with_key: bool = True, **extra: Any
     ) -> Api:
-        settings = Settings(data_dir=tmp_path / "data", database_url=db_url, vcenters=vcenters, **extra)
-        engine = make_engine(db_url)
-        await asyncio.to_thread(upgrade, engine)
-        bus = await Bus.connect(nats_server.url, "t")
-        await bus.ensure_stream()
-        sessions = make_sessionmaker(engine)
-        stop = asyncio.Event()
-        relay = Relay(bus, sessions, utcnow, interval=30)  # long interval: only kick() publishes fast
-        ctx = Context("gateway", "gateway-test", settings, bus, engine, sessions, stop, relay)
-        relay_task = asyncio.create_task(relay.run(stop))
-        client: TestClient[Any, Any] = TestClient(TestServer(create_app(ctx)))
-        await client.start_server()
-
-        async def close() -> None:
-            await client.close()
-            stop.set()
-            relay.kick()
-            await relay_task
-            await bus.close()
-            engine.dispose()
-
+        api, close = await open_api(nats_server.url, tmp_path / "data", db_url, vcenters, with_key, **extra)
         cleanups.append(close)
-        api = Api(client, ctx)
-        if with_key:
-            api.key = api.new_key("tests")
         return api
 
     yield make

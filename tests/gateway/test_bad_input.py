@@ -61,8 +61,10 @@ async def test_errors_name_the_path_and_the_root_says_where_things_are(
             "/gc?dry_run=true&repository=%00",
             None,
             422,
-            "repository: a repository location cannot hold",
+            "repository: contains a NUL character",  # any query value (app.errors: check_parameters)
         ),
+        ("GET", "/prune?job=a%00", None, 422, "job: contains a NUL character"),
+        ("GET", "/jobs/a%00b", None, 422, "job_id: contains a NUL character"),
         (
             "POST",
             "/gc?dry_run=true&repository=s3://127.0.0.1:1/b?tls=false",
