@@ -37,6 +37,9 @@ trap 'rm -f "$pins"' EXIT
 grep -E '^[A-Za-z0-9_.-]+==' requirements/dev.txt | sed -E 's/ *\\$//' > "$pins"
 "$uv" pip compile pyproject.toml --group pyproject.toml:build "${common[@]}" \
   --constraint "$pins" -o requirements/runtime.txt
+# uv names the constraint file it was given: name the pins' origin, not a temporary path that
+# would change the file at every lock
+sed -i "s|$pins|requirements/dev.txt (its pins)|" requirements/runtime.txt
 
 echo "lock: requirements/dev.txt $(grep -cE '^[A-Za-z0-9_.-]+==' requirements/dev.txt) packages," \
   "requirements/runtime.txt $(grep -cE '^[A-Za-z0-9_.-]+==' requirements/runtime.txt)"
