@@ -22,13 +22,13 @@ from pydantic import ValidationError
 from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
-from services.scheduler.slots import TICK, is_slot, newest_slot, next_slot
 from shared.catalog import audit
 from shared.catalog.runs import request_run
 from shared.clock import iso
 from shared.db.models import Job
 from shared.model.audit import system
 from shared.model.schedules import Schedule
+from shared.model.slots import TICK, is_slot, newest_slot, next_slot
 
 if TYPE_CHECKING:
     from sqlalchemy import CursorResult

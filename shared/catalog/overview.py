@@ -24,6 +24,7 @@ from shared.contracts import RUN_FINAL
 from shared.db.models import Alert, Job, Run, SnapshotLedger, Task
 from shared.model.live import public_phase
 from shared.model.schedules import Schedule
+from shared.model.slots import next_slot
 
 if TYPE_CHECKING:
     from shared.vsphere.inventory import InventoryVM
@@ -114,7 +115,7 @@ def next_runs(session: Session, now: datetime, shown: int = NEXT_SHOWN) -> list[
             continue
         try:
             schedule = Schedule.model_validate(raw)
-            slot = schedule.next_slot(now)
+            slot = next_slot(schedule, now)  # as the scheduler counts (clock changes: shared.model.slots)
         except ValueError:  # NeverFires, or a schedule this version cannot read: no next run
             continue
         found.append({"job_id": job_id, "job_name": name, "at": iso(slot), "schedule": schedule.describe(),

@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
-from services.scheduler.slots import is_slot, last_slot, newest_slot, next_slot
 from shared.model.schedules import Schedule
+from shared.model.slots import is_slot, last_slot, newest_slot, next_slot
 
 
 def utc(year: int, month: int, day: int, hour: int = 0, minute: int = 0, second: int = 0) -> datetime:

@@ -203,7 +203,8 @@ async def test_fragments(make_api: MakeApi, tmp_path: Path) -> None:
     assert status == 200 and page.count("<li>") == 5 and "01:00 Asia/Tokyo" in page and "<html" not in page
     status, page = await _get(api, "/jobs/form/times?schedule_kind=interval&every=90&every_unit=minutes")
     assert status == 200 and page.count("<li>") == 5
-    odd_ones = ("schedule_kind=cron&cron=0+0+30+2+*", "schedule_kind=cron&cron=%00", "schedule_kind=zzz")
+    assert (await _get(api, "/jobs/form/times?schedule_kind=cron&cron=%00"))[0] == 422  # a NUL: refused
+    odd_ones = ("schedule_kind=cron&cron=0+0+30+2+*", "schedule_kind=zzz")
     odd_ones += ("schedule_kind=interval&every=-1", "schedule_kind=preset&preset=hourly", "timezone=..%2F")
     for odd in odd_ones:
         status, page = await _get(api, f"/jobs/form/times?{odd}")

@@ -11,7 +11,6 @@ the same idempotent start as POST /api/v1/jobs/{id}/run."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Mapping
 from datetime import datetime
@@ -19,42 +18,38 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from aiohttp import web
-from multidict import MultiDictProxy
 from pydantic import ValidationError
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
-from services.gateway.api_jobs import jobs_changed, publish_cancels, starter
+from services.gateway.api_jobs import jobs_changed
 from services.gateway.api_vms import VCENTERS
-from services.gateway.common import CTX, bad_character, in_session, with_vcenters
-from services.gateway.idempotency import answer_once
+from services.gateway.common import CTX, in_session, with_vcenters
+from services.gateway.ui.jobform import (
+    KEEP_FIELDS,
+    LABELS,
+    field_of,
+    number,
+    ordered,
+    posted,
+    schedule_body,
+    spec_of,
+    values_of,
+)
 from services.gateway.ui.render import page, render
-from services.scheduler.slots import next_slot
 from shared.catalog import channels, job_pages, locations
 from shared.catalog import jobs as jobstore
 from shared.catalog import vcenters as vcstore
 from shared.errors import Conflict, Invalid, PreconditionFailed, Unreachable
 from shared.model.access import Permission
-from shared.model.jobs import JobSpec
 from shared.model.retention import Policy
 from shared.model.schedules import PRESET_CRON, NeverFires, Schedule
+from shared.model.slots import next_slot
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 RESULTS = ("succeeded", "warning", "partial", "failed", "cancelled", "running", "never")
-KEEP_FIELDS = ("keep_last", "keep_within_days", "keep_hourly", "keep_daily", "keep_weekly",
-               "keep_monthly", "keep_yearly")  # fmt: skip
-# The form's fields in page order: the error summary lists problems in this order.
-FIELDS = ("name", "vcenter", "vms", "schedule_kind", "preset", "at", "cron", "every", "timezone",
-          *KEEP_FIELDS, "repository", "replicate_to", "channels", "version")  # fmt: skip
-LABELS = {"name": "Name", "vcenter": "vCenter", "vms": "VMs", "schedule_kind": "Schedule",
-          "preset": "Repeats", "at": "Time of day", "cron": "Cron expression", "every": "Every",
-          "timezone": "Time zone", "repository": "Repository", "replicate_to": "Secondary repositories",
-          "channels": "Notification channels", "version": "Version", "keep_last": "Keep the last",
-          "keep_within_days": "Keep everything of the last (days)", "keep_hourly": "Hourly",
-          "keep_daily": "Daily", "keep_weekly": "Weekly", "keep_monthly": "Monthly",
-          "keep_yearly": "Yearly"}  # fmt: skip
 PICKER_LIMIT = 200
 TIMES = 5
 
@@ -145,163 +140,6 @@ async def jobs_list(request: web.Request) -> web.Response:
 # ---- the form -------------------------------------------------------------------------------
 
 
-def _values_of(job: dict[str, Any] | None) -> dict[str, Any]:
-    """The form's values for a new job (empty) or an existing one."""
-    if job is None:
-        return {"name": "", "vcenter": "", "vms": [], "folders": [], "schedule_kind": "preset",
-                "preset": "daily", "at": "02:00", "cron": "", "every": "", "every_unit": "hours",
-                "timezone": "UTC", **dict.fromkeys(KEEP_FIELDS, ""), "repository": "",
-                "replicate_to": [], "channels": [], "enabled": True, "version": ""}  # fmt: skip
-    schedule = job["schedule"] or {}
-    minutes = schedule.get("every_minutes") or 0
-    hours = minutes and minutes % 60 == 0
-    own = [v for v in job["vms"] if not v.get("vcenter") or v.get("vcenter") == job["vcenter"]]
-    return {
-        "name": job["name"],
-        "vcenter": job["vcenter"],
-        "vms": [v.get("moref") or v.get("name", "") for v in own],
-        "folders": [s["folder"] for s in job["select"] if "folder" in s],
-        "schedule_kind": schedule.get("kind", "none"),
-        "preset": schedule.get("preset") or "daily",
-        "at": schedule.get("at", "02:00"),
-        "cron": schedule.get("cron") or "",
-        "every": str(minutes // 60 if hours else minutes) if minutes else "",
-        "every_unit": "hours" if hours or not minutes else "minutes",
-        "timezone": schedule.get("timezone", "UTC"),
-        **{k: str((job["retention"] or {}).get(k) or "") for k in KEEP_FIELDS},
-        "repository": job["repository"],
-        "replicate_to": list((job["options"] or {}).get("replicate_to", [])),
-        "channels": list(((job["options"] or {}).get("notify") or {}).get("channels", [])),
-        "enabled": job["enabled"],
-        "version": job["etag"],
-    }
-
-
-def _posted(form: MultiDictProxy[Any]) -> dict[str, Any]:
-    def one(name: str, default: str = "") -> str:
-        value = form.get(name, default)
-        return value.strip() if isinstance(value, str) else default
-
-    def many(name: str) -> list[str]:
-        return [v.strip() for v in form.getall(name, []) if isinstance(v, str) and v.strip()]
-
-    values: dict[str, Any] = {
-        k: one(k) for k in ("name", "vcenter", "schedule_kind", "preset", "at", "cron", "every",
-                            "every_unit", "timezone", "repository", "version", *KEEP_FIELDS)
-    }  # fmt: skip
-    values.update(vms=many("vms"), folders=many("folders"), replicate_to=many("replicate_to"))
-    values.update(channels=many("channels"), enabled=form.get("enabled") == "on")
-    return values
-
-
-def _number(values: dict[str, Any], field: str, errors: dict[str, str], low: int, high: int) -> int | None:
-    raw = values.get(field, "")
-    if raw == "":
-        return None
-    try:
-        number = int(raw)
-    except ValueError:
-        number = low - 1
-    if not low <= number <= high:
-        errors[field] = f"{LABELS[field]}: enter a whole number from {low} to {high}, or leave it empty"
-        return None
-    return number
-
-
-def _schedule_body(values: dict[str, Any], errors: dict[str, str]) -> dict[str, Any] | None:
-    kind = values.get("schedule_kind", "none")
-    zone = values.get("timezone") or "UTC"
-    if kind == "none":
-        return None
-    if kind == "preset":
-        return {"kind": "preset", "preset": values.get("preset"), "at": values.get("at"), "timezone": zone}
-    if kind == "cron":
-        return {"kind": "cron", "cron": values.get("cron") or None, "timezone": zone}
-    if kind == "interval":
-        unit = 60 if values.get("every_unit") == "hours" else 1
-        every = _number(values, "every", errors, 1, 366 * 24 * 60 // unit)
-        if every is None and "every" not in errors:
-            errors["every"] = "Every: enter how many hours or minutes apart the runs are"
-        return {"kind": "interval", "every_minutes": every * unit if every else None, "timezone": zone}
-    errors["schedule_kind"] = "Schedule: choose none, a preset, cron or an interval"
-    return None
-
-
-def _field_of(loc: tuple[Any, ...] | list[str], values: dict[str, Any]) -> str:
-    """The form field an error of the JobSpec (its location) or check_spec (its path) is about."""
-    head = str(loc[0]) if loc else "vms"
-    rest = [str(p) for p in loc[1:]]
-    if head in ("vms", "select", "exclude"):
-        return "vms"
-    if head == "schedule":
-        if "timezone" in rest or "at" in rest:
-            return "timezone" if "timezone" in rest else "at"
-        kind = values.get("schedule_kind")
-        return {"cron": "cron", "interval": "every", "preset": "preset"}.get(str(kind), "schedule_kind")
-    if head == "retention":
-        return rest[0] if rest and rest[0] in KEEP_FIELDS else "keep_last"
-    if head == "options":
-        return "channels" if "notify" in rest else "replicate_to" if "replicate_to" in rest else "name"
-    return head if head in FIELDS else "name"
-
-
-def _spec(values: dict[str, Any], stored: dict[str, Any] | None) -> tuple[JobSpec | None, dict[str, str]]:
-    """The JobSpec the form's values make (the stored job's parts the form does not show kept),
-    or the errors by field, each naming the field and the fix."""
-    errors: dict[str, str] = {}
-    for field, value in values.items():
-        for text in value if isinstance(value, list) else [value]:
-            bad = bad_character(text) if isinstance(text, str) else None
-            if bad:
-                errors.setdefault(field if field in FIELDS else "vms", f"{LABELS.get(field, 'VMs')}: {bad}")
-    if errors:
-        return None, errors
-    if not values["name"]:
-        errors["name"] = "Enter a name for the job"
-    if not values["vcenter"]:
-        errors["vcenter"] = "Choose the vCenter of the job's VMs"
-    if not values["vms"] and not values["folders"]:
-        errors["vms"] = "Choose at least one VM or folder to back up"
-    if not values["repository"]:
-        errors["repository"] = "Choose a repository for the restore points"
-    retention = {k: n for k in KEEP_FIELDS if (n := _number(values, k, errors, 1, 36500)) is not None}
-    schedule = _schedule_body(values, errors)
-    old_options = dict(stored["options"]) if stored else {}
-    other_vms = (
-        [v for v in stored["vms"] if v.get("vcenter") not in (None, stored["vcenter"])] if stored else []
-    )
-    body = {
-        "name": values["name"],
-        "vcenter": values["vcenter"],
-        "vms": [{"moref": m} for m in values["vms"]] + other_vms,
-        "select": [{"folder": f} for f in values["folders"]]
-        + ([s for s in stored["select"] if "folder" not in s] if stored else []),
-        "exclude": stored["exclude"] if stored else {},
-        "schedule": schedule,
-        "options": {
-            **old_options,
-            "replicate_to": [t for t in values["replicate_to"] if t != values["repository"]],
-            "notify": {**(old_options.get("notify") or {}), "channels": values["channels"]},
-        },
-        "repository": values["repository"],
-        "retention": retention,
-        "enabled": values["enabled"],
-    }
-    try:
-        spec = JobSpec.model_validate(body)
-    except ValidationError as exc:
-        for err in exc.errors():
-            field = _field_of(tuple(err["loc"]), values)
-            message = str(err["msg"]).removeprefix("Value error, ")
-            errors.setdefault(field, f"{LABELS.get(field, field)}: {message}")
-        spec = None
-    return (None if errors else spec), errors
-
-
-def _ordered(errors: dict[str, str]) -> dict[str, str]:
-    return dict(sorted(errors.items(), key=lambda kv: FIELDS.index(kv[0]) if kv[0] in FIELDS else 0))
-
-
 async def _choices(request: web.Request, values: dict[str, Any]) -> dict[str, Any]:
     """What the form's pickers offer: vCenters, repositories, notification channels."""
     settings = request.app[CTX].settings
@@ -325,7 +163,7 @@ async def _choices(request: web.Request, values: dict[str, Any]) -> dict[str, An
 def _times(values: Mapping[str, Any], now: datetime) -> dict[str, Any]:
     """The next five times of the form's schedule, in its time zone, or why there are none."""
     errors: dict[str, str] = {}
-    body = _schedule_body(dict(values), errors)
+    body = schedule_body(dict(values), errors)
     if errors:
         return {"times": [], "zone": "", "problem": next(iter(errors.values()))}
     if body is None:
@@ -350,7 +188,7 @@ async def _effect(
     if job_id is None:
         return None
     errors: dict[str, str] = {}
-    rules = {k: n for k in KEEP_FIELDS if (n := _number(dict(values), k, errors, 1, 36500)) is not None}
+    rules = {k: n for k in KEEP_FIELDS if (n := number(dict(values), k, errors, 1, 36500)) is not None}
     if errors:
         return {"problem": next(iter(errors.values()))}
     ctx = request.app[CTX]
@@ -376,7 +214,7 @@ async def _form_page(
         status,
         job=job,
         values=values,
-        errors=_ordered(errors or {}),
+        errors=ordered(errors or {}),
         stale=stale,
         labels=LABELS,
         presets=list(PRESET_CRON),
@@ -388,7 +226,7 @@ async def _form_page(
     )
 
 
-async def _job(request: web.Request) -> dict[str, Any]:
+async def job_of(request: web.Request) -> dict[str, Any]:
     ref = request.match_info["job_id"]
     return await in_session(request, lambda s: jobstore.job_view(jobstore.find_job(s, ref)))
 
@@ -397,7 +235,7 @@ async def _job(request: web.Request) -> dict[str, Any]:
 @needs(Permission.JOBS_WRITE)
 @page
 async def new_job(request: web.Request) -> web.Response:
-    values = _values_of(None)
+    values = values_of(None)
     names = await in_session(request, lambda s: vcstore.names(s, request.app[CTX].settings))
     values["vcenter"] = request.query.get("vcenter", names[0] if len(names) == 1 else "")
     values["vms"] = [v for v in request.query.getall("vms", []) if v]
@@ -408,16 +246,16 @@ async def new_job(request: web.Request) -> web.Response:
 @needs(Permission.JOBS_WRITE)
 @page
 async def edit_job(request: web.Request) -> web.Response:
-    job = await _job(request)
-    return await _form_page(request, _values_of(job), job)
+    job = await job_of(request)
+    return await _form_page(request, values_of(job), job)
 
 
 async def _save(request: web.Request, job: dict[str, Any] | None) -> web.Response:
     ctx = request.app[CTX]
-    values = _posted(await request.post())
+    values = posted(await request.post())
     if job is not None and values["version"] != job["etag"]:
         return await _stale(request, values, job)
-    spec, errors = _spec(values, job)
+    spec, errors = spec_of(values, job)
     if spec is not None:
         settings = await with_vcenters(request)
         try:
@@ -443,7 +281,7 @@ async def _save(request: web.Request, job: dict[str, Any] | None) -> web.Respons
                 )
                 ctx.relay.kick()
         except Invalid as exc:
-            field = _field_of(exc.field.split("."), values)
+            field = field_of(exc.field.split("."), values)
             errors[field] = f"{LABELS.get(field, field)}: {exc.message}"
         except Conflict as exc:
             errors["name"] = f"Name: {exc}; choose another name"
@@ -451,7 +289,7 @@ async def _save(request: web.Request, job: dict[str, Any] | None) -> web.Respons
             errors["vcenter"] = f"vCenter: {exc}"
         except PreconditionFailed:
             assert job is not None
-            return await _stale(request, values, await _job(request))
+            return await _stale(request, values, await job_of(request))
         else:
             await jobs_changed(request)
             log.info("job %s (%s) saved from the web UI", saved["id"], saved["name"])
@@ -481,7 +319,7 @@ async def create_job(request: web.Request) -> web.Response:
 @needs(Permission.JOBS_WRITE)
 @page
 async def save_job(request: web.Request) -> web.Response:
-    return await _save(request, await _job(request))
+    return await _save(request, await job_of(request))
 
 
 # ---- the form's fragments (htmx) ---------------------------------------------------------------
@@ -553,82 +391,8 @@ async def schedule_times(request: web.Request) -> web.Response:
 @needs(Permission.PRUNE_READ)
 @page
 async def retention_preview(request: web.Request) -> web.Response:
-    job = await _job(request)
+    job = await job_of(request)
     return render(request, "jobs/_retention.html", effect=await _effect(request, job["id"], request.query))
 
 
 # ---- the actions ------------------------------------------------------------------------------
-
-
-def _back(form: Mapping[str, Any]) -> str:
-    """Where an action returns: the list with the filters it was started from."""
-    back = form.get("back")
-    return back if isinstance(back, str) and back.startswith("/jobs") and "//" not in back else "/jobs"
-
-
-def _refused(
-    request: web.Request, status: int, title: str, message: str, run_id: str | None = None
-) -> web.Response:
-    return render(request, "jobs/refused.html", status, title=title, message=message, run_id=run_id)
-
-
-@routes.post("/jobs/{job_id}/run")
-@needs(Permission.JOBS_RUN)
-@page
-async def run_job(request: web.Request) -> web.Response:
-    ctx = request.app[CTX]
-    job = await _job(request)
-    try:
-        answer = await answer_once(request, starter(ctx, job["id"]))
-    except Conflict as exc:
-        busy = await in_session(request, lambda s: [r.id for r in jobstore.unfinished_runs(s, job["id"])])
-        return _refused(
-            request, 409, f"Job {job['name']} is running already", str(exc), busy[0] if busy else None
-        )
-    ctx.relay.kick()
-    run_id = json.loads(bytes(answer.body))["run_id"]  # type: ignore[arg-type]
-    raise web.HTTPSeeOther(f"/runs/{run_id}")
-
-
-@routes.post("/jobs/{job_id}/cancel")
-@needs(Permission.JOBS_RUN)
-@page
-async def cancel_job(request: web.Request) -> web.Response:
-    job = await _job(request)
-    runs = await in_session(request, lambda s: jobstore.cancel_job_runs(s, job["id"]), write=True)
-    await publish_cancels(request, runs)
-    raise web.HTTPSeeOther(_back(await request.post()))
-
-
-@routes.post(r"/jobs/{job_id}/{switch:enable|disable}")
-@needs(Permission.JOBS_WRITE)
-@page
-async def switch_job(request: web.Request) -> web.Response:
-    """Enable or disable a job's schedule (one click: the other button undoes it)."""
-    ctx = request.app[CTX]
-    ref, on = request.match_info["job_id"], request.match_info["switch"] == "enable"
-    await in_session(request, lambda s: job_pages.set_enabled(s, ref, on, ctx.clock()), write=True)
-    await jobs_changed(request)
-    raise web.HTTPSeeOther(_back(await request.post()))
-
-
-@routes.post("/jobs/{job_id}/delete")
-@needs(Permission.JOBS_WRITE)
-@page
-async def delete_job(request: web.Request) -> web.Response:
-    form = await request.post()
-    job = await _job(request)
-    if form.get("confirm_name") != job["name"]:
-        message = f"Type the job's name, {job['name']}, exactly to delete it. Nothing was deleted."
-        return _refused(request, 422, f"Job {job['name']} was not deleted", message)
-    force = form.get("force") == "on"
-    try:
-        gone = await in_session(request, lambda s: jobstore.delete_job(s, job["id"], force=force), write=True)
-    except Conflict as exc:
-        busy = await in_session(request, lambda s: [r.id for r in jobstore.unfinished_runs(s, job["id"])])
-        return _refused(
-            request, 409, f"Job {job['name']} was not deleted", str(exc), busy[0] if busy else None
-        )
-    await publish_cancels(request, gone)
-    await jobs_changed(request)
-    raise web.HTTPSeeOther(_back(form))
