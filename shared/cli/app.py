@@ -82,6 +82,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     old = os.umask(0o077)  # repositories, exports, keys made from the command line are private too
     try:
         return _main(argv)
+    except BrokenPipeError:
+        # the reader went away (`vbm audit ls | head`): end quietly as a Unix tool does, not with
+        # a traceback; stdout is pointed at /dev/null so that the interpreter's last flush is quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE
     finally:
         os.umask(old)
 
@@ -111,6 +117,9 @@ def _main(argv: Sequence[str] | None) -> int:
     except NoDatabase as exc:
         print(f"vbm {args.command}: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # what it did is done; only its output was cut by the reader
+        trail.record(args, settings.db_url, 0)
+        raise
     except BaseException as exc:
         trail.record(args, settings.db_url, 1, type(exc).__name__)
         raise
