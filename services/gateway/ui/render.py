@@ -41,6 +41,9 @@ NAVIGATION = (
     ("/backups", "Backups", Permission.BACKUPS_READ),
     ("/alerts", "Alerts", Permission.ALERTS_READ),
     ("/notifications", "Notifications", Permission.NOTIFICATIONS_READ),
+    ("/settings/users", "Users", Permission.USERS_READ),
+    ("/settings/keys", "API keys", Permission.SELF),
+    ("/audit", "Audit", Permission.AUDIT_READ),
 )
 
 
