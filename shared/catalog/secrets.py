@@ -9,13 +9,16 @@ re-encrypted under a new key that is returned, to be put first in `VBM_SECRET_KE
 
 from __future__ import annotations
 
+import hashlib
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
-from cryptography.fernet import Fernet
-from sqlalchemy import Engine, select, update
+from cryptography.fernet import Fernet, InvalidToken
+from sqlalchemy import Engine, Select, select, update
+from sqlalchemy.orm import Session
 
 from shared.db.models import Base
 from shared.settings import Settings
@@ -91,3 +94,65 @@ def rotate(engine: Engine, settings: Settings, now: datetime) -> Rotated:
     os.link(path, kept)
     os.replace(pending, path)
     return Rotated(count, path, kept, None)
+
+
+@dataclass(frozen=True)
+class KeyStatus:
+    """Which key each stored secret is encrypted under (read-only; the web UI's Security panel).
+    A key is named by a fingerprint (the first 12 hex digits of its SHA-256), never shown."""
+
+    source: str  # VBM_SECRET_KEY or the key file's path
+    keys: tuple[str, ...] = ()  # fingerprints: the first encrypts, all decrypt
+    by_key: dict[str, int] = field(default_factory=dict)  # stored values per key fingerprint
+    unreadable: tuple[str, ...] = ()  # what each value no configured key opens is
+    problem: str | None = None  # the key itself cannot be read
+
+    @property
+    def total(self) -> int:
+        return sum(self.by_key.values()) + len(self.unreadable)
+
+
+def fingerprint(key: bytes) -> str:
+    return hashlib.sha256(key).hexdigest()[:12]
+
+
+def key_status(session: Session, settings: Settings) -> KeyStatus:
+    """How many secrets are stored, under which key, and which no configured key opens."""
+    stored = [
+        (spec.what.format(key=pk), token)
+        for spec in ENCRYPTED
+        for pk, token in session.execute(_tokens(spec))
+    ]
+    try:
+        vault = load(settings, create=False)
+    except VaultError as exc:
+        if not stored:  # nothing encrypted yet: the key is made on first use
+            return KeyStatus(source=str(key_path(settings.data_dir)))
+        return KeyStatus(
+            str(key_path(settings.data_dir)), unreadable=tuple(w for w, _ in stored), problem=str(exc)
+        )
+    boxes = [(fingerprint(k), Fernet(k)) for k in vault.keys]
+    by_key = {name: 0 for name, _ in boxes}
+    unreadable: list[str] = []
+    for what, token in stored:
+        name = next((n for n, box in boxes if _opens(box, token)), None)
+        if name is None:
+            unreadable.append(what)
+        else:
+            by_key[name] += 1
+    return KeyStatus(vault.source, tuple(by_key), by_key, tuple(unreadable))
+
+
+def _tokens(spec: Encrypted) -> Select[tuple[Any, Any]]:
+    table = Base.metadata.tables[spec.table]
+    [key] = table.primary_key.columns
+    column = table.c[spec.column]
+    return select(key, column).where(column.is_not(None))
+
+
+def _opens(box: Fernet, token: str) -> bool:
+    try:
+        box.decrypt(token.encode("ascii"))
+    except (InvalidToken, UnicodeError, ValueError):
+        return False
+    return True

@@ -7,12 +7,15 @@ import re
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+from cryptography.fernet import Fernet
 from playwright.async_api import expect
 
-from shared.catalog import apikeys, users
+from shared.catalog import apikeys, secrets, users
+from shared.db.objects import SMTPRow
 from shared.model.access import Role
 from shared.runtime.service import utcnow
 from shared.settings_access import SecuritySettings
+from shared.vault import load
 from tests.gateway.conftest import Api, MakeApi
 from tests.ui.conftest import PEOPLE, System
 
@@ -53,6 +56,7 @@ async def test_users_add_change_disable_and_the_last_admin(make_api: MakeApi, tm
     csrf = await _login(api, Role.ADMIN)
     status, page = await _get(api, "/settings/users")
     assert status == 200 and "otto" in page and "Add user" in page and "never" in page
+    assert "No secret stored yet" in page
     bad = {"csrf_token": csrf, "name": "bad name!", "role": "operator", "display_name": "Kept Here"}
     status, page = await _post(api, "/settings/users", bad)
     assert status == 422 and "<title>Error: Users" in page and 'role="alert"' in page
@@ -87,6 +91,23 @@ async def test_users_add_change_disable_and_the_last_admin(make_api: MakeApi, tm
         )
         assert 400 <= status < 500 and "<html" in page, odd
     assert (await _post(api, "/settings/users/pia", {"do": "enable"}))[0] == 403  # no CSRF token
+
+
+async def test_the_secret_key_panel(make_api: MakeApi, tmp_path: Path) -> None:
+    api = await _api(make_api, tmp_path)
+    await _login(api, Role.ADMIN)
+    vault = load(api.ctx.settings)  # makes the key file
+    row = dict(host="h", port=25, security="none", sender="a@b", password=vault.encrypt("p"))
+    with api.ctx.sessions.begin() as s:
+        s.add(SMTPRow(id=1, updated_at=utcnow(), **row))
+    status, page = await _get(api, "/settings/users")
+    current = secrets.fingerprint(vault.keys[0])
+    assert status == 200 and "1 stored secret " in page and f"<code>{current}</code> (encrypts): 1" in page
+    assert "All readable" in page and vault.keys[0].decode() not in page
+    with api.ctx.sessions.begin() as s:
+        s.get(SMTPRow, 1).password = Fernet(Fernet.generate_key()).encrypt(b"p").decode()  # type: ignore[union-attr]
+    status, page = await _get(api, "/settings/users")
+    assert status == 200 and "1 cannot be decrypted" in page and "the SMTP password" in page
 
 
 async def test_keys_shown_once_and_revoked_by_name(make_api: MakeApi, tmp_path: Path) -> None:

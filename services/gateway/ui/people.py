@@ -14,7 +14,7 @@ from services.gateway.access import IDENTITY, needs
 from services.gateway.api_people import _expiry
 from services.gateway.common import CTX, in_session
 from services.gateway.ui.render import page, render
-from shared.catalog import apikeys, users
+from shared.catalog import apikeys, secrets, users
 from shared.errors import Conflict, Invalid, NotFound
 from shared.model.access import Permission, Role, allows
 
@@ -38,12 +38,14 @@ def _role(value: str) -> Role:
 async def _users_page(
     request: web.Request, status: int = 200, errors: dict[str, str] | None = None, **values: Any
 ) -> web.Response:
-    found = await in_session(request, users.list_users)
+    settings = request.app[CTX].settings
+    found, vault = await in_session(request, lambda s: (users.list_users(s), secrets.key_status(s, settings)))
     return render(
         request,
         "people/users.html",
         status,
         users=found,
+        vault=vault,
         roles=ROLES,
         errors=errors or {},
         values=values.pop("values", {"role": "viewer"}),
