@@ -234,5 +234,6 @@ async def test_people_and_audit_in_the_browser(system: Callable[..., Awaitable[S
     rows = page.locator("table.audit tbody tr")
     await expect(rows.filter(has_text="/settings/users").first).to_contain_text(name)
     await expect(rows.filter(has_text="/settings/keys").first).to_contain_text(name)
+    await expect(rows.filter(has_text="revoke").first).to_contain_text("apikey:")
     await s.shot(page, "audit")
     assert not errors, errors

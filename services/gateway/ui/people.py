@@ -90,13 +90,13 @@ async def add_user(request: web.Request) -> web.Response:
     raise web.HTTPSeeOther("/settings/users")
 
 
-@routes.post("/settings/users/{name}")
+@routes.post("/settings/users/{user}")
 @needs(Permission.USERS_WRITE)
 @page
 async def change_user(request: web.Request) -> web.Response:
     """Change a user's role, enable or disable them, or set a password (as PUT /api/v1/users/{name}).
     What the catalog refuses (the last enabled admin) is shown on the page, 409."""
-    name, form = request.match_info["name"], await request.post()
+    name, form = request.match_info["user"], await request.post()
     ctx = request.app[CTX]
     now, rules = ctx.clock(), ctx.settings.security
     do = _text(form, "do")
@@ -190,13 +190,13 @@ async def mint_key(request: web.Request) -> web.Response:
     return await _keys_page(request, 201, minted={"name": info.name, "key": key})
 
 
-@routes.post("/settings/keys/{key}/revoke")
+@routes.post("/settings/keys/{key_id}/revoke")
 @needs(Permission.SELF)
 @page
 async def revoke_key(request: web.Request) -> web.Response:
     """Revoke a key (as DELETE /api/v1/keys/{key}, or /api/v1/users/{name}/keys/{key} for
     keys:admin), its name typed to confirm."""
-    ref, form, me = request.match_info["key"], await request.post(), request[IDENTITY]
+    ref, form, me = request.match_info["key_id"], await request.post(), request[IDENTITY]
     owner = _text(form, "owner") or me.user
     if owner != me.user and not allows(me.role, Permission.KEYS_ADMIN):
         raise web.HTTPForbidden(text="revoking another user's key needs keys:admin")
