@@ -125,6 +125,8 @@ async def test_keys_shown_once_and_revoked_by_name(make_api: MakeApi, tmp_path: 
     found = re.search(r'id="minted-key" class="secret" readonly value="([^"]+)"', page)
     assert status == 201 and found and "only this once" in page
     secret = found[1]
+    status, page = await _post(api, "/settings/keys", {"csrf_token": csrf, "name": "ci"})
+    assert status == 422 and "exists already" in page and "data-minted" not in page
     status, page = await _get(api, "/settings/keys")
     assert status == 200 and "ci" in page and secret not in page and 'data-confirm-name="ci"' in page
     with api.ctx.sessions() as s:
