@@ -31,7 +31,7 @@ CHARTS = ("usage", "reduction", "vms", "jobs", "growth", "change", "prune")
 
 def crossing(points: list[tuple[date, int, int]], percent: float, today: date) -> dict[str, Any]:
     """When a least-squares line through (day, used) reaches `percent` of the latest total:
-    `state` is "day" (with `day`), "above" (the latest sample is there already), "flat" (not
+    `state` is "day" (with `day` and `per_day`), "above" (the latest sample is there already), "flat" (not
     rising), "far" (not within a year of `today`) or "few" (fewer than two days sampled)."""
     if not points:
         return {"state": "few", "day": None}
@@ -56,7 +56,8 @@ def crossing(points: list[tuple[date, int, int]], percent: float, today: date) -
 
 
 def repository(session: Session, location: str, percent: float, today: date, days: int) -> dict[str, Any]:
-    """One repository's samples of the last `days` days (oldest first) and its trend."""
+    """One repository's samples of the last `days` days (oldest first) and its trend; "unsized"
+    when its storage reports no total (object storage)."""
     since = today - timedelta(days=days - 1)
     query = (
         select(UsageSample)
@@ -79,7 +80,7 @@ def repository(session: Session, location: str, percent: float, today: date, day
         })  # fmt: skip
     return {
         "repository": location, "samples": rows, "threshold": percent,
-        "crossing": crossing(fit, percent, today),
+        "crossing": crossing(fit, percent, today) if fit or not rows else {"state": "unsized", "day": None},
     }  # fmt: skip
 
 

@@ -30,7 +30,7 @@ PEOPLE = {Role.ADMIN: "ada", Role.VIEWER: "vic"}
 PASSWORD = "a long enough pass 21"
 GiB = 1 << 30
 MiB = 1 << 20
-RISING, FLAT = "/repo/rising", "/repo/flat"
+RISING, FLAT, BUCKET = "/repo/rising", "/repo/flat", "s3://bucket/vbm"
 
 
 async def _log_in(c: TestClient, role: Role) -> None:
@@ -61,7 +61,11 @@ async def _seeded(make_api: MakeApi, tmp_path: Path) -> Api:
                 repository=FLAT, day=today - timedelta(days=4 - k), total=100 * GiB, free=70 * GiB,
                 stored=GiB, logical=2 * GiB, sampled_at=now - timedelta(days=4 - k),
             ))  # fmt: skip
-        points = [("web", RISING, "full", 5 * MiB), ("web", RISING, "incremental", 2 * MiB),
+        s.add(UsageSample(
+            repository=BUCKET, day=today, total=None, free=None, stored=GiB, logical=GiB, sampled_at=now,
+        ))  # fmt: skip
+        points = [("web", BUCKET, "full", 0), ("web", RISING, "full", 5 * MiB),
+                  ("web", RISING, "incremental", 2 * MiB),
                   ("web", RISING, "incremental", MiB), ("db", FLAT, "full", 7 * MiB)]  # fmt: skip
         for i, (vm, repo, kind, stored) in enumerate(points):
             at = now - timedelta(days=40 - i)
@@ -97,6 +101,8 @@ async def test_tables_trend_csv_and_odd_input(make_api: MakeApi, tmp_path: Path)
     assert f'datetime="{(today + timedelta(days=11)).isoformat()}"' in rising.split("</p>")[0]
     assert "reaches 80 %" in rising.split("</p>")[0] and "+2.0 GiB a day" in rising.split("</p>")[0]
     assert 'data-crossing="flat"' in flat.split("</p>")[0] and "No trend" in flat.split("</p>")[0]
+    bucket = html.split(f'data-repository="{BUCKET}"')[1].split("</p>")[0]
+    assert 'data-crossing="unsized"' in bucket and "does not report its size" in bucket
     usage_rows = _cells(rising, "usage")
     assert usage_rows[-1] == [today.isoformat(), "100.0 GiB", "58.0 GiB", "42.0 GiB", "58.0"]
     assert len(usage_rows) == 10
@@ -135,7 +141,7 @@ async def test_tables_trend_csv_and_odd_input(make_api: MakeApi, tmp_path: Path)
         assert head in rows[0], (chart, rows[0])
         if chart == "usage":
             assert [RISING, today.isoformat(), str(100 * GiB), str(58 * GiB), str(42 * GiB), "58.0"] in rows
-            assert len(rows) == 1 + 10 + 5
+            assert len(rows) == 1 + 10 + 5 + 1
         if chart == "vms":
             assert rows[1:] == [["web", str(8 * MiB)], ["db", str(7 * MiB)]]
 
