@@ -20,11 +20,24 @@ from services.gateway.ui import (
     people,
     runs,
     session_pages,
+    storage,
     vms,
 )
 from services.gateway.ui.render import ENV, environment
 
-PAGES = (session_pages, dashboard, jobs, job_actions, runs, vms, backups, alerts, people, audit_page)
+PAGES = (
+    session_pages,
+    dashboard,
+    jobs,
+    job_actions,
+    runs,
+    vms,
+    backups,
+    storage,
+    alerts,
+    people,
+    audit_page,
+)
 
 
 def install(app: web.Application) -> None:

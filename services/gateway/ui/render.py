@@ -40,6 +40,7 @@ NAVIGATION = (
     ("/runs", "Runs", Permission.RUNS_READ),
     ("/backups", "Backups", Permission.BACKUPS_READ),
     ("/alerts", "Alerts", Permission.ALERTS_READ),
+    ("/storage", "Storage", Permission.REPOSITORIES_READ),
     ("/notifications", "Notifications", Permission.NOTIFICATIONS_READ),
     ("/settings/users", "Users", Permission.USERS_READ),
     ("/settings/keys", "API keys", Permission.SELF),
