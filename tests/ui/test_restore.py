@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
@@ -20,33 +20,11 @@ from shared.catalog import users
 from shared.db.models import Restore, RestorePointRow
 from shared.model.access import Role
 from shared.runtime.service import utcnow
-from shared.settings import VCenterSettings
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
 from tests.pipeline.test_restore import folder, vm_names
 from tests.ui.conftest import System
-
-HTML = {"Accept": "text/html"}
-T0 = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
-PEOPLE = {Role.ADMIN: "ada", Role.OPERATOR: "otto", Role.VIEWER: "vic"}
-PASSWORD = "a long enough pass 7"
-DOWN = VCenterSettings(
-    name="far", url="https://127.0.0.1:9/sdk", username="u", password="p", verify_tls=False
-)
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf-token" content="([^"]+)"', html)
-    assert found, html[:400]
-    return found[1]
-
-
-async def _log_in(c: TestClient, role: Role) -> str:
-    c.session.cookie_jar.clear()
-    form = {"name": PEOPLE[role], "password": PASSWORD, "next": "/dashboard"}
-    async with c.post("/login", data=form) as resp:
-        assert resp.status == 200, await resp.text()
-        return _csrf(await resp.text())
+from tests.ui.test_vms_backups import DOWN, HTML, PASSWORD, PEOPLE, T0, _log_in
 
 
 async def _seeded(make_api: MakeApi, tmp_path: Path) -> Api:
@@ -87,6 +65,7 @@ async def test_wizard_steps_back_refusal_validation_and_one_start(make_api: Make
     assert 'href="/restore/point/rp-0/kind"' in html
     assert "Refused: This restore point failed verification (chunk 3 is corrupt)" in html
     assert 'href="/restore/point/rp-1/kind"' not in html
+    assert 'href="/restore/point/rp-0/kind">Restore</a>' in await _get(c, "/backups/rp-0")
     refused = await _get(c, "/restore/point/rp-1/kind", 409)
     assert "chunk 3 is corrupt" in refused and "<title>Error:" in refused
 

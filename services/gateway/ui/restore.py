@@ -70,6 +70,15 @@ async def _point(request: web.Request) -> dict[str, Any]:
     return await in_session(request, lambda s: wizard.point(s, rp_id))
 
 
+async def _step(request: web.Request) -> tuple[dict[str, Any], dict[str, str]]:
+    """The restore point of a step and the answers so far (Invalid, a 422 page, for an odd kind)."""
+    view = await _point(request)
+    answers = _answers(request.query)
+    if answers.get("mode", "new_vm") not in wizard.MODES:
+        raise Invalid("mode", f"{answers['mode']!r} is not a kind of restore", where="query")
+    return view, answers
+
+
 def _refuse(request: web.Request, view: dict[str, Any]) -> web.Response | None:
     why = wizard.refused(view)
     if why is None:
@@ -81,10 +90,7 @@ def _refuse(request: web.Request, view: dict[str, Any]) -> web.Response | None:
 @needs(Permission.RESTORES_RUN)
 @page
 async def choose_kind(request: web.Request) -> web.Response:
-    view = await _point(request)
-    answers = _answers(request.query)
-    if request.query.get("mode") and request.query["mode"] not in wizard.MODES:
-        raise Invalid("mode", f"{request.query['mode']!r} is not a kind of restore", where="query")
+    view, answers = await _step(request)
     return _refuse(request, view) or render(
         request, "restore/kind.html", p=view, a=answers, modes=wizard.MODES
     )
@@ -126,10 +132,7 @@ async def _where(request: web.Request, view: dict[str, Any], answers: dict[str, 
 @needs(Permission.RESTORES_RUN)
 @page
 async def choose_where(request: web.Request) -> web.Response:
-    view = await _point(request)
-    answers = _answers(request.query)
-    if answers.get("mode", "new_vm") not in wizard.MODES:
-        raise Invalid("mode", f"{answers['mode']!r} is not a kind of restore", where="query")
+    view, answers = await _step(request)
     return _refuse(request, view) or await _where(request, view, answers, {})
 
 
@@ -151,10 +154,9 @@ async def _checked(
 @needs(Permission.RESTORES_RUN)
 @page
 async def summary(request: web.Request) -> web.Response:
-    view = await _point(request)
-    answers = _answers(request.query)
-    if answers.get("mode", "new_vm") not in wizard.MODES or answers.get("mode") == "download":
-        raise Invalid("mode", "choose a kind of restore first", where="query")
+    view, answers = await _step(request)
+    if answers.get("mode") == "download":
+        raise Invalid("mode", "a disk is downloaded from the step before, not started", where="query")
     if refused := _refuse(request, view):
         return refused
     body, errors = await _checked(request, view, answers)

@@ -15,6 +15,11 @@
     if (pending) return;
     pending = setTimeout(function () {
       pending = null;
+      if (window.htmx) {  // htmx swaps it in and shows its times again (local, "3 h ago")
+        window.htmx.ajax("GET", url, { target: "#restore-panel", swap: "outerHTML" })
+          .catch(function () { if (shown) shown.hidden = false; });
+        return;
+      }
       fetch(url, { credentials: "same-origin", headers: { Accept: "text/html" } })
         .then(function (resp) { if (!resp.ok) throw new Error("HTTP " + resp.status); return resp.text(); })
         .then(function (html) {
@@ -23,7 +28,6 @@
           box.innerHTML = html;
           var fresh = box.querySelector("#restore-panel");
           if (old && fresh) old.replaceWith(fresh);
-          if (window.htmx) window.htmx.process(fresh);
         })
         .catch(function () { if (shown) shown.hidden = false; });
     }, 500);
