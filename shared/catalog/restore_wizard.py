@@ -16,6 +16,7 @@ from shared.catalog import runs as runstore
 from shared.catalog.restores import RestoreRequest
 from shared.db.models import RestorePointRow
 from shared.errors import NotFound
+from shared.model.units import human_bytes
 from shared.settings import Settings
 
 MODES = {
@@ -138,7 +139,10 @@ def problems_of(
         out["datastore"] = f"No datastore {body.datastore!r} here (there are: {', '.join(stores) or 'none'})"
     elif body.datastore and body.mode != "instant" and stores[body.datastore]["free"] < need:
         free = stores[body.datastore]["free"]
-        out["datastore"] = f"Datastore {body.datastore} has {free} bytes free; the VM's disks need {need}"
+        out["datastore"] = (
+            f"Datastore {body.datastore} has {human_bytes(free)} free; the VM's disks need"
+            f" {human_bytes(need)}: choose another"
+        )
     if body.name and body.mode in ("new_vm", "instant") and body.name in where["vm_names"]:
         out["name"] = f"A VM named {body.name!r} exists already: choose another name"
     if body.network and body.network not in where["networks"]:

@@ -12,11 +12,12 @@ from datetime import timedelta
 from pathlib import Path
 from urllib.parse import urlencode
 
+import pytest
 from aiohttp.test_utils import TestClient
 from playwright.async_api import expect
 from sqlalchemy import select
 
-from shared.catalog import users
+from shared.catalog import restore_wizard, users
 from shared.db.models import Restore, RestorePointRow
 from shared.model.access import Role
 from shared.runtime.service import utcnow
@@ -168,3 +169,47 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     assert (folder(s.pipeline, "web-from-ui") / "web-from-ui-flat.vmdk").read_bytes() == content[2000]
     assert (folder(s.pipeline, "web-from-ui") / "web-from-ui_1-flat.vmdk").read_bytes() == content[2001]
     assert errors == [], errors
+
+
+PLACES = {
+    "dc1": {
+        "datastores": [
+            {"name": "big", "capacity": 10 << 30, "free": 5 << 30, "accessible": True},
+            {"name": "tiny", "capacity": 1 << 30, "free": 1 << 20, "accessible": True},
+        ],
+        "networks": ["lan", "isolated"],
+        "computes": ["cluster-1", "esx-1"],
+        "vm_names": ["web-1", "taken"],
+    }
+}
+
+
+async def test_placement_choices_and_impossible_ones(
+    make_api: MakeApi, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(restore_wizard, "choices", lambda settings, vcenter: PLACES)
+    api = await _seeded(make_api, tmp_path)
+    c = api.client
+    await _log_in(c, Role.ADMIN)
+    html = await _get(c, "/restore/point/rp-0/where?mode=new_vm")
+    assert "big: 5.0 GiB free of 10.0 GiB" in html and "<option>esx-1</option>" in html
+    assert "<option>isolated</option>" in html and "could not be asked" not in html
+    wanted = {
+        "mode": "new_vm",
+        "name": "taken",
+        "datastore": "tiny",
+        "network": "lan",
+        "resource_pool": "esx-1",
+    }
+    bad = await _get(c, "/restore/point/rp-0/summary?" + urlencode(wanted), 422)
+    assert "A VM named &#39;taken&#39; exists already" in bad
+    assert "Datastore tiny has 1.0 MiB free; the VM&#39;s disks need 1.0 GiB" in bad
+    assert '<option value="tiny" selected>' in bad and "<option selected>esx-1</option>" in bad
+    html = await _get(
+        c, "/restore/point/rp-0/summary?" + urlencode({**wanted, "name": "new", "datastore": "big"})
+    )
+    assert "Host or cluster</dt><dd>esx-1" in html
+    for mode, text in (("instant", "Instant recovery"), ("test", "(isolated)"), ("download", "/disks/2000")):
+        assert text in await _get(c, f"/restore/point/rp-0/where?mode={mode}")
+    bad = await _get(c, "/restore/point/rp-0/summary?mode=test", 422)
+    assert "Choose the datastore" in bad and "Choose the network" in bad
