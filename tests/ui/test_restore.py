@@ -206,9 +206,11 @@ async def test_placement_choices_and_impossible_ones(
     assert "Datastore tiny has 1.0 MiB free; the VM&#39;s disks need 1.0 GiB" in bad
     assert '<option value="tiny" selected>' in bad and "<option selected>esx-1</option>" in bad
     html = await _get(
-        c, "/restore/point/rp-0/summary?" + urlencode({**wanted, "name": "new", "datastore": "big"})
+        c,
+        "/restore/point/rp-0/summary?"
+        + urlencode({**wanted, "name": "new", "datastore": "big", "folder": "r/w"}),
     )
-    assert "Host or cluster</dt><dd>esx-1" in html
+    assert "Host or cluster</dt><dd>esx-1" in html and "Folder</dt><dd>r/w" in html
     for mode, text in (("instant", "Instant recovery"), ("test", "(isolated)"), ("download", "/disks/2000")):
         assert text in await _get(c, f"/restore/point/rp-0/where?mode={mode}")
     bad = await _get(c, "/restore/point/rp-0/summary?mode=test", 422)
