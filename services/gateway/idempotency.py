@@ -22,12 +22,15 @@ PURGE_EVERY = timedelta(minutes=10)
 _purged: dict[str, datetime] = {}  # per database URL: when expired keys were last deleted
 
 
-async def answer_once(request: web.Request, work: Callable[[Session], Answer]) -> web.Response:
+async def answer_once(
+    request: web.Request, work: Callable[[Session], Answer], key: str | None = None, body: bytes | None = None
+) -> web.Response:
     """Run `work` in one write transaction and answer it; with an `Idempotency-Key`, at most
     once for that key (422 names the header when the key is malformed or came with another
-    body). Without the header the request is served as ever."""
+    body). Without the header the request is served as ever. A page's form gives its `key` and
+    the `body` it stands for instead."""
     ctx = request.app[CTX]
-    raw = request.headers.get(HEADER)
+    raw = request.headers.get(HEADER) if key is None else key  # a form's key: its hidden field
     if raw is None:
         return response(await in_session(request, work, write=True))
     key = idempotency.check_key(raw)
@@ -36,7 +39,7 @@ async def answer_once(request: web.Request, work: Callable[[Session], Answer]) -
         caller=identity.actor if identity else "-",
         route=f"{request.method} {request.path}",
         key=key,
-        body_sha256=idempotency.body_hash(await request.read()),
+        body_sha256=idempotency.body_hash(await request.read() if body is None else body),
     )
     now = ctx.clock()
     place = str(ctx.engine.url)

@@ -102,3 +102,43 @@ class Placing(Session):
         raise _bad(
             f"no host, cluster or resource pool {wanted!r} in {datacenter} (there are: {', '.join(names)})"
         )
+
+    def placement_choices(self) -> dict[str, Any]:
+        """What a restore may choose from, per datacenter: datastores (name, capacity, free
+        bytes, accessible), networks, hosts and clusters, and the VM names already taken."""
+
+        def run() -> dict[str, Any]:
+            content = self._content()
+            out: dict[str, Any] = {}
+            for dc in content.rootFolder.childEntity:
+                if not isinstance(dc, vim.Datacenter):
+                    continue
+                view = content.viewManager.CreateContainerView(
+                    dc, [vim.VirtualMachine, vim.ComputeResource, vim.HostSystem], True
+                )
+                try:
+                    objs = list(view.view)
+                finally:
+                    view.Destroy()
+                out[dc.name] = {
+                    "datastores": sorted(
+                        (
+                            {
+                                "name": ds.name,
+                                "capacity": int(ds.summary.capacity),
+                                "free": int(ds.summary.freeSpace),
+                                "accessible": bool(ds.summary.accessible),
+                            }
+                            for ds in dc.datastore
+                        ),
+                        key=lambda d: d["name"],
+                    ),
+                    "networks": sorted(n.name for n in dc.network),
+                    "computes": sorted(
+                        {o.name for o in objs if isinstance(o, vim.ComputeResource | vim.HostSystem)}
+                    ),
+                    "vm_names": sorted({o.name for o in objs if isinstance(o, vim.VirtualMachine)}),
+                }
+            return out
+
+        return self._call("listing where a VM may be restored", run)

@@ -65,6 +65,7 @@ PARAMS = {
     "alert_id": "999999",
     "name": "nobody-here",
     "key": "no-such-key",
+    "action": "cancel",  # the web UI's /restores/{restore_id}/{action:cancel|migrate|stop}
     "switch": "enable",  # the web UI's /jobs/{job_id}/{switch:enable|disable}
 }
 

@@ -39,6 +39,7 @@ NAVIGATION = (
     ("/jobs", "Jobs", Permission.JOBS_READ),
     ("/runs", "Runs", Permission.RUNS_READ),
     ("/backups", "Backups", Permission.BACKUPS_READ),
+    ("/restore", "Restore", Permission.RESTORES_RUN),
     ("/alerts", "Alerts", Permission.ALERTS_READ),
     ("/storage", "Storage", Permission.REPOSITORIES_READ),
     ("/notifications", "Notifications", Permission.NOTIFICATIONS_READ),
