@@ -41,6 +41,7 @@ NAVIGATION = (
     ("/backups", "Backups", Permission.BACKUPS_READ),
     ("/alerts", "Alerts", Permission.ALERTS_READ),
     ("/notifications", "Notifications", Permission.NOTIFICATIONS_READ),
+    ("/settings", "Settings", Permission.SETTINGS_WRITE),
 )
 
 

