@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from shared.catalog import channels as chstore
 from shared.catalog import jobs as jobstore
 from shared.catalog import users
 from shared.catalog import vcenters as vcstore
@@ -137,3 +138,83 @@ async def test_vcenters_by_role(make_api: MakeApi, tmp_path: Path) -> None:
             assert status == 403, (role, path)
         status, _ = await _get(api, "/settings/vcenters/vc1/edit")
         assert status == 403
+
+
+async def test_notifications_channels_and_smtp(make_api: MakeApi, tmp_path: Path) -> None:
+    api = await _api(make_api, tmp_path)
+    csrf = await _login(api, Role.ADMIN)
+    status, page = await _get(api, "/settings/notifications")
+    assert status == 200 and "No channel yet" in page and "No SMTP server" in page
+
+    hook = "https://hooks.example.com/" + SECRET
+    form = {"csrf_token": csrf, "name": "ops hook", "type": "webhook", "url": hook, "secret": SECRET,
+            "on": ["failure"], "scope": "all"}  # fmt: skip
+    status, page, _ = await _post(api, "/settings/notifications/channels", form)  # a bad name
+    assert status == 422 and "<title>Error: " in page and 'aria-describedby="name-error"' in page
+    assert 'value="ops hook"' in page and SECRET not in page
+    status, page, _ = await _post(api, "/settings/notifications/channels", form | {"name": "ops", "url": ""})
+    assert status == 422 and 'aria-describedby="url-error"' in page and SECRET not in page
+    status, _, where = await _post(api, "/settings/notifications/channels", form | {"name": "ops"})
+    assert status == 303 and where == "/settings/notifications"
+    mail = {"csrf_token": csrf, "name": "mail", "type": "email", "to": "a@example.com, b@example.com",
+            "on": ["failure", "warning"], "scope": "all"}  # fmt: skip
+    status, _, _ = await _post(api, "/settings/notifications/channels", mail)
+    assert status == 303
+    status, page = await _get(api, "/settings/notifications")
+    assert "ops" in page and "a@example.com, b@example.com" in page and "Send test" in page
+    assert SECRET not in page and "hooks.example.com" in page
+
+    status, page = await _get(api, "/settings/notifications/channels/ops/edit")
+    assert status == 200 and "type a new one to replace it" in page and SECRET not in page
+    edit = {"csrf_token": csrf, "type": "webhook", "on": ["failure", "success"], "scope": "jobs"}
+    status, _, _ = await _post(api, "/settings/notifications/channels/ops/edit", edit)
+    assert status == 303
+    with api.ctx.sessions() as s:
+        view = chstore.get_view(s, api.ctx.settings, "ops")
+        assert view["on"] == ["failure", "success"] and view["url"] == "set" and view["secret"] == "set"
+    status, page, _ = await _post(
+        api, "/settings/notifications/channels/mail/edit", edit | {"type": "email", "to": ""}
+    )
+    assert status == 422 and "<title>Error: " in page
+
+    smtp = {"csrf_token": csrf, "host": "127.0.0.1", "port": "99999", "security": "none", "username": "u",
+            "password": SECRET, "sender": "vbm@example.com", "ca_file": ""}  # fmt: skip
+    status, page, _ = await _post(api, "/settings/notifications/smtp", smtp)
+    assert status == 422 and 'aria-describedby="port-error"' in page and 'value="99999"' in page
+    assert SECRET not in page
+    status, _, _ = await _post(api, "/settings/notifications/smtp", smtp | {"port": "9"})
+    assert status == 303
+    status, page = await _get(api, "/settings/notifications")
+    assert "127.0.0.1:9 (none)" in page and "password set" in page and SECRET not in page
+
+    async with api.client.post("/settings/notifications/test", data={"csrf_token": csrf, "channel": "mail"},
+                               headers={"HX-Request": "true"}) as resp:  # fmt: skip
+        text = await resp.text()
+        assert resp.status == 200 and 'data-tested="failed"' in text, text
+
+    with api.ctx.sessions.begin() as s:
+        spec = {"name": "tells-ops", "vcenter": "vc1", "select": [{"folder": "prod"}],
+                "schedule": {"kind": "preset", "preset": "daily", "at": "02:30"},
+                "options": {"notify": {"channels": ["ops"]}}}  # fmt: skip
+        jobstore.create_job(s, JobSpec.model_validate(spec), utcnow(), "/tmp/repo")
+    status, page, _ = await _post(
+        api, "/settings/notifications/channels/ops/delete", {"csrf_token": csrf, "confirm_name": "ops"}
+    )
+    assert status == 409 and "tells-ops" in page and "Nothing was removed" in page
+    status, _, _ = await _post(
+        api, "/settings/notifications/channels/mail/delete", {"csrf_token": csrf, "confirm_name": "mail"}
+    )
+    assert status == 303
+    status, _, _ = await _post(api, "/settings/notifications/smtp/delete", {"csrf_token": csrf})
+    assert status == 303
+
+    for role in (Role.VIEWER, Role.OPERATOR):
+        csrf = await _login(api, role)
+        status, page = await _get(api, "/settings/notifications")
+        assert status == 200 and "ops" in page and "Add a channel" not in page and "Save SMTP" not in page
+        assert "Send test" not in page and "/edit" not in page
+        for path in ("/settings/notifications/channels", "/settings/notifications/channels/ops/edit",
+                     "/settings/notifications/channels/ops/delete", "/settings/notifications/smtp",
+                     "/settings/notifications/smtp/delete", "/settings/notifications/test"):  # fmt: skip
+            status, _, _ = await _post(api, path, {"csrf_token": csrf, "name": "x", "channel": "ops"})
+            assert status == 403, (role, path)

@@ -18,12 +18,24 @@ from services.gateway.ui import (
     jobs,
     runs,
     session_pages,
+    settings_channels,
     settings_vcenters,
     vms,
 )
 from services.gateway.ui.render import ENV, environment
 
-PAGES = (session_pages, dashboard, jobs, job_actions, runs, vms, backups, alerts, settings_vcenters)
+PAGES = (
+    session_pages,
+    dashboard,
+    jobs,
+    job_actions,
+    runs,
+    vms,
+    backups,
+    alerts,
+    settings_vcenters,
+    settings_channels,
+)
 
 
 def install(app: web.Application) -> None:
