@@ -12,6 +12,7 @@ from pydantic import SecretStr
 
 from shared.catalog import channels as chstore
 from shared.catalog import jobs as jobstore
+from shared.catalog import locations as locstore
 from shared.catalog import users
 from shared.catalog import vcenters as vcstore
 from shared.model.access import Role
@@ -217,4 +218,71 @@ async def test_notifications_channels_and_smtp(make_api: MakeApi, tmp_path: Path
                      "/settings/notifications/channels/ops/delete", "/settings/notifications/smtp",
                      "/settings/notifications/smtp/delete", "/settings/notifications/test"):  # fmt: skip
             status, _, _ = await _post(api, path, {"csrf_token": csrf, "name": "x", "channel": "ops"})
+            assert status == 403, (role, path)
+
+
+async def test_repositories(make_api: MakeApi, tmp_path: Path) -> None:
+    api = await _api(make_api, tmp_path)
+    csrf = await _login(api, Role.ADMIN)
+    status, page = await _get(api, "/settings/repositories")
+    assert status == 200 and "default" in page and "Read only here" in page and "Add a location" in page
+    assert "/settings/repositories/default/edit" not in page
+
+    form = {"csrf_token": csrf, "name": "offsite", "url": "sftp://backup@127.0.0.1:9/vbm", "password": SECRET,
+            "known_hosts": "", "access_key": ""}  # fmt: skip
+    status, page, _ = await _post(api, "/settings/repositories", form)  # opened first: nobody answers
+    assert status == 422 and "<title>Error: " in page and "cannot be opened with these credentials" in page
+    assert (
+        'value="sftp://backup@127.0.0.1:9/vbm"' in page and 'value="offsite"' in page and SECRET not in page
+    )
+    status, page, _ = await _post(api, "/settings/repositories", form | {"url": "ftp://x", "skip_test": "on"})
+    assert status == 422 and 'aria-describedby="url-error"' in page and SECRET not in page
+    status, page, _ = await _post(
+        api, "/settings/repositories", form | {"access_key": "AK", "skip_test": "on"}
+    )
+    assert status == 422 and 'aria-describedby="access_key-error"' in page
+    status, _, where = await _post(api, "/settings/repositories", form | {"skip_test": "on"})
+    assert status == 303 and where == "/settings/repositories"
+    local = tmp_path / "second"
+    status, _, _ = await _post(
+        api, "/settings/repositories", {"csrf_token": csrf, "name": "second", "url": str(local)}
+    )
+    assert status == 303  # an empty local directory opens (the first backup makes a repository)
+    status, page = await _get(api, "/settings/repositories")
+    assert "offsite" in page and "SFTP password: set" in page and SECRET not in page and "second" in page
+
+    status, page = await _get(api, "/settings/repositories/offsite/edit")
+    assert status == 200 and "type a new one to replace it" in page and SECRET not in page
+    edit = {"csrf_token": csrf, "url": "sftp://other@127.0.0.1:9/vbm", "skip_test": "on"}
+    status, _, _ = await _post(api, "/settings/repositories/offsite/edit", edit)
+    assert status == 303
+    with api.ctx.sessions() as s:
+        view = locstore.get_view(s, api.ctx.settings, "offsite")
+        assert view["url"] == "sftp://other@127.0.0.1:9/vbm" and view["password"] == "set"
+    status, page, _ = await _post(api, "/settings/repositories/offsite/edit", edit | {"skip_test": ""})
+    assert status == 422 and 'value="sftp://other@127.0.0.1:9/vbm"' in page
+
+    with api.ctx.sessions.begin() as s:
+        spec = {"name": "to-second", "vcenter": "vc1", "select": [{"folder": "prod"}],
+                "schedule": {"kind": "preset", "preset": "daily", "at": "02:30"}}  # fmt: skip
+        jobstore.create_job(s, JobSpec.model_validate(spec), utcnow(), str(local))
+    status, page, _ = await _post(
+        api, "/settings/repositories/second/delete", {"csrf_token": csrf, "confirm_name": "second"}
+    )
+    assert status == 409 and "to-second" in page and "Nothing was removed" in page
+    status, _, _ = await _post(
+        api, "/settings/repositories/offsite/delete", {"csrf_token": csrf, "confirm_name": "offsite"}
+    )
+    assert status == 303
+    for odd in ("/settings/repositories/default/edit", "/settings/repositories/nope/edit"):
+        status, page = await _get(api, odd)
+        assert 400 <= status < 500 and "<html" in page, (odd, status)
+
+    for role in (Role.VIEWER, Role.OPERATOR):
+        csrf = await _login(api, role)
+        status, page = await _get(api, "/settings/repositories")
+        assert status == 200 and "second" in page and "Add a location" not in page and "/edit" not in page
+        for path in ("/settings/repositories", "/settings/repositories/second/edit",
+                     "/settings/repositories/second/delete"):  # fmt: skip
+            status, _, _ = await _post(api, path, {"csrf_token": csrf, "name": "x", "confirm_name": "second"})
             assert status == 403, (role, path)

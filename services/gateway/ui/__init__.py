@@ -19,6 +19,7 @@ from services.gateway.ui import (
     runs,
     session_pages,
     settings_channels,
+    settings_repos,
     settings_vcenters,
     vms,
 )
@@ -35,6 +36,7 @@ PAGES = (
     alerts,
     settings_vcenters,
     settings_channels,
+    settings_repos,
 )
 
 
