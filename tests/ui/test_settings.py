@@ -5,9 +5,11 @@ vCenter added and tested; an SMTP channel's Send test failing inline)."""
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+from playwright.async_api import expect
 from pydantic import SecretStr
 
 from shared.catalog import channels as chstore
@@ -21,7 +23,8 @@ from shared.runtime.service import utcnow
 from shared.settings import VCenterSettings
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
-from tests.ui.conftest import PEOPLE
+from tests.plugins.procs import free_port
+from tests.ui.conftest import PEOPLE, System
 
 VC = VCenterSettings(name="vc1", url="https://127.0.0.1:9/sdk", username="u", password=SecretStr("p"))
 SECRET = "hunter2-never-shown"
@@ -286,3 +289,46 @@ async def test_repositories(make_api: MakeApi, tmp_path: Path) -> None:
                      "/settings/repositories/second/delete"):  # fmt: skip
             status, _, _ = await _post(api, path, {"csrf_token": csrf, "name": "x", "confirm_name": "second"})
             assert status == 403, (role, path)
+
+
+async def test_add_and_test_a_vcenter_and_a_failing_mail_channel_in_the_browser(
+    system: Callable[..., Awaitable[System]],
+) -> None:
+    s = await system()
+    lab = s.pipeline.lab
+    page = await s.logged_in(Role.ADMIN)
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings").click()
+    await page.get_by_role("link", name="vCenters").click()
+    await page.wait_for_url("**/settings/vcenters")
+    # a second name for the lab's simulator, tested before it is saved
+    await page.locator("#name").fill("lab2")
+    await page.locator("#url").fill(lab.sdk_url)
+    await page.locator("#username").fill(lab.username)
+    await page.locator("#password").fill(lab.password)
+    await page.locator("#verify_tls").uncheck()
+    await page.get_by_role("button", name="Test and add").click()
+    row = page.locator("#vc-lab2")
+    await expect(row).to_contain_text("added")
+    await row.get_by_role("button", name="Test connection").click()
+    await expect(row.get_by_role("status")).to_contain_text("Connected", timeout=15_000)
+    await expect(page.locator("#password")).to_have_value("")  # write-only: never sent back
+    await s.shot(page, "settings-vcenters")
+
+    await page.goto("/settings/notifications")
+    await page.locator("#host").fill("127.0.0.1")
+    await page.locator("#port").fill(str(free_port()))  # nothing listens there: the server refuses
+    await page.locator("#security").select_option("none")
+    await page.locator("#sender").fill("vbm@example.com")
+    await page.get_by_role("button", name="Save SMTP server").click()
+    await expect(page.get_by_text("127.0.0.1:")).to_be_visible()
+    await page.locator("#name").fill("mail")
+    await page.locator("#to").fill("ops@example.com")
+    await page.get_by_role("button", name="Add channel").click()
+    row = page.locator("#ch-mail")
+    await row.get_by_role("button", name="Send test").click()
+    await expect(row.locator("[data-tested=failed]")).to_be_visible(timeout=12_000)
+    await expect(row.locator(".tested-error")).to_contain_text(re.compile("refused|Errno", re.I))
+    await s.shot(page, "settings-notifications")
+    assert errors == [], errors

@@ -179,16 +179,12 @@ async def test_vcenter(request: web.Request) -> web.Response:
     result beside the button, a plain form the list with the result in place."""
     ctx, name = request.app[CTX], request.match_info["name"]
 
-    def find(s: Session) -> VCenterSettings:
-        known, broken = vcstore.usable(s, ctx.settings)
-        if name in broken:
-            raise broken[name]
-        found = next((vc for vc in known if vc.name == name), None)
-        if found is None:
-            raise NotFound(f"no vCenter {name!r}")
-        return found
-
-    result = {"name": name, **(await _test(await in_session(request, find))).view()}
+    result = {
+        "name": name,
+        **(
+            await _test(await in_session(request, lambda s: vcstore.find_usable(s, ctx.settings, name)))
+        ).view(),
+    }
     if request.headers.get("HX-Request") == "true":
         return render(request, "settings/vc_tested.html", r=result)
     return await _list(request, tested={name: result})
