@@ -10,50 +10,20 @@ from pathlib import Path
 from typing import Any
 
 from playwright.async_api import expect
-from pydantic import SecretStr
 
 from shared.catalog import channels as chstore
 from shared.catalog import jobs as jobstore
 from shared.catalog import locations as locstore
-from shared.catalog import users
 from shared.catalog import vcenters as vcstore
 from shared.model.access import Role
 from shared.model.jobs import JobSpec
 from shared.runtime.service import utcnow
-from shared.settings import VCenterSettings
-from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
 from tests.plugins.procs import free_port
-from tests.ui.conftest import PEOPLE, System
+from tests.ui.conftest import System
+from tests.ui.test_jobs import _api, _get, _login
 
-VC = VCenterSettings(name="vc1", url="https://127.0.0.1:9/sdk", username="u", password=SecretStr("p"))
 SECRET = "hunter2-never-shown"
-
-
-async def _api(make_api: MakeApi, tmp_path: Path) -> Api:
-    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=(VC,))
-    with api.ctx.sessions.begin() as s:
-        for role, (name, password) in PEOPLE.items():
-            users.add(s, name, role, utcnow(), SecuritySettings(), password)
-    return api
-
-
-async def _login(api: Api, role: Role) -> str:
-    api.client.session.cookie_jar.clear()
-    name, password = PEOPLE[role]
-    async with api.client.post(
-        "/login", data={"name": name, "password": password, "next": "/settings"}
-    ) as resp:
-        page = await resp.text()
-        assert resp.status == 200, page[:300]
-    found = re.search(r'name="csrf-token" content="([^"]+)"', page)
-    assert found
-    return found[1]
-
-
-async def _get(api: Api, path: str) -> tuple[int, str]:
-    async with api.client.get(path, allow_redirects=False) as resp:
-        return resp.status, await resp.text()
 
 
 async def _post(api: Api, path: str, data: dict[str, Any]) -> tuple[int, str, str]:

@@ -14,10 +14,10 @@ from aiohttp import web
 from sqlalchemy.orm import Session
 
 from services.gateway.access import needs
-from services.gateway.api_alerts import send_test
 from services.gateway.common import CTX, in_session
-from services.gateway.ui.alerts import TEST_SECONDS
+from services.gateway.ui.alerts import tested_one
 from services.gateway.ui.render import page, render
+from services.gateway.ui.settings_common import removed
 from shared.catalog import channels as chstore
 from shared.catalog import smtp as smtpstore
 from shared.errors import Conflict, Invalid, NotFound, StoreError
@@ -168,14 +168,10 @@ async def change_channel(request: web.Request) -> web.Response:
 @page
 async def delete_channel(request: web.Request) -> web.Response:
     """Remove a stored channel (as DELETE /api/v1/channels/{name}); refused while jobs name it."""
-    ctx, name, form = request.app[CTX], request.match_info["name"], await request.post()
-    if form.get("confirm_name") != name:
-        refused = {name: "Type the channel's name to confirm. Nothing was removed."}
-        return await _page(request, 422, refused=refused)
-    try:
-        await in_session(request, lambda s: chstore.remove(s, ctx.settings, name), write=True)
-    except Conflict as exc:
-        return await _page(request, 409, refused={name: f"{exc}. Nothing was removed."})
+    ctx, name = request.app[CTX], request.match_info["name"]
+    refused = await removed(request, "channel", lambda s: chstore.remove(s, ctx.settings, name), _page)
+    if refused is not None:
+        return refused
     raise web.HTTPSeeOther("/settings/notifications")
 
 
@@ -185,14 +181,7 @@ async def delete_channel(request: web.Request) -> web.Response:
 async def test_channel(request: web.Request) -> web.Response:
     """Send a test over one channel (as POST /api/v1/notifications/test): htmx gets the result
     beside the button, a plain form the page with the result in place."""
-    form = await request.post()
-    name = form.get("channel")
-    if not isinstance(name, str) or not name.strip():
-        raise Invalid("channel", "Choose the channel to test")
-    results = await send_test(request, name.strip(), timeout=TEST_SECONDS)
-    result: dict[str, Any] = (
-        results[0] if results else {"channel": name, "ok": False, "error": "nothing sent"}
-    )
+    result = await tested_one(request)
     if request.headers.get("HX-Request") == "true":
         return render(request, "alerts/tested.html", r=result)
     return await _page(request, tried={str(result["channel"]): result})

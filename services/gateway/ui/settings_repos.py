@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 from services.gateway.access import needs
 from services.gateway.common import CTX, in_session
 from services.gateway.ui.render import page, render
+from services.gateway.ui.settings_common import removed
 from shared.catalog import locations as locstore
 from shared.catalog import usage
 from shared.errors import Conflict, Invalid, StoreError
@@ -155,12 +156,8 @@ async def change_location(request: web.Request) -> web.Response:
 @page
 async def delete_location(request: web.Request) -> web.Response:
     """Remove a stored location (as DELETE /api/v1/locations/{name}); refused while jobs use it."""
-    name, form = request.match_info["name"], await request.post()
-    if form.get("confirm_name") != name:
-        refused = {name: "Type the location's name to confirm. Nothing was removed."}
-        return await _page(request, 422, refused=refused)
-    try:
-        await in_session(request, lambda s: locstore.remove(s, name), write=True)
-    except Conflict as exc:
-        return await _page(request, 409, refused={name: f"{exc}. Nothing was removed."})
+    name = request.match_info["name"]
+    refused = await removed(request, "location", lambda s: locstore.remove(s, name), _page)
+    if refused is not None:
+        return refused
     raise web.HTTPSeeOther("/settings/repositories")

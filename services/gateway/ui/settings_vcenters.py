@@ -15,6 +15,7 @@ from services.gateway.access import needs
 from services.gateway.api_vms import VCENTERS
 from services.gateway.common import CTX, in_session
 from services.gateway.ui.render import page, render
+from services.gateway.ui.settings_common import removed
 from shared.catalog import vcenters as vcstore
 from shared.errors import Conflict, Invalid, NotFound, StoreError
 from shared.model.access import Permission
@@ -195,14 +196,9 @@ async def test_vcenter(request: web.Request) -> web.Response:
 @page
 async def delete_vcenter(request: web.Request) -> web.Response:
     """Remove an added vCenter (as DELETE /api/v1/vcenters/{name}); refused while jobs use it."""
-    ctx, name, form = request.app[CTX], request.match_info["name"], await request.post()
-    if form.get("confirm_name") != name:
-        return await _list(
-            request, status=422, refused={name: "Type the vCenter's name to confirm. Nothing was removed."}
-        )
-    try:
-        await in_session(request, lambda s: vcstore.remove(s, ctx.settings, name), write=True)
-    except Conflict as exc:
-        return await _list(request, status=409, refused={name: f"{exc}. Nothing was removed."})
+    ctx, name = request.app[CTX], request.match_info["name"]
+    refused = await removed(request, "vCenter", lambda s: vcstore.remove(s, ctx.settings, name), _list)
+    if refused is not None:
+        return refused
     request.app[VCENTERS].forget(name)
     raise web.HTTPSeeOther("/settings/vcenters")
