@@ -74,6 +74,8 @@ async def test_vcenters_add_edit_test_remove(make_api: MakeApi, tmp_path: Path) 
     async with api.client.post("/settings/vcenters/vc2/test", data={"csrf_token": csrf},
                                headers={"HX-Request": "true"}) as resp:  # fmt: skip
         assert resp.status == 200 and "Failed at tcp" in await resp.text()
+    status, page, _ = await _post(api, "/settings/vcenters/vc2/test", {"csrf_token": csrf})  # without htmx
+    assert status == 200 and "Failed at tcp" in page and "<html" in page
 
     with api.ctx.sessions.begin() as s:
         spec = {"name": "uses-vc2", "vcenter": "vc2", "select": [{"folder": "prod"}],
@@ -165,6 +167,10 @@ async def test_notifications_channels_and_smtp(make_api: MakeApi, tmp_path: Path
                                headers={"HX-Request": "true"}) as resp:  # fmt: skip
         text = await resp.text()
         assert resp.status == 200 and 'data-tested="failed"' in text, text
+    status, page, _ = await _post(
+        api, "/settings/notifications/test", {"csrf_token": csrf, "channel": "mail"}
+    )
+    assert status == 200 and 'data-tested="failed"' in page and "<html" in page
 
     with api.ctx.sessions.begin() as s:
         spec = {"name": "tells-ops", "vcenter": "vc1", "select": [{"folder": "prod"}],
