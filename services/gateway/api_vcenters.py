@@ -16,7 +16,6 @@ from services.gateway.apidoc import boolean, op
 from services.gateway.common import CTX, field_error, flag, in_session, json_response, problem, read_json
 from shared.catalog import vcenters as vcstore
 from shared.catalog.vcenters import VCenterChange
-from shared.errors import NotFound
 from shared.model.access import Permission
 from shared.settings import VCenterSettings
 from shared.vsphere.probe import Probe, probe
@@ -151,14 +150,5 @@ async def test_vcenter(request: web.Request) -> web.Response:
     failed, which step (`kind`: dns, tcp, tls, not_vcenter, credentials) and how to fix it."""
     ctx, name = request.app[CTX], request.match_info["name"]
 
-    def find(s: Session) -> VCenterSettings:
-        known, broken = vcstore.usable(s, ctx.settings)
-        if name in broken:
-            raise broken[name]
-        found = next((vc for vc in known if vc.name == name), None)
-        if found is None:
-            raise NotFound(f"no vCenter {name!r} (see GET /api/v1/vcenters)")
-        return found
-
-    result = await _test(await in_session(request, find))
+    result = await _test(await in_session(request, lambda s: vcstore.find_usable(s, ctx.settings, name)))
     return json_response({"name": name, **result.view()})

@@ -81,6 +81,18 @@ def usable(session: Session, settings: Settings) -> tuple[list[VCenterSettings],
     return list(settings.vcenters) + done, broken
 
 
+def find_usable(session: Session, settings: Settings, name: str) -> VCenterSettings:
+    """One vCenter as it is configured or saved, to test it: NotFound, or the VaultError saying
+    why its password cannot be decrypted."""
+    known, broken = usable(session, settings)
+    if name in broken:
+        raise broken[name]
+    found = next((vc for vc in known if vc.name == name), None)
+    if found is None:
+        raise NotFound(f"no vCenter {name!r} (see GET /api/v1/vcenters)")
+    return found
+
+
 def names(session: Session, settings: Settings) -> list[str]:
     """The name of every vCenter, configured or stored (readable or not)."""
     return [vc.name for vc in settings.vcenters] + [r.name for r in stored_rows(session, settings)]

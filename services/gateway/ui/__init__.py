@@ -21,6 +21,9 @@ from services.gateway.ui import (
     restore,
     runs,
     session_pages,
+    settings_channels,
+    settings_repos,
+    settings_vcenters,
     storage,
     vms,
 )
@@ -37,6 +40,9 @@ PAGES = (
     restore,
     storage,
     alerts,
+    settings_vcenters,
+    settings_channels,
+    settings_repos,
     people,
     audit_page,
 )

@@ -146,20 +146,24 @@ def _log_page(
     )
 
 
+async def tested_one(request: web.Request) -> dict[str, Any]:
+    """The result of a test message over the channel a form names (this page's and the
+    notification settings' "Send test"), within TEST_SECONDS."""
+    form = await request.post()
+    name = form.get("channel")
+    if not isinstance(name, str) or not name.strip():
+        raise Invalid("channel", "Choose the channel to test")
+    results = await send_test(request, name.strip(), timeout=TEST_SECONDS)
+    return results[0] if results else {"channel": name, "ok": False, "error": "nothing sent"}
+
+
 @routes.post("/notifications/test")
 @needs(Permission.NOTIFICATIONS_WRITE)
 @page
 async def test_channel(request: web.Request) -> web.Response:
     """Send a test over one channel (as POST /api/v1/notifications/test): htmx gets the result
     as a fragment beside the button; a plain form gets the page with the result in place."""
-    form = await request.post()
-    name = form.get("channel")
-    if not isinstance(name, str) or not name.strip():
-        raise Invalid("channel", "Choose the channel to test")
-    results = await send_test(request, name.strip(), timeout=TEST_SECONDS)
-    result: dict[str, Any] = (
-        results[0] if results else {"channel": name, "ok": False, "error": "nothing sent"}
-    )
+    result = await tested_one(request)
     if request.headers.get("HX-Request") == "true":
         return render(request, "alerts/tested.html", r=result)
     found, window = await _notifications(request)

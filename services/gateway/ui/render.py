@@ -43,6 +43,7 @@ NAVIGATION = (
     ("/alerts", "Alerts", Permission.ALERTS_READ),
     ("/storage", "Storage", Permission.REPOSITORIES_READ),
     ("/notifications", "Notifications", Permission.NOTIFICATIONS_READ),
+    ("/settings", "Settings", Permission.SETTINGS_WRITE),
     ("/settings/users", "Users", Permission.USERS_READ),
     ("/settings/keys", "API keys", Permission.SELF),
     ("/audit", "Audit", Permission.AUDIT_READ),
