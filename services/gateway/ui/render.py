@@ -104,6 +104,8 @@ def render(request: web.Request, template: str, http_status: int = 200, **values
         return who is not None and allows(who.role, Permission(permission))
 
     nav = [(path, label) for path, label, needed in NAVIGATION if can(needed.value)]
+    here = request.path  # the entry of this page: the longest that holds it (/settings/users, not /settings)
+    current = max((p for p, _ in nav if here == p or here.startswith(p + "/")), key=len, default=None)
     html = (
         request.app[ENV]
         .get_template(template)
@@ -111,7 +113,8 @@ def render(request: web.Request, template: str, http_status: int = 200, **values
             me=who,
             can=can,
             nav=nav,
-            here=request.path,
+            here=here,
+            current=current,
             csrf_token=request.get(CSRF, ""),
             **values,
         )
