@@ -10,10 +10,20 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from services.gateway.ui import alerts, backups, dashboard, job_actions, jobs, runs, session_pages, vms
+from services.gateway.ui import (
+    alerts,
+    backups,
+    calendar,
+    dashboard,
+    job_actions,
+    jobs,
+    runs,
+    session_pages,
+    vms,
+)
 from services.gateway.ui.render import ENV, environment
 
-PAGES = (session_pages, dashboard, jobs, job_actions, runs, vms, backups, alerts)
+PAGES = (session_pages, dashboard, jobs, job_actions, runs, vms, backups, alerts, calendar)
 
 
 def install(app: web.Application) -> None:
