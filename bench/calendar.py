@@ -22,10 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiohttp
-from aiohttp import web
-
-from bench.ui import NAME, PASSWORD, median_ms
+from bench.ui import NAME, PASSWORD, baseline_ms, fresh_catalog, gateway, median_ms
 
 BASELINE = "/api/v1/runs?limit=50"
 GOAL_MS = 500.0
@@ -79,21 +76,14 @@ def seed(sessions: Any, vms: int, days: int, now: datetime) -> int:
 
 
 async def run(vms: int, days: int, reps: int) -> int:
-    from services.gateway.app import create_app
-    from shared.db import make_engine, make_sessionmaker, upgrade
-    from shared.runtime.bus import Bus
-    from shared.runtime.outbox import Relay
-    from shared.runtime.service import Context, utcnow
+    from shared.runtime.service import utcnow
     from shared.settings import Settings
     from tests.plugins.nats import NatsServer
 
     with tempfile.TemporaryDirectory(prefix="vbm-bench-calendar-") as tmp_name:
         tmp = Path(tmp_name)
         nats = NatsServer(tmp / "nats").start()
-        url = f"sqlite:///{tmp / 'vbm.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        sessions = make_sessionmaker(engine)
+        url, engine, sessions = fresh_catalog(tmp)
         now = utcnow()
         start = time.perf_counter()
         tasks = seed(sessions, vms, days, now)
@@ -101,16 +91,6 @@ async def run(vms: int, days: int, reps: int) -> int:
         print(f"catalog: {vms} VMs in {JOBS} daily jobs, {days} days: {days * JOBS} runs, {tasks} tasks"
               f" in SQLite (filled in {filled:.1f} s)")  # fmt: skip
         settings = Settings(data_dir=tmp / "data", database_url=url)
-        bus = await Bus.connect(nats.url, "bench-calendar")
-        await bus.ensure_stream()
-        stop = asyncio.Event()
-        relay = Relay(bus, sessions, utcnow, interval=30)
-        ctx = Context("gateway", "gateway-bench", settings, bus, engine, sessions, stop, relay)
-        runner = web.AppRunner(create_app(ctx))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
         week = now.isocalendar()
         yesterday = now.date() - timedelta(days=1)
         last_month = now.date().replace(day=1) - timedelta(days=1)  # a whole month of runs
@@ -126,13 +106,8 @@ async def run(vms: int, days: int, reps: int) -> int:
         )
         worst = 0.0
         try:
-            async with aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-                form = {"name": NAME, "password": PASSWORD, "next": "/calendar"}
-                async with http.post("/login", data=form, allow_redirects=False) as resp:
-                    assert resp.status == 303, f"log in: {resp.status} {await resp.text()}"
-                status, baseline = await median_ms(http, BASELINE, reps)
-                assert status == 200, f"{BASELINE}: {status}"
-                print(f"{'baseline: GET ' + BASELINE:<60} {baseline:8.1f} ms")
+            async with gateway(settings, engine, sessions, nats.url) as http:
+                baseline = await baseline_ms(http, BASELINE, reps, width=60)
                 for path in pages:
                     status, took = await median_ms(http, path, reps)
                     if status != 200:
@@ -142,10 +117,6 @@ async def run(vms: int, days: int, reps: int) -> int:
                     worst = max(worst, took)
                     print(f"{'GET ' + path:<60} {took:8.1f} ms   x{took / baseline:5.1f} of the baseline")
         finally:
-            await runner.cleanup()
-            stop.set()
-            relay.kick()
-            await bus.close()
             engine.dispose()
             nats.stop()
     verdict = "ok" if worst < GOAL_MS else "TOO SLOW"
