@@ -119,7 +119,11 @@ def _at(day: date) -> datetime:
 def _status(session: Session) -> ColumnElement[Any]:
     """A task's status in SQL: its state, `warning` for a success with warnings."""
     postgres = session.get_bind().dialect.name == "postgresql"
-    length = func.jsonb_array_length(Task.warnings) if postgres else func.json_array_length(Task.warnings)
+    if postgres:  # a JSON null (not an array) has no length there
+        arrays = func.jsonb_typeof(Task.warnings) == "array"
+        length: ColumnElement[Any] = case((arrays, func.jsonb_array_length(Task.warnings)), else_=0)
+    else:
+        length = func.json_array_length(Task.warnings)
     return case((and_(Task.state == "succeeded", func.coalesce(length, 0) > 0), "warning"), else_=Task.state)
 
 

@@ -104,8 +104,9 @@ def _label(cell: str) -> str:
     return found[1]
 
 
-async def test_month_week_day_and_filters(make_api: MakeApi, tmp_path: Path) -> None:
-    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}")
+async def test_month_week_day_and_filters(make_api: MakeApi, db_url: str) -> None:
+    """On SQLite and on PostgreSQL (the day and the warning are counted in each one's SQL)."""
+    api = await make_api(db_url)
     past, future = _months(utcnow().date())
     _seed(api, past)
     status, _ = await _get(api, "/calendar")
@@ -258,4 +259,5 @@ async def test_today_after_a_real_backup(system: Callable[..., Awaitable[System]
     await expect(
         page.get_by_role("link", name=re.compile(r"^web, .*: succeeded, open the run$"))
     ).to_have_attribute("href", f"/runs/{run_id}")
+    await s.shot(page, "calendar-week")
     assert errors == [], errors
