@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -102,12 +104,59 @@ async def median_ms(http: aiohttp.ClientSession, url: str, reps: int) -> tuple[i
     return status, statistics.median(took)
 
 
-async def run(points: int, reps: int, lab: bool) -> int:
-    from services.gateway.app import create_app
+async def baseline_ms(http: aiohttp.ClientSession, url: str, reps: int, width: int) -> float:
+    """The median of `url` (which must answer 200), printed as the run's baseline."""
+    status, took = await median_ms(http, url, reps)
+    assert status == 200, f"{url}: {status}"
+    print(f"{'baseline: GET ' + url:<{width}} {took:8.1f} ms")
+    return took
+
+
+def fresh_catalog(tmp: Path) -> tuple[str, Any, Any]:
+    """A new SQLite catalog in `tmp`, at the current schema: its URL, engine and sessions."""
     from shared.db import make_engine, make_sessionmaker, upgrade
+
+    url = f"sqlite:///{tmp / 'vbm.db'}"
+    engine = make_engine(url)
+    upgrade(engine)
+    return url, engine, make_sessionmaker(engine)
+
+
+@contextlib.asynccontextmanager
+async def gateway(
+    settings: Any, engine: Any, sessions: Any, nats_url: str
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """The gateway (the real app) on a loopback port with its bus and outbox relay, and an HTTP
+    client logged in to it as the bench's admin (seeded as NAME, PASSWORD); all stopped after."""
+    from services.gateway.app import create_app
     from shared.runtime.bus import Bus
     from shared.runtime.outbox import Relay
     from shared.runtime.service import Context, utcnow
+
+    bus = await Bus.connect(nats_url, "bench-gateway")
+    await bus.ensure_stream()
+    stop = asyncio.Event()
+    relay = Relay(bus, sessions, utcnow, interval=30)
+    ctx = Context("gateway", "gateway-bench", settings, bus, engine, sessions, stop, relay)
+    runner = web.AppRunner(create_app(ctx))
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
+        async with aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
+            form = {"name": NAME, "password": PASSWORD, "next": "/dashboard"}
+            async with http.post("/login", data=form, allow_redirects=False) as resp:
+                assert resp.status == 303, f"log in: {resp.status} {await resp.text()}"
+            yield http
+    finally:
+        await runner.cleanup()
+        stop.set()
+        relay.kick()
+        await bus.close()
+
+
+async def run(points: int, reps: int, lab: bool) -> int:
     from shared.settings import Settings, VCenterSettings
     from tests.plugins.nats import NatsServer
 
@@ -123,35 +172,17 @@ async def run(points: int, reps: int, lab: bool) -> int:
             the_lab = start_lab(spec, tmp / "lab")
             vcenters = (VCenterSettings(name="vc1", url=the_lab.sdk_url, username=the_lab.username,
                                         password=the_lab.password, verify_tls=False),)  # fmt: skip
-        url = f"sqlite:///{tmp / 'vbm.db'}"
-        engine = make_engine(url)
-        upgrade(engine)
-        sessions = make_sessionmaker(engine)
+        url, engine, sessions = fresh_catalog(tmp)
         start = time.perf_counter()
         seed(sessions, points)
         filled = time.perf_counter() - start
         print(f"catalog: {points} restore points, 10 jobs, runs, 30 alerts, 200 deliveries in SQLite"
               f" (filled in {filled:.1f} s); vCenter: {'the lab' if lab else 'none'}")  # fmt: skip
         settings = Settings(data_dir=tmp / "data", database_url=url, vcenters=vcenters)
-        bus = await Bus.connect(nats.url, "bench-ui")
-        await bus.ensure_stream()
-        stop = asyncio.Event()
-        relay = Relay(bus, sessions, utcnow, interval=30)
-        ctx = Context("gateway", "gateway-bench", settings, bus, engine, sessions, stop, relay)
-        runner = web.AppRunner(create_app(ctx))
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        base = f"http://127.0.0.1:{runner.addresses[0][1]}"
         worst = 0.0
         try:
-            async with aiohttp.ClientSession(base, cookie_jar=aiohttp.CookieJar(unsafe=True)) as http:
-                form = {"name": NAME, "password": PASSWORD, "next": "/dashboard"}
-                async with http.post("/login", data=form, allow_redirects=False) as resp:
-                    assert resp.status == 303, f"log in: {resp.status} {await resp.text()}"
-                status, baseline = await median_ms(http, BASELINE, reps)
-                assert status == 200, f"{BASELINE}: {status}"
-                print(f"{'baseline: GET ' + BASELINE:<44} {baseline:8.1f} ms")
+            async with gateway(settings, engine, sessions, nats.url) as http:
+                baseline = await baseline_ms(http, BASELINE, reps, width=44)
                 details = []  # a restore point's, a run's and a job's own pages, and the job form
                 for api, key, page in (("backups", "backups", "/backups/"), ("runs", "runs", "/runs/")):
                     async with http.get(f"/api/v1/{api}?limit=1") as resp:
@@ -172,10 +203,6 @@ async def run(points: int, reps: int, lab: bool) -> int:
                     worst = max(worst, took)
                     print(f"{'GET ' + path:<44} {took:8.1f} ms   x{took / baseline:5.1f} of the baseline")
         finally:
-            await runner.cleanup()
-            stop.set()
-            relay.kick()
-            await bus.close()
             engine.dispose()
             nats.stop()
             if the_lab is not None:

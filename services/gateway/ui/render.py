@@ -39,6 +39,7 @@ NAVIGATION = (
     ("/jobs", "Jobs", Permission.JOBS_READ),
     ("/runs", "Runs", Permission.RUNS_READ),
     ("/backups", "Backups", Permission.BACKUPS_READ),
+    ("/calendar", "Calendar", Permission.RUNS_READ),
     ("/restore", "Restore", Permission.RESTORES_RUN),
     ("/alerts", "Alerts", Permission.ALERTS_READ),
     ("/storage", "Storage", Permission.REPOSITORIES_READ),
