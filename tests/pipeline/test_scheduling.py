@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from lab.launcher import DatastoreSpec, DiskSpec, LabSpec, VMSpec
@@ -100,6 +101,7 @@ async def test_a_batch_many_times_the_stall_backs_up_every_vm_within_the_limits(
     )
 
 
+@pytest.mark.timeout(240)  # a run of 20 VMs through a slowed datastore, on a shared CPU
 async def test_a_slow_datastore_gets_fewer_streams_then_recovers(
     pipeline_factory: Callable[..., Pipeline],
 ) -> None:
@@ -127,7 +129,8 @@ async def test_a_slow_datastore_gets_fewer_streams_then_recovers(
             return row.limit_now if row is not None else None
 
     while (limit() or 4) > 2:
-        assert time.monotonic() - slowed_at < 15, "latency control did not lower the streams"
+        # deadlines of behaviour, not of speed: generous, since the other test worker shares the CPU
+        assert time.monotonic() - slowed_at < 30, "latency control did not lower the streams"
         await asyncio.sleep(0.2)
     lowered = time.monotonic() - slowed_at
     # from a little after the limit fell, the lab never saw more reads at once than it allows
@@ -136,14 +139,14 @@ async def test_a_slow_datastore_gets_fewer_streams_then_recovers(
     assert max_overlap(p.lab.requests(), "LocalDS_0", since_ms=mark) <= 2
     p.lab.datastore_limits("LocalDS_0", latency_ms=0)  # and recovers
     while (limit() or 4) <= 2:
-        assert time.monotonic() - slowed_at < 40, "latency control did not give the streams back"
+        assert time.monotonic() - slowed_at < 80, "latency control did not give the streams back"
         await asyncio.sleep(0.2)
     run = await p.wait_run(run_id, timeout=120)
     assert run.state == "succeeded", p.dump(run_id)
     log = [line["message"] for line in p.run_log(run_id)]
     assert any("datastore LocalDS_0 is slow" in line for line in log), [x for x in log if "datastore" in x]
     assert any("datastore LocalDS_0 is recovering" in line for line in log), log
-    assert lowered < 10
+    assert lowered < 20
     p.assert_clean()
 
 
