@@ -156,7 +156,7 @@ class GCMachine(RuleBasedStateMachine):
 
 # 1,000 histories in one test: on a 2-core machine shared with the other test worker
 # (pytest-xdist) that takes longer than the suite's 120 s default. test_the_histories_exercised_gc
-# reads what TestGC counted: the suite distributes whole files (--dist loadfile), in file order.
+# reads what TestGC counted: on workers, run whole files (--dist loadfile) so they stay in order.
 pytestmark = pytest.mark.timeout(300)
 
 GCMachine.TestCase.settings = settings(
