@@ -4,12 +4,15 @@ system on the lab (the pipeline's services, the gateway on a real port)."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
+from aiohttp.test_utils import TestClient
 from playwright.async_api import Browser, Page, async_playwright
 
 from shared.catalog import users
@@ -24,6 +27,33 @@ __all__ = ["make_api", "pipeline_factory"]
 PEOPLE = {Role.ADMIN: ("ada", "admin pass phrase 1"), Role.OPERATOR: ("otto", "operator pass phrase 2"),
           Role.VIEWER: ("vic", "viewer pass phrase 3")}  # fmt: skip
 SIZE = {"width": 1280, "height": 800}
+
+
+def add_people(api: Api) -> None:
+    """The users of PEOPLE, one of each role, in `api`'s database."""
+    with api.ctx.sessions.begin() as s:
+        for role, (name, password) in PEOPLE.items():
+            users.add(s, name, role, utcnow(), SecuritySettings(), password)
+
+
+def csrf_of(html: str) -> str:
+    """The session's CSRF token, as a page carries it in its meta tag."""
+    found = re.search(r'name="csrf-token" content="([^"]+)"', html)
+    assert found, html[:400]
+    return found[1]
+
+
+async def log_in(
+    client: TestClient[Any, Any], name: str, password: str, next_page: str = "/dashboard"
+) -> str:
+    """Log `client` in through the login form (whoever was in is logged out), landing on
+    `next_page`; the session's CSRF token."""
+    client.session.cookie_jar.clear()
+    form = {"name": name, "password": password, "next": next_page}
+    async with client.post("/login", data=form) as resp:
+        page = await resp.text()
+        assert resp.status == 200, page[:300]
+    return csrf_of(page)
 
 
 def chromium() -> str:

@@ -21,7 +21,7 @@ from shared.model.jobs import JobSpec
 from shared.runtime.service import utcnow
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
-from tests.ui.conftest import System
+from tests.ui.conftest import PEOPLE, System, log_in
 from tests.ui.test_runs import _console, _make_job, _start
 
 HTML = {"Accept": "text/html"}
@@ -81,9 +81,7 @@ def _seed(api: Api, past: date) -> None:
 
 
 async def _log_in(api: Api) -> None:
-    form = {"name": "vic", "password": "viewer pass phrase 3", "next": "/calendar"}
-    async with api.client.post("/login", data=form) as resp:
-        assert resp.status == 200, await resp.text()
+    await log_in(api.client, *PEOPLE[Role.VIEWER], "/calendar")
 
 
 async def _get(api: Api, path: str) -> tuple[int, str]:

@@ -23,15 +23,9 @@ from shared.model.jobs import JobSpec, VMRef
 from shared.runtime.service import utcnow
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
-from tests.ui.conftest import System
+from tests.ui.conftest import System, log_in
 
 PASSWORD = "a long enough pass 9"
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf-token" content="([^"]+)"', html)
-    assert found, html[:400]
-    return found[1]
 
 
 async def _login(api: Api, role: Role) -> str:
@@ -40,11 +34,7 @@ async def _login(api: Api, role: Role) -> str:
     with api.ctx.sessions.begin() as s:
         if s.get(User, name) is None:
             users.add(s, name, role, utcnow(), SecuritySettings(), PASSWORD)
-    api.client.session.cookie_jar.clear()
-    form = {"name": name, "password": PASSWORD, "next": "/dashboard"}
-    async with api.client.post("/login", data=form) as resp:
-        assert resp.status == 200, await resp.text()
-        return _csrf(await resp.text())
+    return await log_in(api.client, name, PASSWORD)
 
 
 async def _get(api: Api, path: str, status: int = 200) -> str:

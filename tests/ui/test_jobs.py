@@ -13,15 +13,13 @@ from playwright.async_api import Locator, Page, expect
 from pydantic import SecretStr
 
 from shared.catalog import jobs as jobstore
-from shared.catalog import users
 from shared.db.models import RestorePointRow
 from shared.model.access import Role
 from shared.model.jobs import JobSpec
 from shared.runtime.service import utcnow
 from shared.settings import VCenterSettings
-from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
-from tests.ui.conftest import PEOPLE, System
+from tests.ui.conftest import PEOPLE, System, add_people, log_in
 
 T0 = datetime(2026, 11, 20, 2, tzinfo=UTC)
 # A vCenter nobody answers at: jobs that select VMs by folder need not ask it to be saved.
@@ -30,23 +28,13 @@ VC = VCenterSettings(name="vc1", url="https://127.0.0.1:9/sdk", username="u", pa
 
 async def _api(make_api: MakeApi, tmp_path: Path) -> Api:
     api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=(VC,))
-    with api.ctx.sessions.begin() as s:
-        for role, (name, password) in PEOPLE.items():
-            users.add(s, name, role, utcnow(), SecuritySettings(), password)
+    add_people(api)
     return api
 
 
 async def _login(api: Api, role: Role) -> str:
     """Log in as the user of `role` (the client's cookies replaced); the session's CSRF token."""
-    api.client.session.cookie_jar.clear()
-    name, password = PEOPLE[role]
-    form = {"name": name, "password": password, "next": "/jobs"}
-    async with api.client.post("/login", data=form) as resp:
-        page = await resp.text()
-        assert resp.status == 200, page[:300]
-    found = re.search(r'name="csrf-token" content="([^"]+)"', page)
-    assert found
-    return found[1]
+    return await log_in(api.client, *PEOPLE[role], "/jobs")
 
 
 def _job(api: Api, name: str = "nightly", **changes: Any) -> dict[str, Any]:

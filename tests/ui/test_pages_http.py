@@ -4,7 +4,6 @@ every page declares its permission and stays out of the REST API's document."""
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from services.gateway.access import declared
@@ -15,14 +14,9 @@ from shared.model.access import Role
 from shared.runtime.service import utcnow
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import MakeApi
+from tests.ui.conftest import csrf_of
 
 HTML = {"Accept": "text/html"}
-
-
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf-token" content="([^"]+)"', html)
-    assert found, html[:400]
-    return found[1]
 
 
 async def test_the_doors(make_api: MakeApi, tmp_path: Path) -> None:
@@ -51,7 +45,7 @@ async def test_the_doors(make_api: MakeApi, tmp_path: Path) -> None:
         page = await resp.text()
         assert resp.status == 200 and "root" in page and "(admin)" in page
         assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
-    csrf = _csrf(page)
+    csrf = csrf_of(page)
 
     async with c.post("/logout", data={}) as resp:  # no CSRF token: refused, as an HTML page
         assert resp.status == 403 and "CSRF" in await resp.text()

@@ -14,31 +14,19 @@ from shared.catalog import apikeys, secrets, users
 from shared.db.objects import SMTPRow
 from shared.model.access import Role
 from shared.runtime.service import utcnow
-from shared.settings_access import SecuritySettings
 from shared.vault import load
 from tests.gateway.conftest import Api, MakeApi
-from tests.ui.conftest import PEOPLE, System
+from tests.ui.conftest import PEOPLE, System, add_people, log_in
 
 
 async def _api(make_api: MakeApi, tmp_path: Path) -> Api:
     api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}")
-    with api.ctx.sessions.begin() as s:
-        for role, (name, password) in PEOPLE.items():
-            users.add(s, name, role, utcnow(), SecuritySettings(), password)
+    add_people(api)
     return api
 
 
 async def _login(api: Api, role: Role) -> str:
-    api.client.session.cookie_jar.clear()
-    name, password = PEOPLE[role]
-    async with api.client.post(
-        "/login", data={"name": name, "password": password, "next": "/settings/keys"}
-    ) as resp:
-        page = await resp.text()
-        assert resp.status == 200, page[:300]
-    found = re.search(r'name="csrf-token" content="([^"]+)"', page)
-    assert found
-    return found[1]
+    return await log_in(api.client, *PEOPLE[role], "/settings/keys")
 
 
 async def _get(api: Api, path: str) -> tuple[int, str]:

@@ -25,11 +25,9 @@ from shared.runtime.service import utcnow
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
 from tests.pipeline.test_faults import eventually
-from tests.ui.conftest import System
+from tests.ui.conftest import PEOPLE, System, log_in
 
 HTML = {"Accept": "text/html"}
-PEOPLE = {Role.ADMIN: ("ada", "admin pass phrase 1"), Role.OPERATOR: ("otto", "operator pass phrase 2"),
-          Role.VIEWER: ("vic", "viewer pass phrase 3")}  # fmt: skip
 RUN = "job-nightly-20261206T020000-ab12"
 
 
@@ -68,14 +66,7 @@ def _seed(api: Api) -> None:
 
 
 async def _log_in(api: Api, role: Role) -> str:
-    name, password = PEOPLE[role]
-    form = {"name": name, "password": password, "next": "/runs"}
-    async with api.client.post("/login", data=form) as resp:
-        page = await resp.text()
-        assert resp.status == 200, page[:300]
-    found = re.search(r'name="csrf-token" content="([^"]+)"', page)
-    assert found
-    return found[1]
+    return await log_in(api.client, *PEOPLE[role], "/runs")
 
 
 async def _get(api: Api, path: str) -> tuple[int, str]:

@@ -27,7 +27,7 @@ from shared.model.units import human_bytes
 from shared.runtime.service import utcnow
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
-from tests.ui.conftest import System
+from tests.ui.conftest import System, log_in
 
 HTML = {"Accept": "text/html"}
 PEOPLE = {Role.ADMIN: "ada", Role.VIEWER: "vic"}
@@ -38,10 +38,7 @@ RISING, FLAT, BUCKET = "/repo/rising", "/repo/flat", "s3://bucket/vbm"
 
 
 async def _log_in(c: TestClient, role: Role) -> None:
-    c.session.cookie_jar.clear()
-    form = {"name": PEOPLE[role], "password": PASSWORD, "next": "/dashboard"}
-    async with c.post("/login", data=form) as resp:
-        assert resp.status == 200, await resp.text()
+    await log_in(c, PEOPLE[role], PASSWORD)
 
 
 async def _seeded(make_api: MakeApi, tmp_path: Path) -> Api:

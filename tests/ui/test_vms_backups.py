@@ -22,7 +22,7 @@ from shared.runtime.service import utcnow
 from shared.settings import VCenterSettings
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
-from tests.ui.conftest import System
+from tests.ui.conftest import System, log_in
 
 HTML = {"Accept": "text/html"}
 T0 = datetime(2026, 11, 30, 22, 0, tzinfo=UTC)
@@ -33,19 +33,9 @@ DOWN = VCenterSettings(
 )
 
 
-def _csrf(html: str) -> str:
-    found = re.search(r'name="csrf-token" content="([^"]+)"', html)
-    assert found, html[:400]
-    return found[1]
-
-
 async def _log_in(c: TestClient, role: Role) -> str:
     """Log `c` in as the user of `role` (logging out whoever was in); the CSRF token."""
-    c.session.cookie_jar.clear()
-    form = {"name": PEOPLE[role], "password": PASSWORD, "next": "/dashboard"}
-    async with c.post("/login", data=form) as resp:
-        assert resp.status == 200, await resp.text()
-        return _csrf(await resp.text())
+    return await log_in(c, PEOPLE[role], PASSWORD)
 
 
 async def _seeded(make_api: MakeApi, tmp_path: Path) -> Api:
