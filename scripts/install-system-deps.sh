@@ -39,6 +39,15 @@ if [ "$for_tests" = 1 ]; then
   command -v npm >/dev/null 2>&1 || apt_install nodejs npm
   # the web UI's browser tests: Playwright (from the lock) drives Debian's chromium
   command -v chromium >/dev/null 2>&1 || apt_install chromium
+  # metrics and alert rules checked by Prometheus' own promtool; the mount manager's tests: a real
+  # Samba server (smbd), SMB through FUSE (smbnetfs), NFS-Ganesha and libnfs's user-space client
+  more=()
+  command -v promtool >/dev/null 2>&1 || more+=(prometheus)
+  command -v smbd >/dev/null 2>&1 || more+=(samba)
+  command -v smbnetfs >/dev/null 2>&1 || more+=(smbnetfs)
+  command -v ganesha.nfsd >/dev/null 2>&1 || more+=(nfs-ganesha nfs-ganesha-vfs)
+  command -v nfs-ls >/dev/null 2>&1 || more+=(libnfs-utils)
+  [ ${#more[@]} -eq 0 ] || apt_install "${more[@]}"
   # Exactly what node/package-lock.json says (npm ci checks every package's integrity hash);
   # again whenever the lock changes.
   want=$(cat node/package.json node/package-lock.json | sha256sum | cut -c1-64)
