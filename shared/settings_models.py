@@ -334,3 +334,25 @@ class InstantSettings(BaseModel):
         default=None,
         description="The address ESXi mounts root's NFS export from; unset: a local datastore on root",
     )
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (docs/design.md, "Metrics"). The gateway serves `/metrics` on its own
+    port; the other services on `port` when it is set; `vbm up` serves all of its services'
+    metrics in one endpoint (the gateway's `/metrics`, and `port` when set)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of /metrics of a service other than the gateway (0: off); under `vbm up`,"
+        " of the supervisor's combined endpoint",
+    )
+    host: str = Field(default="127.0.0.1", description="Address that metrics port listens on")
+    public: bool = Field(
+        default=False,
+        description="The gateway's /metrics answers without an API key (by default it needs a key"
+        " whose role holds metrics:read, sent as `Authorization: Bearer <key>` or X-API-Key)",
+    )

@@ -16,6 +16,7 @@ from services.gateway import (
     api_events,
     api_jobs,
     api_manifest,
+    api_metrics,
     api_people,
     api_restores,
     api_retention,
@@ -230,4 +231,5 @@ def create_app(ctx: Context) -> web.Application:
     ):
         app.router.add_routes(module.routes)
     ui.install(app)
+    api_metrics.install(app, ctx.settings.metrics.public)
     return app

@@ -1,9 +1,10 @@
 """Who is calling, and may they: the one middleware that decides access (docs/design.md, "Access").
 
 Each route declares the permission it needs (`@needs`, services/gateway/access.py). A request
-names its caller by an `X-API-Key` header (scripts) or a `vbm_session` cookie (browsers; a
-state-changing request must then repeat the session's CSRF token in `X-CSRF-Token`). Then:
-401 without a valid identity, 403 when the caller's role lacks the permission.
+names its caller by an `X-API-Key` header (scripts; `Authorization: Bearer <key>` too, as
+Prometheus sends it) or a `vbm_session` cookie (browsers; a state-changing request must then
+repeat the session's CSRF token in `X-CSRF-Token`). Then: 401 without a valid identity, 403 when
+the caller's role lacks the permission.
 
 First-run bootstrap: while no user and no API key exist, the routes that need only
 `status:read` (`/api/v1/services`) answer anyone, so that `vbm up` on a fresh machine shows its
@@ -107,6 +108,9 @@ def _warn_bootstrap(request: web.Request) -> None:
 
 async def _identify(request: web.Request) -> tuple[Identity | None, str]:
     presented = request.headers.get(apikeys.HEADER)
+    scheme, _, bearer = request.headers.get("Authorization", "").partition(" ")
+    if presented is None and scheme.lower() == "bearer" and bearer.strip():
+        presented = bearer.strip()  # the same key, as Prometheus' `authorization:` sends it
     if presented is not None:
         return await _by_key(request, presented)
     cookie = request.cookies.get(sessions.COOKIE)

@@ -11,7 +11,9 @@ from services.mover.deps import Deps
 from shared.catalog import tasks as state
 from shared.catalog.points import record_restore_point
 from shared.contracts import SnapshotReady, StepFailed, TransferDone
-from shared.db.models import Task
+from shared.db.models import Job, Run, Task
+from shared.observe import metrics
+from shared.observe.oncommit import after_commit
 from shared.repo import RestorePoint, WriteStats
 from shared.runtime.outbox import stage
 
@@ -62,6 +64,7 @@ def record(
             bytes_stored=stats.bytes_stored,
             deadline_at=now + timedelta(seconds=ctx.settings.pipeline.verify_timeout),
         )
+        _count(s, event, rp, repository, stats, kind)
         stage(
             s,
             TransferDone(
@@ -84,6 +87,33 @@ def record(
         stats.bytes_read,
         stats.bytes_stored,
     )
+
+
+def _count(
+    s: Any, event: SnapshotReady, rp: RestorePoint, repository: str, stats: WriteStats, kind: str
+) -> None:
+    """The backup's duration and the bytes it moved, once its restore point is recorded."""
+    run = s.get(Run, event.run_id)
+    job = s.get(Job, run.job_id) if run is not None else None
+    seconds = max((rp.finished - rp.started).total_seconds(), 0.0)
+    labels = {
+        "job": job.name if job else "",
+        "vm": event.vm_name,
+        "vcenter": event.vcenter,
+        "repository": repository,
+    }
+
+    def count() -> None:
+        metrics.BACKUP_DURATION.labels(**labels).observe(seconds)
+        moved = metrics.TRANSFER_BYTES.labels(
+            vcenter=event.vcenter, repository=repository, kind=kind, stage="transferred"
+        )
+        moved.inc(stats.bytes_read)
+        metrics.TRANSFER_BYTES.labels(
+            vcenter=event.vcenter, repository=repository, kind=kind, stage="stored"
+        ).inc(stats.bytes_stored)
+
+    after_commit(s, count)
 
 
 def end(deps: Deps, event: SnapshotReady, how: str, reason: str) -> None:

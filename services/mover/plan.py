@@ -10,6 +10,7 @@ import posixpath
 
 from services.mover.deps import Deps
 from shared.contracts import DiskRef, SnapshotReady
+from shared.observe.metrics import CBT_CHANGED_BYTES
 from shared.repo import DiskEntry, ManifestError, Repository, RestorePoint, touched_windows
 from shared.runtime.bus import Permanent
 
@@ -59,6 +60,8 @@ async def plan_disk(
             )
     if changed is None:
         parent_disk = None
+    else:
+        CBT_CHANGED_BYTES.labels(vm=event.vm_name, vcenter=event.vcenter).inc(sum(n for _, n in changed))
     ranges = changed if changed is not None else allocated
     if ranges is None:
         reads = d.capacity_bytes

@@ -31,6 +31,7 @@ from shared.catalog.alerts import raise_alert
 from shared.clock import aware
 from shared.contracts import Event, ReplicateDone, ReplicateRequested
 from shared.db.models import Replication, RestorePointRow
+from shared.observe import metrics
 from shared.repo import ObjectMissing, RepoError, Repository
 from shared.repo import chunk as chunks
 from shared.repo.digests import sums_key
@@ -152,6 +153,9 @@ async def on_replicate_requested(
             now,
         )  # fmt: skip
     ctx.relay.kick()
+    metrics.REPLICATION_COPIED.labels(repository=source, target=target).inc(copied.bytes)
+    if error is not None:
+        metrics.REPLICATION_FAILURES.labels(repository=source, target=target).inc()
     log.info(
         "replication of %s to %s: %s (%d chunks, %d bytes sent now; %d there already)",
         event.restore_point_id, target, "done" if error is None else f"failed: {error}",

@@ -24,6 +24,8 @@ from shared.notify import channels as notify
 from shared.notify import messages
 from shared.notify.log import notification_id
 from shared.notify.messages import Message
+from shared.observe.metrics import NOTIFICATIONS
+from shared.observe.oncommit import after_commit
 from shared.runtime.bus import Delivery, Retryable
 from shared.runtime.service import Context
 from shared.settings import ChannelSettings, NotificationSettings
@@ -138,5 +140,6 @@ def _record(ctx: Context, nid: str, message: Message, channel: str, error: str |
             s.add(row)
         row.attempts += 1
         row.state = "failed" if error else "sent"
+        after_commit(s, NOTIFICATIONS.labels(channel=channel, outcome=row.state).inc)
         row.error = error[:4000] if error else None
         row.sent_at = None if error else now

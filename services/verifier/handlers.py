@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from sqlalchemy.orm import object_session
+
 from shared.catalog import audit, prune, replication
 from shared.catalog import locations as locstore
 from shared.catalog import tasks as state
@@ -24,6 +26,8 @@ from shared.catalog.alerts import raise_alert
 from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
 from shared.db.models import Job, RestorePointRow, Task
 from shared.model.audit import system
+from shared.observe.metrics import VERIFY_RESULTS
+from shared.observe.oncommit import after_commit
 from shared.repo import ChunkError, ManifestError, RepoError, Repository, digests
 from shared.repo import chunk as chunks
 from shared.repo.locations import opened
@@ -196,6 +200,10 @@ def record(
         row.sha256 = {**(row.sha256 or {}), **sums}
     row.verify_state = "failed" if problems else "ok"
     row.verified_at = now
+    counted = VERIFY_RESULTS.labels(repository=row.repository, result=row.verify_state, how=how)
+    session = object_session(row)
+    if session is not None:
+        after_commit(session, counted.inc)
     row.verify_problems = problems
     row.verify_notes = notes
     row.verify_how = how

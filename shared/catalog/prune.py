@@ -32,6 +32,7 @@ from shared.clock import aware, iso
 from shared.db.models import Job, Pruned, Replication, Restore, RestorePointRow, Task
 from shared.model.retention import Decision, Point, Policy, expiries, plan
 from shared.model.schedules import NeverFires, Schedule
+from shared.observe.metrics import GC_FREED_BYTES
 from shared.repo.errors import NotARepository, ObjectLocked, RepoError
 from shared.repo.gc import GCBusy, collect
 from shared.repo.locations import Credentials, CredentialsFor, credentials_at, opened
@@ -313,7 +314,10 @@ async def collect_garbage(
                     )
                 return gc_cutoff(s, now) - extra
 
-        return await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)
+        report = await collect(repo, cutoff=await asyncio.to_thread(cutoff), now=now, dry_run=dry_run)
+    if not dry_run:
+        GC_FREED_BYTES.labels(repository=location).inc(report.bytes_removed)
+    return report
 
 
 def gc_view(location: str, report: Any, dry_run: bool) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from shared.catalog.tasks import close_run
 from shared.clock import aware
 from shared.contracts import RUN_FINAL, RestoreDone
 from shared.db.models import Restore, Run
+from shared.observe.metrics import RESTORE_DURATION
+from shared.observe.oncommit import after_commit
 from shared.runtime.outbox import stage
 
 Outcome = Literal["succeeded", "failed", "cancelled"]
@@ -81,6 +83,9 @@ def end_restore(
     restore.rate = restore.bytes_done / elapsed if elapsed > 0 and restore.bytes_done else 0.0
     if not running:
         restore.created = {}
+    took = (now - aware(restore.started_at or restore.created_at)).total_seconds()
+    timed = RESTORE_DURATION.labels(vcenter=restore.vcenter, mode=restore.mode, outcome=outcome)
+    after_commit(session, lambda: timed.observe(max(took, 0.0)))
     stage(
         session,
         RestoreDone(

@@ -25,6 +25,8 @@ from shared.catalog import runlog
 from shared.contracts import RUN_FINAL, TASK_FINAL, RunFinished, RunState, Step, StepFailed
 from shared.db.eventlog import record_task
 from shared.db.models import Job, Run, SnapshotLedger, Task
+from shared.observe import metrics
+from shared.observe.oncommit import after_commit
 from shared.runtime.outbox import stage
 
 FINAL = TASK_FINAL
@@ -103,6 +105,7 @@ def end_task(session: Session, task: Task, state: str, now: datetime, error: str
     task.wait_reason = None
     if state == "succeeded":
         task.phase = "done"
+    _count(session, task, state)
     level: runlog.Level = "info" if state == "succeeded" else "warning" if state == "cancelled" else "error"
     outcome = "warning" if state == "succeeded" and task.warnings else state
     runlog.write(
@@ -111,6 +114,22 @@ def end_task(session: Session, task: Task, state: str, now: datetime, error: str
     )  # fmt: skip
     finish_run_if_done(session, task.run_id, now)
     return True
+
+
+def _count(session: Session, task: Task, state: str) -> None:
+    """backup_success_total / backup_failure_total, once the task's end is committed."""
+    counter = {"succeeded": metrics.BACKUP_SUCCESS, "failed": metrics.BACKUP_FAILURE}.get(state)
+    if counter is None:
+        return
+    run = session.get(Run, task.run_id)
+    job = session.get(Job, run.job_id) if run is not None else None
+    labels = {
+        "job": job.name if job is not None else "",
+        "vm": task.vm_name,
+        "vcenter": task.vcenter,
+        "repository": job.repository if job is not None else "",
+    }
+    after_commit(session, lambda: counter.labels(**labels).inc())
 
 
 def try_failed(

@@ -49,6 +49,7 @@ class Permission(StrEnum):
     VCENTERS_READ = "vcenters:read"
     PRUNE_READ = "prune:read"
     AUDIT_READ = "audit:read"
+    METRICS_READ = "metrics:read"  # Prometheus' scrape of /metrics (a viewer key for Prometheus)
     SELF = "self"  # one's own account: who am I, log out, change one's password, one's own keys
     # operate: operator and up
     JOBS_RUN = "jobs:run"

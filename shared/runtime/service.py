@@ -31,6 +31,7 @@ from shared.clock import Clock, utcnow
 from shared.contracts import PING_SUBJECT, ServiceHeartbeat, heartbeat_subject
 from shared.db import ServiceInstance, make_engine, make_sessionmaker
 from shared.db.migrate import SchemaNotCurrent, check_current, upgrade
+from shared.observe.exposition import serve_process
 from shared.runtime.bus import Bus, BusUnavailable, Consumer, run_consumer
 from shared.runtime.outbox import Relay
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
@@ -123,7 +124,9 @@ async def serve(service: str, wire: Wiring, settings: Settings) -> None:
         relay=Relay(bus, sessions, utcnow),
     )
     started = ctx.clock()
+    endpoint = None
     try:
+        endpoint = serve_process(service, settings.metrics.host, settings.metrics.port)
         await bus.ensure_stream(settings.nats.stream_replicas)
         parts = await wire(ctx)
         await asyncio.to_thread(_record_start, ctx, started)
@@ -145,6 +148,8 @@ async def serve(service: str, wire: Wiring, settings: Settings) -> None:
             await hook()
         await asyncio.to_thread(_record_stop, ctx)
     finally:
+        if endpoint is not None:
+            endpoint.close()
         await bus.close()
         engine.dispose()
     log.info("%s stopped", service)

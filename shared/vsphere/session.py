@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 from pyVmomi.VmomiSupport import GetServiceVersions
 
+from shared.observe.metrics import VCENTER_CALL, VCENTER_ERRORS
 from shared.settings import VCenterSettings
 
 T = TypeVar("T")
@@ -176,7 +178,21 @@ class Session:
         return cookie.split("=", 1)[1].split(";", 1)[0] if "=" in cookie else cookie
 
     def _call(self, doing: str, fn: Callable[[], T]) -> T:
-        """Run `fn` with a session; re-login once if the session expired."""
+        """Run `fn` with a session; re-login once if the session expired. Every call is timed
+        and its faults counted (`vbm_vcenter_call_*`), labelled with the adapter's method that
+        made it (the caller's name: a bounded set, unlike `doing`, which names VMs)."""
+        method = sys._getframe(1).f_code.co_name
+        started = time.monotonic()
+        try:
+            return self._try(doing, fn)
+        except VSphereError as exc:
+            VCENTER_ERRORS.labels(vcenter=self.settings.name, method=method, fault=exc.fault).inc()
+            raise
+        finally:
+            took = time.monotonic() - started
+            VCENTER_CALL.labels(vcenter=self.settings.name, method=method).observe(took)
+
+    def _try(self, doing: str, fn: Callable[[], T]) -> T:
         with self._lock:
             for attempt in (1, 2):
                 self.connect()
