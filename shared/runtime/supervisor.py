@@ -31,7 +31,8 @@ from typing import Any
 
 from shared.catalog.sessions import first_admin_lines
 from shared.db import make_engine, upgrade
-from shared.runtime.process import die_with_parent, find_program, tcp_reachable
+from shared.observe.tree import TreeMetrics
+from shared.runtime.process import die_with_parent, find_program, private_data_dir, tcp_reachable
 from shared.settings import ConfigError, Settings, runtime_lab_file
 
 log = logging.getLogger("vbm.up")
@@ -127,6 +128,7 @@ class Supervisor:
         self.nats: Child | None = None
         self.lab: Any = None
         self.fatal: str | None = None
+        self.metrics = TreeMetrics(self.data_dir / "metrics")
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -138,6 +140,7 @@ class Supervisor:
         self.gateway_url = loop.create_future()
         private_data_dir(self.data_dir)
         try:
+            self.metrics.start(self.settings)
             engine = make_engine(self.settings.db_url)
             try:
                 await asyncio.to_thread(upgrade, engine)
@@ -271,6 +274,7 @@ class Supervisor:
         if lab_vc is not None and "vcenters" in NEEDS[service]:
             env["VBM_VCENTERS"] = json.dumps([lab_vc])
         env["PYTHONUNBUFFERED"] = "1"
+        self.metrics.child_env(env)  # one metrics directory for the tree, no port each
         return env
 
     async def _announce(self, nats_url: str, vcenters: list[dict[str, str]]) -> None:
@@ -291,6 +295,7 @@ class Supervisor:
         if self.gateway_cert:
             self.say(f"  TLS certificate: {self.gateway_cert}")
         self.say(f"  NATS: {nats_url}   vCenter: {vc}")
+        self.say(self.metrics.banner(url))
         self.say(f"  data: {self.data_dir}   database: {self.settings.db_url}")
         for line in await asyncio.to_thread(first_admin_lines, self.settings.db_url, url):
             self.say(line)
@@ -316,6 +321,7 @@ class Supervisor:
                 if child is None:
                     continue
                 code = task.result()
+                self.metrics.ended(child.proc.pid if child.proc else None)
                 if child is self.nats:
                     await self._restart_nats(code)
                     continue
@@ -365,6 +371,7 @@ class Supervisor:
             await asyncio.to_thread(self.lab.stop)
         if self.nats is not None:
             await self.nats.stop(10)
+        self.metrics.close()
         self.say("vbm up: stopped")
 
 
@@ -382,15 +389,6 @@ def service_env(service: str, environ: Mapping[str, str]) -> dict[str, str]:
         return any(key == p or key.startswith(p if p.endswith("_") else p + "__") for p in drop)
 
     return {k: v for k, v in environ.items() if not secret(k)}
-
-
-def private_data_dir(path: Path) -> None:
-    """The data directory holds the database, keys and backups: owner only (0700), and every
-    file vbm creates from now on 0600 (umask 077, inherited by the children)."""
-    os.umask(0o077)
-    path.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):  # not ours to change: leave it, it is the admin's
-        path.chmod(0o700)
 
 
 def run_up(settings: Settings, *, with_lab: bool = True, lab_spec: Path | None = None) -> int:
