@@ -338,8 +338,9 @@ class InstantSettings(BaseModel):
 
 class MetricsSettings(BaseModel):
     """Prometheus metrics (docs/design.md, "Metrics"). The gateway serves `/metrics` on its own
-    port; the other services on `port` when it is set; `vbm up` serves all of its services'
-    metrics in one endpoint (the gateway's `/metrics`, and `port` when set)."""
+    port (an API key with metrics:read, unless `public`); with `port` set, each service also
+    serves its `/metrics` there without a key (the gateway's with the catalog's gauges), for a
+    Prometheus on a private network. `vbm up` serves its whole tree on `port` instead."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -347,12 +348,12 @@ class MetricsSettings(BaseModel):
         default=0,
         ge=0,
         le=65535,
-        description="Port of /metrics of a service other than the gateway (0: off); under `vbm up`,"
-        " of the supervisor's combined endpoint",
+        description="Port of a service's /metrics without a key (0: off); under `vbm up`, of the"
+        " supervisor's endpoint of every service",
     )
     host: str = Field(default="127.0.0.1", description="Address that metrics port listens on")
     public: bool = Field(
         default=False,
-        description="The gateway's /metrics answers without an API key (by default it needs a key"
-        " whose role holds metrics:read, sent as `Authorization: Bearer <key>` or X-API-Key)",
+        description="The gateway's /metrics on its API port answers without an API key (by default it"
+        " needs a key whose role holds metrics:read, as `Authorization: Bearer <key>` or X-API-Key)",
     )

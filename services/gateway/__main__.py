@@ -7,7 +7,9 @@ import logging
 
 from aiohttp import web
 
+from services.gateway.api_metrics import scrape_registry
 from services.gateway.app import create_app
+from shared.observe.exposition import serve_port
 from shared.runtime.service import Context, Parts, main
 from shared.runtime.supervisor import CERT_PREFIX, LISTEN_PREFIX
 from shared.runtime.tls import HSTS, server_tls
@@ -44,10 +46,17 @@ async def wire(ctx: Context) -> Parts:
     # One machine-readable line: `vbm up` and the tests read the scheme and the real port from it.
     print(f"{LISTEN_PREFIX}{'https' if served else 'http'}://{gw.host}:{port}", flush=True)
 
+    stops = [runner.cleanup]
+    metrics = ctx.settings.metrics
+    if metrics.port:  # everything /metrics shows, without a key, on a port of a private network
+        endpoint = await asyncio.to_thread(serve_port, metrics.host, metrics.port, scrape_registry(ctx))
+        log.info("metrics at http://%s:%d/metrics", metrics.host, endpoint.port)
+        stops.append(lambda: asyncio.to_thread(endpoint.close))
+
     async def serve_until_stop() -> None:
         await ctx.stop.wait()
 
-    return Parts(tasks=[serve_until_stop], on_stop=[runner.cleanup])
+    return Parts(tasks=[serve_until_stop], on_stop=stops)
 
 
 if __name__ == "__main__":

@@ -36,24 +36,6 @@ OPEN_SNAPSHOT = ("requested", "created", "removing", "stuck")  # shared/catalog/
 WAITING = ("queued", "running")
 BACKUP = ["job", "vm", "vcenter", "repository"]
 
-# Every name this collector exports, to check queries (dashboard, alert rules) against.
-READ = (
-    "vbm_last_success_timestamp_seconds",
-    "backup_size_bytes",
-    "vbm_open_snapshots",
-    "vbm_runs",
-    "vbm_tasks",
-    "vbm_transfer_rate_bytes_per_second",
-    "vbm_repository_size_bytes",
-    "vbm_repository_free_bytes",
-    "vbm_repository_used_bytes",
-    "vbm_repository_stored_bytes",
-    "vbm_repository_logical_bytes",
-    "vbm_replication_lag_seconds",
-    "vbm_service_up",
-)
-
-
 class CatalogCollector(Collector):
     """Gauges of what the catalog holds now. `vcenters` names the configured vCenters (each gets
     its open-snapshot gauge, 0 when idle); `alive` is how recent a heartbeat counts as up."""

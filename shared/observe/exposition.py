@@ -87,18 +87,23 @@ def serve(host: str, port: int, reg: CollectorRegistry) -> Endpoint:
     return Endpoint(server, thread)
 
 
-def serve_process(service: str, host: str, port: int) -> Endpoint | None:
-    """A service's own `/metrics` port, when one is set (the gateway serves `/metrics` on its own
-    port instead)."""
-    if not port or service == "gateway":
-        return None
+def serve_port(host: str, port: int, reg: CollectorRegistry) -> Endpoint:
+    """`serve`, with a taken port said as a configuration error (exit 2)."""
     try:
-        endpoint = serve(host, port, registry(None))
+        return serve(host, port, reg)
     except OSError as exc:
         raise ConfigError(
             f"metrics.port {port} on {host} cannot be used ({exc}):"
             " set VBM_METRICS__PORT to a free port, or 0"
         ) from None
+
+
+def serve_process(service: str, host: str, port: int) -> Endpoint | None:
+    """A service's own `/metrics` port, when one is set (the gateway's serves the catalog's
+    gauges too: services/gateway/__main__.py)."""
+    if not port or service == "gateway":
+        return None
+    endpoint = serve_port(host, port, registry(None))
     log.info("%s serves its metrics at http://%s:%d/metrics", service, host, endpoint.port)
     return endpoint
 

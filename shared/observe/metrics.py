@@ -86,20 +86,3 @@ VCENTER_ERRORS = Counter(
     "vCenter API calls that failed, by method and fault",
     ("vcenter", "method", "fault"),
 )
-
-# Every name a scrape may show, to check queries (dashboard, alert rules) against.
-COUNTED = (
-    "backup_success_total",
-    "backup_failure_total",
-    "backup_duration_seconds",
-    "vbm_transfer_bytes_total",
-    "vbm_cbt_changed_bytes_total",
-    "vbm_verify_results_total",
-    "vbm_restore_duration_seconds",
-    "vbm_replication_failures_total",
-    "vbm_replication_bytes_total",
-    "vbm_gc_freed_bytes_total",
-    "vbm_notification_deliveries_total",
-    "vbm_vcenter_call_duration_seconds",
-    "vbm_vcenter_call_errors_total",
-)

@@ -17,8 +17,8 @@ from sqlalchemy import Engine
 from shared.clock import utcnow
 from shared.db import make_engine, make_sessionmaker
 from shared.observe.catalog import CatalogCollector
-from shared.observe.exposition import MULTIPROC_ENV, Endpoint, fresh_dir, process_ended, registry, serve
-from shared.settings import ConfigError, Settings
+from shared.observe.exposition import MULTIPROC_ENV, Endpoint, fresh_dir, process_ended, registry, serve_port
+from shared.settings import Settings
 
 
 class TreeMetrics:
@@ -40,10 +40,7 @@ class TreeMetrics:
         names = [vc.name for vc in settings.vcenters]  # and those in the catalog (the lab's)
         alive = timedelta(seconds=3 * settings.heartbeat_interval)
         catalog = CatalogCollector(make_sessionmaker(self.engine), utcnow, names, alive)
-        try:
-            self.endpoint = serve(m.host, m.port, registry(self.path, [catalog]))
-        except OSError as exc:
-            raise ConfigError(f"metrics.port {m.port} on {m.host} cannot be used ({exc})") from None
+        self.endpoint = serve_port(m.host, m.port, registry(self.path, [catalog]))
 
     def child_env(self, env: dict[str, str]) -> None:
         env[MULTIPROC_ENV] = str(self.path)

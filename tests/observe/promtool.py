@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import shutil
 import subprocess
 
+from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
+
+import shared.observe.metrics  # noqa: F401 - defines vbm's counted metrics on the default registry
+from shared.clock import utcnow
+from shared.db import make_engine, make_sessionmaker, upgrade
+from shared.observe.catalog import CatalogCollector
 
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
@@ -41,3 +48,17 @@ def names(text: str) -> set[str]:
     """The metric families a page has (as PromQL names them: counters with _total, histograms'
     _bucket/_sum/_count series)."""
     return {s.name for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+@functools.cache
+def exported() -> frozenset[str]:
+    """Every series name vbm's processes can show: the counted metrics (the default registry,
+    with Python's process figures) and the catalog's gauges, as PromQL names them."""
+    families = list(REGISTRY.collect())
+    engine = make_engine("sqlite://")
+    upgrade(engine)
+    families += list(CatalogCollector(make_sessionmaker(engine), utcnow, ["vc1"]).collect())
+    engine.dispose()
+    suffixes = {"counter": ("_total", "_created"), "histogram": ("_bucket", "_sum", "_count", "_created"),
+                "summary": ("_sum", "_count", "_created"), "gauge": ("",), "info": ("_info",)}  # fmt: skip
+    return frozenset(f.name + s for f in families for s in suffixes.get(f.type, ("",)))

@@ -13,7 +13,7 @@ import pytest
 
 from shared.observe.exposition import fresh_dir
 from tests.gateway.conftest import lab_vcenter, open_api
-from tests.observe.promtool import check_metrics, value
+from tests.observe.promtool import check_metrics, exported, names, value
 from tests.pipeline.conftest import Pipeline
 from tests.plugins.procs import free_port
 
@@ -71,6 +71,8 @@ async def test_a_backup_in_the_metrics(
     finally:
         await close()
     check_metrics(text)
+    ours = {n for n in names(text) if n.startswith(("vbm_", "backup_"))}
+    assert ours <= exported(), ours - exported()  # the names the dashboard and rules are checked against
     for vm in ("web", "db"):
         labels = {**web, "vm": vm}
         assert value(text, "backup_success_total", **labels) == 1
