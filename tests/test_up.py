@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from lab.launcher import DiskSpec, Lab, LabSpec, VMSpec
+from tests.observe.promtool import check_metrics, value
 from tests.plugins.procs import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -192,9 +193,11 @@ def test_up_backs_up_a_configured_vcenter_survives_nats_dying_and_stops_on_ctrl_
             "verify_tls": False,
         }
     ]
-    up = start_up(VBM_VCENTERS=json.dumps(vcenters))
+    metrics_port = free_port()
+    up = start_up(VBM_VCENTERS=json.dumps(vcenters), VBM_METRICS__PORT=str(metrics_port))
     banner = up.output()
     assert f"vCenter: prod {lab.sdk_url}" in banner and PASSWORD not in banner
+    assert f"/metrics (an API key with metrics:read), or http://127.0.0.1:{metrics_port}/metrics" in banner
     assert "starting the lab" not in banner
     up.wait_ready()
 
@@ -241,6 +244,22 @@ def test_up_backs_up_a_configured_vcenter_survives_nats_dying_and_stops_on_ctrl_
     watched = up.cli("run", "watch", second)
     assert watched.returncode == 0, watched.stdout + watched.stderr
     assert "succeeded" in watched.stdout
+
+    # One metrics endpoint for the whole tree (every service's files added up, and the catalog),
+    # the same on the gateway's /metrics; no child opens a port of its own.
+    assert not [k for k in environ_of(services["mover"]) if k == "VBM_METRICS__PORT"]
+    assert environ_of(services["mover"])["PROMETHEUS_MULTIPROC_DIR"] == str(up.data / "metrics")
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as resp:
+        tree = resp.read().decode()
+    bearer = {"Authorization": f"Bearer {up.key}"}
+    req = urllib.request.Request(f"http://127.0.0.1:{up.port}/metrics", headers=bearer)
+    with urllib.request.urlopen(req, timeout=10) as resp:
+        gateway = resp.read().decode()
+    for page in (tree, gateway):
+        check_metrics(page)
+        assert value(page, "backup_success_total", job="nightly", vm="app-01", vcenter="prod") == 2
+        assert value(page, "vbm_open_snapshots", vcenter="prod") == 0
+        assert value(page, "vbm_service_up", service="mover") == 1
 
     # Ctrl-C: the services drain while NATS is still there; no error anywhere.
     out = up.interrupt()
