@@ -36,6 +36,7 @@ OPEN_SNAPSHOT = ("requested", "created", "removing", "stuck")  # shared/catalog/
 WAITING = ("queued", "running")
 BACKUP = ["job", "vm", "vcenter", "repository"]
 
+
 class CatalogCollector(Collector):
     """Gauges of what the catalog holds now. `vcenters` names the configured vCenters (each gets
     its open-snapshot gauge, 0 when idle); `alive` is how recent a heartbeat counts as up."""

@@ -4,17 +4,20 @@ catalog's gauges; every page passes `promtool check metrics`."""
 
 from __future__ import annotations
 
+import json
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from shared.catalog import apikeys
+from shared.model.access import Role
 from shared.observe.exposition import fresh_dir
-from tests.gateway.conftest import lab_vcenter, open_api
 from tests.observe.promtool import check_metrics, exported, names, value
-from tests.pipeline.conftest import Pipeline
+from tests.pipeline.conftest import Pipeline, now
 from tests.plugins.procs import free_port
 
 
@@ -30,9 +33,16 @@ def scrape_port(port: int, timeout: float = 30) -> str:
             time.sleep(0.2)
 
 
-async def test_a_backup_in_the_metrics(
-    pipeline_factory: Callable[..., Pipeline], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
+    """(status, content type, body) of a GET."""
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as answer:
+            return answer.status, answer.headers["Content-Type"], answer.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers["Content-Type"], exc.read().decode()
+
+
+async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline], tmp_path: Path) -> None:
     directory = fresh_dir(tmp_path / "metrics")
     p = pipeline_factory(PROMETHEUS_MULTIPROC_DIR=str(directory))
     mover_port = free_port()
@@ -58,19 +68,23 @@ async def test_a_backup_in_the_metrics(
     with pytest.raises(KeyError):  # a task ends in the verifier, which the mover's page does not show
         value(own, "backup_success_total")
 
-    # the gateway's /metrics: every process of the tree added up, and the catalog
-    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(directory))
-    db_url = f"sqlite:///{p.data / 'vbm.db'}"
-    api, close = await open_api(p.nats.url, p.data, db_url, (lab_vcenter(p.lab),))
-    try:
-        anonymous = await api.client.get("/metrics")
-        assert anonymous.status == 401 and "API key" in (await anonymous.json())["detail"]
-        answer = await api.client.get("/metrics", headers={"Authorization": f"Bearer {api.key}"})
-        assert answer.status == 200 and answer.headers["Content-Type"].startswith("text/plain")
-        text = await answer.text()
-    finally:
-        await close()
-    check_metrics(text)
+    # the gateway (a process too): its /metrics adds up every process of the tree, with the
+    # catalog's gauges; an API key for it, and its metrics port without one
+    with p.sessions.begin() as s:
+        key = apikeys.create(s, "prometheus", now(), role=Role.VIEWER)[1]
+    api_port, gateway_port = free_port(), free_port()
+    p.env = {**shared_env, "VBM_GATEWAY__PORT": str(api_port), "VBM_METRICS__PORT": str(gateway_port)}
+    p.start("gateway")
+    p.env = shared_env
+    page = scrape_port(gateway_port)
+    url = f"http://127.0.0.1:{api_port}/metrics"
+    status, _, body = get(url)
+    assert status == 401 and "API key" in json.loads(body)["detail"]
+    status, content_type, text = get(url, {"Authorization": f"Bearer {key}"})
+    assert status == 200 and content_type.startswith("text/plain")
+    for scraped in (page, text):
+        check_metrics(scraped)
+    assert value(page, "backup_success_total", **web) == value(text, "backup_success_total", **web) == 1
     ours = {n for n in names(text) if n.startswith(("vbm_", "backup_"))}
     assert ours <= exported(), ours - exported()  # the names the dashboard and rules are checked against
     for vm in ("web", "db"):
@@ -79,19 +93,31 @@ async def test_a_backup_in_the_metrics(
         assert value(text, "backup_duration_seconds_count", **labels) == 1
         assert abs(value(text, "vbm_last_success_timestamp_seconds", **labels) - time.time()) < 120
         assert value(text, "backup_size_bytes", **labels, kind="full", stage="stored") > 0
-    with pytest.raises(KeyError):
+    with pytest.raises(KeyError):  # a counter shows once it counted
         value(text, "backup_failure_total")
     assert value(text, "vbm_open_snapshots", vcenter="lab") == 0  # idle: the no-leak promise
     assert value(text, "vbm_runs", state="running") == value(text, "vbm_runs", state="queued") == 0
     assert value(text, "vbm_tasks", state="queued") == 0
     assert value(text, "vbm_verify_results_total", result="ok", how="after backup") == 2
     # one each, and one more for db: turning CBT on takes a snapshot cycle
-    assert (
-        value(text, "vbm_vcenter_call_duration_seconds_count", vcenter="lab", method="create_snapshot") == 3
-    )
-    assert value(text, "vbm_vcenter_call_duration_seconds_count", method="remove_snapshot") == 3
+    calls = value(text, "vbm_vcenter_call_duration_seconds_count", vcenter="lab", method="create_snapshot")
+    assert calls == value(text, "vbm_vcenter_call_duration_seconds_count", method="remove_snapshot") == 3
     assert value(text, "vbm_repository_stored_bytes", repository=repo) > 0
     assert value(text, "vbm_repository_free_bytes", repository=repo) > 0
-    for service in ("snapshotter", "mover", "verifier", "notifier"):
+    for service in ("snapshotter", "mover", "verifier", "notifier", "gateway"):
         assert value(text, "vbm_service_up", service=service) == 1, service
     assert value(text, "vbm_service_up", service="scheduler") == 0  # not started here
+
+    # a backup that fails (vCenter refuses the snapshot): counted; its snapshot counts as open
+    # until the clean-up has made sure it does not exist
+    p.lab.fault("CreateSnapshot_Task", "task-error", fault="InvalidState")
+    broken = await p.run_job(p.create_job("broken", ["db"]))
+    assert (await p.wait_run(broken)).state == "failed", p.dump(broken)
+    p.lab.clear_faults()
+    text = get(url, {"Authorization": f"Bearer {key}"})[2]
+    check_metrics(text)
+    assert value(text, "backup_failure_total", job="broken", vm="db", vcenter="lab", repository=repo) == 1
+    with pytest.raises(KeyError):
+        value(text, "backup_success_total", job="broken")
+    assert value(text, "vbm_vcenter_call_errors_total", method="create_snapshot", fault="InvalidState") == 1
+    assert value(text, "vbm_open_snapshots", vcenter="lab") == len(p.open_ledger()) == 1
