@@ -9,12 +9,14 @@ its own counters); `vbm up`'s combined endpoint does too.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from datetime import datetime, timedelta
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from shared.clock import aware
@@ -30,6 +32,8 @@ from shared.db.models import (
     VCenterRow,
 )
 from shared.db.usage import UsageSample
+
+log = logging.getLogger(__name__)
 
 SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
 OPEN_SNAPSHOT = ("requested", "created", "removing", "stuck")  # shared/catalog/ledger.py OPEN
@@ -58,13 +62,25 @@ class CatalogCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         now = self.clock()
-        with self.sessions() as s:
-            yield from _backups(s)
-            yield _open_snapshots(s, self.vcenters)
-            yield from _work(s)
-            yield from _repositories(s)
-            yield _replication_lag(s, now)
-            yield _services(s, now - self.alive)
+        up = GaugeMetricFamily("vbm_catalog_up", "Whether this scrape could read the catalog (the database)")
+        try:
+            with self.sessions() as s:
+                read = [
+                    *_backups(s),
+                    _open_snapshots(s, self.vcenters),
+                    *_work(s),
+                    *_repositories(s),
+                    _replication_lag(s, now),
+                    _services(s, now - self.alive),
+                ]
+        except SQLAlchemyError as exc:  # the counters still go out; the catalog's gauges are missing
+            log.warning("metrics: the catalog could not be read: %s", exc)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        yield from read
 
 
 def _backups(s: Session) -> Iterator[Metric]:

@@ -140,12 +140,12 @@ class Supervisor:
         self.gateway_url = loop.create_future()
         private_data_dir(self.data_dir)
         try:
-            self.metrics.start(self.settings)
             engine = make_engine(self.settings.db_url)
             try:
                 await asyncio.to_thread(upgrade, engine)
             finally:
                 engine.dispose()
+            self.metrics.start(self.settings)  # before any child: its directory starts empty
             nats_url = await self._ensure_nats()
             vcenters, lab_vc = await self._ensure_vcenter()
             for name in SERVICES:

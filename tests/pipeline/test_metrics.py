@@ -95,6 +95,7 @@ async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline]
         assert value(text, "backup_size_bytes", **labels, kind="full", stage="stored") > 0
     with pytest.raises(KeyError):  # a counter shows once it counted
         value(text, "backup_failure_total")
+    assert value(text, "vbm_catalog_up") == 1
     assert value(text, "vbm_open_snapshots", vcenter="lab") == 0  # idle: the no-leak promise
     assert value(text, "vbm_runs", state="running") == value(text, "vbm_runs", state="queued") == 0
     assert value(text, "vbm_tasks", state="queued") == 0
