@@ -1,9 +1,10 @@
 """Metrics of a real backup: the services as processes writing to one metrics directory (as under
-`vbm up`), the mover also on a port of its own, the gateway's /metrics adding them up with the
+`vbm up`), two movers each also on a port of its own, the gateway's /metrics adding them up with the
 catalog's gauges; every page passes `promtool check metrics`."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import urllib.error
@@ -45,11 +46,12 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]
 async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline], tmp_path: Path) -> None:
     directory = fresh_dir(tmp_path / "metrics")
     p = pipeline_factory(PROMETHEUS_MULTIPROC_DIR=str(directory))
-    mover_port = free_port()
     p.start("snapshotter", "verifier", "notifier")
     shared_env = p.env
-    p.env = {**shared_env, "VBM_METRICS__PORT": str(mover_port)}
-    p.start("mover")
+    mover_ports = {"mover": free_port(), "mover-2": free_port()}  # two movers, each with its port
+    for name, port in mover_ports.items():
+        p.env = {**shared_env, "VBM_METRICS__PORT": str(port)}
+        p.start_as(name, "mover")
     p.env = shared_env
     job = p.create_job("nightly", ["web", "db"])
     run = await p.run_job(job)
@@ -57,16 +59,20 @@ async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline]
     _, err, code = await p.cli("repo", "measure", "--json")
     assert code == 0, err
 
-    # the mover's own port: its process's counters (and Python's process figures)
-    own = scrape_port(mover_port)
-    check_metrics(own)
+    # each mover's own port: its process's counters (and Python's process figures)
     repo = str(p.repo_dir)
     web = {"job": "nightly", "vm": "web", "vcenter": "lab", "repository": repo}
-    assert value(own, "backup_duration_seconds_count", **web) == 1
-    assert value(own, "vbm_transfer_bytes_total", stage="transferred", kind="full") > 21 * 1024 * 1024
-    assert value(own, "process_resident_memory_bytes") > 0
-    with pytest.raises(KeyError):  # a task ends in the verifier, which the mover's page does not show
-        value(own, "backup_success_total")
+    durations = moved = 0.0
+    for port in mover_ports.values():
+        own = scrape_port(port)
+        check_metrics(own)
+        assert value(own, "process_resident_memory_bytes") > 0
+        with pytest.raises(KeyError):  # a task ends in the verifier, which a mover's page does not show
+            value(own, "backup_success_total")
+        with contextlib.suppress(KeyError):  # a mover the dispatcher gave nothing has counted nothing
+            durations += value(own, "backup_duration_seconds_count", job="nightly")
+            moved += value(own, "vbm_transfer_bytes_total", stage="transferred", kind="full")
+    assert durations == 2 and moved > 26 * 1024 * 1024  # web's 17 MiB and db's 9 MiB, read once
 
     # the gateway (a process too): its /metrics adds up every process of the tree, with the
     # catalog's gauges; an API key for it, and its metrics port without one
@@ -85,6 +91,8 @@ async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline]
     for scraped in (page, text):
         check_metrics(scraped)
     assert value(page, "backup_success_total", **web) == value(text, "backup_success_total", **web) == 1
+    # the two movers' files added up: each VM's backup once, the bytes of both
+    assert value(text, "vbm_transfer_bytes_total", stage="transferred", kind="full") == moved
     ours = {n for n in names(text) if n.startswith(("vbm_", "backup_"))}
     assert ours <= exported(), ours - exported()  # the names the dashboard and rules are checked against
     for vm in ("web", "db"):
@@ -105,8 +113,9 @@ async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline]
     assert calls == value(text, "vbm_vcenter_call_duration_seconds_count", method="remove_snapshot") == 3
     assert value(text, "vbm_repository_stored_bytes", repository=repo) > 0
     assert value(text, "vbm_repository_free_bytes", repository=repo) > 0
-    for service in ("snapshotter", "mover", "verifier", "notifier", "gateway"):
+    for service in ("snapshotter", "verifier", "notifier", "gateway"):
         assert value(text, "vbm_service_up", service=service) == 1, service
+    assert value(text, "vbm_service_up", service="mover") == 2
     assert value(text, "vbm_service_up", service="scheduler") == 0  # not started here
 
     # a backup that fails (vCenter refuses the snapshot): counted; its snapshot counts as open
