@@ -15,7 +15,7 @@ from datetime import datetime, timedelta
 
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import and_, func, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -97,23 +97,24 @@ def _backups(s: Session) -> Iterator[Metric]:
         " and compression (stage=stored), by kind full/incremental",
         labels=[*BACKUP, "kind", "stage"],
     )
+    rp = RestorePointRow
+    good = rp.verify_state != "failed"
+    key = (rp.job_id, rp.vm_name, rp.vcenter, rp.repository)
+    latest = select(*key, func.max(rp.finished_at).label("at")).where(good).group_by(*key).subquery()
+    same = [column == latest.c[column.key] for column in key]
     rows = s.execute(
-        select(
-            Job.name, RestorePointRow.vm_name, RestorePointRow.vcenter, RestorePointRow.repository,
-            RestorePointRow.kind, RestorePointRow.bytes_read, RestorePointRow.bytes_stored,
-            RestorePointRow.finished_at,
-        )
-        .join(Job, Job.id == RestorePointRow.job_id)
-        .where(Job.enabled.is_(True), RestorePointRow.verify_state != "failed")
-        .order_by(RestorePointRow.finished_at)
-    )  # fmt: skip
-    newest = {}
+        select(Job.name, *key[1:], rp.kind, rp.bytes_read, rp.bytes_stored, rp.finished_at)
+        .join(Job, Job.id == rp.job_id)
+        .join(latest, and_(*same, rp.finished_at == latest.c.at))
+        .where(Job.enabled.is_(True), good)
+    )
+    newest = {}  # two points finished at the same instant: one of them
     for job, vm, vcenter, repository, kind, read, stored, finished in rows:
         newest[(job, vm, vcenter, repository)] = (kind, read, stored, finished)
-    for key, (kind, read, stored, finished) in sorted(newest.items()):
-        last.add_metric(list(key), aware(finished).timestamp())
-        size.add_metric([*key, kind, "transferred"], float(read))
-        size.add_metric([*key, kind, "stored"], float(stored))
+    for labels, (kind, read, stored, finished) in sorted(newest.items()):
+        last.add_metric(list(labels), aware(finished).timestamp())
+        size.add_metric([*labels, kind, "transferred"], float(read))
+        size.add_metric([*labels, kind, "stored"], float(stored))
     yield last
     yield size
 
