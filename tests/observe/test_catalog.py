@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy.orm import Session
 
-from shared.catalog.jobs import job_row
 from shared.clock import utcnow
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Replication, RestorePointRow, Run, ServiceInstance, SnapshotLedger, Task
 from shared.db.usage import UsageSample
-from shared.model.jobs import JobSpec
 from shared.observe.catalog import CatalogCollector
 from shared.observe.exposition import registry, render
 from tests.observe.promtool import check_metrics, names, value
+from tests.observe.rows import NOW, job
 
 
 def test_an_unreadable_catalog_is_a_gauge_not_an_error(tmp_path: Path) -> None:
@@ -29,19 +28,6 @@ def test_an_unreadable_catalog_is_a_gauge_not_an_error(tmp_path: Path) -> None:
     assert value(text, "vbm_catalog_up") == 0
     assert "vbm_open_snapshots" not in names(text)  # no half-read page
     assert value(text, "process_resident_memory_bytes") > 0  # the counters still go out
-
-
-NOW = datetime(2026, 12, 6, 12, 0, tzinfo=UTC)
-
-
-def job(s: Session, name: str, enabled: bool = True) -> str:
-    spec = JobSpec.model_validate(
-        {"name": name, "vcenter": "vc1", "vms": [{"moref": "vm-1", "name": "web"}], "repository": "/r"}
-    )
-    row = job_row(spec, f"job-{name}", NOW, "/r")
-    row.enabled = enabled
-    s.add(row)
-    return row.id
 
 
 def point(s: Session, rp_id: str, job_id: str, hours: float, kind: str = "full", verify: str = "ok") -> None:
