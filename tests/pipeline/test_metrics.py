@@ -4,10 +4,12 @@ catalog's gauges; every page passes `promtool check metrics`."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +21,10 @@ from shared.model.access import Role
 from shared.observe.exposition import fresh_dir
 from tests.observe.promtool import check_metrics, exported, names, value
 from tests.pipeline.conftest import Pipeline, now
+from tests.pipeline.test_replication import wait_replications
+from tests.pipeline.test_restore import restore, wait_restore
 from tests.plugins.procs import free_port
+from tests.plugins.webhook import WebhookReceiver
 
 
 def scrape_port(port: int, timeout: float = 30) -> str:
@@ -34,18 +39,29 @@ def scrape_port(port: int, timeout: float = 30) -> str:
             time.sleep(0.2)
 
 
-def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
-    """(status, content type, body) of a GET."""
+def post(url: str, headers: dict[str, str]) -> tuple[int, str, str]:
+    return get(url, headers, method="POST")
+
+
+def get(url: str, headers: dict[str, str] | None = None, method: str = "GET") -> tuple[int, str, str]:
+    """(status, content type, body) of a request."""
+    request = urllib.request.Request(url, headers=headers or {}, method=method)
     try:
-        with urllib.request.urlopen(urllib.request.Request(url, headers=headers or {}), timeout=10) as answer:
+        with urllib.request.urlopen(request, timeout=30) as answer:
             return answer.status, answer.headers["Content-Type"], answer.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.headers["Content-Type"], exc.read().decode()
 
 
-async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline], tmp_path: Path) -> None:
+async def test_a_backup_in_the_metrics(
+    pipeline_factory: Callable[..., Pipeline], tmp_path: Path, webhook_receiver: WebhookReceiver
+) -> None:
     directory = fresh_dir(tmp_path / "metrics")
-    p = pipeline_factory(PROMETHEUS_MULTIPROC_DIR=str(directory))
+    hook = {"name": "hook", "type": "webhook", "url": webhook_receiver.url(), "on": ["success", "failure"]}
+    webhook_receiver.answers = [500]  # the first delivery fails (and is tried again later)
+    p = pipeline_factory(
+        PROMETHEUS_MULTIPROC_DIR=str(directory), VBM_NOTIFICATIONS=json.dumps({"channels": [hook]})
+    )
     p.start("snapshotter", "verifier", "notifier")
     shared_env = p.env
     mover_ports = {"mover": free_port(), "mover-2": free_port()}  # two movers, each with its port
@@ -53,7 +69,9 @@ async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline]
         p.env = {**shared_env, "VBM_METRICS__PORT": str(port)}
         p.start_as(name, "mover")
     p.env = shared_env
-    job = p.create_job("nightly", ["web", "db"])
+    copies, blocked = tmp_path / "copies", tmp_path / "a-file"
+    blocked.write_text("not a directory")  # a target that cannot be made: its copies fail
+    job = p.create_job("nightly", ["web", "db"], options={"replicate_to": [str(copies), str(blocked / "r")]})
     run = await p.run_job(job)
     assert (await p.wait_run(run)).state == "succeeded", p.dump(run)
     _, err, code = await p.cli("repo", "measure", "--json")
@@ -131,3 +149,35 @@ async def test_a_backup_in_the_metrics(pipeline_factory: Callable[..., Pipeline]
         value(text, "backup_success_total", job="broken")
     assert value(text, "vbm_vcenter_call_errors_total", method="create_snapshot", fault="InvalidState") == 1
     assert value(text, "vbm_open_snapshots", vcenter="lab") == len(p.open_ledger()) == 1
+
+    # the rest of the work: copies (one target fine, one failing), a restore, deliveries, a GC
+    for rp in p.restore_points(run):
+        await wait_replications(p, rp.id, 2)
+    db_point = next(rp for rp in p.restore_points(run) if rp.vm_name == "db")
+    restore_id = await restore(p, restore_point_id=db_point.id, name="db-restored", datastore="LocalDS_0")
+    assert (await wait_restore(p, restore_id)).state == "succeeded", p.logs()
+    with p.sessions.begin() as s:
+        admin = apikeys.create(s, "ops", now())[1]
+    status, _, body = post(
+        f"http://127.0.0.1:{api_port}/api/v1/gc?repository={repo}", {apikeys.HEADER: admin}
+    )
+    assert status == 200, body
+    deadline = time.monotonic() + 30
+    while True:  # the failed delivery and the failure's are counted once the notifier recorded them
+        text = get(url, {"Authorization": f"Bearer {key}"})[2]
+        with contextlib.suppress(KeyError):
+            if value(text, "vbm_notification_deliveries_total", channel="hook", outcome="sent") >= 1:
+                break
+        assert time.monotonic() < deadline, (webhook_receiver.received, p.logs())
+        await asyncio.sleep(0.3)
+    check_metrics(text)
+    assert value(text, "vbm_notification_deliveries_total", channel="hook", outcome="failed") == 1
+    assert value(text, "vbm_replication_bytes_total", repository=repo, target=str(copies)) > 0
+    assert value(text, "vbm_replication_failures_total", repository=repo, target=str(blocked / "r")) == 2
+    assert value(text, "vbm_replication_lag_seconds", target=str(copies)) == 0
+    assert 0 < value(text, "vbm_replication_lag_seconds", target=str(blocked / "r")) < 120
+    assert (
+        value(text, "vbm_restore_duration_seconds_count", vcenter="lab", mode="new_vm", outcome="succeeded")
+        == 1
+    )
+    assert value(text, "vbm_gc_freed_bytes_total", repository=repo) == 0  # nothing unreferenced yet
