@@ -7,6 +7,8 @@ import logging
 from datetime import timedelta
 from typing import Any
 
+from sqlalchemy.orm import Session
+
 from services.mover.deps import Deps
 from shared.catalog import tasks as state
 from shared.catalog.points import record_restore_point
@@ -90,7 +92,7 @@ def record(
 
 
 def _count(
-    s: Any, event: SnapshotReady, rp: RestorePoint, repository: str, stats: WriteStats, kind: str
+    s: Session, event: SnapshotReady, rp: RestorePoint, repository: str, stats: WriteStats, kind: str
 ) -> None:
     """The backup's duration and the bytes it moved, once its restore point is recorded."""
     run = s.get(Run, event.run_id)
