@@ -8,10 +8,12 @@ import sys
 import urllib.request
 from pathlib import Path
 
+import pytest
+
 from shared.db import make_engine, upgrade
-from shared.observe.exposition import fresh_dir, registry, render
+from shared.observe.exposition import fresh_dir, registry, render, serve_port, serve_process
 from shared.observe.tree import TreeMetrics
-from shared.settings import Settings
+from shared.settings import ConfigError, Settings
 from tests.observe.promtool import check_metrics, value
 from tests.plugins.procs import free_port
 
@@ -73,3 +75,14 @@ def test_the_trees_own_port_serves_the_sum_and_the_catalog(tmp_path: Path) -> No
         assert "/metrics" in tree.banner("http://127.0.0.1:8080")
     finally:
         tree.close()
+
+
+def test_a_taken_metrics_port_is_a_configuration_error() -> None:
+    first = serve_port("127.0.0.1", 0, registry(None))
+    try:
+        with pytest.raises(ConfigError, match=f"metrics.port {first.port} .*VBM_METRICS__PORT"):
+            serve_port("127.0.0.1", first.port, registry(None))
+        assert serve_process("gateway", "127.0.0.1", first.port) is None  # the gateway serves its own
+        assert serve_process("mover", "127.0.0.1", 0) is None  # off by default
+    finally:
+        first.close()
