@@ -312,6 +312,11 @@ async def test_add_a_second_vcenter_back_up_from_it_and_a_failing_mail_channel_i
     assert status == 200, points
     assert [(p["vcenter"], p["vm_name"]) for p in points["backups"]] == [("lab2", "far")], points
     assert lab.snapshots("far") == []  # none left behind on the second vCenter either
+    await page.goto("/audit?user=ada")  # each step with who did it
+    rows = page.locator("table.audit tbody tr")
+    for path in ("/settings/vcenters", "/jobs/new"):
+        await expect(rows.filter(has_text=path).first).to_contain_text("ada")
+    await expect(rows.filter(has_text="/run").first).to_contain_text("ada")
 
     await page.goto("/settings/notifications")
     await page.locator("#host").fill("127.0.0.1")
