@@ -2,7 +2,7 @@
 over plain HTTP (each type's fields, validation naming the field without echoing the bot token,
 "Send test" reporting the Bot API's and sendmail's exact error) and in a real browser (the chosen
 type's fields only; the screenshots of docs/ui/settings-channels.png, settings-users.png and
-settings-keys.png)."""
+settings-keys.png). And the vCenters page's connection test showing the certificate's thumbprints."""
 
 from __future__ import annotations
 
@@ -15,10 +15,13 @@ from playwright.async_api import expect
 from shared.catalog import channels as chstore
 from shared.model.access import Role
 from tests.gateway.conftest import MakeApi
+from tests.gateway.test_vcenters import expected_thumbprints, tls_server
 from tests.plugins.telegram import TOKEN, BotApi
 from tests.ui.conftest import System
 from tests.ui.test_jobs import _api, _get, _login
 from tests.ui.test_settings import _post
+
+__all__ = ["tls_server"]
 
 FAILING_SENDMAIL = """#!/bin/sh
 cat > /dev/null
@@ -134,3 +137,21 @@ async def test_the_channel_form_in_the_browser_and_the_settings_screenshots(
     await expect(page.locator("[data-minted]")).to_contain_text("only this once")
     await s.shot(page, "settings-keys")
     assert errors == [], errors
+
+
+async def test_the_vcenter_test_shows_the_certificates_thumbprints(
+    make_api: MakeApi, tmp_path: Path, tls_server: tuple[str, str]
+) -> None:
+    api = await _api(make_api, tmp_path)
+    csrf = await _login(api, Role.ADMIN)
+    url, _ = tls_server
+    sha256, sha1 = expected_thumbprints(url)
+    form = {"csrf_token": csrf, "name": "vc-tls", "url": url, "username": "bob", "password": "pw",
+            "verify_tls": "on", "skip_test": "on"}  # fmt: skip
+    status, _, _ = await _post(api, "/settings/vcenters", form)
+    assert status == 303
+    async with api.client.post("/settings/vcenters/vc-tls/test", data={"csrf_token": csrf},
+                               headers={"HX-Request": "true"}) as resp:  # fmt: skip
+        text = await resp.text()
+    assert resp.status == 200 and "Failed at tls" in text and "not trusted" in text, text
+    assert f"SHA-256 <code>{sha256}</code>, SHA-1 <code>{sha1}</code>" in text
