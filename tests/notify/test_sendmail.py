@@ -1,11 +1,13 @@
 """sendmail channels with a fake sendmail program (a shell script this test writes: it records
-its arguments, its stdin and its pid, and fails or hangs on demand), as a real MTA would be run."""
+its arguments, its stdin and its pid, and fails or hangs on demand), as a real MTA would be run;
+and with Debian's msmtp delivering to a real SMTP server (aiosmtpd)."""
 
 from __future__ import annotations
 
 import email
 import email.policy
 import os
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ from shared.notify import channels as notify
 from shared.notify.channels import NotifyError
 from shared.notify.messages import Message
 from shared.settings import NotificationSettings
+from tests.plugins.procs import free_port
+from tests.plugins.smtp import SmtpServer
 
 MESSAGE = Message(
     event="alert.raised:a1",
@@ -110,6 +114,36 @@ async def test_a_hanging_sendmail_is_killed_at_the_timeout(fake_sendmail: FakeSe
     pid = int((fake_sendmail.dir / "pid").read_text())
     with pytest.raises(ProcessLookupError):  # killed and reaped: no zombie left either
         os.kill(pid, 0)
+
+
+async def test_debians_msmtp_as_sendmail_delivers_to_a_real_smtp_server(
+    smtp_server: SmtpServer, tmp_path: Path
+) -> None:
+    """msmtp (Debian's `msmtp`; `msmtp-mta` makes it /usr/sbin/sendmail) with the same command line,
+    through a wrapper that names the server as msmtp's system configuration would."""
+    msmtp = shutil.which("msmtp")
+    if msmtp is None:
+        pytest.fail("msmtp is missing: run scripts/install-system-deps.sh --tests (apt-get install msmtp)")
+
+    def wrapper(name: str, port: int) -> str:
+        path = tmp_path / name
+        path.write_text(
+            f"#!/bin/sh\nexec {msmtp} --host=127.0.0.1 --port={port} --auth=off --tls=off"
+            ' --from=vbm@backup.example "$@"\n'
+        )
+        path.chmod(0o755)
+        return str(path)
+
+    s = sendmail(wrapper("sendmail", smtp_server.port))
+    await notify.send(s.channels[0], MESSAGE, s)
+    [mail] = smtp_server.wait_for(1)
+    assert mail["Subject"] == MESSAGE.title and mail["X-VBM-Level"] == "critical"
+    assert smtp_server.received[0].rcpt_tos == ("ops@example.com", "lead@example.com")
+
+    down = sendmail(wrapper("sendmail-down", free_port()))
+    refused = r"sendmail-down exited with code \d+: msmtp: cannot connect to 127\.0\.0\.1, port \d+"
+    with pytest.raises(NotifyError, match=refused):
+        await notify.send(down.channels[0], MESSAGE, down)
 
 
 def test_bad_sendmail_settings_say_what_to_fix() -> None:
