@@ -123,7 +123,7 @@ async def test_debians_msmtp_as_sendmail_delivers_to_a_real_smtp_server(
     through a wrapper that names the server as msmtp's system configuration would."""
     msmtp = shutil.which("msmtp")
     if msmtp is None:
-        pytest.fail("msmtp is missing: run scripts/install-system-deps.sh --tests (apt-get install msmtp)")
+        pytest.fail("msmtp is missing: run scripts/install-system-deps.sh --for-tests (it installs msmtp)")
 
     def wrapper(name: str, port: int) -> str:
         path = tmp_path / name
