@@ -280,10 +280,11 @@ class ChannelSettings(BaseModel):
             if not self.to:
                 article = "an" if self.type == "email" else "a"
                 raise ValueError(f"{where}: {article} {self.type} channel needs `to` (addresses)")
-            bad = [a for a in self.to if "@" not in a or any(c.isspace() for c in a) or a.startswith("-")]
+            bad = [a for a in self.to if "@" not in a or a.startswith("-") or not a.isprintable() or " " in a]
             if bad:
                 raise ValueError(f"{where}: not an email address: {', '.join(bad)}")
-            if self.type == "sendmail" and not self.sendmail.startswith("/"):
+            absolute = self.sendmail.startswith("/") and self.sendmail.isprintable()
+            if self.type == "sendmail" and not absolute:
                 raise ValueError(f"{where}: `sendmail` must be an absolute path, e.g. {SENDMAIL}")
         elif self.type == "telegram":
             if not self.token.get_secret_value():
@@ -295,7 +296,7 @@ class ChannelSettings(BaseModel):
                     f"{where}: a telegram channel needs `chat_id`: a number (e.g. -1001234567890)"
                     " or @channelname"
                 )
-            if not self.api_url.startswith(("http://", "https://")):
+            if not (self.api_url.startswith(("http://", "https://")) and self.api_url.isprintable()):
                 raise ValueError(f"{where}: `api_url` must start with https:// (or http://)")
         else:
             url = self.url.get_secret_value()

@@ -95,8 +95,8 @@ async def send_sendmail(channel: ChannelSettings, message: Message, settings: No
         ) from None
     except PermissionError:
         raise NotifyError(f"sendmail channel {name!r}: {program} cannot be run (not executable)") from None
-    except OSError as exc:
-        why = exc.strerror or exc
+    except (OSError, ValueError) as exc:  # ValueError: a NUL in a configured path
+        why = getattr(exc, "strerror", None) or exc
         raise NotifyError(f"sendmail channel {name!r}: {program} cannot be run: {why}") from None
     try:
         _, err = await proc.communicate(data)

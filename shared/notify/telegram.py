@@ -75,7 +75,7 @@ async def send(channel: ChannelSettings, message: Message) -> None:
                     continue
                 refusal = _refusal(where, status, answer, text, token)
                 raise NotifyError(f"telegram channel {name!r}: {refusal}")
-    except aiohttp.ClientError as exc:
+    except (aiohttp.ClientError, ValueError) as exc:  # ValueError: a URL aiohttp cannot take
         reason = (str(exc) or type(exc).__name__).replace(url, where).replace(token, "<token>")
         raise NotifyError(f"telegram channel {name!r}: cannot post to {where}: {reason}") from None
 
