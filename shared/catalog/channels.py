@@ -221,14 +221,20 @@ def save(session: Session, settings: Settings, channel: ChannelSettings, now: da
     vault = load_vault(settings)
     row.type, row.to, row.on, row.scope = channel.type, list(channel.to), list(channel.on), channel.scope
     row.level = channel.level
-    for name in SECRETS:
-        plain = getattr(channel, name).get_secret_value()
+    for name in SECRETS:  # a type's own secrets: one changed to another type leaves none behind
+        plain = getattr(channel, name).get_secret_value() if _uses(channel.type, name) else ""
         setattr(row, name, vault.encrypt(plain) if plain else None)
     row.options = _options(channel)
     row.updated_at = now
     session.add(row)
     session.flush()
     return row
+
+
+def _uses(kind: str, secret: str) -> bool:
+    if secret == "token":
+        return kind == "telegram"
+    return kind not in ("telegram", "sendmail")  # url and secret, as before these types
 
 
 def _options(channel: ChannelSettings) -> dict[str, str] | None:

@@ -105,6 +105,10 @@ async def test_telegram_and_sendmail_channels_with_levels(
     assert vault_secrets.rotate(api.ctx.engine, api.ctx.settings, utcnow()).values == 2  # the two tokens
     status, result = await call("POST", "/notifications/test", json={"channel": "tg2"})
     assert result["ok"] is True
+    status, changed = await call(
+        "PUT", "/channels/tg2", json={"type": "webhook", "url": "https://hooks.example/1"}
+    )
+    assert status == 200 and changed["token"] == "not set" and "chat_id" not in changed, changed
 
     with api.ctx.sessions() as s:
         records = list(s.scalars(select(AuditRecord)))
