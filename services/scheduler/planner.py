@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import audit
 from shared.catalog.runs import request_run
+from shared.observe import tracing
 from shared.clock import iso
 from shared.db.models import Job
 from shared.model.audit import system
@@ -200,7 +201,10 @@ class Planner:
         self.refresh()
         created = []
         for due in self.due(self.now()):
-            run_id = self.fire(due.job_id, due.slot)
+            # a scheduled run's trace starts here (docs/design.md, "Traces")
+            with tracing.span("scheduler slot", job=due.job_id, slot=iso(due.slot)):
+                run_id = self.fire(due.job_id, due.slot)
+                tracing.annotate(run_id=run_id)
             if run_id is not None:
                 created.append(run_id)
         return created
