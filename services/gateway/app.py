@@ -32,8 +32,8 @@ from services.gateway.access import needs
 from services.gateway.answers.service import About, Health, Ready, Services, Where
 from services.gateway.apidoc import op
 from services.gateway.auth import AUTH, AuthState, authorize
-from services.gateway.traced import traced
 from services.gateway.common import CTX, PRESENCE, check_parameters, field_error, json_response, problem
+from services.gateway.traced import traced
 from services.gateway.ui.render import html_errors
 from shared import __version__
 from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat

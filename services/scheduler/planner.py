@@ -24,12 +24,12 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import audit
 from shared.catalog.runs import request_run
-from shared.observe import tracing
 from shared.clock import iso
 from shared.db.models import Job
 from shared.model.audit import system
 from shared.model.schedules import Schedule
 from shared.model.slots import TICK, is_slot, newest_slot, next_slot
+from shared.observe import tracing
 
 if TYPE_CHECKING:
     from sqlalchemy import CursorResult

@@ -21,9 +21,7 @@ def add_parsers(sub: Any) -> None:
     p = sub.add_parser("logs", help="the logs of `vbm up`'s services (of one run, one service; --follow)")
     p.add_argument("--run", metavar="ID", help="only the lines of this run (they carry its run_id)")
     p.add_argument("--service", metavar="NAME", help="only this service (gateway, scheduler, mover, ...)")
-    p.add_argument(
-        "--follow", "-f", action="store_true", help="then new lines as they come (Ctrl-C ends)"
-    )
+    p.add_argument("--follow", "-f", action="store_true", help="then new lines as they come (Ctrl-C ends)")
     p.add_argument("--json", action="store_true", help="one JSON object a line, as stored")
 
 

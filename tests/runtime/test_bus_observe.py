@@ -92,10 +92,8 @@ async def test_trace_goes_through_the_outbox_and_a_redelivery(
         stage(s, JobRequested(occurred_at=NOW, run_id="run-7", job_id="job-3", trigger="api"), NOW)
     with sessions() as s:
         stored = s.query(Outbox).one().trace_context
-    assert (
-        stored is not None
-        and stored["traceparent"].split("-")[1] == f"{root.get_span_context().trace_id:032x}"
-    )
+    trace_id = f"{root.get_span_context().trace_id:032x}"
+    assert stored is not None and stored["traceparent"].split("-")[1] == trace_id
 
     # published by the relay outside any span: the stored context is what the message carries
     assert await Relay(bus, sessions, lambda: NOW).publish_pending() == 1
