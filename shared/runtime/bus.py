@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -178,10 +178,16 @@ class Bus:
                 await self.nc.drain()
 
 
-async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -> None:
+Fields = Callable[[Event], Awaitable[Mapping[str, str]]]
+
+
+async def run_consumer(
+    bus: Bus, consumer: Consumer[Any], stop: asyncio.Event, fields: Fields | None = None
+) -> None:
     """Fetch and handle up to `consumer.concurrency` messages at once until `stop` is set; a
     message is fetched only when a handler is free for it, so the rest wait in the stream for
-    another worker. On stop, the messages in hand are finished (the service allows a grace)."""
+    another worker. On stop, the messages in hand are finished (the service allows a grace).
+    `fields`: the log fields of an event's run it does not name itself (its job, its VM)."""
     delay = 0.5
     while True:  # JetStream may still be settling (a restart, an election): keep asking
         try:
@@ -217,9 +223,9 @@ async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -
                 continue
             for msg in msgs:
                 if consumer.concurrency == 1:
-                    await _process(bus, consumer, msg)
+                    await _process(bus, consumer, msg, fields)
                     continue
-                task = asyncio.create_task(_guarded(bus, consumer, msg))
+                task = asyncio.create_task(_guarded(bus, consumer, msg, fields))
                 in_hand.add(task)
                 task.add_done_callback(in_hand.discard)
     finally:
@@ -230,16 +236,16 @@ async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -
             await sub.unsubscribe()
 
 
-async def _guarded(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:
+async def _guarded(bus: Bus, consumer: Consumer[Any], msg: Msg, fields: Fields | None) -> None:
     """One of several messages in hand: what escapes it (a publish that failed) is logged; the
     message, not acked, is redelivered after ack_wait."""
     try:
-        await _process(bus, consumer, msg)
+        await _process(bus, consumer, msg, fields)
     except Exception:
         log.exception("consumer %s: handling a message failed", consumer.durable)
 
 
-async def _process(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:
+async def _process(bus: Bus, consumer: Consumer[Any], msg: Msg, fields: Fields | None = None) -> None:
     meta = msg.metadata
     delivery = Delivery(
         consumer=consumer.durable,
@@ -253,12 +259,14 @@ async def _process(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:
     started = time.monotonic()
     try:
         with observed(delivery, msg.headers) as span:
-            await _handle(bus, consumer, msg, delivery, span)
+            await _handle(bus, consumer, msg, delivery, span, fields)
     finally:
         bus_metrics.handled(subject, consumer.durable, time.monotonic() - started)
 
 
-async def _handle(bus: Bus, consumer: Consumer[Any], msg: Msg, delivery: Delivery, span: Span) -> None:
+async def _handle(
+    bus: Bus, consumer: Consumer[Any], msg: Msg, delivery: Delivery, span: Span, fields: Fields | None
+) -> None:
     subject = consumer.subject.value
     try:
         event = consumer.event_type.model_validate_json(msg.data)
@@ -268,9 +276,11 @@ async def _handle(bus: Bus, consumer: Consumer[Any], msg: Msg, delivery: Deliver
         tracing.failed(exc, span)
         await _reject(bus, msg, delivery, reason, ())
         return
-    fields = log_fields(event)
-    tracing.annotate(**fields)
-    with logs.bound(**fields):
+    named = log_fields(event)
+    if fields is not None:
+        named = {**(await fields(event)), **{k: v for k, v in named.items() if v}}
+    tracing.annotate(**named)
+    with logs.bound(**named):
         await _run_handler(bus, consumer, msg, delivery, event, span)
 
 

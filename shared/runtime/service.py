@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -34,6 +35,7 @@ from shared.db.migrate import SchemaNotCurrent, check_current, upgrade
 from shared.observe import logs, tracing
 from shared.runtime.bus import Bus, BusUnavailable, Consumer, run_consumer
 from shared.runtime.outbox import Relay
+from shared.runtime.runfields import run_fields
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
 
 log = logging.getLogger(__name__)
@@ -127,7 +129,8 @@ async def serve(service: str, wire: Wiring, settings: Settings) -> None:
         await bus.ensure_stream(settings.nats.stream_replicas)
         parts = await wire(ctx)
         await asyncio.to_thread(_record_start, ctx, started)
-        workers = [asyncio.create_task(run_consumer(bus, c, stop)) for c in parts.consumers]
+        fields = functools.partial(run_fields, sessions)  # a run's job and VM on its log lines
+        workers = [asyncio.create_task(run_consumer(bus, c, stop, fields)) for c in parts.consumers]
         workers += [asyncio.create_task(t()) for t in parts.tasks]
         workers.append(asyncio.create_task(ctx.relay.run(stop)))
         beat = asyncio.create_task(_heartbeats(ctx, started, parts.capacity))

@@ -169,5 +169,6 @@ async def test_a_scheduled_run_is_one_trace_across_the_services(
     ]
     of_run = [line for line in lines if line.get("run_id") == run_id]
     assert {line["service"] for line in of_run} == {"snapshotter", "mover"}, of_run
-    assert all(line["trace_id"] == root.trace_id for line in of_run), of_run
-    assert any(line.get("vm") == "web" for line in of_run if line["service"] == "mover")
+    assert all(line["trace_id"] == root.trace_id and line["job"] == job_id for line in of_run), of_run
+    assert {line.get("vm") for line in of_run if line["service"] == "mover"} == {"web"}
+    assert any(line.get("vm") == "web" for line in of_run if line["service"] == "snapshotter")
