@@ -25,7 +25,7 @@ async def traced(
         f"{request.method} {route}",
         parent=request.headers,
         kind=SpanKind.SERVER,
-        **{"http.request.method": request.method, "http.route": route},
+        attrs={"http.request.method": request.method, "http.route": route},
     ) as span:
         response = await handler(request)
         span.set_attribute("http.response.status_code", response.status)

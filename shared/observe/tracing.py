@@ -42,7 +42,7 @@ def setup(service: str, endpoint: str | None, sample_ratio: float = 1.0) -> Call
         resource=Resource.create({"service.name": f"vbm-{service}", "service.version": __version__}),
         sampler=ParentBased(TraceIdRatioBased(sample_ratio)),
     )
-    exporter = OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces", timeout=10)
+    exporter = OTLPSpanExporter(endpoint=f"{endpoint.rstrip('/')}/v1/traces", timeout=5)
     provider.add_span_processor(BatchSpanProcessor(exporter, schedule_delay_millis=EXPORT_DELAY_MS))
     trace.set_tracer_provider(provider)
     return provider.shutdown
@@ -72,12 +72,20 @@ def span(
     *,
     parent: Mapping[str, str] | None = None,
     kind: SpanKind = SpanKind.INTERNAL,
+    within: bool = False,
+    attrs: Mapping[str, Attr | None] | None = None,
     **attributes: Attr | None,
 ) -> Iterator[Span]:
     """A span, current while the block runs: a child of `parent` (a carrier) when given, else of
-    the current span. An exception leaving the block is recorded on it (status ERROR)."""
-    attrs = {_key(k): v for k, v in attributes.items() if v is not None}
-    with tracer().start_as_current_span(name, context=context_of(parent), kind=kind, attributes=attrs) as s:
+    the current span. An exception leaving the block is recorded on it (status ERROR).
+    `within`: only inside a trace, never the root of one (a vCenter call of a GET, of planning).
+    Attributes: `attrs` (names as given, e.g. OpenTelemetry's) and keywords (`vm` -> `vbm.vm`)."""
+    if within and parent is None and not trace.get_current_span().get_span_context().is_valid:
+        yield trace.INVALID_SPAN
+        return
+    given = {**(attrs or {}), **{_key(k): v for k, v in attributes.items()}}
+    kept = {k: v for k, v in given.items() if v is not None}
+    with tracer().start_as_current_span(name, context=context_of(parent), kind=kind, attributes=kept) as s:
         yield s
 
 

@@ -81,12 +81,12 @@ class Consumer(Generic[E]):
 
 @contextlib.contextmanager
 def observed(delivery: Delivery, headers: Mapping[str, str] | None) -> Iterator[Span]:
-    """The handler's span (a child of the message's trace context) and log fields."""
+    """The handler's span, named by the subject: a child of the message's trace context."""
     with tracing.span(
         delivery.subject,
         parent=headers,
         kind=SpanKind.CONSUMER,
-        **{
+        attrs={
             "messaging.system": "nats",
             "messaging.destination.name": delivery.subject,
             "messaging.consumer.group.name": delivery.consumer,

@@ -179,9 +179,9 @@ class Session:
 
     def _call(self, doing: str, fn: Callable[[], T]) -> T:
         """Run `fn` with a session; re-login once if the session expired. Every call is a span
-        named by the adapter method that makes it (`vcenter create_snapshot`)."""
+        named by the adapter method that makes it (`vcenter create_snapshot`), in a trace only."""
         method = sys._getframe(1).f_code.co_name
-        with tracing.span(f"vcenter {method}", vcenter=self.settings.name, doing=doing):
+        with tracing.span(f"vcenter {method}", within=True, vcenter=self.settings.name, doing=doing):
             return self._call_once(doing, fn)
 
     def _call_once(self, doing: str, fn: Callable[[], T]) -> T:

@@ -159,6 +159,8 @@ async def test_a_scheduled_run_is_one_trace_across_the_services(
     (commit,) = [s for s in trace if s.name == "repository commit"]
     assert chain(commit)[0] == "vbm-mover:vbm.snapshot.ready"
     assert len(trace) < 200  # bounded: no span per chunk
+    # a vCenter call outside a run's work (planning reads the inventory) starts no trace of its own
+    assert not [s.name for s in otlp.spans if s.name.startswith("vcenter ") and not s.parent_id]
 
     # the services' log lines (JSON: not a terminal) of this run carry its fields and trace id
     lines = [
