@@ -28,4 +28,3 @@ async def test_a_run_asked_for_carries_the_callers_trace(make_api: MakeApi, db_u
         run = s.get(Run, run_id)
         assert run is not None and run.trace_context is not None
         assert run.trace_context["traceparent"].split("-")[1] == TRACE
-

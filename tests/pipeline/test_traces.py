@@ -9,7 +9,6 @@ import asyncio
 import json
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -21,9 +20,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 
 from lab.launcher import DiskSpec, LabSpec, VMSpec
-from shared.db.models import Job, Run
-from shared.model.schedules import Schedule
-from tests.pipeline.conftest import MIB, Pipeline, now
+from tests.pipeline.conftest import MIB, Pipeline
 
 ERROR = 2  # Status.STATUS_CODE_ERROR
 
@@ -91,21 +88,11 @@ async def test_a_scheduled_run_is_one_trace_across_the_services(
     spec = LabSpec(vms=(VMSpec("web", (DiskSpec(3 * MIB, seed=31),), cbt=True),))
     p = pipeline_factory(spec, VBM_OTEL__ENDPOINT=otlp.url)
     job_id = p.create_job("traced", ["web"], schedule={"kind": "interval", "every_minutes": 60})
-    slot = Schedule(kind="interval", every_minutes=60).last_slot(now(), not_before=now() - timedelta(hours=2))
-    assert slot is not None
-    with p.sessions.begin() as s:  # a slot is due as the scheduler starts
-        job = s.get(Job, job_id)
-        assert job is not None
-        job.created_at = slot - timedelta(minutes=90)
+    run_id, _ = p.missed_slot(job_id)  # due as the scheduler starts
     # the mover's first try fails (every read of the disk, its own retries included): redelivered
     p.lab.download_fault("fail", path="web-flat.vmdk", status=500, count=5)
     p.start("scheduler", "snapshotter", "mover", "verifier", "notifier")
-    run_id = f"{job_id}-{slot:%Y%m%dT%H%M%SZ}"
-    for _ in range(150):
-        with p.sessions() as s:
-            if s.get(Run, run_id) is not None:
-                break
-        await asyncio.sleep(0.2)
+    await p.wait_created(run_id)
     run = await p.wait_run(run_id)
     assert run.state == "succeeded", p.dump(run_id)
     for _ in range(100):  # verified after the run ended; then the notifier hears of it

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -25,7 +25,6 @@ from shared.observe import bus_metrics, logs, tracing
 from shared.runtime import bus as bus_module
 from shared.runtime.bus import Bus, Consumer, Delivery, Retryable, run_consumer
 from shared.runtime.outbox import Relay, stage
-from tests.plugins.nats import NatsServer
 
 NOW = datetime(2026, 12, 6, tzinfo=UTC)
 _EXPORTER = InMemorySpanExporter()
@@ -45,14 +44,6 @@ def spans(_provider: None) -> Iterator[InMemorySpanExporter]:
     _EXPORTER.clear()
     yield _EXPORTER
     _EXPORTER.clear()
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_server.url, "test")
-    await b.ensure_stream()
-    yield b
-    await b.close()
 
 
 def value(name: str, **labels: str) -> float:
