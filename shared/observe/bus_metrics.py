@@ -30,11 +30,13 @@ CONSUMER_PENDING = Gauge(
     "vbm_jetstream_consumer_pending",
     "Messages of a JetStream consumer not yet delivered (num_pending)",
     ["consumer"],
+    multiprocess_mode="mostrecent",  # every instance of a service reads the same consumer
 )
 CONSUMER_ACK_PENDING = Gauge(
     "vbm_jetstream_consumer_ack_pending",
     "Messages of a JetStream consumer delivered but not yet acknowledged (num_ack_pending)",
     ["consumer"],
+    multiprocess_mode="mostrecent",
 )
 ERROR_KINDS = ("retry", "permanent", "invalid")
 

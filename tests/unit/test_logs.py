@@ -145,3 +145,19 @@ def test_vbm_logs_filters_by_run_and_service_and_follows(tmp_path: Path) -> None
         if follower.stdout is not None:
             follower.stdout.close()
         files.close()
+
+
+def test_traces_are_off_without_an_endpoint() -> None:
+    """No endpoint: no SDK provider, spans record nothing, nothing to store or send (a fresh
+    process: OpenTelemetry's provider is process-wide)."""
+    code = (
+        "from opentelemetry import trace\n"
+        "from shared.observe import tracing\n"
+        "assert tracing.setup('mover', None) is None\n"
+        "with tracing.span('x', vm='web') as s:\n"
+        "    assert not s.is_recording() and tracing.carrier() == {} and tracing.ids() is None\n"
+        "assert type(trace.get_tracer_provider()).__name__ == 'ProxyTracerProvider'\n"
+        "print('off')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "off", done.stderr
