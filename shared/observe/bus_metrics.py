@@ -38,7 +38,6 @@ CONSUMER_ACK_PENDING = Gauge(
     ["consumer"],
     multiprocess_mode="mostrecent",
 )
-ERROR_KINDS = ("retry", "permanent", "invalid")
 
 
 def handled(subject: str, consumer: str, seconds: float) -> None:

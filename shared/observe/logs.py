@@ -22,7 +22,6 @@ from typing import Any, TextIO
 
 from shared.observe import tracing
 
-RUN_FIELDS = ("run_id", "job", "vm")
 FORMATS = ("json", "text")
 _fields: ContextVar[Mapping[str, str] | None] = ContextVar("vbm_log_fields", default=None)
 

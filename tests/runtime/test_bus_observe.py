@@ -21,7 +21,7 @@ from prometheus_client import REGISTRY
 from shared.contracts import Event, JobRequested, Subject
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Outbox
-from shared.observe import bus_metrics, logs, tracing
+from shared.observe import logs, tracing
 from shared.runtime import bus as bus_module
 from shared.runtime.bus import Bus, Consumer, Delivery, Retryable, run_consumer
 from shared.runtime.outbox import Relay, stage
@@ -150,4 +150,3 @@ async def test_consumer_backlog_is_a_gauge(bus: Bus, monkeypatch: pytest.MonkeyP
         await asyncio.sleep(0.1)
     stop.set()
     await asyncio.wait_for(task, 10)
-    assert bus_metrics.ERROR_KINDS == ("retry", "permanent", "invalid")
