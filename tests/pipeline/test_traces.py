@@ -100,7 +100,17 @@ async def test_a_scheduled_run_is_one_trace_across_the_services(
             break
         await asyncio.sleep(0.2)
     await asyncio.sleep(1)
+    # a run asked for outside any trace (as `vbm job run` does): its trace starts where the
+    # snapshotter hears of it, and the snapshot step started by the dispatcher joins it
+    manual = await p.run_job(job_id)
+    assert (await p.wait_run(manual)).state == "succeeded", p.dump(manual)
     await asyncio.to_thread(p.stop)  # each sends the spans it holds as it stops (to this loop)
+    (heard,) = [
+        s for s in otlp.spans if s.name == "vbm.job.requested" and s.attributes.get("vbm.run_id") == manual
+    ]
+    assert heard.parent_id == ""
+    (snapshot,) = [s for s in otlp.spans if s.name == "snapshot" and s.attributes.get("vbm.run_id") == manual]
+    assert (snapshot.trace_id, snapshot.parent_id) == (heard.trace_id, heard.span_id)
 
     (root,) = [
         s for s in otlp.spans if s.name == "scheduler slot" and s.attributes.get("vbm.run_id") == run_id
