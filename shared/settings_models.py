@@ -63,6 +63,28 @@ class NatsSettings(BaseModel):
         return self.url or f"nats://127.0.0.1:{self.embedded_port}"
 
 
+class OtelSettings(BaseModel):
+    """OpenTelemetry traces (docs/design.md, "Traces"): exported over OTLP/HTTP when an endpoint is set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector base URL, e.g. http://tempo:4318 (spans go to <endpoint>/v1/traces);"
+        " unset: no traces (no cost)",
+    )
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of new traces kept")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with http:// or https:// (OTLP over HTTP, port 4318)")
+        return value.rstrip("/")
+
+
 class LabSettings(BaseModel):
     """The vCenter simulator `vbm up` starts when no vCenter is configured."""
 

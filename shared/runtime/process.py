@@ -62,3 +62,12 @@ async def tcp_reachable(host: str, port: int, timeout: float = 0.5) -> bool:
     with contextlib.suppress(OSError):
         await writer.wait_closed()
     return True
+
+
+def private_data_dir(path: Path) -> None:
+    """The data directory holds the database, keys and backups: owner only (0700), and every
+    file vbm creates from now on 0600 (umask 077, inherited by the children)."""
+    os.umask(0o077)
+    path.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(PermissionError):  # not ours to change: leave it, it is the admin's
+        path.chmod(0o700)

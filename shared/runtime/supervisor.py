@@ -12,6 +12,9 @@ embedded NATS is supervised like a service: restarted, with the same store, when
 Each child is told only what it needs: NATS and the lab get a bare environment; each service
 the `VBM_*` settings plus the secrets of what it talks to (`SECRETS`, `NEEDS`). Everything vbm
 creates is private (umask 077: the data directory 0700, files 0600).
+
+The services log JSON lines; the supervisor files them in `<data_dir>/logs/<service>.jsonl`
+(shared/observe/logfiles.py, read back by `vbm logs`) and prints them readable.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ from typing import Any
 
 from shared.catalog.sessions import first_admin_lines
 from shared.db import make_engine, upgrade
-from shared.runtime.process import die_with_parent, find_program, tcp_reachable
+from shared.observe import logfiles
+from shared.observe.logs import render
+from shared.runtime.process import die_with_parent, find_program, private_data_dir, tcp_reachable
 from shared.settings import ConfigError, Settings, runtime_lab_file
 
 log = logging.getLogger("vbm.up")
@@ -127,6 +132,7 @@ class Supervisor:
         self.nats: Child | None = None
         self.lab: Any = None
         self.fatal: str | None = None
+        self.log_files = logfiles.LogFiles(logfiles.logs_dir(self.data_dir))
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -166,7 +172,7 @@ class Supervisor:
             self.gateway_cert = line[len(CERT_PREFIX) :].strip()
         if line.startswith(LISTEN_PREFIX) and self.gateway_url and not self.gateway_url.done():
             self.gateway_url.set_result(line[len(LISTEN_PREFIX) :].strip())
-        self.say(f"[{name}] {line}")
+        self.say(f"[{name}] {render(self.log_files.write(name, line), with_service=False)}")
 
     async def _ensure_nats(self) -> str:
         configured = self.settings.nats.url
@@ -271,6 +277,7 @@ class Supervisor:
         if lab_vc is not None and "vcenters" in NEEDS[service]:
             env["VBM_VCENTERS"] = json.dumps([lab_vc])
         env["PYTHONUNBUFFERED"] = "1"
+        env["VBM_LOG_FORMAT"] = "json"  # the supervisor files and renders them
         return env
 
     async def _announce(self, nats_url: str, vcenters: list[dict[str, str]]) -> None:
@@ -365,6 +372,7 @@ class Supervisor:
             await asyncio.to_thread(self.lab.stop)
         if self.nats is not None:
             await self.nats.stop(10)
+        self.log_files.close()
         self.say("vbm up: stopped")
 
 
@@ -382,15 +390,6 @@ def service_env(service: str, environ: Mapping[str, str]) -> dict[str, str]:
         return any(key == p or key.startswith(p if p.endswith("_") else p + "__") for p in drop)
 
     return {k: v for k, v in environ.items() if not secret(k)}
-
-
-def private_data_dir(path: Path) -> None:
-    """The data directory holds the database, keys and backups: owner only (0700), and every
-    file vbm creates from now on 0600 (umask 077, inherited by the children)."""
-    os.umask(0o077)
-    path.mkdir(parents=True, exist_ok=True)
-    with contextlib.suppress(PermissionError):  # not ours to change: leave it, it is the admin's
-        path.chmod(0o700)
 
 
 def run_up(settings: Settings, *, with_lab: bool = True, lab_spec: Path | None = None) -> int:

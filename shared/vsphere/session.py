@@ -12,6 +12,7 @@ import contextlib
 import http.client
 import socket
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -23,6 +24,7 @@ from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 from pyVmomi.VmomiSupport import GetServiceVersions
 
+from shared.observe import tracing
 from shared.settings import VCenterSettings
 
 T = TypeVar("T")
@@ -176,7 +178,13 @@ class Session:
         return cookie.split("=", 1)[1].split(";", 1)[0] if "=" in cookie else cookie
 
     def _call(self, doing: str, fn: Callable[[], T]) -> T:
-        """Run `fn` with a session; re-login once if the session expired."""
+        """Run `fn` with a session; re-login once if the session expired. Every call is a span
+        named by the adapter method that makes it (`vcenter create_snapshot`), in a trace only."""
+        method = sys._getframe(1).f_code.co_name
+        with tracing.span(f"vcenter {method}", within=True, vcenter=self.settings.name, doing=doing):
+            return self._call_once(doing, fn)
+
+    def _call_once(self, doing: str, fn: Callable[[], T]) -> T:
         with self._lock:
             for attempt in (1, 2):
                 self.connect()
