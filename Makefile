@@ -6,7 +6,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 export PYTHON VENV
 
-.PHONY: up test deps deps-test venv venv-runtime lab lint typecheck pytest format clean lock lock-upgrade outdated vendor-web
+.PHONY: ui-shots up test deps deps-test venv venv-runtime lab lint typecheck pytest format clean lock lock-upgrade outdated vendor-web
 
 up: deps venv-runtime lab  ## install what is missing, then run every service (Ctrl-C stops)
 	$(BIN)/vbm up
@@ -49,6 +49,9 @@ typecheck: venv
 
 pytest: venv
 	$(BIN)/pytest
+
+ui-shots: venv lab  ## the web UI's screenshots in docs/ui/, taken by its browser tests at 1280x800
+	VBM_UI_SHOTS=$(CURDIR)/docs/ui $(BIN)/pytest -n0 -q tests/ui
 
 format: venv
 	$(BIN)/ruff format .

@@ -47,6 +47,8 @@ if [ "$for_tests" = 1 ]; then
   command -v smbnetfs >/dev/null 2>&1 || more+=(smbnetfs)
   command -v ganesha.nfsd >/dev/null 2>&1 || more+=(nfs-ganesha nfs-ganesha-vfs)
   command -v nfs-ls >/dev/null 2>&1 || more+=(libnfs-utils)
+  # sendmail channels: Debian's msmtp as a real sendmail program (tests/notify/test_sendmail.py)
+  command -v msmtp >/dev/null 2>&1 || more+=(msmtp)
   [ ${#more[@]} -eq 0 ] || apt_install "${more[@]}"
   # Exactly what node/package-lock.json says (npm ci checks every package's integrity hash);
   # again whenever the lock changes.

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -23,7 +23,13 @@ from pydantic_settings import (
 )
 
 from shared.model.retention import Policy
-from shared.settings_access import AuditSettings, ConfigBackupSettings, GatewaySettings, SecuritySettings
+from shared.settings_access import (
+    AuditSettings,
+    ConfigBackupSettings,
+    GatewaySettings,
+    MetricsSettings,
+    SecuritySettings,
+)
 from shared.settings_models import (
     AzureSettings,
     ChannelSettings,
@@ -32,10 +38,10 @@ from shared.settings_models import (
     LabSettings,
     LimitSettings,
     LogLevel,
-    MetricsSettings,
     MoverSettings,
     NatsSettings,
     NotificationSettings,
+    OtelSettings,
     Outcome,
     PipelineSettings,
     RcloneSettings,
@@ -65,6 +71,7 @@ __all__ = [
     "MoverSettings",
     "NatsSettings",
     "NotificationSettings",
+    "OtelSettings",
     "Outcome",
     "PipelineSettings",
     "RcloneSettings",
@@ -115,9 +122,14 @@ class Settings(BaseSettings):
         default=True, description="Bring the database schema to the newest revision on start"
     )
     log_level: LogLevel = "INFO"
+    log_format: Literal["json", "text"] | None = Field(
+        default=None,
+        description="json (one object a line) or text; unset: text on a terminal, json otherwise",
+    )
     heartbeat_interval: float = Field(default=5.0, gt=0, le=300)
     shutdown_grace: float = Field(default=20.0, gt=0, le=600)
     nats: NatsSettings = NatsSettings()
+    otel: OtelSettings = OtelSettings()
     gateway: GatewaySettings = GatewaySettings()
     lab: LabSettings = LabSettings()
     pipeline: PipelineSettings = PipelineSettings()

@@ -1,5 +1,6 @@
 """The sections of the settings about who reaches vbm and how its own state is kept: the
-gateway (and its TLS), people (passwords, lockout, sessions, keys), and the configuration backup.
+gateway (and its TLS), people (passwords, lockout, sessions, keys), the configuration backup, and
+who may read the metrics.
 Import them from `shared.settings`, which re-exports every one."""
 
 from __future__ import annotations
@@ -103,4 +104,27 @@ class AuditSettings(BaseModel):
         default=True,
         description="The scheduler prunes the audit log daily; false: only `vbm audit prune` does"
         " (e.g. when the services' PostgreSQL role may not DELETE from audit_log)",
+    )
+
+
+class MetricsSettings(BaseModel):
+    """Prometheus metrics (docs/design.md, "Metrics"). The gateway serves `/metrics` on its own
+    port (an API key with metrics:read, unless `public`); with `port` set, each service also
+    serves its `/metrics` there without a key (the gateway's with the catalog's gauges), for a
+    Prometheus on a private network. `vbm up` serves its whole tree on `port` instead."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    port: int = Field(
+        default=0,
+        ge=0,
+        le=65535,
+        description="Port of a service's /metrics without a key (0: off); under `vbm up`, of the"
+        " supervisor's endpoint of every service",
+    )
+    host: str = Field(default="127.0.0.1", description="Address that metrics port listens on")
+    public: bool = Field(
+        default=False,
+        description="The gateway's /metrics on its API port answers without an API key (by default it"
+        " needs a key whose role holds metrics:read, as `Authorization: Bearer <key>` or X-API-Key)",
     )

@@ -3,6 +3,7 @@ refusing unknown keys. Import them from `shared.settings`, which re-exports ever
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -60,6 +61,28 @@ class NatsSettings(BaseModel):
 
     def server_url(self) -> str:
         return self.url or f"nats://127.0.0.1:{self.embedded_port}"
+
+
+class OtelSettings(BaseModel):
+    """OpenTelemetry traces (docs/design.md, "Traces"): exported over OTLP/HTTP when an endpoint is set."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    endpoint: str | None = Field(
+        default=None,
+        description="OTLP/HTTP collector base URL, e.g. http://tempo:4318 (spans go to <endpoint>/v1/traces);"
+        " unset: no traces (no cost)",
+    )
+    sample_ratio: float = Field(default=1.0, ge=0.0, le=1.0, description="Share of new traces kept")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _http_scheme(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} must start with http:// or https:// (OTLP over HTTP, port 4318)")
+        return value.rstrip("/")
 
 
 class LabSettings(BaseModel):
@@ -233,20 +256,40 @@ class SMTPSettings(BaseModel):
     ca_file: str | None = Field(default=None, description="PEM of the server's CA; default: the system's")
 
 
-class ChannelSettings(BaseModel):
-    """Where people hear about runs and alerts: an email list, Slack, Teams or any HTTP endpoint."""
+ChannelType = Literal["email", "slack", "teams", "webhook", "telegram", "sendmail"]
+Level = Literal["info", "warning", "critical"]
+LEVELS: tuple[Level, ...] = ("info", "warning", "critical")  # lowest first
+TELEGRAM_API = "https://api.telegram.org"
+SENDMAIL = "/usr/sbin/sendmail"
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+
+class ChannelSettings(BaseModel):
+    """Where people hear about runs and alerts: an email list (through SMTP or the local sendmail),
+    Slack, Teams, Telegram or any HTTP endpoint."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)  # secrets
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
-    type: Literal["email", "slack", "teams", "webhook"]
-    to: tuple[str, ...] = Field(default=(), description="email: the recipients")
+    type: ChannelType
+    to: tuple[str, ...] = Field(default=(), description="email, sendmail: the recipients")
     url: SecretStr = Field(default=SecretStr(""), description="slack, teams, webhook: the URL to POST to")
     secret: SecretStr = Field(
         default=SecretStr(""), description="webhook: HMAC-SHA256 key for the X-VBM-Signature header"
     )
+    token: SecretStr = Field(default=SecretStr(""), description="telegram: the bot's token (from @BotFather)")
+    chat_id: str = Field(
+        default="", max_length=128, description="telegram: the chat to post to (a number, or @channelname)"
+    )
+    api_url: str = Field(
+        default=TELEGRAM_API, description="telegram: the Bot API server (a self-hosted one, or a test's)"
+    )
+    sendmail: str = Field(default=SENDMAIL, description="sendmail: the sendmail program (absolute path)")
     on: tuple[Outcome, ...] = Field(
         default=("failure", "warning"), min_length=1, description="Which outcomes this channel hears of"
+    )
+    level: Level = Field(
+        default="info",
+        description="The lowest level this channel hears of (info < warning < critical), besides `on`",
     )
     scope: Literal["all", "jobs"] = Field(
         default="all", description="all: every job and alert; jobs: only jobs that name it (options.notify)"
@@ -254,29 +297,40 @@ class ChannelSettings(BaseModel):
 
     @model_validator(mode="after")
     def _complete(self) -> ChannelSettings:
-        if self.type == "email":
+        where = f"notification channel {self.name!r}"
+        if self.type in ("email", "sendmail"):
             if not self.to:
-                raise ValueError(
-                    f"notification channel {self.name!r}: an email channel needs `to` (addresses)"
-                )
-            bad = [a for a in self.to if "@" not in a or any(c.isspace() for c in a)]
+                article = "an" if self.type == "email" else "a"
+                raise ValueError(f"{where}: {article} {self.type} channel needs `to` (addresses)")
+            bad = [a for a in self.to if "@" not in a or a.startswith("-") or not a.isprintable() or " " in a]
             if bad:
+                raise ValueError(f"{where}: not an email address: {', '.join(bad)}")
+            absolute = self.sendmail.startswith("/") and self.sendmail.isprintable()
+            if self.type == "sendmail" and not absolute:
+                raise ValueError(f"{where}: `sendmail` must be an absolute path, e.g. {SENDMAIL}")
+        elif self.type == "telegram":
+            if not self.token.get_secret_value():
+                raise ValueError(f"{where}: a telegram channel needs `token` (the bot's, from @BotFather)")
+            if not re.fullmatch(r"[0-9]+:[A-Za-z0-9_-]+", self.token.get_secret_value()):
+                raise ValueError(f"{where}: `token` is not a bot token (digits, a colon, then letters)")
+            if not re.fullmatch(r"-?[0-9]+|@[A-Za-z][A-Za-z0-9_]{3,}", self.chat_id):
                 raise ValueError(
-                    f"notification channel {self.name!r}: not an email address: {', '.join(bad)}"
+                    f"{where}: a telegram channel needs `chat_id`: a number (e.g. -1001234567890)"
+                    " or @channelname"
                 )
+            if not (self.api_url.startswith(("http://", "https://")) and self.api_url.isprintable()):
+                raise ValueError(f"{where}: `api_url` must start with https:// (or http://)")
         else:
             url = self.url.get_secret_value()
             if not url.startswith(("http://", "https://")):
-                raise ValueError(
-                    f"notification channel {self.name!r}: a {self.type} channel needs `url` (http:// or https://)"
-                )
+                raise ValueError(f"{where}: a {self.type} channel needs `url` (http:// or https://)")
         return self
 
 
 class NotificationSettings(BaseModel):
     """Channels that are told when runs end and alerts are raised (notifier service)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     smtp: SMTPSettings = SMTPSettings()
     channels: tuple[ChannelSettings, ...] = ()
@@ -333,27 +387,4 @@ class InstantSettings(BaseModel):
     nfs_server: str | None = Field(
         default=None,
         description="The address ESXi mounts root's NFS export from; unset: a local datastore on root",
-    )
-
-
-class MetricsSettings(BaseModel):
-    """Prometheus metrics (docs/design.md, "Metrics"). The gateway serves `/metrics` on its own
-    port (an API key with metrics:read, unless `public`); with `port` set, each service also
-    serves its `/metrics` there without a key (the gateway's with the catalog's gauges), for a
-    Prometheus on a private network. `vbm up` serves its whole tree on `port` instead."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    port: int = Field(
-        default=0,
-        ge=0,
-        le=65535,
-        description="Port of a service's /metrics without a key (0: off); under `vbm up`, of the"
-        " supervisor's endpoint of every service",
-    )
-    host: str = Field(default="127.0.0.1", description="Address that metrics port listens on")
-    public: bool = Field(
-        default=False,
-        description="The gateway's /metrics on its API port answers without an API key (by default it"
-        " needs a key whose role holds metrics:read, as `Authorization: Bearer <key>` or X-API-Key)",
     )

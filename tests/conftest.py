@@ -12,5 +12,6 @@ pytest_plugins = [
     "tests.plugins.postgres",
     "tests.plugins.smtp",
     "tests.plugins.webhook",
+    "tests.plugins.telegram",
     "tests.plugins.tmpfs",
 ]

@@ -65,6 +65,9 @@ def test_bad_value_names_the_field_and_the_variable(monkeypatch: pytest.MonkeyPa
         ("VBM_NATS__URL", "http://x:4222", "nats://"),
         ("VBM_VCENTERS", '[{"name":"a","url":"vc1","username":"u","password":"p"}]', "https://"),
         ("VBM_LOG_LEVEL", "LOUD", "log_level"),
+        ("VBM_LOG_FORMAT", "xml", "log_format"),
+        ("VBM_OTEL__ENDPOINT", "collector:4318", "otel.endpoint.*http://"),
+        ("VBM_OTEL__SAMPLE_RATIO", "2", "otel.sample_ratio"),
     ],
 )
 def test_wrong_input_is_refused(

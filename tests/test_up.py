@@ -221,6 +221,12 @@ def test_up_backs_up_a_configured_vcenter_survives_nats_dying_and_stops_on_ctrl_
     run_id = up.cli("job", "run", "nightly").stdout.strip()
     watched = up.cli("run", "watch", run_id)
     assert watched.returncode == 0, watched.stdout + watched.stderr
+    # Their logs: JSON lines filed by vbm up, read back by run; readable lines on its terminal.
+    logged = up.cli("logs", "--run", run_id, "--json")
+    assert logged.returncode == 0, logged.stderr
+    lines = [json.loads(line) for line in logged.stdout.splitlines()]
+    assert "mover" in {line["service"] for line in lines} and {line["run_id"] for line in lines} == {run_id}
+    assert (up.data / "logs" / "gateway.jsonl").is_file() and '{"ts"' not in up.output()
 
     # Children are told only what they need.
     kids = up.children()

@@ -34,6 +34,7 @@ from services.gateway.answers.service import About, Health, Ready, Services, Whe
 from services.gateway.apidoc import op
 from services.gateway.auth import AUTH, AuthState, authorize
 from services.gateway.common import CTX, PRESENCE, check_parameters, field_error, json_response, problem
+from services.gateway.traced import traced
 from services.gateway.ui.render import html_errors
 from shared import __version__
 from shared.contracts import HEARTBEAT_WILDCARD, PING_SUBJECT, ServiceHeartbeat
@@ -199,7 +200,7 @@ async def _follow_heartbeats(app: web.Application) -> AsyncIterator[None]:
 
 def create_app(ctx: Context) -> web.Application:
     app = web.Application(
-        middlewares=[html_errors, errors, audit.audit_trail, authorize], client_max_size=MAX_BODY
+        middlewares=[traced, html_errors, errors, audit.audit_trail, authorize], client_max_size=MAX_BODY
     )
     app[CTX] = ctx
     app.on_response_prepare.append(audit.tag_response)

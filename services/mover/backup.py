@@ -36,6 +36,7 @@ from services.mover.tracker import CancellableDisk, Cancelled, Tracker, ours, st
 from shared.catalog import tasks as state
 from shared.contracts import Event, SnapshotReady
 from shared.db.models import Job, RestorePointRow, Run, Task
+from shared.observe import tracing
 from shared.repo import DiskEntry, FileEntry, RestorePoint, Writer, WriteStats, restore_point
 from shared.repo.digests import OrderedSha256, write_sums
 from shared.repo.errors import Misconfigured
@@ -149,21 +150,24 @@ async def _transfer(
         checkpoints.append(cp)
         tracker.checkpoints = checkpoints
         sha = OrderedSha256(d.capacity_bytes, writer.repo.chunk_size)
-        entry, st = await writer.write_disk(
-            source,
-            key=d.key,
-            capacity=d.capacity_bytes,
-            file=flat,
-            change_id=d.change_id,
-            parent=parent_disk,
-            parent_id=parent.id if parent and parent_disk else None,
-            changed=changed,
-            allocated=allocated,
-            progress=tracker.disks[d.key],
-            known=known,
-            on_window=cp.add,
-            sha256=sha,
-        )
+        # one span per disk (not per window): reading it from the datastore, writing it to the repository
+        with tracing.span("disk transfer", vm=event.vm_name, disk=d.key, capacity_bytes=d.capacity_bytes):
+            entry, st = await writer.write_disk(
+                source,
+                key=d.key,
+                capacity=d.capacity_bytes,
+                file=flat,
+                change_id=d.change_id,
+                parent=parent_disk,
+                parent_id=parent.id if parent and parent_disk else None,
+                changed=changed,
+                allocated=allocated,
+                progress=tracker.disks[d.key],
+                known=known,
+                on_window=cp.add,
+                sha256=sha,
+            )
+            tracing.annotate(bytes_read=st.bytes_read, bytes_stored=st.bytes_stored, full=changed is None)
         digest = sha.hexdigest()
         sums[str(d.key)] = {
             "file": flat,

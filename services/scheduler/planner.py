@@ -29,6 +29,7 @@ from shared.db.models import Job
 from shared.model.audit import system
 from shared.model.schedules import Schedule
 from shared.model.slots import TICK, is_slot, newest_slot, next_slot
+from shared.observe import tracing
 
 if TYPE_CHECKING:
     from sqlalchemy import CursorResult
@@ -200,7 +201,10 @@ class Planner:
         self.refresh()
         created = []
         for due in self.due(self.now()):
-            run_id = self.fire(due.job_id, due.slot)
+            # a scheduled run's trace starts here (docs/design.md, "Traces")
+            with tracing.span("scheduler slot", job=due.job_id, slot=iso(due.slot)):
+                run_id = self.fire(due.job_id, due.slot)
+                tracing.annotate(run_id=run_id)
             if run_id is not None:
                 created.append(run_id)
         return created

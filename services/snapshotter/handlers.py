@@ -3,6 +3,7 @@ database); a transfer done removes its snapshot. The snapshot step itself is `st
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,8 @@ from typing import Any
 from shared.catalog import ledger
 from shared.catalog import tasks as state
 from shared.contracts import Event, JobRequested, TransferDone
-from shared.db.models import Task
+from shared.db.models import Run, Task
+from shared.observe import tracing
 from shared.pipeline.cleanup import remove_entries
 from shared.runtime.bus import Delivery
 from shared.runtime.service import Context
@@ -30,8 +32,20 @@ class Deps:
 
 async def on_job_requested(event: JobRequested, delivery: Delivery, deps: Deps) -> Sequence[Event]:
     """A run was asked for: the dispatcher plans it from the database at once."""
+    carrier = tracing.carrier()  # empty when traces are off
+    if carrier:
+        await asyncio.to_thread(_adopt_trace, deps.ctx, event.run_id, carrier)
     deps.kick()
     return []
+
+
+def _adopt_trace(ctx: Context, run_id: str, carrier: dict[str, str]) -> None:
+    """A run asked for outside any trace (`vbm job run`) gets this handler's: the snapshot step,
+    started by the dispatcher, joins it (docs/design.md, "Traces")."""
+    with ctx.sessions.begin() as s:
+        run = s.get(Run, run_id)
+        if run is not None and not run.trace_context:
+            run.trace_context = carrier
 
 
 async def on_transfer_done(event: TransferDone, delivery: Delivery, deps: Deps) -> Sequence[Event]:

@@ -32,6 +32,7 @@ from shared.catalog import ledger, marker, runlog
 from shared.catalog import tasks as state
 from shared.contracts import DiskRef, SnapshotReady
 from shared.db.models import Job, Run, Task
+from shared.observe import logs, tracing
 from shared.runtime.bus import Permanent, Retryable
 from shared.runtime.outbox import stage
 from shared.runtime.service import Context
@@ -46,9 +47,19 @@ async def snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
     """The snapshot step of one admitted VM; a failure ends this try (another may follow). The
     step holds the task's generation from its admission: if another snapshotter took the step
     over meanwhile, this one stops before every step that changes anything."""
-    gen = await asyncio.to_thread(_generation, deps.ctx, task_id)
-    if gen is None:
+    found = await asyncio.to_thread(_generation, deps.ctx, task_id)
+    if found is None:
         return
+    gen, vm, job_id, trace = found
+    # started by the dispatcher, not by a message: the span joins the run's trace by its stored context
+    with (
+        tracing.span("snapshot", parent=trace, run_id=run_id, vm=vm),
+        logs.bound(run_id=run_id, job=job_id, vm=vm),
+    ):
+        await _snapshot_step(deps, run_id, task_id, gen)
+
+
+async def _snapshot_step(deps: Deps, run_id: str, task_id: str, gen: int) -> None:
     toucher = asyncio.create_task(_touch(deps, task_id))
     try:
         await _snapshot_task(deps, run_id, task_id, gen)
@@ -57,9 +68,11 @@ async def snapshot_task(deps: Deps, run_id: str, task_id: str) -> None:
     except Cancelled:
         _end(deps, task_id, gen, "cancelled", "cancelled by request")
     except (Permanent, Retryable, VSphereError) as exc:
+        tracing.failed(exc)
         _fail(deps, task_id, gen, str(exc))
     except Exception as exc:  # a bug must not leave the task waiting for its deadline
         log.exception("snapshot step of %s failed", task_id)
+        tracing.failed(exc)
         _fail(deps, task_id, gen, f"{type(exc).__name__}: {exc}")
     finally:
         toucher.cancel()
@@ -80,12 +93,15 @@ class Cancelled(Exception):
     pass
 
 
-def _generation(ctx: Context, task_id: str) -> int | None:
+def _generation(ctx: Context, task_id: str) -> tuple[int, str, str, dict[str, str] | None] | None:
+    """The task's generation, VM name, job and its run's trace context; None if not to snapshot."""
     with ctx.sessions() as s:
         task = s.get(Task, task_id)
         if task is None or task.phase != "snapshot" or task.state in state.FINAL:
             return None
-        return task.generation
+        run = s.get(Run, task.run_id)
+        trace = run.trace_context if run is not None else None
+        return task.generation, task.vm_name, run.job_id if run is not None else "", trace
 
 
 def _mine(ctx: Context, task_id: str, gen: int) -> bool:

@@ -26,6 +26,7 @@ from shared.catalog.alerts import raise_alert
 from shared.contracts import Event, StepFailed, TransferDone, VerifyDone, VerifyRequested
 from shared.db.models import Job, RestorePointRow, Task
 from shared.model.audit import system
+from shared.observe import tracing
 from shared.observe.metrics import VERIFY_RESULTS
 from shared.observe.oncommit import after_commit
 from shared.repo import ChunkError, ManifestError, RepoError, Repository, digests
@@ -79,11 +80,14 @@ async def verify_restore_point(
         if disk.key in known_sha256:
             continue
         h, whole = hashlib.sha256(), True
-        async for data in digests.ordered_windows(repo, rp_id, disk, seen, problem, ahead=parallel):
-            if data is None:
-                whole = False
-            elif whole:
-                await asyncio.to_thread(h.update, data)
+        # one span per disk read back from the repository (not per chunk)
+        with tracing.span("disk read", restore_point=rp_id, disk=disk.key, capacity_bytes=disk.capacity):
+            async for data in digests.ordered_windows(repo, rp_id, disk, seen, problem, ahead=parallel):
+                if data is None:
+                    whole = False
+                elif whole:
+                    await asyncio.to_thread(h.update, data)
+            tracing.annotate(whole=whole)
         sums[str(disk.key)] = {
             "file": disk.file,
             "size_bytes": disk.capacity,

@@ -1,6 +1,6 @@
 """Notification channels as objects (REST API and `vbm channel`), and the notification settings
 in effect: the configured ones (`VBM_NOTIFICATIONS__*` or the TOML file) and those stored through
-the API, whose URL (it may embed a token) and HMAC key are encrypted (shared/vault.py).
+the API, whose URL (it may embed a token), HMAC key and bot token are encrypted (shared/vault.py).
 
 A configured channel takes precedence over a stored one of the same name and is read-only here
 (`"source": "env"`). A stored channel whose secrets cannot be decrypted is left out of
@@ -26,7 +26,9 @@ from shared.settings import ChannelSettings, NotificationSettings, Settings
 from shared.vault import Vault, VaultError, decrypt_each
 from shared.vault import load as load_vault
 
-FIELDS = ("type", "to", "url", "secret", "on", "scope")
+FIELDS = ("type", "to", "url", "secret", "token", "chat_id", "api_url", "sendmail", "on", "level", "scope")
+OPTIONS = ("chat_id", "api_url", "sendmail")  # the plain fields of a type, in the row's `options`
+SECRETS = ("url", "secret", "token")
 
 
 def url_of(name: str) -> str:
@@ -37,18 +39,29 @@ def secret_of(name: str) -> str:
     return f"the HMAC key of notification channel {name!r}"
 
 
+def token_of(name: str) -> str:
+    return f"the bot token of notification channel {name!r}"
+
+
 def settings_of(row: ChannelRow, vault: Vault) -> ChannelSettings:
     """The stored channel as settings, decrypted (VaultError naming what cannot be)."""
     url = vault.decrypt(row.url, url_of(row.name)) if row.url else ""
     secret = vault.decrypt(row.secret, secret_of(row.name)) if row.secret else ""
-    return ChannelSettings(
-        name=row.name,
-        type=row.type,
-        to=tuple(row.to or ()),
-        url=SecretStr(url),
-        secret=SecretStr(secret),
-        on=tuple(row.on or ()),
-        scope=row.scope,
+    token = vault.decrypt(row.token, token_of(row.name)) if row.token else ""
+    options = {k: v for k, v in (row.options or {}).items() if k in OPTIONS}
+    return ChannelSettings.model_validate(
+        {
+            "name": row.name,
+            "type": row.type,
+            "to": tuple(row.to or ()),
+            "url": SecretStr(url),
+            "secret": SecretStr(secret),
+            "token": SecretStr(token),
+            "on": tuple(row.on or ()),
+            "level": row.level or "info",
+            "scope": row.scope,
+            **options,
+        }
     )
 
 
@@ -88,8 +101,8 @@ def names(session: Session, settings: Settings) -> list[str]:
 
 def _view(channel: ChannelSettings, settings: NotificationSettings, source: str) -> dict[str, Any]:
     view = channel_view(channel, settings)
-    view["url"] = "set" if channel.url.get_secret_value() else "not set"
-    view["secret"] = "set" if channel.secret.get_secret_value() else "not set"
+    for name in SECRETS:
+        view[name] = "set" if getattr(channel, name).get_secret_value() else "not set"
     view["source"] = source
     return view
 
@@ -108,13 +121,15 @@ def row_view(
             "name": row.name,
             "type": row.type,
             "on": list(row.on or ()),
+            "level": row.level or "info",
             "scope": row.scope,
             "to": list(row.to or ()),
             "url": "set" if row.url else "not set",
             "secret": "set" if row.secret else "not set",
+            "token": "set" if row.token else "not set",
             "source": "api",
             "error": error,
-        }
+        } | {k: v for k, v in (row.options or {}).items() if k in OPTIONS}
     view["created_at"], view["updated_at"] = iso(row.created_at), iso(row.updated_at)
     return view
 
@@ -164,9 +179,11 @@ def validated(body: Any) -> ChannelSettings:
 
 
 def _field_in(message: str) -> str:
-    """The field a whole-model check is about (ChannelSettings says `needs `to``, `url`)."""
-    for name in ("to", "url"):
-        if f"`{name}`" in message or ("email address" in message and name == "to"):
+    """The field a whole-model check is about (ChannelSettings names it in backquotes)."""
+    if "email address" in message:
+        return "to"
+    for name in ("to", "url", "token", "chat_id", "api_url", "sendmail"):
+        if f"`{name}`" in message:
             return name
     return "(body)"
 
@@ -191,7 +208,8 @@ def candidate_change(session: Session, settings: Settings, name: str, body: Any)
         raise Invalid("name", "cannot be changed (remove the channel and add it under the new name)")
     current = settings_of(row, load_vault(settings))
     base = current.model_dump()
-    base["url"], base["secret"] = current.url.get_secret_value(), current.secret.get_secret_value()
+    for secret in SECRETS:
+        base[secret] = getattr(current, secret).get_secret_value()
     return validated({**base, **{k: v for k, v in body.items() if k != "name"}})
 
 
@@ -201,14 +219,31 @@ def save(session: Session, settings: Settings, channel: ChannelSettings, now: da
     if row is None:
         row = ChannelRow(name=channel.name, created_at=now)
     vault = load_vault(settings)
-    url, secret = channel.url.get_secret_value(), channel.secret.get_secret_value()
     row.type, row.to, row.on, row.scope = channel.type, list(channel.to), list(channel.on), channel.scope
-    row.url = vault.encrypt(url) if url else None
-    row.secret = vault.encrypt(secret) if secret else None
+    row.level = channel.level
+    for name in SECRETS:  # a type's own secrets: one changed to another type leaves none behind
+        plain = getattr(channel, name).get_secret_value() if _uses(channel.type, name) else ""
+        setattr(row, name, vault.encrypt(plain) if plain else None)
+    row.options = _options(channel)
     row.updated_at = now
     session.add(row)
     session.flush()
     return row
+
+
+def _uses(kind: str, secret: str) -> bool:
+    if secret == "token":
+        return kind == "telegram"
+    return kind not in ("telegram", "sendmail")  # url and secret, as before these types
+
+
+def _options(channel: ChannelSettings) -> dict[str, str] | None:
+    """The plain fields of the channel's type (the defaults of other types are not kept)."""
+    if channel.type == "telegram":
+        return {"chat_id": channel.chat_id, "api_url": channel.api_url}
+    if channel.type == "sendmail":
+        return {"sendmail": channel.sendmail}
+    return None
 
 
 def _stored(session: Session, name: str) -> ChannelRow:

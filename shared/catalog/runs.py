@@ -19,6 +19,7 @@ from shared.db.models import Job, RestorePointRow, Run, Task
 from shared.errors import NotFound
 from shared.model.jobs import Trigger
 from shared.model.schedules import run_id_for
+from shared.observe import tracing
 from shared.runtime.outbox import stage
 
 
@@ -229,6 +230,7 @@ def request_run(
         slot=slot,
         state="queued",
         created_at=now,
+        trace_context=tracing.carrier() or None,  # work started later on its own joins its trace
     )
     try:
         with session.begin_nested():

@@ -41,6 +41,7 @@ ENCRYPTED: tuple[Encrypted, ...] = (
     Encrypted("smtp", "password", "the SMTP password"),
     Encrypted("channels", "url", "the URL of notification channel {key!r}"),
     Encrypted("channels", "secret", "the HMAC key of notification channel {key!r}"),
+    Encrypted("channels", "token", "the bot token of notification channel {key!r}"),
 )
 
 

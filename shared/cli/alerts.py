@@ -202,7 +202,8 @@ def _channels(args: argparse.Namespace, settings: Settings) -> int:
         print("no notification channels (vbm channel add, or notifications.channels; see the README)")
     for v in views:
         print(
-            f"{v['name']:<16} {v['type']:<8} on {','.join(v['on']):<24} scope {v['scope']:<5} {v['endpoint']}"
+            f"{v['name']:<16} {v['type']:<8} on {','.join(v['on']):<24} level {v['level']:<8}"
+            f" scope {v['scope']:<5} {v['endpoint']}"
         )
     return 0
 

@@ -6,6 +6,7 @@ vbm db upgrade|status  the database schema
 vbm config             the effective settings, secrets masked
 vbm config-backup|config-restore   vbm's own database and keys, in one encrypted file
 vbm status             the services on the bus, by their heartbeats
+vbm logs               the logs of `vbm up`'s services (--run ID, --follow)
 vbm version
 """
 
@@ -26,6 +27,7 @@ from shared.cli import confbackup as cli_confbackup
 from shared.cli import events as cli_events
 from shared.cli import jobs as cli_jobs
 from shared.cli import location as cli_location
+from shared.cli import logs as cli_logs
 from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
 from shared.cli import restore as cli_restore
@@ -71,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_audit.add_parsers(sub)
     cli_events.add_parsers(sub)
     cli_status.add_parsers(sub)
+    cli_logs.add_parsers(sub)
 
     sub.add_parser("config", help="print the effective settings (secrets masked)")
     version = sub.add_parser("version", help="print the version")
@@ -150,6 +153,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_events.run(args, settings)
     if args.command in cli_status.COMMANDS:
         return cli_status.run(args, settings)
+    if args.command in cli_logs.COMMANDS:
+        return cli_logs.run(args, settings)
     if args.command in ("prune", "gc"):
         return cli_prune.run(args, settings)
     if args.command in cli_confbackup.COMMANDS:

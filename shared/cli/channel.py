@@ -1,8 +1,8 @@
 """`vbm channel add|list|show|edit|rm` and `vbm smtp set|show|clear`: notification channels and
 the SMTP login stored in the database (as the API does: shared/catalog/channels.py, smtp.py). A
-channel's URL (it may embed a token), its HMAC key and the SMTP password are read from stdin or
-asked for without echo, never from the command line, and stored encrypted. With `--json` each
-prints what the REST API answers (/api/v1/channels, /api/v1/smtp)."""
+channel's URL (it may embed a token), its HMAC key, a Telegram bot's token and the SMTP password
+are read from stdin or asked for without echo, never from the command line, and stored encrypted.
+With `--json` each prints what the REST API answers (/api/v1/channels, /api/v1/smtp)."""
 
 from __future__ import annotations
 
@@ -23,13 +23,14 @@ from shared.errors import StoreError
 from shared.settings import Settings
 
 COMMANDS = ("channel", "smtp")
-TYPES = ("email", "slack", "teams", "webhook")
+TYPES = ("email", "slack", "teams", "webhook", "telegram", "sendmail")
+NO_URL = ("email", "sendmail")  # types with no secret to read
 
 
 def add_parsers(sub: Any) -> None:
     p = sub.add_parser("channel", help="notification channels (stored encrypted, beside configured ones)")
     acts = p.add_subparsers(dest="channel_command", required=True, metavar="ACTION")
-    add = acts.add_parser("add", help="add a channel (email, slack, teams or webhook)")
+    add = acts.add_parser("add", help="add a channel (email, slack, teams, webhook, telegram or sendmail)")
     add.add_argument("name")
     add.add_argument("--type", required=True, choices=TYPES)
     _fields(add)
@@ -67,13 +68,25 @@ def add_parsers(sub: Any) -> None:
 
 
 def _fields(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--to", action="append", default=None, metavar="ADDRESS", help="email: a recipient")
+    parser.add_argument(
+        "--to", action="append", default=None, metavar="ADDRESS", help="email, sendmail: a recipient"
+    )
     parser.add_argument("--on", action="append", choices=("success", "warning", "failure"), default=None)
+    parser.add_argument(
+        "--level",
+        choices=("info", "warning", "critical"),
+        default=None,
+        help="the lowest level it hears of (default: info, i.e. all that --on lets through)",
+    )
     parser.add_argument("--scope", choices=("all", "jobs"), default=None, help="default: all")
+    parser.add_argument("--chat-id", default=None, help="telegram: the chat (a number or @channelname)")
+    parser.add_argument("--api-url", default=None, help="telegram: the Bot API server (default: Telegram's)")
+    parser.add_argument("--sendmail", default=None, metavar="PATH", help="sendmail: the program's path")
     parser.add_argument(
         "--secrets-stdin",
         action="store_true",
-        help="read the URL (first line) and, for webhooks, the HMAC key (second line, optional) from stdin",
+        help="read the URL or, for telegram, the bot token (first line) and, for webhooks, the HMAC key"
+        " (second line, optional) from stdin",
     )
     parser.add_argument("--hmac", action="store_true", help="webhook: ask for an HMAC key too")
     parser.add_argument("--json", action="store_true", help="the channel as JSON")
@@ -105,29 +118,31 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def _read(args: argparse.Namespace) -> tuple[str, str]:
-    """The URL and HMAC key: `add` asks for them (but for email), `edit` reads them only with
-    --secrets-stdin or --hmac."""
-    if args.type == "email" or (args.channel_command == "edit" and not (args.secrets_stdin or args.hmac)):
+    """The URL (a Telegram bot's token) and HMAC key: `add` asks for them (but for email and
+    sendmail), `edit` reads them only with --secrets-stdin or --hmac."""
+    if args.type in NO_URL or (args.channel_command == "edit" and not (args.secrets_stdin or args.hmac)):
         return "", ""
     if args.secrets_stdin:
         lines = sys.stdin.read().splitlines()
         return (lines[0].strip() if lines else ""), (lines[1].strip() if len(lines) > 1 else "")
-    url = getpass.getpass(f"URL of channel {args.name}: ").strip()
+    what = "Bot token" if args.type == "telegram" else "URL"
+    url = getpass.getpass(f"{what} of channel {args.name}: ").strip()
     secret = getpass.getpass(f"HMAC key of channel {args.name}: ").strip() if args.hmac else ""
     return url, secret
 
 
-def _body(args: argparse.Namespace) -> dict[str, Any]:
+def _body(args: argparse.Namespace, telegram: bool) -> dict[str, Any]:
     """The fields given (as the API's body): what is left out is the default (add) or stays (edit)."""
     url, secret = _read(args)
-    given = {"type": args.type, "to": args.to, "on": args.on, "scope": args.scope}
+    given = {"type": args.type, "to": args.to, "on": args.on, "level": args.level, "scope": args.scope,
+             "chat_id": args.chat_id, "api_url": args.api_url, "sendmail": args.sendmail}  # fmt: skip
     body = {k: v for k, v in given.items() if v is not None}
-    body |= {"url": url} if url else {}
+    body |= {"token" if telegram else "url": url} if url else {}
     return body | ({"secret": secret} if secret else {})
 
 
 def _add(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
-    body = {"name": args.name, "to": [], **_body(args)}
+    body = {"name": args.name, "to": [], **_body(args, args.type == "telegram")}
     with sessions.begin() as s:
         channel = chstore.candidate_new(s, settings, body)
         chstore.save(s, settings, channel, utcnow())
@@ -138,7 +153,9 @@ def _add(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Se
 
 def _edit(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
     """As PUT /api/v1/channels/NAME."""
-    body = _body(args)
+    with sessions() as s:
+        current = chstore.get_view(s, settings, args.name)
+    body = _body(args, (args.type or current["type"]) == "telegram")
     with sessions.begin() as s:
         channel = chstore.candidate_change(s, settings, args.name, body)
         chstore.save(s, settings, channel, utcnow())
@@ -164,7 +181,8 @@ def _list(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[S
         print("no notification channels (vbm channel add NAME --type TYPE ...)")
     for v in views:
         where = ", ".join(v["to"]) or v.get("endpoint") or ""
-        print(f"{v['name']:<16} {v['source']:<4} {v['type']:<8} {where:<40} on {','.join(v['on'])}")
+        on = ",".join(v["on"])
+        print(f"{v['name']:<16} {v['source']:<4} {v['type']:<8} {where:<40} on {on}, level {v['level']}+")
         if v.get("error"):
             print(f"    {v['error']}")
     return 1 if any(v.get("error") for v in views) else 0

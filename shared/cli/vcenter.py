@@ -194,10 +194,14 @@ def _test(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[S
     result = _probe(vc)
     if args.json:
         say(args, {"name": vc.name, **result.view()}, "")
-    elif result.ok:
+        return 0 if result.ok else 1
+    if result.ok:
         print(result.message)
     else:
         print(f"{vc.name}: connection test failed ({result.kind}): {result.message}")
+    if result.thumbprint_sha256:
+        print(f"certificate SHA-256 thumbprint: {result.thumbprint_sha256}")
+        print(f"certificate SHA-1 thumbprint:   {result.thumbprint_sha1}")
     return 0 if result.ok else 1
 
 

@@ -140,6 +140,8 @@ class Run(Base):
     created_at: Mapped[datetime] = ts()
     started_at: Mapped[datetime | None] = _ts_null()
     finished_at: Mapped[datetime | None] = _ts_null()
+    # the W3C trace context the run was asked for in (traceparent, tracestate): its trace (0022)
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSONType, nullable=True)
 
 
 class Task(Base):
@@ -374,6 +376,8 @@ class Outbox(Base):
     payload: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = ts()
     published_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True, index=True)
+    # the W3C trace context it was staged in: the relay sends it as message headers (0022)
+    trace_context: Mapped[dict[str, str] | None] = mapped_column(JSONType, nullable=True)
 
 
 class ApiKey(Base):

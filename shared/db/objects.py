@@ -48,7 +48,7 @@ class SMTPRow(Base):
 
 
 class ChannelRow(Base):
-    """A notification channel; its URL (which may embed a token) and HMAC key encrypted."""
+    """A notification channel; its URL (which may embed a token), HMAC key and bot token encrypted."""
 
     __tablename__ = "channels"
 
@@ -59,5 +59,8 @@ class ChannelRow(Base):
     scope: Mapped[str] = mapped_column(String(16), default="all")
     url: Mapped[str | None] = mapped_column(Text, nullable=True)  # a Fernet token
     secret: Mapped[str | None] = mapped_column(Text, nullable=True)  # a Fernet token
+    token: Mapped[str | None] = mapped_column(Text, nullable=True)  # a Fernet token (telegram)
+    options: Mapped[dict[str, str] | None] = mapped_column(JSONType, nullable=True)  # of its type
+    level: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: info
     created_at: Mapped[datetime] = ts()
     updated_at: Mapped[datetime] = ts()

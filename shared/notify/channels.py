@@ -1,9 +1,10 @@
 """The channels that carry a notification: `send` delivers one message to one channel (email
-through SMTP, Slack and Teams incoming webhooks, or a generic JSON webhook signed with
-HMAC-SHA256), within `notifications.timeout` seconds, or raises `NotifyError` saying what went
-wrong without the channel's secrets (passwords, webhook URLs). What a message says is
-`shared.notify.messages`; the notifier service keeps the delivery log (`shared.notify.log`) and
-the retries.
+through SMTP or the local sendmail program (`shared.notify.mail`), Telegram's Bot API
+(`shared.notify.telegram`), Slack and Teams incoming webhooks, or a generic JSON webhook signed
+with HMAC-SHA256), within `notifications.timeout` seconds, or raises `NotifyError` saying what
+went wrong without the channel's secrets (passwords, webhook URLs, bot tokens). What a message
+says is `shared.notify.messages`; the notifier service keeps the delivery log
+(`shared.notify.log`) and the retries.
 """
 
 from __future__ import annotations
@@ -12,23 +13,19 @@ import asyncio
 import hashlib
 import hmac
 import json
-import smtplib
-import ssl
 from datetime import datetime
-from email.message import EmailMessage
-from email.utils import formatdate, make_msgid
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
 
+from shared.notify import mail, telegram
+from shared.notify.errors import NotifyError
 from shared.notify.log import notification_id
 from shared.notify.messages import Message, test_message
 from shared.settings import ChannelSettings, NotificationSettings
 
-
-class NotifyError(Exception):
-    """A message could not be delivered; the text names the channel and the reason, no secret."""
+__all__ = ["NotifyError", "channel_view", "channels_view", "payload", "send", "send_test", "tested"]
 
 
 # -- how to deliver -------------------------------------------------------------------------
@@ -39,10 +36,19 @@ async def send(channel: ChannelSettings, message: Message, settings: Notificatio
     try:
         async with asyncio.timeout(settings.timeout):
             if channel.type == "email":
-                await asyncio.to_thread(_send_email, channel, message, settings)
+                await asyncio.to_thread(mail.send_smtp, channel, message, settings)
+            elif channel.type == "sendmail":
+                await mail.send_sendmail(channel, message, settings)
+            elif channel.type == "telegram":
+                await telegram.send(channel, message)
             else:
                 await _post(channel, message, settings)
     except TimeoutError:
+        if channel.type == "sendmail":
+            raise NotifyError(
+                f"sendmail channel {channel.name!r}: {channel.sendmail} did not finish within"
+                f" {settings.timeout:g} s and was killed; raise notifications.timeout if it is just slow"
+            ) from None
         raise NotifyError(
             f"{channel.type} channel {channel.name!r}: no answer within {settings.timeout:g} s"
             f" ({_endpoint(channel, settings)}); raise notifications.timeout if it is just slow"
@@ -52,6 +58,10 @@ async def send(channel: ChannelSettings, message: Message, settings: Notificatio
 def _endpoint(channel: ChannelSettings, settings: NotificationSettings) -> str:
     if channel.type == "email":
         return f"{settings.smtp.host}:{settings.smtp.port}"
+    if channel.type == "sendmail":
+        return channel.sendmail
+    if channel.type == "telegram":
+        return telegram.host_of(channel)
     parts = urlsplit(channel.url.get_secret_value())  # the host only: the path is the secret
     return parts.netloc.rsplit("@", 1)[-1]
 
@@ -85,6 +95,7 @@ def payload(channel: ChannelSettings, message: Message) -> dict[str, Any]:
     return {
         "event": message.kind,
         "outcome": message.outcome,
+        "level": message.level,
         "title": message.title,
         "text": message.text,
         "link": message.link,
@@ -127,49 +138,6 @@ async def _post(channel: ChannelSettings, message: Message, settings: Notificati
         ) from None
 
 
-def _send_email(channel: ChannelSettings, message: Message, settings: NotificationSettings) -> None:
-    smtp = settings.smtp
-    mail = EmailMessage()
-    mail["Subject"] = message.title
-    mail["From"] = smtp.sender
-    mail["To"] = ", ".join(channel.to)
-    mail["Date"] = formatdate(localtime=False)
-    mail["Message-ID"] = make_msgid(domain=smtp.sender.rsplit("@", 1)[-1] or None)
-    mail["X-VBM-Event"] = message.kind
-    mail["X-VBM-Outcome"] = message.outcome
-    mail.set_content(message.text + "\n")
-    context = ssl.create_default_context(cafile=smtp.ca_file)
-    where = f"{smtp.host}:{smtp.port}"
-    try:
-        client: smtplib.SMTP
-        if smtp.security == "tls":
-            client = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=settings.timeout, context=context)
-        else:
-            client = smtplib.SMTP(smtp.host, smtp.port, timeout=settings.timeout)
-        with client:
-            if smtp.security == "starttls":
-                client.starttls(context=context)
-            if smtp.username:
-                client.login(smtp.username, smtp.password.get_secret_value())
-            client.send_message(mail)
-    except smtplib.SMTPAuthenticationError as exc:
-        raise NotifyError(
-            f"email channel {channel.name!r}: {where} refused the login of {smtp.username!r}"
-            f" ({exc.smtp_code}); check notifications.smtp.username and password"
-        ) from None
-    except smtplib.SMTPRecipientsRefused as exc:
-        raise NotifyError(
-            f"email channel {channel.name!r}: {where} refused the recipients {', '.join(exc.recipients)}"
-        ) from None
-    except smtplib.SMTPNotSupportedError:
-        raise NotifyError(
-            f"email channel {channel.name!r}: {where} does not offer STARTTLS;"
-            " set notifications.smtp.security to tls (port 465) or none (a trusted local relay)"
-        ) from None
-    except (smtplib.SMTPException, OSError) as exc:
-        raise NotifyError(f"email channel {channel.name!r}: {where}: {exc or type(exc).__name__}") from None
-
-
 # -- what the API and the CLI show ----------------------------------------------------------
 
 
@@ -179,11 +147,22 @@ def channel_view(channel: ChannelSettings, settings: NotificationSettings) -> di
         "name": channel.name,
         "type": channel.type,
         "on": list(channel.on),
+        "level": channel.level,
         "scope": channel.scope,
         "to": list(channel.to),
         "endpoint": _endpoint(channel, settings),
         "signed": bool(channel.secret.get_secret_value()),
-    }
+    } | _type_view(channel)
+
+
+def _type_view(channel: ChannelSettings) -> dict[str, Any]:
+    """The plain fields of the channel's type (never the bot token: only whether it is set)."""
+    if channel.type == "telegram":
+        return {"chat_id": channel.chat_id, "api_url": channel.api_url,
+                "token": "set" if channel.token.get_secret_value() else "not set"}  # fmt: skip
+    if channel.type == "sendmail":
+        return {"sendmail": channel.sendmail}
+    return {}
 
 
 def channels_view(settings: NotificationSettings) -> list[dict[str, Any]]:

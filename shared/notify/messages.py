@@ -7,9 +7,12 @@ delivers it.
 
 Which channels: every channel of scope `all`, plus the channels the run's job names
 (`options.notify.channels`); each takes the outcomes in its `on` unless the job sets its own
-`options.notify.on`. Outcomes: a run succeeded -> success; partial or cancelled -> warning;
-failed -> failure. An alert of severity error or critical -> failure, warning or info -> warning.
-Alerts a run's message already tells (a VM of the run failed) are not sent again.
+`options.notify.on`, and only messages at or above its `level` (info < warning < critical).
+Outcomes: a run succeeded -> success; partial or cancelled -> warning; failed -> failure. An
+alert of severity error or critical -> failure, warning or info -> warning. Levels: success ->
+info, warning -> warning, failure -> critical, except alerts, whose level is their severity
+(error counts as critical). Alerts a run's message already tells (a VM of the run failed) are
+not sent again.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from shared.db.models import Job, Restore, RestorePointRow, Run, Task
 from shared.model.units import human_bytes
 from shared.notify.log import failing_channels
 from shared.settings import ChannelSettings, NotificationSettings, Outcome
+from shared.settings_models import LEVELS, Level
 
 RUN_OUTCOME: dict[str, Outcome] = {
     "succeeded": "success",
@@ -39,6 +43,13 @@ ALERT_OUTCOME: dict[str, Outcome] = {
     "error": "failure",
     "warning": "warning",
     "info": "warning",
+}
+OUTCOME_LEVEL: dict[Outcome, Level] = {"success": "info", "warning": "warning", "failure": "critical"}
+ALERT_LEVEL: dict[str, Level] = {
+    "critical": "critical",
+    "error": "critical",
+    "warning": "warning",
+    "info": "info",
 }
 # Alerts about one VM of a run: the run's own message names the VM and the reason.
 TOLD_BY_RUN = frozenset({"backup-failed", "restore_failed", "verify_failed"})
@@ -54,6 +65,11 @@ class Message:
     lines: tuple[str, ...]
     data: dict[str, Any] = field(default_factory=dict)
     link: str | None = None
+    severity: Level | None = None  # None: the outcome's level (OUTCOME_LEVEL)
+
+    @property
+    def level(self) -> Level:
+        return self.severity or OUTCOME_LEVEL[self.outcome]
 
     @property
     def text(self) -> str:
@@ -63,7 +79,16 @@ class Message:
 # -- which channels -------------------------------------------------------------------------
 
 
-def channels_for(settings: NotificationSettings, job: Job | None, outcome: Outcome) -> list[ChannelSettings]:
+def hears(channel: ChannelSettings, level: Level) -> bool:
+    """Whether `channel` hears of a message of `level`: at or above the channel's own."""
+    return LEVELS.index(level) >= LEVELS.index(channel.level)
+
+
+def channels_for(
+    settings: NotificationSettings, job: Job | None, outcome: Outcome, level: Level | None = None
+) -> list[ChannelSettings]:
+    """The channels a message of `outcome` (and `level`, by default the outcome's) goes to."""
+    level = level or OUTCOME_LEVEL[outcome]
     notify = ((job.options or {}).get("notify") or {}) if job is not None else {}
     named = set(notify.get("channels") or ())
     job_on = notify.get("on")
@@ -71,7 +96,7 @@ def channels_for(settings: NotificationSettings, job: Job | None, outcome: Outco
     for channel in settings.channels:
         if channel.scope == "jobs" and channel.name not in named:
             continue
-        if outcome in (job_on or channel.on):
+        if outcome in (job_on or channel.on) and hears(channel, level):
             chosen.append(channel)
     return chosen
 
@@ -187,6 +212,7 @@ def for_alert(
         return None  # the run's message tells it
     job = session.get(Job, run.job_id) if run is not None else None
     outcome = ALERT_OUTCOME[event.severity]
+    level = ALERT_LEVEL[event.severity]
     where = f" ({event.vm_name})" if event.vm_name else ""
     title = f"[vbm] {event.severity.upper()} {event.kind}{where}"
     lines = [event.message, "", f"Raised: {_when(event.occurred_at)}", f"Alert: {event.alert_id}"]
@@ -201,8 +227,9 @@ def for_alert(
         lines=tuple(lines),
         data=data,
         link=_link(settings, "/api/v1/alerts"),
+        severity=level,
     )
-    channels = channels_for(settings, job, outcome)
+    channels = channels_for(settings, job, outcome, level)
     if event.kind == NOTIFICATION_FAILED:  # not over the channels that are failing
         failing = failing_channels(session)
         channels = [c for c in channels if c.name not in failing]

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from shared.observe import tracing
 from shared.repo import chunk as chunks
 from shared.repo import manifest
 from shared.repo.backend import Backend
@@ -139,6 +140,10 @@ class Repository:
         """Make `rp` visible: its chunks durable first, then its manifest, durably. Returns it as
         committed (with `immutable_until` on an immutable backend). `resumed`: some chunks were
         stored by an earlier attempt (before `rp.started`), so their locks may be shorter."""
+        with tracing.span("repository commit", restore_point=rp.id, vm=rp.vm_name):
+            return await self._commit(rp, resumed)
+
+    async def _commit(self, rp: RestorePoint, resumed: bool) -> RestorePoint:
         await self.backend.flush()
         if getattr(self.backend, "immutable_days", 0):
             rp = await self._keep_immutable(rp, resumed)

@@ -14,6 +14,10 @@ While a handler runs, the runner tells the server the work is in progress every 
 `ack_wait`, so long steps are not redelivered to another worker behind their back. Publishing
 before acking means a crash between the two redelivers the message and re-publishes the same
 message ids, which JetStream drops as duplicates: handlers must be idempotent.
+
+Each message is handled inside a span named by its subject, a child of the trace context its
+headers carry (`traceparent`, put there by the outbox relay), with the run's log fields bound
+(run_id, job, vm) and the bus metrics updated (shared/observe/bus_metrics.py).
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 import nats
 import nats.errors
@@ -32,90 +37,40 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
     PubAck,
     RetentionPolicy,
     StorageType,
     StreamConfig,
 )
 from nats.js.client import JetStreamContext
+from opentelemetry.trace import Span
 from pydantic import ValidationError
 
-from shared.contracts import STREAM_NAME, STREAM_SUBJECTS, BusRejected, Event, Payload, Subject
+from shared.contracts import STREAM_NAME, STREAM_SUBJECTS, BusRejected, Event, Payload
+from shared.observe import bus_metrics, logs, tracing
+from shared.runtime.consumers import Consumer, Delivery, Handler, Permanent, Retryable, log_fields, observed
+
+__all__ = [
+    "Bus",
+    "BusUnavailable",
+    "Consumer",
+    "Delivery",
+    "Handler",
+    "Permanent",
+    "Retryable",
+    "run_consumer",
+    "stream_config",
+]
 
 log = logging.getLogger(__name__)
 
-E = TypeVar("E", bound=Event)
-
 STREAM_MAX_AGE_S = 14 * 24 * 3600
 DUPLICATE_WINDOW_S = 15 * 60
+BACKLOG_EVERY = 5.0  # seconds between two reads of a consumer's pending counts (metrics)
 
 
 class BusUnavailable(Exception):
     """NATS cannot be reached or has no JetStream; the message says where and what to do."""
-
-
-class Retryable(Exception):
-    """The step may work later (vCenter busy, storage throttling): redeliver with backoff."""
-
-
-class Permanent(Exception):
-    """The step can never work for this message: stop redelivering and report the failure."""
-
-
-@dataclass(frozen=True)
-class Delivery:
-    """What a handler may know about the message it is handling."""
-
-    consumer: str
-    subject: str
-    stream_seq: int
-    attempt: int
-    max_deliver: int
-
-    @property
-    def last_attempt(self) -> bool:
-        return self.attempt >= self.max_deliver
-
-
-Handler = Callable[[E, Delivery], Awaitable[Sequence[Event]]]
-GiveUp = Callable[[E, str], Sequence[Event]]
-
-
-@dataclass(frozen=True)
-class Consumer(Generic[E]):
-    """A durable pull consumer bound to one subject and one handler."""
-
-    durable: str
-    subject: Subject
-    event_type: type[E]
-    handler: Handler[E]
-    max_deliver: int = 5
-    backoff: tuple[float, ...] = (1.0, 5.0, 30.0, 120.0)
-    ack_wait: float = 30.0
-    on_give_up: GiveUp[E] | None = None
-    fetch_timeout: float = 1.0
-    concurrency: int = 1  # messages handled at once (a mover: one per disk stream it offers)
-
-    def config(self) -> ConsumerConfig:
-        return ConsumerConfig(
-            durable_name=self.durable,
-            filter_subject=self.subject.value,
-            ack_policy=AckPolicy.EXPLICIT,
-            deliver_policy=DeliverPolicy.ALL,
-            ack_wait=self.ack_wait,
-            max_deliver=self.max_deliver,
-            # No server-side backoff list: it would replace ack_wait per delivery and fight the
-            # nak delays below. A worker that dies silently is redelivered after ack_wait.
-            max_ack_pending=1000,
-        )
-
-    def nak_delay(self, attempt: int) -> float:
-        if not self.backoff:
-            return 0.0
-        return self.backoff[min(attempt - 1, len(self.backoff) - 1)]
 
 
 def stream_config(replicas: int = 1) -> StreamConfig:
@@ -197,14 +152,18 @@ class Bus:
     async def ensure_consumer(self, consumer: Consumer[Any]) -> None:
         await self.nc.jsm().add_consumer(STREAM_NAME, consumer.config())
 
-    async def publish(self, event: Event, *, timeout: float = 5.0) -> PubAck:
-        """Publish a durable event with its deterministic message id."""
+    async def publish(
+        self, event: Event, *, timeout: float = 5.0, trace: Mapping[str, str] | None = None
+    ) -> PubAck:
+        """Publish a durable event with its deterministic message id and a trace context: `trace`
+        (the one stored with an outbox row), else the current span's."""
+        headers = {**(tracing.carrier() if trace is None else trace), "Nats-Msg-Id": event.msg_id()}
         return await self.js.publish(
             event.SUBJECT.value,
             event.model_dump_json().encode(),
             timeout=timeout,
             stream=STREAM_NAME,
-            headers={"Nats-Msg-Id": event.msg_id()},
+            headers=headers,
         )
 
     async def publish_live(self, subject: str, payload: Payload) -> None:
@@ -219,10 +178,16 @@ class Bus:
                 await self.nc.drain()
 
 
-async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -> None:
+Fields = Callable[[Event], Awaitable[Mapping[str, str]]]
+
+
+async def run_consumer(
+    bus: Bus, consumer: Consumer[Any], stop: asyncio.Event, fields: Fields | None = None
+) -> None:
     """Fetch and handle up to `consumer.concurrency` messages at once until `stop` is set; a
     message is fetched only when a handler is free for it, so the rest wait in the stream for
-    another worker. On stop, the messages in hand are finished (the service allows a grace)."""
+    another worker. On stop, the messages in hand are finished (the service allows a grace).
+    `fields`: the log fields of an event's run it does not name itself (its job, its VM)."""
     delay = 0.5
     while True:  # JetStream may still be settling (a restart, an election): keep asking
         try:
@@ -239,6 +204,7 @@ async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -
     sub = await bus.js.pull_subscribe_bind(durable=consumer.durable, stream=STREAM_NAME)
     log.info("consumer %s on %s started", consumer.durable, consumer.subject.value)
     in_hand: set[asyncio.Task[None]] = set()
+    backlog = asyncio.create_task(_watch_backlog(bus, consumer))
     try:
         while not stop.is_set():
             free = consumer.concurrency - len(in_hand)
@@ -257,28 +223,29 @@ async def run_consumer(bus: Bus, consumer: Consumer[Any], stop: asyncio.Event) -
                 continue
             for msg in msgs:
                 if consumer.concurrency == 1:
-                    await _process(bus, consumer, msg)
+                    await _process(bus, consumer, msg, fields)
                     continue
-                task = asyncio.create_task(_guarded(bus, consumer, msg))
+                task = asyncio.create_task(_guarded(bus, consumer, msg, fields))
                 in_hand.add(task)
                 task.add_done_callback(in_hand.discard)
     finally:
+        backlog.cancel()
         if in_hand:
             await asyncio.gather(*in_hand, return_exceptions=True)
         with contextlib.suppress(nats.errors.Error, TimeoutError):
             await sub.unsubscribe()
 
 
-async def _guarded(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:
+async def _guarded(bus: Bus, consumer: Consumer[Any], msg: Msg, fields: Fields | None) -> None:
     """One of several messages in hand: what escapes it (a publish that failed) is logged; the
     message, not acked, is redelivered after ack_wait."""
     try:
-        await _process(bus, consumer, msg)
+        await _process(bus, consumer, msg, fields)
     except Exception:
         log.exception("consumer %s: handling a message failed", consumer.durable)
 
 
-async def _process(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:
+async def _process(bus: Bus, consumer: Consumer[Any], msg: Msg, fields: Fields | None = None) -> None:
     meta = msg.metadata
     delivery = Delivery(
         consumer=consumer.durable,
@@ -287,22 +254,53 @@ async def _process(bus: Bus, consumer: Consumer[Any], msg: Msg) -> None:
         attempt=meta.num_delivered,
         max_deliver=consumer.max_deliver,
     )
+    subject = consumer.subject.value  # the label: the consumer's subject, never a message's id
+    bus_metrics.delivered(subject, consumer.durable, delivery.attempt)
+    started = time.monotonic()
+    try:
+        with observed(delivery, msg.headers) as span:
+            await _handle(bus, consumer, msg, delivery, span, fields)
+    finally:
+        bus_metrics.handled(subject, consumer.durable, time.monotonic() - started)
+
+
+async def _handle(
+    bus: Bus, consumer: Consumer[Any], msg: Msg, delivery: Delivery, span: Span, fields: Fields | None
+) -> None:
+    subject = consumer.subject.value
     try:
         event = consumer.event_type.model_validate_json(msg.data)
     except ValidationError as exc:
         reason = f"payload is not a valid {consumer.event_type.__name__}: {_first_error(exc)}"
+        bus_metrics.failed(subject, consumer.durable, "invalid")
+        tracing.failed(exc, span)
         await _reject(bus, msg, delivery, reason, ())
         return
+    named = log_fields(event)
+    if fields is not None:
+        named = {**(await fields(event)), **{k: v for k, v in named.items() if v}}
+    tracing.annotate(**named)
+    with logs.bound(**named):
+        await _run_handler(bus, consumer, msg, delivery, event, span)
 
+
+async def _run_handler(
+    bus: Bus, consumer: Consumer[Any], msg: Msg, delivery: Delivery, event: Event, span: Span
+) -> None:
+    subject = consumer.subject.value
     heartbeat = asyncio.create_task(_keep_alive(msg, consumer.ack_wait / 3))
     try:
         outputs = await consumer.handler(event, delivery)
     except Permanent as exc:
+        bus_metrics.failed(subject, consumer.durable, "permanent")
+        tracing.failed(exc, span)
         await _give_up(bus, consumer, msg, delivery, event, str(exc) or type(exc).__name__)
         return
     except Exception as exc:
         retryable = isinstance(exc, Retryable)
         reason = str(exc) or type(exc).__name__
+        tracing.failed(exc, span)
+        bus_metrics.failed(subject, consumer.durable, "permanent" if delivery.last_attempt else "retry")
         if not retryable:
             log.exception("consumer %s: unexpected error on seq %s", consumer.durable, delivery.stream_seq)
         if delivery.last_attempt:
@@ -362,6 +360,17 @@ async def _reject(bus: Bus, msg: Msg, delivery: Delivery, reason: str, extra: Se
     )
     with contextlib.suppress(nats.errors.Error):
         await msg.term()
+
+
+async def _watch_backlog(bus: Bus, consumer: Consumer[Any]) -> None:
+    """The consumer's pending counts, for the metrics, now and every BACKLOG_EVERY seconds."""
+    while True:
+        try:
+            info = await bus.js.consumer_info(STREAM_NAME, consumer.durable, timeout=2.0)
+            bus_metrics.backlog(consumer.durable, info.num_pending or 0, info.num_ack_pending or 0)
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.debug("consumer %s: no consumer info (%s)", consumer.durable, exc)
+        await asyncio.sleep(BACKLOG_EVERY)
 
 
 async def _keep_alive(msg: Msg, every: float) -> None:

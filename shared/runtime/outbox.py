@@ -4,6 +4,10 @@ A handler that changes state calls `stage(session, event)` inside its transactio
 (one per service process) publishes staged events in order with their deterministic message ids
 and marks them sent. A crash between commit and publish only delays the event; two relays
 publishing the same row is harmless (JetStream drops the duplicate by its `Nats-Msg-Id`).
+
+Each row keeps the trace context it was staged in (`traceparent`, `tracestate`), and the relay
+publishes it as the message's headers: a trace goes on through the outbox, across processes and
+restarts (docs/design.md, "Traces").
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.contracts import Event, event_type_for
 from shared.db.models import Outbox
+from shared.observe import tracing
 
 if TYPE_CHECKING:  # the CLI stages events without loading the NATS client
     from shared.runtime.bus import Bus
@@ -36,6 +41,7 @@ def stage(session: Session, event: Event, now: datetime) -> None:
             msg_id=event.msg_id(),
             payload=event.model_dump_json(),
             created_at=now,
+            trace_context=tracing.carrier() or None,
         )
     )
 
@@ -76,24 +82,24 @@ class Relay:
         rows = await asyncio.to_thread(self._pending, batch)
         sent: list[int] = []
         try:
-            for row_id, subject, payload in rows:
+            for row_id, subject, payload, trace in rows:
                 event = event_type_for(subject).model_validate_json(payload)
-                await self.bus.publish(event)
+                await self.bus.publish(event, trace=tracing.carrier_json(trace) or {})
                 sent.append(row_id)
         finally:
             if sent:
                 await asyncio.to_thread(self._mark, sent)
         return len(sent)
 
-    def _pending(self, batch: int) -> list[tuple[int, str, str]]:
+    def _pending(self, batch: int) -> list[tuple[int, str, str, object]]:
         with self.sessions() as s:
             rows = s.execute(
-                select(Outbox.id, Outbox.subject, Outbox.payload)
+                select(Outbox.id, Outbox.subject, Outbox.payload, Outbox.trace_context)
                 .where(Outbox.published_at.is_(None))
                 .order_by(Outbox.id)
                 .limit(batch)
             ).all()
-            return [(r[0], r[1], r[2]) for r in rows]
+            return [(r[0], r[1], r[2], r[3]) for r in rows]
 
     def _mark(self, ids: list[int]) -> None:
         now = self.clock()

@@ -10,7 +10,7 @@ import os
 import shutil
 import signal
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -71,3 +71,13 @@ def private_data_dir(path: Path) -> None:
     path.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(PermissionError):  # not ours to change: leave it, it is the admin's
         path.chmod(0o700)
+
+
+# The environment a child that is not a vbm service (NATS, the lab) gets: nothing of vbm's.
+BARE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
+
+
+def bare_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What NATS and the lab get: the basics of a process environment, nothing of vbm's."""
+    env = os.environ if environ is None else environ
+    return {k: v for k, v in env.items() if k in BARE_ENV}

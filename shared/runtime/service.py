@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -31,9 +32,11 @@ from shared.clock import Clock, utcnow
 from shared.contracts import PING_SUBJECT, ServiceHeartbeat, heartbeat_subject
 from shared.db import ServiceInstance, make_engine, make_sessionmaker
 from shared.db.migrate import SchemaNotCurrent, check_current, upgrade
+from shared.observe import logs, tracing
 from shared.observe.exposition import serve_process
 from shared.runtime.bus import Bus, BusUnavailable, Consumer, run_consumer
 from shared.runtime.outbox import Relay
+from shared.runtime.runfields import run_fields
 from shared.settings import ConfigError, Settings, load_settings, unknown_variables
 
 log = logging.getLogger(__name__)
@@ -67,14 +70,9 @@ class Parts:
 Wiring = Callable[[Context], Awaitable[Parts]]
 
 
-def setup_logging(level: str, service: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format=f"%(asctime)s {service} %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+def setup_logging(level: str, service: str, fmt: str | None = None) -> None:
+    """Every line as JSON or readable text (`VBM_LOG_FORMAT`; shared/observe/logs.py)."""
+    logs.configure(level, service, fmt)
 
 
 def main(service: str, wire: Wiring) -> None:
@@ -86,9 +84,10 @@ def main(service: str, wire: Wiring) -> None:
     except ConfigError as exc:
         print(f"{service}: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    setup_logging(settings.log_level, service)
+    setup_logging(settings.log_level, service, settings.log_format)
     for name in unknown_variables():
         log.warning("%s configures nothing (a typo?); see `vbm config`", name)
+    flush_traces = tracing.setup(service, settings.otel.endpoint, settings.otel.sample_ratio)
     try:
         asyncio.run(serve(service, wire, settings))
     except (BusUnavailable, SchemaNotCurrent) as exc:
@@ -97,6 +96,9 @@ def main(service: str, wire: Wiring) -> None:
     except ConfigError as exc:  # found at start, e.g. a TLS certificate that does not load
         log.error("%s: %s", service, exc)
         raise SystemExit(2) from None
+    finally:
+        if flush_traces is not None:
+            flush_traces()  # the spans still queued are sent before the process ends
 
 
 async def serve(service: str, wire: Wiring, settings: Settings) -> None:
@@ -130,7 +132,8 @@ async def serve(service: str, wire: Wiring, settings: Settings) -> None:
         await bus.ensure_stream(settings.nats.stream_replicas)
         parts = await wire(ctx)
         await asyncio.to_thread(_record_start, ctx, started)
-        workers = [asyncio.create_task(run_consumer(bus, c, stop)) for c in parts.consumers]
+        fields = functools.partial(run_fields, sessions)  # a run's job and VM on its log lines
+        workers = [asyncio.create_task(run_consumer(bus, c, stop, fields)) for c in parts.consumers]
         workers += [asyncio.create_task(t()) for t in parts.tasks]
         workers.append(asyncio.create_task(ctx.relay.run(stop)))
         beat = asyncio.create_task(_heartbeats(ctx, started, parts.capacity))

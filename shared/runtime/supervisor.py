@@ -12,6 +12,9 @@ embedded NATS is supervised like a service: restarted, with the same store, when
 Each child is told only what it needs: NATS and the lab get a bare environment; each service
 the `VBM_*` settings plus the secrets of what it talks to (`SECRETS`, `NEEDS`). Everything vbm
 creates is private (umask 077: the data directory 0700, files 0600).
+
+The services log JSON lines; the supervisor files them in `<data_dir>/logs/<service>.jsonl`
+(shared/observe/logfiles.py, read back by `vbm logs`) and prints them readable.
 """
 
 from __future__ import annotations
@@ -31,16 +34,16 @@ from typing import Any
 
 from shared.catalog.sessions import first_admin_lines
 from shared.db import make_engine, upgrade
+from shared.observe import logfiles
+from shared.observe.logs import render
 from shared.observe.tree import TreeMetrics
-from shared.runtime.process import die_with_parent, find_program, private_data_dir, tcp_reachable
+from shared.runtime.process import bare_env, die_with_parent, find_program, private_data_dir, tcp_reachable
 from shared.settings import ConfigError, Settings, runtime_lab_file
 
 log = logging.getLogger("vbm.up")
 
 SERVICES = ("scheduler", "snapshotter", "mover", "verifier", "notifier", "gateway")
 EXIT_CONFIG = 2
-# The environment a child that is not a vbm service (NATS, the lab) gets: nothing of vbm's.
-BARE_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "TMPDIR", "USER", "LOGNAME")
 # Variables (or prefixes, matched with `__` after them) that carry secrets, by what they open.
 SECRETS = {
     "vcenters": ("VBM_VCENTERS",),
@@ -128,6 +131,7 @@ class Supervisor:
         self.nats: Child | None = None
         self.lab: Any = None
         self.fatal: str | None = None
+        self.log_files = logfiles.LogFiles(logfiles.logs_dir(self.data_dir))
         self.metrics = TreeMetrics(self.data_dir / "metrics")
 
     def say(self, text: str) -> None:
@@ -169,7 +173,7 @@ class Supervisor:
             self.gateway_cert = line[len(CERT_PREFIX) :].strip()
         if line.startswith(LISTEN_PREFIX) and self.gateway_url and not self.gateway_url.done():
             self.gateway_url.set_result(line[len(LISTEN_PREFIX) :].strip())
-        self.say(f"[{name}] {line}")
+        self.say(f"[{name}] {render(self.log_files.write(name, line), with_service=False)}")
 
     async def _ensure_nats(self) -> str:
         configured = self.settings.nats.url
@@ -274,6 +278,7 @@ class Supervisor:
         if lab_vc is not None and "vcenters" in NEEDS[service]:
             env["VBM_VCENTERS"] = json.dumps([lab_vc])
         env["PYTHONUNBUFFERED"] = "1"
+        env["VBM_LOG_FORMAT"] = "json"  # the supervisor files and renders them
         self.metrics.child_env(env)  # one metrics directory for the tree, no port each
         return env
 
@@ -371,14 +376,9 @@ class Supervisor:
             await asyncio.to_thread(self.lab.stop)
         if self.nats is not None:
             await self.nats.stop(10)
+        self.log_files.close()
         self.metrics.close()
         self.say("vbm up: stopped")
-
-
-def bare_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """What NATS and the lab get: the basics of a process environment, nothing of vbm's."""
-    env = os.environ if environ is None else environ
-    return {k: v for k, v in env.items() if k in BARE_ENV}
 
 
 def service_env(service: str, environ: Mapping[str, str]) -> dict[str, str]:

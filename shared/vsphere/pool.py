@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -88,7 +89,9 @@ class VCenters:
         """Run a blocking adapter call in a thread; vSphere errors become Retryable/Permanent."""
         vc = self.get(name)
         try:
-            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, vc)
+            # in the caller's context: the vCenter call's span is a child of the caller's span
+            run = contextvars.copy_context().run
+            return await asyncio.get_running_loop().run_in_executor(self._pool, run, fn, vc)
         except VSphereError as exc:
             if exc.retryable:
                 raise Retryable(str(exc)) from exc

@@ -24,6 +24,7 @@ from pyVmomi import vim, vmodl
 from pyVmomi.SoapAdapter import SoapStubAdapter
 from pyVmomi.VmomiSupport import GetServiceVersions
 
+from shared.observe import tracing
 from shared.observe.metrics import VCENTER_CALL, VCENTER_ERRORS
 from shared.settings import VCenterSettings
 
@@ -178,13 +179,15 @@ class Session:
         return cookie.split("=", 1)[1].split(";", 1)[0] if "=" in cookie else cookie
 
     def _call(self, doing: str, fn: Callable[[], T]) -> T:
-        """Run `fn` with a session; re-login once if the session expired. Every call is timed
-        and its faults counted (`vbm_vcenter_call_*`), labelled with the adapter's method that
-        made it (the caller's name: a bounded set, unlike `doing`, which names VMs)."""
+        """Run `fn` with a session; re-login once if the session expired. Every call is a span
+        named by the adapter method that makes it (`vcenter create_snapshot`), in a trace only,
+        timed and its faults counted (`vbm_vcenter_call_*`) by that method (a bounded set,
+        unlike `doing`, which names VMs)."""
         method = sys._getframe(1).f_code.co_name
         started = time.monotonic()
         try:
-            return self._try(doing, fn)
+            with tracing.span(f"vcenter {method}", within=True, vcenter=self.settings.name, doing=doing):
+                return self._call_once(doing, fn)
         except VSphereError as exc:
             VCENTER_ERRORS.labels(vcenter=self.settings.name, method=method, fault=exc.fault).inc()
             raise
@@ -192,7 +195,7 @@ class Session:
             took = time.monotonic() - started
             VCENTER_CALL.labels(vcenter=self.settings.name, method=method).observe(took)
 
-    def _try(self, doing: str, fn: Callable[[], T]) -> T:
+    def _call_once(self, doing: str, fn: Callable[[], T]) -> T:
         with self._lock:
             for attempt in (1, 2):
                 self.connect()

@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import hashlib
+import os
 import ssl
+import subprocess
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -188,19 +192,32 @@ async def not_vcenter() -> AsyncIterator[str]:
     await runner.cleanup()
 
 
+TLS_LEAF: dict[str, bytes] = {}  # the tls_server's certificate (DER), by URL
+
+
 @pytest.fixture
 async def tls_server() -> AsyncIterator[tuple[str, str]]:
     """An HTTPS server (not a vCenter) on 127.0.0.2 with a certificate of a CA nobody trusts:
     its URL and that CA's PEM. (On 127.0.0.1 pyVmomi, and vbm with it, does not check certificates.)"""
     ca = trustme.CA()
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ca.issue_cert("127.0.0.2").configure_cert(ctx)
+    leaf = ca.issue_cert("127.0.0.2")
+    leaf.configure_cert(ctx)
     runner = web.AppRunner(web.Application())
     await runner.setup()
     port = free_port("127.0.0.2")
     await web.TCPSite(runner, "127.0.0.2", port, ssl_context=ctx).start()
-    yield f"https://127.0.0.2:{port}/sdk", ca.cert_pem.bytes().decode()
+    url = f"https://127.0.0.2:{port}/sdk"
+    TLS_LEAF[url] = ssl.PEM_cert_to_DER_cert(leaf.cert_chain_pems[0].bytes().decode())
+    yield url, ca.cert_pem.bytes().decode()
     await runner.cleanup()
+
+
+def expected_thumbprints(url: str) -> tuple[str, str]:
+    """The certificate's thumbprints computed here, as vSphere shows them (AA:BB:..., upper case)."""
+    der = TLS_LEAF[url]
+    sha256, sha1 = hashlib.sha256(der).digest(), hashlib.sha1(der).digest()
+    return ":".join(f"{b:02X}" for b in sha256), ":".join(f"{b:02X}" for b in sha1)
 
 
 async def test_what_a_failed_connection_test_says(
@@ -221,12 +238,42 @@ async def test_what_a_failed_connection_test_says(
     tls = await probe_of(api, stored(lab, url=url))
     assert tls["test"]["kind"] == "tls" and tls["test"]["field"] == "ca_pem"
     assert "not trusted" in tls["detail"] and "verify_tls=false" in tls["detail"]
+    sha256, sha1 = expected_thumbprints(url)
+    assert len(sha256) == 95 and len(sha1) == 59  # 32 and 20 bytes as AA:BB:...
+    # not trusted: the thumbprint is in the answer and the message, to compare with the vCenter's
+    assert tls["test"]["thumbprint_sha256"] == sha256 and tls["test"]["thumbprint_sha1"] == sha1
+    assert f"SHA-256 thumbprint {sha256} (SHA-1 {sha1})" in tls["detail"]
     trusted = await probe_of(api, stored(lab, url=url, ca_pem=ca_pem))  # TLS passes, then: not vSphere
     assert trusted["test"]["kind"] == "not_vcenter", trusted
+    assert trusted["test"]["thumbprint_sha256"] == sha256  # the handshake's certificate
     unchecked = await probe_of(api, stored(lab, url=url, verify_tls=False))
     assert unchecked["test"]["kind"] == "not_vcenter", unchecked
+    assert unchecked["test"]["thumbprint_sha1"] == sha1 and "thumbprint" not in unchecked["detail"]
+    assert other["test"]["thumbprint_sha256"] is None  # http: no certificate
     status, saved = await api.call("POST", "/vcenters?skip_test=true", json=stored(lab, url=not_vcenter))
     assert status == 201 and saved["test"]["kind"] == "skipped"
+
+
+async def test_the_certificates_thumbprint_in_the_test_route_and_vbm_vcenter_test(
+    make_api: MakeApi, tmp_path: Path, lab: Lab, tls_server: tuple[str, str]
+) -> None:
+    db_url = f"sqlite:///{tmp_path / 'thumb.db'}"
+    api = await make_api(db_url)
+    url, _ = tls_server
+    sha256, sha1 = expected_thumbprints(url)
+    status, _ = await api.call("POST", "/vcenters?skip_test=true", json=stored(lab, name="tls", url=url))
+    assert status == 201
+    status, tested = await api.call("POST", "/vcenters/tls/test")
+    assert status == 200 and VCenterTested.model_validate(tested).thumbprint_sha256 == sha256, tested
+    assert tested["ok"] is False and tested["thumbprint_sha1"] == sha1
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VBM_")}
+    env.update({"VBM_DATA_DIR": str(api.ctx.settings.data_dir), "VBM_DATABASE_URL": db_url})
+    cli = [sys.executable, "-m", "shared.cli", "vcenter", "test", "tls"]
+    done = await asyncio.to_thread(subprocess.run, cli, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1 and "connection test failed (tls)" in done.stdout, done
+    assert f"certificate SHA-256 thumbprint: {sha256}" in done.stdout
+    assert f"certificate SHA-1 thumbprint:   {sha1}" in done.stdout
 
 
 async def test_a_lost_key_names_the_vcenter(make_api: MakeApi, tmp_path: Path, canary_lab: Lab) -> None:

@@ -162,7 +162,7 @@ def test_bad_channel_settings_say_what_to_fix() -> None:
         ({"channels": [{"name": "s", "type": "slack"}]}, "a slack channel needs `url`"),
         ({"channels": [{"name": "s", "type": "teams", "url": "ftp://x"}]}, "a teams channel needs `url`"),
         ({"channels": [{"name": "s", "type": "slack", "url": "https://x/1"}] * 2}, "repeated: s"),
-        ({"channels": [{"name": "s", "type": "pager", "url": "https://x/1"}]}, "'teams' or 'webhook'"),
+        ({"channels": [{"name": "s", "type": "pager", "url": "https://x/1"}]}, "'telegram' or 'sendmail'"),
         ({"retry": []}, "at least 1 item"),
     ]  # fmt: skip
     for body, expected in cases:

@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +25,7 @@ from shared.contracts import RUN_FINAL
 from shared.db import make_engine, make_sessionmaker, upgrade
 from shared.db.models import Alert, Job, RestorePointRow, Run, SnapshotLedger, Task
 from shared.model.jobs import JobSpec
+from shared.model.schedules import Schedule
 from shared.repo import LocalBackend, Repository, read_disk
 from shared.runtime.bus import Bus
 from shared.runtime.outbox import Relay
@@ -115,6 +116,28 @@ class Pipeline:
             run_id = run.id
         await self.relay.publish_pending()
         return run_id
+
+    def missed_slot(self, job_id: str) -> str:
+        """Make the job's last hourly slot one it missed (the job is older than it): the scheduler
+        runs it as it starts. Returns the id that run gets."""
+        slot = Schedule(kind="interval", every_minutes=60).last_slot(
+            now(), not_before=now() - timedelta(hours=2)
+        )
+        assert slot is not None
+        with self.sessions.begin() as s:
+            job = s.get(Job, job_id)
+            assert job is not None
+            job.created_at = slot - timedelta(minutes=90)
+        return f"{job_id}-{slot:%Y%m%dT%H%M%SZ}", slot
+
+    async def wait_created(self, run_id: str, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.sessions() as s:
+                if s.get(Run, run_id) is not None:
+                    return
+            assert time.monotonic() < deadline, f"run {run_id} not created in {timeout}s\n{self.logs()}"
+            await asyncio.sleep(0.2)
 
     async def wait_run(self, run_id: str, timeout: float = 60) -> Run:
         deadline = time.monotonic() + timeout

@@ -5,32 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import timedelta
 
 from sqlalchemy import select
 
 from shared.db.models import Job, Run
-from shared.model.schedules import Schedule
-from tests.pipeline.conftest import Pipeline, now
+from tests.pipeline.conftest import Pipeline
 
 
 async def test_missed_slot_runs_once_across_restarts(pipeline_factory: Callable[..., Pipeline]) -> None:
     p = pipeline_factory()
     job_id = p.create_job("nightly", ["web", "db"], schedule={"kind": "interval", "every_minutes": 60})
-    slot = Schedule(kind="interval", every_minutes=60).last_slot(now(), not_before=now() - timedelta(hours=2))
-    assert slot is not None
-    with p.sessions.begin() as s:  # the job exists since before the last slot, which was missed
-        job = s.get(Job, job_id)
-        assert job is not None
-        job.created_at = slot - timedelta(minutes=90)
-
+    run_id, slot = p.missed_slot(job_id)  # the job exists since before the last slot, which was missed
     p.start("scheduler", "snapshotter", "mover", "verifier", "notifier")
-    run_id = f"{job_id}-{slot:%Y%m%dT%H%M%SZ}"
-    for _ in range(150):
-        with p.sessions() as s:
-            if s.get(Run, run_id) is not None:
-                break
-        await asyncio.sleep(0.2)
+    await p.wait_created(run_id)
     run = await p.wait_run(run_id)
     assert run.state == "succeeded", p.dump(run_id)
     assert run.trigger == "schedule"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 import pytest
@@ -25,14 +25,6 @@ NOW = datetime(2026, 11, 26, tzinfo=UTC)
 
 def job(run_id: str = "run-1") -> JobRequested:
     return JobRequested(occurred_at=NOW, run_id=run_id, job_id="job-1", trigger="manual")
-
-
-@pytest.fixture
-async def bus(nats_server: NatsServer) -> AsyncIterator[Bus]:
-    b = await Bus.connect(nats_server.url, "test")
-    await b.ensure_stream()
-    yield b
-    await b.close()
 
 
 async def collect(bus: Bus, subject: Subject, n: int, timeout: float = 10) -> list[bytes]:

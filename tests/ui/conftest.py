@@ -4,6 +4,7 @@ system on the lab (the pipeline's services, the gateway on a real port)."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -98,9 +99,12 @@ class System:
         return page
 
     async def shot(self, page: Page, name: str) -> Path:
-        """A screenshot of the page under the test's temp dir (docs/ui/ keeps a few)."""
+        """A screenshot of the page under the test's temp dir, and in $VBM_UI_SHOTS when set."""
         path = self.shots / f"{name}.png"
         await page.screenshot(path=str(path), full_page=False)
+        keep = os.environ.get("VBM_UI_SHOTS")  # `make ui-shots`: docs/ui/ gets them too
+        if keep:
+            shutil.copyfile(path, Path(keep) / path.name)
         return path
 
 

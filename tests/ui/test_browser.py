@@ -28,3 +28,4 @@ async def test_log_in_see_the_dashboard_and_log_out(system: Callable[..., Awaita
     await page.get_by_role("button", name="Log in").click()
     await expect(page.get_by_role("alert")).to_contain_text("did not work")
     assert await page.title() == "Error: Log in · vbm"
+    await s.shot(page, "login")

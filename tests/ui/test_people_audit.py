@@ -197,7 +197,6 @@ async def test_people_and_audit_in_the_browser(system: Callable[..., Awaitable[S
     await page.get_by_role("button", name="Add user").click()
     await page.wait_for_url("**/settings/users")
     await expect(page.locator("#user-nina")).to_contain_text("operator")
-    await s.shot(page, "users")
     await page.get_by_role("link", name="API keys").click()
     await page.get_by_label("Name", exact=True).fill("backup-script")
     await page.get_by_role("button", name="Create key").click()

@@ -1,6 +1,7 @@
 """The Settings pages over plain HTTP (rendering, access by role, validation with values kept and
 secrets never echoed, remove refused while used) and in a real browser on the lab (a second
-vCenter added and tested; an SMTP channel's Send test failing inline)."""
+simulator added as a vCenter and tested, and a VM of its backed up by a job made in the form; an
+SMTP channel's Send test failing inline)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from typing import Any
 
 from playwright.async_api import expect
 
+from lab.launcher import Lab
+from lab.model import DiskSpec, LabSpec, VMSpec
 from shared.catalog import channels as chstore
 from shared.catalog import jobs as jobstore
 from shared.catalog import locations as locstore
@@ -21,7 +24,7 @@ from shared.runtime.service import utcnow
 from tests.gateway.conftest import Api, MakeApi
 from tests.plugins.procs import free_port
 from tests.ui.conftest import System
-from tests.ui.test_jobs import _api, _get, _login
+from tests.ui.test_jobs import _api, _get, _login, vm_box
 
 SECRET = "hunter2-never-shown"
 
@@ -267,18 +270,19 @@ async def test_repositories(make_api: MakeApi, tmp_path: Path) -> None:
             assert status == 403, (role, path)
 
 
-async def test_add_and_test_a_vcenter_and_a_failing_mail_channel_in_the_browser(
-    system: Callable[..., Awaitable[System]],
+async def test_add_a_second_vcenter_back_up_from_it_and_a_failing_mail_channel_in_the_browser(
+    system: Callable[..., Awaitable[System]], lab_factory: Callable[[LabSpec], Lab]
 ) -> None:
     s = await system()
-    lab = s.pipeline.lab
+    # a second simulator: another vCenter with a VM of its own, known to vbm only once added here
+    lab = lab_factory(LabSpec(vms=(VMSpec("far", (DiskSpec(3 * 1024 * 1024 + 3072, seed=41),), cbt=True),)))
     page = await s.logged_in(Role.ADMIN)
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings").click()
     await page.get_by_role("link", name="vCenters").click()
     await page.wait_for_url("**/settings/vcenters")
-    # a second name for the lab's simulator, tested before it is saved
+    # the second vCenter, tested before it is saved
     await page.locator("#name").fill("lab2")
     await page.locator("#url").fill(lab.sdk_url)
     await page.locator("#username").fill(lab.username)
@@ -291,6 +295,28 @@ async def test_add_and_test_a_vcenter_and_a_failing_mail_channel_in_the_browser(
     await expect(row.get_by_role("status")).to_contain_text("Connected", timeout=15_000)
     await expect(page.locator("#password")).to_have_value("")  # write-only: never sent back
     await s.shot(page, "settings-vcenters")
+
+    # a job for the second vCenter's VM, made in the form and run: its backup comes from lab2
+    await page.goto("/jobs/new")
+    await page.get_by_label("Name", exact=True).fill("far-nightly")
+    await page.get_by_label("vCenter", exact=True).select_option("lab2")
+    await vm_box(page, "far").check()
+    await page.locator("#repository").select_option(index=1)
+    await page.get_by_role("button", name="Create job").click()
+    await page.wait_for_url("**/jobs")
+    row = page.locator("tr", has_text="far-nightly")
+    await row.get_by_role("button", name="Run now").click()
+    await page.wait_for_url(re.compile(r"/runs/[^/]+$"))
+    await expect(page.locator("#state-h .badge")).to_have_text("Succeeded", timeout=60_000)
+    status, points = await s.api.call("GET", "/backups", params={"vm": "far"})
+    assert status == 200, points
+    assert [(p["vcenter"], p["vm_name"]) for p in points["backups"]] == [("lab2", "far")], points
+    assert lab.snapshots("far") == []  # none left behind on the second vCenter either
+    await page.goto("/audit?user=ada")  # each step with who did it
+    rows = page.locator("table.audit tbody tr")
+    for path in ("/settings/vcenters", "/jobs/new"):
+        await expect(rows.filter(has_text=path).first).to_contain_text("ada")
+    await expect(rows.filter(has_text="/run").first).to_contain_text("ada")
 
     await page.goto("/settings/notifications")
     await page.locator("#host").fill("127.0.0.1")
@@ -306,5 +332,4 @@ async def test_add_and_test_a_vcenter_and_a_failing_mail_channel_in_the_browser(
     await row.get_by_role("button", name="Send test").click()
     await expect(row.locator("[data-tested=failed]")).to_be_visible(timeout=12_000)
     await expect(row.locator(".tested-error")).to_contain_text(re.compile("refused|Errno", re.I))
-    await s.shot(page, "settings-notifications")
     assert errors == [], errors

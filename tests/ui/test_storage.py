@@ -216,4 +216,8 @@ async def test_a_backup_and_a_measurement_show_on_the_storage_page(
     )
     assert drawn
     await s.shot(page, "storage")
+    admin = await s.logged_in(Role.ADMIN)  # the repository's settings page, with its usage
+    await admin.goto("/settings/repositories")
+    await expect(admin.get_by_role("heading", name="Repository locations")).to_be_visible()
+    await s.shot(admin, "settings-repositories")
     assert not errors, errors

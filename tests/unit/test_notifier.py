@@ -244,3 +244,17 @@ async def test_alerts_are_told_by_severity_but_a_failed_backup_only_by_its_runs_
     await on_alert_raised(alert("snapshot-left-behind", "critical", RUN), delivery(), deps(world))
     assert [name for name, _ in sender.sent] == ["ops", "all"]
     assert sender.sent[0][1] == "[vbm] CRITICAL snapshot-left-behind (vm1)"
+
+
+async def test_a_channel_hears_alerts_at_or_above_its_level(world: World, sender: FakeSender) -> None:
+    chosen = (webhook("ops"), webhook("pager", level="critical"))
+    world.context(notifications=NotificationSettings(channels=chosen))
+
+    def alert(kind: str, severity: str) -> AlertRaised:
+        return AlertRaised(occurred_at=world.clock(), alert_id=f"alert-{kind}", severity=severity, kind=kind,
+                           message="m")  # fmt: skip
+
+    await on_alert_raised(alert("repository-full", "info"), delivery(), deps(world))
+    await on_alert_raised(alert("vcenter-down", "error"), delivery(), deps(world))
+    assert sender.sent == [("ops", "[vbm] INFO repository-full"), ("ops", "[vbm] ERROR vcenter-down"),
+                           ("pager", "[vbm] ERROR vcenter-down")]  # fmt: skip

@@ -32,12 +32,17 @@ class Channel(BaseModel):
     """A notification channel without its secrets: the endpoint is the host only."""
 
     name: str
-    type: str = Field(description="slack, teams, webhook or email")
+    type: str = Field(description="email, sendmail, slack, teams, webhook or telegram")
     on: list[str] = Field(description="the outcomes it is told about")
+    level: str = Field(description="the lowest level it is told about: info, warning or critical")
     scope: str
-    to: list[str] = Field(description="an email channel's recipients")
-    endpoint: str
+    to: list[str] = Field(description="an email or sendmail channel's recipients")
+    endpoint: str = Field(description="the host it posts to, the SMTP server, or the sendmail program")
     signed: bool = Field(description="a webhook's body is signed (HMAC)")
+    chat_id: str | None = Field(None, description="telegram: the chat")
+    api_url: str | None = Field(None, description="telegram: the Bot API server")
+    token: str | None = Field(None, description='telegram: the bot token, "set" or "not set"')
+    sendmail: str | None = Field(None, description="sendmail: the program")
 
 
 class Delivery(BaseModel):

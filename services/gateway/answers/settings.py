@@ -12,6 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shared.settings_models import ChannelType, Level, Outcome
+
 SetOrNot = Literal["set", "not set"]
 Source = Literal["env", "api"]
 ERROR = Field(None, description="why this object cannot be used now (its secret cannot be decrypted)")
@@ -55,6 +57,12 @@ class ConnectionTest(BaseModel):
     message: str
     field: str | None = None
     server: str | None = Field(None, description="what the server says it is, when the login worked")
+    thumbprint_sha256: str | None = Field(
+        None,
+        description="https: the SHA-256 thumbprint of the server's certificate (AA:BB:...), also when it"
+        " was not trusted: compare it with the vCenter's",
+    )
+    thumbprint_sha1: str | None = Field(None, description="https: the same certificate's SHA-1 thumbprint")
 
 
 class VCenterSaved(VCenterAnswer):
@@ -130,16 +138,24 @@ class SmtpAnswer(BaseModel):
 
 
 class ChannelAnswer(_Stored):
-    """A notification channel (shared/catalog/channels.py): the URL's host only, never its path or key."""
+    """A notification channel (shared/catalog/channels.py): the URL's host only, never its path,
+    key or bot token."""
 
     name: str
-    type: Literal["email", "slack", "teams", "webhook"]
-    on: list[Literal["success", "warning", "failure"]]
+    type: ChannelType
+    on: list[Outcome]
+    level: Level = Field(description="the lowest level it hears of: info < warning < critical")
     scope: Literal["all", "jobs"]
     to: list[str]
     url: SetOrNot
     secret: SetOrNot = Field(description="webhook: the HMAC key")
-    endpoint: str | None = Field(None, description="where it sends: the URL's host, or the SMTP server")
+    token: SetOrNot = Field(description="telegram: the bot token")
+    chat_id: str | None = Field(None, description="telegram: the chat it posts to")
+    api_url: str | None = Field(None, description="telegram: the Bot API server")
+    sendmail: str | None = Field(None, description="sendmail: the program it runs")
+    endpoint: str | None = Field(
+        None, description="where it sends: the URL's host, the SMTP server, the Bot API's host or the program"
+    )
     signed: bool | None = Field(None, description="webhook: whether posts carry X-VBM-Signature")
 
 
@@ -154,9 +170,14 @@ class ChannelChange(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str | None = Field(None, description="cannot be changed: the channel's own name, or left out")
-    type: Literal["email", "slack", "teams", "webhook"] | None = None
-    to: list[str] | None = None
+    type: ChannelType | None = None
+    to: list[str] | None = Field(None, description="email, sendmail: the recipients")
     url: str | None = Field(None, description="slack, teams, webhook: the URL to POST to")
     secret: str | None = Field(None, description="webhook: HMAC-SHA256 key for the X-VBM-Signature header")
-    on: list[Literal["success", "warning", "failure"]] | None = None
+    token: str | None = Field(None, description="telegram: the bot token")
+    chat_id: str | None = Field(None, description="telegram: the chat (a number or @channelname)")
+    api_url: str | None = Field(None, description="telegram: the Bot API server")
+    sendmail: str | None = Field(None, description="sendmail: the program's absolute path")
+    on: list[Outcome] | None = None
+    level: Level | None = None
     scope: Literal["all", "jobs"] | None = None

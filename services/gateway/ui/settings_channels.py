@@ -1,9 +1,10 @@
-"""Settings: notifications (/settings/notifications): the channels (email, Slack, Teams, webhook)
-with the outcomes each hears of, listed, added, changed and removed, the SMTP server email
+"""Settings: notifications (/settings/notifications): the channels (email, sendmail, Slack, Teams,
+webhook, Telegram) with the outcomes and the level each hears of, listed, added, changed and
+removed (each type's own fields: static/ui/channels.js shows those of the chosen type), the SMTP server email
 channels send through, and "Send test" per channel, through the same catalog functions as
 /api/v1/channels, /api/v1/smtp (services/gateway/api_settings.py) and
 POST /api/v1/notifications/test (services/gateway/api_alerts.py: send_test). Secrets (a channel's
-URL and HMAC key, the SMTP password) are write-only: a blank field keeps the stored one."""
+URL and HMAC key, a bot token, the SMTP password) are write-only: a blank field keeps the stored one."""
 
 from __future__ import annotations
 
@@ -22,16 +23,23 @@ from shared.catalog import channels as chstore
 from shared.catalog import smtp as smtpstore
 from shared.errors import Conflict, Invalid, NotFound, StoreError
 from shared.model.access import Permission
+from shared.settings_models import LEVELS, SENDMAIL, TELEGRAM_API
 
 routes = web.RouteTableDef()
 
-TYPES = ("email", "slack", "teams", "webhook")
+TYPES = ("email", "sendmail", "slack", "teams", "webhook", "telegram")
 OUTCOMES = ("success", "warning", "failure")
 SECURITY = ("starttls", "tls", "none")
 LABELS = {"name": "Name", "type": "Type", "to": "Recipients", "url": "URL", "secret": "HMAC key",
+          "token": "Bot token", "chat_id": "Chat ID", "api_url": "Bot API server",
+          "sendmail": "sendmail program", "level": "Lowest level",
           "on": "Outcomes", "scope": "Scope", "host": "Server", "port": "Port", "security": "Security",
           "username": "User name", "password": "Password", "sender": "From address",
           "ca_file": "CA file"}  # fmt: skip
+NEW = {"on": ["failure", "warning"], "scope": "all", "type": "email", "level": "info", "chat_id": "",
+       "api_url": TELEGRAM_API, "sendmail": SENDMAIL}  # fmt: skip
+PLAIN = ("chat_id", "api_url", "sendmail")  # the plain fields of a type
+SECRETS = ("url", "secret", "token")  # write-only: blank keeps (or leaves unset)
 SMTP_TEXT = ("host", "port", "security", "username", "sender", "ca_file")
 
 
@@ -63,9 +71,9 @@ async def _page(
     smtp_values = smtp or {k: server.get(k) or "" for k in SMTP_TEXT}
     return render(
         request, "settings/notifications.html", status, channels=found["channels"], server=found["smtp"],
-        values=channel or {"on": ["failure", "warning"], "scope": "all", "type": "email"},
-        errors=channel_errors or {}, smtp=smtp_values, smtp_errors=smtp_errors or {}, tried=tried or {},
-        refused=refused or {}, types=TYPES, outcomes=OUTCOMES, securities=SECURITY, labels=LABELS,
+        values=channel or NEW, errors=channel_errors or {}, smtp=smtp_values, smtp_errors=smtp_errors or {},
+        tried=tried or {}, refused=refused or {}, types=TYPES, outcomes=OUTCOMES, levels=LEVELS,
+        securities=SECURITY, labels=LABELS,
     )  # fmt: skip
 
 
@@ -82,20 +90,23 @@ def _channel_values(form: Any) -> dict[str, Any]:
         "type": str(form.get("type", "")),
         "to": str(form.get("to", "")).strip(),
         "on": [str(v) for v in form.getall("on", [])],
+        "level": str(form.get("level", "info")),
         "scope": str(form.get("scope", "all")),
-    }
+    } | {k: str(form.get(k, "")).strip() for k in PLAIN}
 
 
 def _channel_body(values: dict[str, Any], form: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {k: values[k] for k in ("type", "on", "scope")}
+    body: dict[str, Any] = {k: values[k] for k in ("type", "on", "level", "scope")}
     body["to"] = [a for a in re.split(r"[,\s]+", values["to"]) if a]
-    for secret in ("url", "secret"):  # write-only: blank keeps (or leaves unset)
+    body |= {k: values[k] for k in PLAIN if values[k]}  # blank: the default
+    for secret in SECRETS:
         if form.get(secret):
-            body[secret] = str(form.get(secret))
+            body[secret] = str(form.get(secret)).strip()
     return body
 
 
-CHANNEL_FIELDS = ("name", "type", "to", "url", "secret", "on", "scope")
+CHANNEL_FIELDS = ("name", "type", "to", "url", "secret", "token", "chat_id", "api_url", "sendmail", "on",
+                  "level", "scope")  # fmt: skip
 
 
 @routes.post("/settings/notifications/channels")
@@ -129,7 +140,7 @@ async def _channel(request: web.Request, name: str) -> dict[str, Any]:
 def _edit(request: web.Request, view: dict[str, Any], values: dict[str, Any], errors: dict[str, str],
           status: int = 200) -> web.Response:  # fmt: skip
     return render(request, "settings/channel_edit.html", status, ch=view, values=values, errors=errors,
-                  types=TYPES, outcomes=OUTCOMES, labels=LABELS)  # fmt: skip
+                  types=TYPES, outcomes=OUTCOMES, levels=LEVELS, labels=LABELS)  # fmt: skip
 
 
 @routes.get("/settings/notifications/channels/{name}/edit")
@@ -138,7 +149,8 @@ def _edit(request: web.Request, view: dict[str, Any], values: dict[str, Any], er
 async def edit_channel_form(request: web.Request) -> web.Response:
     view = await _channel(request, request.match_info["name"])
     values = {"name": view["name"], "type": view["type"], "to": ", ".join(view["to"]), "on": view["on"],
-              "scope": view["scope"]}  # fmt: skip
+              "level": view["level"], "scope": view["scope"]}  # fmt: skip
+    values |= {k: view.get(k) or NEW[k] for k in PLAIN}
     return _edit(request, view, values, {})
 
 

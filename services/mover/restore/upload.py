@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from services.mover.restore.common import VC, VCENTER_ERRORS, Attempt, RestoreFailed, gib
+from shared.observe import tracing
 from shared.repo import Repository, read_disk
 from shared.repo.manifest import DiskEntry, RestorePoint
 from shared.vsphere import Placement, VCenter
@@ -50,7 +51,8 @@ async def upload_disk(
         attempt.done = start  # a retried upload starts the file over
         return http.put_file(where.datacenter, where.datastore, path, body(), disk.capacity)
 
-    await _with_retries(again, path)
+    with tracing.span("disk restore", disk=disk.key, capacity_bytes=disk.capacity, path=path):
+        await _with_retries(again, path)
 
 
 async def import_thin(
@@ -75,7 +77,8 @@ async def import_thin(
             for (disk, file, plan), (url, thumbprint) in zip(disks, imp.urls, strict=True):
                 client = http if url.startswith(http.base_url + "/") else _host_client(http, url, thumbprint)
                 try:
-                    await _upload_stream(attempt, client, url, repo, rp, disk, file, plan)
+                    with tracing.span("disk restore", disk=disk.key, capacity_bytes=disk.capacity, path=file):
+                        await _upload_stream(attempt, client, url, repo, rp, disk, file, plan)
                 finally:
                     if client is not http:
                         await client.close()
