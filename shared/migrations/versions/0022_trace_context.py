@@ -5,7 +5,7 @@ NATS message's headers. A run keeps the context it was asked for in, so work a s
 its own (the snapshotter's dispatcher) joins the run's trace.
 
 Revision ID: 0022
-Revises: 0018 (on main after the migrations numbered before it are merged: the newest of them)
+Revises: 0020
 Create Date: 2026-12-06 15:20:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0022"
-down_revision = "0018"
+down_revision = "0020"
 branch_labels = None
 depends_on = None
 
