@@ -9,6 +9,7 @@ import subprocess
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
+import shared.observe.bus_metrics
 import shared.observe.metrics  # noqa: F401 - defines vbm's counted metrics on the default registry
 from shared.clock import utcnow
 from shared.db import make_engine, make_sessionmaker, upgrade

@@ -113,6 +113,9 @@ async def test_a_backup_in_the_metrics(
     assert value(text, "vbm_transfer_bytes_total", stage="transferred", kind="full") == moved
     ours = {n for n in names(text) if n.startswith(("vbm_", "backup_"))}
     assert ours <= exported(), ours - exported()  # the names the dashboard and rules are checked against
+    # the bus runner's, from every service's files too (its gauges' multiprocess mode: mostrecent)
+    assert value(text, "vbm_event_handler_duration_seconds_count", subject="vbm.snapshot.ready") == 2
+    assert {"vbm_jetstream_consumer_pending", "vbm_jetstream_consumer_ack_pending"} <= names(text)
     for vm in ("web", "db"):
         labels = {**web, "vm": vm}
         assert value(text, "backup_success_total", **labels) == 1
