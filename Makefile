@@ -47,8 +47,9 @@ lint: venv
 typecheck: venv
 	$(BIN)/mypy
 
-pytest: venv
-	$(BIN)/pytest
+pytest: venv  ## every file on two workers, then the tests that measure speed alone
+	$(BIN)/pytest -n 2 --dist loadfile -m "not serial"
+	$(BIN)/pytest -m serial
 
 ui-shots: venv lab  ## the web UI's screenshots in docs/ui/, taken by its browser tests at 1280x800
 	VBM_UI_SHOTS=$(CURDIR)/docs/ui $(BIN)/pytest -n0 -q tests/ui

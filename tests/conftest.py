@@ -15,3 +15,16 @@ pytest_plugins = [
     "tests.plugins.telegram",
     "tests.plugins.tmpfs",
 ]
+
+import pytest  # noqa: E402
+
+# Tests that measure the speed of what they watch (a throttle's rate, a slow datastore's latency
+# against the other's): `make test` runs them after the rest, alone on the machine, while every
+# other file runs on two workers (docs/testing.md, "Two workers").
+SERIAL = ("tests/lab/test_throttle.py", "tests/pipeline/test_scheduling.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.nodeid.startswith(SERIAL):
+            item.add_marker(pytest.mark.serial)
