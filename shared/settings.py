@@ -32,6 +32,7 @@ from shared.settings_models import (
     LabSettings,
     LimitSettings,
     LogLevel,
+    MountSettings,
     MoverSettings,
     NatsSettings,
     NotificationSettings,
@@ -60,6 +61,7 @@ __all__ = [
     "LabSettings",
     "LimitSettings",
     "LogLevel",
+    "MountSettings",
     "MoverSettings",
     "NatsSettings",
     "NotificationSettings",
@@ -137,6 +139,7 @@ class Settings(BaseSettings):
     security: SecuritySettings = SecuritySettings()
     config_backup: ConfigBackupSettings = ConfigBackupSettings()
     audit: AuditSettings = AuditSettings()
+    mounts: MountSettings = MountSettings()
 
     @property
     def instant_root(self) -> Path:

@@ -13,4 +13,7 @@ pytest_plugins = [
     "tests.plugins.smtp",
     "tests.plugins.webhook",
     "tests.plugins.tmpfs",
+    "tests.plugins.mounts",
+    "tests.plugins.smbd",
+    "tests.plugins.ganesha",
 ]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
+from shared.mounts.probe import check_location as check_mounted
 from shared.repo.backend import Backend
 from shared.repo.backends.local import LocalBackend
 from shared.repo.errors import NotARepository, RepoError
@@ -154,6 +155,7 @@ def open_backend(location: str, credentials: Credentials) -> Backend:
             f"repository {location}: {scheme}:// is not a supported location"
             " (a path, s3://, azure://, sftp:// or rclone://)"
         )
+    check_mounted(location)  # never the local disk under an unmounted share (shared/mounts/probe.py)
     return LocalBackend(location)
 
 
