@@ -16,6 +16,7 @@ from services.gateway import (
     api_events,
     api_jobs,
     api_manifest,
+    api_mounts,
     api_people,
     api_restores,
     api_retention,
@@ -207,6 +208,7 @@ def create_app(ctx: Context) -> web.Application:
     app.cleanup_ctx.append(_follow_heartbeats)
     app.cleanup_ctx.append(api_vms.vcenter_sessions)
     app.cleanup_ctx.append(api_events.live_hub)
+    app.cleanup_ctx.append(api_mounts.remount)
     app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -220,6 +222,7 @@ def create_app(ctx: Context) -> web.Application:
         api_vms,
         api_vcenters,
         api_settings,
+        api_mounts,
         api_restores,
         api_alerts,
         api_events,

@@ -110,7 +110,7 @@ def state(point: Path, timeout: float) -> tuple[str, str]:
         )
     except OSError as exc:
         return "stale", f"{point} cannot be read: {exc.strerror or exc}"
-    return "mounted", f"{listed[1]} ({listed[0]}) is mounted at {point}"
+    return "mounted", f"{listed[1]} ({listed[0]}) is mounted there"
 
 
 def writable(point: Path, timeout: float) -> str | None:
