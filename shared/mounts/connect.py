@@ -19,6 +19,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from shared.mounts.manager import run_program
 from shared.mounts.model import Share
 
 PORTS = {"nfs": 2049, "cifs": 445}
@@ -133,28 +134,9 @@ def _url(share: Share, port: int, path: str = "") -> str:
     return f"nfs://{share.server}{share.export.rstrip('/')}{path}?version={version}&nfsport={port}"
 
 
-async def _tool(argv: list[str], timeout: float) -> tuple[int, str]:
-    try:
-        proc = await asyncio.create_subprocess_exec(
-            *argv,
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-    except OSError as exc:
-        return 127, f"{argv[0]} cannot be run ({exc.strerror}): install libnfs-utils"
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return 124, f"no answer within {timeout:g} s"
-    return proc.returncode or 0, " ".join((err or out).decode(errors="replace").split())[:300]
-
-
 async def _nfs(share: Share, port: int, timeout: float) -> Tested:
     where = f"{share.server}:{share.export}"
-    code, said = await _tool(["nfs-ls", _url(share, port)], timeout)
+    code, said = await run_program(["nfs-ls", _url(share, port)], timeout)
     if code != 0:
         if "NOENT" in said or "No such file" in said:
             return Tested(False, "share", f"export {share.export!r} not found on {share.server}: {said}")
@@ -162,16 +144,17 @@ async def _nfs(share: Share, port: int, timeout: float) -> Tested:
             return Tested(
                 False, "auth", f"{share.server} refused to mount {share.export!r} for this host: {said}"
             )
-        return Tested(False, "client", f"nfs-ls {where} failed (exit {code}): {said}")
+        hint = " (install libnfs-utils)" if code == 127 else ""
+        return Tested(False, "client", f"nfs-ls {where} failed (exit {code}): {said}{hint}")
     data = uuid.uuid4().hex
     fd, local = tempfile.mkstemp(prefix="vbm-nfs-probe-")
     try:
         with os.fdopen(fd, "w") as fh:
             fh.write(data)
-        code, said = await _tool(["nfs-cp", local, _url(share, port, "/" + PROBE)], timeout)
+        code, said = await run_program(["nfs-cp", local, _url(share, port, "/" + PROBE)], timeout)
         if code != 0:
             return Tested(False, "write", f"export {where} is not writable: {said}")
-        code, said = await _tool(["nfs-cat", _url(share, port, "/" + PROBE)], timeout)
+        code, said = await run_program(["nfs-cat", _url(share, port, "/" + PROBE)], timeout)
     finally:
         os.unlink(local)
     if code != 0 or data not in said:

@@ -56,8 +56,9 @@ def status(name: str, settings: Settings) -> tuple[str, str]:
     return state(mount_point(settings.data_dir, name), settings.mounts.stat_timeout)
 
 
-async def _run(argv: list[str], timeout: float, secret: str = "") -> tuple[int, str]:
-    """(exit status, its output in one line) of `argv`; 124 when it ran out of time."""
+async def run_program(argv: list[str], timeout: float, secret: str = "") -> tuple[int, str]:
+    """(exit status, its output and errors in one line) of `argv`; 124 when it ran out of time,
+    127 when it cannot be run."""
     try:
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -66,7 +67,7 @@ async def _run(argv: list[str], timeout: float, secret: str = "") -> tuple[int, 
             stderr=asyncio.subprocess.STDOUT,
         )
     except OSError as exc:
-        return 127, f"{argv[0]} cannot be run: {exc.strerror or exc} (mounts.mount_command)"
+        return 127, f"{argv[0]} cannot be run: {exc.strerror or exc}"
     try:
         out, _ = await asyncio.wait_for(proc.communicate(), timeout)
     except TimeoutError:
@@ -95,7 +96,7 @@ async def mount(share: Share, settings: Settings) -> Outcome:
     if now == "mounted":
         return await _probed(share, point, settings, command, f"already mounted: {seen}")
     if now == "stale":
-        await _run(
+        await run_program(
             umount_argv(share.name, settings.data_dir, cfg.umount_command, lazy=True), cfg.command_timeout
         )
     try:
@@ -109,7 +110,7 @@ async def mount(share: Share, settings: Settings) -> Outcome:
             with os.fdopen(fd, "w") as fh:
                 fh.write(credentials_text(share))
         argv = mount_argv(share, settings.data_dir, cfg.mount_command, os.getuid(), os.getgid())
-        code, said = await _run(argv, cfg.command_timeout, share.password)
+        code, said = await run_program(argv, cfg.command_timeout, share.password)
     finally:
         with contextlib.suppress(FileNotFoundError):
             creds.unlink()
@@ -136,7 +137,7 @@ async def unmount(name: str, settings: Settings) -> Outcome:
     if now == "unmounted":
         return Outcome(True, "unmounted", f"not mounted: {seen}", "")
     argv = umount_argv(name, settings.data_dir, cfg.umount_command, lazy=now == "stale")
-    code, said = await _run(argv, cfg.command_timeout)
+    code, said = await run_program(argv, cfg.command_timeout)
     after, seen = await asyncio.to_thread(state, point, cfg.stat_timeout)
     if code != 0 or after != "unmounted":
         why = said or seen
