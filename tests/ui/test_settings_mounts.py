@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from playwright.async_api import expect
 from sqlalchemy import select
@@ -15,9 +16,13 @@ from sqlalchemy import select
 from shared.db.models import RestorePointRow
 from shared.model.access import Role
 from shared.settings import MountSettings
+from tests.gateway.conftest import MakeApi
 from tests.plugins.ganesha import GaneshaServer
 from tests.plugins.mounts import StandIn
+from tests.plugins.smbd import SambaServer
 from tests.ui.conftest import System
+from tests.ui.test_jobs import _api, _get, _login
+from tests.ui.test_settings import _post
 
 
 async def test_add_an_nfs_repository_through_the_mount_manager_and_back_up_to_it(
@@ -85,3 +90,56 @@ async def test_add_an_nfs_repository_through_the_mount_manager_and_back_up_to_it
     assert status == 422 and "not mounted" in refused["detail"]
     assert os.listdir(point) == [".vbm-mount-point"]
     assert errors == [], errors
+
+
+async def test_the_mounts_page_over_http(
+    make_api: MakeApi, tmp_path: Path, samba: SambaServer, stand_in: StandIn
+) -> None:
+    """Bad input re-renders the form with the field's error; a CIFS share whose password Samba
+    refuses says so beside it; a share with a repository on it cannot go; roles."""
+    api = await _api(make_api, tmp_path)
+    api.ctx.settings = api.ctx.settings.model_copy(
+        update={"mounts": MountSettings(**stand_in.mounts_section())}
+    )
+    csrf = await _login(api, Role.ADMIN)
+    status, page = await _get(api, "/settings")
+    assert 'href="/settings/mounts"' in page
+    status, page = await _get(api, "/settings/mounts")
+    assert status == 200 and "No mounts yet." in page and "Add a mount" in page
+
+    form = {"csrf_token": csrf, "name": "win", "kind": "cifs", "server": samba.host,
+            "share": samba.share, "username": samba.username, "password": "wrong-pw-1",
+            "options": f"port={samba.port}"}  # fmt: skip
+    status, page, _ = await _post(api, "/settings/mounts", form | {"options": "password=x"})
+    assert status == 422 and "<title>Error: " in page and 'aria-describedby="options-error"' in page
+    assert 'value="win"' in page and "wrong-pw-1" not in page
+    status, page, _ = await _post(api, "/settings/mounts", form | {"server": "a b"})
+    assert status == 422 and 'aria-describedby="server-error"' in page
+
+    stand_in.map(f"//{samba.host}/{samba.share}", samba.path)
+    status, page, _ = await _post(api, "/settings/mounts", form)
+    assert status == 200 and "Mount: done" in page and "wrong-pw-1" not in page
+    assert "credentials=" in page and "password set" in page
+    status, page, _ = await _post(api, "/settings/mounts/win/test", {"csrf_token": csrf})
+    assert status == 200 and "Test: failed. auth: 127.0.0.1 refused the login of &#39;backup&#39;" in page
+
+    use = {"csrf_token": csrf, "location": "winrepo"}
+    status, _, where = await _post(api, "/settings/mounts/win/use", use)
+    assert status == 303 and where == "/settings/repositories#loc-winrepo"
+    status, page, _ = await _post(api, "/settings/mounts/win/use", use | {"location": "../x"})
+    assert status == 422 and "Location name:" in page
+    delete = {"csrf_token": csrf, "confirm_name": "win"}
+    status, page, _ = await _post(api, "/settings/mounts/win/delete", delete)
+    assert status == 409 and "location winrepo" in page and "Nothing was removed" in page
+    status, page, _ = await _post(api, "/settings/mounts/win/unmount", {"csrf_token": csrf})
+    assert status == 200 and 'data-state="unmounted"' in page and "Unmount: done" in page
+    status, page, _ = await _post(api, "/settings/mounts/nope/mount", {"csrf_token": csrf})
+    assert status == 404 and "<html" in page
+
+    for role in (Role.VIEWER, Role.OPERATOR):
+        csrf = await _login(api, role)
+        status, page = await _get(api, "/settings/mounts")
+        assert status == 200 and "win" in page and "Add a mount" not in page and '/mount"' not in page
+        for action in ("", "/win/mount", "/win/unmount", "/win/test", "/win/use", "/win/delete"):
+            status, _, _ = await _post(api, f"/settings/mounts{action}", {"csrf_token": csrf, "name": "x"})
+            assert status == 403, (role, action)
