@@ -1,7 +1,7 @@
 """Mounting and unmounting shares at `<data_dir>/mounts/<name>` with the configured programs
 (`mounts.mount_command`, `mounts.umount_command`: mount(8) and umount(8) by default).
 
-Mounting: the directory is made and the marker left in it (shared/mounts/probe.py: visible means
+Mounting: the directory is made and the marker left in it (shared/repo/mountguard.py: visible means
 "not mounted"); for a CIFS login the credentials file is written (0600) and removed as soon as
 mount(8) returns, whatever happened; then the mount point must be listed as mounted and answer,
 and a probe file is written, read back and deleted. Nothing here raises for a failed mount: each
@@ -25,7 +25,8 @@ from shared.mounts.model import (
     mount_point,
     umount_argv,
 )
-from shared.mounts.probe import MARKER, state, writable
+from shared.mounts.probe import state, writable
+from shared.repo.mountguard import MARKER
 from shared.settings import Settings
 
 MARKER_TEXT = (

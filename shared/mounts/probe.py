@@ -8,57 +8,19 @@ of a mount point whose share is not there.
   kernel: the stat runs in a daemon thread that is left behind, never awaited);
 - unmounted: not listed.
 
-The guard: before the manager mounts a share it leaves a marker file (`.vbm-mount-point`) in the
-empty directory underneath. While the share is mounted the marker is hidden by it; when it is
-visible, the path is the local disk under an unmounted mount point, and `check_location` refuses
-(`NotMounted`): a repository is never opened there, so a backup never fills the local disk
-believing it writes to the share.
+The guard that refuses repositories under an unmounted or stale mount point is
+shared/repo/mountguard.py (the repository's backends call it).
 """
 
 from __future__ import annotations
 
 import os
-import threading
 import uuid
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
-from shared.repo.errors import Misconfigured
+from shared.repo.mountguard import TimedOut, timed
 
-T = TypeVar("T")
 MOUNTINFO = Path("/proc/self/mountinfo")
-MARKER = ".vbm-mount-point"
-
-
-class TimedOut(Exception):
-    """A file system call did not answer within its time (a hung server)."""
-
-
-class NotMounted(Misconfigured):
-    """A repository path is under a managed mount point whose share is not mounted, or is stale:
-    nothing is written there (only a person can fix it)."""
-
-
-def timed(work: Callable[[], T], timeout: float) -> T:
-    """`work()` in a daemon thread: its result, its exception, or TimedOut after `timeout` s (the
-    thread is left blocked; a process exits past it)."""
-    box: dict[str, object] = {}
-
-    def run() -> None:
-        try:
-            box["value"] = work()
-        except BaseException as exc:  # handed to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=run, name="vbm-mount-stat", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimedOut(f"no answer within {timeout:g} s")
-    if "error" in box:
-        raise box["error"]  # type: ignore[misc]
-    return box["value"]  # type: ignore[return-value]
 
 
 def _unescape(field: str) -> str:
@@ -139,36 +101,3 @@ def writable(point: Path, timeout: float) -> str | None:
         return timed(work, timeout)
     except TimedOut:
         return f"{point} does not answer (writing a probe file took over {timeout:g} s)"
-
-
-def _unmounted_ancestor(path: Path) -> Path | None:
-    """The nearest directory at or above `path` whose marker is visible (its share not mounted)."""
-    for folder in (path, *path.parents):
-        if (folder / MARKER).is_file():
-            return folder
-    return None
-
-
-def check_location(path: str | Path, timeout: float = 5.0) -> None:
-    """Refuse (NotMounted) a repository path under a managed mount point that is not mounted or
-    does not answer; a path under no managed mount point passes."""
-    where = Path(os.path.abspath(path))
-    try:
-        folder = timed(lambda: _unmounted_ancestor(where), timeout)
-    except TimedOut:
-        raise NotMounted(
-            f"repository {where}: its file system does not answer (over {timeout:g} s): a stale"
-            " mount; nothing was written. Check the server, then remount it (vbm mount mount NAME)"
-        ) from None
-    except OSError as exc:  # ENOTCONN, ESTALE: a mount whose server went away
-        raise NotMounted(
-            f"repository {where}: its file system cannot be read ({exc.strerror or exc}): a stale"
-            " mount; nothing was written. Remount it (vbm mount unmount NAME, then vbm mount mount NAME)"
-        ) from None
-    if folder is not None:
-        name = folder.name
-        raise NotMounted(
-            f"repository {where} is on mount {name!r}, which is not mounted ({folder} is the local"
-            f" disk underneath): nothing was written there. Mount it first (vbm mount mount {name},"
-            " or Settings > Mounts) and try again"
-        )

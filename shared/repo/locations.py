@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING
 
 from pydantic import SecretStr
 
-from shared.mounts.probe import check_location as check_mounted
 from shared.repo.backend import Backend
 from shared.repo.backends.local import LocalBackend
 from shared.repo.errors import NotARepository, RepoError
+from shared.repo.mountguard import check_location as check_mounted
 from shared.repo.repository import Repository
 
 if TYPE_CHECKING:
@@ -155,7 +155,7 @@ def open_backend(location: str, credentials: Credentials) -> Backend:
             f"repository {location}: {scheme}:// is not a supported location"
             " (a path, s3://, azure://, sftp:// or rclone://)"
         )
-    check_mounted(location)  # never the local disk under an unmounted share (shared/mounts/probe.py)
+    check_mounted(location)  # never the local disk under an unmounted share (shared/repo/mountguard.py)
     return LocalBackend(location)
 
 

@@ -15,8 +15,9 @@ import pytest
 
 from shared.mounts import manager
 from shared.mounts.model import mount_point, validated
-from shared.mounts.probe import MARKER, NotMounted, TimedOut, check_location, is_mounted, mounts, state, timed
+from shared.mounts.probe import is_mounted, mounts, state
 from shared.repo.locations import NO_CREDENTIALS, open_backend, open_or_init
+from shared.repo.mountguard import MARKER, NotMounted, TimedOut, check_location, timed
 from tests.plugins.mounts import StandIn
 
 NFS = {"name": "nas", "kind": "nfs", "server": "127.0.0.1", "export": "/export", "options": "hard"}
@@ -49,10 +50,13 @@ async def test_mount_probe_refuse_and_remount(stand_in: StandIn, tmp_path: Path)
     repo = point / "repo"
     backend = open_backend(str(repo), NO_CREDENTIALS)  # a repository on the share opens
     await open_or_init(backend)
-    await backend.close()
     assert (share_dir / "repo" / "config").exists()
 
     undone = await manager.unmount("nas", settings)
+    # a backend opened before (the mover keeps one per repository) does not write underneath
+    with pytest.raises(NotMounted, match="not mounted"):
+        await backend.put_if_absent("chunks/ab/" + "ab" * 32, b"data")
+    await backend.close()
     assert undone.ok and undone.state == "unmounted"
     assert stand_in.calls()[-1]["argv"] == ["umount", str(point)]
     assert (point / MARKER).is_file()  # the local disk underneath shows its marker
