@@ -218,6 +218,9 @@ class MountSettings(BaseModel):
         default=5, gt=0, description="Seconds a stat of a mount point may take before it counts as stale"
     )
     remount_on_start: bool = Field(default=True, description="The gateway mounts the stored shares on start")
+    connect_timeout: float = Field(
+        default=10, gt=0, description="Seconds each step of a connection test may take (name, port, login)"
+    )
 
 
 class ReplicationSettings(BaseModel):

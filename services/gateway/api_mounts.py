@@ -161,7 +161,7 @@ async def unmount_share(request: web.Request) -> web.Response:
 )
 async def test_mount(request: web.Request) -> web.Response:
     share = await _share(request)
-    tested = await connect.test(share)
+    tested = await connect.test(share, request.app[CTX].settings.mounts.connect_timeout)
     return json_response({"name": share.name, **tested.view()})
 
 

@@ -158,7 +158,9 @@ def _stored(settings: Settings, sessions: sessionmaker[Session], name: str) -> A
 
 
 def _test(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[Session]) -> int:
-    tested = asyncio.run(connect.test(_stored(settings, sessions, args.name)))
+    tested = asyncio.run(
+        connect.test(_stored(settings, sessions, args.name), settings.mounts.connect_timeout)
+    )
     say(
         args,
         {"name": args.name, **tested.view()},

@@ -51,9 +51,12 @@ def _host(share: Share) -> str:
 async def test(share: Share, timeout: float = 10) -> Tested:
     host, port = _host(share), port_of(share)
     try:
-        infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        lookup = asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        infos = await asyncio.wait_for(lookup, timeout)
     except socket.gaierror as exc:
         return Tested(False, "dns", f"the server name {host!r} does not resolve: {exc.strerror}")
+    except TimeoutError:
+        return Tested(False, "dns", f"the server name {host!r}: no answer from DNS within {timeout:g} s")
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         writer.close()

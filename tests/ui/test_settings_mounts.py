@@ -123,6 +123,17 @@ async def test_the_mounts_page_over_http(
     status, page, _ = await _post(api, "/settings/mounts/win/test", {"csrf_token": csrf})
     assert status == 200 and "Test: failed. auth: 127.0.0.1 refused the login of &#39;backup&#39;" in page
 
+    status, page = await _get(api, "/settings/mounts/win/edit")
+    assert status == 200 and "type a new one to replace it" in page and f'value="port={samba.port}"' in page
+    change = {"csrf_token": csrf, "server": samba.host, "share": samba.share, "username": samba.username,
+              "options": f"port={samba.port},seal"}  # fmt: skip
+    status, page, _ = await _post(api, "/settings/mounts/win/edit", change | {"version": "9"})
+    assert status == 422 and 'aria-describedby="version-error"' in page and 'value="9"' in page
+    status, _, where = await _post(api, "/settings/mounts/win/edit", change)
+    assert status == 303 and where == "/settings/mounts#mount-win"
+    status, page = await _get(api, "/settings/mounts")
+    assert f"port={samba.port},seal" in page and "password set" in page  # the password kept
+
     use = {"csrf_token": csrf, "location": "winrepo"}
     status, _, where = await _post(api, "/settings/mounts/win/use", use)
     assert status == 303 and where == "/settings/repositories#loc-winrepo"
@@ -140,6 +151,6 @@ async def test_the_mounts_page_over_http(
         csrf = await _login(api, role)
         status, page = await _get(api, "/settings/mounts")
         assert status == 200 and "win" in page and "Add a mount" not in page and '/mount"' not in page
-        for action in ("", "/win/mount", "/win/unmount", "/win/test", "/win/use", "/win/delete"):
+        for action in ("", "/win/mount", "/win/unmount", "/win/test", "/win/use", "/win/delete", "/win/edit"):
             status, _, _ = await _post(api, f"/settings/mounts{action}", {"csrf_token": csrf, "name": "x"})
             assert status == 403, (role, action)

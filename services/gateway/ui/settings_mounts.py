@@ -65,11 +65,8 @@ def _error(exc: StoreError) -> dict[str, str]:
 @page
 async def add_mount(request: web.Request) -> web.Response:
     """Store a share and mount it (as POST /api/v1/mounts); the mount's outcome beside it."""
-    ctx, form = request.app[CTX], await request.post()
-    values = {k: str(form.get(k, "")).strip() for k in FIELDS}
-    body: dict[str, Any] = {k: v for k, v in values.items() if v}
-    if form.get("password"):
-        body["password"] = str(form.get("password"))
+    ctx = request.app[CTX]
+    values, body = _form_values(await request.post())
 
     def save(s: Session) -> Share:
         share = mountstore.candidate_new(s, body)
@@ -89,11 +86,62 @@ async def _stored(request: web.Request) -> Share:
     return await in_session(request, lambda s: mountstore.decrypted(mountstore.stored(s, name), settings))
 
 
+def _form_values(form: Any) -> tuple[dict[str, str], dict[str, Any]]:
+    """(what was typed, to show again; the body of what was filled in, the password too)."""
+    values = {k: str(form.get(k, "")).strip() for k in FIELDS}
+    body: dict[str, Any] = {k: v for k, v in values.items() if v}
+    if form.get("password"):
+        body["password"] = str(form.get("password"))
+    return values, body
+
+
+async def _edit(
+    request: web.Request, values: dict[str, Any], errors: dict[str, str], status: int
+) -> web.Response:
+    settings, name = request.app[CTX].settings, request.match_info["name"]
+    view = await in_session(request, lambda s: mountstore.get_view(s, settings, name))
+    values = values or {k: view.get(k) or "" for k in FIELDS}
+    return render(
+        request, "settings/mount_edit.html", status, mount=view, values=values, errors=errors, labels=LABELS
+    )
+
+
+@routes.get("/settings/mounts/{name}/edit")
+@needs(Permission.SETTINGS_WRITE)
+@page
+async def edit_form(request: web.Request) -> web.Response:
+    return await _edit(request, {}, {}, 200)
+
+
+@routes.post("/settings/mounts/{name}/edit")
+@needs(Permission.SETTINGS_WRITE)
+@page
+async def change_mount(request: web.Request) -> web.Response:
+    """Change a share (as PUT /api/v1/mounts/{name}): a blank password keeps the stored one."""
+    ctx, name = request.app[CTX], request.match_info["name"]
+    await in_session(request, lambda s: mountstore.stored(s, name))  # 404 before the form
+    values, body = _form_values(await request.post())
+    body = {k: v for k, v in body.items() if k not in ("name", "kind")} | {
+        k: "" for k in ("export", "share", "options", "username", "domain") if not values[k]
+    }
+
+    def save(s: Session) -> None:
+        mountstore.save(
+            s, ctx.settings, mountstore.candidate_change(s, ctx.settings, name, body), ctx.clock()
+        )
+
+    try:
+        await in_session(request, save, write=True)
+    except (Invalid, Conflict) as exc:
+        return await _edit(request, values | {"name": name}, _error(exc), 422)
+    raise web.HTTPSeeOther(f"/settings/mounts#mount-{name}")
+
+
 @routes.post("/settings/mounts/{name}/test")
 @needs(Permission.SETTINGS_WRITE)
 @page
 async def test_mount(request: web.Request) -> web.Response:
-    tested = await connect.test(await _stored(request))
+    tested = await connect.test(await _stored(request), request.app[CTX].settings.mounts.connect_timeout)
     said = tested.message if tested.ok else f"{tested.step}: {tested.message}"
     return await _page(
         request, results={request.match_info["name"]: {"action": "Test", "ok": tested.ok, "message": said}}
