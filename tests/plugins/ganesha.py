@@ -31,6 +31,21 @@ class GaneshaServer:
     process: ManagedProcess
 
 
+def _export(export_id: int, path: Path, pseudo: str, access: str) -> str:
+    return f"""EXPORT {{
+  Export_Id = {export_id};
+  Path = {path};
+  Pseudo = {pseudo};
+  Access_Type = {access};
+  Squash = No_Root_Squash;
+  SecType = sys;
+  Protocols = 4;
+  Transports = TCP;
+  FSAL {{ Name = VFS; }}
+}}
+"""
+
+
 def _conf(root: Path, port: int, path: Path) -> str:
     return f"""NFS_CORE_PARAM {{
   NFS_Port = {port};
@@ -42,29 +57,7 @@ def _conf(root: Path, port: int, path: Path) -> str:
 }}
 NFSV4 {{ RecoveryRoot = {root}/recovery; Graceless = true; }}
 NFS_KRB5 {{ Active_krb5 = false; }}
-EXPORT {{
-  Export_Id = 1;
-  Path = {path};
-  Pseudo = {EXPORT};
-  Access_Type = RW;
-  Squash = No_Root_Squash;
-  SecType = sys;
-  Protocols = 4;
-  Transports = TCP;
-  FSAL {{ Name = VFS; }}
-}}
-EXPORT {{
-  Export_Id = 2;
-  Path = {path};
-  Pseudo = /readonly;
-  Access_Type = RO;
-  Squash = No_Root_Squash;
-  SecType = sys;
-  Protocols = 4;
-  Transports = TCP;
-  FSAL {{ Name = VFS; }}
-}}
-LOG {{ Default_Log_Level = EVENT; }}
+{_export(1, path, EXPORT, "RW")}{_export(2, path, "/readonly", "RO")}LOG {{ Default_Log_Level = EVENT; }}
 """
 
 
