@@ -107,7 +107,9 @@ async def mount(share: Share, settings: Settings) -> Outcome:
     creds = credentials_file(settings.data_dir, share.name)
     try:
         if share.kind == "cifs" and share.username:
-            fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with contextlib.suppress(FileNotFoundError):
+                creds.unlink()  # a leftover could have another mode: always a new file, 0600
+            fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             with os.fdopen(fd, "w") as fh:
                 fh.write(credentials_text(share))
         argv = mount_argv(share, settings.data_dir, cfg.mount_command, os.getuid(), os.getgid())
