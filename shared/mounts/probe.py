@@ -64,7 +64,7 @@ def state(point: Path, timeout: float) -> tuple[str, str]:
     if listed is None:
         return "unmounted", f"{point} is not a mount point"
     try:
-        timed(lambda: _look(point), timeout)
+        timed(lambda: _look(point), timeout, str(point))
     except TimedOut:
         return (
             "stale",

@@ -33,9 +33,21 @@ class NotMounted(Misconfigured):
     nothing is written there (only a person can fix it)."""
 
 
-def timed(work: Callable[[], T], timeout: float) -> T:
+_STUCK: dict[str, threading.Thread] = {}  # per key: a call that timed out and still blocks
+_STUCK_LOCK = threading.Lock()
+
+
+def timed(work: Callable[[], T], timeout: float, key: str = "") -> T:
     """`work()` in a daemon thread: its result, its exception, or TimedOut after `timeout` s (the
-    thread is left blocked; a process exits past it)."""
+    thread is left blocked; a process exits past it). With a `key` (a path), while an earlier call
+    for it still blocks no other thread is started: TimedOut at once, so a page that shows a hung
+    share every few seconds does not pile up blocked threads."""
+    if key:
+        with _STUCK_LOCK:
+            stuck = _STUCK.get(key)
+            if stuck is not None and stuck.is_alive():
+                raise TimedOut(f"no answer within {timeout:g} s (an earlier call still waits)")
+            _STUCK.pop(key, None)
     box: dict[str, object] = {}
 
     def run() -> None:
@@ -48,6 +60,9 @@ def timed(work: Callable[[], T], timeout: float) -> T:
     thread.start()
     thread.join(timeout)
     if thread.is_alive():
+        if key:
+            with _STUCK_LOCK:
+                _STUCK[key] = thread
         raise TimedOut(f"no answer within {timeout:g} s")
     if "error" in box:
         raise box["error"]  # type: ignore[misc]
@@ -67,7 +82,7 @@ def check_location(path: str | Path, timeout: float = 5.0) -> None:
     does not answer; a path under no managed mount point passes."""
     where = Path(os.path.abspath(path))
     try:
-        folder = timed(lambda: _unmounted_ancestor(where), timeout)
+        folder = timed(lambda: _unmounted_ancestor(where), timeout, str(where))
     except TimedOut:
         raise NotMounted(
             f"repository {where}: its file system does not answer (over {timeout:g} s): a stale"

@@ -133,5 +133,11 @@ def test_a_stat_that_hangs_counts_as_stale_within_its_time() -> None:
         timed(lambda: time.sleep(3), 0.3)
     assert time.monotonic() - started < 1
     assert timed(lambda: 42, 1) == 42
+    started = time.monotonic()
+    with pytest.raises(TimedOut):
+        timed(lambda: time.sleep(1), 0.1, "/hung")
+    with pytest.raises(TimedOut, match="earlier call still waits"):  # no second thread meanwhile
+        timed(lambda: 42, 5, "/hung")
+    assert time.monotonic() - started < 0.5
     with pytest.raises(FileNotFoundError):
         timed(lambda: os.stat("/nonexistent/vbm"), 1)
