@@ -38,6 +38,7 @@ from shared.settings_models import (
     LabSettings,
     LimitSettings,
     LogLevel,
+    MountSettings,
     MoverSettings,
     NatsSettings,
     NotificationSettings,
@@ -68,6 +69,7 @@ __all__ = [
     "LimitSettings",
     "LogLevel",
     "MetricsSettings",
+    "MountSettings",
     "MoverSettings",
     "NatsSettings",
     "NotificationSettings",
@@ -152,6 +154,7 @@ class Settings(BaseSettings):
     config_backup: ConfigBackupSettings = ConfigBackupSettings()
     audit: AuditSettings = AuditSettings()
     metrics: MetricsSettings = MetricsSettings()
+    mounts: MountSettings = MountSettings()
 
     @property
     def instant_root(self) -> Path:

@@ -229,6 +229,23 @@ class RcloneSettings(BaseModel):
     config: str | None = Field(default=None, description="rclone config file; default: rclone's own")
 
 
+class MountSettings(BaseModel):
+    """The NFS/CIFS mount manager (shared/mounts/): the programs it runs and how long it waits."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    mount_command: str = Field(default="mount", description="The mount(8) program (tests: a stand-in)")
+    umount_command: str = Field(default="umount", description="The umount(8) program")
+    command_timeout: float = Field(default=60, gt=0, description="Seconds a mount or umount may take")
+    stat_timeout: float = Field(
+        default=5, gt=0, description="Seconds a stat of a mount point may take before it counts as stale"
+    )
+    remount_on_start: bool = Field(default=True, description="The gateway mounts the stored shares on start")
+    connect_timeout: float = Field(
+        default=10, gt=0, description="Seconds each step of a connection test may take (name, port, login)"
+    )
+
+
 class ReplicationSettings(BaseModel):
     """Copies of restore points to secondary repositories (a job's options.replicate_to)."""
 

@@ -14,6 +14,9 @@ pytest_plugins = [
     "tests.plugins.webhook",
     "tests.plugins.telegram",
     "tests.plugins.tmpfs",
+    "tests.plugins.mounts",
+    "tests.plugins.smbd",
+    "tests.plugins.ganesha",
 ]
 
 import pytest  # noqa: E402

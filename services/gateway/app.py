@@ -17,6 +17,7 @@ from services.gateway import (
     api_jobs,
     api_manifest,
     api_metrics,
+    api_mounts,
     api_people,
     api_restores,
     api_retention,
@@ -209,6 +210,7 @@ def create_app(ctx: Context) -> web.Application:
     app.cleanup_ctx.append(_follow_heartbeats)
     app.cleanup_ctx.append(api_vms.vcenter_sessions)
     app.cleanup_ctx.append(api_events.live_hub)
+    app.cleanup_ctx.append(api_mounts.remount)
     app.router.add_get("/", root)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -222,6 +224,7 @@ def create_app(ctx: Context) -> web.Application:
         api_vms,
         api_vcenters,
         api_settings,
+        api_mounts,
         api_restores,
         api_alerts,
         api_events,

@@ -39,6 +39,7 @@ ENCRYPTED: tuple[Encrypted, ...] = (
     Encrypted("vcenters", "password", "the password of vCenter {key!r}"),
     Encrypted("locations", "secrets", "the credentials of repository location {key!r}"),
     Encrypted("smtp", "password", "the SMTP password"),
+    Encrypted("mounts", "secrets", "the password of mount {key!r}"),
     Encrypted("channels", "url", "the URL of notification channel {key!r}"),
     Encrypted("channels", "secret", "the HMAC key of notification channel {key!r}"),
     Encrypted("channels", "token", "the bot token of notification channel {key!r}"),

@@ -28,6 +28,7 @@ from shared.cli import events as cli_events
 from shared.cli import jobs as cli_jobs
 from shared.cli import location as cli_location
 from shared.cli import logs as cli_logs
+from shared.cli import mount as cli_mount
 from shared.cli import prune as cli_prune
 from shared.cli import repo as cli_repo
 from shared.cli import restore as cli_restore
@@ -67,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     cli_alerts.add_parsers(sub)
     cli_vcenter.add_parsers(sub)
     cli_location.add_parsers(sub)
+    cli_mount.add_parsers(sub)
     cli_channel.add_parsers(sub)
     cli_secrets.add_parsers(sub)
     cli_confbackup.add_parsers(sub)
@@ -143,6 +145,8 @@ def _run(args: argparse.Namespace, settings: Settings) -> int:
         return cli_vcenter.run(args, settings)
     if args.command in cli_location.COMMANDS:
         return cli_location.run(args, settings)
+    if args.command in cli_mount.COMMANDS:
+        return cli_mount.run(args, settings)
     if args.command in cli_channel.COMMANDS:
         return cli_channel.run(args, settings)
     if args.command in cli_secrets.COMMANDS:

@@ -32,6 +32,7 @@ CHANGES: frozenset[tuple[str, str | None]] = frozenset(
         *(("vcenter", a) for a in ("add", "edit", "rm", "test")),  # a test: the API records it too
         *(("location", a) for a in ("add", "edit", "rm")),
         *(("channel", a) for a in ("add", "edit", "rm")),
+        *(("mount", a) for a in ("add", "edit", "remove", "test", "mount", "unmount")),
         ("smtp", "set"),
         ("smtp", "clear"),
         ("secrets", "rotate"),
@@ -45,7 +46,7 @@ TARGETS = (
 )  # fmt: skip
 NAMED = {
     "apikey": "apikey", "user": "user", "vcenter": "vcenter", "job": "job", "location": "location",
-    "channel": "channel",
+    "channel": "channel", "mount": "mount",
 }  # fmt: skip
 
 

@@ -64,3 +64,18 @@ class ChannelRow(Base):
     level: Mapped[str | None] = mapped_column(String(16), nullable=True)  # None: info
     created_at: Mapped[datetime] = ts()
     updated_at: Mapped[datetime] = ts()
+
+
+class MountRow(Base):
+    """An NFS or CIFS share vbm mounts at `<data_dir>/mounts/<name>` (shared/mounts/): `fields`
+    holds what is not secret (server, export or share, version, options, user name, domain),
+    `secrets` one Fernet token of a JSON object holding the CIFS password."""
+
+    __tablename__ = "mounts"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    kind: Mapped[str] = mapped_column(String(8))  # nfs, cifs
+    fields: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    secrets: Mapped[str | None] = mapped_column(Text, nullable=True)  # a Fernet token
+    created_at: Mapped[datetime] = ts()
+    updated_at: Mapped[datetime] = ts()

@@ -28,6 +28,7 @@ from pydantic import SecretStr
 from shared.repo.backend import Backend
 from shared.repo.backends.local import LocalBackend
 from shared.repo.errors import NotARepository, RepoError
+from shared.repo.mountguard import check_location as check_mounted
 from shared.repo.repository import Repository
 
 if TYPE_CHECKING:
@@ -154,6 +155,7 @@ def open_backend(location: str, credentials: Credentials) -> Backend:
             f"repository {location}: {scheme}:// is not a supported location"
             " (a path, s3://, azure://, sftp:// or rclone://)"
         )
+    check_mounted(location)  # never the local disk under an unmounted share (shared/repo/mountguard.py)
     return LocalBackend(location)
 
 

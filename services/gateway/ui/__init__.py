@@ -23,6 +23,7 @@ from services.gateway.ui import (
     runs,
     session_pages,
     settings_channels,
+    settings_mounts,
     settings_repos,
     settings_vcenters,
     storage,
@@ -45,6 +46,7 @@ PAGES = (
     settings_vcenters,
     settings_channels,
     settings_repos,
+    settings_mounts,
     people,
     audit_page,
 )

@@ -5,7 +5,7 @@ fields of the channel's type: chat_id and api_url for Telegram, the sendmail pat
 (the lowest level the channel hears of; null: info, so existing channels hear what they heard).
 
 Revision ID: 0020
-Revises: 0018 (0019 if that one is merged first)
+Revises: 0019
 Create Date: 2026-12-06 15:30:00
 """
 
@@ -18,7 +18,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision = "0020"
-down_revision = "0018"
+down_revision = "0019"
 branch_labels = None
 depends_on = None
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from shared.repo.backend import TMP_PREFIX, ObjectInfo, aside_name
 from shared.repo.errors import ObjectMissing, RepoError, StorageFull
+from shared.repo.mountguard import check_location
 
 
 class LocalBackend:
@@ -58,7 +59,11 @@ class LocalBackend:
             return False
         tmp = path.parent / f"{TMP_PREFIX}{uuid.uuid4().hex}"
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)  # can fail with ENOSPC too
+            if not path.parent.is_dir():
+                # a long-lived backend whose share was unmounted since it was opened: never make
+                # the folders on the local disk underneath (shared/repo/mountguard.py)
+                check_location(self.root)
+                path.parent.mkdir(parents=True, exist_ok=True)  # can fail with ENOSPC too
             with open(tmp, "xb") as fh:
                 fh.write(data)
                 if durable:
