@@ -1,9 +1,12 @@
 """The canary test: every kind of secret vbm stores is configured through the API with a unique
 canary string (the lab's vCenter password, S3 keys, an Azure account key, an SFTP password, an
-rclone config, the SMTP password, a webhook URL's token, an HMAC key, an API key); then a backup
+rclone config, the SMTP password, a webhook URL's token, an HMAC key, a Telegram bot token, a CIFS
+share's password, an API key); then a backup
 runs through the real services (vCenter and S3 from the stored objects, the run told over the
-stored webhook and email), a login fails with a canary key, a notification fails (its receiver
-down) and a backup fails writing to S3 (a bucket that does not exist). Afterwards the database
+stored webhook, email and Telegram), a login fails with a canary
+key, a notification fails (its receiver down), the CIFS share's connection test and mount fail
+(nothing listens; this kernel has no CIFS) and a backup fails writing to S3 (a bucket that does
+not exist). Afterwards the database
 file, the NATS store directory, the services' logs, this process's log records, the messages
 sent and every API answer are searched: no canary anywhere.
 
@@ -29,6 +32,7 @@ from tests.gateway.test_vcenters import Answers
 from tests.pipeline.conftest import Pipeline, default_spec, pipeline_factory  # noqa: F401 - the fixture
 from tests.plugins.s3 import S3Server
 from tests.plugins.smtp import SmtpServer
+from tests.plugins.telegram import BotApi
 from tests.plugins.webhook import WebhookReceiver
 
 VC_PASSWORD = "Cnry-vc-4b1d"
@@ -39,6 +43,8 @@ HOOK_TOKEN = "Cnry-hook-90e1"
 HMAC_KEY = "Cnry-hmac-3c7b"
 BAD_LOGIN = "Cnry-login-f00d"
 SMTP_PASSWORD = "Smtp-pw-7c1e"  # what smtp_login_server accepts
+BOT_TOKEN = "987654321:Cnry-bot-6d2a"
+CIFS_PASSWORD = "Cnry-cifs-81f4"
 
 
 def files_of(root: Path) -> dict[Path, bytes]:
@@ -65,6 +71,7 @@ async def test_no_secret_anywhere(
     s3_bucket: str,
     webhook_receiver: WebhookReceiver,
     smtp_login_server: SmtpServer,
+    bot_api: BotApi,
     tmp_path: Path,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
@@ -74,8 +81,9 @@ async def test_no_secret_anywhere(
     api = await make_api(f"sqlite:///{p.data / 'vbm.db'}")  # the gateway, on the same data directory
     assert api.ctx.settings.data_dir == p.data
     call = Answers(api)
+    bot_api.token = BOT_TOKEN
     canaries = [VC_PASSWORD, AZURE_KEY, SFTP_PASSWORD, RCLONE_PASS, HOOK_TOKEN, HMAC_KEY, BAD_LOGIN]
-    canaries += [SMTP_PASSWORD, s3_server.secret_key, api.key]
+    canaries += [SMTP_PASSWORD, s3_server.secret_key, api.key, BOT_TOKEN, CIFS_PASSWORD]
 
     vc = {"name": "lab", "url": p.lab.sdk_url, "username": p.lab.username, "password": VC_PASSWORD}
     status, body = await call("POST", "/vcenters", json={**vc, "verify_tls": False})
@@ -115,9 +123,25 @@ async def test_no_secret_anywhere(
     for channel in [
         {**hook, "on": outcomes},
         {"name": "mail", "type": "email", "to": ["ops@example.com"], "on": outcomes},
+        {
+            "name": "tg",
+            "type": "telegram",
+            "token": BOT_TOKEN,
+            "chat_id": "4242",
+            "api_url": bot_api.api_url,
+            "on": outcomes,
+        },
     ]:
         status, body = await call("POST", "/channels", json=channel)
         assert status == 201, body
+
+    share = {"name": "share", "kind": "cifs", "server": "127.0.0.1", "share": "backup", "username": "vbm",
+             "password": CIFS_PASSWORD}  # fmt: skip
+    status, body = await call("POST", "/mounts?skip_mount=true", json=share)
+    assert status == 201, body
+    for action in ("test", "mount"):
+        status, body = await call("POST", f"/mounts/share/{action}")
+        assert status == 200 and body["ok"] is False, (action, body)
 
     # a backup through the stored vCenter and S3 location, told over the stored channels
     status, job = await call(
@@ -160,6 +184,7 @@ async def test_no_secret_anywhere(
             )
 
     await wait_for("a failed delivery to the stopped receiver", hook_failed)
+    assert bot_api.posted, "nothing reached the Bot API"
     await wait_for(
         "the notification_failed alert", lambda: any(a.kind == "notification_failed" for a in p.alerts())
     )
@@ -172,6 +197,8 @@ async def test_no_secret_anywhere(
         "/channels",
         "/smtp",
         "/vcenters",
+        "/mounts",
+        "/mounts/share",
     ):
         status, _ = await call("GET", path)
         assert status == 200, path
