@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from services.gateway.access import needs
+from services.gateway.access import identity_of, needs
 from services.gateway.answers.restores import (
     MigrateRequest,
     PublicKey,
@@ -48,11 +48,12 @@ routes = web.RouteTableDef()
 async def create_restore(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = restores.RestoreRequest.model_validate(await read_json(request))
+    who = identity_of(request)
 
     def start(session: Session) -> Answer:
-        view = restores.restore_view(
-            restores.request_restore(session, body, effective(session, ctx.settings), ctx.clock())
-        )
+        settings = effective(session, ctx.settings)
+        row = restores.request_restore(session, body, settings, ctx.clock(), by=who.actor if who else None)
+        view = restores.restore_view(row)
         return Answer(202, view, f"/api/v1/restores/{view['id']}")
 
     answer = await answer_once(request, start)  # an Idempotency-Key: a retry starts nothing twice

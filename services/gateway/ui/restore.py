@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from services.gateway.access import needs
+from services.gateway.access import identity_of, needs
 from services.gateway.common import CTX, in_session
 from services.gateway.idempotency import answer_once
 from services.gateway.ui.render import page, render
@@ -185,9 +185,11 @@ async def start(request: web.Request) -> web.Response:
     if body is None or errors:
         return await _where(request, view, answers, errors, 422)
     key = str(form.get("idempotency_key") or "") or None
+    who = identity_of(request)
 
     def work(session: Session) -> Answer:
-        row = restores.request_restore(session, body, effective(session, ctx.settings), ctx.clock())
+        settings = effective(session, ctx.settings)
+        row = restores.request_restore(session, body, settings, ctx.clock(), by=who.actor if who else None)
         out = restores.restore_view(row)
         return Answer(202, out, f"/api/v1/restores/{out['id']}")
 
