@@ -71,20 +71,21 @@ async def create_restore(request: web.Request) -> web.Response:
         text("mode", "only restores of this mode (new_vm, in_place, test, instant)"),
         text("vcenter", "only restores to this vCenter"),
         text("restore_point", "only restores of this restore point (its id)"),
+        text("vm", "only restores of a VM whose name (as backed up) holds this, in any case"),
     ),
     answer=Restores,
     cli="vbm restore list --json",
 )
 async def list_restores(request: web.Request) -> web.Response:
-    """Restores, newest first (`order=asc`), by `state`, `mode`, `vcenter`, `restore_point`,
+    """Restores, newest first (`order=asc`), by `state`, `mode`, `vcenter`, `restore_point`, `vm`,
     `since`/`until`; paged by `limit` and `offset` or `cursor`."""
     q = request.query
-    window = Window.parse(q, ("state", "mode", "vcenter", "restore_point"))
+    window = Window.parse(q, ("state", "mode", "vcenter", "restore_point", "vm"))
 
     def work(session: Session) -> dict[str, Any]:
         found = restores.list_restores(
             session, window, state=q.get("state"), mode=q.get("mode"), vcenter=q.get("vcenter"),
-            restore_point=q.get("restore_point"),
+            restore_point=q.get("restore_point"), vm=q.get("vm"),
         )  # fmt: skip
         return found.answer("restores", [restores.restore_view(r) for r in found.rows], window)
 

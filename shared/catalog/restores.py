@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.catalog import listing
@@ -315,9 +315,15 @@ def list_restores(
     mode: str | None = None,
     vcenter: str | None = None,
     restore_point: str | None = None,
+    vm: str | None = None,
 ) -> Paged:
-    """Restores by creation time."""
+    """Restores by creation time; `vm`: of a VM whose name holds it (any case), as backed up."""
     query = select(Restore)
+    if vm:
+        of_vm = select(RestorePointRow.id).where(
+            func.lower(RestorePointRow.vm_name).contains(vm.lower(), autoescape=True)
+        )
+        query = query.where(Restore.restore_point_id.in_(of_vm))
     for column, value in (
         (Restore.state, state),
         (Restore.mode, mode),

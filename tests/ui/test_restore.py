@@ -21,6 +21,7 @@ from shared.catalog import restore_wizard, users
 from shared.db.models import Restore, RestorePointRow
 from shared.model.access import Role
 from shared.runtime.service import utcnow
+from shared.settings import VCenterSettings
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
 from tests.pipeline.test_restore import folder, vm_names
@@ -28,8 +29,8 @@ from tests.ui.conftest import System
 from tests.ui.test_vms_backups import DOWN, HTML, PASSWORD, PEOPLE, T0, _log_in
 
 
-async def _seeded(make_api: MakeApi, tmp_path: Path) -> Api:
-    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=(DOWN,))
+async def _seeded(make_api: MakeApi, tmp_path: Path, vcenters: tuple[VCenterSettings, ...] = (DOWN,)) -> Api:
+    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=vcenters)
     now = utcnow()
     with api.ctx.sessions.begin() as s:
         for role, name in PEOPLE.items():
@@ -139,7 +140,7 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     page = await s.logged_in(Role.ADMIN)
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Restore").click()
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Restore", exact=True).click()
     await page.get_by_label("VM name").fill("web")
     await page.get_by_role("button", name="Search").click()
     await page.get_by_role("link", name="web", exact=True).click()
