@@ -12,7 +12,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from shared.catalog.restores import FINAL, restore_view
-from shared.clock import aware
+from shared.clock import aware, iso
 from shared.db.models import Restore, RestorePointRow
 from shared.errors import Invalid
 from shared.model.live import public_phase
@@ -30,17 +30,21 @@ def check_filters(state: str | None, kind: str | None) -> None:
 
 
 def list_rows(session: Session, rows: Iterable[Restore], now: datetime) -> list[dict[str, Any]]:
-    """A page's restores as `restore_view`s with the source VM's name, the kind's label, the
-    public phase, the percent done and the duration (so far, while it runs)."""
+    """A page's restores as `restore_view`s with the source VM's name and the restore point's
+    time (None when it is gone from the catalog), the kind's label, the public phase, the
+    percent done and the duration (so far, while it runs)."""
     rows = list(rows)
-    ids = {r.restore_point_id for r in rows}
-    query = select(RestorePointRow.id, RestorePointRow.vm_name).where(RestorePointRow.id.in_(ids))
-    names = {rp_id: name for rp_id, name in session.execute(query)} if ids else {}
+    query = select(RestorePointRow.id, RestorePointRow.vm_name, RestorePointRow.finished_at).where(
+        RestorePointRow.id.in_({r.restore_point_id for r in rows})
+    )
+    points = {rp_id: (name, at) for rp_id, name, at in session.execute(query)} if rows else {}
     out = []
     for row in rows:
         view = restore_view(row)
+        vm_name, point_at = points.get(row.restore_point_id, ("?", None))
         view.update(
-            vm_name=names.get(row.restore_point_id, "?"),
+            vm_name=vm_name,
+            point_at=iso(point_at),
             kind=KINDS.get(row.mode, row.mode),
             public_phase=public_phase("restore", row.phase),
             percent=100 if row.state == "succeeded" else _percent(row.bytes_done, row.bytes_total),

@@ -152,9 +152,11 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     await page.get_by_label("Datastore").select_option("LocalDS_0")
     await expect(page.get_by_label("Datastore")).to_contain_text("free of")
     await page.get_by_label("Network").select_option("VM Network")
+    await page.get_by_role("group", name="Disk format").get_by_label("Thick").check()  # the source is thin
     await s.shot(page, "restore-wizard")
     await page.get_by_role("button", name="Next").click()
     await expect(page.get_by_role("heading", name="Restore web: summary")).to_be_visible()
+    await expect(page.locator("dl.facts")).to_contain_text("Thick (the whole capacity")
     await page.get_by_role("link", name="Back", exact=True).click()  # Back keeps the answers
     await expect(page.get_by_label("The VM's name")).to_have_value("web-from-ui")
     await page.get_by_role("button", name="Next").click()
@@ -169,6 +171,14 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     assert "web-from-ui" in vm_names(s.pipeline)
     assert (folder(s.pipeline, "web-from-ui") / "web-from-ui-flat.vmdk").read_bytes() == content[2000]
     assert (folder(s.pipeline, "web-from-ui") / "web-from-ui_1-flat.vmdk").read_bytes() == content[2001]
+    # the restored disks are thick, as asked: their descriptors do not say thin
+    assert "thinProvisioned" not in (folder(s.pipeline, "web-from-ui") / "web-from-ui.vmdk").read_text()
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Restores", exact=True).click()
+    row = page.locator("#restores-rows tr", has_text="web-from-ui")
+    await expect(row).to_contain_text("Succeeded")
+    await expect(row).to_contain_text("New VM")
+    await expect(row).to_contain_text("ada")
+    await s.shot(page, "restores")
     assert errors == [], errors
 
 
