@@ -292,6 +292,15 @@ def test_an_admin_manages_jobs_from_the_cli(tmp_path: Path, lab: Lab) -> None:
             assert [r.id for r in s.query(Restore)] == [restored[0]["id"]]
     finally:
         engine.dispose()
+    no_format = vbm(env, "restore", "start", "rp-20261126T090000Z-0000000b", "--in-place", "--yes",
+                    "--disk-format", "thin", module="shared.cli")  # fmt: skip
+    assert no_format.returncode == 1 and "disk_format: an in-place restore" in no_format.stderr
+    thick = vbm(env, "restore", "start", "rp-20261126T090000Z-0000000b", "--name", "vm2-thick",
+                "--datastore", "LocalDS_0", "--disk-format", "thick", "--json",
+                module="shared.cli")  # fmt: skip
+    assert thick.returncode == 0, thick.stderr
+    target = json.loads(thick.stdout)["target"]
+    assert target["disk_format"] == "thick" and target["requested_by"].startswith("os:")
 
     refused = vbm(env, "job", "delete", first["id"])  # no terminal to ask: --yes is needed
     assert refused.returncode == 1 and "needs --yes" in refused.stderr

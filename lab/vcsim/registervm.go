@@ -25,7 +25,8 @@ import (
 
 // RegisterVM_Task in vcsim needs <name>.nvram and vmware.log to exist (so only the original
 // name works) and registers a VM without disks. The lab creates the missing files before the
-// call and, after it, attaches the disks the .vmx lists (capacity from their descriptors), its
+// call and, after it, attaches the disks the .vmx lists (capacity and thin or thick from their
+// descriptors, as ESXi reads ddb.thinProvisioned), its
 // NICs (ethernetN.networkName) and sets its CPUs, memory and guest OS from the .vmx. A .vmx
 // that does not exist fails NotFound before vcsim sees it (vcsim would create its directory).
 
@@ -34,6 +35,7 @@ var (
 	regName   = regexp.MustCompile(`<name\b[^>]*>([^<]*)</name>`)
 	vmxDisk   = regexp.MustCompile(`^scsi(\d+):(\d+)\.fileName$`)
 	extentRow = regexp.MustCompile(`(?m)^RW (\d+) `)
+	thinRow   = regexp.MustCompile(`(?m)^ddb\.thinProvisioned\s*=\s*"1"`) // else thick, as ESXi reads it
 )
 
 // localPath maps "[datastore] dir/file" to a file of the lab: the lab's datastore, or any
@@ -202,7 +204,7 @@ func (l *lab) attachDisks(vmRef types.ManagedObjectReference, vmx string) error 
 						FileName: "[" + dsName + "] " + strings.TrimPrefix(path.Join(filepath.ToSlash(dsDir), d.file), "/"),
 					},
 					DiskMode:        string(types.VirtualDiskModePersistent),
-					ThinProvisioned: types.NewBool(true),
+					ThinProvisioned: types.NewBool(thinRow.Match(desc)), // as the descriptor says
 				},
 			},
 			CapacityInKB:    sectors * 512 / 1024,

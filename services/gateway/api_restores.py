@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from services.gateway.access import needs
+from services.gateway.access import identity_of, needs
 from services.gateway.answers.restores import (
     MigrateRequest,
     PublicKey,
@@ -48,11 +48,12 @@ routes = web.RouteTableDef()
 async def create_restore(request: web.Request) -> web.Response:
     ctx = request.app[CTX]
     body = restores.RestoreRequest.model_validate(await read_json(request))
+    who = identity_of(request)
 
     def start(session: Session) -> Answer:
-        view = restores.restore_view(
-            restores.request_restore(session, body, effective(session, ctx.settings), ctx.clock())
-        )
+        settings = effective(session, ctx.settings)
+        row = restores.request_restore(session, body, settings, ctx.clock(), by=who.actor if who else None)
+        view = restores.restore_view(row)
         return Answer(202, view, f"/api/v1/restores/{view['id']}")
 
     answer = await answer_once(request, start)  # an Idempotency-Key: a retry starts nothing twice
@@ -70,20 +71,21 @@ async def create_restore(request: web.Request) -> web.Response:
         text("mode", "only restores of this mode (new_vm, in_place, test, instant)"),
         text("vcenter", "only restores to this vCenter"),
         text("restore_point", "only restores of this restore point (its id)"),
+        text("vm", "only restores of a VM whose name (as backed up) holds this, in any case"),
     ),
     answer=Restores,
     cli="vbm restore list --json",
 )
 async def list_restores(request: web.Request) -> web.Response:
-    """Restores, newest first (`order=asc`), by `state`, `mode`, `vcenter`, `restore_point`,
+    """Restores, newest first (`order=asc`), by `state`, `mode`, `vcenter`, `restore_point`, `vm`,
     `since`/`until`; paged by `limit` and `offset` or `cursor`."""
     q = request.query
-    window = Window.parse(q, ("state", "mode", "vcenter", "restore_point"))
+    window = Window.parse(q, ("state", "mode", "vcenter", "restore_point", "vm"))
 
     def work(session: Session) -> dict[str, Any]:
         found = restores.list_restores(
             session, window, state=q.get("state"), mode=q.get("mode"), vcenter=q.get("vcenter"),
-            restore_point=q.get("restore_point"),
+            restore_point=q.get("restore_point"), vm=q.get("vm"),
         )  # fmt: skip
         return found.answer("restores", [restores.restore_view(r) for r in found.rows], window)
 

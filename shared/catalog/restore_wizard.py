@@ -26,8 +26,13 @@ MODES = {
     "test": "Restore test (an isolated test VM, removed afterwards)",
     "download": "Download a disk",
 }
-FIELDS = ("mode", "name", "datacenter", "resource_pool", "datastore", "network", "folder", "power_on",
-          "confirm", "confirm_name", "method")  # fmt: skip
+FIELDS = ("mode", "name", "vcenter", "datacenter", "resource_pool", "datastore", "network", "folder",
+          "power_on", "disk_format", "confirm", "confirm_name", "method")  # fmt: skip
+DISK_FORMATS = {
+    "as_source": "As the source (each disk as it was backed up)",
+    "thin": "Thin (only the data is written; the disks grow as the VM writes)",
+    "thick": "Thick (the whole capacity of every disk is written)",
+}
 
 
 def vms(session: Session, search: str | None) -> list[dict[str, Any]]:
@@ -96,6 +101,10 @@ def request_of(rp_id: str, answers: Mapping[str, str]) -> tuple[RestoreRequest |
     for name in ("name", "datacenter", "resource_pool", "datastore", "network", "folder"):
         if answers.get(name) and (mode != "in_place" or name not in ("name", "datastore", "network")):
             body[name] = answers[name]
+    if mode == "new_vm":  # another vCenter and the disk format: a new VM's choices only
+        for name in ("vcenter", "disk_format"):
+            if answers.get(name):
+                body[name] = answers[name]
     body["power_on"] = answers.get("power_on") == "on"
     if mode == "in_place":
         body["confirm"] = answers.get("confirm") == "on" or bool(answers.get("confirm_name"))
@@ -135,13 +144,18 @@ def problems_of(
         return out
     stores = {d["name"]: d for d in where["datastores"]}
     need = sum(int(d.get("capacity", 0)) for d in view.get("disks") or [])
+    # thick (and as the source, at most) writes every disk's whole capacity; thin only the data,
+    # which the catalog does not hold: the mover checks that room before it writes anything
+    sized = body.mode != "instant" and body.disk_format != "thin"
     if body.datastore and body.datastore not in stores:
         out["datastore"] = f"No datastore {body.datastore!r} here (there are: {', '.join(stores) or 'none'})"
-    elif body.datastore and body.mode != "instant" and stores[body.datastore]["free"] < need:
+    elif body.datastore and sized and stores[body.datastore]["free"] < need:
         free = stores[body.datastore]["free"]
+        thick = " written thick" if body.disk_format == "thick" else ""
+        other = ", or the thin disk format (only their data is written)" if body.mode == "new_vm" else ""
         out["datastore"] = (
             f"Datastore {body.datastore} has {human_bytes(free)} free; the VM's disks need"
-            f" {human_bytes(need)}: choose another"
+            f" {human_bytes(need)}{thick}: choose another{other}"
         )
     if body.name and body.mode in ("new_vm", "instant") and body.name in where["vm_names"]:
         out["name"] = f"A VM named {body.name!r} exists already: choose another name"

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from shared.catalog import listing
@@ -28,6 +28,7 @@ from shared.errors import Conflict, Invalid, NotFound, StoreError
 from shared.runtime.outbox import stage
 from shared.settings import Settings
 
+DiskFormat = Literal["as_source", "thin", "thick"]
 FINAL = ("succeeded", "failed", "cancelled")
 PHASES = (
     "queued", "checking", "powering_off", "uploading", "registering", "resetting_cbt", "powering_on",
@@ -72,6 +73,11 @@ class RestoreRequest(BaseModel):
     resource_pool: str | None = Field(default=None, description="A host, cluster or resource pool name")
     network: str | None = Field(default=None, description="Connect every NIC to this network")
     power_on: bool = False
+    disk_format: DiskFormat | None = Field(
+        default=None,
+        description="new_vm, test: as_source (default: each disk as it was backed up), thin (only"
+        " the data is written) or thick (the whole capacity is written); not for in_place, instant",
+    )
     allow_unverified: bool = Field(default=False, description="Restore even if verification failed")
 
 
@@ -97,8 +103,11 @@ def new_restore_id(now: datetime) -> str:
     return f"restore-{now.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(4)}"
 
 
-def request_restore(session: Session, body: RestoreRequest, settings: Settings, now: datetime) -> Restore:
-    """Create the restore (queued) and stage its RestoreRequested in the same transaction."""
+def request_restore(
+    session: Session, body: RestoreRequest, settings: Settings, now: datetime, by: str | None = None
+) -> Restore:
+    """Create the restore (queued) and stage its RestoreRequested in the same transaction; `by`
+    (who asked: the API's or the web UI's actor, `os:<user>` for the CLI) is kept in its target."""
     rp = session.get(RestorePointRow, body.restore_point_id)
     if rp is None:
         raise NotFound(f"no restore point {body.restore_point_id!r}")
@@ -133,6 +142,12 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
             )
         if body.vcenter not in (None, rp.vcenter):
             raise Invalid("vcenter", f"an in-place restore goes to the VM's own vCenter ({rp.vcenter})")
+    if body.disk_format is not None and body.mode in ("in_place", "instant"):
+        why = {
+            "in_place": "an in-place restore writes into the VM's own disks",
+            "instant": "an instant VM runs from the backup store",
+        }[body.mode]
+        raise Invalid("disk_format", f"{why}: a disk format does not apply; leave disk_format out")
     if rp.verify_state == "failed" and not body.allow_unverified:
         first = rp.verify_problems[0] if rp.verify_problems else "see its verification"
         raise Conflict(
@@ -143,7 +158,7 @@ def request_restore(session: Session, body: RestoreRequest, settings: Settings, 
     if vcenter not in {v.name for v in settings.vcenters}:
         names = ", ".join(v.name for v in settings.vcenters) or "none"
         raise Invalid("vcenter", f"{vcenter!r} is not a configured vCenter (configured: {names})")
-    return _create(session, body, rp, vcenter, now)
+    return _create(session, body, rp, vcenter, now, by=by)
 
 
 def _create(
@@ -153,6 +168,7 @@ def _create(
     vcenter: str,
     now: datetime,
     run_id: str | None = None,
+    by: str | None = None,
 ) -> Restore:
     datacenter = body.datacenter
     name = body.name if body.mode in ("new_vm", "instant") else rp.vm_name
@@ -167,6 +183,7 @@ def _create(
         resource_pool=body.resource_pool,
         network=body.network,
         power_on=body.power_on or body.mode == "test",
+        disk_format=body.disk_format or "as_source",
     )
     busy = session.scalars(
         select(Restore).where(Restore.state.not_in(FINAL), Restore.vcenter == vcenter)
@@ -189,6 +206,7 @@ def _create(
         target={
             **target.model_dump(mode="json"),
             "allow_unverified": body.allow_unverified,
+            **({"requested_by": by} if by else {}),
             **({"vm_moref": rp.vm_moref, "method": body.method} if body.mode == "in_place" else {}),
         },
         state="queued",
@@ -297,9 +315,15 @@ def list_restores(
     mode: str | None = None,
     vcenter: str | None = None,
     restore_point: str | None = None,
+    vm: str | None = None,
 ) -> Paged:
-    """Restores by creation time."""
+    """Restores by creation time; `vm`: of a VM whose name holds it (any case), as backed up."""
     query = select(Restore)
+    if vm:
+        of_vm = select(RestorePointRow.id).where(
+            func.lower(RestorePointRow.vm_name).contains(vm.lower(), autoescape=True)
+        )
+        query = query.where(Restore.restore_point_id.in_(of_vm))
     for column, value in (
         (Restore.state, state),
         (Restore.mode, mode),

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from shared.catalog import idempotency, restores, vcenters
 from shared.catalog.listing import Window
+from shared.cli import audit as cli_audit
 from shared.cli.once import once
 from shared.clock import utcnow
 from shared.errors import NotFound, StoreError
@@ -57,6 +58,12 @@ def add_parser(sub: Any) -> None:
     start.add_argument("--pool", dest="resource_pool", help="host, cluster or resource pool name")
     start.add_argument("--network", help="connect every NIC to this network")
     start.add_argument("--power-on", action="store_true")
+    start.add_argument(
+        "--disk-format",
+        choices=("as_source", "thin", "thick"),
+        help="new VM, test: as_source (default: each disk as backed up), thin (only the data"
+        " written) or thick (the whole capacity written)",
+    )
     start.add_argument("--allow-unverified", action="store_true", help="even if its verification failed")
     start.add_argument("--wait", action="store_true", help="follow it to the end; exit 0 if it succeeded")
     start.add_argument(
@@ -251,11 +258,13 @@ def _start(args: argparse.Namespace, settings: Settings, sessions: sessionmaker[
         resource_pool=args.resource_pool,
         network=args.network,
         power_on=args.power_on,
+        disk_format=args.disk_format,
         allow_unverified=args.allow_unverified,
     )
 
     def start(s: Session) -> idempotency.Answer:
-        view = restores.restore_view(restores.request_restore(s, body, settings, utcnow()))
+        row = restores.request_restore(s, body, settings, utcnow(), by=cli_audit.actor())
+        view = restores.restore_view(row)
         return idempotency.Answer(202, view, f"/api/v1/restores/{view['id']}")
 
     route = f"vbm restore start {args.restore_point}"

@@ -21,6 +21,9 @@ class RestoreTarget(Payload):
     resource_pool: str | None = Field(default=None, description="Host, cluster or pool name")
     network: str | None = Field(default=None, description="Every NIC is connected to this network")
     power_on: bool = False
+    disk_format: Literal["as_source", "thin", "thick"] = Field(
+        default="as_source", description="as_source: each disk as backed up; thin: all thin; thick: all thick"
+    )
 
 
 class RestoreRequested(Event):

@@ -9,12 +9,19 @@ vbm's own phases are mapped onto a small public set, the same for backups and re
 | connecting | - | checking, powering_off |
 | snapshot | snapshot | - |
 | downloading | transfer (the mover reads, compresses and writes in one stream) | - |
-| writing | - | uploading, materializing, mounting, registering, resetting_cbt, migrating |
+| writing | - | uploading, materializing, mounting, registering, resetting_cbt, powering_on, migrating, |
+| | | stopping, cleaning_up (vbm is still changing things in vCenter or on the datastore) |
 | verifying | verify | testing (a restore test checks the VM it restored) |
 | replicating | (a replication of its restore point) | - |
-| done | done | powering_on, instant, stopping, migrated, stopped, cleaning_up, done |
+| done | done | instant, migrated, stopped, done |
 
 Every event also carries `vbm_phase`, vbm's own name, so nothing is lost by the mapping.
+
+`done` means the work is over (with `state` saying how it ended), never "still running": so
+powering on the restored VM, stopping an instant VM and cleaning up after a failure or a cancel
+(or after a restore test's checks) are `writing`, the public name of "vbm is changing things in
+vCenter and on the datastore", as registering the VM already is. A client that shows a phase
+thus never shows `done` beside a restore that is still running.
 """
 
 from __future__ import annotations
@@ -44,13 +51,13 @@ RESTORE_PHASES = {
     "registering": "writing",
     "resetting_cbt": "writing",
     "migrating": "writing",
+    "powering_on": "writing",  # still running: `done` only once the work is over
+    "stopping": "writing",
+    "cleaning_up": "writing",
     "testing": "verifying",
-    "powering_on": "done",
     "instant": "done",
-    "stopping": "done",
     "migrated": "done",
     "stopped": "done",
-    "cleaning_up": "done",
     "done": "done",
 }
 

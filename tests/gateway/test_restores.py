@@ -42,16 +42,30 @@ async def test_restore_requests(make_api: MakeApi, tmp_path: Path) -> None:
     assert status == 404 and body["detail"] == "no restore point 'rp-nope'"
     status, body = await api.call("POST", "/restores", json={**good, "vcenter": "vc9"})
     assert status == 422 and body["detail"] == "vcenter: 'vc9' is not a configured vCenter (configured: vc1)"
+    status, body = await api.call("POST", "/restores", json={**good, "disk_format": "eager"})
+    assert status == 422 and body["detail"].startswith("disk_format:") and "'thick'" in body["detail"]
+    for mode in ("in_place", "instant"):
+        status, body = await api.call(
+            "POST", "/restores", json={**good, "mode": mode, "confirm": True, "disk_format": "thin"}
+        )
+        assert (
+            status == 422
+            and body["detail"].startswith("disk_format: ")
+            and "does not apply" in body["detail"]
+        )
     bad = {**good, "restore_point_id": "rp-20261126T090000Z-00000002"}
     status, body = await api.call("POST", "/restores", json=bad)
     assert status == 409 and "failed verification (chunk 00ff is missing)" in body["detail"]
     assert "allow_unverified" in body["detail"]
 
     status, body = await api.call(
-        "POST", "/restores", json={**good, "network": "VM Network", "power_on": True}
+        "POST", "/restores", json={**good, "network": "VM Network", "power_on": True, "disk_format": "thick"}
     )
     assert status == 202 and body["state"] == "queued" and body["bytes_total"] == 1 << 30
     restore_id = body["id"]
+    assert body["target"]["disk_format"] == "thick" and body["target"]["requested_by"].startswith(
+        "admin (key "
+    )
     assert body["target"]["network"] == "VM Network" and body["target"]["vcenter"] == "vc1"
     answers.Restore.model_validate(body)
     status, again = await api.call("POST", "/restores", json=good)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from shared.catalog.restores import PHASES as RESTORE_VBM_PHASES
 from shared.model.access import Permission, Role
 from shared.model.live import (
     FAMILIES,
@@ -55,6 +56,10 @@ def test_every_vbm_phase_maps_onto_a_public_one() -> None:
     assert public_phase("task", "transfer") == "downloading"
     assert public_phase("restore", "uploading") == "writing"
     assert public_phase("restore", "checking") == "connecting"
+    # `done` only once the work is over: a restore still powering on or cleaning up is not done
+    for still_running in ("powering_on", "cleaning_up", "stopping"):
+        assert public_phase("restore", still_running) == "writing"
+    assert set(RESTORE_PHASES) == set(RESTORE_VBM_PHASES)  # every phase a restore can be in is mapped
     assert public_phase("task", None) is None
     assert eta_seconds(40, 100, 20.0) == 3.0
     assert eta_seconds(100, 100, 20.0) is None and eta_seconds(1, 100, 0.0) is None

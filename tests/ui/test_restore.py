@@ -21,6 +21,7 @@ from shared.catalog import restore_wizard, users
 from shared.db.models import Restore, RestorePointRow
 from shared.model.access import Role
 from shared.runtime.service import utcnow
+from shared.settings import VCenterSettings
 from shared.settings_access import SecuritySettings
 from tests.gateway.conftest import Api, MakeApi
 from tests.pipeline.test_restore import folder, vm_names
@@ -28,8 +29,8 @@ from tests.ui.conftest import System
 from tests.ui.test_vms_backups import DOWN, HTML, PASSWORD, PEOPLE, T0, _log_in
 
 
-async def _seeded(make_api: MakeApi, tmp_path: Path) -> Api:
-    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=(DOWN,))
+async def _seeded(make_api: MakeApi, tmp_path: Path, vcenters: tuple[VCenterSettings, ...] = (DOWN,)) -> Api:
+    api = await make_api(f"sqlite:///{tmp_path / 'vbm.db'}", vcenters=vcenters)
     now = utcnow()
     with api.ctx.sessions.begin() as s:
         for role, name in PEOPLE.items():
@@ -139,7 +140,7 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     page = await s.logged_in(Role.ADMIN)
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Restore").click()
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Restore", exact=True).click()
     await page.get_by_label("VM name").fill("web")
     await page.get_by_role("button", name="Search").click()
     await page.get_by_role("link", name="web", exact=True).click()
@@ -151,9 +152,11 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     await page.get_by_label("Datastore").select_option("LocalDS_0")
     await expect(page.get_by_label("Datastore")).to_contain_text("free of")
     await page.get_by_label("Network").select_option("VM Network")
+    await page.get_by_role("group", name="Disk format").get_by_label("Thick").check()  # the source is thin
     await s.shot(page, "restore-wizard")
     await page.get_by_role("button", name="Next").click()
     await expect(page.get_by_role("heading", name="Restore web: summary")).to_be_visible()
+    await expect(page.locator("dl.facts")).to_contain_text("Thick (the whole capacity")
     await page.get_by_role("link", name="Back", exact=True).click()  # Back keeps the answers
     await expect(page.get_by_label("The VM's name")).to_have_value("web-from-ui")
     await page.get_by_role("button", name="Next").click()
@@ -168,6 +171,14 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     assert "web-from-ui" in vm_names(s.pipeline)
     assert (folder(s.pipeline, "web-from-ui") / "web-from-ui-flat.vmdk").read_bytes() == content[2000]
     assert (folder(s.pipeline, "web-from-ui") / "web-from-ui_1-flat.vmdk").read_bytes() == content[2001]
+    # the restored disks are thick, as asked: their descriptors do not say thin
+    assert "thinProvisioned" not in (folder(s.pipeline, "web-from-ui") / "web-from-ui.vmdk").read_text()
+    await page.get_by_role("navigation", name="Main").get_by_role("link", name="Restores", exact=True).click()
+    row = page.locator("#restores-rows tr", has_text="web-from-ui")
+    await expect(row).to_contain_text("Succeeded")
+    await expect(row).to_contain_text("New VM")
+    await expect(row).to_contain_text("ada")
+    await s.shot(page, "restores")
     assert errors == [], errors
 
 

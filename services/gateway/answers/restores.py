@@ -25,7 +25,11 @@ class RestoreTarget(BaseModel):
     resource_pool: str | None = None
     network: str | None = None
     power_on: bool = False
+    disk_format: str = Field(
+        "as_source", description="new_vm, test: as_source (each disk as backed up), thin or thick"
+    )
     allow_unverified: bool = False
+    requested_by: str | None = Field(None, description="who asked (a user, key or os:<user>), if recorded")
     vm_moref: str | None = Field(None, description="in_place: the VM overwritten")
     method: str | None = Field(None, description="in_place: full or fast")
 

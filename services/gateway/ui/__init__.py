@@ -20,6 +20,7 @@ from services.gateway.ui import (
     jobs,
     people,
     restore,
+    restores_list,
     runs,
     session_pages,
     settings_channels,
@@ -40,6 +41,7 @@ PAGES = (
     calendar,
     vms,
     backups,
+    restores_list,  # before restore: /restores/rows is not a restore's id
     restore,
     storage,
     alerts,

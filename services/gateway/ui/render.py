@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import jinja2
 from aiohttp import web
@@ -41,6 +41,7 @@ NAVIGATION = (
     ("/backups", "Backups", Permission.BACKUPS_READ),
     ("/calendar", "Calendar", Permission.RUNS_READ),
     ("/restore", "Restore", Permission.RESTORES_RUN),
+    ("/restores", "Restores", Permission.RESTORES_READ),
     ("/alerts", "Alerts", Permission.ALERTS_READ),
     ("/storage", "Storage", Permission.REPOSITORIES_READ),
     ("/notifications", "Notifications", Permission.NOTIFICATIONS_READ),
@@ -49,6 +50,12 @@ NAVIGATION = (
     ("/settings/keys", "API keys", Permission.SELF),
     ("/audit", "Audit", Permission.AUDIT_READ),
 )
+
+
+def list_url(path: str, filters: dict[str, str], cursor: str | None) -> str:
+    """A list page with its filters (the empty ones left out), at `cursor` (None: the first page)."""
+    kept = {k: v for k, v in filters.items() if v} | ({"cursor": cursor} if cursor else {})
+    return path + ("?" + urlencode(kept) if kept else "")
 
 
 def page(handler: F) -> F:

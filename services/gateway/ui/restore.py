@@ -22,7 +22,7 @@ from urllib.parse import urlencode
 from aiohttp import web
 from sqlalchemy.orm import Session
 
-from services.gateway.access import needs
+from services.gateway.access import identity_of, needs
 from services.gateway.common import CTX, in_session
 from services.gateway.idempotency import answer_once
 from services.gateway.ui.render import page, render
@@ -96,6 +96,12 @@ async def choose_kind(request: web.Request) -> web.Response:
     )
 
 
+async def _vcenters(request: web.Request) -> list[str]:
+    """The vCenters a VM may be restored to: configured and stored (added in Settings)."""
+    settings = await in_session(request, lambda s: effective(s, request.app[CTX].settings))
+    return sorted(v.name for v in settings.vcenters)
+
+
 async def _choices(request: web.Request, vcenter: str) -> tuple[dict[str, Any] | None, str | None]:
     settings = await in_session(request, lambda s: effective(s, request.app[CTX].settings))
     try:
@@ -104,28 +110,37 @@ async def _choices(request: web.Request, vcenter: str) -> tuple[dict[str, Any] |
         return None, f"vCenter {vcenter} could not be asked for its datastores and networks ({exc})"
 
 
+async def _where_values(
+    request: web.Request, view: dict[str, Any], answers: dict[str, str], errors: dict[str, str]
+) -> dict[str, Any]:
+    """What the where step (and its placement fields alone) shows: the target vCenter (a new VM
+    may go to another configured or stored one; the other kinds stay on the VM's own) and the
+    placement choices of the chosen vCenter's datacenter."""
+    mode = answers.get("mode", "new_vm")
+    vcenters = await _vcenters(request) if mode == "new_vm" else [view["vcenter"]]
+    vcenter = answers.get("vcenter") or view["vcenter"] if mode == "new_vm" else view["vcenter"]
+    if vcenter not in vcenters:
+        errors = {"vcenter": f"{vcenter!r} is not a configured vCenter: choose one of the list", **errors}
+        vcenter = view["vcenter"]
+    choices, unreachable = (None, None)
+    if mode not in ("in_place", "download"):
+        choices, unreachable = await _choices(request, vcenter)
+    dcs = sorted(choices or {})
+    dc = answers.get("datacenter", "")
+    if dcs and dc not in dcs:  # none asked yet, or one of the vCenter chosen before
+        dc = dcs[0]
+    return {
+        "p": view, "a": answers, "mode": mode, "modes": wizard.MODES, "errors": errors,
+        "datacenters": dcs, "place": (choices or {}).get(dc), "datacenter": dc,
+        "unreachable": unreachable, "back": _query(answers), "vcenters": vcenters, "vcenter": vcenter,
+        "formats": wizard.DISK_FORMATS,
+    }  # fmt: skip
+
+
 async def _where(request: web.Request, view: dict[str, Any], answers: dict[str, str], errors: dict[str, str],
                  status: int = 200) -> web.Response:  # fmt: skip
-    choices, unreachable = (None, None)
-    if answers.get("mode", "new_vm") not in ("in_place", "download"):
-        choices, unreachable = await _choices(request, view["vcenter"])
-    dcs = sorted(choices or {})
-    dc = answers.get("datacenter") or (dcs[0] if dcs else "")
-    return render(
-        request,
-        "restore/where.html",
-        status,
-        p=view,
-        a=answers,
-        mode=answers.get("mode", "new_vm"),
-        modes=wizard.MODES,
-        errors=errors,
-        datacenters=dcs,
-        place=(choices or {}).get(dc),
-        datacenter=dc,
-        unreachable=unreachable,
-        back=_query(answers),
-    )
+    values = await _where_values(request, view, answers, errors)
+    return render(request, "restore/where.html", status, **values)
 
 
 @routes.get("/restore/point/{rp_id}/where")
@@ -136,12 +151,25 @@ async def choose_where(request: web.Request) -> web.Response:
     return _refuse(request, view) or await _where(request, view, answers, {})
 
 
+@routes.get("/restore/point/{rp_id}/place")
+@needs(Permission.RESTORES_RUN)
+@page
+async def place_fields(request: web.Request) -> web.Response:
+    """The placement fields alone, of the vCenter and datacenter the form names now: what the
+    where step's htmx puts in place when the target vCenter or the datacenter changes."""
+    view, answers = await _step(request)
+    values = await _where_values(request, view, answers, {})
+    return _refuse(request, view) or render(request, "restore/_place.html", **values)
+
+
 async def _checked(
     request: web.Request, view: dict[str, Any], answers: dict[str, str]
 ) -> tuple[Any, dict[str, str]]:
     body, errors = wizard.request_of(view["id"], answers)
     if body is None:
         return None, errors
+    if body.vcenter and body.vcenter not in await _vcenters(request):
+        return body, {"vcenter": f"{body.vcenter!r} is not a configured vCenter: choose one of the list"}
     where = None
     if body.mode not in ("in_place",):
         choices, _ = await _choices(request, body.vcenter or view["vcenter"])
@@ -164,7 +192,7 @@ async def summary(request: web.Request) -> web.Response:
         return await _where(request, view, answers, errors, 422)
     return render(
         request, "restore/summary.html", p=view, a=answers, body=body.model_dump(), modes=wizard.MODES,
-        back=_query(answers), key=f"ui-restore-{secrets.token_hex(8)}",
+        back=_query(answers), key=f"ui-restore-{secrets.token_hex(8)}", formats=wizard.DISK_FORMATS,
     )  # fmt: skip
 
 
@@ -185,9 +213,11 @@ async def start(request: web.Request) -> web.Response:
     if body is None or errors:
         return await _where(request, view, answers, errors, 422)
     key = str(form.get("idempotency_key") or "") or None
+    who = identity_of(request)
 
     def work(session: Session) -> Answer:
-        row = restores.request_restore(session, body, effective(session, ctx.settings), ctx.clock())
+        settings = effective(session, ctx.settings)
+        row = restores.request_restore(session, body, settings, ctx.clock(), by=who.actor if who else None)
         out = restores.restore_view(row)
         return Answer(202, out, f"/api/v1/restores/{out['id']}")
 

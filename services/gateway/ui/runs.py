@@ -12,7 +12,6 @@ run as it was when loaded, with a Refresh link."""
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import urlencode
 
 from aiohttp import web
 from sqlalchemy.orm import Session
@@ -20,7 +19,7 @@ from sqlalchemy.orm import Session
 from services.gateway.access import needs
 from services.gateway.api_jobs import publish_cancels
 from services.gateway.common import CTX, in_session
-from services.gateway.ui.render import page, render
+from services.gateway.ui.render import list_url, page, render
 from shared.catalog import jobs as jobstore
 from shared.catalog import run_pages
 from shared.catalog import runs as runstore
@@ -64,11 +63,7 @@ def _filters(request: web.Request) -> dict[str, str]:
 
 
 def _url(request: web.Request, cursor: str | None) -> str:
-    """This list with its filters, at `cursor` (None: the first page)."""
-    kept = {k: v for k, v in _filters(request).items() if v}
-    if cursor:
-        kept["cursor"] = cursor
-    return "/runs" + ("?" + urlencode(kept) if kept else "")
+    return list_url("/runs", _filters(request), cursor)
 
 
 @routes.get("/runs")

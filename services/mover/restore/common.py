@@ -209,7 +209,9 @@ async def _finish_even_if_cancelled(coro: Coroutine[Any, Any, T]) -> T:
 
 
 async def datacenter_of(vc: VC, rp: RestorePoint) -> str:
-    if rp.vm_moref:
+    """The original VM's datacenter when restoring to its own vCenter (morefs repeat across
+    vCenters: on another one the moref names some other VM), else the only datacenter."""
+    if rp.vm_moref and rp.vcenter in (None, vc.name):
         try:
             return (await vc.call(VCenter.vm, rp.vm_moref)).datacenter
         except Permanent as exc:

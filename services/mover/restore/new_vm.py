@@ -18,6 +18,7 @@ from services.mover.restore.common import (
 )
 from services.mover.restore.upload import data_grains, import_thin, put_small, upload_disk
 from shared.contracts import RestoreTarget
+from shared.repo.manifest import DiskEntry
 from shared.vsphere import VCenter
 from shared.vsphere.vmdk import GRAIN, StreamOptimized
 
@@ -38,8 +39,7 @@ async def restore_new_vm(attempt: Attempt, vc: VC, target: RestoreTarget, rp_id:
         network=target.network,
     )
     files = await vm_files(repo, rp, target.name, target.network)
-    thin = [d for d in files.disks if _thin(d[3])]
-    thick = [d for d in files.disks if not _thin(d[3])]
+    thin, thick = split_by_format(files.disks, target.disk_format)
     plans = {d[0].key: StreamOptimized(d[0].capacity, await data_grains(repo, rp, d[0])) for d in thin}
     data = sum(d[0].capacity for d in thick) + sum(len(p.grains) * GRAIN for p in plans.values())
     need = data + sum(f.size for f in rp.files if f.disk_key is None) + HEADROOM
@@ -86,8 +86,29 @@ async def restore_new_vm(attempt: Attempt, vc: VC, target: RestoreTarget, rp_id:
     return moref
 
 
+Disk = tuple[DiskEntry, str, str, str]  # the disk, its flat file, its descriptor file and text
+
+
+def split_by_format(disks: list[Disk], disk_format: str) -> tuple[list[Disk], list[Disk]]:
+    """The disks written thin (through NFC) and those written thick (flat, in full, with their
+    descriptor): as the source was (`as_source`), or all of them one way. A disk made thick from
+    a thin source has its descriptor's ddb.thinProvisioned line taken out (the rest is kept)."""
+    if disk_format == "as_source":
+        return [d for d in disks if _thin(d[3])], [d for d in disks if not _thin(d[3])]
+    if disk_format == "thin":
+        return list(disks), []
+    return [], [(disk, flat, desc, thick_descriptor(text)) for disk, flat, desc, text in disks]
+
+
+def thick_descriptor(text: str) -> str:
+    """`text` without the line that says the disk is thin."""
+    return "".join(line for line in text.splitlines(keepends=True) if not _thin_line(line))
+
+
+def _thin_line(line: str) -> bool:
+    return line.replace(" ", "").replace("\t", "").strip().lower() == 'ddb.thinprovisioned="1"'
+
+
 def _thin(descriptor_text: str) -> bool:
     """Whether the backed-up disk was thin (its descriptor says ddb.thinProvisioned = "1")."""
-    return any(
-        line.replace(" ", "").lower() == 'ddb.thinprovisioned="1"' for line in descriptor_text.splitlines()
-    )
+    return any(_thin_line(line) for line in descriptor_text.splitlines())
