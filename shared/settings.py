@@ -32,7 +32,6 @@ from shared.settings_access import (
 )
 from shared.settings_models import (
     AzureSettings,
-    ChannelSettings,
     HotAddSettings,
     InstantSettings,
     LabSettings,
@@ -41,18 +40,16 @@ from shared.settings_models import (
     MountSettings,
     MoverSettings,
     NatsSettings,
-    NotificationSettings,
     OtelSettings,
-    Outcome,
     PipelineSettings,
     RcloneSettings,
     ReplicationSettings,
     S3Settings,
     SFTPSettings,
-    SMTPSettings,
     VCenterSettings,
     VerifySettings,
 )
+from shared.settings_notify import ChannelSettings, NotificationSettings, Outcome, SMTPSettings
 
 # the sections are re-exported: `from shared.settings import S3Settings` as before
 __all__ = [

@@ -32,7 +32,7 @@ from shared.catalog import locations as locstore
 from shared.catalog import smtp as smtpstore
 from shared.model.access import Permission
 from shared.repo.locations import try_open
-from shared.settings_models import ChannelSettings, SMTPSettings
+from shared.settings_notify import ChannelSettings, SMTPSettings
 
 routes = web.RouteTableDef()
 

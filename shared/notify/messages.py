@@ -29,7 +29,7 @@ from shared.db.models import Job, Restore, RestorePointRow, Run, Task
 from shared.model.units import human_bytes
 from shared.notify.log import failing_channels
 from shared.settings import ChannelSettings, NotificationSettings, Outcome
-from shared.settings_models import LEVELS, Level
+from shared.settings_notify import LEVELS, Level
 
 RUN_OUTCOME: dict[str, Outcome] = {
     "succeeded": "success",

@@ -11,7 +11,7 @@ from shared.db.models import Job
 from shared.notify import messages
 from shared.notify.messages import Message
 from shared.settings import NotificationSettings, Outcome
-from shared.settings_models import Level
+from shared.settings_notify import Level
 
 
 def settings(*channels: dict[str, Any]) -> NotificationSettings:

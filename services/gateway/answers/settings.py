@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from shared.settings_models import ChannelType, Level, Outcome
+from shared.settings_notify import ChannelType, Level, Outcome
 
 SetOrNot = Literal["set", "not set"]
 Source = Literal["env", "api"]

@@ -23,7 +23,7 @@ from shared.catalog import channels as chstore
 from shared.catalog import smtp as smtpstore
 from shared.errors import Conflict, Invalid, NotFound, StoreError
 from shared.model.access import Permission
-from shared.settings_models import LEVELS, SENDMAIL, TELEGRAM_API
+from shared.settings_notify import LEVELS, SENDMAIL, TELEGRAM_API
 
 routes = web.RouteTableDef()
 
