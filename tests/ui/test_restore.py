@@ -166,6 +166,8 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     panel = page.locator("#restore-panel")
     await expect(panel.locator("#restore-state")).to_have_text("Succeeded", timeout=60_000)
     await expect(panel).to_contain_text("VM web-from-ui is restored")
+    link = panel.get_by_role("link", name="web-from-ui")  # the result links the new VM's page
+    await expect(link).to_have_attribute("href", re.compile(r"^/vms/lab/vm-\d+$"))
     assert await page.evaluate("window.vbmSamePage === true")  # live, not a reload
     await s.shot(page, "restore-live")
     assert "web-from-ui" in vm_names(s.pipeline)
