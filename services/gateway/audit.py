@@ -53,7 +53,10 @@ NAMED = {
     "POST /login": "login", "POST /logout": "logout",  # the web UI's doors, named alike
 }  # fmt: skip
 QUERY_TARGETS = (("job", "job"), ("vm", "vm"), ("repository", "repository"))
-COLLECTIONS = {"jobs": "job", "restores": "restore", "vcenters": "vcenter", "users": "user", "keys": "apikey"}
+COLLECTIONS = {
+    "jobs": "job", "restores": "restore", "vcenters": "vcenter", "users": "user", "keys": "apikey",
+    "mounts": "mount", "locations": "location", "repositories": "location", "channels": "channel",
+}  # fmt: skip
 
 
 def actor_of(request: web.Request) -> str:
@@ -64,8 +67,8 @@ def actor_of(request: web.Request) -> str:
 def target_of(request: web.Request, response: web.StreamResponse | None, body: Any) -> str:
     info = request.match_info
     found = [f"{kind}:{info[name]}" for name, kind in TARGETS if name in info]
-    if "name" in info:  # /api/v1/vcenters/{name}: named by its collection
-        collection = request.path.removeprefix("/api/v1/").split("/", 1)[0]
+    if "name" in info:  # /api/v1/vcenters/{name}, /settings/mounts/{name}: named by its collection
+        collection = request.path.removeprefix("/api/v1/").removeprefix("/settings/").split("/", 1)[0]
         found.append(f"{COLLECTIONS.get(collection, collection.rstrip('s') or 'object')}:{info['name']}")
     if not found and response is not None and response.status < 400:
         created = re.fullmatch(r"/api/v1/([a-z]+)/([^/?]+)", response.headers.get("Location", ""))

@@ -89,6 +89,12 @@ async def test_add_an_nfs_repository_through_the_mount_manager_and_back_up_to_it
     status, refused = await s.api.call("PUT", "/locations/nas-repo", json={"url": str(point / "nas-repo")})
     assert status == 422 and "not mounted" in refused["detail"]
     assert os.listdir(point) == [".vbm-mount-point"]
+    await page.goto("/audit?user=ada")  # the page's actions, each with who did it
+    rows = page.locator("table.audit tbody tr")
+    for action in ("POST /settings/mounts", "/settings/mounts/{name}/test", "/settings/mounts/{name}/use",
+                   "/settings/mounts/{name}/unmount"):  # fmt: skip
+        await expect(rows.filter(has_text=action).first).to_contain_text("ada")
+    await expect(rows.filter(has_text="/unmount")).to_contain_text("mount:nas")
     assert errors == [], errors
 
 
