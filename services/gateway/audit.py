@@ -64,16 +64,19 @@ def actor_of(request: web.Request) -> str:
     return who.actor if who is not None else "-"
 
 
-def target_of(request: web.Request, response: web.StreamResponse | None, body: Any) -> str:
+def target_of(
+    request: web.Request, response: web.StreamResponse | web.HTTPException | None, body: Any
+) -> str:
     info = request.match_info
     found = [f"{kind}:{info[name]}" for name, kind in TARGETS if name in info]
     if "name" in info:  # /api/v1/vcenters/{name}, /settings/mounts/{name}: named by its collection
         collection = request.path.removeprefix("/api/v1/").removeprefix("/settings/").split("/", 1)[0]
         found.append(f"{COLLECTIONS.get(collection, collection.rstrip('s') or 'object')}:{info['name']}")
-    if not found and response is not None and response.status < 400:
-        created = re.fullmatch(r"/api/v1/([a-z]+)/([^/?]+)", response.headers.get("Location", ""))
-        if created and created[1] in COLLECTIONS:
-            found.append(f"{COLLECTIONS[created[1]]}:{created[2]}")
+    if response is not None and response.status < 400:  # what it made: the API's or a page's Location
+        created = re.fullmatch(r"(?:/api/v1)?/([a-z]+)/([^/?#]+)", response.headers.get("Location", ""))
+        if created and created[1] in COLLECTIONS and created[2] not in ("new", "list"):
+            made = f"{COLLECTIONS[created[1]]}:{created[2]}"
+            found += [] if made in found else [made]
     found += [f"{kind}:{request.query[name]}" for name, kind in QUERY_TARGETS if request.query.get(name)]
     if isinstance(body, dict) and isinstance(body.get("restore_point_id"), str):
         found.append(f"restore_point:{body['restore_point_id']}")
@@ -146,7 +149,10 @@ def _failure(exc: Exception) -> str:
 
 
 async def _record(
-    request: web.Request, response: web.StreamResponse | None, outcome: str, request_id: str
+    request: web.Request,
+    response: web.StreamResponse | web.HTTPException | None,
+    outcome: str,
+    request_id: str,
 ) -> None:
     try:
         await _write(request, response, outcome, request_id)
@@ -155,7 +161,10 @@ async def _record(
 
 
 async def _write(
-    request: web.Request, response: web.StreamResponse | None, outcome: str, request_id: str
+    request: web.Request,
+    response: web.StreamResponse | web.HTTPException | None,
+    outcome: str,
+    request_id: str,
 ) -> None:
     route = request.match_info.route.resource
     action = f"{request.method} {route.canonical if route is not None else request.path}"
@@ -182,8 +191,9 @@ async def audit_trail(
     try:
         response = await handler(request)
     except Exception as exc:
-        if request.method in CHANGES:
-            await _record(request, None, _failure(exc), request_id)
+        if request.method in CHANGES:  # a page's redirect (303 to what it made) is an answer too
+            answered = exc if isinstance(exc, web.HTTPException) else None
+            await _record(request, answered, _failure(exc), request_id)
         raise
     if request.method in CHANGES:
         await _record(request, response, _outcome(response), request_id)

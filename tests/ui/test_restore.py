@@ -170,6 +170,7 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     await expect(link).to_have_attribute("href", re.compile(r"^/vms/lab/vm-\d+$"))
     assert await page.evaluate("window.vbmSamePage === true")  # live, not a reload
     await s.shot(page, "restore-live")
+    restore_id = page.url.rsplit("/", 1)[-1]
     assert "web-from-ui" in vm_names(s.pipeline)
     assert (folder(s.pipeline, "web-from-ui") / "web-from-ui-flat.vmdk").read_bytes() == content[2000]
     assert (folder(s.pipeline, "web-from-ui") / "web-from-ui_1-flat.vmdk").read_bytes() == content[2001]
@@ -181,6 +182,10 @@ async def test_restore_a_lab_backup_as_a_new_vm_live(system: Callable[..., Await
     await expect(row).to_contain_text("New VM")
     await expect(row).to_contain_text("ada")
     await s.shot(page, "restores")
+    await page.goto("/audit?user=ada")  # who asked for it, in the audit log
+    started = page.locator("table.audit tbody tr", has_text="/restore/point/{rp_id}/start")
+    await expect(started.first).to_contain_text("ada")
+    await expect(started.first).to_contain_text(f"restore:{restore_id}")
     assert errors == [], errors
 
 
