@@ -322,17 +322,19 @@ func (l *lab) serveDownload(mux http.Handler, w http.ResponseWriter, r *http.Req
 		http.Error(w, fmt.Sprintf("lab: injected HTTP %d", f.Status), f.Status)
 		return
 	}
-	serve(&faultyWriter{ResponseWriter: w, left: f.AfterBytes, fault: f, lab: l, req: r})
+	// the clear that releases a stall is any clear after the fault was taken, even one that comes
+	// before the body reaches AfterBytes (a slow reader): so the channel is the one of now
+	serve(&faultyWriter{ResponseWriter: w, left: f.AfterBytes, fault: f, cleared: l.faults.clearedCh(), req: r})
 }
 
 // faultyWriter passes AfterBytes bytes of a body, then stalls (until cleared) or cuts the connection.
 type faultyWriter struct {
 	http.ResponseWriter
-	left  int64
-	fault *downloadFault
-	lab   *lab
-	req   *http.Request
-	done  bool
+	left    int64
+	fault   *downloadFault
+	cleared <-chan struct{}
+	req     *http.Request
+	done    bool
 }
 
 func (fw *faultyWriter) Write(p []byte) (int, error) {
@@ -350,7 +352,7 @@ func (fw *faultyWriter) Write(p []byte) (int, error) {
 	}
 	if fw.fault.Mode == "stall" {
 		select {
-		case <-fw.lab.faults.clearedCh():
+		case <-fw.cleared:
 			fw.done = true
 			m, err := fw.ResponseWriter.Write(p[n:])
 			return n + m, err

@@ -280,6 +280,7 @@ async def test_add_a_second_vcenter_back_up_from_it_and_a_failing_mail_channel_i
     errors: list[str] = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Settings").click()
+    await s.shot(page, "settings")
     await page.get_by_role("link", name="vCenters").click()
     await page.wait_for_url("**/settings/vcenters")
     # the second vCenter, tested before it is saved

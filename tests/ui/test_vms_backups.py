@@ -203,6 +203,7 @@ async def test_a_backup_shows_on_every_page_and_verifies_live(
     await expect(page.get_by_role("heading", name="web")).to_be_visible()
     await expect(page.locator("section", has_text="Protected by")).to_contain_text("nightly")
     await expect(page.locator("table.points tbody tr")).to_have_count(1)
+    await s.shot(page, "vm-detail")
 
     await page.get_by_role("navigation", name="Main").get_by_role("link", name="Backups").click()
     await expect(page.get_by_role("heading", name="Backups")).to_be_visible()
