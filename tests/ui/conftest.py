@@ -114,17 +114,19 @@ async def system(
 ) -> AsyncIterator[Callable[..., Awaitable[System]]]:
     made: list[System] = []
 
-    async def make(**pipeline_args: object) -> System:
+    async def make(people: bool = True, **pipeline_args: object) -> System:
         p = pipeline_factory(**pipeline_args)
         p.start()
         api = await make_api(
             f"sqlite:///{p.data / 'vbm.db'}",
             vcenters=(lab_vcenter(p.lab),),
             gateway={"events_heartbeat": 0.5, "events_poll": 0.05},
+            with_key=people,  # an API key is a user's: none either
         )
-        with api.ctx.sessions.begin() as s:
-            for role, (name, password) in PEOPLE.items():
-                users.add(s, name, role, utcnow(), SecuritySettings(), password)
+        if people:  # else nobody yet: the first admin is made on /setup
+            with api.ctx.sessions.begin() as s:
+                for role, (name, password) in PEOPLE.items():
+                    users.add(s, name, role, utcnow(), SecuritySettings(), password)
         shots = tmp_path / "screenshots"
         shots.mkdir(exist_ok=True)
         made.append(System(p, api, browser, shots))
