@@ -165,6 +165,9 @@ def load_schema(live: Live) -> Any:
             "max-time": MAX_TIME,
             "seed": SEED,
             "continue-on-failure": True,
+            # a path parameter whose pattern most generated strings miss (/users/{name}) makes
+            # Hypothesis give up on generating, not the API fail: that is no finding
+            "suppress-health-check": ["filter_too_much"],
             "generation": {"max-examples": MAX_EXAMPLES},
             "checks": CHECKS_CONFIG,
             "phases": {"stateful": {"max-steps": STATEFUL_STEPS}},
